@@ -1,0 +1,32 @@
+// The schemas of every fused_rnn op: the one TORCH_LIBRARY block. Device implementations are
+// registered beside their kernels (csrc/cpu, csrc/cuda); fake implementations and autograd in
+// fused_rnn/ops.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(fused_rnn, m) {
+  // One LSTM cell step, gate order i, f, g, o. input [B,I], hx and cx [B,H], w_ih [4H,I],
+  // w_hh [4H,H], biases [4H]. Returns hy, cy [B,H] and gates [B,4H]: the activated gates, which
+  // the backward reads.
+  m.def(
+      "lstm_cell(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh) -> (Tensor hy, Tensor cy, Tensor gates)");
+  // Backward of lstm_cell from the incoming grad_hy and grad_cy and what the forward saved.
+  // output_mask picks the gradients to compute (input, hx, cx, w_ih, w_hh, bias); the others come
+  // back undefined (None). The bias gradient serves b_ih and b_hh alike.
+  m.def(
+      "lstm_cell_backward(Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, Tensor cx, "
+      "Tensor w_ih, Tensor w_hh, Tensor gates, Tensor cy, bool[6] output_mask) -> (Tensor "
+      "grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor "
+      "grad_bias)");
+  // One GRU cell step, gate order r, z, n (n = tanh(x_n + r * h_n)). input [B,I], hx [B,H],
+  // w_ih [3H,I], w_hh [3H,H], biases [3H]. Returns hy [B,H] and workspace [B,4H]: r, z, n and h_n,
+  // which the backward reads.
+  m.def(
+      "gru_cell(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh) -> "
+      "(Tensor hy, Tensor workspace)");
+  // Backward of gru_cell; output_mask orders input, hx, w_ih, w_hh, b_ih, b_hh.
+  m.def(
+      "gru_cell_backward(Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, "
+      "Tensor workspace, bool[6] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor "
+      "grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+}

@@ -1,0 +1,145 @@
+"""Typed wrappers over torch.ops.fused_rnn.*: fake (meta) implementations, autograd, build info.
+
+The C++ library (fused_rnn._C) defines the ops and their CPU/CUDA kernels. Here each forward op
+gets a fake implementation (shapes only, for torch.compile and meta tensors) and its autograd
+formula, which calls the matching registered backward op. LSTMCellFunction and GRUCellFunction
+expose the same forward/backward pair as torch.autograd.Function classes.
+"""
+
+import torch
+
+from . import _C
+
+__all__ = ["GRUCellFunction", "LSTMCellFunction", "build_info"]
+
+_LSTM_GATES = 4
+_GRU_GATES = 3
+_GRU_SAVED_PER_UNIT = 4  # r, z, n and h_n per hidden unit
+
+
+def build_info() -> dict:
+    """How the extension was built: version, torch it was built against, CUDA kernels and archs."""
+    info = dict(_C.build_info())
+    info["cuda_archs"] = [a for a in info["cuda_archs"].split(";") if a]
+    return info
+
+
+def _check_one_device(op: str, **tensors) -> None:
+    """Mixed devices fail here for meta tensors, as they fail in the device kernels."""
+    device = tensors["input"].device
+    for name, t in tensors.items():
+        if t is not None and t.device != device:
+            raise RuntimeError(f"{op}: expected {name} on {device} (the device of input), "
+                               f"got {t.device}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake implementations: output shapes and devices only.
+
+@torch.library.register_fake("fused_rnn::lstm_cell")
+def _lstm_cell_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    _check_one_device("fused_rnn.lstm_cell", input=input, hx=hx, cx=cx, w_ih=w_ih, w_hh=w_hh,
+                      b_ih=b_ih, b_hh=b_hh)
+    batch, hidden = input.shape[0], w_hh.shape[1]
+    return (input.new_empty(batch, hidden), input.new_empty(batch, hidden),
+            input.new_empty(batch, _LSTM_GATES * hidden))
+
+
+@torch.library.register_fake("fused_rnn::gru_cell")
+def _gru_cell_fake(input, hx, w_ih, w_hh, b_ih, b_hh):
+    _check_one_device("fused_rnn.gru_cell", input=input, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
+                      b_hh=b_hh)
+    batch, hidden = input.shape[0], w_hh.shape[1]
+    return input.new_empty(batch, hidden), input.new_empty(batch, _GRU_SAVED_PER_UNIT * hidden)
+
+
+def _empty_like_if(wanted: bool, like: torch.Tensor, shape=None):
+    if not wanted:
+        return None
+    return like.new_empty(like.shape if shape is None else shape)
+
+
+@torch.library.register_fake("fused_rnn::lstm_cell_backward")
+def _lstm_cell_backward_fake(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, gates, cy, output_mask):
+    return (_empty_like_if(output_mask[0], input), _empty_like_if(output_mask[1], hx),
+            _empty_like_if(output_mask[2], cx), _empty_like_if(output_mask[3], w_ih),
+            _empty_like_if(output_mask[4], w_hh),
+            _empty_like_if(output_mask[5], w_hh, (w_hh.shape[0],)))
+
+
+@torch.library.register_fake("fused_rnn::gru_cell_backward")
+def _gru_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, workspace, output_mask):
+    return (_empty_like_if(output_mask[0], input), _empty_like_if(output_mask[1], hx),
+            _empty_like_if(output_mask[2], w_ih), _empty_like_if(output_mask[3], w_hh),
+            _empty_like_if(output_mask[4], w_hh, (w_hh.shape[0],)),
+            _empty_like_if(output_mask[5], w_hh, (w_hh.shape[0],)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd: one setup_context/backward pair per cell, used by the op registration and by the
+# torch.autograd.Function alike. The backward asks the backward op only for what is needed.
+
+def _lstm_setup_context(ctx, inputs, output):
+    input, hx, cx, w_ih, w_hh, _b_ih, _b_hh = inputs
+    _hy, cy, gates = output
+    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, gates, cy)
+    ctx.mark_non_differentiable(gates)
+
+
+def _lstm_backward(ctx, grad_hy, grad_cy, _grad_gates):
+    input, hx, cx, w_ih, w_hh, gates, cy = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [need[0], need[1], need[2], need[3], need[4], need[5] or need[6]]
+    grads = torch.ops.fused_rnn.lstm_cell_backward(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh,
+                                                   gates, cy, mask)
+    grad_bias = grads[5]
+    return (*grads[:5], grad_bias if need[5] else None, grad_bias if need[6] else None)
+
+
+def _gru_setup_context(ctx, inputs, output):
+    input, hx, w_ih, w_hh, _b_ih, _b_hh = inputs
+    _hy, workspace = output
+    ctx.save_for_backward(input, hx, w_ih, w_hh, workspace)
+    ctx.mark_non_differentiable(workspace)
+
+
+def _gru_backward(ctx, grad_hy, _grad_workspace):
+    input, hx, w_ih, w_hh, workspace = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad)
+    return tuple(torch.ops.fused_rnn.gru_cell_backward(grad_hy, input, hx, w_ih, w_hh, workspace,
+                                                       mask))
+
+
+torch.library.register_autograd("fused_rnn::lstm_cell", _lstm_backward,
+                                setup_context=_lstm_setup_context)
+torch.library.register_autograd("fused_rnn::gru_cell", _gru_backward,
+                                setup_context=_gru_setup_context)
+
+
+class LSTMCellFunction(torch.autograd.Function):
+    """One LSTM step as an autograd Function over the registered ops.
+
+    apply(input, hx, cx, w_ih, w_hh, b_ih, b_hh) -> (hy, cy, gates); gates is the saved
+    activation workspace and is not differentiable.
+    """
+
+    @staticmethod
+    def forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+        return torch.ops.fused_rnn.lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+
+    setup_context = staticmethod(_lstm_setup_context)
+    backward = staticmethod(_lstm_backward)
+
+
+class GRUCellFunction(torch.autograd.Function):
+    """One GRU step as an autograd Function over the registered ops.
+
+    apply(input, hx, w_ih, w_hh, b_ih, b_hh) -> (hy, workspace); workspace is not differentiable.
+    """
+
+    @staticmethod
+    def forward(input, hx, w_ih, w_hh, b_ih, b_hh):
+        return torch.ops.fused_rnn.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
+
+    setup_context = staticmethod(_gru_setup_context)
+    backward = staticmethod(_gru_backward)

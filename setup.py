@@ -1,0 +1,62 @@
+"""Builds fused_rnn._C: the op library (CPU, plus CUDA when enabled) and its small pybind11 module.
+
+The CUDA kernels are built when torch sees a GPU, or when FUSED_RNN_FORCE_CUDA=1 asks for them on a
+GPU-less machine (a compile-and-link check); an installed toolkit alone never switches them on.
+FUSED_RNN_SKIP_CUDA=1 builds the CPU library even where a GPU is visible. TORCH_CUDA_ARCH_LIST is
+respected; without it the targets are sm_80 and sm_90, plus PTX for newer GPUs. NVCC_THREADS sets
+nvcc's parallel compilation threads (default 2).
+"""
+
+import os
+from pathlib import Path
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+ROOT = Path(__file__).parent
+VERSION = "0.1.0"
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _want_cuda() -> bool:
+    if _flag("FUSED_RNN_SKIP_CUDA"):
+        return False
+    return _flag("FUSED_RNN_FORCE_CUDA") or torch.cuda.is_available()
+
+
+def _sources(pattern: str) -> list[str]:
+    return sorted(str(p.relative_to(ROOT)) for p in ROOT.glob(pattern))
+
+
+def _extension():
+    with_cuda = _want_cuda()
+    cxx = ["-O3", "-std=c++20"]
+    macros = [
+        ("FUSED_RNN_VERSION", f'"{VERSION}"'),
+        ("FUSED_RNN_TORCH_VERSION", f'"{torch.__version__}"'),
+    ]
+    sources = ["csrc/fused_rnn.cpp", "csrc/cell_common.cpp", "csrc/python_module.cpp"]
+    sources += _sources("csrc/cpu/*.cpp")
+    if not with_cuda:
+        return CppExtension("fused_rnn._C", sources, define_macros=macros,
+                            extra_compile_args={"cxx": cxx})
+
+    archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+    macros += [("FUSED_RNN_WITH_CUDA", None), ("FUSED_RNN_CUDA_ARCHS", f'"{archs}"')]
+    nvcc = ["-O3", "-std=c++20", "-lineinfo", "--threads", os.environ.get("NVCC_THREADS", "2")]
+    return CUDAExtension("fused_rnn._C", sources + _sources("csrc/cuda/*.cu"), define_macros=macros,
+                         extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+
+
+setup(
+    name="fused_rnn",
+    version=VERSION,
+    packages=["fused_rnn"],
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension},
+)
