@@ -23,10 +23,12 @@ void check_like_input(const char* op, const char* name, const Tensor& t, const T
 void check_hidden(const char* op, const Tensor& input, const Tensor& hx, int64_t hidden_size,
                   const char* label, const char* name) {
   check_like_input(op, name, hx, input);
-  if (hx.dim() >= 2) {
-    // torch.nn's wording, so the drop-in modules raise what torch.nn raises.
+  // torch.nn's checks, in its order and wording, so the drop-in modules raise what torch.nn does.
+  if (hx.dim() >= 1) {
     TORCH_CHECK(input.size(0) == hx.size(0), "Input batch size ", input.size(0),
                 " doesn't match hidden", label, " batch size ", hx.size(0));
+  }
+  if (hx.dim() >= 2) {
     TORCH_CHECK(hx.size(1) == hidden_size, "hidden", label,
                 " has inconsistent hidden_size: got ", hx.size(1), ", expected ", hidden_size);
   }
