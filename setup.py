@@ -4,7 +4,8 @@ The CUDA kernels are built when torch sees a GPU, or when FUSED_RNN_FORCE_CUDA=1
 GPU-less machine (a compile-and-link check); an installed toolkit alone never switches them on.
 FUSED_RNN_SKIP_CUDA=1 builds the CPU library even where a GPU is visible. TORCH_CUDA_ARCH_LIST is
 respected; without it the targets are sm_80 and sm_90, plus PTX for newer GPUs. NVCC_THREADS sets
-nvcc's parallel compilation threads (default 2).
+nvcc's parallel compilation threads (default 2); FUSED_RNN_PTXAS_VERBOSE=1 prints each kernel's
+registers, shared memory and spills.
 """
 
 import os
@@ -35,7 +36,8 @@ def _sources(pattern: str) -> list[str]:
 
 def _extension():
     with_cuda = _want_cuda()
-    cxx = ["-O3", "-std=c++20"]
+    # -Wno-psabi: GCC's note that Vectorized arguments' ABI changed in GCC 4.6 is not actionable.
+    cxx = ["-O3", "-std=c++20", "-Wno-psabi"]
     macros = [
         ("FUSED_RNN_VERSION", f'"{VERSION}"'),
         ("FUSED_RNN_TORCH_VERSION", f'"{torch.__version__}"'),
@@ -49,6 +51,8 @@ def _extension():
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     macros += [("FUSED_RNN_WITH_CUDA", None), ("FUSED_RNN_CUDA_ARCHS", f'"{archs}"')]
     nvcc = ["-O3", "-std=c++20", "-lineinfo", "--threads", os.environ.get("NVCC_THREADS", "2")]
+    if _flag("FUSED_RNN_PTXAS_VERBOSE"):
+        nvcc.append("-Xptxas=-v")
     return CUDAExtension("fused_rnn._C", sources + _sources("csrc/cuda/*.cu"), define_macros=macros,
                          extra_compile_args={"cxx": cxx, "nvcc": nvcc})
 

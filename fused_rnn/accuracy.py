@@ -1,0 +1,43 @@
+"""The project's accuracy rule, shared by the tests, the self-check and the benchmarks.
+
+float64 and float32 results must match torch.nn at the same dtype within TOLERANCES. For float16 and
+bfloat16, where torch.nn itself is far from exact, the error against a float64 truth may be at most
+LOW_PRECISION_ERROR_RATIO times torch.nn's own error at that dtype, plus one rounding unit at the
+result's scale.
+"""
+
+import torch
+
+__all__ = ["LOW_PRECISION_ERROR_RATIO", "TOLERANCES", "accuracy_problem"]
+
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-7, atol=1e-7),
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+}
+LOW_PRECISION_ERROR_RATIO = 2.0
+
+
+def accuracy_problem(ours: torch.Tensor, theirs: torch.Tensor, truth: torch.Tensor):
+    """None if `ours` passes against torch.nn's `theirs` (same dtype) and the float64 `truth`,
+    else a sentence saying why not."""
+    if ours.shape != theirs.shape or ours.shape != truth.shape:
+        return f"shape {tuple(ours.shape)}, expected {tuple(theirs.shape)}"
+    if ours.dtype != theirs.dtype:
+        return f"dtype {ours.dtype}, expected {theirs.dtype}"
+    if ours.numel() == 0:
+        return None
+    ours, theirs, truth = ours.detach().cpu(), theirs.detach().cpu(), truth.detach().cpu()
+    if ours.dtype in TOLERANCES:
+        tol = TOLERANCES[ours.dtype]
+        close = torch.isclose(ours, theirs, equal_nan=True, **tol)
+        if close.all():
+            return None
+        diff = (ours.double() - theirs.double()).abs().max().item()
+        return f"differs from torch.nn by up to {diff:.3g} (rtol {tol['rtol']}, atol {tol['atol']})"
+    err_ours = (ours.double() - truth).abs().max().item()
+    err_theirs = (theirs.double() - truth).abs().max().item()
+    rounding = torch.finfo(ours.dtype).eps * truth.abs().max().item()
+    if err_ours <= LOW_PRECISION_ERROR_RATIO * err_theirs + rounding:
+        return None
+    return (f"error {err_ours:.3g} against float64, torch.nn's is {err_theirs:.3g} "
+            f"(allowed {LOW_PRECISION_ERROR_RATIO}x + rounding {rounding:.3g})")
