@@ -42,7 +42,7 @@ struct CellParams {
 // acc[g] += act[b, :] . w[g*H + j, :] for the block's tile, where (b, j) is this thread's unit.
 // Every thread of the block must call it (it synchronises), in or out of range.
 template <typename scalar_t, int G>
-__device__ void accumulate_gate_products(const scalar_t* __restrict__ act,
+__device__ __forceinline__ void accumulate_gate_products(const scalar_t* __restrict__ act,
                                          const scalar_t* __restrict__ w, int64_t K, int64_t H,
                                          int64_t batch, int64_t b0, int64_t j0,
                                          at::opmath_type<scalar_t> (&acc)[G]) {
