@@ -9,6 +9,7 @@ registers, shared memory and spills.
 """
 
 import os
+import platform
 from pathlib import Path
 
 import torch
@@ -18,6 +19,14 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 ROOT = Path(__file__).parent
 VERSION = "0.1.0"
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+# CPU pointwise kernels built once per x86 instruction set, each with its own flags (ATen picks
+# among them at run time); the portable variant is an ordinary source of the extension.
+ISA_SOURCES = {
+    "csrc/cpu/pointwise_avx2.cpp": ["-mavx2", "-mfma", "-mf16c"],
+    "csrc/cpu/pointwise_avx512.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+                                      "-mfma", "-mf16c"],
+}
+X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 
 def _flag(name: str) -> bool:
@@ -43,7 +52,9 @@ def _extension():
         ("FUSED_RNN_TORCH_VERSION", f'"{torch.__version__}"'),
     ]
     sources = ["csrc/fused_rnn.cpp", "csrc/cell_common.cpp", "csrc/python_module.cpp"]
-    sources += _sources("csrc/cpu/*.cpp")
+    sources += [s for s in _sources("csrc/cpu/*.cpp") if s not in ISA_SOURCES]
+    if X86:
+        macros.append(("FUSED_RNN_CPU_X86_VARIANTS", None))
     if not with_cuda:
         return CppExtension("fused_rnn._C", sources, define_macros=macros,
                             extra_compile_args={"cxx": cxx})
@@ -57,10 +68,28 @@ def _extension():
                          extra_compile_args={"cxx": cxx, "nvcc": nvcc})
 
 
+class BuildWithIsaVariants(BuildExtension):
+    """Compiles each ISA_SOURCES file with its own -m flags, then builds the extension with them.
+
+    setuptools gives all sources of an extension the same flags, so these objects are compiled
+    first, through the same (ninja) compiler, and linked in as extra objects.
+    """
+
+    def build_extension(self, ext):
+        if X86:
+            cxx = ext.extra_compile_args["cxx"]
+            for source, isa_flags in ISA_SOURCES.items():
+                ext.extra_objects += self.compiler.compile(
+                    [source], output_dir=self.build_temp, macros=ext.define_macros,
+                    include_dirs=ext.include_dirs,
+                    extra_postargs={"cxx": cxx + isa_flags, "nvcc": []})
+        super().build_extension(ext)
+
+
 setup(
     name="fused_rnn",
     version=VERSION,
     packages=["fused_rnn"],
     ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": BuildWithIsaVariants},
 )

@@ -18,9 +18,15 @@ _GRU_SAVED_PER_UNIT = 4  # r, z, n and h_n per hidden unit
 
 
 def build_info() -> dict:
-    """How the extension was built: version, torch it was built against, CUDA kernels and archs."""
+    """How the extension was built and which CPU kernels run here.
+
+    Keys: version, torch_version (the torch it was built against), cuda (CUDA kernels compiled
+    in), cuda_archs, cpu_isas (instruction sets the CPU kernels are built for) and cpu_isa (the one
+    chosen for this CPU, as ATen chooses; ATEN_CPU_CAPABILITY can lower it).
+    """
     info = dict(_C.build_info())
-    info["cuda_archs"] = [a for a in info["cuda_archs"].split(";") if a]
+    for key in ("cuda_archs", "cpu_isas"):
+        info[key] = [a for a in info[key].split(";") if a]
     return info
 
 

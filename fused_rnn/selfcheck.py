@@ -73,6 +73,7 @@ def main() -> int:
     archs = ", ".join(info["cuda_archs"]) or "-"
     print(f"CUDA kernels compiled in: {'yes' if info['cuda'] else 'no'} (archs: {archs}); "
           f"GPU visible: {'yes' if torch.cuda.is_available() else 'no'}")
+    print(f"CPU kernels built for: {', '.join(info['cpu_isas'])}; running: {info['cpu_isa']}")
     print(f"\nOne step, forward and backward, B={BATCH} I={INPUT} H={HIDDEN}; largest absolute "
           "error of outputs and gradients against torch.nn in float64:\n")
     header = f"{'op':<10} {'device':<6} {'dtype':<9} {'fused_rnn':>10} {'torch.nn':>10}  status"

@@ -1,0 +1,59 @@
+// The CPU's fused pointwise passes (the gate math of one step over all [B, H] units), compiled once
+// per x86 instruction set (pointwise_default.cpp, _avx2.cpp, _avx512.cpp) and picked at run time
+// for the CPU at hand, as ATen picks its own kernels (ATEN_CPU_CAPABILITY=default or avx2 lowers it).
+// Every tensor is contiguous and allocated by the caller; dtypes are float, double, half, bfloat16.
+// Each pass covers the units [begin, end) of the flattened [B, H] grid, serially: the caller splits
+// the grid over threads (so the per-ISA files need none of ATen's threading headers).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+// The build defines FUSED_RNN_CPU_X86_VARIANTS where it compiles the AVX2 and AVX-512 variants
+// (x86-64); elsewhere only the portable one exists.
+
+namespace fused_rnn::cpu {
+
+using at::Tensor;
+
+struct PointwiseKernels {
+  const char* isa;  // the instruction set it was built for: "DEFAULT", "AVX2" or "AVX512"
+  // gates [B,4H]: pre-activations in, activated gates out (in place); bias [4H] (op-math dtype);
+  // cx [B,H]. Writes hy and cy [B,H].
+  void (*lstm_forward)(const Tensor& gates, const Tensor& bias, const Tensor& cx, const Tensor& hy,
+                       const Tensor& cy, int64_t begin, int64_t end);
+  // From grad_hy, grad_cy [B,H], gates [B,4H], cx, cy [B,H]: writes grad_gates [B,4H] (of the
+  // pre-activations) and grad_cx [B,H].
+  void (*lstm_backward)(const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& gates,
+                        const Tensor& cx, const Tensor& cy, const Tensor& grad_gates,
+                        const Tensor& grad_cx, int64_t begin, int64_t end);
+  // gx, gh [B,3H]: the input and hidden products; bias_ih, bias_hh [3H] (op-math dtype); hx [B,H].
+  // Writes hy [B,H] and workspace [B,4H] (r, z, n, h_n).
+  void (*gru_forward)(const Tensor& gx, const Tensor& gh, const Tensor& bias_ih,
+                      const Tensor& bias_hh, const Tensor& hx, const Tensor& hy,
+                      const Tensor& workspace, int64_t begin, int64_t end);
+  // From grad_hy, hx [B,H] and workspace [B,4H]: writes the input-side and hidden-side gate
+  // gradients [B,3H] and the direct part of grad_hx [B,H].
+  void (*gru_backward)(const Tensor& grad_hy, const Tensor& hx, const Tensor& workspace,
+                       const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
+                       const Tensor& grad_hx_direct, int64_t begin, int64_t end);
+};
+
+namespace DEFAULT {
+extern const PointwiseKernels kKernels;
+}
+#ifdef FUSED_RNN_CPU_X86_VARIANTS
+namespace AVX2 {
+extern const PointwiseKernels kKernels;
+}
+namespace AVX512 {
+extern const PointwiseKernels kKernels;
+}
+#endif
+
+// The variant for this CPU.
+const PointwiseKernels& pointwise_kernels();
+
+// The instruction sets this build has variants for, e.g. "DEFAULT;AVX2;AVX512".
+const char* pointwise_isas_built();
+
+}  // namespace fused_rnn::cpu
