@@ -1,7 +1,9 @@
-// Device-agnostic parts of the cell ops: argument checks and the backward's matrix products.
+// Argument checks, the input projection, and the cell backward ops over a device's kernels.
 #include "cell_ops.h"
 
+#include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 
@@ -20,22 +22,6 @@ void check_like_input(const char* op, const char* name, const Tensor& t, const T
               input.scalar_type(), " (the dtype of input), got ", t.scalar_type());
 }
 
-void check_hidden(const char* op, const Tensor& input, const Tensor& hx, int64_t hidden_size,
-                  const char* label, const char* name) {
-  check_like_input(op, name, hx, input);
-  // torch.nn's checks, in its order and wording, so the drop-in modules raise what torch.nn does.
-  if (hx.dim() >= 1) {
-    TORCH_CHECK(input.size(0) == hx.size(0), "Input batch size ", input.size(0),
-                " doesn't match hidden", label, " batch size ", hx.size(0));
-  }
-  if (hx.dim() >= 2) {
-    TORCH_CHECK(hx.size(1) == hidden_size, "hidden", label,
-                " has inconsistent hidden_size: got ", hx.size(1), ", expected ", hidden_size);
-  }
-  TORCH_CHECK(hx.dim() == 2, op, ": expected ", name, " to be 2-D [B, H] = [", input.size(0),
-              ", ", hidden_size, "], got ", hx.sizes());
-}
-
 void check_bias(const char* op, const char* name, const OptionalTensor& b, int64_t rows,
                 const Tensor& input) {
   if (!b.has_value()) return;
@@ -46,18 +32,42 @@ void check_bias(const char* op, const char* name, const OptionalTensor& b, int64
 
 }  // namespace
 
-CellSizes check_cell_forward_args(const char* op, int64_t gates, const Tensor& input,
-                                  const Tensor& hx, const OptionalTensor& cx, const Tensor& w_ih,
-                                  const Tensor& w_hh, const OptionalTensor& b_ih,
-                                  const OptionalTensor& b_hh) {
+void check_state(const char* op, int64_t batch, const Tensor& input, const Tensor& state,
+                 int64_t size, const char* label, const char* name) {
+  check_like_input(op, name, state, input);
+  // torch.nn's checks, in its order and wording, so the drop-in modules raise what torch.nn does.
+  if (state.dim() >= 1) {
+    TORCH_CHECK(batch == state.size(0), "Input batch size ", batch, " doesn't match hidden", label,
+                " batch size ", state.size(0));
+  }
+  if (state.dim() >= 2) {
+    TORCH_CHECK(state.size(1) == size, "hidden", label, " has inconsistent hidden_size: got ",
+                state.size(1), ", expected ", size);
+  }
+  TORCH_CHECK(state.dim() == 2, op, ": expected ", name, " to be 2-D [", batch, ", ", size,
+              "], got ", state.sizes());
+}
+
+CellSizes check_weights(const char* op, int64_t gates, const Tensor& input, const Tensor& w_ih,
+                        const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh,
+                        const OptionalTensor& w_hr) {
   TORCH_CHECK(is_supported_dtype(input.scalar_type()), op,
               ": expected input of dtype float32, float64, float16 or bfloat16, got ",
               input.scalar_type());
-  TORCH_CHECK(w_hh.dim() == 2, op, ": expected w_hh to be 2-D [", gates, "*H, H], got ",
-              w_hh.sizes());
-  const int64_t hidden = w_hh.size(1);
-  TORCH_CHECK(w_hh.size(0) == gates * hidden, op, ": expected w_hh of shape [", gates * hidden,
-              ", ", hidden, "] (", gates, " gates of H = ", hidden, " rows), got ", w_hh.sizes());
+  int64_t hidden = 0, state = 0;
+  if (w_hr.has_value()) {
+    check_like_input(op, "w_hr", *w_hr, input);
+    TORCH_CHECK(w_hr->dim() == 2, op, ": expected w_hr to be 2-D [P, H], got ", w_hr->sizes());
+    hidden = w_hr->size(1);
+    state = w_hr->size(0);
+  } else {
+    TORCH_CHECK(w_hh.dim() == 2, op, ": expected w_hh to be 2-D [", gates, "*H, H], got ",
+                w_hh.sizes());
+    hidden = state = w_hh.size(1);
+  }
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == gates * hidden && w_hh.size(1) == state, op,
+              ": expected w_hh of shape [", gates * hidden, ", ", state, "] (", gates,
+              " gates of H = ", hidden, " rows), got ", w_hh.sizes());
   TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) == gates * hidden, op,
               ": expected w_ih to be 2-D [", gates * hidden, ", I], got ", w_ih.sizes());
   TORCH_CHECK(input.dim() == 2, op, ": expected input to be 2-D [B, I], got ", input.sizes());
@@ -65,11 +75,29 @@ CellSizes check_cell_forward_args(const char* op, int64_t gates, const Tensor& i
               input.size(1), " expected ", w_ih.size(1));
   check_like_input(op, "w_ih", w_ih, input);
   check_like_input(op, "w_hh", w_hh, input);
-  check_hidden(op, input, hx, hidden, "0", "hx");
-  if (cx.has_value()) check_hidden(op, input, *cx, hidden, "1", "cx");
   check_bias(op, "b_ih", b_ih, gates * hidden, input);
   check_bias(op, "b_hh", b_hh, gates * hidden, input);
-  return {input.size(0), input.size(1), hidden};
+  return {0, input.size(1), hidden, state};
+}
+
+CellSizes check_cell_forward_args(const char* op, int64_t gates, const Tensor& input,
+                                  const Tensor& hx, const OptionalTensor& cx, const Tensor& w_ih,
+                                  const Tensor& w_hh, const OptionalTensor& b_ih,
+                                  const OptionalTensor& b_hh) {
+  CellSizes s = check_weights(op, gates, input, w_ih, w_hh, b_ih, b_hh, std::nullopt);
+  s.batch = input.size(0);
+  check_state(op, s.batch, input, hx, s.state, "0", "hx");
+  if (cx.has_value()) check_state(op, s.batch, input, *cx, s.hidden, "1", "cx");
+  return s;
+}
+
+Tensor input_projection(const Tensor& input, const Tensor& w_ih,
+                        std::initializer_list<const OptionalTensor*> biases) {
+  Tensor bias;
+  for (const OptionalTensor* b : biases) {
+    if (b->has_value()) bias = bias.defined() ? at::add(bias, **b) : **b;
+  }
+  return bias.defined() ? at::addmm(bias, input, w_ih.t()) : at::mm(input, w_ih.t());
 }
 
 void check_saved(const char* op, const char* name, const Tensor& t, at::IntArrayRef sizes,
@@ -79,10 +107,11 @@ void check_saved(const char* op, const char* name, const Tensor& t, at::IntArray
               t.sizes());
 }
 
-LstmGrads lstm_cell_backward_with(LstmGateGradsFn gate_grads, const Tensor& grad_hy,
-                                  const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
-                                  const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
-                                  const Tensor& gates, const Tensor& cy, LstmGradMask mask) {
+LstmCellGrads lstm_cell_backward(const DeviceKernels& k, const Tensor& grad_hy,
+                                 const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
+                                 const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
+                                 const Tensor& gates, const Tensor& cy,
+                                 std::array<bool, 6> mask) {
   constexpr const char* op = "fused_rnn.lstm_cell_backward";
   const CellSizes s = check_cell_forward_args(op, kLstmGates, input, hx, cx, w_ih, w_hh,
                                               std::nullopt, std::nullopt);
@@ -91,8 +120,10 @@ LstmGrads lstm_cell_backward_with(LstmGateGradsFn gate_grads, const Tensor& grad
   check_saved(op, "gates", gates, {s.batch, kLstmGates * s.hidden}, input);
   check_saved(op, "cy", cy, {s.batch, s.hidden}, input);
 
-  auto [grad_gates, grad_cx] = gate_grads(grad_hy.contiguous(), grad_cy.contiguous(),
-                                          gates.contiguous(), cx.contiguous(), cy.contiguous());
+  Tensor grad_gates = at::empty({s.batch, kLstmGates * s.hidden}, input.options());
+  Tensor grad_cx = at::empty({s.batch, s.hidden}, input.options());
+  k.lstm_gate_grads(grad_hy.contiguous(), grad_cy.contiguous(), gates.contiguous(),
+                    cx.contiguous(), cy.contiguous(), grad_gates, grad_cx);
   // Both biases enter the same pre-activation, so they share one gradient.
   return {mask[0] ? at::mm(grad_gates, w_ih) : Tensor(),
           mask[1] ? at::mm(grad_gates, w_hh) : Tensor(),
@@ -102,17 +133,20 @@ LstmGrads lstm_cell_backward_with(LstmGateGradsFn gate_grads, const Tensor& grad
           mask[5] ? at::sum(grad_gates, 0) : Tensor()};
 }
 
-GruGrads gru_cell_backward_with(GruGateGradsFn gate_grads, const Tensor& grad_hy,
-                                const Tensor& input, const Tensor& hx, const Tensor& w_ih,
-                                const Tensor& w_hh, const Tensor& workspace, GruGradMask mask) {
+GruGrads gru_cell_backward(const DeviceKernels& k, const Tensor& grad_hy, const Tensor& input,
+                           const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                           const Tensor& workspace, std::array<bool, 6> mask) {
   constexpr const char* op = "fused_rnn.gru_cell_backward";
   const CellSizes s = check_cell_forward_args(op, kGruGates, input, hx, std::nullopt, w_ih, w_hh,
                                               std::nullopt, std::nullopt);
   check_saved(op, "grad_hy", grad_hy, {s.batch, s.hidden}, input);
   check_saved(op, "workspace", workspace, {s.batch, kGruSavedPerUnit * s.hidden}, input);
 
-  auto [grad_input_gates, grad_hidden_gates, grad_hx_direct] =
-      gate_grads(grad_hy.contiguous(), hx.contiguous(), workspace.contiguous());
+  Tensor grad_input_gates = at::empty({s.batch, kGruGates * s.hidden}, input.options());
+  Tensor grad_hidden_gates = at::empty({s.batch, kGruGates * s.hidden}, input.options());
+  Tensor grad_hx_direct = at::empty({s.batch, s.hidden}, input.options());
+  k.gru_gate_grads(grad_hy.contiguous(), hx.contiguous(), workspace.contiguous(),
+                   grad_input_gates, grad_hidden_gates, grad_hx_direct);
   return {mask[0] ? at::mm(grad_input_gates, w_ih) : Tensor(),
           mask[1] ? at::addmm(grad_hx_direct, grad_hidden_gates, w_hh) : Tensor(),
           mask[2] ? at::mm(grad_input_gates.t(), input) : Tensor(),

@@ -1,11 +1,12 @@
-// What the CPU and CUDA implementations of the cell ops share: the dtype dispatch macro, the
-// argument checks, and the backward's matrix products, which are device-agnostic ATen calls
-// around each device's fused pointwise gate-gradient pass.
+// What the CPU and CUDA implementations share: the dtype dispatch macro, the argument checks, and
+// the device-agnostic parts of every op (the layer time loops, the matrix products of the
+// backward passes), written once over a device's step and gate-gradient kernels (DeviceKernels).
 #pragma once
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
+#include <torch/library.h>
 
 #include <array>
 #include <tuple>
@@ -24,12 +25,24 @@ constexpr int64_t kGruSavedPerUnit = 4;
 using Tensor = at::Tensor;
 using OptionalTensor = std::optional<Tensor>;
 
-// Sizes of one cell step, read from the (checked) arguments.
+// Sizes of one cell step or layer, read from the (checked) arguments.
 struct CellSizes {
   int64_t batch;   // B
   int64_t input;   // I
   int64_t hidden;  // H
+  int64_t state;   // size of the hidden state h: H, or the projection size P of an LSTM layer
 };
+
+// Checks the weights (w_ih [G*H,I], w_hh [G*H,P], biases [G*H], and for an LSTM with projections
+// w_hr [P,H]; P = H without) against input [*, I] and returns I, H and P (batch left 0).
+CellSizes check_weights(const char* op, int64_t gates, const Tensor& input, const Tensor& w_ih,
+                        const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh,
+                        const OptionalTensor& w_hr);
+
+// Checks a state argument (hx, cx) against the batch and its size; `label` is torch.nn's name for
+// it ("0" for h, "1" for c) and `name` ours.
+void check_state(const char* op, int64_t batch, const Tensor& input, const Tensor& state,
+                 int64_t size, const char* label, const char* name);
 
 // Checks a cell forward's arguments and returns their sizes. `op` names the op in messages;
 // `cx` is given for the LSTM only. Messages for the checks torch.nn's cells also make
@@ -43,51 +56,122 @@ CellSizes check_cell_forward_args(const char* op, int64_t gates, const Tensor& i
 void check_saved(const char* op, const char* name, const Tensor& t, at::IntArrayRef sizes,
                  const Tensor& like);
 
+// The input projection x W_ih^T, with the biases that belong to it added (both for the LSTM,
+// whose gates sum them; b_ih for the GRU): one GEMM, in the dtype of x.
+Tensor input_projection(const Tensor& input, const Tensor& w_ih,
+                        std::initializer_list<const OptionalTensor*> biases);
+
+// A device's kernels. Every tensor is contiguous (row blocks of larger ones included).
+struct DeviceKernels {
+  // One LSTM step over the rows of gates [B,4H]: in, the input projection (biases included); out,
+  // the activated gates. h_prev [B,P], c_prev [B,H], w_hh [4H,P]. Writes h_out [B,H] (o*tanh(c'),
+  // before any projection) and c_out [B,H].
+  void (*lstm_step)(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev,
+                    const Tensor& w_hh, const Tensor& h_out, const Tensor& c_out);
+  // One GRU step: gx [B,3H] the input projection (b_ih included), h_prev [B,H], w_hh [3H,H],
+  // b_hh [3H]. Writes h_out [B,H] and workspace [B,4H] (r, z, n, h_n).
+  void (*gru_step)(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
+                   const OptionalTensor& b_hh, const Tensor& h_out, const Tensor& workspace);
+  // The fused pointwise LSTM backward: from grad_h, grad_c [B,H], the activated gates [B,4H],
+  // c_prev and c_new [B,H], writes the pre-activation gradients grad_gates [B,4H] and grad_c_prev
+  // [B,H]. grad_c_prev may be grad_c itself (each unit reads its own entry before writing it).
+  void (*lstm_gate_grads)(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
+                          const Tensor& c_prev, const Tensor& c_new, const Tensor& grad_gates,
+                          const Tensor& grad_c_prev);
+  // The fused pointwise GRU backward: from grad_h, h_prev [B,H] and the workspace [B,4H], writes
+  // the input-side and hidden-side gate gradients [B,3H] and the direct part of grad_h_prev
+  // (through z * h) [B,H], which may be grad_h itself.
+  void (*gru_gate_grads)(const Tensor& grad_h, const Tensor& h_prev, const Tensor& workspace,
+                         const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
+                         const Tensor& grad_h_direct);
+};
+
 // output_mask order of lstm_cell_backward: input, hx, cx, w_ih, w_hh, bias.
-using LstmGradMask = std::array<bool, 6>;
-using LstmGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
-// output_mask order of gru_cell_backward: input, hx, w_ih, w_hh, b_ih, b_hh.
-using GruGradMask = std::array<bool, 6>;
+using LstmCellGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+// output_mask order of gru_cell_backward and gru_layer_backward: input, hx, w_ih, w_hh, b_ih, b_hh.
 using GruGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+// output_mask order of lstm_layer_backward: input, hx, cx, w_ih, w_hh, bias, w_hr.
+using LstmLayerGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using LstmLayerOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using GruLayerOutputs = std::tuple<Tensor, Tensor, Tensor>;
 
-// A device's fused pointwise LSTM backward: from grad_hy, grad_cy [B,H], the saved activated gates
-// [B,4H], cx and cy [B,H], it returns the gate pre-activation gradients [B,4H] and grad_cx [B,H].
-using LstmGateGradsFn = std::tuple<Tensor, Tensor> (*)(const Tensor& grad_hy,
-                                                       const Tensor& grad_cy,
-                                                       const Tensor& gates, const Tensor& cx,
-                                                       const Tensor& cy);
+// The ops, over a device's kernels. Their schemas and arguments are documented in fused_rnn.cpp.
+LstmCellGrads lstm_cell_backward(const DeviceKernels& k, const Tensor& grad_hy,
+                                 const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
+                                 const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
+                                 const Tensor& gates, const Tensor& cy,
+                                 std::array<bool, 6> mask);
+GruGrads gru_cell_backward(const DeviceKernels& k, const Tensor& grad_hy, const Tensor& input,
+                           const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                           const Tensor& workspace, std::array<bool, 6> mask);
+LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
+                            const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
+                            const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
+                            const OptionalTensor& b_hh, const OptionalTensor& w_hr,
+                            bool reverse);
+LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
+                                   const Tensor& grad_hy, const Tensor& grad_cy,
+                                   const Tensor& input, const Tensor& batch_sizes,
+                                   const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
+                                   const Tensor& w_hh, const OptionalTensor& w_hr,
+                                   const Tensor& output, const Tensor& gates,
+                                   const Tensor& cell_states, const Tensor& hidden_pre_proj,
+                                   bool reverse, std::array<bool, 7> mask);
+GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Tensor& batch_sizes,
+                          const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                          const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse);
+GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
+                            const Tensor& grad_hy, const Tensor& input, const Tensor& batch_sizes,
+                            const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                            const Tensor& output, const Tensor& workspace, bool reverse,
+                            std::array<bool, 6> mask);
 
-// A device's fused pointwise GRU backward: from grad_hy, hx [B,H] and the saved [B,4H] workspace,
-// it returns the input-side gate gradients [B,3H], the hidden-side ones [B,3H] and the direct part
-// of grad_hx [B,H] (through z * h).
-using GruGateGradsFn = std::tuple<Tensor, Tensor, Tensor> (*)(const Tensor& grad_hy,
-                                                              const Tensor& hx,
-                                                              const Tensor& workspace);
-
-LstmGrads lstm_cell_backward_with(LstmGateGradsFn gate_grads, const Tensor& grad_hy,
-                                  const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
-                                  const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
-                                  const Tensor& gates, const Tensor& cy, LstmGradMask mask);
-
-GruGrads gru_cell_backward_with(GruGateGradsFn gate_grads, const Tensor& grad_hy,
-                                const Tensor& input, const Tensor& hx, const Tensor& w_ih,
-                                const Tensor& w_hh, const Tensor& workspace, GruGradMask mask);
-
-// The registered backward for one device: the shared matrix products around its pointwise pass.
-template <LstmGateGradsFn GateGrads>
-LstmGrads lstm_cell_backward(const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input,
-                             const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
-                             const Tensor& w_hh, const Tensor& gates, const Tensor& cy,
-                             LstmGradMask mask) {
-  return lstm_cell_backward_with(GateGrads, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, gates,
-                                 cy, mask);
-}
-
-template <GruGateGradsFn GateGrads>
-GruGrads gru_cell_backward(const Tensor& grad_hy, const Tensor& input, const Tensor& hx,
-                           const Tensor& w_ih, const Tensor& w_hh, const Tensor& workspace,
-                           GruGradMask mask) {
-  return gru_cell_backward_with(GateGrads, grad_hy, input, hx, w_ih, w_hh, workspace, mask);
+// Registers the device-agnostic ops for a device's dispatch key, over that device's kernels K.
+template <const DeviceKernels& K>
+void impl_device_agnostic_ops(torch::Library& m) {
+  m.impl("lstm_cell_backward",
+         [](const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
+            const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& gates,
+            const Tensor& cy, std::array<bool, 6> mask) {
+           return lstm_cell_backward(K, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, gates, cy,
+                                     mask);
+         });
+  m.impl("gru_cell_backward",
+         [](const Tensor& grad_hy, const Tensor& input, const Tensor& hx, const Tensor& w_ih,
+            const Tensor& w_hh, const Tensor& workspace, std::array<bool, 6> mask) {
+           return gru_cell_backward(K, grad_hy, input, hx, w_ih, w_hh, workspace, mask);
+         });
+  m.impl("lstm_layer",
+         [](const Tensor& input, const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
+            const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
+            const OptionalTensor& b_hh, const OptionalTensor& w_hr, bool reverse) {
+           return lstm_layer(K, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+                             reverse);
+         });
+  m.impl("lstm_layer_backward",
+         [](const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy,
+            const Tensor& input, const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
+            const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& w_hr,
+            const Tensor& output, const Tensor& gates, const Tensor& cell_states,
+            const Tensor& hidden_pre_proj, bool reverse, std::array<bool, 7> mask) {
+           return lstm_layer_backward(K, grad_output, grad_hy, grad_cy, input, batch_sizes, hx,
+                                      cx, w_ih, w_hh, w_hr, output, gates, cell_states,
+                                      hidden_pre_proj, reverse, mask);
+         });
+  m.impl("gru_layer",
+         [](const Tensor& input, const Tensor& batch_sizes, const Tensor& hx, const Tensor& w_ih,
+            const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh,
+            bool reverse) {
+           return gru_layer(K, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+         });
+  m.impl("gru_layer_backward",
+         [](const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
+            const Tensor& batch_sizes, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+            const Tensor& output, const Tensor& workspace, bool reverse,
+            std::array<bool, 6> mask) {
+           return gru_layer_backward(K, grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh,
+                                     output, workspace, reverse, mask);
+         });
 }
 
 }  // namespace fused_rnn

@@ -29,4 +29,37 @@ TORCH_LIBRARY(fused_rnn, m) {
       "gru_cell_backward(Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, "
       "Tensor workspace, bool[6] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor "
       "grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+
+  // One LSTM layer in one direction over a whole (packed) sequence. input [N,I]: the steps one
+  // after another, step t being batch_sizes[t] rows (batch_sizes: int64 on the CPU,
+  // non-increasing, batch_sizes[0] = B); a padded [T,B,I] batch is batch_sizes = [B]*T. hx [B,P],
+  // cx [B,H]; w_ih [4H,I], w_hh [4H,P], biases [4H]; w_hr [P,H] for projections (P = H without).
+  // reverse runs the steps last to first. Returns output [N,P], hy [B,P] and cy [B,H] (each
+  // sequence's state after its last step), and for the backward: gates [N,4H] (activated),
+  // cell_states [N,H], and hidden_pre_proj [N,H] (o * tanh(c) before w_hr; [0,H] without it).
+  m.def(
+      "lstm_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor "
+      "w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) -> (Tensor output, Tensor "
+      "hy, Tensor cy, Tensor gates, Tensor cell_states, Tensor hidden_pre_proj)");
+  // Backpropagation through time for lstm_layer. output_mask orders input, hx, cx, w_ih, w_hh,
+  // bias (shared by b_ih and b_hh), w_hr.
+  m.def(
+      "lstm_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, "
+      "Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor "
+      "output, Tensor gates, Tensor cell_states, Tensor hidden_pre_proj, bool reverse, bool[7] "
+      "output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, "
+      "Tensor grad_w_hh, Tensor grad_bias, Tensor grad_w_hr)");
+  // One GRU layer in one direction over a whole (packed) sequence, laid out as for lstm_layer;
+  // hx [B,H], w_ih [3H,I], w_hh [3H,H], biases [3H]. Returns output [N,H], hy [B,H] and the
+  // workspace [N,4H] (r, z, n, h_n per step) for the backward.
+  m.def(
+      "gru_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? "
+      "b_ih, Tensor? b_hh, bool reverse) -> (Tensor output, Tensor hy, Tensor workspace)");
+  // Backpropagation through time for gru_layer; output_mask orders input, hx, w_ih, w_hh, b_ih,
+  // b_hh.
+  m.def(
+      "gru_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor batch_sizes, "
+      "Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, "
+      "bool[6] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor "
+      "grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
 }

@@ -8,7 +8,7 @@ import torch
 
 from . import ops  # noqa: F401  (registers the fake implementations and autograd)
 
-__all__ = ["gru_cell", "lstm_cell"]
+__all__ = ["gru", "gru_cell", "lstm", "lstm_cell"]
 
 
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
@@ -24,3 +24,81 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One GRU step, as torch.nn.GRUCell computes it; returns h'."""
     hy, _workspace = torch.ops.fused_rnn.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
     return hy
+
+
+def _layer_weights(flat_weights, num_layers, num_directions, has_biases, has_proj):
+    """torch.nn's flat weight list, grouped per (layer, direction) as (w_ih, w_hh, b_ih, b_hh,
+    w_hr), absent entries None."""
+    per_group = 2 + 2 * has_biases + has_proj
+    if len(flat_weights) != num_layers * num_directions * per_group:
+        raise ValueError(f"expected {num_layers * num_directions * per_group} weights for "
+                         f"{num_layers} layer(s) x {num_directions} direction(s), got "
+                         f"{len(flat_weights)}")
+    groups = []
+    for k in range(num_layers * num_directions):
+        w = list(flat_weights[k * per_group:(k + 1) * per_group])
+        w_ih, w_hh = w[0], w[1]
+        b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
+        w_hr = w[-1] if has_proj else None
+        groups.append((w_ih, w_hh, b_ih, b_hh, w_hr))
+    return groups
+
+
+def _run_layers(step_layer, data, states, groups, num_layers, bidirectional, dropout, training):
+    """Runs every layer and direction over the packed data [N, I]; the directions' outputs are
+    concatenated per step, with dropout between layers in training. states[k] is the initial state
+    tuple of group k; step_layer(data, states, weights, reverse) -> (output, final states)."""
+    num_directions = 2 if bidirectional else 1
+    finals = []
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(num_directions):
+            k = layer * num_directions + direction
+            out, final = step_layer(data, states[k], groups[k], direction == 1)
+            outputs.append(out)
+            finals.append(final)
+        data = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=1)
+        if dropout > 0 and training and layer < num_layers - 1:
+            data = torch.nn.functional.dropout(data, dropout, training=True)
+    return data, finals
+
+
+def lstm(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, training,
+         bidirectional, proj_size=0):
+    """A multi-layer, optionally bidirectional LSTM over a packed sequence, as torch.nn.LSTM.
+
+    data [N, I] and batch_sizes (int64, CPU) as in a PackedSequence (a padded [T, B, I] batch is
+    data = input.reshape(T * B, I), batch_sizes = [B] * T); hx = (h0 [L*D, B, P], c0 [L*D, B, H]);
+    flat_weights in torch.nn.LSTM's order (its _flat_weights). Returns output [N, D*P],
+    h_n [L*D, B, P] and c_n [L*D, B, H].
+    """
+    h0, c0 = hx
+    groups = _layer_weights(flat_weights, num_layers, 2 if bidirectional else 1, has_biases,
+                            proj_size > 0)
+
+    def step_layer(x, state, weights, reverse):
+        out, hy, cy, *_saved = torch.ops.fused_rnn.lstm_layer(x, batch_sizes, *state, *weights,
+                                                              reverse)
+        return out, (hy, cy)
+
+    output, finals = _run_layers(step_layer, data, list(zip(h0, c0)), groups, num_layers,
+                                 bidirectional, dropout, training)
+    return output, torch.stack([h for h, _ in finals]), torch.stack([c for _, c in finals])
+
+
+def gru(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, training,
+        bidirectional):
+    """A multi-layer, optionally bidirectional GRU over a packed sequence, as torch.nn.GRU.
+
+    Arguments as for lstm, with hx = h0 [L*D, B, H]. Returns output [N, D*H] and h_n [L*D, B, H].
+    """
+    groups = _layer_weights(flat_weights, num_layers, 2 if bidirectional else 1, has_biases, False)
+
+    def step_layer(x, state, weights, reverse):
+        out, hy, _workspace = torch.ops.fused_rnn.gru_layer(x, batch_sizes, state, *weights[:4],
+                                                            reverse)
+        return out, hy
+
+    output, finals = _run_layers(step_layer, data, list(hx), groups, num_layers,
+                                 bidirectional, dropout, training)
+    return output, torch.stack(finals)

@@ -1,15 +1,16 @@
-"""Drop-in replacements for torch.nn.LSTMCell and torch.nn.GRUCell.
+"""Drop-in replacements for torch.nn.LSTM, GRU, LSTMCell and GRUCell, and convert().
 
-They subclass the torch.nn cells, so constructor, parameter names, shapes, initialization,
-state_dict, repr and isinstance checks are torch.nn's own; only forward runs the fused op. Input
-checks and their messages follow torch.nn's.
+They subclass the torch.nn modules, so constructor, argument checks, parameter names, shapes,
+initialization, state_dict, repr, flatten_parameters and isinstance checks are torch.nn's own;
+only forward runs the fused ops. Input checks and their messages follow torch.nn's.
 """
 
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
 
-__all__ = ["GRUCell", "LSTMCell"]
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "convert"]
 
 
 def _check_rank(cell: str, what: str, t: torch.Tensor) -> None:
@@ -57,3 +58,106 @@ class GRUCell(torch.nn.GRUCell):
         hy = functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
                                  self.bias_hh)
         return hy if batched else hy.squeeze(0)
+
+
+def _check_state_rank(batched: bool, hx, lstm: bool) -> None:
+    """torch.nn's rank checks of the initial state (their messages)."""
+    want = 3 if batched else 2
+    ranks = tuple(h.dim() for h in hx) if lstm else (hx.dim(),)
+    if all(r == want for r in ranks):
+        return
+    kind = "batched 3-D" if batched else "unbatched 2-D"
+    if lstm:
+        raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
+                           f"({ranks[0]}-D, {ranks[1]}-D) tensors")
+    raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {ranks[0]}-D tensor")
+
+
+def _sequence_forward(module, input, hx, lstm: bool):
+    """The forward of LSTM and GRU: torch.nn's input handling (packed, batch_first, unbatched,
+    default and permuted states), with the layers run by fused_rnn.functional."""
+    module._update_flat_weights()
+    num_directions = 2 if module.bidirectional else 1
+    state_size = module.proj_size if lstm and module.proj_size > 0 else module.hidden_size
+    packed = isinstance(input, PackedSequence)
+    if packed:
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        batch = int(batch_sizes[0])
+    else:
+        if input.dim() not in (2, 3):
+            name = "LSTM" if lstm else "GRU"
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        batched = input.dim() == 3
+        batch_dim = 0 if module.batch_first else 1
+        if not batched:
+            input = input.unsqueeze(batch_dim)
+        if hx is not None:
+            _check_state_rank(batched, hx, lstm)
+            if not batched:
+                hx = tuple(h.unsqueeze(1) for h in hx) if lstm else hx.unsqueeze(1)
+        batch = input.size(batch_dim)
+        batch_sizes = sorted_indices = unsorted_indices = None
+    if hx is None:
+        like = data if packed else input
+        zeros = like.new_zeros(module.num_layers * num_directions, batch, state_size)
+        hx = (zeros, like.new_zeros(zeros.shape[:2] + (module.hidden_size,))) if lstm else zeros
+    else:
+        hx = module.permute_hidden(hx, sorted_indices)
+    module.check_forward_args(data if packed else input, hx, batch_sizes)
+
+    if not packed:
+        steps = input.transpose(0, 1) if module.batch_first else input  # [T, B, I]
+        if steps.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        data = steps.reshape(steps.size(0) * batch, steps.size(2))
+        batch_sizes = torch.full((steps.size(0),), batch, dtype=torch.long)
+    args = (data, batch_sizes, hx, module._flat_weights, module.bias, module.num_layers,
+            module.dropout, module.training, module.bidirectional)
+    if lstm:
+        output, h_n, c_n = functional.lstm(*args, proj_size=module.proj_size)
+        hidden = (h_n, c_n)
+    else:
+        output, hidden = functional.gru(*args)
+
+    if packed:
+        return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                module.permute_hidden(hidden, unsorted_indices))
+    output = output.view(steps.size(0), batch, output.size(1))
+    if module.batch_first:
+        output = output.transpose(0, 1)
+    if not batched:
+        output = output.squeeze(batch_dim)
+        hidden = tuple(h.squeeze(1) for h in hidden) if lstm else hidden.squeeze(1)
+    return output, hidden
+
+
+class LSTM(torch.nn.LSTM):
+    """torch.nn.LSTM computed by fused whole-sequence ops. Same arguments, parameters, results."""
+
+    def forward(self, input, hx=None):
+        return _sequence_forward(self, input, hx, lstm=True)
+
+
+class GRU(torch.nn.GRU):
+    """torch.nn.GRU computed by fused whole-sequence ops. Same arguments, parameters, results."""
+
+    def forward(self, input, hx=None):
+        return _sequence_forward(self, input, hx, lstm=False)
+
+
+_DROP_INS = {torch.nn.LSTM: LSTM, torch.nn.GRU: GRU, torch.nn.LSTMCell: LSTMCell,
+             torch.nn.GRUCell: GRUCell}
+
+
+def convert(model: torch.nn.Module) -> torch.nn.Module:
+    """Replaces, in place, every torch.nn LSTM, GRU, LSTMCell and GRUCell in `model` (the model
+    itself included) by fused_rnn's, keeping parameters, buffers, hooks and device; returns it.
+
+    Subclasses of those torch.nn modules are left alone: their own code may depend on the class.
+    """
+    for module in model.modules():
+        drop_in = _DROP_INS.get(type(module))
+        if drop_in is not None:
+            # Ours subclass torch.nn's and add no state, so switching the class is the whole move.
+            module.__class__ = drop_in
+    return model

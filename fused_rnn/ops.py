@@ -81,6 +81,45 @@ def _gru_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, workspace, output_ma
             _empty_like_if(output_mask[5], w_hh, (w_hh.shape[0],)))
 
 
+@torch.library.register_fake("fused_rnn::lstm_layer")
+def _lstm_layer_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    _check_one_device("fused_rnn.lstm_layer", input=input, hx=hx, cx=cx, w_ih=w_ih, w_hh=w_hh,
+                      b_ih=b_ih, b_hh=b_hh, w_hr=w_hr)
+    rows, batch = input.shape[0], hx.shape[0]
+    hidden = w_hh.shape[0] // _LSTM_GATES
+    state = w_hh.shape[1]
+    return (input.new_empty(rows, state), input.new_empty(batch, state),
+            input.new_empty(batch, hidden), input.new_empty(rows, _LSTM_GATES * hidden),
+            input.new_empty(rows, hidden), input.new_empty(rows if w_hr is not None else 0, hidden))
+
+
+@torch.library.register_fake("fused_rnn::gru_layer")
+def _gru_layer_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
+    _check_one_device("fused_rnn.gru_layer", input=input, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
+                      b_hh=b_hh)
+    rows, batch, hidden = input.shape[0], hx.shape[0], w_hh.shape[1]
+    return (input.new_empty(rows, hidden), input.new_empty(batch, hidden),
+            input.new_empty(rows, _GRU_SAVED_PER_UNIT * hidden))
+
+
+@torch.library.register_fake("fused_rnn::lstm_layer_backward")
+def _lstm_layer_backward_fake(grad_output, grad_hy, grad_cy, input, batch_sizes, hx, cx, w_ih,
+                              w_hh, w_hr, output, gates, cell_states, hidden_pre_proj, reverse,
+                              output_mask):
+    return (_empty_like_if(output_mask[0], input), _empty_like_if(output_mask[1], hx),
+            _empty_like_if(output_mask[2], cx), _empty_like_if(output_mask[3], w_ih),
+            _empty_like_if(output_mask[4], w_hh),
+            _empty_like_if(output_mask[5], w_hh, (w_hh.shape[0],)),
+            _empty_like_if(output_mask[6] and w_hr is not None, w_hh, w_hr.shape
+                           if w_hr is not None else None))
+
+
+@torch.library.register_fake("fused_rnn::gru_layer_backward")
+def _gru_layer_backward_fake(grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh, output,
+                             workspace, reverse, output_mask):
+    return _gru_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, workspace, output_mask)
+
+
 # ---------------------------------------------------------------------------------------------
 # Autograd: one setup_context/backward pair per cell, used by the op registration and by the
 # torch.autograd.Function alike. The backward asks the backward op only for what is needed.
@@ -116,6 +155,50 @@ def _gru_backward(ctx, grad_hy, _grad_workspace):
                                                        mask))
 
 
+def _lstm_layer_setup_context(ctx, inputs, output):
+    input, batch_sizes, hx, cx, w_ih, w_hh, _b_ih, _b_hh, w_hr, reverse = inputs
+    out, _hy, _cy, gates, cell_states, pre_proj = output
+    ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, gates, cell_states,
+                          pre_proj)
+    ctx.reverse = reverse
+    ctx.mark_non_differentiable(gates, cell_states, pre_proj)
+
+
+def _lstm_layer_backward(ctx, grad_output, grad_hy, grad_cy, *_saved_grads):
+    input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, gates, cell_states, pre_proj = \
+        ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [need[0], need[2], need[3], need[4], need[5], need[6] or need[7], need[8]]
+    grads = torch.ops.fused_rnn.lstm_layer_backward(
+        grad_output, grad_hy, grad_cy, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, gates,
+        cell_states, pre_proj, ctx.reverse, mask)
+    grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr = grads
+    return (grad_input, None, grad_hx, grad_cx, grad_w_ih, grad_w_hh,
+            grad_bias if need[6] else None, grad_bias if need[7] else None, grad_w_hr, None)
+
+
+def _gru_layer_setup_context(ctx, inputs, output):
+    input, batch_sizes, hx, w_ih, w_hh, _b_ih, _b_hh, reverse = inputs
+    out, _hy, workspace = output
+    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, out, workspace)
+    ctx.reverse = reverse
+    ctx.mark_non_differentiable(workspace)
+
+
+def _gru_layer_backward(ctx, grad_output, grad_hy, _grad_workspace):
+    input, batch_sizes, hx, w_ih, w_hh, out, workspace = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [need[0], need[2], need[3], need[4], need[5], need[6]]
+    grads = torch.ops.fused_rnn.gru_layer_backward(grad_output, grad_hy, input, batch_sizes, hx,
+                                                   w_ih, w_hh, out, workspace, ctx.reverse, mask)
+    grad_input, grad_hx, *weight_grads = grads
+    return (grad_input, None, grad_hx, *weight_grads, None)
+
+
+torch.library.register_autograd("fused_rnn::lstm_layer", _lstm_layer_backward,
+                                setup_context=_lstm_layer_setup_context)
+torch.library.register_autograd("fused_rnn::gru_layer", _gru_layer_backward,
+                                setup_context=_gru_layer_setup_context)
 torch.library.register_autograd("fused_rnn::lstm_cell", _lstm_backward,
                                 setup_context=_lstm_setup_context)
 torch.library.register_autograd("fused_rnn::gru_cell", _gru_backward,

@@ -1,15 +1,18 @@
-// CPU implementations of the cell ops: the matrix products through ATen (MKL/oneDNN), then one
-// fused, vectorised, parallel pass of the gate math over the [B, H] units (pointwise.h), in the
-// variant built for this CPU's instruction set.
+// CPU implementations: the matrix products through ATen (MKL/oneDNN), the gate math in one fused,
+// vectorised, parallel pass over the [B, H] units (pointwise.h), in the variant built for this
+// CPU's instruction set. The cell forward ops live here; the backward and layer ops are the
+// device-agnostic ones of cell_ops.h over the CPU kernels below.
 #include "../cell_ops.h"
 #include "pointwise.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
+
+#include <string>
 
 namespace fused_rnn {
 namespace cpu {
@@ -17,7 +20,7 @@ namespace cpu {
 const PointwiseKernels& pointwise_kernels() {
   // ATen's choice for this CPU ("AVX512", "AVX2", "DEFAULT", ...), which ATEN_CPU_CAPABILITY can
   // lower; read once, as ATen does.
-  static const PointwiseKernels& chosen = [] () -> const PointwiseKernels& {
+  static const PointwiseKernels& chosen = []() -> const PointwiseKernels& {
 #ifdef FUSED_RNN_CPU_X86_VARIANTS
     const std::string capability = at::get_cpu_capability();
     if (capability == "AVX512") return AVX512::kKernels;
@@ -45,22 +48,47 @@ constexpr int64_t kGrainUnits = 4096;
 
 // Runs pass(begin, end) over the units of a [B, H] grid, split over ATen's threads.
 template <typename Pass>
-void over_units(int64_t batch, int64_t hidden, const Pass& pass) {
-  at::parallel_for(0, batch * hidden, kGrainUnits, pass);
+void over_units(const Tensor& grid, const Pass& pass) {
+  at::parallel_for(0, grid.numel(), kGrainUnits, pass);
 }
 
-// The given biases summed in the op-math dtype (float for the half types, so no rounding), or
-// zeros: one code path whatever the bias arguments (adding zero changes no nonzero value).
-Tensor summed_bias(std::initializer_list<const OptionalTensor*> biases, int64_t rows,
-                   const Tensor& input) {
-  const auto t = input.scalar_type();
-  const auto acc = (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
-  Tensor sum = at::zeros({rows}, input.options().dtype(acc));
-  for (const OptionalTensor* b : biases) {
-    if (b->has_value()) sum.add_(**b);
-  }
-  return sum;
+void lstm_step_cpu(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev,
+                   const Tensor& w_hh, const Tensor& h_out, const Tensor& c_out) {
+  gates.addmm_(h_prev, w_hh.t());
+  over_units(c_out, [&](int64_t begin, int64_t end) {
+    cpu::pointwise_kernels().lstm_forward(gates, c_prev, h_out, c_out, begin, end);
+  });
 }
+
+void gru_step_cpu(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
+                  const OptionalTensor& b_hh, const Tensor& h_out, const Tensor& workspace) {
+  const Tensor gh = b_hh.has_value() ? at::addmm(*b_hh, h_prev, w_hh.t())
+                                     : at::mm(h_prev, w_hh.t());
+  over_units(h_out, [&](int64_t begin, int64_t end) {
+    cpu::pointwise_kernels().gru_forward(gx, gh, h_prev, h_out, workspace, begin, end);
+  });
+}
+
+void lstm_gate_grads_cpu(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
+                         const Tensor& c_prev, const Tensor& c_new, const Tensor& grad_gates,
+                         const Tensor& grad_c_prev) {
+  over_units(c_new, [&](int64_t begin, int64_t end) {
+    cpu::pointwise_kernels().lstm_backward(grad_h, grad_c, gates, c_prev, c_new, grad_gates,
+                                           grad_c_prev, begin, end);
+  });
+}
+
+void gru_gate_grads_cpu(const Tensor& grad_h, const Tensor& h_prev, const Tensor& workspace,
+                        const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
+                        const Tensor& grad_h_direct) {
+  over_units(h_prev, [&](int64_t begin, int64_t end) {
+    cpu::pointwise_kernels().gru_backward(grad_h, h_prev, workspace, grad_input_gates,
+                                          grad_hidden_gates, grad_h_direct, begin, end);
+  });
+}
+
+constexpr DeviceKernels kCpuKernels{&lstm_step_cpu, &gru_step_cpu, &lstm_gate_grads_cpu,
+                                    &gru_gate_grads_cpu};
 
 std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tensor& hx,
                                                  const Tensor& cx, const Tensor& w_ih,
@@ -68,32 +96,12 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tens
                                                  const OptionalTensor& b_hh) {
   const CellSizes s = check_cell_forward_args("fused_rnn.lstm_cell", kLstmGates, input, hx, cx,
                                               w_ih, w_hh, b_ih, b_hh);
-  const int64_t H = s.hidden;
-  // gates holds the pre-activations, then is overwritten in place by the activated gates that the
-  // backward needs.
-  Tensor gates = at::mm(input, w_ih.t());
-  gates.addmm_(hx, w_hh.t());
-  const Tensor bias = summed_bias({&b_ih, &b_hh}, kLstmGates * H, input);
-  Tensor hy = at::empty({s.batch, H}, input.options());
-  Tensor cy = at::empty({s.batch, H}, input.options());
-  const Tensor c = cx.contiguous();
-  over_units(s.batch, H, [&](int64_t begin, int64_t end) {
-    cpu::pointwise_kernels().lstm_forward(gates, bias, c, hy, cy, begin, end);
-  });
+  // The input projection becomes the gates in place: the activations the backward needs.
+  Tensor gates = input_projection(input, w_ih, {&b_ih, &b_hh});
+  Tensor hy = at::empty({s.batch, s.hidden}, input.options());
+  Tensor cy = at::empty({s.batch, s.hidden}, input.options());
+  lstm_step_cpu(gates, hx, cx.contiguous(), w_hh, hy, cy);
   return {hy, cy, gates};
-}
-
-std::tuple<Tensor, Tensor> lstm_gate_grads_cpu(const Tensor& grad_hy, const Tensor& grad_cy,
-                                               const Tensor& gates, const Tensor& cx,
-                                               const Tensor& cy) {
-  const int64_t B = cx.size(0), H = cx.size(1);
-  Tensor grad_gates = at::empty({B, kLstmGates * H}, gates.options());
-  Tensor grad_cx = at::empty({B, H}, cx.options());
-  over_units(B, H, [&](int64_t begin, int64_t end) {
-    cpu::pointwise_kernels().lstm_backward(grad_hy, grad_cy, gates, cx, cy, grad_gates, grad_cx,
-                                           begin, end);
-  });
-  return {grad_gates, grad_cx};
 }
 
 std::tuple<Tensor, Tensor> gru_cell_cpu(const Tensor& input, const Tensor& hx,
@@ -101,41 +109,19 @@ std::tuple<Tensor, Tensor> gru_cell_cpu(const Tensor& input, const Tensor& hx,
                                         const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
   const CellSizes s = check_cell_forward_args("fused_rnn.gru_cell", kGruGates, input, hx,
                                               std::nullopt, w_ih, w_hh, b_ih, b_hh);
-  const int64_t H = s.hidden;
-  // The n gate needs its input and hidden parts apart, so the two products stay separate.
-  const Tensor gx = at::mm(input, w_ih.t());
-  const Tensor gh = at::mm(hx, w_hh.t());
-  const Tensor bias_ih = summed_bias({&b_ih}, kGruGates * H, input);
-  const Tensor bias_hh = summed_bias({&b_hh}, kGruGates * H, input);
-  Tensor hy = at::empty({s.batch, H}, input.options());
-  Tensor workspace = at::empty({s.batch, kGruSavedPerUnit * H}, input.options());
-  const Tensor h = hx.contiguous();
-  over_units(s.batch, H, [&](int64_t begin, int64_t end) {
-    cpu::pointwise_kernels().gru_forward(gx, gh, bias_ih, bias_hh, h, hy, workspace, begin, end);
-  });
+  Tensor hy = at::empty({s.batch, s.hidden}, input.options());
+  Tensor workspace = at::empty({s.batch, kGruSavedPerUnit * s.hidden}, input.options());
+  gru_step_cpu(input_projection(input, w_ih, {&b_ih}), hx.contiguous(), w_hh, b_hh, hy,
+               workspace);
   return {hy, workspace};
-}
-
-std::tuple<Tensor, Tensor, Tensor> gru_gate_grads_cpu(const Tensor& grad_hy, const Tensor& hx,
-                                                      const Tensor& workspace) {
-  const int64_t B = hx.size(0), H = hx.size(1);
-  Tensor grad_input_gates = at::empty({B, kGruGates * H}, hx.options());
-  Tensor grad_hidden_gates = at::empty({B, kGruGates * H}, hx.options());
-  Tensor grad_hx_direct = at::empty({B, H}, hx.options());
-  over_units(B, H, [&](int64_t begin, int64_t end) {
-    cpu::pointwise_kernels().gru_backward(grad_hy, hx, workspace, grad_input_gates,
-                                          grad_hidden_gates, grad_hx_direct, begin, end);
-  });
-  return {grad_input_gates, grad_hidden_gates, grad_hx_direct};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
   m.impl("lstm_cell", &lstm_cell_cpu);
-  m.impl("lstm_cell_backward", &lstm_cell_backward<lstm_gate_grads_cpu>);
   m.impl("gru_cell", &gru_cell_cpu);
-  m.impl("gru_cell_backward", &gru_cell_backward<gru_gate_grads_cpu>);
+  impl_device_agnostic_ops<kCpuKernels>(m);
 }
 
 }  // namespace fused_rnn

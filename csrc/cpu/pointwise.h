@@ -17,25 +17,24 @@ using at::Tensor;
 
 struct PointwiseKernels {
   const char* isa;  // the instruction set it was built for: "DEFAULT", "AVX2" or "AVX512"
-  // gates [B,4H]: pre-activations in, activated gates out (in place); bias [4H] (op-math dtype);
-  // cx [B,H]. Writes hy and cy [B,H].
-  void (*lstm_forward)(const Tensor& gates, const Tensor& bias, const Tensor& cx, const Tensor& hy,
-                       const Tensor& cy, int64_t begin, int64_t end);
-  // From grad_hy, grad_cy [B,H], gates [B,4H], cx, cy [B,H]: writes grad_gates [B,4H] (of the
-  // pre-activations) and grad_cx [B,H].
-  void (*lstm_backward)(const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& gates,
-                        const Tensor& cx, const Tensor& cy, const Tensor& grad_gates,
-                        const Tensor& grad_cx, int64_t begin, int64_t end);
-  // gx, gh [B,3H]: the input and hidden products; bias_ih, bias_hh [3H] (op-math dtype); hx [B,H].
-  // Writes hy [B,H] and workspace [B,4H] (r, z, n, h_n).
-  void (*gru_forward)(const Tensor& gx, const Tensor& gh, const Tensor& bias_ih,
-                      const Tensor& bias_hh, const Tensor& hx, const Tensor& hy,
-                      const Tensor& workspace, int64_t begin, int64_t end);
-  // From grad_hy, hx [B,H] and workspace [B,4H]: writes the input-side and hidden-side gate
-  // gradients [B,3H] and the direct part of grad_hx [B,H].
-  void (*gru_backward)(const Tensor& grad_hy, const Tensor& hx, const Tensor& workspace,
+  // gates [B,4H]: pre-activations (biases included) in, activated gates out (in place);
+  // c_prev [B,H]. Writes h_out and c_out [B,H].
+  void (*lstm_forward)(const Tensor& gates, const Tensor& c_prev, const Tensor& h_out,
+                       const Tensor& c_out, int64_t begin, int64_t end);
+  // From grad_h, grad_c [B,H], gates [B,4H], c_prev, c_new [B,H]: writes grad_gates [B,4H] (of
+  // the pre-activations) and grad_c_prev [B,H], which may alias grad_c.
+  void (*lstm_backward)(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
+                        const Tensor& c_prev, const Tensor& c_new, const Tensor& grad_gates,
+                        const Tensor& grad_c_prev, int64_t begin, int64_t end);
+  // gx, gh [B,3H]: the input and hidden products, biases included; h_prev [B,H]. Writes h_out
+  // [B,H] and workspace [B,4H] (r, z, n, h_n).
+  void (*gru_forward)(const Tensor& gx, const Tensor& gh, const Tensor& h_prev,
+                      const Tensor& h_out, const Tensor& workspace, int64_t begin, int64_t end);
+  // From grad_h, h_prev [B,H] and workspace [B,4H]: writes the input-side and hidden-side gate
+  // gradients [B,3H] and the direct part of grad_h_prev [B,H], which may alias grad_h.
+  void (*gru_backward)(const Tensor& grad_h, const Tensor& h_prev, const Tensor& workspace,
                        const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
-                       const Tensor& grad_hx_direct, int64_t begin, int64_t end);
+                       const Tensor& grad_h_direct, int64_t begin, int64_t end);
 };
 
 namespace DEFAULT {

@@ -36,9 +36,8 @@ struct Lanes {
   using Vec = at::vec::Vectorized<acc_t>;
   static constexpr int64_t kWidth = Vec::size();
 
-  template <typename P>
-  static Vec load(const P* p, int64_t count) {
-    if constexpr (std::is_same_v<P, acc_t>) {
+  static Vec load(const scalar_t* p, int64_t count) {
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
       return Vec::loadu(p, count);
     } else {
       acc_t buf[kWidth];
@@ -72,108 +71,100 @@ void for_each_pack(int64_t hidden, int64_t begin, int64_t end, const Pack& pack)
   }
 }
 
-void lstm_forward(const Tensor& gates, const Tensor& bias, const Tensor& cx, const Tensor& hy,
-                  const Tensor& cy, int64_t begin, int64_t end) {
-  const int64_t H = cx.size(1);
-  FUSED_RNN_DISPATCH_FLOATING_TYPES(cx.scalar_type(), "lstm_forward_cpu", [&] {
+void lstm_forward(const Tensor& gates, const Tensor& c_prev, const Tensor& h_out,
+                  const Tensor& c_out, int64_t begin, int64_t end) {
+  const int64_t H = c_prev.size(1);
+  FUSED_RNN_DISPATCH_FLOATING_TYPES(c_prev.scalar_type(), "lstm_forward_cpu", [&] {
     using L = Lanes<scalar_t>;
-    using acc_t = typename L::acc_t;
     scalar_t* gates_p = gates.data_ptr<scalar_t>();
-    const acc_t* bias_p = bias.data_ptr<acc_t>();
-    const scalar_t* c_p = cx.data_ptr<scalar_t>();
-    scalar_t* hy_p = hy.data_ptr<scalar_t>();
-    scalar_t* cy_p = cy.data_ptr<scalar_t>();
+    const scalar_t* c_p = c_prev.data_ptr<scalar_t>();
+    scalar_t* h_out_p = h_out.data_ptr<scalar_t>();
+    scalar_t* c_out_p = c_out.data_ptr<scalar_t>();
     for_each_pack<scalar_t>(H, begin, end, [&](int64_t b, int64_t j, int64_t n) {
       scalar_t* row = gates_p + b * kLstmGates * H;
-      typename L::Vec a[kLstmGates];
-      for (int64_t k = 0; k < kLstmGates; ++k) {
-        a[k] = L::load(row + k * H + j, n) + L::load(bias_p + k * H + j, n);
-      }
-      const auto s = lstm_step_forward(a[0], a[1], a[2], a[3], L::load(c_p + b * H + j, n));
+      const int64_t u = b * H + j;
+      const auto s = lstm_step_forward(L::load(row + 0 * H + j, n), L::load(row + 1 * H + j, n),
+                                       L::load(row + 2 * H + j, n), L::load(row + 3 * H + j, n),
+                                       L::load(c_p + u, n));
       L::store(row + 0 * H + j, s.i, n);
       L::store(row + 1 * H + j, s.f, n);
       L::store(row + 2 * H + j, s.g, n);
       L::store(row + 3 * H + j, s.o, n);
-      L::store(cy_p + b * H + j, s.c_new, n);
-      L::store(hy_p + b * H + j, s.h_new, n);
+      L::store(c_out_p + u, s.c_new, n);
+      L::store(h_out_p + u, s.h_new, n);
     });
   });
 }
 
-void lstm_backward(const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& gates,
-                   const Tensor& cx, const Tensor& cy, const Tensor& grad_gates,
-                   const Tensor& grad_cx, int64_t begin, int64_t end) {
-  const int64_t H = cx.size(1);
-  FUSED_RNN_DISPATCH_FLOATING_TYPES(cx.scalar_type(), "lstm_backward_cpu", [&] {
+void lstm_backward(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
+                   const Tensor& c_prev, const Tensor& c_new, const Tensor& grad_gates,
+                   const Tensor& grad_c_prev, int64_t begin, int64_t end) {
+  const int64_t H = c_prev.size(1);
+  FUSED_RNN_DISPATCH_FLOATING_TYPES(c_prev.scalar_type(), "lstm_backward_cpu", [&] {
     using L = Lanes<scalar_t>;
-    const scalar_t* gh_p = grad_hy.data_ptr<scalar_t>();
-    const scalar_t* gc_p = grad_cy.data_ptr<scalar_t>();
+    const scalar_t* gh_p = grad_h.data_ptr<scalar_t>();
+    const scalar_t* gc_p = grad_c.data_ptr<scalar_t>();
     const scalar_t* gates_p = gates.data_ptr<scalar_t>();
-    const scalar_t* c_p = cx.data_ptr<scalar_t>();
-    const scalar_t* cy_p = cy.data_ptr<scalar_t>();
+    const scalar_t* c_p = c_prev.data_ptr<scalar_t>();
+    const scalar_t* cn_p = c_new.data_ptr<scalar_t>();
     scalar_t* gg_p = grad_gates.data_ptr<scalar_t>();
-    scalar_t* gcx_p = grad_cx.data_ptr<scalar_t>();
+    scalar_t* gcp_p = grad_c_prev.data_ptr<scalar_t>();
     for_each_pack<scalar_t>(H, begin, end, [&](int64_t b, int64_t j, int64_t n) {
       const scalar_t* row = gates_p + b * kLstmGates * H;
       const int64_t u = b * H + j;
       const auto d = lstm_step_backward(
           L::load(row + 0 * H + j, n), L::load(row + 1 * H + j, n), L::load(row + 2 * H + j, n),
-          L::load(row + 3 * H + j, n), L::load(c_p + u, n), L::load(cy_p + u, n),
+          L::load(row + 3 * H + j, n), L::load(c_p + u, n), L::load(cn_p + u, n),
           L::load(gh_p + u, n), L::load(gc_p + u, n));
       scalar_t* grow = gg_p + b * kLstmGates * H;
       L::store(grow + 0 * H + j, d.a_i, n);
       L::store(grow + 1 * H + j, d.a_f, n);
       L::store(grow + 2 * H + j, d.a_g, n);
       L::store(grow + 3 * H + j, d.a_o, n);
-      L::store(gcx_p + u, d.c, n);
+      L::store(gcp_p + u, d.c, n);
     });
   });
 }
 
-void gru_forward(const Tensor& gx, const Tensor& gh, const Tensor& bias_ih, const Tensor& bias_hh,
-                 const Tensor& hx, const Tensor& hy, const Tensor& workspace, int64_t begin,
-                 int64_t end) {
-  const int64_t H = hx.size(1);
-  FUSED_RNN_DISPATCH_FLOATING_TYPES(hx.scalar_type(), "gru_forward_cpu", [&] {
+void gru_forward(const Tensor& gx, const Tensor& gh, const Tensor& h_prev, const Tensor& h_out,
+                 const Tensor& workspace, int64_t begin, int64_t end) {
+  const int64_t H = h_prev.size(1);
+  FUSED_RNN_DISPATCH_FLOATING_TYPES(h_prev.scalar_type(), "gru_forward_cpu", [&] {
     using L = Lanes<scalar_t>;
-    using acc_t = typename L::acc_t;
     const scalar_t* gx_p = gx.data_ptr<scalar_t>();
     const scalar_t* gh_p = gh.data_ptr<scalar_t>();
-    const acc_t* bih_p = bias_ih.data_ptr<acc_t>();
-    const acc_t* bhh_p = bias_hh.data_ptr<acc_t>();
-    const scalar_t* h_p = hx.data_ptr<scalar_t>();
-    scalar_t* hy_p = hy.data_ptr<scalar_t>();
+    const scalar_t* h_p = h_prev.data_ptr<scalar_t>();
+    scalar_t* h_out_p = h_out.data_ptr<scalar_t>();
     scalar_t* ws_p = workspace.data_ptr<scalar_t>();
     for_each_pack<scalar_t>(H, begin, end, [&](int64_t b, int64_t j, int64_t n) {
-      typename L::Vec x[kGruGates], h[kGruGates];
-      for (int64_t k = 0; k < kGruGates; ++k) {
-        x[k] = L::load(gx_p + b * kGruGates * H + k * H + j, n) + L::load(bih_p + k * H + j, n);
-        h[k] = L::load(gh_p + b * kGruGates * H + k * H + j, n) + L::load(bhh_p + k * H + j, n);
-      }
+      const scalar_t* x = gx_p + b * kGruGates * H + j;
+      const scalar_t* h = gh_p + b * kGruGates * H + j;
       const int64_t u = b * H + j;
-      const auto s = gru_step_forward(x[0], x[1], x[2], h[0], h[1], h[2], L::load(h_p + u, n));
+      const auto s = gru_step_forward(L::load(x, n), L::load(x + H, n), L::load(x + 2 * H, n),
+                                      L::load(h, n), L::load(h + H, n), L::load(h + 2 * H, n),
+                                      L::load(h_p + u, n));
       scalar_t* ws = ws_p + b * kGruSavedPerUnit * H;
       L::store(ws + 0 * H + j, s.r, n);
       L::store(ws + 1 * H + j, s.z, n);
       L::store(ws + 2 * H + j, s.n, n);
       L::store(ws + 3 * H + j, s.h_n, n);
-      L::store(hy_p + u, s.h_new, n);
+      L::store(h_out_p + u, s.h_new, n);
     });
   });
 }
 
-void gru_backward(const Tensor& grad_hy, const Tensor& hx, const Tensor& workspace,
+void gru_backward(const Tensor& grad_h, const Tensor& h_prev, const Tensor& workspace,
                   const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
-                  const Tensor& grad_hx_direct, int64_t begin, int64_t end) {
-  const int64_t H = hx.size(1);
-  FUSED_RNN_DISPATCH_FLOATING_TYPES(hx.scalar_type(), "gru_backward_cpu", [&] {
+                  const Tensor& grad_h_direct, int64_t begin, int64_t end) {
+  const int64_t H = h_prev.size(1);
+  FUSED_RNN_DISPATCH_FLOATING_TYPES(h_prev.scalar_type(), "gru_backward_cpu", [&] {
     using L = Lanes<scalar_t>;
-    const scalar_t* g_p = grad_hy.data_ptr<scalar_t>();
-    const scalar_t* h_p = hx.data_ptr<scalar_t>();
+    const scalar_t* g_p = grad_h.data_ptr<scalar_t>();
+    const scalar_t* h_p = h_prev.data_ptr<scalar_t>();
     const scalar_t* ws_p = workspace.data_ptr<scalar_t>();
     scalar_t* gi_p = grad_input_gates.data_ptr<scalar_t>();
     scalar_t* gg_p = grad_hidden_gates.data_ptr<scalar_t>();
-    scalar_t* gd_p = grad_hx_direct.data_ptr<scalar_t>();
+    scalar_t* gd_p = grad_h_direct.data_ptr<scalar_t>();
     for_each_pack<scalar_t>(H, begin, end, [&](int64_t b, int64_t j, int64_t n) {
       const scalar_t* ws = ws_p + b * kGruSavedPerUnit * H;
       const int64_t u = b * H + j;

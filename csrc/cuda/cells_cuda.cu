@@ -1,10 +1,12 @@
-// CUDA implementations of the cell ops.
+// CUDA implementations: the cell forward ops, and the kernels (DeviceKernels) under the
+// device-agnostic backward and layer ops of cell_ops.h.
 //
 // Forward: one launch per step. A block owns a tile of kTileUnits hidden units for kTileBatch batch
-// rows; it computes every gate row of those units (the products with w_ih and w_hh, through shared
-// memory tiles), adds the biases, applies the gate math of cell_math.h and writes the new state, so
-// no gate pre-activation ever reaches global memory. Backward: one fused pointwise launch for the
-// gate gradients; the matrix products around it are cuBLAS calls through ATen (cell_common.cpp).
+// rows; it computes every gate row of those units (the products with w_ih, or the rows of an input
+// projection computed beforehand for a whole sequence, and with w_hh, through shared memory tiles),
+// adds the biases, applies the gate math of cell_math.h and writes the new state, so no gate
+// pre-activation ever reaches global memory. Backward: one fused pointwise launch for the gate
+// gradients; the matrix products around it are cuBLAS calls through ATen.
 #include "../cell_math.h"
 #include "../cell_ops.h"
 
@@ -26,17 +28,18 @@ constexpr int kThreads = kTileUnits * kTileBatch;
 // Pointers and sizes of one cell step; every tensor is contiguous. Biases may be null.
 template <typename scalar_t>
 struct CellParams {
-  const scalar_t* input;  // [B, I]
-  const scalar_t* hx;     // [B, H]
+  const scalar_t* input;  // [B, I], or null when xproj is given
+  const scalar_t* xproj;  // [B, G*H]: input projection, biases it holds included; or null
+  const scalar_t* hx;     // [B, P]
   const scalar_t* cx;     // [B, H] (LSTM only)
-  const scalar_t* w_ih;   // [G*H, I]
-  const scalar_t* w_hh;   // [G*H, H]
+  const scalar_t* w_ih;   // [G*H, I], or null when xproj is given
+  const scalar_t* w_hh;   // [G*H, P]
   const scalar_t* b_ih;   // [G*H] or null
   const scalar_t* b_hh;   // [G*H] or null
   scalar_t* hy;           // [B, H]
   scalar_t* cy;           // [B, H] (LSTM only)
-  scalar_t* saved;        // LSTM: gates [B, 4H]; GRU: workspace [B, 4H]
-  int64_t batch, input_size, hidden;
+  scalar_t* saved;        // LSTM: gates [B, 4H] (may be xproj itself); GRU: workspace [B, 4H]
+  int64_t batch, input_size, hidden, state_size;  // B, I, H, P (P = H but for LSTM projections)
 };
 
 // acc[g] += act[b, :] . w[g*H + j, :] for the block's tile, where (b, j) is this thread's unit.
@@ -115,7 +118,7 @@ struct GruCell {
       xb[g] = x[g] + load_bias(p.b_ih, g * H + j);
       hb[g] = h[g] + load_bias(p.b_hh, g * H + j);
     }
-    const int64_t u = b * H + j;
+    const int64_t u = b * H + j;  // a GRU's state is [B, H]: P = H
     const auto st =
         gru_step_forward<acc_t>(xb[0], xb[1], xb[2], hb[0], hb[1], hb[2], acc_t(p.hx[u]));
     scalar_t* ws = p.saved + b * kGruSavedPerUnit * H;
@@ -128,20 +131,31 @@ struct GruCell {
 };
 
 // Grid: x over batch tiles, y over unit tiles. Block: kTileUnits x kTileBatch threads.
-template <typename Cell, typename scalar_t>
+// kProjectedInput: the input side comes precomputed in p.xproj instead of from input x w_ih.
+template <typename Cell, typename scalar_t, bool kProjectedInput>
 __global__ void __launch_bounds__(kThreads) cell_forward_kernel(const CellParams<scalar_t> p) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int G = Cell::kGates;
   const int64_t b0 = static_cast<int64_t>(blockIdx.x) * kTileBatch;
   const int64_t j0 = static_cast<int64_t>(blockIdx.y) * kTileUnits;
+  const int64_t b = b0 + threadIdx.y, j = j0 + threadIdx.x;
+  const bool in_range = b < p.batch && j < p.hidden;
   acc_t x[G], h[G];
 #pragma unroll
   for (int g = 0; g < G; ++g) x[g] = h[g] = acc_t(0);
-  accumulate_gate_products<scalar_t, G>(p.input, p.w_ih, p.input_size, p.hidden, p.batch, b0, j0,
-                                        x);
-  accumulate_gate_products<scalar_t, G>(p.hx, p.w_hh, p.hidden, p.hidden, p.batch, b0, j0, h);
-  const int64_t b = b0 + threadIdx.y, j = j0 + threadIdx.x;
-  if (b < p.batch && j < p.hidden) Cell::finish(p, b, j, x, h);
+  if constexpr (kProjectedInput) {
+    // Read before any write: with the LSTM, saved may be xproj, and only this thread touches
+    // these entries.
+    if (in_range) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) x[g] = static_cast<acc_t>(p.xproj[(b * G + g) * p.hidden + j]);
+    }
+  } else {
+    accumulate_gate_products<scalar_t, G>(p.input, p.w_ih, p.input_size, p.hidden, p.batch, b0,
+                                          j0, x);
+  }
+  accumulate_gate_products<scalar_t, G>(p.hx, p.w_hh, p.state_size, p.hidden, p.batch, b0, j0, h);
+  if (in_range) Cell::finish(p, b, j, x, h);
 }
 
 template <typename scalar_t>
@@ -149,23 +163,27 @@ const scalar_t* data_or_null(const OptionalTensor& t) {
   return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
 }
 
+// Launches one step. input and w_ih, or xproj, give the input side (the other pair undefined);
+// cx and cy are undefined for the GRU. Every tensor is contiguous.
 template <typename Cell>
-void launch_cell_forward(const Tensor& input, const Tensor& hx, const Tensor& cx,
-                         const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
-                         const OptionalTensor& b_hh, const Tensor& hy, const Tensor& cy,
-                         const Tensor& saved) {
-  const int64_t B = input.size(0), H = hx.size(1);
+void launch_cell_forward(const Tensor& input, const Tensor& w_ih, const Tensor& xproj,
+                         const Tensor& hx, const Tensor& cx, const Tensor& w_hh,
+                         const OptionalTensor& b_ih, const OptionalTensor& b_hh, const Tensor& hy,
+                         const Tensor& cy, const Tensor& saved) {
+  const int64_t B = hy.size(0), H = hy.size(1);
   if (B == 0 || H == 0) return;
+  const c10::cuda::CUDAGuard guard(hy.device());
   const dim3 grid(static_cast<unsigned>((B + kTileBatch - 1) / kTileBatch),
                   static_cast<unsigned>((H + kTileUnits - 1) / kTileUnits));
   TORCH_CHECK(grid.y <= 65535, "fused_rnn: hidden size ", H, " exceeds the CUDA kernel's limit");
   const dim3 block(kTileUnits, kTileBatch);
-  FUSED_RNN_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cell_forward_cuda", [&] {
+  FUSED_RNN_DISPATCH_FLOATING_TYPES(hy.scalar_type(), "cell_forward_cuda", [&] {
     CellParams<scalar_t> p;
-    p.input = input.data_ptr<scalar_t>();
+    p.input = input.defined() ? input.data_ptr<scalar_t>() : nullptr;
+    p.xproj = xproj.defined() ? xproj.data_ptr<scalar_t>() : nullptr;
     p.hx = hx.data_ptr<scalar_t>();
     p.cx = cx.defined() ? cx.data_ptr<scalar_t>() : nullptr;
-    p.w_ih = w_ih.data_ptr<scalar_t>();
+    p.w_ih = w_ih.defined() ? w_ih.data_ptr<scalar_t>() : nullptr;
     p.w_hh = w_hh.data_ptr<scalar_t>();
     p.b_ih = data_or_null<scalar_t>(b_ih);
     p.b_hh = data_or_null<scalar_t>(b_hh);
@@ -173,10 +191,15 @@ void launch_cell_forward(const Tensor& input, const Tensor& hx, const Tensor& cx
     p.cy = cy.defined() ? cy.data_ptr<scalar_t>() : nullptr;
     p.saved = saved.data_ptr<scalar_t>();
     p.batch = B;
-    p.input_size = input.size(1);
+    p.input_size = input.defined() ? input.size(1) : 0;
     p.hidden = H;
-    cell_forward_kernel<Cell, scalar_t>
-        <<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+    p.state_size = hx.size(1);
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    if (xproj.defined()) {
+      cell_forward_kernel<Cell, scalar_t, true><<<grid, block, 0, stream>>>(p);
+    } else {
+      cell_forward_kernel<Cell, scalar_t, false><<<grid, block, 0, stream>>>(p);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -191,12 +214,11 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cuda(const Tensor& input, const Ten
                                                   const OptionalTensor& b_hh) {
   const CellSizes s = check_cell_forward_args("fused_rnn.lstm_cell", kLstmGates, input, hx, cx,
                                               w_ih, w_hh, b_ih, b_hh);
-  const c10::cuda::CUDAGuard guard(input.device());
   Tensor hy = at::empty({s.batch, s.hidden}, input.options());
   Tensor cy = at::empty({s.batch, s.hidden}, input.options());
   Tensor gates = at::empty({s.batch, kLstmGates * s.hidden}, input.options());
-  launch_cell_forward<LstmCell>(input.contiguous(), hx.contiguous(), cx.contiguous(),
-                                w_ih.contiguous(), w_hh.contiguous(), contiguous_or_none(b_ih),
+  launch_cell_forward<LstmCell>(input.contiguous(), w_ih.contiguous(), Tensor(), hx.contiguous(),
+                                cx.contiguous(), w_hh.contiguous(), contiguous_or_none(b_ih),
                                 contiguous_or_none(b_hh), hy, cy, gates);
   return {hy, cy, gates};
 }
@@ -206,29 +228,28 @@ std::tuple<Tensor, Tensor> gru_cell_cuda(const Tensor& input, const Tensor& hx,
                                          const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
   const CellSizes s = check_cell_forward_args("fused_rnn.gru_cell", kGruGates, input, hx,
                                               std::nullopt, w_ih, w_hh, b_ih, b_hh);
-  const c10::cuda::CUDAGuard guard(input.device());
   Tensor hy = at::empty({s.batch, s.hidden}, input.options());
   Tensor workspace = at::empty({s.batch, kGruSavedPerUnit * s.hidden}, input.options());
-  launch_cell_forward<GruCell>(input.contiguous(), hx.contiguous(), Tensor(), w_ih.contiguous(),
-                               w_hh.contiguous(), contiguous_or_none(b_ih),
+  launch_cell_forward<GruCell>(input.contiguous(), w_ih.contiguous(), Tensor(), hx.contiguous(),
+                               Tensor(), w_hh.contiguous(), contiguous_or_none(b_ih),
                                contiguous_or_none(b_hh), hy, Tensor(), workspace);
   return {hy, workspace};
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward pointwise passes: one thread per unit (b, j), grid-stride.
+// Backward pointwise passes: one thread per unit (b, j), grid-stride. The previous state's
+// gradient may be written over the incoming one (each thread reads its entry first), so those
+// pointers are not __restrict__.
 
 constexpr int kPointwiseThreads = 256;
 
 template <typename scalar_t>
-__global__ void lstm_gate_grads_kernel(const scalar_t* __restrict__ grad_hy,
-                                       const scalar_t* __restrict__ grad_cy,
+__global__ void lstm_gate_grads_kernel(const scalar_t* grad_h, const scalar_t* grad_c,
                                        const scalar_t* __restrict__ gates,
-                                       const scalar_t* __restrict__ cx,
-                                       const scalar_t* __restrict__ cy,
-                                       scalar_t* __restrict__ grad_gates,
-                                       scalar_t* __restrict__ grad_cx, int64_t batch,
-                                       int64_t H) {
+                                       const scalar_t* __restrict__ c_prev,
+                                       const scalar_t* __restrict__ c_new,
+                                       scalar_t* __restrict__ grad_gates, scalar_t* grad_c_prev,
+                                       int64_t batch, int64_t H) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = batch * H;
   for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < n;
@@ -237,25 +258,23 @@ __global__ void lstm_gate_grads_kernel(const scalar_t* __restrict__ grad_hy,
     const scalar_t* row = gates + b * kLstmGates * H;
     const auto d = lstm_step_backward<acc_t>(acc_t(row[0 * H + j]), acc_t(row[1 * H + j]),
                                              acc_t(row[2 * H + j]), acc_t(row[3 * H + j]),
-                                             acc_t(cx[u]), acc_t(cy[u]), acc_t(grad_hy[u]),
-                                             acc_t(grad_cy[u]));
+                                             acc_t(c_prev[u]), acc_t(c_new[u]), acc_t(grad_h[u]),
+                                             acc_t(grad_c[u]));
     scalar_t* grow = grad_gates + b * kLstmGates * H;
     grow[0 * H + j] = static_cast<scalar_t>(d.a_i);
     grow[1 * H + j] = static_cast<scalar_t>(d.a_f);
     grow[2 * H + j] = static_cast<scalar_t>(d.a_g);
     grow[3 * H + j] = static_cast<scalar_t>(d.a_o);
-    grad_cx[u] = static_cast<scalar_t>(d.c);
+    grad_c_prev[u] = static_cast<scalar_t>(d.c);
   }
 }
 
 template <typename scalar_t>
-__global__ void gru_gate_grads_kernel(const scalar_t* __restrict__ grad_hy,
-                                      const scalar_t* __restrict__ hx,
+__global__ void gru_gate_grads_kernel(const scalar_t* grad_h, const scalar_t* __restrict__ h_prev,
                                       const scalar_t* __restrict__ workspace,
                                       scalar_t* __restrict__ grad_input_gates,
                                       scalar_t* __restrict__ grad_hidden_gates,
-                                      scalar_t* __restrict__ grad_hx_direct, int64_t batch,
-                                      int64_t H) {
+                                      scalar_t* grad_h_direct, int64_t batch, int64_t H) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = batch * H;
   for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < n;
@@ -264,14 +283,14 @@ __global__ void gru_gate_grads_kernel(const scalar_t* __restrict__ grad_hy,
     const scalar_t* ws = workspace + b * kGruSavedPerUnit * H;
     const auto d = gru_step_backward<acc_t>(acc_t(ws[0 * H + j]), acc_t(ws[1 * H + j]),
                                             acc_t(ws[2 * H + j]), acc_t(ws[3 * H + j]),
-                                            acc_t(hx[u]), acc_t(grad_hy[u]));
+                                            acc_t(h_prev[u]), acc_t(grad_h[u]));
     scalar_t* gi = grad_input_gates + b * kGruGates * H;
     scalar_t* gh = grad_hidden_gates + b * kGruGates * H;
     gi[0 * H + j] = gh[0 * H + j] = static_cast<scalar_t>(d.a_r);
     gi[1 * H + j] = gh[1 * H + j] = static_cast<scalar_t>(d.a_z);
     gi[2 * H + j] = static_cast<scalar_t>(d.x_n);
     gh[2 * H + j] = static_cast<scalar_t>(d.h_n);
-    grad_hx_direct[u] = static_cast<scalar_t>(d.h);
+    grad_h_direct[u] = static_cast<scalar_t>(d.h);
   }
 }
 
@@ -283,51 +302,59 @@ unsigned pointwise_blocks(int64_t units) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min(wanted, cap)));
 }
 
-std::tuple<Tensor, Tensor> lstm_gate_grads_cuda(const Tensor& grad_hy, const Tensor& grad_cy,
-                                                const Tensor& gates, const Tensor& cx,
-                                                const Tensor& cy) {
-  const c10::cuda::CUDAGuard guard(cx.device());
-  const int64_t B = cx.size(0), H = cx.size(1);
-  Tensor grad_gates = at::empty({B, kLstmGates * H}, gates.options());
-  Tensor grad_cx = at::empty({B, H}, cx.options());
-  if (B * H == 0) return {grad_gates, grad_cx};
-  FUSED_RNN_DISPATCH_FLOATING_TYPES(cx.scalar_type(), "lstm_gate_grads_cuda", [&] {
+void lstm_gate_grads_cuda(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
+                          const Tensor& c_prev, const Tensor& c_new, const Tensor& grad_gates,
+                          const Tensor& grad_c_prev) {
+  const int64_t B = c_new.size(0), H = c_new.size(1);
+  if (B * H == 0) return;
+  const c10::cuda::CUDAGuard guard(c_new.device());
+  FUSED_RNN_DISPATCH_FLOATING_TYPES(c_new.scalar_type(), "lstm_gate_grads_cuda", [&] {
     lstm_gate_grads_kernel<scalar_t>
         <<<pointwise_blocks(B * H), kPointwiseThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            grad_hy.data_ptr<scalar_t>(), grad_cy.data_ptr<scalar_t>(),
-            gates.data_ptr<scalar_t>(), cx.data_ptr<scalar_t>(), cy.data_ptr<scalar_t>(),
-            grad_gates.data_ptr<scalar_t>(), grad_cx.data_ptr<scalar_t>(), B, H);
+            grad_h.data_ptr<scalar_t>(), grad_c.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
+            c_prev.data_ptr<scalar_t>(), c_new.data_ptr<scalar_t>(),
+            grad_gates.data_ptr<scalar_t>(), grad_c_prev.data_ptr<scalar_t>(), B, H);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {grad_gates, grad_cx};
 }
 
-std::tuple<Tensor, Tensor, Tensor> gru_gate_grads_cuda(const Tensor& grad_hy, const Tensor& hx,
-                                                       const Tensor& workspace) {
-  const c10::cuda::CUDAGuard guard(hx.device());
-  const int64_t B = hx.size(0), H = hx.size(1);
-  Tensor grad_input_gates = at::empty({B, kGruGates * H}, hx.options());
-  Tensor grad_hidden_gates = at::empty({B, kGruGates * H}, hx.options());
-  Tensor grad_hx_direct = at::empty({B, H}, hx.options());
-  if (B * H == 0) return {grad_input_gates, grad_hidden_gates, grad_hx_direct};
-  FUSED_RNN_DISPATCH_FLOATING_TYPES(hx.scalar_type(), "gru_gate_grads_cuda", [&] {
+void gru_gate_grads_cuda(const Tensor& grad_h, const Tensor& h_prev, const Tensor& workspace,
+                         const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
+                         const Tensor& grad_h_direct) {
+  const int64_t B = h_prev.size(0), H = h_prev.size(1);
+  if (B * H == 0) return;
+  const c10::cuda::CUDAGuard guard(h_prev.device());
+  FUSED_RNN_DISPATCH_FLOATING_TYPES(h_prev.scalar_type(), "gru_gate_grads_cuda", [&] {
     gru_gate_grads_kernel<scalar_t>
         <<<pointwise_blocks(B * H), kPointwiseThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            grad_hy.data_ptr<scalar_t>(), hx.data_ptr<scalar_t>(),
+            grad_h.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
             workspace.data_ptr<scalar_t>(), grad_input_gates.data_ptr<scalar_t>(),
-            grad_hidden_gates.data_ptr<scalar_t>(), grad_hx_direct.data_ptr<scalar_t>(), B, H);
+            grad_hidden_gates.data_ptr<scalar_t>(), grad_h_direct.data_ptr<scalar_t>(), B, H);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {grad_input_gates, grad_hidden_gates, grad_hx_direct};
 }
+
+void lstm_step_cuda(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev,
+                    const Tensor& w_hh, const Tensor& h_out, const Tensor& c_out) {
+  launch_cell_forward<LstmCell>(Tensor(), Tensor(), gates, h_prev, c_prev, w_hh, std::nullopt,
+                                std::nullopt, h_out, c_out, gates);
+}
+
+void gru_step_cuda(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
+                   const OptionalTensor& b_hh, const Tensor& h_out, const Tensor& workspace) {
+  launch_cell_forward<GruCell>(Tensor(), Tensor(), gx, h_prev, Tensor(), w_hh, std::nullopt, b_hh,
+                               h_out, Tensor(), workspace);
+}
+
+constexpr DeviceKernels kCudaKernels{&lstm_step_cuda, &gru_step_cuda, &lstm_gate_grads_cuda,
+                                     &gru_gate_grads_cuda};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fused_rnn, CUDA, m) {
   m.impl("lstm_cell", &lstm_cell_cuda);
-  m.impl("lstm_cell_backward", &lstm_cell_backward<lstm_gate_grads_cuda>);
   m.impl("gru_cell", &gru_cell_cuda);
-  m.impl("gru_cell_backward", &gru_cell_backward<gru_gate_grads_cuda>);
+  impl_device_agnostic_ops<kCudaKernels>(m);
 }
 
 }  // namespace fused_rnn

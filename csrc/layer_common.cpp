@@ -1,0 +1,240 @@
+// The whole-sequence layer ops, forward and backward (BPTT), over a device's kernels.
+//
+// A sequence comes packed, as torch.nn.utils.rnn.PackedSequence lays it out: input [N, I] holds
+// the steps one after another, step t being batch_sizes[t] rows (non-increasing in t), the rows of
+// the sequences still running; a padded [T, B, I] batch is the case batch_sizes = [B] * T. So
+// variable lengths cost nothing: step t simply works on fewer rows. The state lives in a [B, *]
+// buffer whose first batch_sizes[t] rows are the running sequences'; the rows of finished
+// sequences keep their last state, which is what h_n reports. The reverse direction walks the
+// steps backwards: its batch grows, and a sequence joining at its last step starts from h0.
+#include "cell_ops.h"
+
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace fused_rnn {
+namespace {
+
+struct Step {
+  int64_t offset;  // first row of the step in the packed [N, *] tensors
+  int64_t rows;    // batch_sizes[t]
+};
+
+// The steps in the order the forward runs them, after checking batch_sizes against the input.
+std::vector<Step> schedule(const char* op, const Tensor& batch_sizes, const Tensor& input,
+                           int64_t batch, bool reverse) {
+  TORCH_CHECK(batch_sizes.dim() == 1 && batch_sizes.scalar_type() == at::kLong &&
+                  batch_sizes.device().is_cpu(),
+              op, ": expected batch_sizes to be a 1-D int64 tensor on the CPU, got ",
+              batch_sizes.dim(), "-D ", batch_sizes.scalar_type(), " on ", batch_sizes.device());
+  const Tensor sizes = batch_sizes.contiguous();
+  const int64_t* bs = sizes.data_ptr<int64_t>();
+  const int64_t steps = sizes.numel();
+  std::vector<Step> order(steps);
+  int64_t offset = 0;
+  for (int64_t t = 0; t < steps; ++t) {
+    TORCH_CHECK(bs[t] >= 0 && bs[t] <= (t == 0 ? batch : bs[t - 1]), op,
+                ": expected batch_sizes to be non-increasing, within [0, ", batch,
+                "] (the batch of hx), got ", batch_sizes);
+    order[t] = {offset, bs[t]};
+    offset += bs[t];
+  }
+  TORCH_CHECK(steps == 0 || bs[0] == batch, op, ": expected batch_sizes[0] = ", batch,
+              " (the batch of hx), got ", bs[0]);
+  TORCH_CHECK(offset == input.size(0), op, ": batch_sizes sum to ", offset, " but input has ",
+              input.size(0), " rows");
+  if (reverse) std::reverse(order.begin(), order.end());
+  return order;
+}
+
+Tensor rows(const Tensor& t, const Step& s) { return t.narrow(0, s.offset, s.rows); }
+Tensor first_rows(const Tensor& t, int64_t n) { return t.narrow(0, 0, n); }
+
+// For each step, the state it started from, as a packed [N, X] tensor: the previous step's saved
+// state (saved [N, X]) where the row ran then, else the initial state (init [B, X]).
+Tensor states_before_steps(const std::vector<Step>& order, const Tensor& saved,
+                           const Tensor& init) {
+  Tensor before = at::empty({saved.size(0), init.size(1)}, saved.options());
+  for (size_t k = 0; k < order.size(); ++k) {
+    const Step& s = order[k];
+    const int64_t carried = k == 0 ? 0 : std::min(s.rows, order[k - 1].rows);
+    Tensor dst = rows(before, s);
+    if (carried > 0) first_rows(dst, carried).copy_(first_rows(rows(saved, order[k - 1]), carried));
+    if (carried < s.rows) {
+      dst.narrow(0, carried, s.rows - carried).copy_(init.narrow(0, carried, s.rows - carried));
+    }
+  }
+  return before;
+}
+
+void check_layer_state(const char* op, const CellSizes& s, const Tensor& input, const Tensor& hx,
+                       const Tensor* cx) {
+  check_state(op, s.batch, input, hx, s.state, "0", "hx");
+  if (cx) check_state(op, s.batch, input, *cx, s.hidden, "1", "cx");
+}
+
+}  // namespace
+
+LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
+                            const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
+                            const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
+                            const OptionalTensor& b_hh, const OptionalTensor& w_hr,
+                            bool reverse) {
+  constexpr const char* op = "fused_rnn.lstm_layer";
+  CellSizes s = check_weights(op, kLstmGates, input, w_ih, w_hh, b_ih, b_hh, w_hr);
+  s.batch = hx.dim() >= 1 ? hx.size(0) : 0;
+  check_layer_state(op, s, input, hx, &cx);
+  const std::vector<Step> order = schedule(op, batch_sizes, input, s.batch, reverse);
+  const int64_t N = input.size(0);
+
+  // One GEMM for the input side of every step; each step then turns its rows into its gates.
+  Tensor gates = input_projection(input, w_ih, {&b_ih, &b_hh});
+  Tensor output = at::empty({N, s.state}, input.options());
+  Tensor cell_states = at::empty({N, s.hidden}, input.options());
+  // With a projection, o * tanh(c) before it, which the backward needs; else unused (empty).
+  Tensor pre_proj = at::empty({w_hr.has_value() ? N : 0, s.hidden}, input.options());
+  Tensor h = hx.contiguous().clone();
+  Tensor c = cx.contiguous().clone();
+  const Tensor w_hh_c = w_hh.contiguous();
+  for (const Step& step : order) {
+    const Tensor h_out = w_hr.has_value() ? rows(pre_proj, step) : rows(output, step);
+    k.lstm_step(rows(gates, step), first_rows(h, step.rows), first_rows(c, step.rows), w_hh_c,
+                h_out, rows(cell_states, step));
+    if (w_hr.has_value()) {
+      Tensor projected = rows(output, step);
+      at::mm_out(projected, h_out, w_hr->t());
+    }
+    first_rows(h, step.rows).copy_(rows(output, step));
+    first_rows(c, step.rows).copy_(rows(cell_states, step));
+  }
+  return {output, h, c, gates, cell_states, pre_proj};
+}
+
+LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
+                                   const Tensor& grad_hy, const Tensor& grad_cy,
+                                   const Tensor& input, const Tensor& batch_sizes,
+                                   const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
+                                   const Tensor& w_hh, const OptionalTensor& w_hr,
+                                   const Tensor& output, const Tensor& gates,
+                                   const Tensor& cell_states, const Tensor& hidden_pre_proj,
+                                   bool reverse, std::array<bool, 7> mask) {
+  constexpr const char* op = "fused_rnn.lstm_layer_backward";
+  CellSizes s = check_weights(op, kLstmGates, input, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
+  s.batch = hx.dim() >= 1 ? hx.size(0) : 0;
+  check_layer_state(op, s, input, hx, &cx);
+  const std::vector<Step> order = schedule(op, batch_sizes, input, s.batch, reverse);
+  const int64_t N = input.size(0);
+  check_saved(op, "grad_output", grad_output, {N, s.state}, input);
+  check_saved(op, "grad_hy", grad_hy, {s.batch, s.state}, input);
+  check_saved(op, "grad_cy", grad_cy, {s.batch, s.hidden}, input);
+  check_saved(op, "output", output, {N, s.state}, input);
+  check_saved(op, "gates", gates, {N, kLstmGates * s.hidden}, input);
+  check_saved(op, "cell_states", cell_states, {N, s.hidden}, input);
+  check_saved(op, "hidden_pre_proj", hidden_pre_proj, {w_hr.has_value() ? N : 0, s.hidden},
+              input);
+
+  const Tensor gates_c = gates.contiguous(), cells_c = cell_states.contiguous();
+  const Tensor grad_out_c = grad_output.contiguous(), pre_proj_c = hidden_pre_proj.contiguous();
+  const Tensor c_before = states_before_steps(order, cells_c, cx.contiguous());
+  Tensor grad_gates = at::empty({N, kLstmGates * s.hidden}, input.options());
+  // Gradients of the running state, carried backwards through the steps.
+  Tensor grad_h = grad_hy.contiguous().clone();
+  Tensor grad_c = grad_cy.contiguous().clone();
+  Tensor grad_w_hr = w_hr.has_value() && mask[6]
+                         ? at::zeros({s.state, s.hidden}, input.options()) : Tensor();
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    const Step& step = *it;
+    Tensor gh = first_rows(grad_h, step.rows);
+    gh.add_(rows(grad_out_c, step));
+    Tensor grad_cell_out = gh;  // gradient of o * tanh(c), the cell's own output
+    if (w_hr.has_value()) {
+      if (grad_w_hr.defined()) grad_w_hr.addmm_(gh.t(), rows(pre_proj_c, step));
+      grad_cell_out = at::mm(gh, *w_hr);
+    }
+    Tensor gc = first_rows(grad_c, step.rows);
+    k.lstm_gate_grads(grad_cell_out, gc, rows(gates_c, step), rows(c_before, step),
+                      rows(cells_c, step), rows(grad_gates, step), gc);
+    at::mm_out(gh, rows(grad_gates, step), w_hh);
+  }
+  // The weights' gradients as single GEMMs over all steps.
+  return {mask[0] ? at::mm(grad_gates, w_ih) : Tensor(),
+          mask[1] ? grad_h : Tensor(),
+          mask[2] ? grad_c : Tensor(),
+          mask[3] ? at::mm(grad_gates.t(), input) : Tensor(),
+          mask[4] ? at::mm(grad_gates.t(), states_before_steps(order, output.contiguous(),
+                                                                hx.contiguous()))
+                  : Tensor(),
+          mask[5] ? at::sum(grad_gates, 0) : Tensor(),
+          grad_w_hr};
+}
+
+GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Tensor& batch_sizes,
+                          const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                          const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse) {
+  constexpr const char* op = "fused_rnn.gru_layer";
+  CellSizes s = check_weights(op, kGruGates, input, w_ih, w_hh, b_ih, b_hh, std::nullopt);
+  s.batch = hx.dim() >= 1 ? hx.size(0) : 0;
+  check_layer_state(op, s, input, hx, nullptr);
+  const std::vector<Step> order = schedule(op, batch_sizes, input, s.batch, reverse);
+  const int64_t N = input.size(0);
+
+  const Tensor gx = input_projection(input, w_ih, {&b_ih});
+  Tensor output = at::empty({N, s.hidden}, input.options());
+  Tensor workspace = at::empty({N, kGruSavedPerUnit * s.hidden}, input.options());
+  Tensor h = hx.contiguous().clone();
+  const Tensor w_hh_c = w_hh.contiguous();
+  const OptionalTensor b_hh_c = b_hh.has_value() ? OptionalTensor(b_hh->contiguous()) : b_hh;
+  for (const Step& step : order) {
+    k.gru_step(rows(gx, step), first_rows(h, step.rows), w_hh_c, b_hh_c, rows(output, step),
+               rows(workspace, step));
+    first_rows(h, step.rows).copy_(rows(output, step));
+  }
+  return {output, h, workspace};
+}
+
+GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
+                            const Tensor& grad_hy, const Tensor& input, const Tensor& batch_sizes,
+                            const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                            const Tensor& output, const Tensor& workspace, bool reverse,
+                            std::array<bool, 6> mask) {
+  constexpr const char* op = "fused_rnn.gru_layer_backward";
+  CellSizes s = check_weights(op, kGruGates, input, w_ih, w_hh, std::nullopt, std::nullopt,
+                              std::nullopt);
+  s.batch = hx.dim() >= 1 ? hx.size(0) : 0;
+  check_layer_state(op, s, input, hx, nullptr);
+  const std::vector<Step> order = schedule(op, batch_sizes, input, s.batch, reverse);
+  const int64_t N = input.size(0);
+  check_saved(op, "grad_output", grad_output, {N, s.hidden}, input);
+  check_saved(op, "grad_hy", grad_hy, {s.batch, s.hidden}, input);
+  check_saved(op, "output", output, {N, s.hidden}, input);
+  check_saved(op, "workspace", workspace, {N, kGruSavedPerUnit * s.hidden}, input);
+
+  const Tensor ws_c = workspace.contiguous(), grad_out_c = grad_output.contiguous();
+  const Tensor h_before = states_before_steps(order, output.contiguous(), hx.contiguous());
+  Tensor grad_input_gates = at::empty({N, kGruGates * s.hidden}, input.options());
+  Tensor grad_hidden_gates = at::empty({N, kGruGates * s.hidden}, input.options());
+  Tensor grad_h = grad_hy.contiguous().clone();
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    const Step& step = *it;
+    Tensor gh = first_rows(grad_h, step.rows);
+    gh.add_(rows(grad_out_c, step));
+    // gh becomes the direct part of the previous state's gradient, then gains W_hh's.
+    k.gru_gate_grads(gh, rows(h_before, step), rows(ws_c, step), rows(grad_input_gates, step),
+                     rows(grad_hidden_gates, step), gh);
+    gh.addmm_(rows(grad_hidden_gates, step), w_hh);
+  }
+  return {mask[0] ? at::mm(grad_input_gates, w_ih) : Tensor(),
+          mask[1] ? grad_h : Tensor(),
+          mask[2] ? at::mm(grad_input_gates.t(), input) : Tensor(),
+          mask[3] ? at::mm(grad_hidden_gates.t(), h_before) : Tensor(),
+          mask[4] ? at::sum(grad_input_gates, 0) : Tensor(),
+          mask[5] ? at::sum(grad_hidden_gates, 0) : Tensor()};
+}
+
+}  // namespace fused_rnn
