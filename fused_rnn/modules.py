@@ -1,8 +1,11 @@
 """Drop-in replacements for torch.nn.LSTM, GRU, LSTMCell and GRUCell, and convert().
 
-They subclass the torch.nn modules, so constructor, argument checks, parameter names, shapes,
-initialization, state_dict, repr, flatten_parameters and isinstance checks are torch.nn's own;
-only forward runs the fused ops. Input checks and their messages follow torch.nn's.
+They are built from torch.nn's own classes, so constructor, argument checks, parameter names,
+shapes, initialization, state_dict, repr and flatten_parameters are torch.nn's; only forward runs
+the fused ops. Input checks and their messages follow torch.nn's. The cells subclass
+torch.nn.LSTMCell / GRUCell. LSTM and GRU subclass torch.nn.RNNBase, as torch.nn's do, but not
+torch.nn.LSTM / GRU themselves: torch.compile refuses to trace any instance of those, and
+compiling a model with fullgraph=True is one of the things ours are for.
 """
 
 import torch
@@ -131,15 +134,28 @@ def _sequence_forward(module, input, hx, lstm: bool):
     return output, hidden
 
 
-class LSTM(torch.nn.LSTM):
+class LSTM(torch.nn.RNNBase):
     """torch.nn.LSTM computed by fused whole-sequence ops. Same arguments, parameters, results."""
+
+    # torch.nn.LSTM's own checks of the (h, c) state and its reordering for packed sequences.
+    get_expected_cell_size = torch.nn.LSTM.get_expected_cell_size
+    check_forward_args = torch.nn.LSTM.check_forward_args
+    permute_hidden = torch.nn.LSTM.permute_hidden
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
 
     def forward(self, input, hx=None):
         return _sequence_forward(self, input, hx, lstm=True)
 
 
-class GRU(torch.nn.GRU):
+class GRU(torch.nn.RNNBase):
     """torch.nn.GRU computed by fused whole-sequence ops. Same arguments, parameters, results."""
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:  # torch.nn.GRU's check and message
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
 
     def forward(self, input, hx=None):
         return _sequence_forward(self, input, hx, lstm=False)
@@ -158,6 +174,6 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
     for module in model.modules():
         drop_in = _DROP_INS.get(type(module))
         if drop_in is not None:
-            # Ours subclass torch.nn's and add no state, so switching the class is the whole move.
+            # Ours hold exactly the state torch.nn's do, so switching the class is the whole move.
             module.__class__ = drop_in
     return model

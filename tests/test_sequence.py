@@ -1,0 +1,377 @@
+"""Parity of fused_rnn.LSTM / GRU with torch.nn.LSTM / GRU: outputs, final states, every gradient."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import fused_rnn
+from conftest import CUDA_READY, DEVICES, TOLERANCES, assert_matches_torch
+
+MODULES = {"lstm": (torch.nn.LSTM, fused_rnn.LSTM), "gru": (torch.nn.GRU, fused_rnn.GRU)}
+
+# Configurations covering every feature: (kind, constructor kwargs, input mode, T, hx given).
+# Input modes: "padded" [T, B, I] (or batch_first), "packed" / "unsorted" PackedSequence,
+# "unbatched" [T, I].
+CONFIGS = [
+    ("lstm", dict(), "padded", 1, False),
+    ("lstm", dict(), "padded", 40, True),
+    ("lstm", dict(num_layers=2, bidirectional=True), "padded", 9, True),
+    ("lstm", dict(num_layers=3, batch_first=True), "padded", 7, False),
+    ("lstm", dict(bias=False, bidirectional=True), "packed", 8, True),
+    ("lstm", dict(num_layers=2, bidirectional=True, batch_first=True), "unsorted", 8, True),
+    ("lstm", dict(proj_size=3), "padded", 6, True),
+    ("lstm", dict(num_layers=2, proj_size=4, bidirectional=True), "unsorted", 8, False),
+    ("lstm", dict(num_layers=2, bidirectional=True), "unbatched", 5, True),
+    ("lstm", dict(proj_size=2, batch_first=True), "unbatched", 5, False),
+    ("gru", dict(), "padded", 1, False),
+    ("gru", dict(), "padded", 40, True),
+    ("gru", dict(num_layers=2, bidirectional=True), "padded", 9, True),
+    ("gru", dict(num_layers=3, batch_first=True, bias=False), "padded", 7, False),
+    ("gru", dict(bidirectional=True), "packed", 8, True),
+    ("gru", dict(num_layers=2, bidirectional=True, batch_first=True), "unsorted", 8, False),
+    ("gru", dict(num_layers=2), "unbatched", 5, True),
+]
+INPUT_SIZE, HIDDEN, BATCH = 5, 6, 4
+LENGTHS = [8, 3, 8, 1]  # for the packed modes; unsorted on purpose
+
+
+def config_id(cfg):
+    kind, kw, mode, steps, given = cfg
+    args = "-".join(f"{k}={v}" for k, v in kw.items()) or "default"
+    return f"{kind}-{args}-{mode}-T{steps}-{'hx' if given else 'nohx'}"
+
+
+def make_modules(kind, kw, dtype, device, seed=0):
+    torch_cls, our_cls = MODULES[kind]
+    torch.manual_seed(seed)
+    theirs = torch_cls(INPUT_SIZE, HIDDEN, dtype=dtype, device=device, **kw)
+    ours = our_cls(INPUT_SIZE, HIDDEN, dtype=dtype, device=device, **kw)
+    ours.load_state_dict(theirs.state_dict())
+    truth = torch_cls(INPUT_SIZE, HIDDEN, dtype=torch.float64, **kw)
+    truth.load_state_dict({k: v.double().cpu() for k, v in theirs.state_dict().items()})
+    return theirs, ours, truth
+
+
+def make_inputs(kind, kw, mode, steps, given, dtype, device):
+    """Leaves (input tensor, initial states) and a builder turning them into the module's args."""
+    batch_first = kw.get("batch_first", False)
+    layers = kw.get("num_layers", 1) * (2 if kw.get("bidirectional") else 1)
+    state = kw.get("proj_size", 0) or HIDDEN
+    batched = mode != "unbatched"
+
+    def rand(*shape):
+        return torch.randn(*shape, dtype=dtype, device=device, requires_grad=True)
+
+    if not batched:
+        x = rand(steps, INPUT_SIZE)
+    elif batch_first:
+        x = rand(BATCH, steps, INPUT_SIZE)
+    else:
+        x = rand(steps, BATCH, INPUT_SIZE)
+    states = []
+    if given:
+        shape = (layers, BATCH) if batched else (layers,)
+        states = [rand(*shape, state)] + ([rand(*shape, HIDDEN)] if kind == "lstm" else [])
+
+    def build(x, states):
+        inp = x
+        if mode in ("packed", "unsorted"):
+            lengths = sorted(LENGTHS, reverse=True) if mode == "packed" else LENGTHS
+            inp = pack_padded_sequence(x, torch.tensor(lengths), batch_first=batch_first,
+                                       enforce_sorted=mode == "packed")
+        if not states:
+            return (inp,)
+        return (inp, tuple(states) if kind == "lstm" else states[0])
+
+    return x, states, build
+
+
+def flatten(result):
+    """Output tensor (packed data for a PackedSequence) and final states, as a list."""
+    output, hidden = result
+    data = output.data if isinstance(output, PackedSequence) else output
+    return [data, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+
+
+def run_and_grad(module, x, states, build, out_weights):
+    results = flatten(module(*build(x, states)))
+    loss = sum((r * w.to(r)).sum() for r, w in zip(results, out_weights))
+    leaves = [x, *states, *module.parameters()]
+    return results, torch.autograd.grad(loss, leaves)
+
+
+def check_against_torch(kind, kw, mode, steps, given, dtype, device):
+    theirs, ours, truth = make_modules(kind, kw, dtype, device)
+    x, states, build = make_inputs(kind, kw, mode, steps, given, dtype, device)
+    shapes = [r.shape for r in flatten(theirs(*build(x, states)))]
+    out_weights = [torch.randn(s, dtype=torch.float64) for s in shapes]
+
+    got, got_grads = run_and_grad(ours, x, states, build, out_weights)
+    want, want_grads = run_and_grad(theirs, x, states, build, out_weights)
+
+    def to_truth(t):
+        return t.detach().double().cpu().requires_grad_()
+
+    true, true_grads = run_and_grad(truth, to_truth(x), [to_truth(s) for s in states], build,
+                                    out_weights)
+    names = ["output", "h_n", "c_n"][:len(got)]
+    for name, a, b, t in zip(names, got, want, true):
+        assert_matches_torch(a, b, t, name)
+    grad_names = ["input", *(f"state {i}" for i in range(len(states))),
+                  *(n for n, _ in ours.named_parameters())]
+    assert len(got_grads) == len(grad_names)
+    for name, a, b, t in zip(grad_names, got_grads, want_grads, true_grads):
+        assert_matches_torch(a, b, t, f"grad of {name}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+def test_matches_torch_nn(cfg, dtype, device):
+    check_against_torch(*cfg, dtype, device)
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
+def test_half_types_on_cuda_match_torch_nn(cfg, dtype):
+    check_against_torch(*cfg, dtype, "cuda")
+
+
+@pytest.mark.parametrize("kind", MODULES)
+def test_streaming_in_chunks_equals_whole_sequence(kind):
+    """Online mode: feeding chunks with the carried state gives the whole-sequence result."""
+    _, ours, _ = make_modules(kind, dict(num_layers=2), torch.float64, "cpu")
+    x = torch.randn(30, 3, INPUT_SIZE, dtype=torch.float64)
+    whole, whole_state = ours(x)
+    outputs, state = [], None
+    for chunk in x.split([1, 7, 12, 10]):
+        out, state = ours(chunk, state)
+        outputs.append(out)
+    torch.testing.assert_close(torch.cat(outputs), whole, **TOLERANCES[torch.float64])
+    for a, b in zip(state if kind == "lstm" else (state,),
+                    whole_state if kind == "lstm" else (whole_state,)):
+        torch.testing.assert_close(a, b, **TOLERANCES[torch.float64])
+
+
+@pytest.mark.parametrize("kind", MODULES)
+def test_dropout_between_layers_only_in_training(kind):
+    theirs, ours, _ = make_modules(kind, dict(num_layers=3, dropout=0.5), torch.float64, "cpu")
+    x = torch.randn(6, 2, INPUT_SIZE, dtype=torch.float64)
+    ours.eval(), theirs.eval()
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0], **TOLERANCES[torch.float64])
+    ours.train()
+    first, second = ours(x)[0], ours(x)[0]
+    assert not torch.allclose(first, second), "dropout changed nothing in training"
+    # The first layer has no dropout before it: a 1-layer module ignores dropout (as torch.nn).
+    _, single, _ = make_modules(kind, dict(num_layers=1), torch.float64, "cpu")
+    with pytest.warns(UserWarning, match="dropout"):
+        dropped = MODULES[kind][1](INPUT_SIZE, HIDDEN, dropout=0.5, dtype=torch.float64)
+    dropped.load_state_dict(single.state_dict())
+    dropped.train()
+    torch.testing.assert_close(dropped(x)[0], single(x)[0], **TOLERANCES[torch.float64])
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("proj", [False, True])
+def test_lstm_layer_gradcheck(reverse, proj):
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_()
+
+    hidden, state = 3, (2 if proj else 3)
+    batch_sizes = torch.tensor([3, 3, 2, 1])
+    args = (rand(9, 2), batch_sizes, rand(3, state), rand(3, hidden), rand(4 * hidden, 2),
+            rand(4 * hidden, state), rand(4 * hidden), rand(4 * hidden),
+            rand(state, hidden) if proj else None, reverse)
+    assert torch.autograd.gradcheck(lambda *a: torch.ops.fused_rnn.lstm_layer(*a)[:3], args)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gru_layer_gradcheck(reverse):
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_()
+
+    batch_sizes = torch.tensor([3, 3, 2, 1])
+    args = (rand(9, 2), batch_sizes, rand(3, 3), rand(9, 2), rand(9, 3), rand(9), rand(9),
+            reverse)
+    assert torch.autograd.gradcheck(lambda *a: torch.ops.fused_rnn.gru_layer(*a)[:2], args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind,proj", [("lstm", False), ("lstm", True), ("gru", False)])
+def test_opcheck_layer_ops(kind, proj, device):
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to(device).requires_grad_()
+
+    batch_sizes = torch.tensor([3, 2, 2])
+    for reverse in (False, True):
+        if kind == "lstm":
+            state = 2 if proj else 3
+            args = [rand(7, 2), batch_sizes, rand(3, state), rand(3, 3), rand(12, 2),
+                    rand(12, state), rand(12), rand(12), rand(state, 3) if proj else None,
+                    reverse]
+            op, backward = torch.ops.fused_rnn.lstm_layer, torch.ops.fused_rnn.lstm_layer_backward
+        else:
+            args = [rand(7, 2), batch_sizes, rand(3, 3), rand(9, 2), rand(9, 3), rand(9), rand(9),
+                    reverse]
+            op, backward = torch.ops.fused_rnn.gru_layer, torch.ops.fused_rnn.gru_layer_backward
+        torch.library.opcheck(op.default, args)
+        plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+        outs = op(*plain)
+        if kind == "lstm":
+            out, hy, cy, gates, cells, pre_proj = outs
+            bargs = [torch.randn_like(out), torch.randn_like(hy), torch.randn_like(cy), *plain[:6],
+                     plain[8], out, gates, cells, pre_proj, reverse, [True] * 7]
+        else:
+            out, hy, workspace = outs
+            bargs = [torch.randn_like(out), torch.randn_like(hy), *plain[:5], out, workspace,
+                     reverse, [True] * 6]
+        torch.library.opcheck(backward.default, bargs)
+
+
+@pytest.mark.parametrize("kind", MODULES)
+def test_compile_fullgraph(kind):
+    """torch.compile(fullgraph=True) compiles a model using our RNN, forward and backward."""
+    torch._dynamo.reset()
+    _, ours, _ = make_modules(kind, dict(num_layers=2, bidirectional=True), torch.float32, "cpu")
+    x = torch.randn(5, 3, INPUT_SIZE, requires_grad=True)
+
+    def loss_of(x):
+        output, _ = ours(x)
+        return output.square().sum()
+
+    compiled = torch.compile(loss_of, fullgraph=True)
+    got = compiled(x)
+    (grad_got,) = torch.autograd.grad(got, x)
+    want = loss_of(x)
+    (grad_want,) = torch.autograd.grad(want, x)
+    torch.testing.assert_close(got, want, **TOLERANCES[torch.float32])
+    torch.testing.assert_close(grad_got, grad_want, **TOLERANCES[torch.float32])
+
+
+@pytest.mark.parametrize("kind", MODULES)
+def test_module_behaves_like_torch_nn(kind):
+    torch_cls, our_cls = MODULES[kind]
+    extra = dict(proj_size=2) if kind == "lstm" else {}
+    torch.manual_seed(1)
+    theirs = torch_cls(3, 4, num_layers=2, bidirectional=True, **extra)
+    torch.manual_seed(1)
+    ours = our_cls(3, 4, num_layers=2, bidirectional=True, **extra)
+    assert isinstance(ours, torch.nn.RNNBase)
+    assert repr(ours) == repr(theirs)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for name, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], value), name
+    fresh = torch_cls(3, 4, num_layers=2, bidirectional=True, **extra)
+    fresh.load_state_dict(ours.state_dict())
+    ours.flatten_parameters()
+    for clone in (copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))):
+        assert type(clone) is our_cls
+        x = torch.randn(4, 2, 3)
+        torch.testing.assert_close(clone(x)[0], ours(x)[0])
+    assert next(ours.double().parameters()).dtype == torch.float64
+    assert ours(torch.randn(4, 2, 3, dtype=torch.float64))[0].dtype == torch.float64
+    assert next(ours.half().parameters()).dtype == torch.float16
+    assert next(ours.to(torch.float32).parameters()).dtype == torch.float32
+
+
+def test_convert_replaces_in_place_and_keeps_weights():
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(3, 4, bidirectional=True)
+            self.blocks = torch.nn.ModuleList([torch.nn.GRU(8, 4), torch.nn.LSTMCell(4, 4),
+                                               torch.nn.GRUCell(4, 4)])
+
+        def forward(self, x):
+            y, _ = self.lstm(x)
+            y, _ = self.blocks[0](y)
+            h, _ = self.blocks[1](y[-1])
+            return self.blocks[2](h)
+
+    torch.manual_seed(0)
+    model = Model()
+    x = torch.randn(5, 2, 3)
+    before = model(x)
+    params = list(model.parameters())
+    assert fused_rnn.convert(model) is model
+    assert [type(m) for m in (model.lstm, *model.blocks)] == [
+        fused_rnn.LSTM, fused_rnn.GRU, fused_rnn.LSTMCell, fused_rnn.GRUCell]
+    assert all(a is b for a, b in zip(params, model.parameters()))
+    torch.testing.assert_close(model(x), before)
+    assert type(fused_rnn.convert(torch.nn.GRU(2, 2))) is fused_rnn.GRU
+
+
+def _raised(fn):
+    with pytest.raises(Exception) as info:
+        fn()
+    return info.type, str(info.value)
+
+
+# Bad inputs (module: input_size 3, hidden_size 4, 2 layers) on which torch.nn raises; ours must
+# raise the same type with the same message.
+BAD_INPUTS = {
+    "input_size": lambda kind: (torch.randn(5, 2, 7),),
+    "input_rank": lambda kind: (torch.randn(5, 2, 3, 1),),
+    "input_rank_1d": lambda kind: (torch.randn(3),),
+    "seq_len_0": lambda kind: (torch.randn(0, 2, 3),),
+    "hx_batch": lambda kind: (torch.randn(5, 2, 3), _state(kind, (2, 3, 4))),
+    "hx_layers": lambda kind: (torch.randn(5, 2, 3), _state(kind, (1, 2, 4))),
+    "hx_size": lambda kind: (torch.randn(5, 2, 3), _state(kind, (2, 2, 5))),
+    "hx_rank_batched": lambda kind: (torch.randn(5, 2, 3), _state(kind, (2, 4))),
+    "hx_rank_unbatched": lambda kind: (torch.randn(5, 3), _state(kind, (2, 1, 4))),
+    "dtype": lambda kind: (torch.randn(5, 2, 3, dtype=torch.float64),),
+}
+
+
+def _state(kind, shape):
+    return (torch.randn(shape), torch.randn(shape)) if kind == "lstm" else torch.randn(shape)
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+@pytest.mark.parametrize("kind", MODULES)
+def test_bad_input_raises_like_torch_nn(kind, case):
+    torch_cls, our_cls = MODULES[kind]
+    theirs, ours = torch_cls(3, 4, num_layers=2), our_cls(3, 4, num_layers=2)
+    ours.load_state_dict(theirs.state_dict())
+    args = BAD_INPUTS[case](kind)
+    snapshot = copy.deepcopy(args)
+    expected = _raised(lambda: theirs(*args))
+    assert _raised(lambda: ours(*args)) == expected
+    for a, b in zip(torch.utils._pytree.tree_leaves(args), torch.utils._pytree.tree_leaves(snapshot)):
+        assert torch.equal(a, b)
+
+
+BAD_ARGUMENTS = [dict(dropout=1.5), dict(dropout=True), dict(num_layers=0), dict(num_layers=1.5),
+                 dict(hidden_size=0), dict(proj_size=-1), dict(proj_size=4)]
+
+
+@pytest.mark.parametrize("kwargs", BAD_ARGUMENTS, ids=str)
+@pytest.mark.parametrize("kind", MODULES)
+def test_bad_constructor_arguments_raise_like_torch_nn(kind, kwargs):
+    torch_cls, our_cls = MODULES[kind]
+    full = dict(input_size=3, hidden_size=4) | kwargs
+    assert _raised(lambda: our_cls(**full)) == _raised(lambda: torch_cls(**full))
+
+
+def test_layer_op_rejects_bad_batch_sizes():
+    x, h, c = torch.randn(5, 2), torch.randn(3, 3), torch.randn(3, 3)
+    w_ih, w_hh = torch.randn(12, 2), torch.randn(12, 3)
+    layer = torch.ops.fused_rnn.lstm_layer
+    with pytest.raises(RuntimeError, match="non-increasing"):
+        layer(x, torch.tensor([2, 3]), h, c, w_ih, w_hh, None, None, None, False)
+    with pytest.raises(RuntimeError, match=r"batch_sizes sum to 6 but input has 5 rows"):
+        layer(x, torch.tensor([3, 3]), h, c, w_ih, w_hh, None, None, None, False)
+    with pytest.raises(RuntimeError, match=r"expected batch_sizes\[0\] = 3"):
+        layer(x, torch.tensor([2, 2, 1]), h, c, w_ih, w_hh, None, None, None, False)
+    with pytest.raises(RuntimeError, match="1-D int64 tensor on the CPU"):
+        layer(x, torch.tensor([3.0, 2.0]), h, c, w_ih, w_hh, None, None, None, False)
