@@ -1,0 +1,81 @@
+"""DistributedDataParallel: training split over 2 processes (gloo, CPU) equals one process."""
+
+import os
+import tempfile
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+import fused_rnn
+
+WORLD = 2
+STEPS = 2
+T, BATCH, FEATURES, HIDDEN = 7, 6, 4, 5
+
+
+class Tagger(torch.nn.Module):
+    """A bidirectional LSTM, a GRU over it and a linear head: both drop-ins, training together."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = fused_rnn.LSTM(FEATURES, HIDDEN, num_layers=2, bidirectional=True)
+        self.gru = fused_rnn.GRU(2 * HIDDEN, HIDDEN)
+        self.head = torch.nn.Linear(HIDDEN, 3)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        y, _ = self.gru(y)
+        return self.head(y)
+
+
+def batches():
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(T, BATCH, FEATURES, generator=gen, dtype=torch.float64),
+             torch.randint(0, 3, (T, BATCH), generator=gen)) for _ in range(STEPS)]
+
+
+def train(model, data, rows):
+    """SGD steps on the given batch columns; returns every step's gradients and the final
+    parameters."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    grads = []
+    for x, y in data:
+        optimizer.zero_grad()
+        logits = model(x[:, rows])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y[:, rows].flatten())
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        optimizer.step()
+    return grads, [p.detach().clone() for p in model.parameters()]
+
+
+def new_model():
+    torch.manual_seed(0)
+    return Tagger().double()
+
+
+def worker(rank, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=WORLD)
+    try:
+        model = DistributedDataParallel(new_model())
+        share = BATCH // WORLD
+        result = train(model, batches(), slice(rank * share, (rank + 1) * share))
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_gradients_equal_single_process_training():
+    single_grads, single_params = train(new_model(), batches(), slice(0, BATCH))
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(worker, args=(os.path.join(out_dir, "init"), out_dir), nprocs=WORLD, join=True)
+        results = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)]
+    for grads, params in results:
+        for step in range(STEPS):
+            for a, b in zip(grads[step], single_grads[step]):
+                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+        for a, b in zip(params, single_params):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
