@@ -91,13 +91,13 @@ CellSizes check_cell_forward_args(const char* op, int64_t gates, const Tensor& i
   return s;
 }
 
-Tensor input_projection(const Tensor& input, const Tensor& w_ih,
+Tensor input_projection(const DeviceKernels& k, const Tensor& input, const Tensor& w_ih,
                         std::initializer_list<const OptionalTensor*> biases) {
-  Tensor bias;
+  OptionalTensor bias;
   for (const OptionalTensor* b : biases) {
-    if (b->has_value()) bias = bias.defined() ? at::add(bias, **b) : **b;
+    if (b->has_value()) bias = bias.has_value() ? at::add(*bias, **b) : **b;
   }
-  return bias.defined() ? at::addmm(bias, input, w_ih.t()) : at::mm(input, w_ih.t());
+  return k.linear(input, k.prepare_linear(w_ih, input.size(0), 1), bias);
 }
 
 void check_saved(const char* op, const char* name, const Tensor& t, at::IntArrayRef sizes,

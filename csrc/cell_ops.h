@@ -56,20 +56,20 @@ CellSizes check_cell_forward_args(const char* op, int64_t gates, const Tensor& i
 void check_saved(const char* op, const char* name, const Tensor& t, at::IntArrayRef sizes,
                  const Tensor& like);
 
-// The input projection x W_ih^T, with the biases that belong to it added (both for the LSTM,
-// whose gates sum them; b_ih for the GRU): one GEMM, in the dtype of x.
-Tensor input_projection(const Tensor& input, const Tensor& w_ih,
-                        std::initializer_list<const OptionalTensor*> biases);
-
 // A device's kernels. Every tensor is contiguous (row blocks of larger ones included).
 struct DeviceKernels {
+  // x @ w^T (+ bias), for products that reuse one weight: prepare_linear readies w once for
+  // `uses` products of up to `rows` rows each (on the CPU it may pack w for oneDNN), and linear
+  // applies a weight so prepared, or a plain one.
+  Tensor (*prepare_linear)(const Tensor& w, int64_t rows, int64_t uses);
+  Tensor (*linear)(const Tensor& x, const Tensor& w, const OptionalTensor& bias);
   // One LSTM step over the rows of gates [B,4H]: in, the input projection (biases included); out,
-  // the activated gates. h_prev [B,P], c_prev [B,H], w_hh [4H,P]. Writes h_out [B,H] (o*tanh(c'),
-  // before any projection) and c_out [B,H].
+  // the activated gates. h_prev [B,P], c_prev [B,H], w_hh [4H,P] (maybe prepared). Writes h_out
+  // [B,H] (o*tanh(c'), before any projection) and c_out [B,H].
   void (*lstm_step)(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev,
                     const Tensor& w_hh, const Tensor& h_out, const Tensor& c_out);
-  // One GRU step: gx [B,3H] the input projection (b_ih included), h_prev [B,H], w_hh [3H,H],
-  // b_hh [3H]. Writes h_out [B,H] and workspace [B,4H] (r, z, n, h_n).
+  // One GRU step: gx [B,3H] the input projection (b_ih included), h_prev [B,H], w_hh [3H,H] (maybe
+  // prepared), b_hh [3H]. Writes h_out [B,H] and workspace [B,4H] (r, z, n, h_n).
   void (*gru_step)(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
                    const OptionalTensor& b_hh, const Tensor& h_out, const Tensor& workspace);
   // The fused pointwise LSTM backward: from grad_h, grad_c [B,H], the activated gates [B,4H],
@@ -85,6 +85,11 @@ struct DeviceKernels {
                          const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
                          const Tensor& grad_h_direct);
 };
+
+// The input projection x W_ih^T, with the biases that belong to it added (both for the LSTM,
+// whose gates sum them; b_ih for the GRU): one product over all rows of x, in the dtype of x.
+Tensor input_projection(const DeviceKernels& k, const Tensor& input, const Tensor& w_ih,
+                        std::initializer_list<const OptionalTensor*> biases);
 
 // output_mask order of lstm_cell_backward: input, hx, cx, w_ih, w_hh, bias.
 using LstmCellGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;

@@ -11,6 +11,7 @@
 
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
@@ -73,6 +74,37 @@ Tensor states_before_steps(const std::vector<Step>& order, const Tensor& saved,
   return before;
 }
 
+// The state a step starts from, [rows, X]: a prefix of the previous step's saved rows (saved
+// [N, X]) when it ran all of them, else (the batch grew: reverse direction, packed) those rows
+// followed by initial ones (init [B, X]), gathered into `scratch` [B, X].
+Tensor state_before(const std::vector<Step>& order, size_t k, const Tensor& saved,
+                    const Tensor& init, Tensor& scratch) {
+  const Step& step = order[k];
+  if (k == 0) return first_rows(init, step.rows);
+  const Step& prev = order[k - 1];
+  if (step.rows <= prev.rows) return first_rows(rows(saved, prev), step.rows);
+  if (!scratch.defined()) scratch = at::empty_like(init);
+  first_rows(scratch, prev.rows).copy_(rows(saved, prev));
+  scratch.narrow(0, prev.rows, step.rows - prev.rows)
+      .copy_(init.narrow(0, prev.rows, step.rows - prev.rows));
+  return first_rows(scratch, step.rows);
+}
+
+// Each sequence's state after its last step, [B, X]: the rows of saved [N, X] where it ran last
+// (the initial state for an empty sequence).
+Tensor final_states(const std::vector<Step>& order, const Tensor& saved, const Tensor& init) {
+  Tensor final = init.clone();
+  for (size_t k = 0; k < order.size(); ++k) {
+    const int64_t still_running = k + 1 < order.size() ? order[k + 1].rows : 0;
+    const int64_t from = std::min(still_running, order[k].rows);
+    if (from < order[k].rows) {
+      final.narrow(0, from, order[k].rows - from)
+          .copy_(rows(saved, order[k]).narrow(0, from, order[k].rows - from));
+    }
+  }
+  return final;
+}
+
 void check_layer_state(const char* op, const CellSizes& s, const Tensor& input, const Tensor& hx,
                        const Tensor* cx) {
   check_state(op, s.batch, input, hx, s.state, "0", "hx");
@@ -93,26 +125,27 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
   const std::vector<Step> order = schedule(op, batch_sizes, input, s.batch, reverse);
   const int64_t N = input.size(0);
 
-  // One GEMM for the input side of every step; each step then turns its rows into its gates.
-  Tensor gates = input_projection(input, w_ih, {&b_ih, &b_hh});
+  // One product for the input side of every step; each step then turns its rows into its gates.
+  Tensor gates = input_projection(k, input, w_ih, {&b_ih, &b_hh});
   Tensor output = at::empty({N, s.state}, input.options());
   Tensor cell_states = at::empty({N, s.hidden}, input.options());
   // With a projection, o * tanh(c) before it, which the backward needs; else unused (empty).
   Tensor pre_proj = at::empty({w_hr.has_value() ? N : 0, s.hidden}, input.options());
-  Tensor h = hx.contiguous().clone();
-  Tensor c = cx.contiguous().clone();
-  const Tensor w_hh_c = w_hh.contiguous();
-  for (const Step& step : order) {
+  const Tensor h0 = hx.contiguous(), c0 = cx.contiguous();
+  const int64_t uses = static_cast<int64_t>(order.size());
+  const Tensor w_hh_p = k.prepare_linear(w_hh.contiguous(), s.batch, uses);
+  const Tensor w_hr_p = w_hr.has_value() ? k.prepare_linear(w_hr->contiguous(), s.batch, uses)
+                                         : Tensor();
+  Tensor h_scratch, c_scratch;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const Step& step = order[i];
     const Tensor h_out = w_hr.has_value() ? rows(pre_proj, step) : rows(output, step);
-    k.lstm_step(rows(gates, step), first_rows(h, step.rows), first_rows(c, step.rows), w_hh_c,
-                h_out, rows(cell_states, step));
-    if (w_hr.has_value()) {
-      Tensor projected = rows(output, step);
-      at::mm_out(projected, h_out, w_hr->t());
-    }
-    first_rows(h, step.rows).copy_(rows(output, step));
-    first_rows(c, step.rows).copy_(rows(cell_states, step));
+    k.lstm_step(rows(gates, step), state_before(order, i, output, h0, h_scratch),
+                state_before(order, i, cell_states, c0, c_scratch), w_hh_p, h_out,
+                rows(cell_states, step));
+    if (w_hr.has_value()) rows(output, step).copy_(k.linear(h_out, w_hr_p, std::nullopt));
   }
+  const Tensor h = final_states(order, output, h0), c = final_states(order, cell_states, c0);
   return {output, h, c, gates, cell_states, pre_proj};
 }
 
@@ -148,6 +181,11 @@ LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_ou
   Tensor grad_c = grad_cy.contiguous().clone();
   Tensor grad_w_hr = w_hr.has_value() && mask[6]
                          ? at::zeros({s.state, s.hidden}, input.options()) : Tensor();
+  // grad_h of the previous step = grad_gates @ W_hh, i.e. linear with W_hh^T as the weight.
+  const int64_t uses = static_cast<int64_t>(order.size());
+  const Tensor w_hh_t = k.prepare_linear(w_hh.t().contiguous(), s.batch, uses);
+  const Tensor w_hr_t = w_hr.has_value() ? k.prepare_linear(w_hr->t().contiguous(), s.batch, uses)
+                                         : Tensor();
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     const Step& step = *it;
     Tensor gh = first_rows(grad_h, step.rows);
@@ -155,12 +193,12 @@ LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_ou
     Tensor grad_cell_out = gh;  // gradient of o * tanh(c), the cell's own output
     if (w_hr.has_value()) {
       if (grad_w_hr.defined()) grad_w_hr.addmm_(gh.t(), rows(pre_proj_c, step));
-      grad_cell_out = at::mm(gh, *w_hr);
+      grad_cell_out = k.linear(gh, w_hr_t, std::nullopt);
     }
     Tensor gc = first_rows(grad_c, step.rows);
     k.lstm_gate_grads(grad_cell_out, gc, rows(gates_c, step), rows(c_before, step),
                       rows(cells_c, step), rows(grad_gates, step), gc);
-    at::mm_out(gh, rows(grad_gates, step), w_hh);
+    gh.copy_(k.linear(rows(grad_gates, step), w_hh_t, std::nullopt));
   }
   // The weights' gradients as single GEMMs over all steps.
   return {mask[0] ? at::mm(grad_gates, w_ih) : Tensor(),
@@ -184,17 +222,20 @@ GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Ten
   const std::vector<Step> order = schedule(op, batch_sizes, input, s.batch, reverse);
   const int64_t N = input.size(0);
 
-  const Tensor gx = input_projection(input, w_ih, {&b_ih});
+  const Tensor gx = input_projection(k, input, w_ih, {&b_ih});
   Tensor output = at::empty({N, s.hidden}, input.options());
   Tensor workspace = at::empty({N, kGruSavedPerUnit * s.hidden}, input.options());
-  Tensor h = hx.contiguous().clone();
-  const Tensor w_hh_c = w_hh.contiguous();
+  const Tensor h0 = hx.contiguous();
+  const Tensor w_hh_p =
+      k.prepare_linear(w_hh.contiguous(), s.batch, static_cast<int64_t>(order.size()));
   const OptionalTensor b_hh_c = b_hh.has_value() ? OptionalTensor(b_hh->contiguous()) : b_hh;
-  for (const Step& step : order) {
-    k.gru_step(rows(gx, step), first_rows(h, step.rows), w_hh_c, b_hh_c, rows(output, step),
-               rows(workspace, step));
-    first_rows(h, step.rows).copy_(rows(output, step));
+  Tensor h_scratch;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const Step& step = order[i];
+    k.gru_step(rows(gx, step), state_before(order, i, output, h0, h_scratch), w_hh_p, b_hh_c,
+               rows(output, step), rows(workspace, step));
   }
+  const Tensor h = final_states(order, output, h0);
   return {output, h, workspace};
 }
 
@@ -220,6 +261,8 @@ GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
   Tensor grad_input_gates = at::empty({N, kGruGates * s.hidden}, input.options());
   Tensor grad_hidden_gates = at::empty({N, kGruGates * s.hidden}, input.options());
   Tensor grad_h = grad_hy.contiguous().clone();
+  const Tensor w_hh_t = k.prepare_linear(w_hh.t().contiguous(), s.batch,
+                                         static_cast<int64_t>(order.size()));
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     const Step& step = *it;
     Tensor gh = first_rows(grad_h, step.rows);
@@ -227,7 +270,7 @@ GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
     // gh becomes the direct part of the previous state's gradient, then gains W_hh's.
     k.gru_gate_grads(gh, rows(h_before, step), rows(ws_c, step), rows(grad_input_gates, step),
                      rows(grad_hidden_gates, step), gh);
-    gh.addmm_(rows(grad_hidden_gates, step), w_hh);
+    gh.add_(k.linear(rows(grad_hidden_gates, step), w_hh_t, std::nullopt));
   }
   return {mask[0] ? at::mm(grad_input_gates, w_ih) : Tensor(),
           mask[1] ? grad_h : Tensor(),

@@ -5,8 +5,10 @@
 #include "../cell_ops.h"
 #include "pointwise.h"
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
@@ -52,18 +54,55 @@ void over_units(const Tensor& grid, const Pass& pass) {
   at::parallel_for(0, grid.numel(), kGrainUnits, pass);
 }
 
+// oneDNN's matmul over a weight packed once (mkldnn::_reorder_linear_weight and
+// _linear_pointwise, the ops torch.compile's CPU backend uses), where this torch has them.
+struct OneDnnLinear {
+  std::optional<c10::OperatorHandle> pack, apply;
+  OneDnnLinear()
+      : pack(c10::Dispatcher::singleton().findSchema({"mkldnn::_reorder_linear_weight", ""})),
+        apply(c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""})) {}
+  bool available() const { return at::hasMKLDNN() && pack.has_value() && apply.has_value(); }
+};
+
+const OneDnnLinear& onednn() {
+  static const OneDnnLinear ops;
+  return ops;
+}
+
+// Packing (oneDNN's reorder) costs about as much as a few hundred rows of product, whatever the
+// weight's size; it pays off over a weight reused by many steps, or one large product.
+constexpr int64_t kPackMinUses = 8;
+constexpr int64_t kPackMinRows = 1024;
+
+Tensor prepare_linear_cpu(const Tensor& w, int64_t rows, int64_t uses) {
+  const bool pays_off = uses >= kPackMinUses || rows >= kPackMinRows;
+  if (w.scalar_type() != at::kFloat || !pays_off || !onednn().available()) return w;
+  torch::jit::Stack stack{w.contiguous(), rows};
+  onednn().pack->callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
+Tensor linear_cpu(const Tensor& x, const Tensor& w, const OptionalTensor& bias) {
+  if (!w.is_mkldnn()) {
+    return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
+  }
+  torch::jit::Stack stack{x.contiguous(), w, bias, std::string("none"),
+                          c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+  onednn().apply->callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
 void lstm_step_cpu(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev,
                    const Tensor& w_hh, const Tensor& h_out, const Tensor& c_out) {
-  gates.addmm_(h_prev, w_hh.t());
+  const Tensor gates_h = linear_cpu(h_prev, w_hh, std::nullopt);
   over_units(c_out, [&](int64_t begin, int64_t end) {
-    cpu::pointwise_kernels().lstm_forward(gates, c_prev, h_out, c_out, begin, end);
+    cpu::pointwise_kernels().lstm_forward(gates, gates_h, c_prev, h_out, c_out, begin, end);
   });
 }
 
 void gru_step_cpu(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
                   const OptionalTensor& b_hh, const Tensor& h_out, const Tensor& workspace) {
-  const Tensor gh = b_hh.has_value() ? at::addmm(*b_hh, h_prev, w_hh.t())
-                                     : at::mm(h_prev, w_hh.t());
+  const Tensor gh = linear_cpu(h_prev, w_hh, b_hh);
   over_units(h_out, [&](int64_t begin, int64_t end) {
     cpu::pointwise_kernels().gru_forward(gx, gh, h_prev, h_out, workspace, begin, end);
   });
@@ -87,8 +126,8 @@ void gru_gate_grads_cpu(const Tensor& grad_h, const Tensor& h_prev, const Tensor
   });
 }
 
-constexpr DeviceKernels kCpuKernels{&lstm_step_cpu, &gru_step_cpu, &lstm_gate_grads_cpu,
-                                    &gru_gate_grads_cpu};
+constexpr DeviceKernels kCpuKernels{&prepare_linear_cpu, &linear_cpu,       &lstm_step_cpu,
+                                    &gru_step_cpu,       &lstm_gate_grads_cpu, &gru_gate_grads_cpu};
 
 std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tensor& hx,
                                                  const Tensor& cx, const Tensor& w_ih,
@@ -97,7 +136,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tens
   const CellSizes s = check_cell_forward_args("fused_rnn.lstm_cell", kLstmGates, input, hx, cx,
                                               w_ih, w_hh, b_ih, b_hh);
   // The input projection becomes the gates in place: the activations the backward needs.
-  Tensor gates = input_projection(input, w_ih, {&b_ih, &b_hh});
+  Tensor gates = input_projection(kCpuKernels, input, w_ih, {&b_ih, &b_hh});
   Tensor hy = at::empty({s.batch, s.hidden}, input.options());
   Tensor cy = at::empty({s.batch, s.hidden}, input.options());
   lstm_step_cpu(gates, hx, cx.contiguous(), w_hh, hy, cy);
@@ -111,8 +150,8 @@ std::tuple<Tensor, Tensor> gru_cell_cpu(const Tensor& input, const Tensor& hx,
                                               std::nullopt, w_ih, w_hh, b_ih, b_hh);
   Tensor hy = at::empty({s.batch, s.hidden}, input.options());
   Tensor workspace = at::empty({s.batch, kGruSavedPerUnit * s.hidden}, input.options());
-  gru_step_cpu(input_projection(input, w_ih, {&b_ih}), hx.contiguous(), w_hh, b_hh, hy,
-               workspace);
+  gru_step_cpu(input_projection(kCpuKernels, input, w_ih, {&b_ih}), hx.contiguous(), w_hh, b_hh,
+               hy, workspace);
   return {hy, workspace};
 }
 

@@ -17,10 +17,11 @@ using at::Tensor;
 
 struct PointwiseKernels {
   const char* isa;  // the instruction set it was built for: "DEFAULT", "AVX2" or "AVX512"
-  // gates [B,4H]: pre-activations (biases included) in, activated gates out (in place);
-  // c_prev [B,H]. Writes h_out and c_out [B,H].
-  void (*lstm_forward)(const Tensor& gates, const Tensor& c_prev, const Tensor& h_out,
-                       const Tensor& c_out, int64_t begin, int64_t end);
+  // gates [B,4H]: the input side of the pre-activations (biases included) in, the activated
+  // gates out (in place); gates_h [B,4H]: the hidden side; c_prev [B,H]. Writes h_out and c_out
+  // [B,H].
+  void (*lstm_forward)(const Tensor& gates, const Tensor& gates_h, const Tensor& c_prev,
+                       const Tensor& h_out, const Tensor& c_out, int64_t begin, int64_t end);
   // From grad_h, grad_c [B,H], gates [B,4H], c_prev, c_new [B,H]: writes grad_gates [B,4H] (of
   // the pre-activations) and grad_c_prev [B,H], which may alias grad_c.
   void (*lstm_backward)(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,

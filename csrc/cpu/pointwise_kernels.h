@@ -71,21 +71,25 @@ void for_each_pack(int64_t hidden, int64_t begin, int64_t end, const Pack& pack)
   }
 }
 
-void lstm_forward(const Tensor& gates, const Tensor& c_prev, const Tensor& h_out,
-                  const Tensor& c_out, int64_t begin, int64_t end) {
+void lstm_forward(const Tensor& gates, const Tensor& gates_h, const Tensor& c_prev,
+                  const Tensor& h_out, const Tensor& c_out, int64_t begin, int64_t end) {
   const int64_t H = c_prev.size(1);
   FUSED_RNN_DISPATCH_FLOATING_TYPES(c_prev.scalar_type(), "lstm_forward_cpu", [&] {
     using L = Lanes<scalar_t>;
     scalar_t* gates_p = gates.data_ptr<scalar_t>();
+    const scalar_t* gates_h_p = gates_h.data_ptr<scalar_t>();
     const scalar_t* c_p = c_prev.data_ptr<scalar_t>();
     scalar_t* h_out_p = h_out.data_ptr<scalar_t>();
     scalar_t* c_out_p = c_out.data_ptr<scalar_t>();
     for_each_pack<scalar_t>(H, begin, end, [&](int64_t b, int64_t j, int64_t n) {
       scalar_t* row = gates_p + b * kLstmGates * H;
+      const scalar_t* hrow = gates_h_p + b * kLstmGates * H;
+      typename L::Vec a[kLstmGates];
+      for (int64_t g = 0; g < kLstmGates; ++g) {
+        a[g] = L::load(row + g * H + j, n) + L::load(hrow + g * H + j, n);
+      }
       const int64_t u = b * H + j;
-      const auto s = lstm_step_forward(L::load(row + 0 * H + j, n), L::load(row + 1 * H + j, n),
-                                       L::load(row + 2 * H + j, n), L::load(row + 3 * H + j, n),
-                                       L::load(c_p + u, n));
+      const auto s = lstm_step_forward(a[0], a[1], a[2], a[3], L::load(c_p + u, n));
       L::store(row + 0 * H + j, s.i, n);
       L::store(row + 1 * H + j, s.f, n);
       L::store(row + 2 * H + j, s.g, n);

@@ -12,7 +12,9 @@
 
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
@@ -346,8 +348,17 @@ void gru_step_cuda(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
                                h_out, Tensor(), workspace);
 }
 
-constexpr DeviceKernels kCudaKernels{&lstm_step_cuda, &gru_step_cuda, &lstm_gate_grads_cuda,
-                                     &gru_gate_grads_cuda};
+Tensor prepare_linear_cuda(const Tensor& w, int64_t /*rows*/, int64_t /*uses*/) {
+  return w.contiguous();
+}
+
+Tensor linear_cuda(const Tensor& x, const Tensor& w, const OptionalTensor& bias) {
+  return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
+}
+
+constexpr DeviceKernels kCudaKernels{&prepare_linear_cuda, &linear_cuda,
+                                     &lstm_step_cuda,      &gru_step_cuda,
+                                     &lstm_gate_grads_cuda, &gru_gate_grads_cuda};
 
 }  // namespace
 

@@ -1,0 +1,175 @@
+"""What the suite times: the cases, and for each the implementations compared side by side.
+
+A case is one op (a cell step or a whole layer), cell type, pass (forward, or forward+backward),
+shape, dtype and device. Each implementation builds, from the same random weights and inputs, a
+closure that runs the case once and returns its results (outputs, then gradients), so that the
+suite can time it and check it against torch.nn in the same run.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+import fused_rnn
+from fused_rnn import reference
+
+GATES = {"lstm": 4, "gru": 3}
+TORCH_CELLS = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
+TORCH_LAYERS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+OUR_CELLS = {"lstm": fused_rnn.LSTMCell, "gru": fused_rnn.GRUCell}
+OUR_LAYERS = {"lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU}
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str        # "cell" (one step) or "layer" (a whole sequence, one layer, one direction)
+    kind: str      # "lstm" or "gru"
+    backward: bool
+    steps: int     # T (1 for a cell step)
+    batch: int     # B
+    input_size: int
+    hidden: int
+    dtype: torch.dtype
+    device: str
+
+    @property
+    def name(self):
+        dtype = str(self.dtype).replace("torch.", "")
+        shape = f"T={self.steps} B={self.batch} I={self.input_size} H={self.hidden}"
+        return f"{self.kind} {self.op} {'fwd+bwd' if self.backward else 'fwd'} {shape} {dtype}"
+
+    @property
+    def flops(self):
+        """Matrix-product FLOPs: 2 * T * B * (I + H) * G * H forward; the backward twice that."""
+        forward = 2 * self.steps * self.batch * (self.input_size + self.hidden) * \
+            GATES[self.kind] * self.hidden
+        return forward * (3 if self.backward else 1)
+
+    @property
+    def tokens(self):
+        return self.steps * self.batch
+
+
+def _weights_module(case):
+    """torch.nn's module for the case, freshly initialised with a fixed seed."""
+    torch.manual_seed(0)
+    cls = TORCH_CELLS[case.kind] if case.op == "cell" else TORCH_LAYERS[case.kind]
+    return cls(case.input_size, case.hidden, device=case.device, dtype=case.dtype)
+
+
+def make_inputs(case, seed=1):
+    """Random input and initial state(s), never zeros."""
+    gen = torch.Generator(device=case.device).manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, device=case.device, dtype=case.dtype)
+
+    lead = (case.batch,) if case.op == "cell" else (1, case.batch)
+    x = rand(case.batch, case.input_size) if case.op == "cell" else \
+        rand(case.steps, case.batch, case.input_size)
+    states = [rand(*lead, case.hidden) for _ in range(2 if case.kind == "lstm" else 1)]
+    return x, states
+
+
+def _runner(case, forward, params):
+    """A closure running forward(x, states) on given inputs; with backward, it also returns the
+    gradients of the input, the states and `params` for a fixed random output weighting."""
+    def run(x, states):
+        if not case.backward:
+            with torch.no_grad():
+                return list(forward(x, states))
+        x = x.detach().requires_grad_()
+        states = [s.detach().requires_grad_() for s in states]
+        outs = list(forward(x, states))
+        loss = sum((o * (1.0 + 0.01 * k)).sum() for k, o in enumerate(outs))
+        return [o.detach() for o in outs] + list(torch.autograd.grad(loss, [x, *states, *params]))
+    return run
+
+
+def _state_arg(case, states):
+    return tuple(states) if case.kind == "lstm" else states[0]
+
+
+def build_torch_nn(case):
+    module = _weights_module(case)
+    if case.op == "cell":
+        def forward(x, states):
+            out = module(x, _state_arg(case, states))
+            return out if isinstance(out, tuple) else (out,)
+    else:
+        def forward(x, states):
+            output, hidden = module(x, _state_arg(case, states))
+            return (output, *(hidden if isinstance(hidden, tuple) else (hidden,)))
+    return _runner(case, forward, list(module.parameters()))
+
+
+def build_fused_rnn(case):
+    theirs = _weights_module(case)
+    cls = OUR_CELLS[case.kind] if case.op == "cell" else OUR_LAYERS[case.kind]
+    module = cls(case.input_size, case.hidden, device=case.device, dtype=case.dtype)
+    module.load_state_dict(theirs.state_dict())
+    if case.op == "cell":
+        def forward(x, states):
+            out = module(x, _state_arg(case, states))
+            return out if isinstance(out, tuple) else (out,)
+    else:
+        def forward(x, states):
+            output, hidden = module(x, _state_arg(case, states))
+            return (output, *(hidden if isinstance(hidden, tuple) else (hidden,)))
+    return _runner(case, forward, list(module.parameters()))
+
+
+def _cell_weights(case):
+    """(w_ih, w_hh, b_ih, b_hh) of the case's torch.nn module, as leaf tensors."""
+    module = _weights_module(case)
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    if case.op == "layer":
+        names = tuple(n + "_l0" for n in names)
+    return [getattr(module, n).detach().clone().requires_grad_() for n in names]
+
+
+def _loop(case, step, weights):
+    """A Python loop over time steps of `step(x_t, states, weights) -> states`."""
+    def forward(x, states):
+        states = [s[0] for s in states]  # drop the layer dimension
+        outputs = []
+        for x_t in x:
+            states = step(x_t, states, weights)
+            outputs.append(states[0])
+        return (torch.stack(outputs), *(s.unsqueeze(0) for s in states))
+    return forward
+
+
+def build_nn_cell_loop(case):
+    """A layer as a Python loop over torch.nn's cell functions (no cuDNN/oneDNN layer kernel)."""
+    weights = _cell_weights(case)
+
+    def step(x_t, states, w):
+        if case.kind == "lstm":
+            return list(torch.lstm_cell(x_t, tuple(states), *w))
+        return [torch.gru_cell(x_t, states[0], *w)]
+
+    return _runner(case, _loop(case, step, weights), weights)
+
+
+def build_reference(case):
+    """fused_rnn.reference: the pure-PyTorch spec (per step for a layer)."""
+    weights = _cell_weights(case)
+
+    def step(x_t, states, w):
+        if case.kind == "lstm":
+            return list(reference.lstm_cell(x_t, states[0], states[1], *w)[:2])
+        return [reference.gru_cell(x_t, states[0], *w)[0]]
+
+    if case.op == "layer":
+        return _runner(case, _loop(case, step, weights), weights)
+    return _runner(case, lambda x, states: step(x, states, weights), weights)
+
+
+# name -> (builder, applies to the case)
+IMPLEMENTATIONS = {
+    "fused_rnn": (build_fused_rnn, lambda case: True),
+    "torch.nn": (build_torch_nn, lambda case: True),
+    "nn cell loop": (build_nn_cell_loop, lambda case: case.op == "layer"),
+    "reference": (build_reference, lambda case: True),
+}
