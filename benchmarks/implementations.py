@@ -51,10 +51,12 @@ class Case:
 
 
 def _weights_module(case):
-    """torch.nn's module for the case, freshly initialised with a fixed seed."""
+    """torch.nn's module for the case, initialised from a fixed seed (in float32, then cast, so
+    every dtype of a case holds the same weights up to rounding)."""
     torch.manual_seed(0)
     cls = TORCH_CELLS[case.kind] if case.op == "cell" else TORCH_LAYERS[case.kind]
-    return cls(case.input_size, case.hidden, device=case.device, dtype=case.dtype)
+    module = cls(case.input_size, case.hidden, device=case.device, dtype=torch.float32)
+    return module.to(case.dtype)
 
 
 def make_inputs(case, seed=1):
@@ -90,33 +92,32 @@ def _state_arg(case, states):
     return tuple(states) if case.kind == "lstm" else states[0]
 
 
-def build_torch_nn(case):
-    module = _weights_module(case)
-    if case.op == "cell":
-        def forward(x, states):
-            out = module(x, _state_arg(case, states))
-            return out if isinstance(out, tuple) else (out,)
-    else:
-        def forward(x, states):
-            output, hidden = module(x, _state_arg(case, states))
-            return (output, *(hidden if isinstance(hidden, tuple) else (hidden,)))
+def _module_runner(case, module):
+    """The runner of a torch.nn-style module: a cell's (h', c'), or a layer's output and states."""
+    def forward(x, states):
+        result = module(x, _state_arg(case, states))
+        if case.op == "cell":
+            return result if isinstance(result, tuple) else (result,)
+        output, hidden = result
+        return (output, *(hidden if isinstance(hidden, tuple) else (hidden,)))
     return _runner(case, forward, list(module.parameters()))
+
+
+def build_torch_nn(case):
+    return _module_runner(case, _weights_module(case))
+
+
+def build_truth(case):
+    """torch.nn in float64 on the case's exact weights (rounded to its dtype): the truth that
+    results are measured against. Takes float64 inputs."""
+    return _module_runner(case, _weights_module(case).double())
 
 
 def build_fused_rnn(case):
-    theirs = _weights_module(case)
     cls = OUR_CELLS[case.kind] if case.op == "cell" else OUR_LAYERS[case.kind]
     module = cls(case.input_size, case.hidden, device=case.device, dtype=case.dtype)
-    module.load_state_dict(theirs.state_dict())
-    if case.op == "cell":
-        def forward(x, states):
-            out = module(x, _state_arg(case, states))
-            return out if isinstance(out, tuple) else (out,)
-    else:
-        def forward(x, states):
-            output, hidden = module(x, _state_arg(case, states))
-            return (output, *(hidden if isinstance(hidden, tuple) else (hidden,)))
-    return _runner(case, forward, list(module.parameters()))
+    module.load_state_dict(_weights_module(case).state_dict())
+    return _module_runner(case, module)
 
 
 def _cell_weights(case):

@@ -34,9 +34,9 @@ import fused_rnn
 from fused_rnn.accuracy import accuracy_problem
 
 try:
-    from implementations import IMPLEMENTATIONS, Case, make_inputs
+    from implementations import IMPLEMENTATIONS, Case, build_truth, make_inputs
 except ImportError:  # imported as benchmarks.suite
-    from .implementations import IMPLEMENTATIONS, Case, make_inputs
+    from .implementations import IMPLEMENTATIONS, Case, build_truth, make_inputs
 
 RESULTS = Path(__file__).parent / "results"
 L2_BYTES = 64 << 20  # at least the H200's 60 MB L2
@@ -71,9 +71,8 @@ def cases(preset, device):
 def _check(case, runners, inputs):
     """Accuracy of every implementation (None = ok, else why not)."""
     theirs = runners["torch.nn"](*inputs)
-    truth_case = Case(**{**case.__dict__, "dtype": torch.float64})
     x, states = inputs
-    truth = IMPLEMENTATIONS["torch.nn"][0](truth_case)(x.double(), [s.double() for s in states])
+    truth = build_truth(case)(x.double(), [s.double() for s in states])
     verdicts = {}
     for name, run in runners.items():
         results = run(*inputs)
@@ -231,11 +230,18 @@ def plot_sweep(path, rows, device):
 
 def run(preset, devices, repeats, out_dirs):
     info = fused_rnn.build_info()
+    archs = ", ".join(info["cuda_archs"]) or "-"
+    print(f"fused_rnn {info['version']} built against torch {info['torch_version']}, running on "
+          f"torch {torch.__version__}; CUDA kernels compiled in: "
+          f"{'yes' if info['cuda'] else 'no'} (archs: {archs}); GPU visible: "
+          f"{'yes' if torch.cuda.is_available() else 'no'}; CPU kernels built for "
+          f"{', '.join(info['cpu_isas'])}, running {info['cpu_isa']}")
     failures = 0
     for device in devices:
         rows = []
-        print(f"\n== {device} ({'%s' % torch.cuda.get_device_name() if device == 'cuda' else platform.processor() or platform.machine()}), preset {preset}, "
-              f"{repeats} rounds; ratio = time / torch.nn's", flush=True)
+        name = torch.cuda.get_device_name() if device == "cuda" else platform.machine()
+        print(f"\n== {device} ({name}), preset {preset}, {repeats} rounds; ratio = time / "
+              "torch.nn's; memory = saved for backward (and CUDA peak)", flush=True)
         for label, case in cases(preset, device):
             for row in measure(case, repeats):
                 row["label"] = label

@@ -1,0 +1,55 @@
+"""The benchmark suite measures what it says, checks correctness, and writes its reports."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+import suite  # noqa: E402
+from implementations import Case  # noqa: E402
+
+
+@pytest.mark.parametrize("op", ["cell", "layer"])
+def test_measure_reports_every_implementation_correct(op):
+    case = Case(op, "gru", True, 1 if op == "cell" else 5, 3, 4, 6, torch.float32, "cpu")
+    rows = suite.measure(case, repeats=2, warmup=1)
+    names = [r["implementation"] for r in rows]
+    assert names == ["fused_rnn", "torch.nn", "reference"] if op == "cell" else \
+        ["fused_rnn", "torch.nn", "nn cell loop", "reference"]
+    for row in rows:
+        assert row["correct"], row["problem"]
+        assert row["median_s"] > 0 and row["tokens_per_s"] > 0 and row["gflops"] > 0
+        assert row["saved_for_backward_mb"] > 0
+    assert next(r for r in rows if r["implementation"] == "torch.nn")["ratio_to_torch_nn"] == 1.0
+
+
+def test_a_wrong_implementation_is_flagged(monkeypatch):
+    build, applies = suite.IMPLEMENTATIONS["fused_rnn"]
+
+    def build_wrong(case):
+        run = build(case)
+        return lambda x, states: [r * 1.01 for r in run(x, states)]
+
+    monkeypatch.setitem(suite.IMPLEMENTATIONS, "fused_rnn", (build_wrong, applies))
+    case = Case("cell", "lstm", False, 1, 2, 3, 4, torch.float32, "cpu")
+    rows = suite.measure(case, repeats=1, warmup=0)
+    assert not rows[0]["correct"] and "error" in rows[0]["problem"]
+
+
+def test_reports_are_written(tmp_path):
+    rows = []
+    for batch in (1, 4):
+        for hidden in (4, 8):
+            case = Case("layer", "lstm", False, 3, batch, 4, hidden, torch.float32, "cpu")
+            for row in suite.measure(case, repeats=1, warmup=0):
+                rows.append(dict(row, label="sweep"))
+    meta = dict(date="2026-01-01", device="cpu", device_name="CPU", torch=torch.__version__,
+                fused_rnn="0", cpu_isa="DEFAULT", threads=1, preset="test", repeats=1)
+    suite.write_markdown(tmp_path / "r.md", meta, rows)
+    assert "| sweep | lstm layer | fwd |" in (tmp_path / "r.md").read_text()
+    assert suite.plot_sweep(tmp_path / "r.png", rows, "CPU")
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    json.dumps(rows)  # serialisable as the suite writes it
