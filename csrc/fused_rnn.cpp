@@ -1,6 +1,6 @@
 // The schemas of every fused_rnn op: the one TORCH_LIBRARY block. Device implementations are
-// registered beside their kernels (csrc/cpu, csrc/cuda); fake implementations and autograd in
-// fused_rnn/ops.py.
+// registered beside their kernels (csrc/cpu, csrc/cuda), autograd in csrc/autograd.cpp, fake
+// implementations in fused_rnn/ops.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY(fused_rnn, m) {

@@ -1,9 +1,10 @@
-"""Typed wrappers over torch.ops.fused_rnn.*: fake (meta) implementations, autograd, build info.
+"""Typed wrappers over torch.ops.fused_rnn.*: fake (meta) implementations, autograd Functions,
+build info.
 
-The C++ library (fused_rnn._C) defines the ops and their CPU/CUDA kernels. Here each forward op
-gets a fake implementation (shapes only, for torch.compile and meta tensors) and its autograd
-formula, which calls the matching registered backward op. LSTMCellFunction and GRUCellFunction
-expose the same forward/backward pair as torch.autograd.Function classes.
+The C++ library (fused_rnn._C) defines the ops, their CPU/CUDA kernels and their autograd (in C++,
+so a call pays no Python on its way). Here each op gets a fake implementation (shapes only, for
+torch.compile and meta tensors), and LSTMCellFunction and GRUCellFunction expose the cells'
+forward/backward pairs as torch.autograd.Function classes.
 """
 
 import torch
@@ -121,8 +122,9 @@ def _gru_layer_backward_fake(grad_output, grad_hy, input, batch_sizes, hx, w_ih,
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd: one setup_context/backward pair per cell, used by the op registration and by the
-# torch.autograd.Function alike. The backward asks the backward op only for what is needed.
+# The ops themselves are differentiable through their autograd kernels in C++ (csrc/autograd.cpp).
+# The same forward/backward pairs as torch.autograd.Function classes, for code that wants one:
+# their backward asks the backward op only for what is needed.
 
 def _lstm_setup_context(ctx, inputs, output):
     input, hx, cx, w_ih, w_hh, _b_ih, _b_hh = inputs
@@ -155,54 +157,6 @@ def _gru_backward(ctx, grad_hy, _grad_workspace):
                                                        mask))
 
 
-def _lstm_layer_setup_context(ctx, inputs, output):
-    input, batch_sizes, hx, cx, w_ih, w_hh, _b_ih, _b_hh, w_hr, reverse = inputs
-    out, _hy, _cy, gates, cell_states, pre_proj = output
-    ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, gates, cell_states,
-                          pre_proj)
-    ctx.reverse = reverse
-    ctx.mark_non_differentiable(gates, cell_states, pre_proj)
-
-
-def _lstm_layer_backward(ctx, grad_output, grad_hy, grad_cy, *_saved_grads):
-    input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, gates, cell_states, pre_proj = \
-        ctx.saved_tensors
-    need = ctx.needs_input_grad
-    mask = [need[0], need[2], need[3], need[4], need[5], need[6] or need[7], need[8]]
-    grads = torch.ops.fused_rnn.lstm_layer_backward(
-        grad_output, grad_hy, grad_cy, input, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, gates,
-        cell_states, pre_proj, ctx.reverse, mask)
-    grad_input, grad_hx, grad_cx, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr = grads
-    return (grad_input, None, grad_hx, grad_cx, grad_w_ih, grad_w_hh,
-            grad_bias if need[6] else None, grad_bias if need[7] else None, grad_w_hr, None)
-
-
-def _gru_layer_setup_context(ctx, inputs, output):
-    input, batch_sizes, hx, w_ih, w_hh, _b_ih, _b_hh, reverse = inputs
-    out, _hy, workspace = output
-    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, out, workspace)
-    ctx.reverse = reverse
-    ctx.mark_non_differentiable(workspace)
-
-
-def _gru_layer_backward(ctx, grad_output, grad_hy, _grad_workspace):
-    input, batch_sizes, hx, w_ih, w_hh, out, workspace = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    mask = [need[0], need[2], need[3], need[4], need[5], need[6]]
-    grads = torch.ops.fused_rnn.gru_layer_backward(grad_output, grad_hy, input, batch_sizes, hx,
-                                                   w_ih, w_hh, out, workspace, ctx.reverse, mask)
-    grad_input, grad_hx, *weight_grads = grads
-    return (grad_input, None, grad_hx, *weight_grads, None)
-
-
-torch.library.register_autograd("fused_rnn::lstm_layer", _lstm_layer_backward,
-                                setup_context=_lstm_layer_setup_context)
-torch.library.register_autograd("fused_rnn::gru_layer", _gru_layer_backward,
-                                setup_context=_gru_layer_setup_context)
-torch.library.register_autograd("fused_rnn::lstm_cell", _lstm_backward,
-                                setup_context=_lstm_setup_context)
-torch.library.register_autograd("fused_rnn::gru_cell", _gru_backward,
-                                setup_context=_gru_setup_context)
 
 
 class LSTMCellFunction(torch.autograd.Function):

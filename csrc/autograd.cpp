@@ -1,0 +1,219 @@
+// Autograd for the forward ops, registered in C++ so a call pays no Python on its way: each
+// forward op saves what its backward op needs, and its backward calls that registered op (so
+// torch.compile and opcheck see through it), asking only for the gradients autograd needs.
+#include "cell_ops.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+namespace fused_rnn {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+OptionalTensor or_none(const Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
+
+// Autograd numbers its input edges over the tensors actually given; absent optional tensors and
+// non-tensor arguments have none. Records, per argument, its edge (-1: none), so the backward can
+// ask needs_input_grad per argument.
+void record_edges(AutogradContext* ctx, std::initializer_list<bool> has_edge) {
+  std::vector<int64_t> edges;
+  int64_t next = 0;
+  for (bool present : has_edge) edges.push_back(present ? next++ : -1);
+  ctx->saved_data["edges"] = edges;
+}
+
+// Whether autograd needs the gradient of argument `arg`.
+bool needs(AutogradContext* ctx, size_t arg) {
+  const int64_t edge = ctx->saved_data["edges"].toIntVector()[arg];
+  return edge >= 0 && ctx->needs_input_grad(static_cast<size_t>(edge));
+}
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+using LstmCellOutputs = std::tuple<Tensor, Tensor, Tensor>;
+using GruCellOutputs = std::tuple<Tensor, Tensor>;
+
+struct LstmCellFn : torch::autograd::Function<LstmCellFn> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx,
+                               const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
+                               const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    record_edges(ctx, {true, true, true, true, true, b_ih.has_value(), b_hh.has_value()});
+    static const auto forward_op =
+        op<LstmCellOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                           const Tensor&, const OptionalTensor&, const OptionalTensor&)>(
+            "fused_rnn::lstm_cell");
+    auto [hy, cy, gates] = forward_op.call(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+    ctx->save_for_backward({input, hx, cx, w_ih, w_hh, gates, cy});
+    ctx->mark_non_differentiable({gates});
+    return {hy, cy, gates};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op =
+        op<LstmCellGrads(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                         const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                         const Tensor&, std::array<bool, 6>)>("fused_rnn::lstm_cell_backward");
+    const auto saved = ctx->get_saved_variables();
+    auto need = [ctx](size_t arg) { return needs(ctx, arg); };
+    auto [g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias] = backward_op.call(
+        grads[0], grads[1], saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], saved[6],
+        {need(0), need(1), need(2), need(3), need(4), need(5) || need(6)});
+    return {g_input, g_hx, g_cx, g_w_ih, g_w_hh, need(5) ? g_bias : Tensor(),
+            need(6) ? g_bias : Tensor()};
+  }
+};
+
+struct GruCellFn : torch::autograd::Function<GruCellFn> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx,
+                               const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
+                               const OptionalTensor& b_hh) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    record_edges(ctx, {true, true, true, true, b_ih.has_value(), b_hh.has_value()});
+    static const auto forward_op =
+        op<GruCellOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                          const OptionalTensor&, const OptionalTensor&)>("fused_rnn::gru_cell");
+    auto [hy, workspace] = forward_op.call(input, hx, w_ih, w_hh, b_ih, b_hh);
+    ctx->save_for_backward({input, hx, w_ih, w_hh, workspace});
+    ctx->mark_non_differentiable({workspace});
+    return {hy, workspace};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op =
+        op<GruGrads(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                    const Tensor&, std::array<bool, 6>)>("fused_rnn::gru_cell_backward");
+    const auto saved = ctx->get_saved_variables();
+    auto need = [ctx](size_t arg) { return needs(ctx, arg); };
+    auto [a, b, c, d, e, f] =
+        backward_op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
+                         {need(0), need(1), need(2), need(3), need(4), need(5)});
+    return {a, b, c, d, e, f};
+  }
+};
+
+struct LstmLayerFn : torch::autograd::Function<LstmLayerFn> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input,
+                               const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
+                               const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
+                               const OptionalTensor& b_hh, const OptionalTensor& w_hr,
+                               bool reverse) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    record_edges(ctx, {true, true, true, true, true, true, b_ih.has_value(), b_hh.has_value(),
+                       w_hr.has_value(), false});
+    static const auto forward_op =
+        op<LstmLayerOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                            const Tensor&, const Tensor&, const OptionalTensor&,
+                            const OptionalTensor&, const OptionalTensor&, bool)>(
+            "fused_rnn::lstm_layer");
+    auto [output, hy, cy, gates, cells, pre_proj] =
+        forward_op.call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+    ctx->save_for_backward({input, batch_sizes, hx, cx, w_ih, w_hh, w_hr.value_or(Tensor()),
+                            output, gates, cells, pre_proj});
+    ctx->saved_data["reverse"] = reverse;
+    ctx->mark_non_differentiable({gates, cells, pre_proj});
+    return {output, hy, cy, gates, cells, pre_proj};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op =
+        op<LstmLayerGrads(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                          const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                          const Tensor&, const OptionalTensor&, const Tensor&, const Tensor&,
+                          const Tensor&, const Tensor&, bool, std::array<bool, 7>)>(
+            "fused_rnn::lstm_layer_backward");
+    const auto s = ctx->get_saved_variables();
+    auto need = [ctx](size_t arg) { return needs(ctx, arg); };
+    auto [g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias, g_w_hr] = backward_op.call(
+        grads[0], grads[1], grads[2], s[0], s[1], s[2], s[3], s[4], s[5], or_none(s[6]), s[7],
+        s[8], s[9], s[10], ctx->saved_data["reverse"].toBool(),
+        {need(0), need(2), need(3), need(4), need(5), need(6) || need(7), need(8)});
+    return {g_input, Tensor(), g_hx, g_cx, g_w_ih, g_w_hh, need(6) ? g_bias : Tensor(),
+            need(7) ? g_bias : Tensor(), g_w_hr, Tensor()};
+  }
+};
+
+struct GruLayerFn : torch::autograd::Function<GruLayerFn> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input,
+                               const Tensor& batch_sizes, const Tensor& hx, const Tensor& w_ih,
+                               const Tensor& w_hh, const OptionalTensor& b_ih,
+                               const OptionalTensor& b_hh, bool reverse) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    record_edges(ctx, {true, true, true, true, true, b_ih.has_value(), b_hh.has_value(), false});
+    static const auto forward_op =
+        op<GruLayerOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                           const Tensor&, const OptionalTensor&, const OptionalTensor&, bool)>(
+            "fused_rnn::gru_layer");
+    auto [output, hy, workspace] =
+        forward_op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+    ctx->save_for_backward({input, batch_sizes, hx, w_ih, w_hh, output, workspace});
+    ctx->saved_data["reverse"] = reverse;
+    ctx->mark_non_differentiable({workspace});
+    return {output, hy, workspace};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op =
+        op<GruGrads(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                    const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool,
+                    std::array<bool, 6>)>("fused_rnn::gru_layer_backward");
+    const auto s = ctx->get_saved_variables();
+    auto need = [ctx](size_t arg) { return needs(ctx, arg); };
+    auto [g_input, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh] = backward_op.call(
+        grads[0], grads[1], s[0], s[1], s[2], s[3], s[4], s[5], s[6],
+        ctx->saved_data["reverse"].toBool(),
+        {need(0), need(2), need(3), need(4), need(5), need(6)});
+    return {g_input, Tensor(), g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> lstm_cell_autograd(const Tensor& input, const Tensor& hx,
+                                                      const Tensor& cx, const Tensor& w_ih,
+                                                      const Tensor& w_hh,
+                                                      const OptionalTensor& b_ih,
+                                                      const OptionalTensor& b_hh) {
+  auto out = LstmCellFn::apply(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+  return {out[0], out[1], out[2]};
+}
+
+std::tuple<Tensor, Tensor> gru_cell_autograd(const Tensor& input, const Tensor& hx,
+                                             const Tensor& w_ih, const Tensor& w_hh,
+                                             const OptionalTensor& b_ih,
+                                             const OptionalTensor& b_hh) {
+  auto out = GruCellFn::apply(input, hx, w_ih, w_hh, b_ih, b_hh);
+  return {out[0], out[1]};
+}
+
+LstmLayerOutputs lstm_layer_autograd(const Tensor& input, const Tensor& batch_sizes,
+                                     const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
+                                     const Tensor& w_hh, const OptionalTensor& b_ih,
+                                     const OptionalTensor& b_hh, const OptionalTensor& w_hr,
+                                     bool reverse) {
+  auto out = LstmLayerFn::apply(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+  return {out[0], out[1], out[2], out[3], out[4], out[5]};
+}
+
+GruLayerOutputs gru_layer_autograd(const Tensor& input, const Tensor& batch_sizes,
+                                   const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+                                   const OptionalTensor& b_ih, const OptionalTensor& b_hh,
+                                   bool reverse) {
+  auto out = GruLayerFn::apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+  return {out[0], out[1], out[2]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_rnn, Autograd, m) {
+  m.impl("lstm_cell", &lstm_cell_autograd);
+  m.impl("gru_cell", &gru_cell_autograd);
+  m.impl("lstm_layer", &lstm_layer_autograd);
+  m.impl("gru_layer", &gru_layer_autograd);
+}
+
+}  // namespace fused_rnn
