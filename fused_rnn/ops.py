@@ -14,7 +14,6 @@ from . import _C
 __all__ = ["GRUCellFunction", "LSTMCellFunction", "build_info"]
 
 _LSTM_GATES = 4
-_GRU_GATES = 3
 _GRU_SAVED_PER_UNIT = 4  # r, z, n and h_n per hidden unit
 
 
