@@ -9,12 +9,10 @@
 // steps backwards: its batch grows, and a sequence joining at its last step starts from h0.
 #include "cell_ops.h"
 
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
-#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <vector>
@@ -105,10 +103,22 @@ Tensor final_states(const std::vector<Step>& order, const Tensor& saved, const T
   return final;
 }
 
-void check_layer_state(const char* op, const CellSizes& s, const Tensor& input, const Tensor& hx,
-                       const Tensor* cx) {
+// A layer op's checked sizes (B from hx) and its steps in the order the forward runs them.
+struct Layer {
+  CellSizes sizes;
+  std::vector<Step> order;
+};
+
+// The checks every layer op starts with; cx is given for the LSTM only.
+Layer check_layer(const char* op, int64_t gates, const Tensor& input, const Tensor& batch_sizes,
+                  const Tensor& hx, const Tensor* cx, const Tensor& w_ih, const Tensor& w_hh,
+                  const OptionalTensor& b_ih, const OptionalTensor& b_hh,
+                  const OptionalTensor& w_hr, bool reverse) {
+  CellSizes s = check_weights(op, gates, input, w_ih, w_hh, b_ih, b_hh, w_hr);
+  s.batch = hx.dim() >= 1 ? hx.size(0) : 0;
   check_state(op, s.batch, input, hx, s.state, "0", "hx");
   if (cx) check_state(op, s.batch, input, *cx, s.hidden, "1", "cx");
+  return {s, schedule(op, batch_sizes, input, s.batch, reverse)};
 }
 
 }  // namespace
@@ -119,10 +129,8 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
                             const OptionalTensor& b_hh, const OptionalTensor& w_hr,
                             bool reverse) {
   constexpr const char* op = "fused_rnn.lstm_layer";
-  CellSizes s = check_weights(op, kLstmGates, input, w_ih, w_hh, b_ih, b_hh, w_hr);
-  s.batch = hx.dim() >= 1 ? hx.size(0) : 0;
-  check_layer_state(op, s, input, hx, &cx);
-  const std::vector<Step> order = schedule(op, batch_sizes, input, s.batch, reverse);
+  const auto [s, order] = check_layer(op, kLstmGates, input, batch_sizes, hx, &cx, w_ih, w_hh,
+                                      b_ih, b_hh, w_hr, reverse);
   const int64_t N = input.size(0);
 
   // One product for the input side of every step; each step then turns its rows into its gates.
@@ -158,10 +166,8 @@ LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_ou
                                    const Tensor& cell_states, const Tensor& hidden_pre_proj,
                                    bool reverse, std::array<bool, 7> mask) {
   constexpr const char* op = "fused_rnn.lstm_layer_backward";
-  CellSizes s = check_weights(op, kLstmGates, input, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
-  s.batch = hx.dim() >= 1 ? hx.size(0) : 0;
-  check_layer_state(op, s, input, hx, &cx);
-  const std::vector<Step> order = schedule(op, batch_sizes, input, s.batch, reverse);
+  const auto [s, order] = check_layer(op, kLstmGates, input, batch_sizes, hx, &cx, w_ih, w_hh,
+                                      std::nullopt, std::nullopt, w_hr, reverse);
   const int64_t N = input.size(0);
   check_saved(op, "grad_output", grad_output, {N, s.state}, input);
   check_saved(op, "grad_hy", grad_hy, {s.batch, s.state}, input);
@@ -179,8 +185,9 @@ LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_ou
   // Gradients of the running state, carried backwards through the steps.
   Tensor grad_h = grad_hy.contiguous().clone();
   Tensor grad_c = grad_cy.contiguous().clone();
-  Tensor grad_w_hr = w_hr.has_value() && mask[6]
-                         ? at::zeros({s.state, s.hidden}, input.options()) : Tensor();
+  // With a projection: every step's full output gradient, for w_hr's gradient as one GEMM.
+  Tensor grad_projected = w_hr.has_value() && mask[6]
+                              ? at::empty({N, s.state}, input.options()) : Tensor();
   // grad_h of the previous step = grad_gates @ W_hh, i.e. linear with W_hh^T as the weight.
   const int64_t uses = static_cast<int64_t>(order.size());
   const Tensor w_hh_t = k.prepare_linear(w_hh.t().contiguous(), s.batch, uses);
@@ -192,7 +199,7 @@ LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_ou
     gh.add_(rows(grad_out_c, step));
     Tensor grad_cell_out = gh;  // gradient of o * tanh(c), the cell's own output
     if (w_hr.has_value()) {
-      if (grad_w_hr.defined()) grad_w_hr.addmm_(gh.t(), rows(pre_proj_c, step));
+      if (grad_projected.defined()) rows(grad_projected, step).copy_(gh);
       grad_cell_out = k.linear(gh, w_hr_t, std::nullopt);
     }
     Tensor gc = first_rows(grad_c, step.rows);
@@ -209,17 +216,15 @@ LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_ou
                                                                 hx.contiguous()))
                   : Tensor(),
           mask[5] ? at::sum(grad_gates, 0) : Tensor(),
-          grad_w_hr};
+          grad_projected.defined() ? at::mm(grad_projected.t(), pre_proj_c) : Tensor()};
 }
 
 GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Tensor& batch_sizes,
                           const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
                           const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse) {
   constexpr const char* op = "fused_rnn.gru_layer";
-  CellSizes s = check_weights(op, kGruGates, input, w_ih, w_hh, b_ih, b_hh, std::nullopt);
-  s.batch = hx.dim() >= 1 ? hx.size(0) : 0;
-  check_layer_state(op, s, input, hx, nullptr);
-  const std::vector<Step> order = schedule(op, batch_sizes, input, s.batch, reverse);
+  const auto [s, order] = check_layer(op, kGruGates, input, batch_sizes, hx, nullptr, w_ih, w_hh,
+                                      b_ih, b_hh, std::nullopt, reverse);
   const int64_t N = input.size(0);
 
   const Tensor gx = input_projection(k, input, w_ih, {&b_ih});
@@ -245,11 +250,8 @@ GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
                             const Tensor& output, const Tensor& workspace, bool reverse,
                             std::array<bool, 6> mask) {
   constexpr const char* op = "fused_rnn.gru_layer_backward";
-  CellSizes s = check_weights(op, kGruGates, input, w_ih, w_hh, std::nullopt, std::nullopt,
-                              std::nullopt);
-  s.batch = hx.dim() >= 1 ? hx.size(0) : 0;
-  check_layer_state(op, s, input, hx, nullptr);
-  const std::vector<Step> order = schedule(op, batch_sizes, input, s.batch, reverse);
+  const auto [s, order] = check_layer(op, kGruGates, input, batch_sizes, hx, nullptr, w_ih, w_hh,
+                                      std::nullopt, std::nullopt, std::nullopt, reverse);
   const int64_t N = input.size(0);
   check_saved(op, "grad_output", grad_output, {N, s.hidden}, input);
   check_saved(op, "grad_hy", grad_hy, {s.batch, s.hidden}, input);
