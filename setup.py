@@ -47,6 +47,9 @@ def _extension():
     with_cuda = _want_cuda()
     # -Wno-psabi: GCC's note that Vectorized arguments' ABI changed in GCC 4.6 is not actionable.
     cxx = ["-O3", "-std=c++20", "-Wno-psabi"]
+    # at::parallel_for is a header template: it only runs on ATen's OpenMP threads where the
+    # extension itself is compiled and linked with OpenMP; without it, it runs serially.
+    openmp = ["-fopenmp"]
     macros = [
         ("FUSED_RNN_VERSION", f'"{VERSION}"'),
         ("FUSED_RNN_TORCH_VERSION", f'"{torch.__version__}"'),
@@ -58,7 +61,7 @@ def _extension():
         macros.append(("FUSED_RNN_CPU_X86_VARIANTS", None))
     if not with_cuda:
         return CppExtension("fused_rnn._C", sources, define_macros=macros,
-                            extra_compile_args={"cxx": cxx})
+                            extra_compile_args={"cxx": cxx + openmp}, extra_link_args=openmp)
 
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     macros += [("FUSED_RNN_WITH_CUDA", None), ("FUSED_RNN_CUDA_ARCHS", f'"{archs}"')]
@@ -66,7 +69,8 @@ def _extension():
     if _flag("FUSED_RNN_PTXAS_VERBOSE"):
         nvcc.append("-Xptxas=-v")
     return CUDAExtension("fused_rnn._C", sources + _sources("csrc/cuda/*.cu"), define_macros=macros,
-                         extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+                         extra_compile_args={"cxx": cxx + openmp, "nvcc": nvcc},
+                         extra_link_args=openmp)
 
 
 class BuildWithIsaVariants(BuildExtension):

@@ -63,6 +63,9 @@ struct DeviceKernels {
   // applies a weight so prepared, or a plain one.
   Tensor (*prepare_linear)(const Tensor& w, int64_t rows, int64_t uses);
   Tensor (*linear)(const Tensor& x, const Tensor& w, const OptionalTensor& bias);
+  // Readies W_hh [G*H, P] of a layer once for the `uses` steps of up to `rows` rows of its
+  // lstm_step or gru_step (the CPU may pack it for its fused recurrent step).
+  Tensor (*prepare_recurrent)(const Tensor& w_hh, int64_t gates, int64_t rows, int64_t uses);
   // One LSTM step over the rows of gates [B,4H]: in, the input projection (biases included); out,
   // the activated gates. h_prev [B,P], c_prev [B,H], w_hh [4H,P] (maybe prepared). Writes h_out
   // [B,H] (o*tanh(c'), before any projection) and c_out [B,H].

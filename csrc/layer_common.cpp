@@ -141,7 +141,7 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
   Tensor pre_proj = at::empty({w_hr.has_value() ? N : 0, s.hidden}, input.options());
   const Tensor h0 = hx.contiguous(), c0 = cx.contiguous();
   const int64_t uses = static_cast<int64_t>(order.size());
-  const Tensor w_hh_p = k.prepare_linear(w_hh.contiguous(), s.batch, uses);
+  const Tensor w_hh_p = k.prepare_recurrent(w_hh.contiguous(), kLstmGates, s.batch, uses);
   const Tensor w_hr_p = w_hr.has_value() ? k.prepare_linear(w_hr->contiguous(), s.batch, uses)
                                          : Tensor();
   Tensor h_scratch, c_scratch;
@@ -232,7 +232,7 @@ GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Ten
   Tensor workspace = at::empty({N, kGruSavedPerUnit * s.hidden}, input.options());
   const Tensor h0 = hx.contiguous();
   const Tensor w_hh_p =
-      k.prepare_linear(w_hh.contiguous(), s.batch, static_cast<int64_t>(order.size()));
+      k.prepare_recurrent(w_hh.contiguous(), kGruGates, s.batch, static_cast<int64_t>(order.size()));
   const OptionalTensor b_hh_c = b_hh.has_value() ? OptionalTensor(b_hh->contiguous()) : b_hh;
   Tensor h_scratch;
   for (size_t i = 0; i < order.size(); ++i) {

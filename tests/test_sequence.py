@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+import sys
 
 import pytest
 import torch
@@ -132,6 +133,26 @@ def check_against_torch(kind, kw, mode, steps, given, dtype, device):
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
 def test_matches_torch_nn(cfg, dtype, device):
     check_against_torch(*cfg, dtype, device)
+
+
+# The CPU's fused recurrent step (float32, sequences of 8 steps or more) tiles W_hh into blocks of
+# 16 (AVX-512) or 8 units and h into chunks of a few rows: sizes spanning several of each, with a
+# partial block and chunk, and batches that shrink and grow (packed, both directions).
+WIDE_CONFIGS = [
+    ("lstm", dict(), "padded", 12, True),
+    ("lstm", dict(proj_size=7, bidirectional=True), "unsorted", 12, True),
+    ("gru", dict(), "padded", 12, True),
+    ("gru", dict(bidirectional=True), "unsorted", 12, False),
+]
+
+
+@pytest.mark.parametrize("cfg", WIDE_CONFIGS, ids=config_id)
+def test_matches_torch_nn_over_many_blocks_and_rows(cfg, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "HIDDEN", 37)
+    monkeypatch.setattr(sys.modules[__name__], "BATCH", 13)
+    monkeypatch.setattr(sys.modules[__name__], "LENGTHS", [12, 3, 12, 1, 9, 12, 5, 8, 12, 2, 10,
+                                                           7, 11])
+    check_against_torch(*cfg, torch.float32, "cpu")
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")

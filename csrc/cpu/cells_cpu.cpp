@@ -96,8 +96,44 @@ Tensor linear_cpu(const Tensor& x, const Tensor& w, const OptionalTensor& bias) 
   return stack[0].toTensor();
 }
 
+// The fused recurrent step (pointwise.h) beats oneDNN's product plus a pointwise pass at every
+// batch size measured while W_hh stays within the caches (benchmarks/NOTES.md); a larger one is
+// streamed from memory every step, which oneDNN's product does better. W_hh arrives packed for
+// it, as a 3-D tensor.
+constexpr int64_t kRecurrentMaxWeightBytes = 8 << 20;
+bool packed_for_recurrent_step(const Tensor& w_hh) { return w_hh.dim() == 3; }
+
+Tensor prepare_recurrent_cpu(const Tensor& w_hh, int64_t gates, int64_t rows, int64_t uses) {
+  const bool fits = w_hh.numel() * static_cast<int64_t>(sizeof(float)) <= kRecurrentMaxWeightBytes;
+  if (w_hh.scalar_type() == at::kFloat && fits && uses >= kPackMinUses) {
+    return cpu::pointwise_kernels().pack_recurrent_weight(w_hh, gates);
+  }
+  return prepare_linear_cpu(w_hh, rows, uses);
+}
+
+// A fused recurrent step's tasks, split over ATen's threads in shares of at least this many
+// vector FMAs (a few microseconds: a thread's start costs about one).
+constexpr int64_t kMinFmasPerThread = 16384;
+
+template <typename Pass>
+void over_recurrent_tasks(const Tensor& h_prev, int64_t hidden, int64_t gates, const Pass& pass) {
+  const auto& kernels = cpu::pointwise_kernels();
+  const int64_t tasks = kernels.recurrent_tasks(h_prev.size(0), hidden, gates);
+  const int64_t fmas_per_task =
+      std::max<int64_t>(1, h_prev.size(0) * h_prev.size(1) * gates * hidden /
+                               std::max<int64_t>(1, tasks * kernels.lanes));
+  at::parallel_for(0, tasks, std::max<int64_t>(1, kMinFmasPerThread / fmas_per_task), pass);
+}
+
 void lstm_step_cpu(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev,
                    const Tensor& w_hh, const Tensor& h_out, const Tensor& c_out) {
+  if (packed_for_recurrent_step(w_hh)) {
+    over_recurrent_tasks(h_prev, c_out.size(1), kLstmGates, [&](int64_t begin, int64_t end) {
+      cpu::pointwise_kernels().lstm_forward_recurrent(gates, h_prev, c_prev, w_hh, h_out, c_out,
+                                                      begin, end);
+    });
+    return;
+  }
   const Tensor gates_h = linear_cpu(h_prev, w_hh, std::nullopt);
   over_units(c_out, [&](int64_t begin, int64_t end) {
     cpu::pointwise_kernels().lstm_forward(gates, gates_h, c_prev, h_out, c_out, begin, end);
@@ -106,6 +142,13 @@ void lstm_step_cpu(const Tensor& gates, const Tensor& h_prev, const Tensor& c_pr
 
 void gru_step_cpu(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
                   const OptionalTensor& b_hh, const Tensor& h_out, const Tensor& workspace) {
+  if (packed_for_recurrent_step(w_hh)) {
+    over_recurrent_tasks(h_prev, h_out.size(1), kGruGates, [&](int64_t begin, int64_t end) {
+      cpu::pointwise_kernels().gru_forward_recurrent(gx, h_prev, w_hh, b_hh, h_out, workspace,
+                                                     begin, end);
+    });
+    return;
+  }
   const Tensor gh = linear_cpu(h_prev, w_hh, b_hh);
   over_units(h_out, [&](int64_t begin, int64_t end) {
     cpu::pointwise_kernels().gru_forward(gx, gh, h_prev, h_out, workspace, begin, end);
@@ -130,8 +173,10 @@ void gru_gate_grads_cpu(const Tensor& grad_h, const Tensor& h_prev, const Tensor
   });
 }
 
-constexpr DeviceKernels kCpuKernels{&prepare_linear_cpu, &linear_cpu,       &lstm_step_cpu,
-                                    &gru_step_cpu,       &lstm_gate_grads_cpu, &gru_gate_grads_cpu};
+constexpr DeviceKernels kCpuKernels{&prepare_linear_cpu,   &linear_cpu,
+                                    &prepare_recurrent_cpu, &lstm_step_cpu,
+                                    &gru_step_cpu,          &lstm_gate_grads_cpu,
+                                    &gru_gate_grads_cpu};
 
 std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tensor& hx,
                                                  const Tensor& cx, const Tensor& w_ih,

@@ -36,6 +36,25 @@ struct PointwiseKernels {
   void (*gru_backward)(const Tensor& grad_h, const Tensor& h_prev, const Tensor& workspace,
                        const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
                        const Tensor& grad_h_direct, int64_t begin, int64_t end);
+
+  // The fused recurrent step, float32 only: each task computes h_prev @ W_hh^T for a block of
+  // rows and a block of `lanes` units, all gates of those units at once, in registers, and
+  // finishes them into the step's update, so the [B, G*H] hidden product never goes to memory
+  // and a step is one parallel pass. W_hh [G*H, K] is packed once per sequence by
+  // pack_recurrent_weight into [ceil(H / lanes), K, G * lanes] (unit block, k, gate, lane;
+  // zero-padded past H), so each k reads one contiguous run of G * lanes weights.
+  int64_t lanes;
+  Tensor (*pack_recurrent_weight)(const Tensor& w_hh, int64_t gates);
+  // The number of tasks of a step over `rows` rows; a pass covers the tasks [begin, end).
+  int64_t (*recurrent_tasks)(int64_t rows, int64_t hidden, int64_t gates);
+  // As lstm_forward, with the hidden side computed from h_prev [B,P] and the packed W_hh.
+  void (*lstm_forward_recurrent)(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev,
+                                 const Tensor& w_packed, const Tensor& h_out, const Tensor& c_out,
+                                 int64_t begin, int64_t end);
+  // As gru_forward, with gh computed from h_prev [B,H], the packed W_hh and b_hh.
+  void (*gru_forward_recurrent)(const Tensor& gx, const Tensor& h_prev, const Tensor& w_packed,
+                                const std::optional<Tensor>& b_hh, const Tensor& h_out,
+                                const Tensor& workspace, int64_t begin, int64_t end);
 };
 
 namespace DEFAULT {

@@ -12,6 +12,7 @@
 
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -71,6 +72,24 @@ void for_each_pack(int64_t hidden, int64_t begin, int64_t end, const Pack& pack)
   }
 }
 
+// The LSTM update of the n units j.. of one row, from a_h, their hidden-side pre-activations:
+// adds the input side from the gates row, which then receives the activated gates; c and h point
+// at the row's unit j.
+template <typename scalar_t, typename Vec>
+inline void lstm_units(scalar_t* gates_row, const Vec (&a_h)[kLstmGates], const scalar_t* c_prev,
+                       scalar_t* c_out, scalar_t* h_out, int64_t H, int64_t j, int64_t n) {
+  using L = Lanes<scalar_t>;
+  Vec a[kLstmGates];
+  for (int64_t g = 0; g < kLstmGates; ++g) a[g] = L::load(gates_row + g * H + j, n) + a_h[g];
+  const auto s = lstm_step_forward(a[0], a[1], a[2], a[3], L::load(c_prev, n));
+  L::store(gates_row + 0 * H + j, s.i, n);
+  L::store(gates_row + 1 * H + j, s.f, n);
+  L::store(gates_row + 2 * H + j, s.g, n);
+  L::store(gates_row + 3 * H + j, s.o, n);
+  L::store(c_out, s.c_new, n);
+  L::store(h_out, s.h_new, n);
+}
+
 void lstm_forward(const Tensor& gates, const Tensor& gates_h, const Tensor& c_prev,
                   const Tensor& h_out, const Tensor& c_out, int64_t begin, int64_t end) {
   const int64_t H = c_prev.size(1);
@@ -82,20 +101,11 @@ void lstm_forward(const Tensor& gates, const Tensor& gates_h, const Tensor& c_pr
     scalar_t* h_out_p = h_out.data_ptr<scalar_t>();
     scalar_t* c_out_p = c_out.data_ptr<scalar_t>();
     for_each_pack<scalar_t>(H, begin, end, [&](int64_t b, int64_t j, int64_t n) {
-      scalar_t* row = gates_p + b * kLstmGates * H;
       const scalar_t* hrow = gates_h_p + b * kLstmGates * H;
-      typename L::Vec a[kLstmGates];
-      for (int64_t g = 0; g < kLstmGates; ++g) {
-        a[g] = L::load(row + g * H + j, n) + L::load(hrow + g * H + j, n);
-      }
+      typename L::Vec a_h[kLstmGates];
+      for (int64_t g = 0; g < kLstmGates; ++g) a_h[g] = L::load(hrow + g * H + j, n);
       const int64_t u = b * H + j;
-      const auto s = lstm_step_forward(a[0], a[1], a[2], a[3], L::load(c_p + u, n));
-      L::store(row + 0 * H + j, s.i, n);
-      L::store(row + 1 * H + j, s.f, n);
-      L::store(row + 2 * H + j, s.g, n);
-      L::store(row + 3 * H + j, s.o, n);
-      L::store(c_out_p + u, s.c_new, n);
-      L::store(h_out_p + u, s.h_new, n);
+      lstm_units(gates_p + b * kLstmGates * H, a_h, c_p + u, c_out_p + u, h_out_p + u, H, j, n);
     });
   });
 }
@@ -130,6 +140,22 @@ void lstm_backward(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gat
   });
 }
 
+// The GRU update of the n units j.. of one row, from gh, their hidden-side products (b_hh
+// included): reads the input side from the gx row, writes h and the row's workspace.
+template <typename scalar_t, typename Vec>
+inline void gru_units(const scalar_t* gx_row, const Vec (&gh)[kGruGates], const scalar_t* h_prev,
+                      scalar_t* h_out, scalar_t* ws_row, int64_t H, int64_t j, int64_t n) {
+  using L = Lanes<scalar_t>;
+  const scalar_t* x = gx_row + j;
+  const auto s = gru_step_forward(L::load(x, n), L::load(x + H, n), L::load(x + 2 * H, n), gh[0],
+                                  gh[1], gh[2], L::load(h_prev, n));
+  L::store(ws_row + 0 * H + j, s.r, n);
+  L::store(ws_row + 1 * H + j, s.z, n);
+  L::store(ws_row + 2 * H + j, s.n, n);
+  L::store(ws_row + 3 * H + j, s.h_n, n);
+  L::store(h_out, s.h_new, n);
+}
+
 void gru_forward(const Tensor& gx, const Tensor& gh, const Tensor& h_prev, const Tensor& h_out,
                  const Tensor& workspace, int64_t begin, int64_t end) {
   const int64_t H = h_prev.size(1);
@@ -141,18 +167,12 @@ void gru_forward(const Tensor& gx, const Tensor& gh, const Tensor& h_prev, const
     scalar_t* h_out_p = h_out.data_ptr<scalar_t>();
     scalar_t* ws_p = workspace.data_ptr<scalar_t>();
     for_each_pack<scalar_t>(H, begin, end, [&](int64_t b, int64_t j, int64_t n) {
-      const scalar_t* x = gx_p + b * kGruGates * H + j;
-      const scalar_t* h = gh_p + b * kGruGates * H + j;
+      const scalar_t* hrow = gh_p + b * kGruGates * H;
+      typename L::Vec a_h[kGruGates];
+      for (int64_t g = 0; g < kGruGates; ++g) a_h[g] = L::load(hrow + g * H + j, n);
       const int64_t u = b * H + j;
-      const auto s = gru_step_forward(L::load(x, n), L::load(x + H, n), L::load(x + 2 * H, n),
-                                      L::load(h, n), L::load(h + H, n), L::load(h + 2 * H, n),
-                                      L::load(h_p + u, n));
-      scalar_t* ws = ws_p + b * kGruSavedPerUnit * H;
-      L::store(ws + 0 * H + j, s.r, n);
-      L::store(ws + 1 * H + j, s.z, n);
-      L::store(ws + 2 * H + j, s.n, n);
-      L::store(ws + 3 * H + j, s.h_n, n);
-      L::store(h_out_p + u, s.h_new, n);
+      gru_units(gx_p + b * kGruGates * H, a_h, h_p + u, h_out_p + u,
+                ws_p + b * kGruSavedPerUnit * H, H, j, n);
     });
   });
 }
@@ -188,10 +208,148 @@ void gru_backward(const Tensor& grad_h, const Tensor& h_prev, const Tensor& work
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// The fused recurrent step (pointwise.h): a register-blocked product of a few rows of h_prev with
+// one packed unit block of W_hh, then the gate math on the accumulators.
+
+using FloatVec = at::vec::Vectorized<float>;
+constexpr int64_t kLanes = FloatVec::size();
+
+// Accumulator packs the product keeps in registers (AVX-512 has 32 vector registers, AVX2 16;
+// the rest hold the weights of one k and the broadcast h): a task covers kAccumulators / G rows.
+#ifdef CPU_CAPABILITY_AVX512
+constexpr int kAccumulators = 24;
+#else
+constexpr int kAccumulators = 12;
+#endif
+
+// acc[r][g] = sum over k of h[r][k] * panel[k][g][:], for R rows of h (row stride K).
+template <int G, int R>
+inline void recurrent_product(const float* h, const float* panel, int64_t K,
+                              FloatVec (&acc)[R][G]) {
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) acc[r][g] = FloatVec(0.0f);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    FloatVec w[G];
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) w[g] = FloatVec::loadu(panel + (k * G + g) * kLanes);
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r) {
+      const FloatVec x(h[r * K + k]);
+#pragma GCC unroll 8
+      for (int g = 0; g < G; ++g) acc[r][g] = at::vec::fmadd(x, w[g], acc[r][g]);
+    }
+  }
+}
+
+// Calls f with std::integral_constant<int, n>, for 1 <= n <= R: the row count of a task as a
+// compile-time constant, so its accumulators stay in registers.
+template <int R, typename F>
+inline void with_row_count(int64_t n, const F& f) {
+  if constexpr (R > 1) {
+    if (n < R) return with_row_count<R - 1>(n, f);
+  }
+  f(std::integral_constant<int, R>{});
+}
+
+template <int G>
+constexpr int kTaskRows = kAccumulators / G;
+
+int64_t recurrent_tasks(int64_t rows, int64_t hidden, int64_t gates) {
+  const int64_t task_rows = gates == kLstmGates ? kTaskRows<kLstmGates> : kTaskRows<kGruGates>;
+  return (hidden + kLanes - 1) / kLanes * ((rows + task_rows - 1) / task_rows);
+}
+
+// Runs the tasks [begin, end) of a step over h [rows, K] and the packed weight: task t is unit
+// block t / chunks and row chunk t % chunks (consecutive tasks share a block's weights, which so
+// stay in cache). finish(row, j, n, acc) gets the G hidden-side packs of the n units j.. of a row.
+template <int G, typename Finish>
+void for_each_recurrent_task(const Tensor& h, const Tensor& w_packed, int64_t hidden,
+                             int64_t begin, int64_t end, const Finish& finish) {
+  constexpr int R = kTaskRows<G>;
+  const int64_t rows = h.size(0), K = h.size(1);
+  const int64_t chunks = (rows + R - 1) / R;
+  const float* h_p = h.data_ptr<float>();
+  const float* w_p = w_packed.data_ptr<float>();
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t block = task / chunks, row0 = task % chunks * R;
+    const int64_t j = block * kLanes, n = std::min(kLanes, hidden - j);
+    with_row_count<R>(std::min<int64_t>(R, rows - row0), [&](auto row_count) {
+      constexpr int kRows = decltype(row_count)::value;
+      FloatVec acc[kRows][G];
+      recurrent_product<G, kRows>(h_p + row0 * K, w_p + block * K * G * kLanes, K, acc);
+      for (int r = 0; r < kRows; ++r) finish(row0 + r, j, n, acc[r]);
+    });
+  }
+}
+
+Tensor pack_recurrent_weight(const Tensor& w_hh, int64_t gates) {
+  const int64_t H = w_hh.size(0) / gates, K = w_hh.size(1);
+  const int64_t blocks = (H + kLanes - 1) / kLanes;
+  Tensor packed = at::zeros({blocks, K, gates * kLanes}, w_hh.options());
+  const Tensor w = w_hh.contiguous();
+  const float* src = w.data_ptr<float>();
+  float* dst = packed.data_ptr<float>();
+  for (int64_t block = 0; block < blocks; ++block) {
+    for (int64_t g = 0; g < gates; ++g) {
+      for (int64_t lane = 0; lane < kLanes && block * kLanes + lane < H; ++lane) {
+        const float* row = src + (g * H + block * kLanes + lane) * K;
+        float* col = dst + block * K * gates * kLanes + g * kLanes + lane;
+        for (int64_t k = 0; k < K; ++k) col[k * gates * kLanes] = row[k];
+      }
+    }
+  }
+  return packed;
+}
+
+void lstm_forward_recurrent(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev,
+                            const Tensor& w_packed, const Tensor& h_out, const Tensor& c_out,
+                            int64_t begin, int64_t end) {
+  const int64_t H = c_prev.size(1);
+  float* gates_p = gates.data_ptr<float>();
+  const float* c_p = c_prev.data_ptr<float>();
+  float* h_out_p = h_out.data_ptr<float>();
+  float* c_out_p = c_out.data_ptr<float>();
+  for_each_recurrent_task<kLstmGates>(
+      h_prev, w_packed, H, begin, end,
+      [&](int64_t b, int64_t j, int64_t n, const FloatVec(&a_h)[kLstmGates]) {
+        const int64_t u = b * H + j;
+        lstm_units(gates_p + b * kLstmGates * H, a_h, c_p + u, c_out_p + u, h_out_p + u, H, j, n);
+      });
+}
+
+void gru_forward_recurrent(const Tensor& gx, const Tensor& h_prev, const Tensor& w_packed,
+                           const std::optional<Tensor>& b_hh, const Tensor& h_out,
+                           const Tensor& workspace, int64_t begin, int64_t end) {
+  const int64_t H = h_prev.size(1);
+  const float* gx_p = gx.data_ptr<float>();
+  const float* h_p = h_prev.data_ptr<float>();
+  const float* bias_p = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
+  float* h_out_p = h_out.data_ptr<float>();
+  float* ws_p = workspace.data_ptr<float>();
+  for_each_recurrent_task<kGruGates>(
+      h_prev, w_packed, H, begin, end,
+      [&](int64_t b, int64_t j, int64_t n, const FloatVec(&acc)[kGruGates]) {
+        FloatVec gh[kGruGates];
+        for (int64_t g = 0; g < kGruGates; ++g) {
+          gh[g] = bias_p ? acc[g] + Lanes<float>::load(bias_p + g * H + j, n) : acc[g];
+        }
+        const int64_t u = b * H + j;
+        gru_units(gx_p + b * kGruGates * H, gh, h_p + u, h_out_p + u,
+                  ws_p + b * kGruSavedPerUnit * H, H, j, n);
+      });
+}
+
 #define FUSED_RNN_STRINGIFY_(x) #x
 #define FUSED_RNN_STRINGIFY(x) FUSED_RNN_STRINGIFY_(x)
-extern const PointwiseKernels kKernels = {FUSED_RNN_STRINGIFY(CPU_CAPABILITY), &lstm_forward,
-                                          &lstm_backward, &gru_forward, &gru_backward};
+extern const PointwiseKernels kKernels = {
+    FUSED_RNN_STRINGIFY(CPU_CAPABILITY), &lstm_forward,         &lstm_backward,
+    &gru_forward,                        &gru_backward,         kLanes,
+    &pack_recurrent_weight,              &recurrent_tasks,      &lstm_forward_recurrent,
+    &gru_forward_recurrent};
 
 }  // namespace cpu::CPU_CAPABILITY
 }  // namespace fused_rnn

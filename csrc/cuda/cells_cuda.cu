@@ -352,13 +352,19 @@ Tensor prepare_linear_cuda(const Tensor& w, int64_t /*rows*/, int64_t /*uses*/) 
   return w.contiguous();
 }
 
+Tensor prepare_recurrent_cuda(const Tensor& w_hh, int64_t /*gates*/, int64_t /*rows*/,
+                              int64_t /*uses*/) {
+  return w_hh.contiguous();
+}
+
 Tensor linear_cuda(const Tensor& x, const Tensor& w, const OptionalTensor& bias) {
   return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
 }
 
-constexpr DeviceKernels kCudaKernels{&prepare_linear_cuda, &linear_cuda,
-                                     &lstm_step_cuda,      &gru_step_cuda,
-                                     &lstm_gate_grads_cuda, &gru_gate_grads_cuda};
+constexpr DeviceKernels kCudaKernels{&prepare_linear_cuda,   &linear_cuda,
+                                     &prepare_recurrent_cuda, &lstm_step_cuda,
+                                     &gru_step_cuda,          &lstm_gate_grads_cuda,
+                                     &gru_gate_grads_cuda};
 
 }  // namespace
 
