@@ -112,8 +112,8 @@ Tensor prepare_recurrent_cpu(const Tensor& w_hh, int64_t gates, int64_t rows, in
 }
 
 // A fused recurrent step's tasks, split over ATen's threads in shares of at least this many
-// vector FMAs (a few microseconds: a thread's start costs about one).
-constexpr int64_t kMinFmasPerThread = 16384;
+// vector FMAs (about a microsecond: a thread's start costs about as much).
+constexpr int64_t kMinFmasPerThread = 4096;
 
 template <typename Pass>
 void over_recurrent_tasks(const Tensor& h_prev, int64_t hidden, int64_t gates, const Pass& pass) {

@@ -12,7 +12,7 @@
 
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/vec.h>
-#include <ATen/ops/zeros.h>
+#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -289,16 +289,20 @@ void for_each_recurrent_task(const Tensor& h, const Tensor& w_packed, int64_t hi
 Tensor pack_recurrent_weight(const Tensor& w_hh, int64_t gates) {
   const int64_t H = w_hh.size(0) / gates, K = w_hh.size(1);
   const int64_t blocks = (H + kLanes - 1) / kLanes;
-  Tensor packed = at::zeros({blocks, K, gates * kLanes}, w_hh.options());
+  Tensor packed = at::empty({blocks, K, gates * kLanes}, w_hh.options());
   const Tensor w = w_hh.contiguous();
   const float* src = w.data_ptr<float>();
   float* dst = packed.data_ptr<float>();
+  // Written in order (reads stride over the block's G * kLanes rows of W_hh, which the caches
+  // stream); lanes past H are zero.
   for (int64_t block = 0; block < blocks; ++block) {
-    for (int64_t g = 0; g < gates; ++g) {
-      for (int64_t lane = 0; lane < kLanes && block * kLanes + lane < H; ++lane) {
-        const float* row = src + (g * H + block * kLanes + lane) * K;
-        float* col = dst + block * K * gates * kLanes + g * kLanes + lane;
-        for (int64_t k = 0; k < K; ++k) col[k * gates * kLanes] = row[k];
+    const int64_t lanes = std::min(kLanes, H - block * kLanes);
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t g = 0; g < gates; ++g) {
+        const float* column = src + (g * H + block * kLanes) * K + k;
+        for (int64_t lane = 0; lane < kLanes; ++lane) {
+          *dst++ = lane < lanes ? column[lane * K] : 0.0f;
+        }
       }
     }
   }
