@@ -52,6 +52,11 @@ std::vector<Step> schedule(const char* op, const Tensor& batch_sizes, const Tens
   return order;
 }
 
+// Every step runs the whole batch (a padded sequence).
+bool uniform_batch(const std::vector<Step>& order, int64_t batch) {
+  return std::all_of(order.begin(), order.end(), [&](const Step& s) { return s.rows == batch; });
+}
+
 Tensor rows(const Tensor& t, const Step& s) { return t.narrow(0, s.offset, s.rows); }
 Tensor first_rows(const Tensor& t, int64_t n) { return t.narrow(0, 0, n); }
 
@@ -144,8 +149,12 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
   const Tensor w_hh_p = k.prepare_recurrent(w_hh.contiguous(), kLstmGates, s.batch, uses);
   const Tensor w_hr_p = w_hr.has_value() ? k.prepare_linear(w_hr->contiguous(), s.batch, uses)
                                          : Tensor();
+  const bool whole_sequence = !w_hr.has_value() && uniform_batch(order, s.batch) &&
+                              k.lstm_sequence &&
+                              k.lstm_sequence(gates, h0, c0, w_hh.contiguous(), output,
+                                              cell_states, reverse);
   Tensor h_scratch, c_scratch;
-  for (size_t i = 0; i < order.size(); ++i) {
+  for (size_t i = 0; i < order.size() && !whole_sequence; ++i) {
     const Step& step = order[i];
     const Tensor h_out = w_hr.has_value() ? rows(pre_proj, step) : rows(output, step);
     k.lstm_step(rows(gates, step), state_before(order, i, output, h0, h_scratch),
@@ -234,8 +243,11 @@ GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Ten
   const Tensor w_hh_p =
       k.prepare_recurrent(w_hh.contiguous(), kGruGates, s.batch, static_cast<int64_t>(order.size()));
   const OptionalTensor b_hh_c = b_hh.has_value() ? OptionalTensor(b_hh->contiguous()) : b_hh;
+  const bool whole_sequence =
+      uniform_batch(order, s.batch) && k.gru_sequence &&
+      k.gru_sequence(gx, h0, w_hh.contiguous(), b_hh_c, output, workspace, reverse);
   Tensor h_scratch;
-  for (size_t i = 0; i < order.size(); ++i) {
+  for (size_t i = 0; i < order.size() && !whole_sequence; ++i) {
     const Step& step = order[i];
     k.gru_step(rows(gx, step), state_before(order, i, output, h0, h_scratch), w_hh_p, b_hh_c,
                rows(output, step), rows(workspace, step));

@@ -1,6 +1,11 @@
 // The Python extension module fused_rnn._C. Importing it loads the op library (the ops themselves
-// go through the torch dispatcher); its one function reports how the extension was built.
+// go through the torch dispatcher); its functions report how the extension was built and which
+// path a CUDA layer takes, and switch the persistent CUDA kernels on or off.
 #include "cpu/pointwise.h"
+#include "persistent_plan.h"
+#ifdef FUSED_RNN_WITH_CUDA
+#include "cuda/persistent_layer.h"
+#endif
 
 #include <pybind11/pybind11.h>
 
@@ -36,4 +41,42 @@ PYBIND11_MODULE(_C, m) {
       "How this extension was built: its version, the torch it was built against, whether the "
       "CUDA kernels are compiled in and for which architectures, the instruction sets its CPU "
       "kernels are built for and the one chosen for this CPU.");
+  m.def(
+      "persistent_plan",
+      [](int64_t batch, int64_t hidden, int64_t gates, int64_t elem_bytes, int64_t acc_bytes,
+         int64_t sm_count, int64_t shared_limit) {
+        const fused_rnn::PersistentPlan plan = fused_rnn::plan_persistent_layer(
+            batch, hidden, gates, elem_bytes, acc_bytes, sm_count, shared_limit);
+        py::dict d;
+        d["runs"] = plan.runs;
+        d["reason"] = plan.reason;
+        d["units"] = plan.units;
+        d["blocks"] = plan.blocks;
+        d["shared_bytes"] = plan.shared_bytes;
+        return d;
+      },
+      "The persistent CUDA layer kernel's plan for a shape on a device with sm_count SMs and "
+      "shared_limit bytes of shared memory per block (persistent_plan.h).");
+  m.def(
+      "set_persistent_kernels",
+      [](bool enabled) {
+#ifdef FUSED_RNN_WITH_CUDA
+        fused_rnn::cuda::set_persistent_enabled(enabled);
+#else
+        (void)enabled;
+#endif
+      },
+      "Switches the persistent CUDA layer kernels on or off (off by default).");
+  m.def(
+      "cuda_layer_path",
+      [](int64_t gates, int64_t batch, int64_t hidden, int64_t elem_bytes, int64_t acc_bytes,
+         int64_t device) -> std::string {
+#ifdef FUSED_RNN_WITH_CUDA
+        return fused_rnn::cuda::layer_path(gates, batch, hidden, elem_bytes, acc_bytes, device);
+#else
+        (void)gates, (void)batch, (void)hidden, (void)elem_bytes, (void)acc_bytes, (void)device;
+        return "step-wise: built without the CUDA kernels";
+#endif
+      },
+      "Which forward path a CUDA layer of this shape takes: \"persistent\" or \"step-wise: why\".");
 }

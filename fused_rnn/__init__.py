@@ -6,7 +6,8 @@ Drop-in modules (LSTM, GRU, LSTMCell, GRUCell) and convert(), plain functions
 
 from . import functional, ops, reference
 from .modules import GRU, LSTM, GRUCell, LSTMCell, convert
-from .ops import GRUCellFunction, LSTMCellFunction, build_info
+from .ops import (GRUCellFunction, LSTMCellFunction, build_info, cuda_layer_path,
+                  use_persistent_kernels)
 
 __version__ = build_info()["version"]
 
@@ -19,7 +20,9 @@ __all__ = [
     "LSTMCellFunction",
     "build_info",
     "convert",
+    "cuda_layer_path",
     "functional",
     "ops",
     "reference",
+    "use_persistent_kernels",
 ]

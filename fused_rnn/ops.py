@@ -11,7 +11,8 @@ import torch
 
 from . import _C
 
-__all__ = ["GRUCellFunction", "LSTMCellFunction", "build_info"]
+__all__ = ["GRUCellFunction", "LSTMCellFunction", "build_info", "cuda_layer_path",
+           "use_persistent_kernels"]
 
 _LSTM_GATES = 4
 _GRU_SAVED_PER_UNIT = 4  # r, z, n and h_n per hidden unit
@@ -28,6 +29,37 @@ def build_info() -> dict:
     for key in ("cuda_archs", "cpu_isas"):
         info[key] = [a for a in info[key].split(";") if a]
     return info
+
+
+_GATES = {"LSTM": 4, "GRU": 3}
+
+
+def use_persistent_kernels(enabled: bool = True) -> None:
+    """Switches the persistent whole-sequence CUDA layer kernels on or off.
+
+    Off by default: they have not yet been measured on a GPU (benchmarks/NOTES.md). Where on, a
+    CUDA LSTM or GRU layer whose shape suits them (cuda_layer_path) runs its forward time loop
+    in one launch; everything else, the backward included, is unchanged.
+    """
+    _C.set_persistent_kernels(bool(enabled))
+
+
+def cuda_layer_path(mode: str, batch: int, hidden_size: int, dtype: torch.dtype = torch.float32,
+                    device=None) -> str:
+    """Which forward path a fused_rnn LSTM or GRU layer takes on CUDA.
+
+    For a padded batch (every step runs `batch` rows) without projection; packed sequences of
+    varying lengths and LSTM projections always run step-wise. Returns "persistent", or
+    "step-wise: " and the reason.
+    """
+    if mode not in _GATES:
+        raise ValueError(f"cuda_layer_path: expected mode 'LSTM' or 'GRU', got {mode!r}")
+    if not torch.cuda.is_available():
+        return "step-wise: no CUDA device"
+    device = torch.device("cuda" if device is None else device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    acc_bytes = 8 if dtype == torch.float64 else 4
+    return _C.cuda_layer_path(_GATES[mode], batch, hidden_size, dtype.itemsize, acc_bytes, index)
 
 
 def _check_one_device(op: str, **tensors) -> None:

@@ -176,7 +176,8 @@ void gru_gate_grads_cpu(const Tensor& grad_h, const Tensor& h_prev, const Tensor
 constexpr DeviceKernels kCpuKernels{&prepare_linear_cpu,   &linear_cpu,
                                     &prepare_recurrent_cpu, &lstm_step_cpu,
                                     &gru_step_cpu,          &lstm_gate_grads_cpu,
-                                    &gru_gate_grads_cpu};
+                                    &gru_gate_grads_cpu,    nullptr,
+                                    nullptr};
 
 std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tensor& hx,
                                                  const Tensor& cx, const Tensor& w_ih,

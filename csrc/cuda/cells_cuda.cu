@@ -9,6 +9,7 @@
 // gradients; the matrix products around it are cuBLAS calls through ATen.
 #include "../cell_math.h"
 #include "../cell_ops.h"
+#include "persistent_layer.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -364,7 +365,8 @@ Tensor linear_cuda(const Tensor& x, const Tensor& w, const OptionalTensor& bias)
 constexpr DeviceKernels kCudaKernels{&prepare_linear_cuda,   &linear_cuda,
                                      &prepare_recurrent_cuda, &lstm_step_cuda,
                                      &gru_step_cuda,          &lstm_gate_grads_cuda,
-                                     &gru_gate_grads_cuda};
+                                     &gru_gate_grads_cuda,    &cuda::lstm_sequence,
+                                     &cuda::gru_sequence};
 
 }  // namespace
 

@@ -1,0 +1,248 @@
+// Persistent whole-sequence forward kernels for the LSTM and GRU layers (see persistent_plan.h).
+//
+// One cooperative launch runs every step. Block k owns hidden units [k*U, (k+1)*U): it loads the
+// G gate rows of W_hh for them into shared memory once, then per step stages the previous h of the
+// whole batch in shared memory, computes its units' hidden-side products (one warp per (row,
+// unit) pair, the lanes splitting the reduction), finishes them with the gate math of
+// cell_math.h, writes h, the saved activations and (LSTM) c, and meets the other blocks at a
+// grid-wide barrier before the next step reads the new h. The LSTM's cell state of its units stays
+// in shared memory across steps. The results, saved tensors included, are those of the step-wise
+// path, so the backward is unchanged.
+//
+// Off by default: not yet run on a GPU. Next versions (benchmarks/NOTES.md): tensor cores
+// (mma.sync) for the product, W_hh in registers, a flag barrier instead of grid.sync().
+#include "../cell_math.h"
+#include "../cell_ops.h"
+#include "../persistent_plan.h"
+#include "persistent_layer.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cooperative_groups.h>
+
+#include <atomic>
+
+namespace fused_rnn::cuda {
+namespace {
+
+std::atomic<bool> g_persistent_enabled{false};
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+// Every tensor is contiguous; t indexes steps in sequence order (the reverse direction walks them
+// backwards, its "previous" step being t + 1).
+template <typename scalar_t>
+struct SequenceParams {
+  scalar_t* xproj;              // [T*B, G*H] input projection; the LSTM writes its gates here
+  const scalar_t* h0;           // [B, H]
+  const scalar_t* c0;           // [B, H] (LSTM)
+  const scalar_t* w_hh;         // [G*H, H]
+  const scalar_t* b_hh;         // [G*H] or null (GRU)
+  scalar_t* output;             // [T*B, H]
+  scalar_t* cell_states;        // [T*B, H] (LSTM)
+  scalar_t* workspace;          // [T*B, 4H] (GRU)
+  int64_t steps, batch, hidden, units;
+  bool reverse;
+};
+
+struct LstmSequence {
+  static constexpr int kGates = kLstmGates;
+  static constexpr bool kCarriesCell = true;
+  // The LSTM update of unit j of row b at step t; c is that unit's cell state, carried on chip.
+  template <typename scalar_t, typename acc_t>
+  __device__ static void finish(const SequenceParams<scalar_t>& p, int64_t t, int64_t b,
+                                int64_t j, const acc_t (&hidden_side)[kGates],
+                                const acc_t* /*h_prev*/, acc_t& c) {
+    const int64_t H = p.hidden, row = t * p.batch + b;
+    scalar_t* gates = p.xproj + row * kGates * H;
+    acc_t a[kGates];
+#pragma unroll
+    for (int g = 0; g < kGates; ++g) a[g] = static_cast<acc_t>(gates[g * H + j]) + hidden_side[g];
+    const auto s = lstm_step_forward<acc_t>(a[0], a[1], a[2], a[3], c);
+    gates[0 * H + j] = static_cast<scalar_t>(s.i);
+    gates[1 * H + j] = static_cast<scalar_t>(s.f);
+    gates[2 * H + j] = static_cast<scalar_t>(s.g);
+    gates[3 * H + j] = static_cast<scalar_t>(s.o);
+    // Carry c as the step-wise path does: rounded to the dtype between steps.
+    const scalar_t c_new = static_cast<scalar_t>(s.c_new);
+    c = static_cast<acc_t>(c_new);
+    p.cell_states[row * H + j] = c_new;
+    p.output[row * H + j] = static_cast<scalar_t>(s.h_new);
+  }
+};
+
+struct GruSequence {
+  static constexpr int kGates = kGruGates;
+  static constexpr bool kCarriesCell = false;
+  template <typename scalar_t, typename acc_t>
+  __device__ static void finish(const SequenceParams<scalar_t>& p, int64_t t, int64_t b,
+                                int64_t j, const acc_t (&hidden_side)[kGates],
+                                const acc_t* h_prev, acc_t& /*c*/) {
+    const int64_t H = p.hidden, row = t * p.batch + b;
+    const scalar_t* x = p.xproj + row * kGates * H;
+    acc_t gh[kGates];
+#pragma unroll
+    for (int g = 0; g < kGates; ++g) {
+      gh[g] = hidden_side[g] + (p.b_hh ? static_cast<acc_t>(p.b_hh[g * H + j]) : acc_t(0));
+    }
+    const auto s = gru_step_forward<acc_t>(
+        static_cast<acc_t>(x[j]), static_cast<acc_t>(x[H + j]), static_cast<acc_t>(x[2 * H + j]),
+        gh[0], gh[1], gh[2], h_prev[b * H + j]);
+    scalar_t* ws = p.workspace + row * kGruSavedPerUnit * H;
+    ws[0 * H + j] = static_cast<scalar_t>(s.r);
+    ws[1 * H + j] = static_cast<scalar_t>(s.z);
+    ws[2 * H + j] = static_cast<scalar_t>(s.n);
+    ws[3 * H + j] = static_cast<scalar_t>(s.h_n);
+    p.output[row * H + j] = static_cast<scalar_t>(s.h_new);
+  }
+};
+
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t* weights_in(unsigned char* shared) {
+  return reinterpret_cast<scalar_t*>(shared);
+}
+
+template <typename Cell, typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    persistent_layer_kernel(const SequenceParams<scalar_t> p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int G = Cell::kGates;
+  extern __shared__ __align__(16) unsigned char shared[];
+  const int64_t H = p.hidden, B = p.batch, U = p.units;
+  const int64_t j0 = blockIdx.x * U;
+  const int64_t units = U < H - j0 ? U : H - j0;
+  // Layout (persistent_plan.h): W_hh slice [G][U][H] in the dtype, 16-byte aligned, then the
+  // previous h [B][H] and (LSTM) the cell states [B][U] in the accumulation type.
+  scalar_t* s_w = weights_in<scalar_t>(shared);
+  acc_t* s_h = reinterpret_cast<acc_t*>(shared + (G * U * H * sizeof(scalar_t) + 15) / 16 * 16);
+  acc_t* s_c = s_h + B * H;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+
+  for (int64_t e = tid; e < G * units * H; e += kThreads) {
+    const int64_t g = e / (units * H), u = (e / H) % units, k = e % H;
+    s_w[(g * U + u) * H + k] = p.w_hh[(g * H + j0 + u) * H + k];
+  }
+  if constexpr (Cell::kCarriesCell) {
+    for (int64_t e = tid; e < B * units; e += kThreads) {
+      s_c[(e / units) * U + e % units] = static_cast<acc_t>(p.c0[(e / units) * H + j0 + e % units]);
+    }
+  }
+
+  cooperative_groups::grid_group grid = cooperative_groups::this_grid();
+  for (int64_t i = 0; i < p.steps; ++i) {
+    const int64_t t = p.reverse ? p.steps - 1 - i : i;
+    // The previous step's h, written by every block before the barrier. Each step reads rows no
+    // block of this launch has read before, so no stale line can sit in an SM's L1.
+    const scalar_t* h_prev =
+        i == 0 ? p.h0 : p.output + (p.reverse ? t + 1 : t - 1) * B * H;
+    for (int64_t e = tid; e < B * H; e += kThreads) s_h[e] = static_cast<acc_t>(h_prev[e]);
+    __syncthreads();
+
+    for (int64_t pair = warp; pair < B * units; pair += kWarps) {
+      const int64_t b = pair / units, u = pair % units;
+      acc_t acc[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) acc[g] = acc_t(0);
+      for (int64_t k = lane; k < H; k += 32) {
+        const acc_t h = s_h[b * H + k];
+#pragma unroll
+        for (int g = 0; g < G; ++g) acc[g] += h * static_cast<acc_t>(s_w[(g * U + u) * H + k]);
+      }
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+#pragma unroll
+        for (int offset = 16; offset > 0; offset /= 2) {
+          acc[g] += __shfl_xor_sync(0xffffffffu, acc[g], offset);
+        }
+      }
+      if (lane == 0) {
+        if constexpr (Cell::kCarriesCell) {
+          Cell::finish(p, t, b, j0 + u, acc, s_h, s_c[b * U + u]);
+        } else {
+          acc_t no_cell = acc_t(0);
+          Cell::finish(p, t, b, j0 + u, acc, s_h, no_cell);
+        }
+      }
+    }
+    // Every block's h of this step is written (and visible) before any block reads it; the
+    // barrier also keeps this block's s_h until all its warps are done with it.
+    grid.sync();
+  }
+}
+
+PersistentPlan plan_for(int64_t gates, int64_t batch, int64_t hidden, int64_t elem_bytes,
+                        int64_t acc_bytes, int64_t device) {
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device);
+  if (!prop->cooperativeLaunch) {
+    return {false, "the device has no cooperative launch", 0, 0, 0};
+  }
+  return plan_persistent_layer(batch, hidden, gates, elem_bytes, acc_bytes,
+                               prop->multiProcessorCount,
+                               static_cast<int64_t>(prop->sharedMemPerBlockOptin));
+}
+
+template <typename Cell>
+bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Tensor& c0,
+                     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hh,
+                     const at::Tensor& output, const at::Tensor& cell_states,
+                     const at::Tensor& workspace, bool reverse) {
+  if (!persistent_enabled()) return false;
+  const int64_t B = h0.size(0), H = h0.size(1);
+  const int64_t steps = B == 0 ? 0 : xproj.size(0) / B;
+  if (steps < 2) return false;
+  const bool is_double = xproj.scalar_type() == at::kDouble;
+  const PersistentPlan plan = plan_for(Cell::kGates, B, H, xproj.element_size(),
+                                       is_double ? 8 : 4, xproj.get_device());
+  if (!plan.runs) return false;
+  const c10::cuda::CUDAGuard guard(xproj.device());
+  FUSED_RNN_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "persistent_layer", [&] {
+    SequenceParams<scalar_t> p{xproj.data_ptr<scalar_t>(),
+                               h0.data_ptr<scalar_t>(),
+                               c0.defined() ? c0.data_ptr<scalar_t>() : nullptr,
+                               w_hh.data_ptr<scalar_t>(),
+                               b_hh.has_value() ? b_hh->data_ptr<scalar_t>() : nullptr,
+                               output.data_ptr<scalar_t>(),
+                               cell_states.defined() ? cell_states.data_ptr<scalar_t>() : nullptr,
+                               workspace.defined() ? workspace.data_ptr<scalar_t>() : nullptr,
+                               steps, B, H, plan.units, reverse};
+    auto* kernel = &persistent_layer_kernel<Cell, scalar_t>;
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(plan.shared_bytes)));
+    void* args[] = {&p};
+    C10_CUDA_CHECK(cudaLaunchCooperativeKernel(
+        reinterpret_cast<const void*>(kernel), dim3(plan.blocks), dim3(kThreads), args,
+        plan.shared_bytes, at::cuda::getCurrentCUDAStream()));
+  });
+  return true;
+}
+
+}  // namespace
+
+void set_persistent_enabled(bool enabled) { g_persistent_enabled = enabled; }
+bool persistent_enabled() { return g_persistent_enabled; }
+
+std::string layer_path(int64_t gates, int64_t batch, int64_t hidden, int64_t elem_bytes,
+                       int64_t acc_bytes, int64_t device) {
+  if (!persistent_enabled()) return "step-wise: persistent kernels are off";
+  const PersistentPlan plan = plan_for(gates, batch, hidden, elem_bytes, acc_bytes, device);
+  return plan.runs ? "persistent" : "step-wise: " + plan.reason;
+}
+
+bool lstm_sequence(const at::Tensor& gates, const at::Tensor& h0, const at::Tensor& c0,
+                   const at::Tensor& w_hh, const at::Tensor& output,
+                   const at::Tensor& cell_states, bool reverse) {
+  return launch_sequence<LstmSequence>(gates, h0, c0, w_hh, std::nullopt, output, cell_states,
+                                       at::Tensor(), reverse);
+}
+
+bool gru_sequence(const at::Tensor& gx, const at::Tensor& h0, const at::Tensor& w_hh,
+                  const std::optional<at::Tensor>& b_hh, const at::Tensor& output,
+                  const at::Tensor& workspace, bool reverse) {
+  return launch_sequence<GruSequence>(gx, h0, at::Tensor(), w_hh, b_hh, output, at::Tensor(),
+                                      workspace, reverse);
+}
+
+}  // namespace fused_rnn::cuda
