@@ -66,6 +66,11 @@ struct DeviceKernels {
   // Readies W_hh [G*H, P] of a layer once for the `uses` steps of up to `rows` rows of its
   // lstm_step or gru_step (the CPU may pack it for its fused recurrent step).
   Tensor (*prepare_recurrent)(const Tensor& w_hh, int64_t gates, int64_t rows, int64_t uses);
+  // The per-step products of the layers: prepare_step_weight readies w [N, K] once for `uses`
+  // products of up to `rows` rows; step_linear writes out [rows, N] = x @ w^T, or adds it to out
+  // with accumulate, with no temporary (out must not overlap x).
+  Tensor (*prepare_step_weight)(const Tensor& w, int64_t rows, int64_t uses);
+  void (*step_linear)(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate);
   // One LSTM step over the rows of gates [B,4H]: in, the input projection (biases included); out,
   // the activated gates. h_prev [B,P], c_prev [B,H], w_hh [4H,P] (maybe prepared). Writes h_out
   // [B,H] (o*tanh(c'), before any projection) and c_out [B,H].

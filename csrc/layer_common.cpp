@@ -65,6 +65,17 @@ Tensor first_rows(const Tensor& t, int64_t n) { return t.narrow(0, 0, n); }
 Tensor states_before_steps(const std::vector<Step>& order, const Tensor& saved,
                            const Tensor& init) {
   Tensor before = at::empty({saved.size(0), init.size(1)}, saved.options());
+  const int64_t B = init.size(0), N = saved.size(0);
+  if (!order.empty() && uniform_batch(order, B)) {
+    // A padded batch: past the first step, each step starts from the one before it (in the
+    // order run: the next one in memory for the reverse direction), so two copies do.
+    const bool reverse = order.size() > 1 && order[0].offset > order[1].offset;
+    before.narrow(0, reverse ? N - B : 0, B).copy_(init);
+    if (N > B) {
+      before.narrow(0, reverse ? 0 : B, N - B).copy_(saved.narrow(0, reverse ? B : 0, N - B));
+    }
+    return before;
+  }
   for (size_t k = 0; k < order.size(); ++k) {
     const Step& s = order[k];
     const int64_t carried = k == 0 ? 0 : std::min(s.rows, order[k - 1].rows);
@@ -147,8 +158,8 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
   const Tensor h0 = hx.contiguous(), c0 = cx.contiguous();
   const int64_t uses = static_cast<int64_t>(order.size());
   const Tensor w_hh_p = k.prepare_recurrent(w_hh.contiguous(), kLstmGates, s.batch, uses);
-  const Tensor w_hr_p = w_hr.has_value() ? k.prepare_linear(w_hr->contiguous(), s.batch, uses)
-                                         : Tensor();
+  const Tensor w_hr_p =
+      w_hr.has_value() ? k.prepare_step_weight(w_hr->contiguous(), s.batch, uses) : Tensor();
   const bool whole_sequence = !w_hr.has_value() && uniform_batch(order, s.batch) &&
                               k.lstm_sequence &&
                               k.lstm_sequence(gates, h0, c0, w_hh.contiguous(), output,
@@ -160,7 +171,7 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
     k.lstm_step(rows(gates, step), state_before(order, i, output, h0, h_scratch),
                 state_before(order, i, cell_states, c0, c_scratch), w_hh_p, h_out,
                 rows(cell_states, step));
-    if (w_hr.has_value()) rows(output, step).copy_(k.linear(h_out, w_hr_p, std::nullopt));
+    if (w_hr.has_value()) k.step_linear(h_out, w_hr_p, rows(output, step), false);
   }
   const Tensor h = final_states(order, output, h0), c = final_states(order, cell_states, c0);
   return {output, h, c, gates, cell_states, pre_proj};
@@ -199,9 +210,12 @@ LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_ou
                               ? at::empty({N, s.state}, input.options()) : Tensor();
   // grad_h of the previous step = grad_gates @ W_hh, i.e. linear with W_hh^T as the weight.
   const int64_t uses = static_cast<int64_t>(order.size());
-  const Tensor w_hh_t = k.prepare_linear(w_hh.t().contiguous(), s.batch, uses);
-  const Tensor w_hr_t = w_hr.has_value() ? k.prepare_linear(w_hr->t().contiguous(), s.batch, uses)
-                                         : Tensor();
+  const Tensor w_hh_t = k.prepare_step_weight(w_hh.t().contiguous(), s.batch, uses);
+  const Tensor w_hr_t =
+      w_hr.has_value() ? k.prepare_step_weight(w_hr->t().contiguous(), s.batch, uses) : Tensor();
+  // With a projection: the gradient of each step's o * tanh(c), before the projection.
+  Tensor grad_pre_proj =
+      w_hr.has_value() ? at::empty({s.batch, s.hidden}, input.options()) : Tensor();
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     const Step& step = *it;
     Tensor gh = first_rows(grad_h, step.rows);
@@ -209,12 +223,13 @@ LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_ou
     Tensor grad_cell_out = gh;  // gradient of o * tanh(c), the cell's own output
     if (w_hr.has_value()) {
       if (grad_projected.defined()) rows(grad_projected, step).copy_(gh);
-      grad_cell_out = k.linear(gh, w_hr_t, std::nullopt);
+      grad_cell_out = first_rows(grad_pre_proj, step.rows);
+      k.step_linear(gh, w_hr_t, grad_cell_out, false);
     }
     Tensor gc = first_rows(grad_c, step.rows);
     k.lstm_gate_grads(grad_cell_out, gc, rows(gates_c, step), rows(c_before, step),
                       rows(cells_c, step), rows(grad_gates, step), gc);
-    gh.copy_(k.linear(rows(grad_gates, step), w_hh_t, std::nullopt));
+    k.step_linear(rows(grad_gates, step), w_hh_t, gh, false);
   }
   // The weights' gradients as single GEMMs over all steps.
   return {mask[0] ? at::mm(grad_gates, w_ih) : Tensor(),
@@ -275,8 +290,8 @@ GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
   Tensor grad_input_gates = at::empty({N, kGruGates * s.hidden}, input.options());
   Tensor grad_hidden_gates = at::empty({N, kGruGates * s.hidden}, input.options());
   Tensor grad_h = grad_hy.contiguous().clone();
-  const Tensor w_hh_t = k.prepare_linear(w_hh.t().contiguous(), s.batch,
-                                         static_cast<int64_t>(order.size()));
+  const Tensor w_hh_t = k.prepare_step_weight(w_hh.t().contiguous(), s.batch,
+                                              static_cast<int64_t>(order.size()));
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     const Step& step = *it;
     Tensor gh = first_rows(grad_h, step.rows);
@@ -284,7 +299,7 @@ GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
     // gh becomes the direct part of the previous state's gradient, then gains W_hh's.
     k.gru_gate_grads(gh, rows(h_before, step), rows(ws_c, step), rows(grad_input_gates, step),
                      rows(grad_hidden_gates, step), gh);
-    gh.add_(k.linear(rows(grad_hidden_gates, step), w_hh_t, std::nullopt));
+    k.step_linear(rows(grad_hidden_gates, step), w_hh_t, gh, true);
   }
   return {mask[0] ? at::mm(grad_input_gates, w_ih) : Tensor(),
           mask[1] ? grad_h : Tensor(),

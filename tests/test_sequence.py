@@ -135,9 +135,10 @@ def test_matches_torch_nn(cfg, dtype, device):
     check_against_torch(*cfg, dtype, device)
 
 
-# The CPU's fused recurrent step (float32, sequences of 8 steps or more) tiles W_hh into blocks of
-# 16 (AVX-512) or 8 units and h into chunks of a few rows: sizes spanning several of each, with a
-# partial block and chunk, and batches that shrink and grow (packed, both directions).
+# The CPU's fused recurrent step and per-step products (float32, sequences of 8 steps or more)
+# tile the weights into blocks of 16 (AVX-512) or 8 units, or 4 times that many columns, and h
+# into chunks of a few rows: sizes spanning several of each, with partial blocks and chunks, and
+# batches that shrink and grow (packed, both directions).
 WIDE_CONFIGS = [
     ("lstm", dict(), "padded", 12, True),
     ("lstm", dict(proj_size=7, bidirectional=True), "unsorted", 12, True),
@@ -148,7 +149,7 @@ WIDE_CONFIGS = [
 
 @pytest.mark.parametrize("cfg", WIDE_CONFIGS, ids=config_id)
 def test_matches_torch_nn_over_many_blocks_and_rows(cfg, monkeypatch):
-    monkeypatch.setattr(sys.modules[__name__], "HIDDEN", 37)
+    monkeypatch.setattr(sys.modules[__name__], "HIDDEN", 70)
     monkeypatch.setattr(sys.modules[__name__], "BATCH", 13)
     monkeypatch.setattr(sys.modules[__name__], "LENGTHS", [12, 3, 12, 1, 9, 12, 5, 8, 12, 2, 10,
                                                            7, 11])

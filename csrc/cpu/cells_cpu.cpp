@@ -98,60 +98,88 @@ Tensor linear_cpu(const Tensor& x, const Tensor& w, const OptionalTensor& bias) 
 
 // The fused recurrent step (pointwise.h) beats oneDNN's product plus a pointwise pass at every
 // batch size measured while W_hh stays within the caches (benchmarks/NOTES.md); a larger one is
-// streamed from memory every step, which oneDNN's product does better. W_hh arrives packed for
-// it, as a 3-D tensor.
-constexpr int64_t kRecurrentMaxWeightBytes = 8 << 20;
-bool packed_for_recurrent_step(const Tensor& w_hh) { return w_hh.dim() == 3; }
-
-Tensor prepare_recurrent_cpu(const Tensor& w_hh, int64_t gates, int64_t rows, int64_t uses) {
-  const bool fits = w_hh.numel() * static_cast<int64_t>(sizeof(float)) <= kRecurrentMaxWeightBytes;
-  if (w_hh.scalar_type() == at::kFloat && fits && uses >= kPackMinUses) {
-    return cpu::pointwise_kernels().pack_recurrent_weight(w_hh, gates);
-  }
-  return prepare_linear_cpu(w_hh, rows, uses);
+// streamed from memory every step, which oneDNN's product does better. The layers' other
+// per-step products (the backward's, the projection's) use the same product kernel under the
+// same rule. Weights packed for it are 3-D tensors.
+constexpr int64_t kPanelMaxWeightBytes = 8 << 20;
+bool packed_in_panels(const Tensor& w) { return w.dim() == 3; }
+bool panels_pay_off(const Tensor& w, int64_t uses) {
+  return w.scalar_type() == at::kFloat && uses >= kPackMinUses &&
+         w.numel() * static_cast<int64_t>(sizeof(float)) <= kPanelMaxWeightBytes;
 }
 
-// A fused recurrent step's tasks, split over ATen's threads in shares of at least this many
-// vector FMAs (about a microsecond: a thread's start costs about as much).
-constexpr int64_t kMinFmasPerThread = 4096;
+Tensor prepare_recurrent_cpu(const Tensor& w_hh, int64_t gates, int64_t rows, int64_t uses) {
+  return panels_pay_off(w_hh, uses) ? cpu::pointwise_kernels().pack_recurrent_weight(w_hh, gates)
+                                    : prepare_linear_cpu(w_hh, rows, uses);
+}
 
+Tensor prepare_step_weight_cpu(const Tensor& w, int64_t rows, int64_t uses) {
+  return panels_pay_off(w, uses) ? cpu::pointwise_kernels().pack_linear_weight(w)
+                                 : prepare_linear_cpu(w, rows, uses);
+}
+
+// Runs pass(begin, end) over `tasks` tasks of `fmas` vector FMAs in all, split over ATen's
+// threads in shares of at least kMinFmasPerThread (about a microsecond: a thread's start costs
+// about as much).
+constexpr int64_t kMinFmasPerThread = 4096;
 template <typename Pass>
-void over_recurrent_tasks(const Tensor& h_prev, int64_t hidden, int64_t gates, const Pass& pass) {
+void over_panel_tasks(int64_t tasks, int64_t fmas, const Pass& pass) {
+  const int64_t per_task = std::max<int64_t>(1, fmas / std::max<int64_t>(1, tasks));
+  at::parallel_for(0, tasks, std::max<int64_t>(1, kMinFmasPerThread / per_task), pass);
+}
+
+// The vector FMAs of a product of x [rows, K] with `columns` output columns.
+int64_t product_fmas(const Tensor& x, int64_t columns) {
+  return x.size(0) * x.size(1) * columns / cpu::pointwise_kernels().lanes;
+}
+
+void step_linear_cpu(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate) {
+  if (!packed_in_panels(w)) {
+    const Tensor product = linear_cpu(x, w, std::nullopt);
+    accumulate ? out.add_(product) : out.copy_(product);
+    return;
+  }
   const auto& kernels = cpu::pointwise_kernels();
-  const int64_t tasks = kernels.recurrent_tasks(h_prev.size(0), hidden, gates);
-  const int64_t fmas_per_task =
-      std::max<int64_t>(1, h_prev.size(0) * h_prev.size(1) * gates * hidden /
-                               std::max<int64_t>(1, tasks * kernels.lanes));
-  at::parallel_for(0, tasks, std::max<int64_t>(1, kMinFmasPerThread / fmas_per_task), pass);
+  const Tensor x_c = x.contiguous();
+  over_panel_tasks(kernels.linear_tasks(x.size(0), out.size(1)), product_fmas(x, out.size(1)),
+                   [&](int64_t begin, int64_t end) {
+                     kernels.linear_packed(x_c, w, out, accumulate, begin, end);
+                   });
 }
 
 void lstm_step_cpu(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev,
                    const Tensor& w_hh, const Tensor& h_out, const Tensor& c_out) {
-  if (packed_for_recurrent_step(w_hh)) {
-    over_recurrent_tasks(h_prev, c_out.size(1), kLstmGates, [&](int64_t begin, int64_t end) {
-      cpu::pointwise_kernels().lstm_forward_recurrent(gates, h_prev, c_prev, w_hh, h_out, c_out,
+  const auto& kernels = cpu::pointwise_kernels();
+  if (packed_in_panels(w_hh)) {
+    const int64_t H = c_out.size(1);
+    over_panel_tasks(kernels.recurrent_tasks(h_prev.size(0), H, kLstmGates),
+                     product_fmas(h_prev, kLstmGates * H), [&](int64_t begin, int64_t end) {
+                       kernels.lstm_forward_recurrent(gates, h_prev, c_prev, w_hh, h_out, c_out,
                                                       begin, end);
-    });
+                     });
     return;
   }
   const Tensor gates_h = linear_cpu(h_prev, w_hh, std::nullopt);
   over_units(c_out, [&](int64_t begin, int64_t end) {
-    cpu::pointwise_kernels().lstm_forward(gates, gates_h, c_prev, h_out, c_out, begin, end);
+    kernels.lstm_forward(gates, gates_h, c_prev, h_out, c_out, begin, end);
   });
 }
 
 void gru_step_cpu(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
                   const OptionalTensor& b_hh, const Tensor& h_out, const Tensor& workspace) {
-  if (packed_for_recurrent_step(w_hh)) {
-    over_recurrent_tasks(h_prev, h_out.size(1), kGruGates, [&](int64_t begin, int64_t end) {
-      cpu::pointwise_kernels().gru_forward_recurrent(gx, h_prev, w_hh, b_hh, h_out, workspace,
+  const auto& kernels = cpu::pointwise_kernels();
+  if (packed_in_panels(w_hh)) {
+    const int64_t H = h_out.size(1);
+    over_panel_tasks(kernels.recurrent_tasks(h_prev.size(0), H, kGruGates),
+                     product_fmas(h_prev, kGruGates * H), [&](int64_t begin, int64_t end) {
+                       kernels.gru_forward_recurrent(gx, h_prev, w_hh, b_hh, h_out, workspace,
                                                      begin, end);
-    });
+                     });
     return;
   }
   const Tensor gh = linear_cpu(h_prev, w_hh, b_hh);
   over_units(h_out, [&](int64_t begin, int64_t end) {
-    cpu::pointwise_kernels().gru_forward(gx, gh, h_prev, h_out, workspace, begin, end);
+    kernels.gru_forward(gx, gh, h_prev, h_out, workspace, begin, end);
   });
 }
 
@@ -173,8 +201,9 @@ void gru_gate_grads_cpu(const Tensor& grad_h, const Tensor& h_prev, const Tensor
   });
 }
 
-constexpr DeviceKernels kCpuKernels{&prepare_linear_cpu,   &linear_cpu,
-                                    &prepare_recurrent_cpu, &lstm_step_cpu,
+constexpr DeviceKernels kCpuKernels{&prepare_linear_cpu,    &linear_cpu,
+                                    &prepare_recurrent_cpu, &prepare_step_weight_cpu,
+                                    &step_linear_cpu,       &lstm_step_cpu,
                                     &gru_step_cpu,          &lstm_gate_grads_cpu,
                                     &gru_gate_grads_cpu,    nullptr,
                                     nullptr};

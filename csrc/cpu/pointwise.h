@@ -55,7 +55,21 @@ struct PointwiseKernels {
   void (*gru_forward_recurrent)(const Tensor& gx, const Tensor& h_prev, const Tensor& w_packed,
                                 const std::optional<Tensor>& b_hh, const Tensor& h_out,
                                 const Tensor& workspace, int64_t begin, int64_t end);
+
+  // The same register-blocked product as a plain linear map, for the per-step products of the
+  // backward (float32): w [N, K] is packed by pack_linear_weight into
+  // [ceil(N / (kLinearGroups * lanes)), K, kLinearGroups * lanes], block b holding the output
+  // columns b * kLinearGroups * lanes onwards, zero-padded past N.
+  Tensor (*pack_linear_weight)(const Tensor& w);
+  int64_t (*linear_tasks)(int64_t rows, int64_t columns);
+  // out [rows, N] = x [rows, K] @ w^T, or += with accumulate, over the tasks [begin, end).
+  void (*linear_packed)(const Tensor& x, const Tensor& w_packed, const Tensor& out,
+                        bool accumulate, int64_t begin, int64_t end);
 };
+
+// Column groups of `lanes` outputs per task of linear_packed: as many accumulators per row as the
+// recurrent LSTM step, so the same product kernel serves both.
+constexpr int64_t kLinearGroups = 4;
 
 namespace DEFAULT {
 extern const PointwiseKernels kKernels;

@@ -263,12 +263,12 @@ int64_t recurrent_tasks(int64_t rows, int64_t hidden, int64_t gates) {
   return (hidden + kLanes - 1) / kLanes * ((rows + task_rows - 1) / task_rows);
 }
 
-// Runs the tasks [begin, end) of a step over h [rows, K] and the packed weight: task t is unit
+// Runs the tasks [begin, end) of a product of h [rows, K] with a packed weight: task t is panel
 // block t / chunks and row chunk t % chunks (consecutive tasks share a block's weights, which so
-// stay in cache). finish(row, j, n, acc) gets the G hidden-side packs of the n units j.. of a row.
+// stay in cache). finish(row, block, acc) gets a row's G accumulator packs for that block.
 template <int G, typename Finish>
-void for_each_recurrent_task(const Tensor& h, const Tensor& w_packed, int64_t hidden,
-                             int64_t begin, int64_t end, const Finish& finish) {
+void for_each_panel_task(const Tensor& h, const Tensor& w_packed, int64_t begin, int64_t end,
+                         const Finish& finish) {
   constexpr int R = kTaskRows<G>;
   const int64_t rows = h.size(0), K = h.size(1);
   const int64_t chunks = (rows + R - 1) / R;
@@ -276,37 +276,46 @@ void for_each_recurrent_task(const Tensor& h, const Tensor& w_packed, int64_t hi
   const float* w_p = w_packed.data_ptr<float>();
   for (int64_t task = begin; task < end; ++task) {
     const int64_t block = task / chunks, row0 = task % chunks * R;
-    const int64_t j = block * kLanes, n = std::min(kLanes, hidden - j);
     with_row_count<R>(std::min<int64_t>(R, rows - row0), [&](auto row_count) {
       constexpr int kRows = decltype(row_count)::value;
       FloatVec acc[kRows][G];
       recurrent_product<G, kRows>(h_p + row0 * K, w_p + block * K * G * kLanes, K, acc);
-      for (int r = 0; r < kRows; ++r) finish(row0 + r, j, n, acc[r]);
+      for (int r = 0; r < kRows; ++r) finish(row0 + r, block, acc[r]);
     });
   }
 }
 
-Tensor pack_recurrent_weight(const Tensor& w_hh, int64_t gates) {
-  const int64_t H = w_hh.size(0) / gates, K = w_hh.size(1);
-  const int64_t blocks = (H + kLanes - 1) / kLanes;
-  Tensor packed = at::empty({blocks, K, gates * kLanes}, w_hh.options());
-  const Tensor w = w_hh.contiguous();
+// Packs the rows of w [N, K] into panels [blocks, K, G * kLanes]: panel column (g, lane) of
+// block b holds row row_of(b, g, lane) of w, or zeros where that is past N (row_of returns -1).
+template <typename RowOf>
+Tensor pack_panels(const Tensor& w_in, int64_t G, int64_t blocks, const RowOf& row_of) {
+  const Tensor w = w_in.contiguous();
+  const int64_t K = w.size(1);
+  Tensor packed = at::empty({blocks, K, G * kLanes}, w.options());
   const float* src = w.data_ptr<float>();
   float* dst = packed.data_ptr<float>();
-  // Written in order (reads stride over the block's G * kLanes rows of W_hh, which the caches
-  // stream); lanes past H are zero.
+  // Written in order; the reads stride over the block's G * kLanes rows, which the caches stream.
   for (int64_t block = 0; block < blocks; ++block) {
-    const int64_t lanes = std::min(kLanes, H - block * kLanes);
     for (int64_t k = 0; k < K; ++k) {
-      for (int64_t g = 0; g < gates; ++g) {
-        const float* column = src + (g * H + block * kLanes) * K + k;
+      for (int64_t g = 0; g < G; ++g) {
         for (int64_t lane = 0; lane < kLanes; ++lane) {
-          *dst++ = lane < lanes ? column[lane * K] : 0.0f;
+          const int64_t row = row_of(block, g, lane);
+          *dst++ = row >= 0 ? src[row * K + k] : 0.0f;
         }
       }
     }
   }
   return packed;
+}
+
+// W_hh [G*H, K]: block b's panel holds the G gate rows of units b * kLanes onwards.
+Tensor pack_recurrent_weight(const Tensor& w_hh, int64_t gates) {
+  const int64_t H = w_hh.size(0) / gates;
+  return pack_panels(w_hh, gates, (H + kLanes - 1) / kLanes,
+                     [&](int64_t block, int64_t g, int64_t lane) -> int64_t {
+                       const int64_t j = block * kLanes + lane;
+                       return j < H ? g * H + j : -1;
+                     });
 }
 
 void lstm_forward_recurrent(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev,
@@ -317,10 +326,9 @@ void lstm_forward_recurrent(const Tensor& gates, const Tensor& h_prev, const Ten
   const float* c_p = c_prev.data_ptr<float>();
   float* h_out_p = h_out.data_ptr<float>();
   float* c_out_p = c_out.data_ptr<float>();
-  for_each_recurrent_task<kLstmGates>(
-      h_prev, w_packed, H, begin, end,
-      [&](int64_t b, int64_t j, int64_t n, const FloatVec(&a_h)[kLstmGates]) {
-        const int64_t u = b * H + j;
+  for_each_panel_task<kLstmGates>(
+      h_prev, w_packed, begin, end, [&](int64_t b, int64_t block, const FloatVec(&a_h)[kLstmGates]) {
+        const int64_t j = block * kLanes, n = std::min(kLanes, H - j), u = b * H + j;
         lstm_units(gates_p + b * kLstmGates * H, a_h, c_p + u, c_out_p + u, h_out_p + u, H, j, n);
       });
 }
@@ -334,9 +342,9 @@ void gru_forward_recurrent(const Tensor& gx, const Tensor& h_prev, const Tensor&
   const float* bias_p = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
   float* h_out_p = h_out.data_ptr<float>();
   float* ws_p = workspace.data_ptr<float>();
-  for_each_recurrent_task<kGruGates>(
-      h_prev, w_packed, H, begin, end,
-      [&](int64_t b, int64_t j, int64_t n, const FloatVec(&acc)[kGruGates]) {
+  for_each_panel_task<kGruGates>(
+      h_prev, w_packed, begin, end, [&](int64_t b, int64_t block, const FloatVec(&acc)[kGruGates]) {
+        const int64_t j = block * kLanes, n = std::min(kLanes, H - j);
         FloatVec gh[kGruGates];
         for (int64_t g = 0; g < kGruGates; ++g) {
           gh[g] = bias_p ? acc[g] + Lanes<float>::load(bias_p + g * H + j, n) : acc[g];
@@ -347,13 +355,45 @@ void gru_forward_recurrent(const Tensor& gx, const Tensor& h_prev, const Tensor&
       });
 }
 
+Tensor pack_linear_weight(const Tensor& w) {
+  const int64_t N = w.size(0), per_block = kLinearGroups * kLanes;
+  return pack_panels(w, kLinearGroups, (N + per_block - 1) / per_block,
+                     [&](int64_t block, int64_t g, int64_t lane) -> int64_t {
+                       const int64_t column = block * per_block + g * kLanes + lane;
+                       return column < N ? column : -1;
+                     });
+}
+
+int64_t linear_tasks(int64_t rows, int64_t columns) {
+  constexpr int64_t task_rows = kTaskRows<kLinearGroups>;
+  const int64_t per_block = kLinearGroups * kLanes;
+  return (columns + per_block - 1) / per_block * ((rows + task_rows - 1) / task_rows);
+}
+
+void linear_packed(const Tensor& x, const Tensor& w_packed, const Tensor& out, bool accumulate,
+                   int64_t begin, int64_t end) {
+  const int64_t N = out.size(1);
+  float* out_p = out.data_ptr<float>();
+  for_each_panel_task<kLinearGroups>(
+      x, w_packed, begin, end, [&](int64_t row, int64_t block, const FloatVec(&acc)[kLinearGroups]) {
+        const int64_t first = block * kLinearGroups * kLanes;
+        for (int64_t g = 0; g < kLinearGroups; ++g) {
+          const int64_t c = first + g * kLanes, n = std::min(kLanes, N - c);
+          if (n <= 0) break;
+          float* dst = out_p + row * N + c;
+          Lanes<float>::store(dst, accumulate ? acc[g] + Lanes<float>::load(dst, n) : acc[g], n);
+        }
+      });
+}
+
 #define FUSED_RNN_STRINGIFY_(x) #x
 #define FUSED_RNN_STRINGIFY(x) FUSED_RNN_STRINGIFY_(x)
 extern const PointwiseKernels kKernels = {
     FUSED_RNN_STRINGIFY(CPU_CAPABILITY), &lstm_forward,         &lstm_backward,
     &gru_forward,                        &gru_backward,         kLanes,
     &pack_recurrent_weight,              &recurrent_tasks,      &lstm_forward_recurrent,
-    &gru_forward_recurrent};
+    &gru_forward_recurrent,              &pack_linear_weight,   &linear_tasks,
+    &linear_packed};
 
 }  // namespace cpu::CPU_CAPABILITY
 }  // namespace fused_rnn

@@ -358,12 +358,26 @@ Tensor prepare_recurrent_cuda(const Tensor& w_hh, int64_t /*gates*/, int64_t /*r
   return w_hh.contiguous();
 }
 
+Tensor prepare_step_weight_cuda(const Tensor& w, int64_t /*rows*/, int64_t /*uses*/) {
+  return w.contiguous();
+}
+
+void step_linear_cuda(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate) {
+  Tensor result = out;  // a view of the caller's buffer, written in place by cuBLAS
+  if (accumulate) {
+    result.addmm_(x, w.t());
+  } else {
+    at::mm_out(result, x, w.t());
+  }
+}
+
 Tensor linear_cuda(const Tensor& x, const Tensor& w, const OptionalTensor& bias) {
   return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
 }
 
-constexpr DeviceKernels kCudaKernels{&prepare_linear_cuda,   &linear_cuda,
-                                     &prepare_recurrent_cuda, &lstm_step_cuda,
+constexpr DeviceKernels kCudaKernels{&prepare_linear_cuda,    &linear_cuda,
+                                     &prepare_recurrent_cuda, &prepare_step_weight_cuda,
+                                     &step_linear_cuda,       &lstm_step_cuda,
                                      &gru_step_cuda,          &lstm_gate_grads_cuda,
                                      &gru_gate_grads_cuda,    &cuda::lstm_sequence,
                                      &cuda::gru_sequence};
