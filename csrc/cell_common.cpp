@@ -124,13 +124,12 @@ LstmCellGrads lstm_cell_backward(const DeviceKernels& k, const Tensor& grad_hy,
   Tensor grad_cx = at::empty({s.batch, s.hidden}, input.options());
   k.lstm_gate_grads(grad_hy.contiguous(), grad_cy.contiguous(), gates.contiguous(),
                     cx.contiguous(), cy.contiguous(), grad_gates, grad_cx);
-  const Tensor grad_gates_t = mask[3] || mask[4] ? k.transposed_for_mm(grad_gates) : Tensor();
   // Both biases enter the same pre-activation, so they share one gradient.
   return {mask[0] ? at::mm(grad_gates, w_ih) : Tensor(),
           mask[1] ? at::mm(grad_gates, w_hh) : Tensor(),
           mask[2] ? grad_cx : Tensor(),
-          mask[3] ? at::mm(grad_gates_t, input) : Tensor(),
-          mask[4] ? at::mm(grad_gates_t, hx) : Tensor(),
+          mask[3] ? at::mm(grad_gates.t(), input) : Tensor(),
+          mask[4] ? at::mm(grad_gates.t(), hx) : Tensor(),
           mask[5] ? at::sum(grad_gates, 0) : Tensor()};
 }
 
@@ -150,8 +149,8 @@ GruGrads gru_cell_backward(const DeviceKernels& k, const Tensor& grad_hy, const 
                    grad_input_gates, grad_hidden_gates, grad_hx_direct);
   return {mask[0] ? at::mm(grad_input_gates, w_ih) : Tensor(),
           mask[1] ? at::addmm(grad_hx_direct, grad_hidden_gates, w_hh) : Tensor(),
-          mask[2] ? at::mm(k.transposed_for_mm(grad_input_gates), input) : Tensor(),
-          mask[3] ? at::mm(k.transposed_for_mm(grad_hidden_gates), hx) : Tensor(),
+          mask[2] ? at::mm(grad_input_gates.t(), input) : Tensor(),
+          mask[3] ? at::mm(grad_hidden_gates.t(), hx) : Tensor(),
           mask[4] ? at::sum(grad_input_gates, 0) : Tensor(),
           mask[5] ? at::sum(grad_hidden_gates, 0) : Tensor()};
 }

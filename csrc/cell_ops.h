@@ -71,9 +71,6 @@ struct DeviceKernels {
   // with accumulate, with no temporary (out must not overlap x).
   Tensor (*prepare_step_weight)(const Tensor& w, int64_t rows, int64_t uses);
   void (*step_linear)(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate);
-  // a^T as the left operand of at::mm (the weight gradients a^T @ x): a transposed view, or a
-  // contiguous copy where the device's GEMM is much faster on one.
-  Tensor (*transposed_for_mm)(const Tensor& a);
   // One LSTM step over the rows of gates [B,4H]: in, the input projection (biases included); out,
   // the activated gates. h_prev [B,P], c_prev [B,H], w_hh [4H,P] (maybe prepared). Writes h_out
   // [B,H] (o*tanh(c'), before any projection) and c_out [B,H].

@@ -232,17 +232,15 @@ LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_ou
     k.step_linear(rows(grad_gates, step), w_hh_t, gh, false);
   }
   // The weights' gradients as single GEMMs over all steps.
-  const Tensor grad_gates_t = mask[3] || mask[4] ? k.transposed_for_mm(grad_gates) : Tensor();
   return {mask[0] ? at::mm(grad_gates, w_ih) : Tensor(),
           mask[1] ? grad_h : Tensor(),
           mask[2] ? grad_c : Tensor(),
-          mask[3] ? at::mm(grad_gates_t, input) : Tensor(),
-          mask[4] ? at::mm(grad_gates_t, states_before_steps(order, output.contiguous(),
+          mask[3] ? at::mm(grad_gates.t(), input) : Tensor(),
+          mask[4] ? at::mm(grad_gates.t(), states_before_steps(order, output.contiguous(),
                                                                 hx.contiguous()))
                   : Tensor(),
           mask[5] ? at::sum(grad_gates, 0) : Tensor(),
-          grad_projected.defined() ? at::mm(k.transposed_for_mm(grad_projected), pre_proj_c)
-                                   : Tensor()};
+          grad_projected.defined() ? at::mm(grad_projected.t(), pre_proj_c) : Tensor()};
 }
 
 GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Tensor& batch_sizes,
@@ -305,8 +303,8 @@ GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
   }
   return {mask[0] ? at::mm(grad_input_gates, w_ih) : Tensor(),
           mask[1] ? grad_h : Tensor(),
-          mask[2] ? at::mm(k.transposed_for_mm(grad_input_gates), input) : Tensor(),
-          mask[3] ? at::mm(k.transposed_for_mm(grad_hidden_gates), h_before) : Tensor(),
+          mask[2] ? at::mm(grad_input_gates.t(), input) : Tensor(),
+          mask[3] ? at::mm(grad_hidden_gates.t(), h_before) : Tensor(),
           mask[4] ? at::sum(grad_input_gates, 0) : Tensor(),
           mask[5] ? at::sum(grad_hidden_gates, 0) : Tensor()};
 }

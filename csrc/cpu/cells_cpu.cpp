@@ -147,10 +147,6 @@ void step_linear_cpu(const Tensor& x, const Tensor& w, const Tensor& out, bool a
                    });
 }
 
-// MKL's GEMM with a transposed left operand runs at about half the speed of the same product on
-// a contiguous copy here, copy included (benchmarks/NOTES.md).
-Tensor transposed_for_mm_cpu(const Tensor& a) { return a.t().contiguous(); }
-
 void lstm_step_cpu(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev,
                    const Tensor& w_hh, const Tensor& h_out, const Tensor& c_out) {
   const auto& kernels = cpu::pointwise_kernels();
@@ -207,8 +203,7 @@ void gru_gate_grads_cpu(const Tensor& grad_h, const Tensor& h_prev, const Tensor
 
 constexpr DeviceKernels kCpuKernels{&prepare_linear_cpu,    &linear_cpu,
                                     &prepare_recurrent_cpu, &prepare_step_weight_cpu,
-                                    &step_linear_cpu,       &transposed_for_mm_cpu,
-                                    &lstm_step_cpu,
+                                    &step_linear_cpu,       &lstm_step_cpu,
                                     &gru_step_cpu,          &lstm_gate_grads_cpu,
                                     &gru_gate_grads_cpu,    nullptr,
                                     nullptr};

@@ -371,16 +371,13 @@ void step_linear_cuda(const Tensor& x, const Tensor& w, const Tensor& out, bool 
   }
 }
 
-Tensor transposed_for_mm_cuda(const Tensor& a) { return a.t(); }
-
 Tensor linear_cuda(const Tensor& x, const Tensor& w, const OptionalTensor& bias) {
   return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
 }
 
 constexpr DeviceKernels kCudaKernels{&prepare_linear_cuda,    &linear_cuda,
                                      &prepare_recurrent_cuda, &prepare_step_weight_cuda,
-                                     &step_linear_cuda,       &transposed_for_mm_cuda,
-                                     &lstm_step_cuda,
+                                     &step_linear_cuda,       &lstm_step_cuda,
                                      &gru_step_cuda,          &lstm_gate_grads_cuda,
                                      &gru_gate_grads_cuda,    &cuda::lstm_sequence,
                                      &cuda::gru_sequence};
