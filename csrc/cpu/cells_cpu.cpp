@@ -96,26 +96,28 @@ Tensor linear_cpu(const Tensor& x, const Tensor& w, const OptionalTensor& bias) 
   return stack[0].toTensor();
 }
 
-// The fused recurrent step (pointwise.h) beats oneDNN's product plus a pointwise pass at every
-// batch size measured while W_hh stays within the caches (benchmarks/NOTES.md); a larger one is
-// streamed from memory every step, which oneDNN's product does better. The layers' other
-// per-step products (the backward's, the projection's) use the same product kernel under the
-// same rule. Weights packed for it are 3-D tensors.
+// The fused recurrent step (pointwise.h) beats oneDNN's product plus a pointwise pass at small
+// batches (B = 1..16: 0.65-0.85x its time, forward) and ties it from B = 32 on (interleaved A/B
+// runs, benchmarks/NOTES.md), while W_hh stays within the caches: a larger one is streamed from
+// memory every step, which oneDNN's product does better. The layers' other per-step products
+// (the backward's, the projection's) follow the same rule. Weights packed for it are 3-D tensors.
+constexpr int64_t kPanelMaxRows = 32;
 constexpr int64_t kPanelMaxWeightBytes = 8 << 20;
 bool packed_in_panels(const Tensor& w) { return w.dim() == 3; }
-bool panels_pay_off(const Tensor& w, int64_t uses) {
-  return w.scalar_type() == at::kFloat && uses >= kPackMinUses &&
+bool panels_pay_off(const Tensor& w, int64_t rows, int64_t uses) {
+  return w.scalar_type() == at::kFloat && uses >= kPackMinUses && rows <= kPanelMaxRows &&
          w.numel() * static_cast<int64_t>(sizeof(float)) <= kPanelMaxWeightBytes;
 }
 
 Tensor prepare_recurrent_cpu(const Tensor& w_hh, int64_t gates, int64_t rows, int64_t uses) {
-  return panels_pay_off(w_hh, uses) ? cpu::pointwise_kernels().pack_recurrent_weight(w_hh, gates)
-                                    : prepare_linear_cpu(w_hh, rows, uses);
+  return panels_pay_off(w_hh, rows, uses)
+             ? cpu::pointwise_kernels().pack_recurrent_weight(w_hh, gates)
+             : prepare_linear_cpu(w_hh, rows, uses);
 }
 
 Tensor prepare_step_weight_cpu(const Tensor& w, int64_t rows, int64_t uses) {
-  return panels_pay_off(w, uses) ? cpu::pointwise_kernels().pack_linear_weight(w)
-                                 : prepare_linear_cpu(w, rows, uses);
+  return panels_pay_off(w, rows, uses) ? cpu::pointwise_kernels().pack_linear_weight(w)
+                                       : prepare_linear_cpu(w, rows, uses);
 }
 
 // Runs pass(begin, end) over `tasks` tasks of `fmas` vector FMAs in all, split over ATen's
