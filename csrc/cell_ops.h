@@ -92,11 +92,11 @@ struct DeviceKernels {
   void (*gru_gate_grads)(const Tensor& grad_h, const Tensor& h_prev, const Tensor& workspace,
                          const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
                          const Tensor& grad_h_direct);
-  // Where not null: a layer's whole forward time loop in one launch, for one uniform batch and no
-  // projection, with the results the step-wise loop would give (saved tensors included). Each
-  // returns false, having done nothing, where it does not apply (shape, device, or switched off);
-  // the layer then runs step by step. Arguments as cuda::lstm_sequence / gru_sequence
-  // (csrc/cuda/persistent_layer.h).
+  // Where not null: a layer's whole forward time loop at once (CUDA: one persistent launch; CPU:
+  // one parallel region), for one uniform batch and no projection, with the results the
+  // step-wise loop would give (saved tensors included). Each returns false, having done nothing,
+  // where it does not apply (shape, dtype, device, or switched off); the layer then runs step by
+  // step. Arguments as cuda::lstm_sequence / gru_sequence (csrc/cuda/persistent_layer.h).
   bool (*lstm_sequence)(const Tensor& gates, const Tensor& h0, const Tensor& c0,
                         const Tensor& w_hh, const Tensor& output, const Tensor& cell_states,
                         bool reverse);

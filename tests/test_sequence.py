@@ -140,9 +140,9 @@ def test_matches_torch_nn(cfg, dtype, device):
 # into chunks of a few rows: sizes spanning several of each, with partial blocks and chunks, and
 # batches that shrink and grow (packed, both directions).
 WIDE_CONFIGS = [
-    ("lstm", dict(), "padded", 12, True),
+    ("lstm", dict(num_layers=2, bidirectional=True), "padded", 12, True),
     ("lstm", dict(proj_size=7, bidirectional=True), "unsorted", 12, True),
-    ("gru", dict(), "padded", 12, True),
+    ("gru", dict(bidirectional=True), "padded", 12, True),
     ("gru", dict(bidirectional=True), "unsorted", 12, False),
 ]
 

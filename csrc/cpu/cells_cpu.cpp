@@ -14,6 +14,9 @@
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
+#include <omp.h>
+
+#include <algorithm>
 #include <string>
 
 namespace fused_rnn {
@@ -149,15 +152,30 @@ void step_linear_cpu(const Tensor& x, const Tensor& w, const Tensor& out, bool a
                    });
 }
 
+// A step's rows as the fused recurrent step takes them.
+cpu::RecurrentStep recurrent_step(const Tensor& h_prev, const Tensor& w_packed,
+                                  const Tensor& gates, const Tensor& h_out) {
+  cpu::RecurrentStep s{};
+  s.rows = h_prev.size(0);
+  s.hidden = h_out.size(1);
+  s.state = h_prev.size(1);
+  s.h_prev = h_prev.data_ptr<float>();
+  s.w_packed = w_packed.data_ptr<float>();
+  s.gates = gates.data_ptr<float>();
+  s.h_out = h_out.data_ptr<float>();
+  return s;
+}
+
 void lstm_step_cpu(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev,
                    const Tensor& w_hh, const Tensor& h_out, const Tensor& c_out) {
   const auto& kernels = cpu::pointwise_kernels();
   if (packed_in_panels(w_hh)) {
-    const int64_t H = c_out.size(1);
-    over_panel_tasks(kernels.recurrent_tasks(h_prev.size(0), H, kLstmGates),
-                     product_fmas(h_prev, kLstmGates * H), [&](int64_t begin, int64_t end) {
-                       kernels.lstm_forward_recurrent(gates, h_prev, c_prev, w_hh, h_out, c_out,
-                                                      begin, end);
+    cpu::RecurrentStep s = recurrent_step(h_prev, w_hh, gates, h_out);
+    s.c_prev = c_prev.data_ptr<float>();
+    s.c_out = c_out.data_ptr<float>();
+    over_panel_tasks(kernels.recurrent_tasks(s.rows, s.hidden, kLstmGates),
+                     product_fmas(h_prev, kLstmGates * s.hidden), [&](int64_t begin, int64_t end) {
+                       kernels.lstm_forward_recurrent(s, begin, end);
                      });
     return;
   }
@@ -171,11 +189,12 @@ void gru_step_cpu(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
                   const OptionalTensor& b_hh, const Tensor& h_out, const Tensor& workspace) {
   const auto& kernels = cpu::pointwise_kernels();
   if (packed_in_panels(w_hh)) {
-    const int64_t H = h_out.size(1);
-    over_panel_tasks(kernels.recurrent_tasks(h_prev.size(0), H, kGruGates),
-                     product_fmas(h_prev, kGruGates * H), [&](int64_t begin, int64_t end) {
-                       kernels.gru_forward_recurrent(gx, h_prev, w_hh, b_hh, h_out, workspace,
-                                                     begin, end);
+    cpu::RecurrentStep s = recurrent_step(h_prev, w_hh, gx, h_out);
+    s.b_hh = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
+    s.workspace = workspace.data_ptr<float>();
+    over_panel_tasks(kernels.recurrent_tasks(s.rows, s.hidden, kGruGates),
+                     product_fmas(h_prev, kGruGates * s.hidden), [&](int64_t begin, int64_t end) {
+                       kernels.gru_forward_recurrent(s, begin, end);
                      });
     return;
   }
@@ -183,6 +202,76 @@ void gru_step_cpu(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
   over_units(h_out, [&](int64_t begin, int64_t end) {
     kernels.gru_forward(gx, gh, h_prev, h_out, workspace, begin, end);
   });
+}
+
+// A whole padded sequence's forward in one OpenMP parallel region: each thread keeps the same
+// tasks (unit blocks, so their W_hh panels stay in its cache) at every step, and the threads meet
+// at one barrier per step; no per-step views, dispatcher calls or thread starts, which cost more
+// than the product at small sizes (benchmarks/NOTES.md). step(t, previous t or -1, begin, end).
+template <typename Step>
+void over_sequence(int64_t steps, bool reverse, int64_t tasks, int64_t fmas_per_step,
+                   const Step& step) {
+  const int64_t threads = std::clamp<int64_t>(fmas_per_step / kMinFmasPerThread, 1,
+                                              std::min<int64_t>(at::get_num_threads(), tasks));
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t id = omp_get_thread_num(), count = omp_get_num_threads();
+    const int64_t begin = tasks * id / count, end = tasks * (id + 1) / count;
+    for (int64_t i = 0; i < steps; ++i) {
+      const int64_t t = reverse ? steps - 1 - i : i;
+      step(t, i == 0 ? -1 : (reverse ? t + 1 : t - 1), begin, end);
+#pragma omp barrier
+    }
+  }
+}
+
+bool lstm_sequence_cpu(const Tensor& gates, const Tensor& h0, const Tensor& c0,
+                       const Tensor& w_hh, const Tensor& output, const Tensor& cell_states,
+                       bool reverse) {
+  const int64_t B = h0.size(0), H = h0.size(1), steps = B == 0 ? 0 : gates.size(0) / B;
+  if (gates.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
+  const auto& kernels = cpu::pointwise_kernels();
+  const Tensor packed = kernels.pack_recurrent_weight(w_hh, kLstmGates);
+  cpu::RecurrentStep first = recurrent_step(h0, packed, gates, output);
+  first.c_prev = c0.data_ptr<float>();
+  first.c_out = cell_states.data_ptr<float>();
+  over_sequence(steps, reverse, kernels.recurrent_tasks(B, H, kLstmGates),
+                product_fmas(h0, kLstmGates * H), [&](int64_t t, int64_t prev, int64_t begin,
+                                                      int64_t end) {
+                  cpu::RecurrentStep s = first;
+                  s.gates += t * B * kLstmGates * H;
+                  s.h_out += t * B * H;
+                  s.c_out += t * B * H;
+                  if (prev >= 0) {
+                    s.h_prev = first.h_out + prev * B * H;
+                    s.c_prev = first.c_out + prev * B * H;
+                  }
+                  kernels.lstm_forward_recurrent(s, begin, end);
+                });
+  return true;
+}
+
+bool gru_sequence_cpu(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
+                      const OptionalTensor& b_hh, const Tensor& output, const Tensor& workspace,
+                      bool reverse) {
+  const int64_t B = h0.size(0), H = h0.size(1), steps = B == 0 ? 0 : gx.size(0) / B;
+  if (gx.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
+  const auto& kernels = cpu::pointwise_kernels();
+  const Tensor packed = kernels.pack_recurrent_weight(w_hh, kGruGates);
+  cpu::RecurrentStep first = recurrent_step(h0, packed, gx, output);
+  first.b_hh = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
+  first.workspace = workspace.data_ptr<float>();
+  over_sequence(steps, reverse, kernels.recurrent_tasks(B, H, kGruGates),
+                product_fmas(h0, kGruGates * H), [&](int64_t t, int64_t prev, int64_t begin,
+                                                     int64_t end) {
+                  cpu::RecurrentStep s = first;
+                  s.gates += t * B * kGruGates * H;
+                  s.h_out += t * B * H;
+                  s.workspace += t * B * kGruSavedPerUnit * H;
+                  if (prev >= 0) s.h_prev = first.h_out + prev * B * H;
+                  kernels.gru_forward_recurrent(s, begin, end);
+                });
+  return true;
 }
 
 void lstm_gate_grads_cpu(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
@@ -207,8 +296,8 @@ constexpr DeviceKernels kCpuKernels{&prepare_linear_cpu,    &linear_cpu,
                                     &prepare_recurrent_cpu, &prepare_step_weight_cpu,
                                     &step_linear_cpu,       &lstm_step_cpu,
                                     &gru_step_cpu,          &lstm_gate_grads_cpu,
-                                    &gru_gate_grads_cpu,    nullptr,
-                                    nullptr};
+                                    &gru_gate_grads_cpu,    &lstm_sequence_cpu,
+                                    &gru_sequence_cpu};
 
 std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tensor& hx,
                                                  const Tensor& cx, const Tensor& w_ih,

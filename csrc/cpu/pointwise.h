@@ -15,6 +15,19 @@ namespace fused_rnn::cpu {
 
 using at::Tensor;
 
+// The rows of one step of the fused recurrent step (float32; every pointer to contiguous rows).
+struct RecurrentStep {
+  int64_t rows, hidden, state;  // B, H, and K: the size of h_prev's rows (P with a projection)
+  const float* h_prev;          // [B, K]
+  const float* w_packed;        // W_hh packed by pack_recurrent_weight
+  float* gates;                 // LSTM: [B, 4H], input side in, activated gates out; GRU: gx [B, 3H]
+  const float* c_prev;          // LSTM: [B, H]
+  float* c_out;                 // LSTM: [B, H]
+  float* h_out;                 // [B, H]
+  const float* b_hh;            // GRU: [3H], or null
+  float* workspace;             // GRU: [B, 4H]
+};
+
 struct PointwiseKernels {
   const char* isa;  // the instruction set it was built for: "DEFAULT", "AVX2" or "AVX512"
   // gates [B,4H]: the input side of the pre-activations (biases included) in, the activated
@@ -47,14 +60,10 @@ struct PointwiseKernels {
   Tensor (*pack_recurrent_weight)(const Tensor& w_hh, int64_t gates);
   // The number of tasks of a step over `rows` rows; a pass covers the tasks [begin, end).
   int64_t (*recurrent_tasks)(int64_t rows, int64_t hidden, int64_t gates);
-  // As lstm_forward, with the hidden side computed from h_prev [B,P] and the packed W_hh.
-  void (*lstm_forward_recurrent)(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev,
-                                 const Tensor& w_packed, const Tensor& h_out, const Tensor& c_out,
-                                 int64_t begin, int64_t end);
-  // As gru_forward, with gh computed from h_prev [B,H], the packed W_hh and b_hh.
-  void (*gru_forward_recurrent)(const Tensor& gx, const Tensor& h_prev, const Tensor& w_packed,
-                                const std::optional<Tensor>& b_hh, const Tensor& h_out,
-                                const Tensor& workspace, int64_t begin, int64_t end);
+  // One step of it, over the tasks [begin, end) (LSTM: lstm_forward's update; GRU:
+  // gru_forward's), on raw pointers so that a whole sequence can run without building tensors.
+  void (*lstm_forward_recurrent)(const RecurrentStep& step, int64_t begin, int64_t end);
+  void (*gru_forward_recurrent)(const RecurrentStep& step, int64_t begin, int64_t end);
 
   // The same register-blocked product as a plain linear map, for the per-step products of the
   // backward (float32): w [N, K] is packed by pack_linear_weight into

@@ -263,23 +263,24 @@ int64_t recurrent_tasks(int64_t rows, int64_t hidden, int64_t gates) {
   return (hidden + kLanes - 1) / kLanes * ((rows + task_rows - 1) / task_rows);
 }
 
-// Runs the tasks [begin, end) of a product of h [rows, K] with a packed weight: task t is panel
-// block t / chunks and row chunk t % chunks (consecutive tasks share a block's weights, which so
-// stay in cache). finish(row, block, acc) gets a row's G accumulator packs for that block.
+// Runs the tasks [begin, end) of a product of h [rows, K] (contiguous rows) with a packed weight:
+// task t is panel block t / chunks and row chunk t % chunks (consecutive tasks share a block's
+// weights, which so stay in cache). finish(row, block, acc) gets a row's G accumulator packs for
+// that block.
 template <int G, typename Finish>
-void for_each_panel_task(const Tensor& h, const Tensor& w_packed, int64_t begin, int64_t end,
-                         const Finish& finish) {
+void for_each_panel_task(const float* h, int64_t rows, int64_t K, const float* w_packed,
+                         int64_t begin, int64_t end, const Finish& finish) {
   constexpr int R = kTaskRows<G>;
-  const int64_t rows = h.size(0), K = h.size(1);
+  // Rows split evenly over the chunks (8 rows: 4 + 4, not 6 + 2): a chunk of few rows leaves
+  // the product bound by its weight loads.
   const int64_t chunks = (rows + R - 1) / R;
-  const float* h_p = h.data_ptr<float>();
-  const float* w_p = w_packed.data_ptr<float>();
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t block = task / chunks, row0 = task % chunks * R;
-    with_row_count<R>(std::min<int64_t>(R, rows - row0), [&](auto row_count) {
+    const int64_t block = task / chunks, chunk = task % chunks;
+    const int64_t row0 = chunk * rows / chunks, row_end = (chunk + 1) * rows / chunks;
+    with_row_count<R>(row_end - row0, [&](auto row_count) {
       constexpr int kRows = decltype(row_count)::value;
       FloatVec acc[kRows][G];
-      recurrent_product<G, kRows>(h_p + row0 * K, w_p + block * K * G * kLanes, K, acc);
+      recurrent_product<G, kRows>(h + row0 * K, w_packed + block * K * G * kLanes, K, acc);
       for (int r = 0; r < kRows; ++r) finish(row0 + r, block, acc[r]);
     });
   }
@@ -318,40 +319,30 @@ Tensor pack_recurrent_weight(const Tensor& w_hh, int64_t gates) {
                      });
 }
 
-void lstm_forward_recurrent(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev,
-                            const Tensor& w_packed, const Tensor& h_out, const Tensor& c_out,
-                            int64_t begin, int64_t end) {
-  const int64_t H = c_prev.size(1);
-  float* gates_p = gates.data_ptr<float>();
-  const float* c_p = c_prev.data_ptr<float>();
-  float* h_out_p = h_out.data_ptr<float>();
-  float* c_out_p = c_out.data_ptr<float>();
+void lstm_forward_recurrent(const RecurrentStep& s, int64_t begin, int64_t end) {
+  const int64_t H = s.hidden;
   for_each_panel_task<kLstmGates>(
-      h_prev, w_packed, begin, end, [&](int64_t b, int64_t block, const FloatVec(&a_h)[kLstmGates]) {
+      s.h_prev, s.rows, s.state, s.w_packed, begin, end,
+      [&](int64_t b, int64_t block, const FloatVec(&a_h)[kLstmGates]) {
         const int64_t j = block * kLanes, n = std::min(kLanes, H - j), u = b * H + j;
-        lstm_units(gates_p + b * kLstmGates * H, a_h, c_p + u, c_out_p + u, h_out_p + u, H, j, n);
+        lstm_units(s.gates + b * kLstmGates * H, a_h, s.c_prev + u, s.c_out + u, s.h_out + u, H,
+                   j, n);
       });
 }
 
-void gru_forward_recurrent(const Tensor& gx, const Tensor& h_prev, const Tensor& w_packed,
-                           const std::optional<Tensor>& b_hh, const Tensor& h_out,
-                           const Tensor& workspace, int64_t begin, int64_t end) {
-  const int64_t H = h_prev.size(1);
-  const float* gx_p = gx.data_ptr<float>();
-  const float* h_p = h_prev.data_ptr<float>();
-  const float* bias_p = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
-  float* h_out_p = h_out.data_ptr<float>();
-  float* ws_p = workspace.data_ptr<float>();
+void gru_forward_recurrent(const RecurrentStep& s, int64_t begin, int64_t end) {
+  const int64_t H = s.hidden;
   for_each_panel_task<kGruGates>(
-      h_prev, w_packed, begin, end, [&](int64_t b, int64_t block, const FloatVec(&acc)[kGruGates]) {
+      s.h_prev, s.rows, s.state, s.w_packed, begin, end,
+      [&](int64_t b, int64_t block, const FloatVec(&acc)[kGruGates]) {
         const int64_t j = block * kLanes, n = std::min(kLanes, H - j);
         FloatVec gh[kGruGates];
         for (int64_t g = 0; g < kGruGates; ++g) {
-          gh[g] = bias_p ? acc[g] + Lanes<float>::load(bias_p + g * H + j, n) : acc[g];
+          gh[g] = s.b_hh ? acc[g] + Lanes<float>::load(s.b_hh + g * H + j, n) : acc[g];
         }
         const int64_t u = b * H + j;
-        gru_units(gx_p + b * kGruGates * H, gh, h_p + u, h_out_p + u,
-                  ws_p + b * kGruSavedPerUnit * H, H, j, n);
+        gru_units<float>(s.gates + b * kGruGates * H, gh, s.h_prev + u, s.h_out + u,
+                         s.workspace + b * kGruSavedPerUnit * H, H, j, n);
       });
 }
 
@@ -375,7 +366,8 @@ void linear_packed(const Tensor& x, const Tensor& w_packed, const Tensor& out, b
   const int64_t N = out.size(1);
   float* out_p = out.data_ptr<float>();
   for_each_panel_task<kLinearGroups>(
-      x, w_packed, begin, end, [&](int64_t row, int64_t block, const FloatVec(&acc)[kLinearGroups]) {
+      x.data_ptr<float>(), x.size(0), x.size(1), w_packed.data_ptr<float>(), begin, end,
+      [&](int64_t row, int64_t block, const FloatVec(&acc)[kLinearGroups]) {
         const int64_t first = block * kLinearGroups * kLanes;
         for (int64_t g = 0; g < kLinearGroups; ++g) {
           const int64_t c = first + g * kLanes, n = std::min(kLanes, N - c);
