@@ -106,7 +106,7 @@ __device__ __forceinline__ scalar_t* weights_in(unsigned char* shared) {
 }
 
 template <typename Cell, typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     persistent_layer_kernel(const SequenceParams<scalar_t> p) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int G = Cell::kGates;
