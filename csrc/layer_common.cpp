@@ -155,25 +155,24 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
   Tensor cell_states = at::empty({N, s.hidden}, input.options());
   // With a projection, o * tanh(c) before it, which the backward needs; else unused (empty).
   Tensor pre_proj = at::empty({w_hr.has_value() ? N : 0, s.hidden}, input.options());
-  const Tensor h0 = hx.contiguous(), c0 = cx.contiguous();
-  const bool whole_sequence = !w_hr.has_value() && uniform_batch(order, s.batch) &&
-                              k.lstm_sequence &&
-                              k.lstm_sequence(gates, h0, c0, w_hh.contiguous(), output,
-                                              cell_states, reverse);
-  const int64_t uses = whole_sequence ? 0 : static_cast<int64_t>(order.size());
-  const Tensor w_hh_p =
-      uses ? k.prepare_recurrent(w_hh.contiguous(), kLstmGates, s.batch, uses) : Tensor();
-  const Tensor w_hr_p =
-      uses && w_hr.has_value() ? k.prepare_step_weight(w_hr->contiguous(), s.batch, uses)
-                               : Tensor();
-  Tensor h_scratch, c_scratch;
-  for (size_t i = 0; i < order.size() && !whole_sequence; ++i) {
-    const Step& step = order[i];
-    const Tensor h_out = w_hr.has_value() ? rows(pre_proj, step) : rows(output, step);
-    k.lstm_step(rows(gates, step), state_before(order, i, output, h0, h_scratch),
-                state_before(order, i, cell_states, c0, c_scratch), w_hh_p, h_out,
-                rows(cell_states, step));
-    if (w_hr.has_value()) k.step_linear(h_out, w_hr_p, rows(output, step), false);
+  const Tensor h0 = hx.contiguous(), c0 = cx.contiguous(), w_hh_c = w_hh.contiguous();
+  const bool whole_sequence =
+      !w_hr.has_value() && uniform_batch(order, s.batch) && k.lstm_sequence &&
+      k.lstm_sequence(gates, h0, c0, w_hh_c, output, cell_states, reverse);
+  if (!whole_sequence) {
+    const int64_t uses = static_cast<int64_t>(order.size());
+    const Tensor w_hh_p = k.prepare_recurrent(w_hh_c, kLstmGates, s.batch, uses);
+    const Tensor w_hr_p =
+        w_hr.has_value() ? k.prepare_step_weight(w_hr->contiguous(), s.batch, uses) : Tensor();
+    Tensor h_scratch, c_scratch;
+    for (size_t i = 0; i < order.size(); ++i) {
+      const Step& step = order[i];
+      const Tensor h_out = w_hr.has_value() ? rows(pre_proj, step) : rows(output, step);
+      k.lstm_step(rows(gates, step), state_before(order, i, output, h0, h_scratch),
+                  state_before(order, i, cell_states, c0, c_scratch), w_hh_p, h_out,
+                  rows(cell_states, step));
+      if (w_hr.has_value()) k.step_linear(h_out, w_hr_p, rows(output, step), false);
+    }
   }
   const Tensor h = final_states(order, output, h0), c = final_states(order, cell_states, c0);
   return {output, h, c, gates, cell_states, pre_proj};
@@ -256,20 +255,19 @@ GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Ten
   const Tensor gx = input_projection(k, input, w_ih, {&b_ih});
   Tensor output = at::empty({N, s.hidden}, input.options());
   Tensor workspace = at::empty({N, kGruSavedPerUnit * s.hidden}, input.options());
-  const Tensor h0 = hx.contiguous();
+  const Tensor h0 = hx.contiguous(), w_hh_c = w_hh.contiguous();
   const OptionalTensor b_hh_c = b_hh.has_value() ? OptionalTensor(b_hh->contiguous()) : b_hh;
-  const bool whole_sequence =
-      uniform_batch(order, s.batch) && k.gru_sequence &&
-      k.gru_sequence(gx, h0, w_hh.contiguous(), b_hh_c, output, workspace, reverse);
-  const Tensor w_hh_p =
-      whole_sequence ? Tensor()
-                     : k.prepare_recurrent(w_hh.contiguous(), kGruGates, s.batch,
-                                           static_cast<int64_t>(order.size()));
-  Tensor h_scratch;
-  for (size_t i = 0; i < order.size() && !whole_sequence; ++i) {
-    const Step& step = order[i];
-    k.gru_step(rows(gx, step), state_before(order, i, output, h0, h_scratch), w_hh_p, b_hh_c,
-               rows(output, step), rows(workspace, step));
+  const bool whole_sequence = uniform_batch(order, s.batch) && k.gru_sequence &&
+                              k.gru_sequence(gx, h0, w_hh_c, b_hh_c, output, workspace, reverse);
+  if (!whole_sequence) {
+    const Tensor w_hh_p = k.prepare_recurrent(w_hh_c, kGruGates, s.batch,
+                                              static_cast<int64_t>(order.size()));
+    Tensor h_scratch;
+    for (size_t i = 0; i < order.size(); ++i) {
+      const Step& step = order[i];
+      k.gru_step(rows(gx, step), state_before(order, i, output, h0, h_scratch), w_hh_p, b_hh_c,
+                 rows(output, step), rows(workspace, step));
+    }
   }
   const Tensor h = final_states(order, output, h0);
   return {output, h, workspace};

@@ -225,6 +225,23 @@ void over_sequence(int64_t steps, bool reverse, int64_t tasks, int64_t fmas_per_
   }
 }
 
+// Step t of a padded sequence whose first step is `first` (B rows, G gates): every row pointer
+// moved to step t, and the previous state read from step `prev` (-1: the initial state).
+cpu::RecurrentStep at_step(const cpu::RecurrentStep& first, int64_t gates, int64_t t,
+                           int64_t prev) {
+  const int64_t units = first.rows * first.hidden;  // one step's [B, H]
+  cpu::RecurrentStep s = first;
+  s.gates += t * gates * units;
+  s.h_out += t * units;
+  if (s.c_out) s.c_out += t * units;
+  if (s.workspace) s.workspace += t * kGruSavedPerUnit * units;
+  if (prev >= 0) {
+    s.h_prev = first.h_out + prev * units;
+    if (s.c_prev) s.c_prev = first.c_out + prev * units;
+  }
+  return s;
+}
+
 bool lstm_sequence_cpu(const Tensor& gates, const Tensor& h0, const Tensor& c0,
                        const Tensor& w_hh, const Tensor& output, const Tensor& cell_states,
                        bool reverse) {
@@ -236,17 +253,9 @@ bool lstm_sequence_cpu(const Tensor& gates, const Tensor& h0, const Tensor& c0,
   first.c_prev = c0.data_ptr<float>();
   first.c_out = cell_states.data_ptr<float>();
   over_sequence(steps, reverse, kernels.recurrent_tasks(B, H, kLstmGates),
-                product_fmas(h0, kLstmGates * H), [&](int64_t t, int64_t prev, int64_t begin,
-                                                      int64_t end) {
-                  cpu::RecurrentStep s = first;
-                  s.gates += t * B * kLstmGates * H;
-                  s.h_out += t * B * H;
-                  s.c_out += t * B * H;
-                  if (prev >= 0) {
-                    s.h_prev = first.h_out + prev * B * H;
-                    s.c_prev = first.c_out + prev * B * H;
-                  }
-                  kernels.lstm_forward_recurrent(s, begin, end);
+                product_fmas(h0, kLstmGates * H),
+                [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {
+                  kernels.lstm_forward_recurrent(at_step(first, kLstmGates, t, prev), begin, end);
                 });
   return true;
 }
@@ -262,14 +271,9 @@ bool gru_sequence_cpu(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
   first.b_hh = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
   first.workspace = workspace.data_ptr<float>();
   over_sequence(steps, reverse, kernels.recurrent_tasks(B, H, kGruGates),
-                product_fmas(h0, kGruGates * H), [&](int64_t t, int64_t prev, int64_t begin,
-                                                     int64_t end) {
-                  cpu::RecurrentStep s = first;
-                  s.gates += t * B * kGruGates * H;
-                  s.h_out += t * B * H;
-                  s.workspace += t * B * kGruSavedPerUnit * H;
-                  if (prev >= 0) s.h_prev = first.h_out + prev * B * H;
-                  kernels.gru_forward_recurrent(s, begin, end);
+                product_fmas(h0, kGruGates * H),
+                [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {
+                  kernels.gru_forward_recurrent(at_step(first, kGruGates, t, prev), begin, end);
                 });
   return true;
 }

@@ -258,9 +258,16 @@ inline void with_row_count(int64_t n, const F& f) {
 template <int G>
 constexpr int kTaskRows = kAccumulators / G;
 
+// The chunks a product with G accumulator packs per row splits `rows` rows into.
+template <int G>
+int64_t row_chunks(int64_t rows) {
+  return (rows + kTaskRows<G> - 1) / kTaskRows<G>;
+}
+
 int64_t recurrent_tasks(int64_t rows, int64_t hidden, int64_t gates) {
-  const int64_t task_rows = gates == kLstmGates ? kTaskRows<kLstmGates> : kTaskRows<kGruGates>;
-  return (hidden + kLanes - 1) / kLanes * ((rows + task_rows - 1) / task_rows);
+  const int64_t chunks =
+      gates == kLstmGates ? row_chunks<kLstmGates>(rows) : row_chunks<kGruGates>(rows);
+  return (hidden + kLanes - 1) / kLanes * chunks;
 }
 
 // Runs the tasks [begin, end) of a product of h [rows, K] (contiguous rows) with a packed weight:
@@ -273,7 +280,7 @@ void for_each_panel_task(const float* h, int64_t rows, int64_t K, const float* w
   constexpr int R = kTaskRows<G>;
   // Rows split evenly over the chunks (8 rows: 4 + 4, not 6 + 2): a chunk of few rows leaves
   // the product bound by its weight loads.
-  const int64_t chunks = (rows + R - 1) / R;
+  const int64_t chunks = row_chunks<G>(rows);
   for (int64_t task = begin; task < end; ++task) {
     const int64_t block = task / chunks, chunk = task % chunks;
     const int64_t row0 = chunk * rows / chunks, row_end = (chunk + 1) * rows / chunks;
@@ -356,9 +363,8 @@ Tensor pack_linear_weight(const Tensor& w) {
 }
 
 int64_t linear_tasks(int64_t rows, int64_t columns) {
-  constexpr int64_t task_rows = kTaskRows<kLinearGroups>;
   const int64_t per_block = kLinearGroups * kLanes;
-  return (columns + per_block - 1) / per_block * ((rows + task_rows - 1) / task_rows);
+  return (columns + per_block - 1) / per_block * row_chunks<kLinearGroups>(rows);
 }
 
 void linear_packed(const Tensor& x, const Tensor& w_packed, const Tensor& out, bool accumulate,

@@ -358,10 +358,6 @@ Tensor prepare_recurrent_cuda(const Tensor& w_hh, int64_t /*gates*/, int64_t /*r
   return w_hh.contiguous();
 }
 
-Tensor prepare_step_weight_cuda(const Tensor& w, int64_t /*rows*/, int64_t /*uses*/) {
-  return w.contiguous();
-}
-
 void step_linear_cuda(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate) {
   Tensor result = out;  // a view of the caller's buffer, written in place by cuBLAS
   if (accumulate) {
@@ -376,7 +372,7 @@ Tensor linear_cuda(const Tensor& x, const Tensor& w, const OptionalTensor& bias)
 }
 
 constexpr DeviceKernels kCudaKernels{&prepare_linear_cuda,    &linear_cuda,
-                                     &prepare_recurrent_cuda, &prepare_step_weight_cuda,
+                                     &prepare_recurrent_cuda, &prepare_linear_cuda,
                                      &step_linear_cuda,       &lstm_step_cuda,
                                      &gru_step_cuda,          &lstm_gate_grads_cuda,
                                      &gru_gate_grads_cuda,    &cuda::lstm_sequence,

@@ -100,11 +100,6 @@ struct GruSequence {
   }
 };
 
-template <typename scalar_t>
-__device__ __forceinline__ scalar_t* weights_in(unsigned char* shared) {
-  return reinterpret_cast<scalar_t*>(shared);
-}
-
 template <typename Cell, typename scalar_t>
 __global__ void __launch_bounds__(kThreads, 1)
     persistent_layer_kernel(const SequenceParams<scalar_t> p) {
@@ -116,7 +111,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t units = U < H - j0 ? U : H - j0;
   // Layout (persistent_plan.h): W_hh slice [G][U][H] in the dtype, 16-byte aligned, then the
   // previous h [B][H] and (LSTM) the cell states [B][U] in the accumulation type.
-  scalar_t* s_w = weights_in<scalar_t>(shared);
+  scalar_t* s_w = reinterpret_cast<scalar_t*>(shared);
   acc_t* s_h = reinterpret_cast<acc_t*>(shared + (G * U * H * sizeof(scalar_t) + 15) / 16 * 16);
   acc_t* s_c = s_h + B * H;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
