@@ -6,7 +6,8 @@ import torch
 import fused_rnn
 from fused_rnn.accuracy import TOLERANCES, accuracy_problem
 
-__all__ = ["CUDA_READY", "DEVICES", "DTYPES", "TOLERANCES", "assert_matches_torch"]
+__all__ = ["CUDA_READY", "DEVICES", "DTYPES", "TOLERANCES", "assert_compiles_like_eager",
+           "assert_matches_torch"]
 
 CUDA_READY = torch.cuda.is_available() and fused_rnn.build_info()["cuda"]
 _NO_CUDA = pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
@@ -20,3 +21,14 @@ def assert_matches_torch(ours: torch.Tensor, theirs: torch.Tensor, truth: torch.
     """`ours` and `theirs` (torch.nn) at the test dtype; `truth` is torch.nn in float64."""
     problem = accuracy_problem(ours, theirs, truth)
     assert problem is None, f"{what}: {problem}"
+
+
+def assert_compiles_like_eager(loss_of, x: torch.Tensor) -> None:
+    """torch.compile(loss_of, fullgraph=True) gives eager's loss and gradient with respect to x."""
+    compiled = torch.compile(loss_of, fullgraph=True)
+    got = compiled(x)
+    (grad_got,) = torch.autograd.grad(got, x)
+    want = loss_of(x)
+    (grad_want,) = torch.autograd.grad(want, x)
+    torch.testing.assert_close(got, want, **TOLERANCES[torch.float32])
+    torch.testing.assert_close(grad_got, grad_want, **TOLERANCES[torch.float32])

@@ -13,7 +13,8 @@ from test_sequence import CONFIGS, check_against_torch, config_id
 H200 = dict(sm_count=132, shared_limit=227 * 1024)
 
 
-def plan(batch, hidden, gates=4, elem_bytes=4, acc_bytes=4, sm_count=132, shared_limit=232448):
+def plan(batch, hidden, gates=4, elem_bytes=4, acc_bytes=4, sm_count=H200["sm_count"],
+         shared_limit=H200["shared_limit"]):
     return _C.persistent_plan(batch, hidden, gates, elem_bytes, acc_bytes, sm_count, shared_limit)
 
 
