@@ -120,6 +120,20 @@ def build_fused_rnn(case):
     return _module_runner(case, module)
 
 
+def build_fused_rnn_persistent(case):
+    """fused_rnn's layer with the persistent whole-sequence CUDA forward switched on for its runs
+    (the backward is the step-wise one either way)."""
+    run = build_fused_rnn(case)
+
+    def run_persistent(x, states):
+        fused_rnn.use_persistent_kernels(True)
+        try:
+            return run(x, states)
+        finally:
+            fused_rnn.use_persistent_kernels(False)
+    return run_persistent
+
+
 def _cell_weights(case):
     """(w_ih, w_hh, b_ih, b_hh) of the case's torch.nn module, as leaf tensors."""
     module = _weights_module(case)
@@ -167,10 +181,19 @@ def build_reference(case):
     return _runner(case, lambda x, states: step(x, states, weights), weights)
 
 
+def _python_loop_dtype(case):
+    """The Python-loop baselines run on CUDA in float32 only: their time there is kernel-launch
+    overhead, the same in every dtype, and it would take most of the GPU run's time."""
+    return case.device == "cpu" or case.dtype == torch.float32
+
+
 # name -> (builder, applies to the case)
 IMPLEMENTATIONS = {
     "fused_rnn": (build_fused_rnn, lambda case: True),
+    "fused persistent": (build_fused_rnn_persistent,
+                         lambda case: case.op == "layer" and case.device == "cuda"),
     "torch.nn": (build_torch_nn, lambda case: True),
-    "nn cell loop": (build_nn_cell_loop, lambda case: case.op == "layer"),
-    "reference": (build_reference, lambda case: True),
+    "nn cell loop": (build_nn_cell_loop,
+                     lambda case: case.op == "layer" and _python_loop_dtype(case)),
+    "reference": (build_reference, lambda case: _python_loop_dtype(case)),
 }

@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
 # One run on the GPU machine (an offline H200 with torch, nvcc, ninja, pytest, matplotlib
-# preinstalled), under 10 minutes: build the CUDA extension, run the whole test suite on CUDA,
-# run the GPU benchmark presets. Everything lands in the output folder given as the argument
-# (build.log, tests.log, bench.log, the results, summary.txt) and the results also in
-# benchmarks/results/ (named by date and GPU).
-#   bash benchmarks/run_gpu.sh OUT_DIR [--repeats N]
+# preinstalled), under 10 minutes: build the CUDA extension, run the whole test suite on CUDA
+# (then the layer tests again with the persistent kernels switched on), run the GPU benchmark
+# preset for what is left of the time. Everything lands in the output folder given as the argument
+# (build.log, ptxas.txt, tests.log, tests-persistent.log, bench.log, the results, summary.txt) and
+# the results also in benchmarks/results/ (named by date and GPU).
+#   bash benchmarks/run_gpu.sh OUT_DIR [suite.py arguments, e.g. --repeats N]
+# RUN_GPU_SECONDS (default 540) is the whole run's target; the suite gets what the build and the
+# tests leave of it (--budget-s).
 set -uo pipefail
-OUT=${1:?usage: run_gpu.sh OUT_DIR [--repeats N]}
+OUT=${1:?usage: run_gpu.sh OUT_DIR [suite.py arguments]}
 shift
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
+TOTAL=${RUN_GPU_SECONDS:-540}
+begin=$SECONDS
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 summary "GPU: $(tail -1 "$OUT/gpu.txt")"
 
 start=$SECONDS
 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" FUSED_RNN_PTXAS_VERBOSE=1 \
+  MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
   pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
 build_rc=$?
 summary "build: rc=$build_rc in $((SECONDS - start)) s"
@@ -24,15 +30,33 @@ summary "build: rc=$build_rc in $((SECONDS - start)) s"
 python3 .ci/ptxas_summary.py "$OUT/build.log" > "$OUT/ptxas.txt"
 python3 -c "import fused_rnn, json; print(json.dumps(fused_rnn.build_info()))" | tee -a "$OUT/summary.txt"
 
+# The suite's CUDA tests are independent: spread them over workers where pytest-xdist is there.
+# A test that hangs is stopped (pytest-timeout, where there) and so is a whole pass (timeout), so
+# that the benchmarks still get their time.
+PARALLEL=()
+python3 -c "import xdist" 2>/dev/null && PARALLEL+=(-n 8)
+python3 -c "import pytest_timeout" 2>/dev/null && PARALLEL+=(--timeout 120)
 start=$SECONDS
-python3 -m pytest -q -p no:cacheprovider tests >"$OUT/tests.log" 2>&1
+timeout 240 python3 -m pytest -q -p no:cacheprovider "${PARALLEL[@]}" tests >"$OUT/tests.log" 2>&1
 tests_rc=$?
 summary "tests: rc=$tests_rc in $((SECONDS - start)) s: $(tail -1 "$OUT/tests.log")"
 
 start=$SECONDS
-python3 benchmarks/suite.py --preset gpu --device cuda --out "$OUT" "$@" >"$OUT/bench.log" 2>&1
+timeout 120 python3 -m pytest -q -p no:cacheprovider "${PARALLEL[@]}" --persistent-kernels \
+  tests/test_sequence.py tests/test_modules.py tests/test_persistent.py \
+  >"$OUT/tests-persistent.log" 2>&1
+persistent_rc=$?
+summary "layer tests with --persistent-kernels: rc=$persistent_rc in $((SECONDS - start)) s: \
+$(tail -1 "$OUT/tests-persistent.log")"
+
+start=$SECONDS
+budget=$(( TOTAL - (SECONDS - begin) - 60 ))
+budget=$(( budget > 30 ? budget : 30 ))
+timeout $(( budget + 120 )) python3 benchmarks/suite.py --preset gpu --device cuda --out "$OUT" \
+  --budget-s $budget "$@" >"$OUT/bench.log" 2>&1
 bench_rc=$?
 summary "benchmarks: rc=$bench_rc in $((SECONDS - start)) s"
-grep -E "fused_rnn|torch.nn " "$OUT/bench.log" | tail -60 >> "$OUT/summary.txt"
+grep -E "time budget|fused_rnn|fused persistent|torch.nn " "$OUT/bench.log" | tail -80 \
+  >> "$OUT/summary.txt"
 cat "$OUT/summary.txt"
-exit $(( tests_rc != 0 || bench_rc != 0 ))
+exit $(( tests_rc != 0 || persistent_rc != 0 || bench_rc != 0 ))

@@ -49,13 +49,14 @@ def _shapes(preset):
     if preset == "quick":
         return [("cell", 1, 8, 256, 256, "cell small"), ("cell", 1, 64, 512, 512, "cell fastrnns"),
                 ("layer", 50, 64, 512, 512, "fastrnns T=50"), ("layer", 100, 1, 256, 256, "latency")]
-    shapes = [("cell", 1, b, h, h, "cell sweep") for b in (1, 8, 64) for h in (128, 256, 512)]
-    shapes += [fastrnns, ("layer", 100, 1, 512, 512, "latency")]
-    shapes += [("layer", 100 if preset == "cpu" else 256, b, h, h, "sweep")
-               for b in (1, 8, 32, 128) for h in (128, 256, 512, 1024)]
-    if preset == "gpu":
-        shapes.append(long_small_batch)
-    return shapes
+    latency = ("layer", 100, 1, 512, 512, "latency")
+    cells = [("cell", 1, b, h, h, "cell sweep") for b in (1, 8, 64) for h in (128, 256, 512)]
+    sweep = [("layer", 100 if preset == "cpu" else 256, b, h, h, "sweep")
+             for b in (1, 8, 32, 128) for h in (128, 256, 512, 1024)]
+    if preset == "cpu":
+        return cells + [fastrnns, latency] + sweep
+    # The headline shapes first, so that a run cut short by --budget-s still has them.
+    return [fastrnns, long_small_batch, latency] + cells + sweep
 
 
 def cases(preset, device):
@@ -171,7 +172,7 @@ def _format_row(label, row):
     memory = row.get("peak_mb", row.get("saved_for_backward_mb"))
     return (f"{label:<14} {row['kind']:<4} {row['op']:<5} {row['pass_']:<7} "
             f"T={row['steps']:<4} B={row['batch']:<3} H={row['hidden']:<4} {row['dtype']:<8} "
-            f"{row['implementation']:<12} {row['median_s'] * 1e3:10.3f} ms "
+            f"{row['implementation']:<16} {row['median_s'] * 1e3:10.3f} ms "
             f"{row['ratio_to_torch_nn']:6.2f}x {row['tokens_per_s']:12.0f} tok/s "
             f"{row['gflops']:7.1f} GF/s "
             f"{'' if memory is None else f'{memory:8.1f} MB'} "
@@ -182,7 +183,9 @@ def write_markdown(path, meta, rows):
     lines = [f"# fused_rnn benchmarks, {meta['date']}, {meta['device_name']}", "",
              f"torch {meta['torch']}, fused_rnn {meta['fused_rnn']}, CPU kernels "
              f"{meta['cpu_isa']}, {meta['threads']} threads; median of {meta['repeats']} "
-             "interleaved rounds; ratio = time / torch.nn's time (below 1: faster).", "",
+             "interleaved rounds; ratio = time / torch.nn's time (below 1: faster)."
+             + (f" Stopped by the time budget: {meta['cases_not_run']} case(s) of the preset "
+                "not run." if meta["cases_not_run"] else ""), "",
              "| case | op | pass | T | B | I | H | dtype | implementation | median ms | ratio | "
              "tokens/s | GFLOP/s | memory MB | correct |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -228,7 +231,14 @@ def plot_sweep(path, rows, device):
     return True
 
 
-def run(preset, devices, repeats, out_dirs):
+def _write_reports(stems, meta, rows):
+    for stem in stems:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+        write_markdown(stem.with_suffix(".md"), meta, rows)
+
+
+def run(preset, devices, repeats, out_dirs, budget_s=None):
     info = fused_rnn.build_info()
     archs = ", ".join(info["cuda_archs"]) or "-"
     print(f"fused_rnn {info['version']} built against torch {info['torch_version']}, running on "
@@ -242,23 +252,29 @@ def run(preset, devices, repeats, out_dirs):
         name = torch.cuda.get_device_name() if device == "cuda" else platform.machine()
         print(f"\n== {device} ({name}), preset {preset}, {repeats} rounds; ratio = time / "
               "torch.nn's; memory = saved for backward (and CUDA peak)", flush=True)
+        date = datetime.date.today().isoformat()
+        meta = dict(date=date, device=device, device_name=torch.cuda.get_device_name()
+                    if device == "cuda" else f"CPU ({platform.machine()})",
+                    torch=torch.__version__, fused_rnn=info["version"], cpu_isa=info["cpu_isa"],
+                    threads=torch.get_num_threads(), preset=preset, repeats=repeats,
+                    cases_not_run=0)
+        stems = [out / f"{date}-{preset}-{device_tag(device)}" for out in out_dirs]
+        started = time.monotonic()
         for label, case in cases(preset, device):
+            if budget_s is not None and time.monotonic() - started >= budget_s:
+                meta["cases_not_run"] += 1
+                continue
             for row in measure(case, repeats):
                 row["label"] = label
                 rows.append(row)
                 failures += not row["correct"]
                 print(_format_row(label, row), flush=True)
-        tag = device_tag(device)
-        date = datetime.date.today().isoformat()
-        meta = dict(date=date, device=device, device_name=torch.cuda.get_device_name()
-                    if device == "cuda" else f"CPU ({platform.machine()})",
-                    torch=torch.__version__, fused_rnn=info["version"], cpu_isa=info["cpu_isa"],
-                    threads=torch.get_num_threads(), preset=preset, repeats=repeats)
-        for out in out_dirs:
-            out.mkdir(parents=True, exist_ok=True)
-            stem = out / f"{date}-{preset}-{tag}"
-            stem.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-            write_markdown(stem.with_suffix(".md"), meta, rows)
+            _write_reports(stems, meta, rows)  # after every case: a run cut short keeps its rows
+        if meta["cases_not_run"]:
+            print(f"time budget of {budget_s} s spent: {meta['cases_not_run']} case(s) of the "
+                  "preset not run")
+        _write_reports(stems, meta, rows)
+        for stem in stems:
             if plot_sweep(stem.with_suffix(".png"), rows, meta["device_name"]):
                 print(f"plot: {stem.with_suffix('.png')}")
             print(f"results: {stem}.json / .md")
@@ -272,12 +288,15 @@ def main():
     parser.add_argument("--repeats", type=int, default=None,
                         help="rounds per case (default: 5 quick, 15 otherwise)")
     parser.add_argument("--out", type=Path, default=None, help="another folder for the results")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no new case after this many seconds per device (the rest "
+                             "are counted as not run in the report)")
     args = parser.parse_args()
     cuda = torch.cuda.is_available() and fused_rnn.build_info()["cuda"]
     devices = {"cpu": ["cpu"], "cuda": ["cuda"], "all": ["cpu"] + (["cuda"] if cuda else [])}
     repeats = args.repeats or (5 if args.preset == "quick" else 15)
     failures = run(args.preset, devices[args.device], repeats,
-                   [RESULTS] + ([args.out] if args.out else []))
+                   [RESULTS] + ([args.out] if args.out else []), args.budget_s)
     print(f"\n{'all results correct' if not failures else f'{failures} incorrect result(s)'}")
     return 1 if failures else 0
 

@@ -16,6 +16,16 @@ DEVICES = ["cpu", pytest.param("cuda", marks=_NO_CUDA)]
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--persistent-kernels", action="store_true",
+                     help="run every test with the persistent CUDA layer kernels switched on")
+
+
+def pytest_configure(config):
+    if config.getoption("--persistent-kernels"):
+        fused_rnn.use_persistent_kernels(True)
+
+
 def assert_matches_torch(ours: torch.Tensor, theirs: torch.Tensor, truth: torch.Tensor,
                          what: str) -> None:
     """`ours` and `theirs` (torch.nn) at the test dtype; `truth` is torch.nn in float64."""

@@ -47,9 +47,19 @@ def test_reports_are_written(tmp_path):
             for row in suite.measure(case, repeats=1, warmup=0):
                 rows.append(dict(row, label="sweep"))
     meta = dict(date="2026-01-01", device="cpu", device_name="CPU", torch=torch.__version__,
-                fused_rnn="0", cpu_isa="DEFAULT", threads=1, preset="test", repeats=1)
+                fused_rnn="0", cpu_isa="DEFAULT", threads=1, preset="test", repeats=1,
+                cases_not_run=0)
     suite.write_markdown(tmp_path / "r.md", meta, rows)
     assert "| sweep | lstm layer | fwd |" in (tmp_path / "r.md").read_text()
     assert suite.plot_sweep(tmp_path / "r.png", rows, "CPU")
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
     json.dumps(rows)  # serialisable as the suite writes it
+
+
+def test_a_spent_time_budget_stops_the_suite_and_the_report_says_so(tmp_path, capsys):
+    assert suite.run("quick", ["cpu"], repeats=1, out_dirs=[tmp_path], budget_s=0) == 0
+    cases = len(list(suite.cases("quick", "cpu")))
+    assert f"{cases} case(s) of the preset not run" in capsys.readouterr().out
+    (report,) = tmp_path.glob("*-quick-cpu.json")
+    assert json.loads(report.read_text())["meta"]["cases_not_run"] == cases
+    assert f"{cases} case(s) of the preset not run" in report.with_suffix(".md").read_text()

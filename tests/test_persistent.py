@@ -57,10 +57,10 @@ def test_cuda_layer_path_names_the_path_and_checks_mode():
 
 
 @pytest.fixture
-def persistent_on():
+def persistent_on(request):
     fused_rnn.use_persistent_kernels(True)
     yield
-    fused_rnn.use_persistent_kernels(False)
+    fused_rnn.use_persistent_kernels(request.config.getoption("--persistent-kernels"))
 
 
 # The configurations the persistent path takes: padded batches without projection.
@@ -78,5 +78,7 @@ def test_persistent_kernels_match_torch_nn(cfg, dtype, persistent_on):
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
-def test_persistent_kernels_are_off_by_default():
+def test_persistent_kernels_are_off_by_default(request):
+    if request.config.getoption("--persistent-kernels"):
+        pytest.skip("this run switched them on (--persistent-kernels)")
     assert fused_rnn.cuda_layer_path("LSTM", 4, 6) == "step-wise: persistent kernels are off"
