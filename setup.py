@@ -10,6 +10,7 @@ registers, shared memory and spills.
 
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 import torch
@@ -39,6 +40,23 @@ def _want_cuda() -> bool:
     return _flag("FUSED_RNN_FORCE_CUDA") or torch.cuda.is_available()
 
 
+def _shared_cxx_runtime() -> list[str]:
+    """The shared libstdc++, named on the link line ahead of the compiler's implicit -lstdc++.
+
+    torch and the interpreter use the shared C++ runtime; a second, static copy linked into the
+    extension (seen on the H200 machine, where the link took libstdc++.a) keeps its own locale
+    facets, and formatting a number in an error message then crashes. Named first, the shared
+    library supplies every symbol and the static archive is never used. Empty where the compiler
+    does not know the file (e.g. libc++ toolchains).
+    """
+    try:
+        path = subprocess.run([os.environ.get("CXX", "c++"), "-print-file-name=libstdc++.so.6"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return [path] if os.path.isabs(path) else []
+
+
 def _sources(pattern: str) -> list[str]:
     return sorted(str(p.relative_to(ROOT)) for p in ROOT.glob(pattern))
 
@@ -50,6 +68,7 @@ def _extension():
     # at::parallel_for is a header template: it only runs on ATen's OpenMP threads where the
     # extension itself is compiled and linked with OpenMP; without it, it runs serially.
     openmp = ["-fopenmp"]
+    link = openmp + _shared_cxx_runtime()
     macros = [
         ("FUSED_RNN_VERSION", f'"{VERSION}"'),
         ("FUSED_RNN_TORCH_VERSION", f'"{torch.__version__}"'),
@@ -61,7 +80,7 @@ def _extension():
         macros.append(("FUSED_RNN_CPU_X86_VARIANTS", None))
     if not with_cuda:
         return CppExtension("fused_rnn._C", sources, define_macros=macros,
-                            extra_compile_args={"cxx": cxx + openmp}, extra_link_args=openmp)
+                            extra_compile_args={"cxx": cxx + openmp}, extra_link_args=link)
 
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     macros += [("FUSED_RNN_WITH_CUDA", None), ("FUSED_RNN_CUDA_ARCHS", f'"{archs}"')]
@@ -70,7 +89,7 @@ def _extension():
         nvcc.append("-Xptxas=-v")
     return CUDAExtension("fused_rnn._C", sources + _sources("csrc/cuda/*.cu"), define_macros=macros,
                          extra_compile_args={"cxx": cxx + openmp, "nvcc": nvcc},
-                         extra_link_args=openmp)
+                         extra_link_args=link)
 
 
 class BuildWithIsaVariants(BuildExtension):

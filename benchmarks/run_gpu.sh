@@ -23,7 +23,7 @@ summary "GPU: $(tail -1 "$OUT/gpu.txt")"
 start=$SECONDS
 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" FUSED_RNN_PTXAS_VERBOSE=1 \
   MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-  pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
+  python3 -m pip install -v --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
 build_rc=$?
 summary "build: rc=$build_rc in $((SECONDS - start)) s"
 [ $build_rc -eq 0 ] || { tail -40 "$OUT/build.log"; exit 1; }
@@ -34,20 +34,22 @@ python3 -c "import fused_rnn, json; print(json.dumps(fused_rnn.build_info()))" |
 # A test that hangs is stopped (pytest-timeout, where there) and so is a whole pass (timeout), so
 # that the benchmarks still get their time.
 PARALLEL=()
-python3 -c "import xdist" 2>/dev/null && PARALLEL+=(-n 8)
+python3 -c "import xdist" 2>/dev/null && PARALLEL+=(-n 8 -v)  # -v: each result as it lands
 python3 -c "import pytest_timeout" 2>/dev/null && PARALLEL+=(--timeout 120)
 start=$SECONDS
-timeout 240 python3 -m pytest -q -p no:cacheprovider "${PARALLEL[@]}" tests >"$OUT/tests.log" 2>&1
+timeout 240 python3 -m pytest -rfE -p no:cacheprovider "${PARALLEL[@]}" tests >"$OUT/tests.log" 2>&1
 tests_rc=$?
 summary "tests: rc=$tests_rc in $((SECONDS - start)) s: $(tail -1 "$OUT/tests.log")"
+grep -E "^(FAILED|ERROR) " "$OUT/tests.log" >> "$OUT/summary.txt"
 
 start=$SECONDS
-timeout 120 python3 -m pytest -q -p no:cacheprovider "${PARALLEL[@]}" --persistent-kernels \
+timeout 120 python3 -m pytest -rfE -p no:cacheprovider "${PARALLEL[@]}" --persistent-kernels \
   tests/test_sequence.py tests/test_modules.py tests/test_persistent.py \
   >"$OUT/tests-persistent.log" 2>&1
 persistent_rc=$?
 summary "layer tests with --persistent-kernels: rc=$persistent_rc in $((SECONDS - start)) s: \
 $(tail -1 "$OUT/tests-persistent.log")"
+grep -E "^(FAILED|ERROR) " "$OUT/tests-persistent.log" >> "$OUT/summary.txt"
 
 start=$SECONDS
 budget=$(( TOTAL - (SECONDS - begin) - 60 ))

@@ -10,6 +10,9 @@ __all__ = ["CUDA_READY", "DEVICES", "DTYPES", "TOLERANCES", "assert_compiles_lik
            "assert_matches_torch"]
 
 CUDA_READY = torch.cuda.is_available() and fused_rnn.build_info()["cuda"]
+# torch.nn's float32 layers run cuDNN, which by default takes TF32 tensor-core products (about
+# 1e-3 relative error): the reference our float32 results are held to must be full float32.
+torch.backends.cudnn.allow_tf32 = False
 _NO_CUDA = pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
 
 DEVICES = ["cpu", pytest.param("cuda", marks=_NO_CUDA)]
@@ -27,9 +30,10 @@ def pytest_configure(config):
 
 
 def assert_matches_torch(ours: torch.Tensor, theirs: torch.Tensor, truth: torch.Tensor,
-                         what: str) -> None:
-    """`ours` and `theirs` (torch.nn) at the test dtype; `truth` is torch.nn in float64."""
-    problem = accuracy_problem(ours, theirs, truth)
+                         what: str, against_truth: bool = False) -> None:
+    """`ours` and `theirs` (torch.nn) at the test dtype; `truth` is torch.nn in float64;
+    against_truth as in fused_rnn.accuracy (for sums over many steps)."""
+    problem = accuracy_problem(ours, theirs, truth, against_truth=against_truth)
     assert problem is None, f"{what}: {problem}"
 
 

@@ -122,11 +122,16 @@ def check_against_torch(kind, kw, mode, steps, given, dtype, device):
     names = ["output", "h_n", "c_n"][:len(got)]
     for name, a, b, t in zip(names, got, want, true):
         assert_matches_torch(a, b, t, name)
-    grad_names = ["input", *(f"state {i}" for i in range(len(states))),
-                  *(n for n, _ in ours.named_parameters())]
-    assert len(got_grads) == len(grad_names)
-    for name, a, b, t in zip(grad_names, got_grads, want_grads, true_grads):
-        assert_matches_torch(a, b, t, f"grad of {name}")
+    state_names = ["input", *(f"state {i}" for i in range(len(states)))]
+    parameter_names = [n for n, _ in ours.named_parameters()]
+    assert len(got_grads) == len(state_names) + len(parameter_names)
+    for k, (a, b, t) in enumerate(zip(got_grads, want_grads, true_grads)):
+        # A parameter's gradient sums every step of every row, in an order that differs between
+        # libraries (cuDNN's and cuBLAS's float32 sums differ by ~1e-6 relative): held to the
+        # accuracy rule's form for such sums (as close to float64 as torch.nn is).
+        summed = k >= len(state_names)
+        name = parameter_names[k - len(state_names)] if summed else state_names[k]
+        assert_matches_torch(a, b, t, f"grad of {name}", against_truth=summed)
 
 
 @pytest.mark.parametrize("device", DEVICES)
