@@ -31,6 +31,20 @@ bool needs(AutogradContext* ctx, size_t arg) {
   return edge >= 0 && ctx->needs_input_grad(static_cast<size_t>(edge));
 }
 
+// Whether autograd records a call on these arguments (as Function::apply decides), so that its
+// backward will need the saved tensors.
+bool records_graph(std::initializer_list<const Tensor*> tensors,
+                   std::initializer_list<const OptionalTensor*> optional) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const Tensor* t : tensors) {
+    if (t->requires_grad()) return true;
+  }
+  for (const OptionalTensor* t : optional) {
+    if (t->has_value() && (*t)->requires_grad()) return true;
+  }
+  return false;
+}
+
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
@@ -103,17 +117,17 @@ struct LstmLayerFn : torch::autograd::Function<LstmLayerFn> {
                                const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
                                const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh, const OptionalTensor& w_hr,
-                               bool reverse) {
+                               bool reverse, bool keep_saved) {
     at::AutoDispatchBelowADInplaceOrView guard;
     record_edges(ctx, {true, true, true, true, true, true, b_ih.has_value(), b_hh.has_value(),
-                       w_hr.has_value(), false});
+                       w_hr.has_value(), false, false});
     static const auto forward_op =
         op<LstmLayerOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                             const Tensor&, const Tensor&, const OptionalTensor&,
-                            const OptionalTensor&, const OptionalTensor&, bool)>(
+                            const OptionalTensor&, const OptionalTensor&, bool, bool)>(
             "fused_rnn::lstm_layer");
-    auto [output, hy, cy, gates, cells, pre_proj] =
-        forward_op.call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+    auto [output, hy, cy, gates, cells, pre_proj] = forward_op.call(
+        input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, keep_saved);
     ctx->save_for_backward({input, batch_sizes, hx, cx, w_ih, w_hh, w_hr.value_or(Tensor()),
                             output, gates, cells, pre_proj});
     ctx->saved_data["reverse"] = reverse;
@@ -135,7 +149,7 @@ struct LstmLayerFn : torch::autograd::Function<LstmLayerFn> {
         s[8], s[9], s[10], ctx->saved_data["reverse"].toBool(),
         {need(0), need(2), need(3), need(4), need(5), need(6) || need(7), need(8)});
     return {g_input, Tensor(), g_hx, g_cx, g_w_ih, g_w_hh, need(6) ? g_bias : Tensor(),
-            need(7) ? g_bias : Tensor(), g_w_hr, Tensor()};
+            need(7) ? g_bias : Tensor(), g_w_hr, Tensor(), Tensor()};
   }
 };
 
@@ -143,15 +157,16 @@ struct GruLayerFn : torch::autograd::Function<GruLayerFn> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input,
                                const Tensor& batch_sizes, const Tensor& hx, const Tensor& w_ih,
                                const Tensor& w_hh, const OptionalTensor& b_ih,
-                               const OptionalTensor& b_hh, bool reverse) {
+                               const OptionalTensor& b_hh, bool reverse, bool keep_saved) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    record_edges(ctx, {true, true, true, true, true, b_ih.has_value(), b_hh.has_value(), false});
+    record_edges(ctx, {true, true, true, true, true, b_ih.has_value(), b_hh.has_value(), false,
+                       false});
     static const auto forward_op =
         op<GruLayerOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                           const Tensor&, const OptionalTensor&, const OptionalTensor&, bool)>(
-            "fused_rnn::gru_layer");
+                           const Tensor&, const OptionalTensor&, const OptionalTensor&, bool,
+                           bool)>("fused_rnn::gru_layer");
     auto [output, hy, workspace] =
-        forward_op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+        forward_op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, keep_saved);
     ctx->save_for_backward({input, batch_sizes, hx, w_ih, w_hh, output, workspace});
     ctx->saved_data["reverse"] = reverse;
     ctx->mark_non_differentiable({workspace});
@@ -169,7 +184,7 @@ struct GruLayerFn : torch::autograd::Function<GruLayerFn> {
         grads[0], grads[1], s[0], s[1], s[2], s[3], s[4], s[5], s[6],
         ctx->saved_data["reverse"].toBool(),
         {need(0), need(2), need(3), need(4), need(5), need(6)});
-    return {g_input, Tensor(), g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, Tensor()};
+    return {g_input, Tensor(), g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, Tensor(), Tensor()};
   }
 };
 
@@ -194,16 +209,21 @@ LstmLayerOutputs lstm_layer_autograd(const Tensor& input, const Tensor& batch_si
                                      const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
                                      const Tensor& w_hh, const OptionalTensor& b_ih,
                                      const OptionalTensor& b_hh, const OptionalTensor& w_hr,
-                                     bool reverse) {
-  auto out = LstmLayerFn::apply(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+                                     bool reverse, bool keep_saved) {
+  // A recorded call keeps its saved tensors whatever the caller asked: its backward needs them.
+  const bool keep =
+      keep_saved || records_graph({&input, &hx, &cx, &w_ih, &w_hh}, {&b_ih, &b_hh, &w_hr});
+  auto out =
+      LstmLayerFn::apply(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, keep);
   return {out[0], out[1], out[2], out[3], out[4], out[5]};
 }
 
 GruLayerOutputs gru_layer_autograd(const Tensor& input, const Tensor& batch_sizes,
                                    const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
                                    const OptionalTensor& b_ih, const OptionalTensor& b_hh,
-                                   bool reverse) {
-  auto out = GruLayerFn::apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+                                   bool reverse, bool keep_saved) {
+  const bool keep = keep_saved || records_graph({&input, &hx, &w_ih, &w_hh}, {&b_ih, &b_hh});
+  auto out = GruLayerFn::apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, keep);
   return {out[0], out[1], out[2]};
 }
 

@@ -96,7 +96,8 @@ struct DeviceKernels {
   // one parallel region), for one uniform batch and no projection, with the results the
   // step-wise loop would give (saved tensors included). Each returns false, having done nothing,
   // where it does not apply (shape, dtype, device, or switched off); the layer then runs step by
-  // step. Arguments as cuda::lstm_sequence / gru_sequence (csrc/cuda/persistent_layer.h).
+  // step. Arguments as cuda::lstm_sequence / gru_sequence (csrc/cuda/persistent_layer.h); the
+  // GRU workspace has a row per step and batch row, or only B rows that every step reuses.
   bool (*lstm_sequence)(const Tensor& gates, const Tensor& h0, const Tensor& c0,
                         const Tensor& w_hh, const Tensor& output, const Tensor& cell_states,
                         bool reverse);
@@ -132,7 +133,7 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
                             const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
                             const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
                             const OptionalTensor& b_hh, const OptionalTensor& w_hr,
-                            bool reverse);
+                            bool reverse, bool keep_saved);
 LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
                                    const Tensor& grad_hy, const Tensor& grad_cy,
                                    const Tensor& input, const Tensor& batch_sizes,
@@ -143,7 +144,8 @@ LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_ou
                                    bool reverse, std::array<bool, 7> mask);
 GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Tensor& batch_sizes,
                           const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                          const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse);
+                          const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse,
+                          bool keep_saved);
 GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
                             const Tensor& grad_hy, const Tensor& input, const Tensor& batch_sizes,
                             const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
@@ -168,9 +170,10 @@ void impl_device_agnostic_ops(torch::Library& m) {
   m.impl("lstm_layer",
          [](const Tensor& input, const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
             const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
-            const OptionalTensor& b_hh, const OptionalTensor& w_hr, bool reverse) {
+            const OptionalTensor& b_hh, const OptionalTensor& w_hr, bool reverse,
+            bool keep_saved) {
            return lstm_layer(K, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                             reverse);
+                             reverse, keep_saved);
          });
   m.impl("lstm_layer_backward",
          [](const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy,
@@ -185,8 +188,9 @@ void impl_device_agnostic_ops(torch::Library& m) {
   m.impl("gru_layer",
          [](const Tensor& input, const Tensor& batch_sizes, const Tensor& hx, const Tensor& w_ih,
             const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh,
-            bool reverse) {
-           return gru_layer(K, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+            bool reverse, bool keep_saved) {
+           return gru_layer(K, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse,
+                            keep_saved);
          });
   m.impl("gru_layer_backward",
          [](const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,

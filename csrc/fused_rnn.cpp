@@ -37,10 +37,14 @@ TORCH_LIBRARY(fused_rnn, m) {
   // reverse runs the steps last to first. Returns output [N,P], hy [B,P] and cy [B,H] (each
   // sequence's state after its last step), and for the backward: gates [N,4H] (activated),
   // cell_states [N,H], and hidden_pre_proj [N,H] (o * tanh(c) before w_hr; [0,H] without it).
+  // keep_saved=False: the caller wants only output, hy and cy, and the three tensors for the
+  // backward come back with 0 rows (the layer then skips writing what it can), unless autograd
+  // records the call, whose backward needs them.
   m.def(
       "lstm_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor "
-      "w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) -> (Tensor output, Tensor "
-      "hy, Tensor cy, Tensor gates, Tensor cell_states, Tensor hidden_pre_proj)");
+      "w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, bool keep_saved=True) -> "
+      "(Tensor output, Tensor hy, Tensor cy, Tensor gates, Tensor cell_states, Tensor "
+      "hidden_pre_proj)");
   // Backpropagation through time for lstm_layer. output_mask orders input, hx, cx, w_ih, w_hh,
   // bias (shared by b_ih and b_hh), w_hr.
   m.def(
@@ -51,10 +55,11 @@ TORCH_LIBRARY(fused_rnn, m) {
       "Tensor grad_w_hh, Tensor grad_bias, Tensor grad_w_hr)");
   // One GRU layer in one direction over a whole (packed) sequence, laid out as for lstm_layer;
   // hx [B,H], w_ih [3H,I], w_hh [3H,H], biases [3H]. Returns output [N,H], hy [B,H] and the
-  // workspace [N,4H] (r, z, n, h_n per step) for the backward.
+  // workspace [N,4H] (r, z, n, h_n per step) for the backward; keep_saved as for lstm_layer.
   m.def(
       "gru_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? "
-      "b_ih, Tensor? b_hh, bool reverse) -> (Tensor output, Tensor hy, Tensor workspace)");
+      "b_ih, Tensor? b_hh, bool reverse, bool keep_saved=True) -> (Tensor output, Tensor hy, "
+      "Tensor workspace)");
   // Backpropagation through time for gru_layer; output_mask orders input, hx, w_ih, w_hh, b_ih,
   // b_hh.
   m.def(

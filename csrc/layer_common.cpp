@@ -143,7 +143,7 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
                             const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
                             const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
                             const OptionalTensor& b_hh, const OptionalTensor& w_hr,
-                            bool reverse) {
+                            bool reverse, bool keep_saved) {
   constexpr const char* op = "fused_rnn.lstm_layer";
   const auto [s, order] = check_layer(op, kLstmGates, input, batch_sizes, hx, &cx, w_ih, w_hh,
                                       b_ih, b_hh, w_hr, reverse);
@@ -175,6 +175,10 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
     }
   }
   const Tensor h = final_states(order, output, h0), c = final_states(order, cell_states, c0);
+  if (!keep_saved) {
+    return {output, h, c, first_rows(gates, 0), first_rows(cell_states, 0),
+            first_rows(pre_proj, 0)};
+  }
   return {output, h, c, gates, cell_states, pre_proj};
 }
 
@@ -246,7 +250,8 @@ LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_ou
 
 GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Tensor& batch_sizes,
                           const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                          const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse) {
+                          const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse,
+                          bool keep_saved) {
   constexpr const char* op = "fused_rnn.gru_layer";
   const auto [s, order] = check_layer(op, kGruGates, input, batch_sizes, hx, nullptr, w_ih, w_hh,
                                       b_ih, b_hh, std::nullopt, reverse);
@@ -254,7 +259,11 @@ GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Ten
 
   const Tensor gx = input_projection(k, input, w_ih, {&b_ih});
   Tensor output = at::empty({N, s.hidden}, input.options());
-  Tensor workspace = at::empty({N, kGruSavedPerUnit * s.hidden}, input.options());
+  // Kept: a row per step and batch row. Not kept: one step's rows, which every step overwrites
+  // (at large batches writing, and first touching, the whole workspace costs a quarter of the
+  // forward; benchmarks/NOTES.md entry 16).
+  Tensor workspace =
+      at::empty({keep_saved ? N : s.batch, kGruSavedPerUnit * s.hidden}, input.options());
   const Tensor h0 = hx.contiguous(), w_hh_c = w_hh.contiguous();
   const OptionalTensor b_hh_c = b_hh.has_value() ? OptionalTensor(b_hh->contiguous()) : b_hh;
   const bool whole_sequence = uniform_batch(order, s.batch) && k.gru_sequence &&
@@ -266,11 +275,12 @@ GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Ten
     for (size_t i = 0; i < order.size(); ++i) {
       const Step& step = order[i];
       k.gru_step(rows(gx, step), state_before(order, i, output, h0, h_scratch), w_hh_p, b_hh_c,
-                 rows(output, step), rows(workspace, step));
+                 rows(output, step),
+                 keep_saved ? rows(workspace, step) : first_rows(workspace, step.rows));
     }
   }
   const Tensor h = final_states(order, output, h0);
-  return {output, h, workspace};
+  return {output, h, keep_saved ? workspace : first_rows(workspace, 0)};
 }
 
 GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,

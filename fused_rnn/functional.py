@@ -77,8 +77,9 @@ def lstm(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, t
                             proj_size > 0)
 
     def step_layer(x, state, weights, reverse):
+        # keep_saved=False: the op's autograd keeps what a recorded call's backward needs.
         out, hy, cy, *_saved = torch.ops.fused_rnn.lstm_layer(x, batch_sizes, *state, *weights,
-                                                              reverse)
+                                                              reverse, keep_saved=False)
         return out, (hy, cy)
 
     output, finals = _run_layers(step_layer, data, list(zip(h0, c0)), groups, num_layers,
@@ -96,7 +97,7 @@ def gru(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, tr
 
     def step_layer(x, state, weights, reverse):
         out, hy, _workspace = torch.ops.fused_rnn.gru_layer(x, batch_sizes, state, *weights[:4],
-                                                            reverse)
+                                                            reverse, keep_saved=False)
         return out, hy
 
     output, finals = _run_layers(step_layer, data, list(hx), groups, num_layers,

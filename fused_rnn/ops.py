@@ -114,24 +114,27 @@ def _gru_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, workspace, output_ma
 
 
 @torch.library.register_fake("fused_rnn::lstm_layer")
-def _lstm_layer_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+def _lstm_layer_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                     keep_saved=True):
     _check_one_device("fused_rnn.lstm_layer", input=input, hx=hx, cx=cx, w_ih=w_ih, w_hh=w_hh,
                       b_ih=b_ih, b_hh=b_hh, w_hr=w_hr)
     rows, batch = input.shape[0], hx.shape[0]
     hidden = w_hh.shape[0] // _LSTM_GATES
     state = w_hh.shape[1]
+    saved = rows if keep_saved else 0
     return (input.new_empty(rows, state), input.new_empty(batch, state),
-            input.new_empty(batch, hidden), input.new_empty(rows, _LSTM_GATES * hidden),
-            input.new_empty(rows, hidden), input.new_empty(rows if w_hr is not None else 0, hidden))
+            input.new_empty(batch, hidden), input.new_empty(saved, _LSTM_GATES * hidden),
+            input.new_empty(saved, hidden),
+            input.new_empty(saved if w_hr is not None else 0, hidden))
 
 
 @torch.library.register_fake("fused_rnn::gru_layer")
-def _gru_layer_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
+def _gru_layer_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, keep_saved=True):
     _check_one_device("fused_rnn.gru_layer", input=input, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
                       b_hh=b_hh)
     rows, batch, hidden = input.shape[0], hx.shape[0], w_hh.shape[1]
     return (input.new_empty(rows, hidden), input.new_empty(batch, hidden),
-            input.new_empty(rows, _GRU_SAVED_PER_UNIT * hidden))
+            input.new_empty(rows if keep_saved else 0, _GRU_SAVED_PER_UNIT * hidden))
 
 
 @torch.library.register_fake("fused_rnn::lstm_layer_backward")

@@ -254,6 +254,7 @@ def test_opcheck_layer_ops(kind, proj, device):
             op, backward = torch.ops.fused_rnn.gru_layer, torch.ops.fused_rnn.gru_layer_backward
         torch.library.opcheck(op.default, args)
         plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+        torch.library.opcheck(op.default, plain + [False])  # keep_saved=False
         outs = op(*plain)
         if kind == "lstm":
             out, hy, cy, gates, cells, pre_proj = outs
@@ -264,6 +265,60 @@ def test_opcheck_layer_ops(kind, proj, device):
             bargs = [torch.randn_like(out), torch.randn_like(hy), *plain[:5], out, workspace,
                      reverse, [True] * 6]
         torch.library.opcheck(backward.default, bargs)
+
+
+def _layer_args(kind, batch_sizes, batch, hidden, device, requires_grad=False):
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to(device).requires_grad_(requires_grad)
+
+    rows, gates = int(batch_sizes.sum()), 4 if kind == "lstm" else 3
+    states = [rand(batch, hidden)] * (2 if kind == "lstm" else 1)
+    args = [rand(rows, 5), batch_sizes, *states, rand(gates * hidden, 5),
+            rand(gates * hidden, hidden), rand(gates * hidden), rand(gates * hidden)]
+    return args + ([None] if kind == "lstm" else [])
+
+
+LAYER_OPS = {"lstm": lambda: torch.ops.fused_rnn.lstm_layer,
+             "gru": lambda: torch.ops.fused_rnn.gru_layer}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("batch_sizes", [[4] * 9, [40] * 9, [4, 4, 3, 1]],
+                         ids=["padded", "padded-B40", "packed"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_layer_ops_without_saved_tensors_give_the_same_outputs(kind, batch_sizes, reverse,
+                                                               device):
+    """keep_saved=False (what the modules ask for): the same output and states, bit for bit, and
+    the tensors for the backward come back empty."""
+    sizes = torch.tensor(batch_sizes)
+    args = _layer_args(kind, sizes, batch_sizes[0], 24, device) + [reverse]
+    op = LAYER_OPS[kind]()
+    kept, dropped = op(*args), op(*args, keep_saved=False)
+    outputs = 3 if kind == "lstm" else 2
+    for a, b in zip(kept[:outputs], dropped[:outputs]):
+        assert torch.equal(a, b)
+    for a, b in zip(kept[outputs:], dropped[outputs:]):
+        assert b.shape == (0, a.shape[1])
+    assert kept[outputs].shape[0] == sizes.sum()
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_a_recorded_layer_call_keeps_its_saved_tensors(kind):
+    """Where autograd records the call, keep_saved=False is overruled: its backward needs them."""
+    sizes = torch.tensor([3, 3, 2])
+    args = _layer_args(kind, sizes, 3, 4, "cpu", requires_grad=True) + [False]
+    op = LAYER_OPS[kind]()
+    grads = []
+    for keep in (True, False):
+        outs = op(*args, keep_saved=keep)
+        assert outs[-1 if kind == "gru" else 3].shape[0] == sizes.sum()
+        grads.append(torch.autograd.grad(outs[0].sum(), args[0]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    with torch.no_grad():
+        assert op(*args, keep_saved=False)[-1 if kind == "gru" else 3].shape[0] == 0
 
 
 @pytest.mark.parametrize("kind", MODULES)

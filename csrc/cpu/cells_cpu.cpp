@@ -234,7 +234,7 @@ cpu::RecurrentStep at_step(const cpu::RecurrentStep& first, int64_t gates, int64
   s.gates += t * gates * units;
   s.h_out += t * units;
   if (s.c_out) s.c_out += t * units;
-  if (s.workspace) s.workspace += t * kGruSavedPerUnit * units;
+  if (s.workspace && first.workspace_per_step) s.workspace += t * kGruSavedPerUnit * units;
   if (prev >= 0) {
     s.h_prev = first.h_out + prev * units;
     if (s.c_prev) s.c_prev = first.c_out + prev * units;
@@ -270,6 +270,7 @@ bool gru_sequence_cpu(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
   cpu::RecurrentStep first = recurrent_step(h0, packed, gx, output);
   first.b_hh = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
   first.workspace = workspace.data_ptr<float>();
+  first.workspace_per_step = workspace.size(0) == gx.size(0);
   over_sequence(steps, reverse, kernels.recurrent_tasks(B, H, kGruGates),
                 product_fmas(h0, kGruGates * H),
                 [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {

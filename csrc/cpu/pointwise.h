@@ -26,6 +26,9 @@ struct RecurrentStep {
   float* h_out;                 // [B, H]
   const float* b_hh;            // GRU: [3H], or null
   float* workspace;             // GRU: [B, 4H]
+  // A whole sequence (cells_cpu.cpp): whether each step has its own workspace rows, or every
+  // step reuses the first step's (the caller keeps no saved tensors).
+  bool workspace_per_step;
 };
 
 struct PointwiseKernels {

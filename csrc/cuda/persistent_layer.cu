@@ -43,7 +43,8 @@ struct SequenceParams {
   const scalar_t* b_hh;         // [G*H] or null (GRU)
   scalar_t* output;             // [T*B, H]
   scalar_t* cell_states;        // [T*B, H] (LSTM)
-  scalar_t* workspace;          // [T*B, 4H] (GRU)
+  scalar_t* workspace;          // [T*B, 4H] (GRU), or [B, 4H] reused by every step
+  bool workspace_per_step;
   int64_t steps, batch, hidden, units;
   bool reverse;
 };
@@ -91,7 +92,7 @@ struct GruSequence {
     const auto s = gru_step_forward<acc_t>(
         static_cast<acc_t>(x[j]), static_cast<acc_t>(x[H + j]), static_cast<acc_t>(x[2 * H + j]),
         gh[0], gh[1], gh[2], h_prev[b * H + j]);
-    scalar_t* ws = p.workspace + row * kGruSavedPerUnit * H;
+    scalar_t* ws = p.workspace + (p.workspace_per_step ? row : b) * kGruSavedPerUnit * H;
     ws[0 * H + j] = static_cast<scalar_t>(s.r);
     ws[1 * H + j] = static_cast<scalar_t>(s.z);
     ws[2 * H + j] = static_cast<scalar_t>(s.n);
@@ -202,6 +203,7 @@ bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Te
                                output.data_ptr<scalar_t>(),
                                cell_states.defined() ? cell_states.data_ptr<scalar_t>() : nullptr,
                                workspace.defined() ? workspace.data_ptr<scalar_t>() : nullptr,
+                               workspace.defined() && workspace.size(0) == xproj.size(0),
                                steps, B, H, plan.units, reverse};
     auto* kernel = &persistent_layer_kernel<Cell, scalar_t>;
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -23,7 +23,8 @@ std::string layer_path(int64_t gates, int64_t batch, int64_t hidden, int64_t ele
 // "persistent"; else return false and touch nothing. One uniform batch of B rows per step, no
 // projection. gates/gx [T*B, G*H] hold the input projection (LSTM: becomes the activated gates);
 // h0, c0 [B, H]; w_hh [G*H, H]; b_hh [G*H] (GRU); output [T*B, H]; cell_states [T*B, H] (LSTM);
-// workspace [T*B, 4H] (GRU).
+// workspace [T*B, 4H] (GRU), or [B, 4H] when the caller keeps no saved tensors: every step then
+// writes the same rows.
 bool lstm_sequence(const at::Tensor& gates, const at::Tensor& h0, const at::Tensor& c0,
                    const at::Tensor& w_hh, const at::Tensor& output,
                    const at::Tensor& cell_states, bool reverse);
