@@ -86,10 +86,16 @@ Tensor prepare_linear_cpu(const Tensor& w, int64_t rows, int64_t uses) {
 }
 
 // oneDNN's matmul runs 15-25% faster than ATen's mm (MKL) here even on an unpacked float32
-// weight (benchmarks/NOTES.md), so every float32 product goes through it where this torch has it.
+// weight (benchmarks/NOTES.md), so float32 products go through it where this torch has it;
+// except small ones on an unpacked weight, where its cost per call (the primitive for the shape,
+// the weight's reorder) outweighs that: below about 4M multiply-adds ATen's mm takes 0.6-0.95x
+// its time (cell steps; NOTES entry 16).
+constexpr int64_t kOneDnnMinMacs = int64_t{1} << 22;
+
 Tensor linear_cpu(const Tensor& x, const Tensor& w, const OptionalTensor& bias) {
-  const bool onednn_dense =
-      w.scalar_type() == at::kFloat && w.is_contiguous() && onednn().available();
+  const bool onednn_dense = w.scalar_type() == at::kFloat && w.is_contiguous() &&
+                            x.size(0) * w.size(0) * w.size(1) > kOneDnnMinMacs &&
+                            onednn().available();
   if (!w.is_mkldnn() && !onednn_dense) {
     return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
   }
