@@ -126,12 +126,14 @@ def check_against_torch(kind, kw, mode, steps, given, dtype, device):
     parameter_names = [n for n, _ in ours.named_parameters()]
     assert len(got_grads) == len(state_names) + len(parameter_names)
     for k, (a, b, t) in enumerate(zip(got_grads, want_grads, true_grads)):
-        # A parameter's gradient sums every step of every row, in an order that differs between
-        # libraries (cuDNN's and cuBLAS's float32 sums differ by ~1e-6 relative): held to the
-        # accuracy rule's form for such sums (as close to float64 as torch.nn is).
+        # A parameter's gradient sums every step of every row. On CUDA cuDNN and cuBLAS sum in
+        # different orders (float32 results ~1e-6 relative apart, past rtol 1e-5 on the H200):
+        # there such sums are held to the accuracy rule's form for them (as close to float64 as
+        # torch.nn is). The CPU keeps the fixed tolerance.
         summed = k >= len(state_names)
         name = parameter_names[k - len(state_names)] if summed else state_names[k]
-        assert_matches_torch(a, b, t, f"grad of {name}", against_truth=summed)
+        assert_matches_torch(a, b, t, f"grad of {name}",
+                             against_truth=summed and device == "cuda")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -274,14 +276,14 @@ def _layer_args(kind, batch_sizes, batch, hidden, device, requires_grad=False):
         return torch.randn(*shape, generator=gen).to(device).requires_grad_(requires_grad)
 
     rows, gates = int(batch_sizes.sum()), 4 if kind == "lstm" else 3
-    states = [rand(batch, hidden)] * (2 if kind == "lstm" else 1)
+    states = [rand(batch, hidden) for _ in range(2 if kind == "lstm" else 1)]
     args = [rand(rows, 5), batch_sizes, *states, rand(gates * hidden, 5),
             rand(gates * hidden, hidden), rand(gates * hidden), rand(gates * hidden)]
     return args + ([None] if kind == "lstm" else [])
 
 
-LAYER_OPS = {"lstm": lambda: torch.ops.fused_rnn.lstm_layer,
-             "gru": lambda: torch.ops.fused_rnn.gru_layer}
+LAYER_OPS = {"lstm": torch.ops.fused_rnn.lstm_layer, "gru": torch.ops.fused_rnn.gru_layer}
+FIRST_SAVED = {"lstm": 3, "gru": 2}  # the index of the first tensor kept for the backward
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -295,9 +297,9 @@ def test_layer_ops_without_saved_tensors_give_the_same_outputs(kind, batch_sizes
     the tensors for the backward come back empty."""
     sizes = torch.tensor(batch_sizes)
     args = _layer_args(kind, sizes, batch_sizes[0], 24, device) + [reverse]
-    op = LAYER_OPS[kind]()
+    op = LAYER_OPS[kind]
     kept, dropped = op(*args), op(*args, keep_saved=False)
-    outputs = 3 if kind == "lstm" else 2
+    outputs = FIRST_SAVED[kind]
     for a, b in zip(kept[:outputs], dropped[:outputs]):
         assert torch.equal(a, b)
     for a, b in zip(kept[outputs:], dropped[outputs:]):
@@ -310,15 +312,15 @@ def test_a_recorded_layer_call_keeps_its_saved_tensors(kind):
     """Where autograd records the call, keep_saved=False is overruled: its backward needs them."""
     sizes = torch.tensor([3, 3, 2])
     args = _layer_args(kind, sizes, 3, 4, "cpu", requires_grad=True) + [False]
-    op = LAYER_OPS[kind]()
+    op, saved = LAYER_OPS[kind], FIRST_SAVED[kind]
     grads = []
     for keep in (True, False):
         outs = op(*args, keep_saved=keep)
-        assert outs[-1 if kind == "gru" else 3].shape[0] == sizes.sum()
+        assert outs[saved].shape[0] == sizes.sum()
         grads.append(torch.autograd.grad(outs[0].sum(), args[0]))
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
     with torch.no_grad():
-        assert op(*args, keep_saved=False)[-1 if kind == "gru" else 3].shape[0] == 0
+        assert op(*args, keep_saved=False)[saved].shape[0] == 0
 
 
 @pytest.mark.parametrize("kind", MODULES)
