@@ -137,6 +137,85 @@ Layer check_layer(const char* op, int64_t gates, const Tensor& input, const Tens
   return {s, schedule(op, batch_sizes, input, s.batch, reverse)};
 }
 
+// Inference (keep_saved=false) on a padded batch runs in chunks of steps, each chunk's input
+// projection in a buffer of about kInferenceChunkBytes: one for the whole sequence would be a
+// fresh memory mapping on every call at large batches, first touched page by page (a tenth of
+// the forward at B=128; benchmarks/NOTES.md entry 17), while a chunk's is reused from the heap.
+constexpr int64_t kInferenceChunkBytes = 16 << 20;
+
+// Steps per chunk, for `steps` steps of `batch` rows of `columns` input-side values each.
+int64_t chunk_steps(int64_t steps, int64_t batch, int64_t columns, const Tensor& like) {
+  const int64_t step_bytes = std::max<int64_t>(1, batch * columns * like.element_size());
+  return std::clamp<int64_t>(kInferenceChunkBytes / step_bytes, 1, std::max<int64_t>(steps, 1));
+}
+
+// run(first, steps) for each chunk of `chunk` steps (the last one shorter), in the order the
+// forward runs them (from the end when reverse); first is the chunk's first step in memory.
+template <typename Run>
+void over_chunks(int64_t steps, int64_t chunk, bool reverse, const Run& run) {
+  for (int64_t done = 0; done < steps; done += chunk) {
+    const int64_t n = std::min(chunk, steps - done);
+    run(reverse ? steps - done - n : done, n);
+  }
+}
+
+// The order of `steps` uniform steps of `batch` rows.
+std::vector<Step> uniform_steps(int64_t steps, int64_t batch, bool reverse) {
+  std::vector<Step> order(steps);
+  for (int64_t t = 0; t < steps; ++t) order[t] = {t * batch, batch};
+  if (reverse) std::reverse(order.begin(), order.end());
+  return order;
+}
+
+// The LSTM's forward time loop over `order`, the steps of gates/output/cell_states/pre_proj
+// (rows as in the op), starting from h0, c0: the device's whole-sequence loop where it applies,
+// else step by step. gates holds the input side and becomes the activated gates.
+void lstm_time_loop(const DeviceKernels& k, const std::vector<Step>& order, int64_t batch,
+                    const Tensor& gates, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                    const OptionalTensor& w_hr, const Tensor& output, const Tensor& cell_states,
+                    const Tensor& pre_proj, bool reverse) {
+  if (!w_hr.has_value() && uniform_batch(order, batch) && k.lstm_sequence &&
+      k.lstm_sequence(gates, h0, c0, w_hh, output, cell_states, reverse)) {
+    return;
+  }
+  const int64_t uses = static_cast<int64_t>(order.size());
+  const Tensor w_hh_p = k.prepare_recurrent(w_hh, kLstmGates, batch, uses);
+  const Tensor w_hr_p =
+      w_hr.has_value() ? k.prepare_step_weight(w_hr->contiguous(), batch, uses) : Tensor();
+  Tensor h_scratch, c_scratch;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const Step& step = order[i];
+    const Tensor h_out = w_hr.has_value() ? rows(pre_proj, step) : rows(output, step);
+    k.lstm_step(rows(gates, step), state_before(order, i, output, h0, h_scratch),
+                state_before(order, i, cell_states, c0, c_scratch), w_hh_p, h_out,
+                rows(cell_states, step));
+    if (w_hr.has_value()) k.step_linear(h_out, w_hr_p, rows(output, step), false);
+  }
+}
+
+// The GRU's forward time loop over `order`, the steps of gx/output (rows as in the op), starting
+// from h0: the device's whole-sequence loop where it applies, else step by step. workspace has a
+// row per step's row, or only `batch` rows that every step reuses (nothing kept).
+void gru_time_loop(const DeviceKernels& k, const std::vector<Step>& order, int64_t batch,
+                   const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
+                   const OptionalTensor& b_hh, const Tensor& output, const Tensor& workspace,
+                   bool reverse) {
+  if (uniform_batch(order, batch) && k.gru_sequence &&
+      k.gru_sequence(gx, h0, w_hh, b_hh, output, workspace, reverse)) {
+    return;
+  }
+  const bool per_step = workspace.size(0) == gx.size(0);
+  const Tensor w_hh_p =
+      k.prepare_recurrent(w_hh, kGruGates, batch, static_cast<int64_t>(order.size()));
+  Tensor h_scratch;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const Step& step = order[i];
+    k.gru_step(rows(gx, step), state_before(order, i, output, h0, h_scratch), w_hh_p, b_hh,
+               rows(output, step),
+               per_step ? rows(workspace, step) : first_rows(workspace, step.rows));
+  }
+}
+
 }  // namespace
 
 LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
@@ -147,38 +226,45 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
   constexpr const char* op = "fused_rnn.lstm_layer";
   const auto [s, order] = check_layer(op, kLstmGates, input, batch_sizes, hx, &cx, w_ih, w_hh,
                                       b_ih, b_hh, w_hr, reverse);
-  const int64_t N = input.size(0);
+  const int64_t N = input.size(0), B = s.batch;
+  Tensor output = at::empty({N, s.state}, input.options());
+  const Tensor h0 = hx.contiguous(), c0 = cx.contiguous(), w_hh_c = w_hh.contiguous();
+  const Tensor none = at::empty({0, s.hidden}, input.options());
+
+  const int64_t steps = static_cast<int64_t>(order.size());
+  const int64_t chunk = chunk_steps(steps, B, kLstmGates * s.hidden, input);
+  if (!keep_saved && !w_hr.has_value() && chunk < steps && uniform_batch(order, B)) {
+    // Inference on a padded batch that spans several chunks; the cell states of two chunks at a
+    // time (a chunk starts from the one before it).
+    const Tensor cells[2] = {at::empty({chunk * B, s.hidden}, input.options()),
+                             at::empty({chunk * B, s.hidden}, input.options())};
+    Tensor h = h0, c = c0;
+    int slot = 0;
+    over_chunks(steps, chunk, reverse, [&](int64_t first, int64_t n) {
+      const Tensor gates =
+          input_projection(k, input.narrow(0, first * B, n * B), w_ih, {&b_ih, &b_hh});
+      const Tensor out = output.narrow(0, first * B, n * B);
+      const Tensor cell_states = first_rows(cells[slot], n * B);
+      const std::vector<Step> sub = uniform_steps(n, B, reverse);
+      lstm_time_loop(k, sub, B, gates, h, c, w_hh_c, std::nullopt, out, cell_states, none,
+                     reverse);
+      h = rows(out, sub.back());
+      c = rows(cell_states, sub.back());
+      slot ^= 1;
+    });
+    return {output, h.clone(), c.clone(), at::empty({0, kLstmGates * s.hidden}, input.options()),
+            none, none};
+  }
 
   // One product for the input side of every step; each step then turns its rows into its gates.
   Tensor gates = input_projection(k, input, w_ih, {&b_ih, &b_hh});
-  Tensor output = at::empty({N, s.state}, input.options());
   Tensor cell_states = at::empty({N, s.hidden}, input.options());
   // With a projection, o * tanh(c) before it, which the backward needs; else unused (empty).
   Tensor pre_proj = at::empty({w_hr.has_value() ? N : 0, s.hidden}, input.options());
-  const Tensor h0 = hx.contiguous(), c0 = cx.contiguous(), w_hh_c = w_hh.contiguous();
-  const bool whole_sequence =
-      !w_hr.has_value() && uniform_batch(order, s.batch) && k.lstm_sequence &&
-      k.lstm_sequence(gates, h0, c0, w_hh_c, output, cell_states, reverse);
-  if (!whole_sequence) {
-    const int64_t uses = static_cast<int64_t>(order.size());
-    const Tensor w_hh_p = k.prepare_recurrent(w_hh_c, kLstmGates, s.batch, uses);
-    const Tensor w_hr_p =
-        w_hr.has_value() ? k.prepare_step_weight(w_hr->contiguous(), s.batch, uses) : Tensor();
-    Tensor h_scratch, c_scratch;
-    for (size_t i = 0; i < order.size(); ++i) {
-      const Step& step = order[i];
-      const Tensor h_out = w_hr.has_value() ? rows(pre_proj, step) : rows(output, step);
-      k.lstm_step(rows(gates, step), state_before(order, i, output, h0, h_scratch),
-                  state_before(order, i, cell_states, c0, c_scratch), w_hh_p, h_out,
-                  rows(cell_states, step));
-      if (w_hr.has_value()) k.step_linear(h_out, w_hr_p, rows(output, step), false);
-    }
-  }
+  lstm_time_loop(k, order, B, gates, h0, c0, w_hh_c, w_hr, output, cell_states, pre_proj,
+                 reverse);
   const Tensor h = final_states(order, output, h0), c = final_states(order, cell_states, c0);
-  if (!keep_saved) {
-    return {output, h, c, first_rows(gates, 0), first_rows(cell_states, 0),
-            first_rows(pre_proj, 0)};
-  }
+  if (!keep_saved) return {output, h, c, first_rows(gates, 0), none, first_rows(pre_proj, 0)};
   return {output, h, c, gates, cell_states, pre_proj};
 }
 
@@ -255,30 +341,33 @@ GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Ten
   constexpr const char* op = "fused_rnn.gru_layer";
   const auto [s, order] = check_layer(op, kGruGates, input, batch_sizes, hx, nullptr, w_ih, w_hh,
                                       b_ih, b_hh, std::nullopt, reverse);
-  const int64_t N = input.size(0);
-
-  const Tensor gx = input_projection(k, input, w_ih, {&b_ih});
+  const int64_t N = input.size(0), B = s.batch;
   Tensor output = at::empty({N, s.hidden}, input.options());
+  const Tensor h0 = hx.contiguous(), w_hh_c = w_hh.contiguous();
+  const OptionalTensor b_hh_c = b_hh.has_value() ? OptionalTensor(b_hh->contiguous()) : b_hh;
   // Kept: a row per step and batch row. Not kept: one step's rows, which every step overwrites
   // (at large batches writing, and first touching, the whole workspace costs a quarter of the
   // forward; benchmarks/NOTES.md entry 16).
   Tensor workspace =
-      at::empty({keep_saved ? N : s.batch, kGruSavedPerUnit * s.hidden}, input.options());
-  const Tensor h0 = hx.contiguous(), w_hh_c = w_hh.contiguous();
-  const OptionalTensor b_hh_c = b_hh.has_value() ? OptionalTensor(b_hh->contiguous()) : b_hh;
-  const bool whole_sequence = uniform_batch(order, s.batch) && k.gru_sequence &&
-                              k.gru_sequence(gx, h0, w_hh_c, b_hh_c, output, workspace, reverse);
-  if (!whole_sequence) {
-    const Tensor w_hh_p = k.prepare_recurrent(w_hh_c, kGruGates, s.batch,
-                                              static_cast<int64_t>(order.size()));
-    Tensor h_scratch;
-    for (size_t i = 0; i < order.size(); ++i) {
-      const Step& step = order[i];
-      k.gru_step(rows(gx, step), state_before(order, i, output, h0, h_scratch), w_hh_p, b_hh_c,
-                 rows(output, step),
-                 keep_saved ? rows(workspace, step) : first_rows(workspace, step.rows));
-    }
+      at::empty({keep_saved ? N : B, kGruSavedPerUnit * s.hidden}, input.options());
+
+  const int64_t steps = static_cast<int64_t>(order.size());
+  const int64_t chunk = chunk_steps(steps, B, kGruGates * s.hidden, input);
+  if (!keep_saved && chunk < steps && uniform_batch(order, B)) {
+    // Inference on a padded batch that spans several chunks (see kInferenceChunkBytes).
+    Tensor h = h0;
+    over_chunks(steps, chunk, reverse, [&](int64_t first, int64_t n) {
+      const Tensor gx = input_projection(k, input.narrow(0, first * B, n * B), w_ih, {&b_ih});
+      const Tensor out = output.narrow(0, first * B, n * B);
+      const std::vector<Step> sub = uniform_steps(n, B, reverse);
+      gru_time_loop(k, sub, B, gx, h, w_hh_c, b_hh_c, out, workspace, reverse);
+      h = rows(out, sub.back());
+    });
+    return {output, h.clone(), first_rows(workspace, 0)};
   }
+
+  const Tensor gx = input_projection(k, input, w_ih, {&b_ih});
+  gru_time_loop(k, order, B, gx, h0, w_hh_c, b_hh_c, output, workspace, reverse);
   const Tensor h = final_states(order, output, h0);
   return {output, h, keep_saved ? workspace : first_rows(workspace, 0)};
 }

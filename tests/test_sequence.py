@@ -307,6 +307,24 @@ def test_layer_ops_without_saved_tensors_give_the_same_outputs(kind, batch_sizes
     assert kept[outputs].shape[0] == sizes.sum()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("batch, hidden, steps", [(4, 1024, 400), (40, 512, 120)],
+                         ids=["B4-2chunks", "B40-3chunks"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_inference_in_chunks_matches_the_whole_sequence(kind, batch, hidden, steps, reverse,
+                                                        device):
+    """Without saved tensors a padded batch runs in chunks of steps of about 16 MB of input
+    projection (these sizes make two or three, the last one shorter): the same outputs and
+    states as the whole sequence at once."""
+    sizes = torch.tensor([batch] * steps)
+    args = _layer_args(kind, sizes, batch, hidden, device) + [reverse]
+    op, outputs = LAYER_OPS[kind], FIRST_SAVED[kind]
+    kept, dropped = op(*args), op(*args, keep_saved=False)
+    for name, a, b in zip(["output", "h", "c"], kept[:outputs], dropped[:outputs]):
+        torch.testing.assert_close(b, a, **TOLERANCES[torch.float32], msg=name)
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_a_recorded_layer_call_keeps_its_saved_tensors(kind):
     """Where autograd records the call, keep_saved=False is overruled: its backward needs them."""
