@@ -137,10 +137,11 @@ Layer check_layer(const char* op, int64_t gates, const Tensor& input, const Tens
   return {s, schedule(op, batch_sizes, input, s.batch, reverse)};
 }
 
-// Inference (keep_saved=false) on a padded batch runs in chunks of steps, each chunk's input
-// projection in a buffer of about kInferenceChunkBytes: one for the whole sequence would be a
-// fresh memory mapping on every call at large batches, first touched page by page (a tenth of
+// Inference (keep_saved=false) on a padded batch on the CPU runs in chunks of steps, each chunk's
+// input projection in a buffer of about kInferenceChunkBytes: one for the whole sequence would be
+// a fresh memory mapping on every call at large batches, first touched page by page (a tenth of
 // the forward at B=128; benchmarks/NOTES.md entry 17), while a chunk's is reused from the heap.
+// (CUDA's caching allocator reuses its blocks: there the whole sequence runs at once.)
 constexpr int64_t kInferenceChunkBytes = 16 << 20;
 
 // Steps per chunk, for `steps` steps of `batch` rows of `columns` input-side values each.
@@ -233,7 +234,8 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
 
   const int64_t steps = static_cast<int64_t>(order.size());
   const int64_t chunk = chunk_steps(steps, B, kLstmGates * s.hidden, input);
-  if (!keep_saved && !w_hr.has_value() && chunk < steps && uniform_batch(order, B)) {
+  if (!keep_saved && input.is_cpu() && !w_hr.has_value() && chunk < steps &&
+      uniform_batch(order, B)) {
     // Inference on a padded batch that spans several chunks; the cell states of two chunks at a
     // time (a chunk starts from the one before it).
     const Tensor cells[2] = {at::empty({chunk * B, s.hidden}, input.options()),
@@ -353,7 +355,7 @@ GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Ten
 
   const int64_t steps = static_cast<int64_t>(order.size());
   const int64_t chunk = chunk_steps(steps, B, kGruGates * s.hidden, input);
-  if (!keep_saved && chunk < steps && uniform_batch(order, B)) {
+  if (!keep_saved && input.is_cpu() && chunk < steps && uniform_batch(order, B)) {
     // Inference on a padded batch that spans several chunks (see kInferenceChunkBytes).
     Tensor h = h0;
     over_chunks(steps, chunk, reverse, [&](int64_t first, int64_t n) {
