@@ -160,6 +160,11 @@ void over_chunks(int64_t steps, int64_t chunk, bool reverse, const Run& run) {
   }
 }
 
+// A saved tensor the caller did not keep: [0, columns], holding no buffer of the forward's.
+Tensor not_kept(int64_t columns, const Tensor& like) {
+  return at::empty({0, columns}, like.options());
+}
+
 // The order of `steps` uniform steps of `batch` rows.
 std::vector<Step> uniform_steps(int64_t steps, int64_t batch, bool reverse) {
   std::vector<Step> order(steps);
@@ -230,7 +235,6 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
   const int64_t N = input.size(0), B = s.batch;
   Tensor output = at::empty({N, s.state}, input.options());
   const Tensor h0 = hx.contiguous(), c0 = cx.contiguous(), w_hh_c = w_hh.contiguous();
-  const Tensor none = at::empty({0, s.hidden}, input.options());
 
   const int64_t steps = static_cast<int64_t>(order.size());
   const int64_t chunk = chunk_steps(steps, B, kLstmGates * s.hidden, input);
@@ -248,14 +252,14 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
       const Tensor out = output.narrow(0, first * B, n * B);
       const Tensor cell_states = first_rows(cells[slot], n * B);
       const std::vector<Step> sub = uniform_steps(n, B, reverse);
-      lstm_time_loop(k, sub, B, gates, h, c, w_hh_c, std::nullopt, out, cell_states, none,
-                     reverse);
+      lstm_time_loop(k, sub, B, gates, h, c, w_hh_c, std::nullopt, out, cell_states,
+                     not_kept(s.hidden, input), reverse);
       h = rows(out, sub.back());
       c = rows(cell_states, sub.back());
       slot ^= 1;
     });
-    return {output, h.clone(), c.clone(), at::empty({0, kLstmGates * s.hidden}, input.options()),
-            none, none};
+    return {output, h.clone(), c.clone(), not_kept(kLstmGates * s.hidden, input),
+            not_kept(s.hidden, input), not_kept(s.hidden, input)};
   }
 
   // One product for the input side of every step; each step then turns its rows into its gates.
@@ -266,7 +270,10 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
   lstm_time_loop(k, order, B, gates, h0, c0, w_hh_c, w_hr, output, cell_states, pre_proj,
                  reverse);
   const Tensor h = final_states(order, output, h0), c = final_states(order, cell_states, c0);
-  if (!keep_saved) return {output, h, c, first_rows(gates, 0), none, first_rows(pre_proj, 0)};
+  if (!keep_saved) {
+    return {output, h, c, not_kept(kLstmGates * s.hidden, input), not_kept(s.hidden, input),
+            not_kept(s.hidden, input)};
+  }
   return {output, h, c, gates, cell_states, pre_proj};
 }
 
@@ -365,13 +372,13 @@ GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Ten
       gru_time_loop(k, sub, B, gx, h, w_hh_c, b_hh_c, out, workspace, reverse);
       h = rows(out, sub.back());
     });
-    return {output, h.clone(), first_rows(workspace, 0)};
+    return {output, h.clone(), not_kept(kGruSavedPerUnit * s.hidden, input)};
   }
 
   const Tensor gx = input_projection(k, input, w_ih, {&b_ih});
   gru_time_loop(k, order, B, gx, h0, w_hh_c, b_hh_c, output, workspace, reverse);
   const Tensor h = final_states(order, output, h0);
-  return {output, h, keep_saved ? workspace : first_rows(workspace, 0)};
+  return {output, h, keep_saved ? workspace : not_kept(kGruSavedPerUnit * s.hidden, input)};
 }
 
 GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
