@@ -37,7 +37,8 @@ _GATES = {"LSTM": 4, "GRU": 3}
 def use_persistent_kernels(enabled: bool = True) -> None:
     """Switches the persistent whole-sequence CUDA layer kernels on or off.
 
-    Off by default: they have not yet been measured on a GPU (benchmarks/NOTES.md). Where on, a
+    Off by default: on an H200 they beat cuDNN's forward 3-4x at batch 1 but lose from batch 16
+    up (benchmarks/NOTES.md entry 15), and cuda_layer_path does not yet choose by that. Where on, a
     CUDA LSTM or GRU layer whose shape suits them (cuda_layer_path) runs its forward time loop
     in one launch; everything else, the backward included, is unchanged.
     """

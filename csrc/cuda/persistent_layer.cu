@@ -9,8 +9,10 @@
 // in shared memory across steps. The results, saved tensors included, are those of the step-wise
 // path, so the backward is unchanged.
 //
-// Off by default: not yet run on a GPU. Next versions (benchmarks/NOTES.md): tensor cores
-// (mma.sync) for the product, W_hh in registers, a flag barrier instead of grid.sync().
+// Off by default: measured once on an H200 (fast at batch 1, slow from batch 16: W_hh is re-read
+// from shared memory per batch row; benchmarks/NOTES.md entry 15). Next versions: tensor cores
+// (mma.sync) for the product, W_hh in registers reused across rows, a flag barrier instead of
+// grid.sync().
 #include "../cell_math.h"
 #include "../cell_ops.h"
 #include "../persistent_plan.h"
