@@ -195,5 +195,5 @@ IMPLEMENTATIONS = {
     "torch.nn": (build_torch_nn, lambda case: True),
     "nn cell loop": (build_nn_cell_loop,
                      lambda case: case.op == "layer" and _python_loop_dtype(case)),
-    "reference": (build_reference, lambda case: _python_loop_dtype(case)),
+    "reference": (build_reference, _python_loop_dtype),
 }

@@ -244,6 +244,7 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
     // time (a chunk starts from the one before it).
     const Tensor cells[2] = {at::empty({chunk * B, s.hidden}, input.options()),
                              at::empty({chunk * B, s.hidden}, input.options())};
+    const Tensor no_projection = not_kept(s.hidden, input);
     Tensor h = h0, c = c0;
     int slot = 0;
     over_chunks(steps, chunk, reverse, [&](int64_t first, int64_t n) {
@@ -253,7 +254,7 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
       const Tensor cell_states = first_rows(cells[slot], n * B);
       const std::vector<Step> sub = uniform_steps(n, B, reverse);
       lstm_time_loop(k, sub, B, gates, h, c, w_hh_c, std::nullopt, out, cell_states,
-                     not_kept(s.hidden, input), reverse);
+                     no_projection, reverse);
       h = rows(out, sub.back());
       c = rows(cell_states, sub.back());
       slot ^= 1;

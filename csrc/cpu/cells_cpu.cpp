@@ -248,41 +248,48 @@ cpu::RecurrentStep at_step(const cpu::RecurrentStep& first, int64_t gates, int64
   return s;
 }
 
+// A padded sequence's forward on the fused recurrent step, where that pays off (else false):
+// gates [T*B, G*H] the input side, output [T*B, H]; `cell` fills in the cell's own pointers of
+// the first step, and `kernel` (a PointwiseKernels member) runs one step's tasks.
+using RecurrentKernel = void (*)(const cpu::RecurrentStep&, int64_t, int64_t);
+template <typename Cell>
+bool recurrent_sequence(int64_t gates, const Tensor& x, const Tensor& h0, const Tensor& w_hh,
+                        const Tensor& output, bool reverse,
+                        RecurrentKernel cpu::PointwiseKernels::*kernel, const Cell& cell) {
+  const int64_t B = h0.size(0), H = h0.size(1), steps = B == 0 ? 0 : x.size(0) / B;
+  if (x.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
+  const auto& kernels = cpu::pointwise_kernels();
+  const Tensor packed = kernels.pack_recurrent_weight(w_hh, gates);
+  cpu::RecurrentStep first = recurrent_step(h0, packed, x, output);
+  cell(first);
+  over_sequence(steps, reverse, kernels.recurrent_tasks(B, H, gates), product_fmas(h0, gates * H),
+                [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {
+                  (kernels.*kernel)(at_step(first, gates, t, prev), begin, end);
+                });
+  return true;
+}
+
 bool lstm_sequence_cpu(const Tensor& gates, const Tensor& h0, const Tensor& c0,
                        const Tensor& w_hh, const Tensor& output, const Tensor& cell_states,
                        bool reverse) {
-  const int64_t B = h0.size(0), H = h0.size(1), steps = B == 0 ? 0 : gates.size(0) / B;
-  if (gates.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
-  const auto& kernels = cpu::pointwise_kernels();
-  const Tensor packed = kernels.pack_recurrent_weight(w_hh, kLstmGates);
-  cpu::RecurrentStep first = recurrent_step(h0, packed, gates, output);
-  first.c_prev = c0.data_ptr<float>();
-  first.c_out = cell_states.data_ptr<float>();
-  over_sequence(steps, reverse, kernels.recurrent_tasks(B, H, kLstmGates),
-                product_fmas(h0, kLstmGates * H),
-                [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {
-                  kernels.lstm_forward_recurrent(at_step(first, kLstmGates, t, prev), begin, end);
-                });
-  return true;
+  return recurrent_sequence(kLstmGates, gates, h0, w_hh, output, reverse,
+                            &cpu::PointwiseKernels::lstm_forward_recurrent,
+                            [&](cpu::RecurrentStep& first) {
+                              first.c_prev = c0.data_ptr<float>();
+                              first.c_out = cell_states.data_ptr<float>();
+                            });
 }
 
 bool gru_sequence_cpu(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
                       const OptionalTensor& b_hh, const Tensor& output, const Tensor& workspace,
                       bool reverse) {
-  const int64_t B = h0.size(0), H = h0.size(1), steps = B == 0 ? 0 : gx.size(0) / B;
-  if (gx.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
-  const auto& kernels = cpu::pointwise_kernels();
-  const Tensor packed = kernels.pack_recurrent_weight(w_hh, kGruGates);
-  cpu::RecurrentStep first = recurrent_step(h0, packed, gx, output);
-  first.b_hh = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
-  first.workspace = workspace.data_ptr<float>();
-  first.workspace_per_step = workspace.size(0) == gx.size(0);
-  over_sequence(steps, reverse, kernels.recurrent_tasks(B, H, kGruGates),
-                product_fmas(h0, kGruGates * H),
-                [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {
-                  kernels.gru_forward_recurrent(at_step(first, kGruGates, t, prev), begin, end);
-                });
-  return true;
+  return recurrent_sequence(kGruGates, gx, h0, w_hh, output, reverse,
+                            &cpu::PointwiseKernels::gru_forward_recurrent,
+                            [&](cpu::RecurrentStep& first) {
+                              first.b_hh = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
+                              first.workspace = workspace.data_ptr<float>();
+                              first.workspace_per_step = workspace.size(0) == gx.size(0);
+                            });
 }
 
 void lstm_gate_grads_cpu(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
