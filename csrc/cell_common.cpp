@@ -125,11 +125,11 @@ LstmCellGrads lstm_cell_backward(const DeviceKernels& k, const Tensor& grad_hy,
   k.lstm_gate_grads(grad_hy.contiguous(), grad_cy.contiguous(), gates.contiguous(),
                     cx.contiguous(), cy.contiguous(), grad_gates, grad_cx);
   // Both biases enter the same pre-activation, so they share one gradient.
-  return {mask[0] ? at::mm(grad_gates, w_ih) : Tensor(),
-          mask[1] ? at::mm(grad_gates, w_hh) : Tensor(),
+  return {mask[0] ? k.matmul(grad_gates, w_ih, std::nullopt) : Tensor(),
+          mask[1] ? k.matmul(grad_gates, w_hh, std::nullopt) : Tensor(),
           mask[2] ? grad_cx : Tensor(),
-          mask[3] ? at::mm(grad_gates.t(), input) : Tensor(),
-          mask[4] ? at::mm(grad_gates.t(), hx) : Tensor(),
+          mask[3] ? k.matmul(grad_gates.t(), input, std::nullopt) : Tensor(),
+          mask[4] ? k.matmul(grad_gates.t(), hx, std::nullopt) : Tensor(),
           mask[5] ? at::sum(grad_gates, 0) : Tensor()};
 }
 
@@ -147,10 +147,10 @@ GruGrads gru_cell_backward(const DeviceKernels& k, const Tensor& grad_hy, const 
   Tensor grad_hx_direct = at::empty({s.batch, s.hidden}, input.options());
   k.gru_gate_grads(grad_hy.contiguous(), hx.contiguous(), workspace.contiguous(),
                    grad_input_gates, grad_hidden_gates, grad_hx_direct);
-  return {mask[0] ? at::mm(grad_input_gates, w_ih) : Tensor(),
-          mask[1] ? at::addmm(grad_hx_direct, grad_hidden_gates, w_hh) : Tensor(),
-          mask[2] ? at::mm(grad_input_gates.t(), input) : Tensor(),
-          mask[3] ? at::mm(grad_hidden_gates.t(), hx) : Tensor(),
+  return {mask[0] ? k.matmul(grad_input_gates, w_ih, std::nullopt) : Tensor(),
+          mask[1] ? k.matmul(grad_hidden_gates, w_hh, grad_hx_direct) : Tensor(),
+          mask[2] ? k.matmul(grad_input_gates.t(), input, std::nullopt) : Tensor(),
+          mask[3] ? k.matmul(grad_hidden_gates.t(), hx, std::nullopt) : Tensor(),
           mask[4] ? at::sum(grad_input_gates, 0) : Tensor(),
           mask[5] ? at::sum(grad_hidden_gates, 0) : Tensor()};
 }

@@ -63,6 +63,9 @@ struct DeviceKernels {
   // applies a weight so prepared, or a plain one.
   Tensor (*prepare_linear)(const Tensor& w, int64_t rows, int64_t uses);
   Tensor (*linear)(const Tensor& x, const Tensor& w, const OptionalTensor& bias);
+  // The backward's products a [M, K] @ b [K, N] (a may be a transposed view), plus add [M, N]
+  // where given.
+  Tensor (*matmul)(const Tensor& a, const Tensor& b, const OptionalTensor& add);
   // Readies W_hh [G*H, P] of a layer once for the `uses` steps of up to `rows` rows of its
   // lstm_step or gru_step (the CPU may pack it for its fused recurrent step).
   Tensor (*prepare_recurrent)(const Tensor& w_hh, int64_t gates, int64_t rows, int64_t uses);

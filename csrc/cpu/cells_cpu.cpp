@@ -89,13 +89,49 @@ Tensor prepare_linear_cpu(const Tensor& w, int64_t rows, int64_t uses) {
 // weight (benchmarks/NOTES.md), so float32 products go through it where this torch has it;
 // except small ones on an unpacked weight, where its cost per call (the primitive for the shape,
 // the weight's reorder) outweighs that: below about 4M multiply-adds ATen's mm takes 0.6-0.95x
-// its time (cell steps; NOTES entry 16).
+// its time (NOTES entry 16; products of at most kDotMaxRows rows take our own kernel, below).
 constexpr int64_t kOneDnnMinMacs = int64_t{1} << 22;
 
+// Runs pass(begin, end) over `tasks` tasks of `fmas` vector FMAs in all, split over ATen's
+// threads in shares of at least kMinFmasPerThread (about a microsecond: a thread's start costs
+// about as much).
+constexpr int64_t kMinFmasPerThread = 4096;
+template <typename Pass>
+void over_panel_tasks(int64_t tasks, int64_t fmas, const Pass& pass) {
+  const int64_t per_task = std::max<int64_t>(1, fmas / std::max<int64_t>(1, tasks));
+  at::parallel_for(0, tasks, std::max<int64_t>(1, kMinFmasPerThread / per_task), pass);
+}
+
+// The vector FMAs of a product of x [rows, K] with `columns` output columns.
+int64_t product_fmas(const Tensor& x, int64_t columns) {
+  return x.size(0) * x.size(1) * columns / cpu::pointwise_kernels().lanes;
+}
+
+// MKL's sgemm on this (AMD) CPU takes its generic path and packs its operands on every call,
+// which dominates the few-row products of a cell step; our kernels read the weight as it lies:
+// the forward's x @ w^T as dot products along k (linear_rows) for up to 32 rows (0.4-0.7x the
+// cell forward's time at B = 1..16, 0.92x at B = 32, a tie from 48), the backward's products
+// (grad @ w, grad^T @ x) in register tiles (matmul_rows) wherever one side is at most 128 (0.7-0.85x
+// the cell backward's time at B = 1..128; NOTES entry 20).
+constexpr int64_t kDotMaxRows = 32;
+constexpr int64_t kTileMaxSide = 128;
+
 Tensor linear_cpu(const Tensor& x, const Tensor& w, const OptionalTensor& bias) {
-  const bool onednn_dense = w.scalar_type() == at::kFloat && w.is_contiguous() &&
-                            x.size(0) * w.size(0) * w.size(1) > kOneDnnMinMacs &&
-                            onednn().available();
+  const bool plain_float = w.scalar_type() == at::kFloat && !w.is_mkldnn() && w.is_contiguous();
+  if (plain_float && x.size(0) <= kDotMaxRows) {
+    const auto& kernels = cpu::pointwise_kernels();
+    const Tensor x_c = x.contiguous();
+    const Tensor b = bias.has_value() ? bias->contiguous() : Tensor();
+    Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+    over_panel_tasks(kernels.rows_tasks(w.size(0)), product_fmas(x, w.size(0)),
+                     [&](int64_t begin, int64_t end) {
+                       kernels.linear_rows(x_c, w, b.defined() ? b.data_ptr<float>() : nullptr,
+                                           out, begin, end);
+                     });
+    return out;
+  }
+  const bool onednn_dense =
+      plain_float && x.size(0) * w.size(0) * w.size(1) > kOneDnnMinMacs && onednn().available();
   if (!w.is_mkldnn() && !onednn_dense) {
     return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
   }
@@ -103,6 +139,21 @@ Tensor linear_cpu(const Tensor& x, const Tensor& w, const OptionalTensor& bias) 
                           c10::List<std::optional<at::Scalar>>(), c10::IValue()};
   onednn().apply->callBoxed(&stack);
   return stack[0].toTensor();
+}
+
+Tensor matmul_cpu(const Tensor& a, const Tensor& b, const OptionalTensor& add) {
+  if (a.scalar_type() != at::kFloat || std::min(a.size(0), a.size(1)) > kTileMaxSide) {
+    return add.has_value() ? at::addmm(*add, a, b) : at::mm(a, b);
+  }
+  const auto& kernels = cpu::pointwise_kernels();
+  const Tensor b_c = b.contiguous();
+  Tensor out = add.has_value() ? add->clone(at::MemoryFormat::Contiguous)
+                               : at::empty({a.size(0), b.size(1)}, a.options());
+  over_panel_tasks(kernels.linear_tasks(a.size(0), b.size(1)), product_fmas(a, b.size(1)),
+                   [&](int64_t begin, int64_t end) {
+                     kernels.matmul_rows(a, b_c, out, add.has_value(), begin, end);
+                   });
+  return out;
 }
 
 // The fused recurrent step (pointwise.h) beats oneDNN's product plus a pointwise pass at small
@@ -127,21 +178,6 @@ Tensor prepare_recurrent_cpu(const Tensor& w_hh, int64_t gates, int64_t rows, in
 Tensor prepare_step_weight_cpu(const Tensor& w, int64_t rows, int64_t uses) {
   return panels_pay_off(w, rows, uses) ? cpu::pointwise_kernels().pack_linear_weight(w)
                                        : prepare_linear_cpu(w, rows, uses);
-}
-
-// Runs pass(begin, end) over `tasks` tasks of `fmas` vector FMAs in all, split over ATen's
-// threads in shares of at least kMinFmasPerThread (about a microsecond: a thread's start costs
-// about as much).
-constexpr int64_t kMinFmasPerThread = 4096;
-template <typename Pass>
-void over_panel_tasks(int64_t tasks, int64_t fmas, const Pass& pass) {
-  const int64_t per_task = std::max<int64_t>(1, fmas / std::max<int64_t>(1, tasks));
-  at::parallel_for(0, tasks, std::max<int64_t>(1, kMinFmasPerThread / per_task), pass);
-}
-
-// The vector FMAs of a product of x [rows, K] with `columns` output columns.
-int64_t product_fmas(const Tensor& x, int64_t columns) {
-  return x.size(0) * x.size(1) * columns / cpu::pointwise_kernels().lanes;
 }
 
 void step_linear_cpu(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate) {
@@ -311,6 +347,7 @@ void gru_gate_grads_cpu(const Tensor& grad_h, const Tensor& h_prev, const Tensor
 }
 
 constexpr DeviceKernels kCpuKernels{&prepare_linear_cpu,    &linear_cpu,
+                                    &matmul_cpu,
                                     &prepare_recurrent_cpu, &prepare_step_weight_cpu,
                                     &step_linear_cpu,       &lstm_step_cpu,
                                     &gru_step_cpu,          &lstm_gate_grads_cpu,

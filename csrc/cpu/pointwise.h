@@ -77,6 +77,18 @@ struct PointwiseKernels {
   // out [rows, N] = x [rows, K] @ w^T, or += with accumulate, over the tasks [begin, end).
   void (*linear_packed)(const Tensor& x, const Tensor& w_packed, const Tensor& out,
                         bool accumulate, int64_t begin, int64_t end);
+
+  // A product with the weight as it lies, for a few rows (float32), where packing would cost
+  // more than the product: out [rows, N] = x [rows, K] @ w^T (+ bias [N] where not null), x and
+  // w [N, K] contiguous; a task covers a few columns for every row.
+  int64_t (*rows_tasks)(int64_t columns);
+  void (*linear_rows)(const Tensor& x, const Tensor& w, const float* bias, const Tensor& out,
+                      int64_t begin, int64_t end);
+  // out [M, N] = a [M, K] @ b [K, N], or += with accumulate, in linear_packed's tiles
+  // (linear_tasks(M, N)) over b as it lies (contiguous; a with any strides, out contiguous): the
+  // small products of a cell's backward, whose weights are used once.
+  void (*matmul_rows)(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate,
+                      int64_t begin, int64_t end);
 };
 
 // Column groups of `lanes` outputs per task of linear_packed: as many accumulators per row as the

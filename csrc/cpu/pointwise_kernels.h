@@ -11,10 +11,12 @@
 #include "pointwise.h"
 
 #include <ATen/OpMathType.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
+#include <functional>
 #include <type_traits>
 
 namespace fused_rnn {
@@ -223,10 +225,12 @@ constexpr int kAccumulators = 24;
 constexpr int kAccumulators = 12;
 #endif
 
-// acc[r][g] = sum over k of h[r][k] * panel[k][g][:], for R rows of h (row stride K).
-template <int G, int R>
-inline void recurrent_product(const float* h, const float* panel, int64_t K,
-                              FloatVec (&acc)[R][G]) {
+// acc[r][g] = sum over k of a[r][k] * b[k][g * kLanes ...]: R rows of a (strides a_row, a_k) and
+// G packs of each row k of b (row stride b_k). With kTail, only `tail` lanes of the last pack are
+// read (b's last columns; the rest are zeros), the others whole.
+template <int G, int R, bool kTail = false>
+inline void tile_product(const float* a, int64_t a_row, int64_t a_k, const float* b, int64_t b_k,
+                         int64_t K, FloatVec (&acc)[R][G], int64_t tail = kLanes) {
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 8
@@ -235,22 +239,32 @@ inline void recurrent_product(const float* h, const float* panel, int64_t K,
   for (int64_t k = 0; k < K; ++k) {
     FloatVec w[G];
 #pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) w[g] = FloatVec::loadu(panel + (k * G + g) * kLanes);
+    for (int g = 0; g < G; ++g) {
+      const float* p = b + k * b_k + g * kLanes;
+      w[g] = kTail && g == G - 1 ? FloatVec::loadu(p, tail) : FloatVec::loadu(p);
+    }
 #pragma GCC unroll 32
     for (int r = 0; r < R; ++r) {
-      const FloatVec x(h[r * K + k]);
+      const FloatVec x(a[r * a_row + k * a_k]);
 #pragma GCC unroll 8
       for (int g = 0; g < G; ++g) acc[r][g] = at::vec::fmadd(x, w[g], acc[r][g]);
     }
   }
 }
 
-// Calls f with std::integral_constant<int, n>, for 1 <= n <= R: the row count of a task as a
-// compile-time constant, so its accumulators stay in registers.
+// The product of R rows of h [*, K] with one packed panel [K, G * kLanes].
+template <int G, int R>
+inline void recurrent_product(const float* h, const float* panel, int64_t K,
+                              FloatVec (&acc)[R][G]) {
+  tile_product<G, R>(h, K, 1, panel, G * kLanes, K, acc);
+}
+
+// Calls f with std::integral_constant<int, n>, for 1 <= n <= R: the row (or column) count of a
+// task as a compile-time constant, so its accumulators stay in registers.
 template <int R, typename F>
-inline void with_row_count(int64_t n, const F& f) {
+inline void with_count(int64_t n, const F& f) {
   if constexpr (R > 1) {
-    if (n < R) return with_row_count<R - 1>(n, f);
+    if (n < R) return with_count<R - 1>(n, f);
   }
   f(std::integral_constant<int, R>{});
 }
@@ -284,7 +298,7 @@ void for_each_panel_task(const float* h, int64_t rows, int64_t K, const float* w
   for (int64_t task = begin; task < end; ++task) {
     const int64_t block = task / chunks, chunk = task % chunks;
     const int64_t row0 = chunk * rows / chunks, row_end = (chunk + 1) * rows / chunks;
-    with_row_count<R>(row_end - row0, [&](auto row_count) {
+    with_count<R>(row_end - row0, [&](auto row_count) {
       constexpr int kRows = decltype(row_count)::value;
       FloatVec acc[kRows][G];
       recurrent_product<G, kRows>(h + row0 * K, w_packed + block * K * G * kLanes, K, acc);
@@ -367,6 +381,19 @@ int64_t linear_tasks(int64_t rows, int64_t columns) {
   return (columns + per_block - 1) / per_block * row_chunks<kLinearGroups>(rows);
 }
 
+// Writes (or adds, with accumulate) G packs of a row's columns `first` onwards into row `row` of
+// out [*, N], as far as N.
+template <int G>
+inline void store_columns(float* out, int64_t N, int64_t row, int64_t first,
+                          const FloatVec (&acc)[G], bool accumulate) {
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t c = first + g * kLanes, n = std::min(kLanes, N - c);
+    if (n <= 0) break;
+    float* dst = out + row * N + c;
+    Lanes<float>::store(dst, accumulate ? acc[g] + Lanes<float>::load(dst, n) : acc[g], n);
+  }
+}
+
 void linear_packed(const Tensor& x, const Tensor& w_packed, const Tensor& out, bool accumulate,
                    int64_t begin, int64_t end) {
   const int64_t N = out.size(1);
@@ -374,14 +401,118 @@ void linear_packed(const Tensor& x, const Tensor& w_packed, const Tensor& out, b
   for_each_panel_task<kLinearGroups>(
       x.data_ptr<float>(), x.size(0), x.size(1), w_packed.data_ptr<float>(), begin, end,
       [&](int64_t row, int64_t block, const FloatVec(&acc)[kLinearGroups]) {
-        const int64_t first = block * kLinearGroups * kLanes;
-        for (int64_t g = 0; g < kLinearGroups; ++g) {
-          const int64_t c = first + g * kLanes, n = std::min(kLanes, N - c);
-          if (n <= 0) break;
-          float* dst = out_p + row * N + c;
-          Lanes<float>::store(dst, accumulate ? acc[g] + Lanes<float>::load(dst, n) : acc[g], n);
-        }
+        store_columns(out_p, N, row, block * kLinearGroups * kLanes, acc, accumulate);
       });
+}
+
+// The same tiles as linear_packed (linear_tasks), over a b [K, N] as it lies: the last column
+// block reads only as far as N.
+void matmul_rows(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate,
+                 int64_t begin, int64_t end) {
+  constexpr int G = kLinearGroups, R = kTaskRows<G>;
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1), chunks = row_chunks<G>(M);
+  const int64_t a_row = a.stride(0), a_k = a.stride(1);
+  const float* a_p = a.data_ptr<float>();
+  const float* b_p = b.data_ptr<float>();
+  float* out_p = out.data_ptr<float>();
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t block = task / chunks, chunk = task % chunks;
+    const int64_t row0 = chunk * M / chunks, row_end = (chunk + 1) * M / chunks;
+    const int64_t first = block * G * kLanes, columns = std::min(G * kLanes, N - first);
+    const int64_t packs = (columns + kLanes - 1) / kLanes, tail = columns - (packs - 1) * kLanes;
+    with_count<R>(row_end - row0, [&](auto row_count) {
+      constexpr int kRows = decltype(row_count)::value;
+      const float* a_rows = a_p + row0 * a_row;
+      FloatVec acc[kRows][G];
+      if (columns == G * kLanes) {
+        tile_product<G, kRows>(a_rows, a_row, a_k, b_p + first, N, K, acc);
+      } else {
+        with_count<G>(packs, [&](auto pack_count) {
+          constexpr int kPacks = decltype(pack_count)::value;
+          FloatVec part[kRows][kPacks];
+          tile_product<kPacks, kRows, true>(a_rows, a_row, a_k, b_p + first, N, K, part, tail);
+          for (int r = 0; r < kRows; ++r) {
+            for (int g = 0; g < G; ++g) acc[r][g] = g < kPacks ? part[r][g] : FloatVec(0.0f);
+          }
+        });
+      }
+      for (int r = 0; r < kRows; ++r) store_columns(out_p, N, row0 + r, first, acc[r], accumulate);
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The product with a weight as it lies (pointwise.h, linear_rows): every output is the dot
+// product of a row of x with a row of w, both contiguous along k, so nothing is packed first.
+
+// A task covers kDotColumns rows of w against every row of x, kDotRows rows at a time: their
+// kDotRows * kDotColumns accumulator packs stay in registers next to the kDotColumns weight packs
+// of one k (AVX2 has 16 vector registers, AVX-512 32).
+constexpr int kDotColumns = 4;
+#ifdef CPU_CAPABILITY_AVX512
+constexpr int kDotRows = 4;
+#else
+constexpr int kDotRows = 2;
+#endif
+
+// dots[r][c] = x[r] . w[c] over K, for R rows of x (row stride K) and C rows of w (row stride K).
+template <int R, int C>
+inline void dot_products(const float* x, const float* w, int64_t K, float (&dots)[R][C]) {
+  FloatVec acc[R][C];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) acc[r][c] = FloatVec(0.0f);
+  }
+  // count < kLanes only at the tail of k: the partial loads there fill the missing lanes with
+  // zeros, which add nothing.
+  const auto accumulate = [&](int64_t k, int64_t count) {
+    FloatVec wk[C];
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) wk[c] = FloatVec::loadu(w + c * K + k, count);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const FloatVec xk = FloatVec::loadu(x + r * K + k, count);
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) acc[r][c] = at::vec::fmadd(xk, wk[c], acc[r][c]);
+    }
+  };
+  int64_t k = 0;
+  for (; k + kLanes <= K; k += kLanes) accumulate(k, kLanes);
+  if (k < K) accumulate(k, K - k);
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < C; ++c) {
+      dots[r][c] = at::vec::vec_reduce_all<float>(std::plus<FloatVec>(), acc[r][c]);
+    }
+  }
+}
+
+int64_t rows_tasks(int64_t columns) { return (columns + kDotColumns - 1) / kDotColumns; }
+
+void linear_rows(const Tensor& x, const Tensor& w, const float* bias, const Tensor& out,
+                 int64_t begin, int64_t end) {
+  const int64_t rows = x.size(0), K = x.size(1), N = w.size(0);
+  const float* x_p = x.data_ptr<float>();
+  const float* w_p = w.data_ptr<float>();
+  float* out_p = out.data_ptr<float>();
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t n0 = task * kDotColumns;
+    with_count<kDotColumns>(std::min<int64_t>(kDotColumns, N - n0), [&](auto column_count) {
+      constexpr int C = decltype(column_count)::value;
+      for (int64_t r0 = 0; r0 < rows; r0 += kDotRows) {
+        with_count<kDotRows>(std::min<int64_t>(kDotRows, rows - r0), [&](auto row_count) {
+          constexpr int R = decltype(row_count)::value;
+          float dots[R][C];
+          dot_products<R, C>(x_p + r0 * K, w_p + n0 * K, K, dots);
+          for (int r = 0; r < R; ++r) {
+            for (int c = 0; c < C; ++c) {
+              out_p[(r0 + r) * N + n0 + c] = bias ? dots[r][c] + bias[n0 + c] : dots[r][c];
+            }
+          }
+        });
+      }
+    });
+  }
 }
 
 #define FUSED_RNN_STRINGIFY_(x) #x
@@ -391,7 +522,8 @@ extern const PointwiseKernels kKernels = {
     &gru_forward,                        &gru_backward,         kLanes,
     &pack_recurrent_weight,              &recurrent_tasks,      &lstm_forward_recurrent,
     &gru_forward_recurrent,              &pack_linear_weight,   &linear_tasks,
-    &linear_packed};
+    &linear_packed,                      &rows_tasks,           &linear_rows,
+    &matmul_rows};
 
 }  // namespace cpu::CPU_CAPABILITY
 }  // namespace fused_rnn

@@ -371,7 +371,12 @@ Tensor linear_cuda(const Tensor& x, const Tensor& w, const OptionalTensor& bias)
   return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
 }
 
+Tensor matmul_cuda(const Tensor& a, const Tensor& b, const OptionalTensor& add) {
+  return add.has_value() ? at::addmm(*add, a, b) : at::mm(a, b);
+}
+
 constexpr DeviceKernels kCudaKernels{&prepare_linear_cuda,    &linear_cuda,
+                                     &matmul_cuda,
                                      &prepare_recurrent_cuda, &prepare_linear_cuda,
                                      &step_linear_cuda,       &lstm_step_cuda,
                                      &gru_step_cuda,          &lstm_gate_grads_cuda,
