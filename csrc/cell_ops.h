@@ -107,6 +107,19 @@ struct DeviceKernels {
   bool (*gru_sequence)(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
                        const OptionalTensor& b_hh, const Tensor& output, const Tensor& workspace,
                        bool reverse);
+  // Where not null: a layer's whole backward time loop at once (CPU: one parallel region), for
+  // one uniform batch and no projection, with the results of the step-wise loop; false, having
+  // done nothing, where it does not apply. Tensors as in the layer backward ops (all contiguous;
+  // c_before / h_before [N, H] the state each step started from); grad_h (and grad_c) [B, H]
+  // come in holding the final state's gradients and leave holding the initial state's.
+  bool (*lstm_backward_sequence)(const Tensor& grad_output, const Tensor& gates,
+                                 const Tensor& c_before, const Tensor& cell_states,
+                                 const Tensor& w_hh, const Tensor& grad_h, const Tensor& grad_c,
+                                 const Tensor& grad_gates, bool reverse);
+  bool (*gru_backward_sequence)(const Tensor& grad_output, const Tensor& workspace,
+                                const Tensor& h_before, const Tensor& w_hh, const Tensor& grad_h,
+                                const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
+                                bool reverse);
 };
 
 // The input projection x W_ih^T, with the biases that belong to it added (both for the LSTM,

@@ -309,28 +309,34 @@ LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_ou
   // With a projection: every step's full output gradient, for w_hr's gradient as one GEMM.
   Tensor grad_projected = w_hr.has_value() && mask[6]
                               ? at::empty({N, s.state}, input.options()) : Tensor();
-  // grad_h of the previous step = grad_gates @ W_hh, i.e. linear with W_hh^T as the weight.
-  const int64_t uses = static_cast<int64_t>(order.size());
-  const Tensor w_hh_t = k.prepare_step_weight(w_hh.t().contiguous(), s.batch, uses);
-  const Tensor w_hr_t =
-      w_hr.has_value() ? k.prepare_step_weight(w_hr->t().contiguous(), s.batch, uses) : Tensor();
-  // With a projection: the gradient of each step's o * tanh(c), before the projection.
-  Tensor grad_pre_proj =
-      w_hr.has_value() ? at::empty({s.batch, s.hidden}, input.options()) : Tensor();
-  for (auto it = order.rbegin(); it != order.rend(); ++it) {
-    const Step& step = *it;
-    Tensor gh = first_rows(grad_h, step.rows);
-    gh.add_(rows(grad_out_c, step));
-    Tensor grad_cell_out = gh;  // gradient of o * tanh(c), the cell's own output
-    if (w_hr.has_value()) {
-      if (grad_projected.defined()) rows(grad_projected, step).copy_(gh);
-      grad_cell_out = first_rows(grad_pre_proj, step.rows);
-      k.step_linear(gh, w_hr_t, grad_cell_out, false);
+  const bool whole_sequence =
+      !w_hr.has_value() && uniform_batch(order, s.batch) && k.lstm_backward_sequence &&
+      k.lstm_backward_sequence(grad_out_c, gates_c, c_before, cells_c, w_hh.contiguous(),
+                               grad_h, grad_c, grad_gates, reverse);
+  if (!whole_sequence) {
+    // grad_h of the previous step = grad_gates @ W_hh, i.e. linear with W_hh^T as the weight.
+    const int64_t uses = static_cast<int64_t>(order.size());
+    const Tensor w_hh_t = k.prepare_step_weight(w_hh.t().contiguous(), s.batch, uses);
+    const Tensor w_hr_t =
+        w_hr.has_value() ? k.prepare_step_weight(w_hr->t().contiguous(), s.batch, uses) : Tensor();
+    // With a projection: the gradient of each step's o * tanh(c), before the projection.
+    Tensor grad_pre_proj =
+        w_hr.has_value() ? at::empty({s.batch, s.hidden}, input.options()) : Tensor();
+    for (auto it = order.rbegin(); it != order.rend(); ++it) {
+      const Step& step = *it;
+      Tensor gh = first_rows(grad_h, step.rows);
+      gh.add_(rows(grad_out_c, step));
+      Tensor grad_cell_out = gh;  // gradient of o * tanh(c), the cell's own output
+      if (w_hr.has_value()) {
+        if (grad_projected.defined()) rows(grad_projected, step).copy_(gh);
+        grad_cell_out = first_rows(grad_pre_proj, step.rows);
+        k.step_linear(gh, w_hr_t, grad_cell_out, false);
+      }
+      Tensor gc = first_rows(grad_c, step.rows);
+      k.lstm_gate_grads(grad_cell_out, gc, rows(gates_c, step), rows(c_before, step),
+                        rows(cells_c, step), rows(grad_gates, step), gc);
+      k.step_linear(rows(grad_gates, step), w_hh_t, gh, false);
     }
-    Tensor gc = first_rows(grad_c, step.rows);
-    k.lstm_gate_grads(grad_cell_out, gc, rows(gates_c, step), rows(c_before, step),
-                      rows(cells_c, step), rows(grad_gates, step), gc);
-    k.step_linear(rows(grad_gates, step), w_hh_t, gh, false);
   }
   // The weights' gradients as single GEMMs over all steps.
   return {mask[0] ? at::mm(grad_gates, w_ih) : Tensor(),
@@ -401,16 +407,22 @@ GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
   Tensor grad_input_gates = at::empty({N, kGruGates * s.hidden}, input.options());
   Tensor grad_hidden_gates = at::empty({N, kGruGates * s.hidden}, input.options());
   Tensor grad_h = grad_hy.contiguous().clone();
-  const Tensor w_hh_t = k.prepare_step_weight(w_hh.t().contiguous(), s.batch,
-                                              static_cast<int64_t>(order.size()));
-  for (auto it = order.rbegin(); it != order.rend(); ++it) {
-    const Step& step = *it;
-    Tensor gh = first_rows(grad_h, step.rows);
-    gh.add_(rows(grad_out_c, step));
-    // gh becomes the direct part of the previous state's gradient, then gains W_hh's.
-    k.gru_gate_grads(gh, rows(h_before, step), rows(ws_c, step), rows(grad_input_gates, step),
-                     rows(grad_hidden_gates, step), gh);
-    k.step_linear(rows(grad_hidden_gates, step), w_hh_t, gh, true);
+  const bool whole_sequence =
+      uniform_batch(order, s.batch) && k.gru_backward_sequence &&
+      k.gru_backward_sequence(grad_out_c, ws_c, h_before, w_hh.contiguous(), grad_h,
+                              grad_input_gates, grad_hidden_gates, reverse);
+  if (!whole_sequence) {
+    const Tensor w_hh_t = k.prepare_step_weight(w_hh.t().contiguous(), s.batch,
+                                                static_cast<int64_t>(order.size()));
+    for (auto it = order.rbegin(); it != order.rend(); ++it) {
+      const Step& step = *it;
+      Tensor gh = first_rows(grad_h, step.rows);
+      gh.add_(rows(grad_out_c, step));
+      // gh becomes the direct part of the previous state's gradient, then gains W_hh's.
+      k.gru_gate_grads(gh, rows(h_before, step), rows(ws_c, step),
+                       rows(grad_input_gates, step), rows(grad_hidden_gates, step), gh);
+      k.step_linear(rows(grad_hidden_gates, step), w_hh_t, gh, true);
+    }
   }
   return {mask[0] ? at::mm(grad_input_gates, w_ih) : Tensor(),
           mask[1] ? grad_h : Tensor(),

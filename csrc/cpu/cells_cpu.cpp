@@ -246,13 +246,14 @@ void gru_step_cpu(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
   });
 }
 
-// A whole padded sequence's forward in one OpenMP parallel region: each thread keeps the same
-// tasks (unit blocks, so their W_hh panels stay in its cache) at every step, and the threads meet
-// at one barrier per step; no per-step views, dispatcher calls or thread starts, which cost more
-// than the product at small sizes (benchmarks/NOTES.md). step(t, previous t or -1, begin, end).
-template <typename Step>
+// A whole padded sequence in one OpenMP parallel region: each thread keeps the same tasks (unit
+// blocks, so their W_hh panels stay in its cache) at every step, and the threads meet at one
+// barrier per step; no per-step views, dispatcher calls or thread starts, which cost more than
+// the product at small sizes (benchmarks/NOTES.md). Per step, before(t, previous t or -1, begin,
+// end), the barrier, then after(t, begin, end) (the backward's product).
+template <typename Before, typename After>
 void over_sequence(int64_t steps, bool reverse, int64_t tasks, int64_t fmas_per_step,
-                   const Step& step) {
+                   const Before& before, const After& after) {
   const int64_t threads = std::clamp<int64_t>(fmas_per_step / kMinFmasPerThread, 1,
                                               std::min<int64_t>(at::get_num_threads(), tasks));
 #pragma omp parallel num_threads(threads)
@@ -261,8 +262,9 @@ void over_sequence(int64_t steps, bool reverse, int64_t tasks, int64_t fmas_per_
     const int64_t begin = tasks * id / count, end = tasks * (id + 1) / count;
     for (int64_t i = 0; i < steps; ++i) {
       const int64_t t = reverse ? steps - 1 - i : i;
-      step(t, i == 0 ? -1 : (reverse ? t + 1 : t - 1), begin, end);
+      before(t, i == 0 ? -1 : (reverse ? t + 1 : t - 1), begin, end);
 #pragma omp barrier
+      after(t, begin, end);
     }
   }
 }
@@ -298,10 +300,12 @@ bool recurrent_sequence(int64_t gates, const Tensor& x, const Tensor& h0, const 
   const Tensor packed = kernels.pack_recurrent_weight(w_hh, gates);
   cpu::RecurrentStep first = recurrent_step(h0, packed, x, output);
   cell(first);
-  over_sequence(steps, reverse, kernels.recurrent_tasks(B, H, gates), product_fmas(h0, gates * H),
-                [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {
-                  (kernels.*kernel)(at_step(first, gates, t, prev), begin, end);
-                });
+  over_sequence(
+      steps, reverse, kernels.recurrent_tasks(B, H, gates), product_fmas(h0, gates * H),
+      [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {
+        (kernels.*kernel)(at_step(first, gates, t, prev), begin, end);
+      },
+      [](int64_t, int64_t, int64_t) {});
   return true;
 }
 
@@ -328,6 +332,84 @@ bool gru_sequence_cpu(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
                             });
 }
 
+// Step t of a padded sequence's backward whose first step is `first` (G gates): the rows of
+// step t; the state's gradients (grad_h, grad_c) are carried, not per step.
+cpu::BackwardStep backward_at_step(const cpu::BackwardStep& first, int64_t gates, int64_t t) {
+  const int64_t units = first.rows * first.hidden;  // one step's [B, H]
+  cpu::BackwardStep s = first;
+  s.grad_out += t * units;
+  s.saved += t * kLstmGates * units;  // the LSTM's gates and the GRU's workspace: 4 per unit
+  s.state_before += t * units;
+  if (s.c_new) s.c_new += t * units;
+  s.grad_gates += t * gates * units;
+  if (s.grad_hidden_gates) s.grad_hidden_gates += t * gates * units;
+  return s;
+}
+
+// A padded sequence's backward on the fused steps (BackwardStep), where the forward's pay off
+// (else false): the steps run from the forward's last to its first, each in one parallel pass of
+// gate gradients, a barrier, and the product that carries grad_h to the step before. grad_h [B,
+// H] (and the LSTM's grad_c) come in holding the final state's gradients and leave holding the
+// initial state's; `cell` fills in the cell's own pointers of the first step.
+using BackwardKernel = void (*)(const cpu::BackwardStep&, int64_t, int64_t);
+template <typename Cell>
+bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w_hh,
+                       const Tensor& grad_h, bool reverse, BackwardKernel cpu::PointwiseKernels::*gate_grads,
+                       BackwardKernel cpu::PointwiseKernels::*product, const Cell& cell) {
+  const int64_t B = grad_h.size(0), H = grad_h.size(1), steps = B == 0 ? 0 : grad_output.size(0) / B;
+  if (grad_output.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
+  const auto& kernels = cpu::pointwise_kernels();
+  // grad_h of the step before = the step's hidden gate gradients @ W_hh: linear with W_hh^T.
+  const Tensor packed = kernels.pack_linear_weight(w_hh.t().contiguous());
+  cpu::BackwardStep first{};
+  first.rows = B;
+  first.hidden = H;
+  first.grad_out = grad_output.data_ptr<float>();
+  first.grad_h = grad_h.data_ptr<float>();
+  first.w_packed = packed.data_ptr<float>();
+  cell(first);
+  over_sequence(
+      steps, !reverse, kernels.linear_tasks(B, H), B * gates * H * H / kernels.lanes,
+      [&](int64_t t, int64_t, int64_t begin, int64_t end) {
+        (kernels.*gate_grads)(backward_at_step(first, gates, t), begin, end);
+      },
+      [&](int64_t t, int64_t begin, int64_t end) {
+        (kernels.*product)(backward_at_step(first, gates, t), begin, end);
+      });
+  return true;
+}
+
+bool lstm_backward_sequence_cpu(const Tensor& grad_output, const Tensor& gates,
+                                const Tensor& c_before, const Tensor& cell_states,
+                                const Tensor& w_hh, const Tensor& grad_h, const Tensor& grad_c,
+                                const Tensor& grad_gates, bool reverse) {
+  return backward_sequence(kLstmGates, grad_output, w_hh, grad_h, reverse,
+                           &cpu::PointwiseKernels::lstm_backward_gates,
+                           &cpu::PointwiseKernels::lstm_backward_product,
+                           [&](cpu::BackwardStep& first) {
+                             first.saved = gates.data_ptr<float>();
+                             first.state_before = c_before.data_ptr<float>();
+                             first.c_new = cell_states.data_ptr<float>();
+                             first.grad_c = grad_c.data_ptr<float>();
+                             first.grad_gates = grad_gates.data_ptr<float>();
+                           });
+}
+
+bool gru_backward_sequence_cpu(const Tensor& grad_output, const Tensor& workspace,
+                               const Tensor& h_before, const Tensor& w_hh, const Tensor& grad_h,
+                               const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
+                               bool reverse) {
+  return backward_sequence(kGruGates, grad_output, w_hh, grad_h, reverse,
+                           &cpu::PointwiseKernels::gru_backward_gates,
+                           &cpu::PointwiseKernels::gru_backward_product,
+                           [&](cpu::BackwardStep& first) {
+                             first.saved = workspace.data_ptr<float>();
+                             first.state_before = h_before.data_ptr<float>();
+                             first.grad_gates = grad_input_gates.data_ptr<float>();
+                             first.grad_hidden_gates = grad_hidden_gates.data_ptr<float>();
+                           });
+}
+
 void lstm_gate_grads_cpu(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
                          const Tensor& c_prev, const Tensor& c_new, const Tensor& grad_gates,
                          const Tensor& grad_c_prev) {
@@ -352,7 +434,8 @@ constexpr DeviceKernels kCpuKernels{&prepare_linear_cpu,    &linear_cpu,
                                     &step_linear_cpu,       &lstm_step_cpu,
                                     &gru_step_cpu,          &lstm_gate_grads_cpu,
                                     &gru_gate_grads_cpu,    &lstm_sequence_cpu,
-                                    &gru_sequence_cpu};
+                                    &gru_sequence_cpu,      &lstm_backward_sequence_cpu,
+                                    &gru_backward_sequence_cpu};
 
 std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tensor& hx,
                                                  const Tensor& cx, const Tensor& w_ih,

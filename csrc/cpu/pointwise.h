@@ -31,6 +31,23 @@ struct RecurrentStep {
   bool workspace_per_step;
 };
 
+// One step of a padded sequence's backward (float32; every pointer to contiguous rows), in the
+// tasks of linear_tasks(rows, hidden): first the gate gradients of the tasks' units, then, once
+// every task's are done, the tasks' columns of the previous state's gradient, the step's hidden
+// gate gradients @ W_hh. A task keeps the same units in both, so a step needs one barrier.
+struct BackwardStep {
+  int64_t rows, hidden;        // B, H
+  const float* grad_out;       // [B, H]: the step's output gradient
+  float* grad_h;               // [B, H]: in, from the later steps; out, for the step before
+  const float* w_packed;       // W_hh^T [H, G*H] packed by pack_linear_weight
+  const float* saved;          // LSTM: the activated gates [B, 4H]; GRU: the workspace [B, 4H]
+  const float* state_before;   // LSTM: c_prev [B, H]; GRU: h_prev [B, H]
+  const float* c_new;          // LSTM: [B, H]
+  float* grad_c;               // LSTM: [B, H], in and out like grad_h
+  float* grad_gates;           // LSTM: [B, 4H]; GRU: the input side [B, 3H]
+  float* grad_hidden_gates;    // GRU: [B, 3H]
+};
+
 struct PointwiseKernels {
   const char* isa;  // the instruction set it was built for: "DEFAULT", "AVX2" or "AVX512"
   // gates [B,4H]: the input side of the pre-activations (biases included) in, the activated
@@ -89,6 +106,13 @@ struct PointwiseKernels {
   // small products of a cell's backward, whose weights are used once.
   void (*matmul_rows)(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate,
                       int64_t begin, int64_t end);
+
+  // The two halves of a BackwardStep over the tasks [begin, end): the gate gradients, then the
+  // product (LSTM: grad_h = grad_gates @ W_hh; GRU: grad_h, the direct part, += its product).
+  void (*lstm_backward_gates)(const BackwardStep& step, int64_t begin, int64_t end);
+  void (*gru_backward_gates)(const BackwardStep& step, int64_t begin, int64_t end);
+  void (*lstm_backward_product)(const BackwardStep& step, int64_t begin, int64_t end);
+  void (*gru_backward_product)(const BackwardStep& step, int64_t begin, int64_t end);
 };
 
 // Column groups of `lanes` outputs per task of linear_packed: as many accumulators per row as the

@@ -112,32 +112,39 @@ void lstm_forward(const Tensor& gates, const Tensor& gates_h, const Tensor& c_pr
   });
 }
 
+// The LSTM backward of the n units j.. of row b ([B, H] grids, [B, 4H] gate rows): writes their
+// gate gradients and grad_c_prev, which may alias grad_c.
+template <typename scalar_t>
+inline void lstm_backward_units(const scalar_t* grad_h, const scalar_t* grad_c,
+                                const scalar_t* gates, const scalar_t* c_prev,
+                                const scalar_t* c_new, scalar_t* grad_gates,
+                                scalar_t* grad_c_prev, int64_t H, int64_t b, int64_t j,
+                                int64_t n) {
+  using L = Lanes<scalar_t>;
+  const scalar_t* row = gates + b * kLstmGates * H;
+  const int64_t u = b * H + j;
+  const auto d = lstm_step_backward(
+      L::load(row + 0 * H + j, n), L::load(row + 1 * H + j, n), L::load(row + 2 * H + j, n),
+      L::load(row + 3 * H + j, n), L::load(c_prev + u, n), L::load(c_new + u, n),
+      L::load(grad_h + u, n), L::load(grad_c + u, n));
+  scalar_t* grow = grad_gates + b * kLstmGates * H;
+  L::store(grow + 0 * H + j, d.a_i, n);
+  L::store(grow + 1 * H + j, d.a_f, n);
+  L::store(grow + 2 * H + j, d.a_g, n);
+  L::store(grow + 3 * H + j, d.a_o, n);
+  L::store(grad_c_prev + u, d.c, n);
+}
+
 void lstm_backward(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
                    const Tensor& c_prev, const Tensor& c_new, const Tensor& grad_gates,
                    const Tensor& grad_c_prev, int64_t begin, int64_t end) {
   const int64_t H = c_prev.size(1);
   FUSED_RNN_DISPATCH_FLOATING_TYPES(c_prev.scalar_type(), "lstm_backward_cpu", [&] {
-    using L = Lanes<scalar_t>;
-    const scalar_t* gh_p = grad_h.data_ptr<scalar_t>();
-    const scalar_t* gc_p = grad_c.data_ptr<scalar_t>();
-    const scalar_t* gates_p = gates.data_ptr<scalar_t>();
-    const scalar_t* c_p = c_prev.data_ptr<scalar_t>();
-    const scalar_t* cn_p = c_new.data_ptr<scalar_t>();
-    scalar_t* gg_p = grad_gates.data_ptr<scalar_t>();
-    scalar_t* gcp_p = grad_c_prev.data_ptr<scalar_t>();
     for_each_pack<scalar_t>(H, begin, end, [&](int64_t b, int64_t j, int64_t n) {
-      const scalar_t* row = gates_p + b * kLstmGates * H;
-      const int64_t u = b * H + j;
-      const auto d = lstm_step_backward(
-          L::load(row + 0 * H + j, n), L::load(row + 1 * H + j, n), L::load(row + 2 * H + j, n),
-          L::load(row + 3 * H + j, n), L::load(c_p + u, n), L::load(cn_p + u, n),
-          L::load(gh_p + u, n), L::load(gc_p + u, n));
-      scalar_t* grow = gg_p + b * kLstmGates * H;
-      L::store(grow + 0 * H + j, d.a_i, n);
-      L::store(grow + 1 * H + j, d.a_f, n);
-      L::store(grow + 2 * H + j, d.a_g, n);
-      L::store(grow + 3 * H + j, d.a_o, n);
-      L::store(gcp_p + u, d.c, n);
+      lstm_backward_units(grad_h.data_ptr<scalar_t>(), grad_c.data_ptr<scalar_t>(),
+                          gates.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(),
+                          c_new.data_ptr<scalar_t>(), grad_gates.data_ptr<scalar_t>(),
+                          grad_c_prev.data_ptr<scalar_t>(), H, b, j, n);
     });
   });
 }
@@ -179,33 +186,41 @@ void gru_forward(const Tensor& gx, const Tensor& gh, const Tensor& h_prev, const
   });
 }
 
+// The GRU backward of the n units j.. of row b ([B, H] grids, [B, 4H] workspace rows, [B, 3H]
+// gate rows): writes their input-side and hidden-side gate gradients and the direct part of
+// grad_h_prev, which may alias grad_h.
+template <typename scalar_t>
+inline void gru_backward_units(const scalar_t* grad_h, const scalar_t* h_prev,
+                               const scalar_t* workspace, scalar_t* grad_input_gates,
+                               scalar_t* grad_hidden_gates, scalar_t* grad_h_direct, int64_t H,
+                               int64_t b, int64_t j, int64_t n) {
+  using L = Lanes<scalar_t>;
+  const scalar_t* ws = workspace + b * kGruSavedPerUnit * H;
+  const int64_t u = b * H + j;
+  const auto d = gru_step_backward(L::load(ws + 0 * H + j, n), L::load(ws + 1 * H + j, n),
+                                   L::load(ws + 2 * H + j, n), L::load(ws + 3 * H + j, n),
+                                   L::load(h_prev + u, n), L::load(grad_h + u, n));
+  scalar_t* gi = grad_input_gates + b * kGruGates * H;
+  scalar_t* gg = grad_hidden_gates + b * kGruGates * H;
+  L::store(gi + 0 * H + j, d.a_r, n);
+  L::store(gi + 1 * H + j, d.a_z, n);
+  L::store(gi + 2 * H + j, d.x_n, n);
+  L::store(gg + 0 * H + j, d.a_r, n);
+  L::store(gg + 1 * H + j, d.a_z, n);
+  L::store(gg + 2 * H + j, d.h_n, n);
+  L::store(grad_h_direct + u, d.h, n);
+}
+
 void gru_backward(const Tensor& grad_h, const Tensor& h_prev, const Tensor& workspace,
                   const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
                   const Tensor& grad_h_direct, int64_t begin, int64_t end) {
   const int64_t H = h_prev.size(1);
   FUSED_RNN_DISPATCH_FLOATING_TYPES(h_prev.scalar_type(), "gru_backward_cpu", [&] {
-    using L = Lanes<scalar_t>;
-    const scalar_t* g_p = grad_h.data_ptr<scalar_t>();
-    const scalar_t* h_p = h_prev.data_ptr<scalar_t>();
-    const scalar_t* ws_p = workspace.data_ptr<scalar_t>();
-    scalar_t* gi_p = grad_input_gates.data_ptr<scalar_t>();
-    scalar_t* gg_p = grad_hidden_gates.data_ptr<scalar_t>();
-    scalar_t* gd_p = grad_h_direct.data_ptr<scalar_t>();
     for_each_pack<scalar_t>(H, begin, end, [&](int64_t b, int64_t j, int64_t n) {
-      const scalar_t* ws = ws_p + b * kGruSavedPerUnit * H;
-      const int64_t u = b * H + j;
-      const auto d = gru_step_backward(L::load(ws + 0 * H + j, n), L::load(ws + 1 * H + j, n),
-                                       L::load(ws + 2 * H + j, n), L::load(ws + 3 * H + j, n),
-                                       L::load(h_p + u, n), L::load(g_p + u, n));
-      scalar_t* gi = gi_p + b * kGruGates * H;
-      scalar_t* gg = gg_p + b * kGruGates * H;
-      L::store(gi + 0 * H + j, d.a_r, n);
-      L::store(gi + 1 * H + j, d.a_z, n);
-      L::store(gi + 2 * H + j, d.x_n, n);
-      L::store(gg + 0 * H + j, d.a_r, n);
-      L::store(gg + 1 * H + j, d.a_z, n);
-      L::store(gg + 2 * H + j, d.h_n, n);
-      L::store(gd_p + u, d.h, n);
+      gru_backward_units(grad_h.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
+                         workspace.data_ptr<scalar_t>(), grad_input_gates.data_ptr<scalar_t>(),
+                         grad_hidden_gates.data_ptr<scalar_t>(),
+                         grad_h_direct.data_ptr<scalar_t>(), H, b, j, n);
     });
   });
 }
@@ -284,6 +299,19 @@ int64_t recurrent_tasks(int64_t rows, int64_t hidden, int64_t gates) {
   return (hidden + kLanes - 1) / kLanes * chunks;
 }
 
+// Task `task` of a product with G accumulator packs per row over `rows` rows: panel (column)
+// block task / chunks and row chunk task % chunks, the rows [row0, row_end). Rows are split
+// evenly over the chunks (8 rows: 4 + 4, not 6 + 2): a chunk of few rows leaves the product
+// bound by its weight loads.
+struct PanelTask {
+  int64_t block, row0, row_end;
+};
+template <int G>
+inline PanelTask panel_task(int64_t task, int64_t rows) {
+  const int64_t chunks = row_chunks<G>(rows), chunk = task % chunks;
+  return {task / chunks, chunk * rows / chunks, (chunk + 1) * rows / chunks};
+}
+
 // Runs the tasks [begin, end) of a product of h [rows, K] (contiguous rows) with a packed weight:
 // task t is panel block t / chunks and row chunk t % chunks (consecutive tasks share a block's
 // weights, which so stay in cache). finish(row, block, acc) gets a row's G accumulator packs for
@@ -292,12 +320,8 @@ template <int G, typename Finish>
 void for_each_panel_task(const float* h, int64_t rows, int64_t K, const float* w_packed,
                          int64_t begin, int64_t end, const Finish& finish) {
   constexpr int R = kTaskRows<G>;
-  // Rows split evenly over the chunks (8 rows: 4 + 4, not 6 + 2): a chunk of few rows leaves
-  // the product bound by its weight loads.
-  const int64_t chunks = row_chunks<G>(rows);
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t block = task / chunks, chunk = task % chunks;
-    const int64_t row0 = chunk * rows / chunks, row_end = (chunk + 1) * rows / chunks;
+    const auto [block, row0, row_end] = panel_task<G>(task, rows);
     with_count<R>(row_end - row0, [&](auto row_count) {
       constexpr int kRows = decltype(row_count)::value;
       FloatVec acc[kRows][G];
@@ -394,15 +418,66 @@ inline void store_columns(float* out, int64_t N, int64_t row, int64_t first,
   }
 }
 
+// out [rows, N] = x [rows, K] @ w^T (or += with accumulate), w packed by pack_linear_weight.
+void packed_product(const float* x, int64_t rows, int64_t K, const float* w_packed, float* out,
+                    int64_t N, bool accumulate, int64_t begin, int64_t end) {
+  for_each_panel_task<kLinearGroups>(
+      x, rows, K, w_packed, begin, end,
+      [&](int64_t row, int64_t block, const FloatVec(&acc)[kLinearGroups]) {
+        store_columns(out, N, row, block * kLinearGroups * kLanes, acc, accumulate);
+      });
+}
+
 void linear_packed(const Tensor& x, const Tensor& w_packed, const Tensor& out, bool accumulate,
                    int64_t begin, int64_t end) {
-  const int64_t N = out.size(1);
-  float* out_p = out.data_ptr<float>();
-  for_each_panel_task<kLinearGroups>(
-      x.data_ptr<float>(), x.size(0), x.size(1), w_packed.data_ptr<float>(), begin, end,
-      [&](int64_t row, int64_t block, const FloatVec(&acc)[kLinearGroups]) {
-        store_columns(out_p, N, row, block * kLinearGroups * kLanes, acc, accumulate);
-      });
+  packed_product(x.data_ptr<float>(), x.size(0), x.size(1), w_packed.data_ptr<float>(),
+                 out.data_ptr<float>(), out.size(1), accumulate, begin, end);
+}
+
+// The backward sequence's step (pointwise.h, BackwardStep): the gate gradients of a task's
+// units, the same units as its product's output columns (linear_tasks(rows, hidden)).
+template <typename Units>
+void for_each_task_pack(const BackwardStep& s, int64_t begin, int64_t end, const Units& units) {
+  constexpr int64_t kBlockColumns = kLinearGroups * kLanes;
+  for (int64_t task = begin; task < end; ++task) {
+    const auto [block, row0, row_end] = panel_task<kLinearGroups>(task, s.rows);
+    const int64_t j_end = std::min(s.hidden, (block + 1) * kBlockColumns);
+    for (int64_t b = row0; b < row_end; ++b) {
+      for (int64_t j = block * kBlockColumns; j < j_end; j += kLanes) {
+        // The state's gradient from the later steps plus this step's output gradient.
+        const int64_t u = b * s.hidden + j, n = std::min(kLanes, j_end - j);
+        Lanes<float>::store(s.grad_h + u,
+                            Lanes<float>::load(s.grad_h + u, n) +
+                                Lanes<float>::load(s.grad_out + u, n),
+                            n);
+        units(b, j, n);
+      }
+    }
+  }
+}
+
+void lstm_backward_gates(const BackwardStep& s, int64_t begin, int64_t end) {
+  for_each_task_pack(s, begin, end, [&](int64_t b, int64_t j, int64_t n) {
+    lstm_backward_units<float>(s.grad_h, s.grad_c, s.saved, s.state_before, s.c_new,
+                               s.grad_gates, s.grad_c, s.hidden, b, j, n);
+  });
+}
+
+void gru_backward_gates(const BackwardStep& s, int64_t begin, int64_t end) {
+  for_each_task_pack(s, begin, end, [&](int64_t b, int64_t j, int64_t n) {
+    gru_backward_units<float>(s.grad_h, s.state_before, s.saved, s.grad_gates,
+                              s.grad_hidden_gates, s.grad_h, s.hidden, b, j, n);
+  });
+}
+
+void lstm_backward_product(const BackwardStep& s, int64_t begin, int64_t end) {
+  packed_product(s.grad_gates, s.rows, kLstmGates * s.hidden, s.w_packed, s.grad_h, s.hidden,
+                 false, begin, end);
+}
+
+void gru_backward_product(const BackwardStep& s, int64_t begin, int64_t end) {
+  packed_product(s.grad_hidden_gates, s.rows, kGruGates * s.hidden, s.w_packed, s.grad_h,
+                 s.hidden, true, begin, end);
 }
 
 // The same tiles as linear_packed (linear_tasks), over a b [K, N] as it lies: the last column
@@ -410,14 +485,13 @@ void linear_packed(const Tensor& x, const Tensor& w_packed, const Tensor& out, b
 void matmul_rows(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate,
                  int64_t begin, int64_t end) {
   constexpr int G = kLinearGroups, R = kTaskRows<G>;
-  const int64_t M = a.size(0), K = a.size(1), N = b.size(1), chunks = row_chunks<G>(M);
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   const int64_t a_row = a.stride(0), a_k = a.stride(1);
   const float* a_p = a.data_ptr<float>();
   const float* b_p = b.data_ptr<float>();
   float* out_p = out.data_ptr<float>();
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t block = task / chunks, chunk = task % chunks;
-    const int64_t row0 = chunk * M / chunks, row_end = (chunk + 1) * M / chunks;
+    const auto [block, row0, row_end] = panel_task<G>(task, M);
     const int64_t first = block * G * kLanes, columns = std::min(G * kLanes, N - first);
     const int64_t packs = (columns + kLanes - 1) / kLanes, tail = columns - (packs - 1) * kLanes;
     with_count<R>(row_end - row0, [&](auto row_count) {
@@ -523,7 +597,8 @@ extern const PointwiseKernels kKernels = {
     &pack_recurrent_weight,              &recurrent_tasks,      &lstm_forward_recurrent,
     &gru_forward_recurrent,              &pack_linear_weight,   &linear_tasks,
     &linear_packed,                      &rows_tasks,           &linear_rows,
-    &matmul_rows};
+    &matmul_rows,                        &lstm_backward_gates,  &gru_backward_gates,
+    &lstm_backward_product,              &gru_backward_product};
 
 }  // namespace cpu::CPU_CAPABILITY
 }  // namespace fused_rnn

@@ -381,7 +381,8 @@ constexpr DeviceKernels kCudaKernels{&prepare_linear_cuda,    &linear_cuda,
                                      &step_linear_cuda,       &lstm_step_cuda,
                                      &gru_step_cuda,          &lstm_gate_grads_cuda,
                                      &gru_gate_grads_cuda,    &cuda::lstm_sequence,
-                                     &cuda::gru_sequence};
+                                     &cuda::gru_sequence,     nullptr,
+                                     nullptr};
 
 }  // namespace
 
