@@ -111,8 +111,8 @@ int64_t product_fmas(const Tensor& x, int64_t columns) {
 // which dominates the few-row products of a cell step; our kernels read the weight as it lies:
 // the forward's x @ w^T as dot products along k (linear_rows) for up to 32 rows (0.4-0.7x the
 // cell forward's time at B = 1..16, 0.92x at B = 32, a tie from 48), the backward's products
-// (grad @ w, grad^T @ x) in register tiles (matmul_rows) wherever one side is at most 128 (0.7-0.85x
-// the cell backward's time at B = 1..128; NOTES entry 20).
+// (grad @ w, grad^T @ x) in register tiles (matmul_rows) wherever one side is at most 128
+// (0.5-0.85x the cell backward's time at B = 1..128; NOTES entry 20).
 constexpr int64_t kDotMaxRows = 32;
 constexpr int64_t kTileMaxSide = 128;
 
@@ -354,9 +354,11 @@ cpu::BackwardStep backward_at_step(const cpu::BackwardStep& first, int64_t gates
 using BackwardKernel = void (*)(const cpu::BackwardStep&, int64_t, int64_t);
 template <typename Cell>
 bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w_hh,
-                       const Tensor& grad_h, bool reverse, BackwardKernel cpu::PointwiseKernels::*gate_grads,
+                       const Tensor& grad_h, bool reverse,
+                       BackwardKernel cpu::PointwiseKernels::*gate_grads,
                        BackwardKernel cpu::PointwiseKernels::*product, const Cell& cell) {
-  const int64_t B = grad_h.size(0), H = grad_h.size(1), steps = B == 0 ? 0 : grad_output.size(0) / B;
+  const int64_t B = grad_h.size(0), H = grad_h.size(1);
+  const int64_t steps = B == 0 ? 0 : grad_output.size(0) / B;
   if (grad_output.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
   const auto& kernels = cpu::pointwise_kernels();
   // grad_h of the step before = the step's hidden gate gradients @ W_hh: linear with W_hh^T.
