@@ -164,6 +164,15 @@ def test_matches_torch_nn_over_many_blocks_and_rows(cfg, monkeypatch):
     check_against_torch(*cfg, torch.float32, "cpu")
 
 
+@pytest.mark.parametrize("kind", MODULES)
+def test_matches_torch_nn_past_32_rows(kind, monkeypatch):
+    """B = 70: the CPU's fused steps (forward and backward) take up to 128 rows where W_hh fits
+    in cache, in 12 row chunks."""
+    monkeypatch.setattr(sys.modules[__name__], "HIDDEN", 40)
+    monkeypatch.setattr(sys.modules[__name__], "BATCH", 70)
+    check_against_torch(kind, dict(bidirectional=True), "padded", 9, True, torch.float32, "cpu")
+
+
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
