@@ -1,6 +1,7 @@
-// CPU implementations: the matrix products through ATen (MKL/oneDNN), the gate math in one fused,
-// vectorised, parallel pass over the [B, H] units (pointwise.h), in the variant built for this
-// CPU's instruction set. The cell forward ops live here; the backward and layer ops are the
+// CPU implementations: the large matrix products through ATen (MKL/oneDNN), the few-row ones and
+// the recurrent ones in our register-blocked kernels, the gate math in one fused, vectorised,
+// parallel pass over the [B, H] units (pointwise.h), in the variant built for this CPU's
+// instruction set. The cell forward ops live here; the backward and layer ops are the
 // device-agnostic ones of cell_ops.h over the CPU kernels below.
 #include "../cell_ops.h"
 #include "pointwise.h"
