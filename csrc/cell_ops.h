@@ -109,9 +109,9 @@ struct DeviceKernels {
                        bool reverse);
   // Where not null: a layer's whole backward time loop at once (CPU: one parallel region), for
   // one uniform batch and no projection, with the results of the step-wise loop; false, having
-  // done nothing, where it does not apply. Tensors as in the layer backward ops (all contiguous;
-  // c_before / h_before [N, H] the state each step started from); grad_h (and grad_c) [B, H]
-  // come in holding the final state's gradients and leave holding the initial state's.
+  // done nothing, where it does not apply. Tensors as in the layer backward ops (all contiguous
+  // but w_hh; c_before / h_before [N, H] the state each step started from); grad_h (and grad_c)
+  // [B, H] come in holding the final state's gradients and leave holding the initial state's.
   bool (*lstm_backward_sequence)(const Tensor& grad_output, const Tensor& gates,
                                  const Tensor& c_before, const Tensor& cell_states,
                                  const Tensor& w_hh, const Tensor& grad_h, const Tensor& grad_c,

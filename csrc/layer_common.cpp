@@ -311,8 +311,8 @@ LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_ou
                               ? at::empty({N, s.state}, input.options()) : Tensor();
   const bool whole_sequence =
       !w_hr.has_value() && uniform_batch(order, s.batch) && k.lstm_backward_sequence &&
-      k.lstm_backward_sequence(grad_out_c, gates_c, c_before, cells_c, w_hh.contiguous(),
-                               grad_h, grad_c, grad_gates, reverse);
+      k.lstm_backward_sequence(grad_out_c, gates_c, c_before, cells_c, w_hh, grad_h,
+                               grad_c, grad_gates, reverse);
   if (!whole_sequence) {
     // grad_h of the previous step = grad_gates @ W_hh, i.e. linear with W_hh^T as the weight.
     const int64_t uses = static_cast<int64_t>(order.size());
@@ -409,8 +409,8 @@ GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
   Tensor grad_h = grad_hy.contiguous().clone();
   const bool whole_sequence =
       uniform_batch(order, s.batch) && k.gru_backward_sequence &&
-      k.gru_backward_sequence(grad_out_c, ws_c, h_before, w_hh.contiguous(), grad_h,
-                              grad_input_gates, grad_hidden_gates, reverse);
+      k.gru_backward_sequence(grad_out_c, ws_c, h_before, w_hh, grad_h, grad_input_gates,
+                              grad_hidden_gates, reverse);
   if (!whole_sequence) {
     const Tensor w_hh_t = k.prepare_step_weight(w_hh.t().contiguous(), s.batch,
                                                 static_cast<int64_t>(order.size()));

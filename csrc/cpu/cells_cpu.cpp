@@ -370,7 +370,7 @@ bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w
   if (grad_output.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
   const auto& kernels = cpu::pointwise_kernels();
   // grad_h of the step before = the step's hidden gate gradients @ W_hh: linear with W_hh^T.
-  const Tensor packed = kernels.pack_linear_weight(w_hh.t().contiguous());
+  const Tensor packed = kernels.pack_linear_weight(w_hh.t());
   cpu::BackwardStep first{};
   first.rows = B;
   first.hidden = H;
@@ -379,7 +379,7 @@ bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w
   first.w_packed = packed.data_ptr<float>();
   cell(first);
   over_sequence(
-      steps, !reverse, kernels.linear_tasks(B, H), B * gates * H * H / kernels.lanes,
+      steps, !reverse, kernels.linear_tasks(B, H), product_fmas(grad_h, gates * H),
       [&](int64_t t, int64_t, int64_t begin, int64_t end) {
         (kernels.*gate_grads)(backward_at_step(first, gates, t), begin, end);
       },

@@ -495,22 +495,19 @@ void matmul_rows(const Tensor& a, const Tensor& b, const Tensor& out, bool accum
     const int64_t first = block * G * kLanes, columns = std::min(G * kLanes, N - first);
     const int64_t packs = (columns + kLanes - 1) / kLanes, tail = columns - (packs - 1) * kLanes;
     with_count<R>(row_end - row0, [&](auto row_count) {
-      constexpr int kRows = decltype(row_count)::value;
-      const float* a_rows = a_p + row0 * a_row;
-      FloatVec acc[kRows][G];
-      if (columns == G * kLanes) {
-        tile_product<G, kRows>(a_rows, a_row, a_k, b_p + first, N, K, acc);
-      } else {
-        with_count<G>(packs, [&](auto pack_count) {
-          constexpr int kPacks = decltype(pack_count)::value;
-          FloatVec part[kRows][kPacks];
-          tile_product<kPacks, kRows, true>(a_rows, a_row, a_k, b_p + first, N, K, part, tail);
-          for (int r = 0; r < kRows; ++r) {
-            for (int g = 0; g < G; ++g) acc[r][g] = g < kPacks ? part[r][g] : FloatVec(0.0f);
-          }
-        });
-      }
-      for (int r = 0; r < kRows; ++r) store_columns(out_p, N, row0 + r, first, acc[r], accumulate);
+      with_count<G>(packs, [&](auto pack_count) {
+        constexpr int kRows = decltype(row_count)::value, kPacks = decltype(pack_count)::value;
+        const float* a_rows = a_p + row0 * a_row;
+        FloatVec acc[kRows][kPacks];
+        if (tail == kLanes) {
+          tile_product<kPacks, kRows>(a_rows, a_row, a_k, b_p + first, N, K, acc);
+        } else {
+          tile_product<kPacks, kRows, true>(a_rows, a_row, a_k, b_p + first, N, K, acc, tail);
+        }
+        for (int r = 0; r < kRows; ++r) {
+          store_columns(out_p, N, row0 + r, first, acc[r], accumulate);
+        }
+      });
     });
   }
 }
