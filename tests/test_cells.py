@@ -185,3 +185,45 @@ def test_cuda_matches_our_cpu_path(kind, dtype):
     truth = run_on(cpu64_cell, lambda t: t.double())
     for i, (a, b, t) in enumerate(zip(on_cuda, on_cpu, truth)):
         assert_matches_torch(a.cpu(), b, t, f"result {i}")
+
+
+
+def ulps_off(ours, exact):
+    """The largest |ours - exact| in units of float32's spacing at the exact (float64) value."""
+    exact32 = exact.float()
+    spacing = (torch.nextafter(exact32.abs(), torch.tensor(float("inf"))) - exact32.abs()).double()
+    return ((ours.double() - exact).abs() / spacing).max().item()
+
+
+def lstm_activations(x):
+    """sigmoid(x) and tanh(x) as the LSTM cell op computes them, for x [rows, H] float32: with
+    w_ih four identities, W_hh zero and no bias, each gate's pre-activation is x itself, and the
+    op returns the activated gates i, f, g, o."""
+    hidden = x.size(1)
+    w_ih = torch.eye(hidden, device=x.device).repeat(4, 1)
+    w_hh = torch.zeros(4 * hidden, hidden, device=x.device)
+    h, c = torch.zeros(2, x.size(0), hidden, device=x.device)
+    _, _, gates = torch.ops.fused_rnn.lstm_cell(x, h, c, w_ih, w_hh, None, None)
+    i, f, g, o = gates.cpu().view(-1, 4, hidden).unbind(1)
+    for same in (f, o):
+        torch.testing.assert_close(same, i, atol=0.0, rtol=0.0, equal_nan=True)
+    return i, g
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_activations_within_a_few_ulps(device):
+    # On the CPU our own float32 exp and tanh; on CUDA, libdevice's; against float64's.
+    hidden = 64
+    special = [0.0, 1e-30, -1e-30, 0.625, -0.625, 0.62499994]  # the last three: tanh's switch
+    grid = torch.cat([torch.linspace(-87.0, 87.0, 200_000), torch.linspace(-1.0, 1.0, 99_968),
+                      torch.tensor(special + [0.5] * (hidden - len(special)))]).view(-1, hidden)
+    sigmoid, tanh = lstm_activations(grid.to(device))
+    assert ulps_off(tanh, grid.double().tanh()) <= 2.0
+    assert ulps_off(sigmoid, grid.double().sigmoid()) <= 4.0
+    # Saturation, and NaN kept: one value per row, on the diagonal (off it, inf * 0 is NaN).
+    ends = torch.tensor([100.0, -100.0, float("inf"), float("-inf"), float("nan")])
+    sigmoid, tanh = (a.diagonal() for a in lstm_activations(torch.diag(ends).to(device)))
+    nan = float("nan")
+    exact = dict(atol=0.0, rtol=0.0, equal_nan=True)
+    torch.testing.assert_close(sigmoid, torch.tensor([1.0, 0.0, 1.0, 0.0, nan]), **exact)
+    torch.testing.assert_close(tanh, torch.tensor([1.0, -1.0, 1.0, -1.0, nan]), **exact)
