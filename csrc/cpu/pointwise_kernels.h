@@ -383,16 +383,15 @@ void for_each_panel_task(const float* h, int64_t rows, int64_t K, const float* w
 
 // Packs the rows of w [N, K] into panels [blocks, K, G * kLanes]: panel columns (g, 0..) of
 // block b hold the `count` consecutive rows of w from `first`, {first, count} = rows_of(b, g),
-// and zeros in the lanes past them (past N).
+// and zeros in the lanes past them (past N). w may be contiguous or the transpose of a
+// contiguous matrix (W_hh^T for the backward), which is read as it lies.
 template <typename RowsOf>
 Tensor pack_panels(const Tensor& w_in, int64_t G, int64_t blocks, const RowsOf& rows_of) {
-  const Tensor w = w_in.contiguous();
-  const int64_t K = w.size(1), width = G * kLanes;
+  const bool transposed = w_in.stride(0) == 1 && w_in.stride(1) == w_in.size(0);
+  const Tensor w = transposed ? w_in : w_in.contiguous();
+  const int64_t N = w.size(0), K = w.size(1), width = G * kLanes;
   Tensor packed = at::empty({blocks, K, width}, w.options());
   const float* src = w.data_ptr<float>();
-  // Tiles of kLanes rows by kLanes values of k, transposed in registers: whole lines read and
-  // written. (One element at a time, walking the destination in order across 64 rows, was a
-  // quarter of a B=1 H=512 LSTM forward.)
   for (int64_t block = 0; block < blocks; ++block) {
     float* panel = packed.data_ptr<float>() + block * K * width;
     for (int64_t g = 0; g < G; ++g) {
@@ -400,11 +399,16 @@ Tensor pack_panels(const Tensor& w_in, int64_t G, int64_t blocks, const RowsOf& 
       for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
         const int64_t n = std::min(kLanes, K - k0);
         float* out = panel + k0 * width + g * kLanes;
-        if (count > 0) {
-          at::vec::transpose_mxn<float>(src + first * K + k0, K, out, width, count, n);
-        }
         for (int64_t k = 0; k < n; ++k) {
+          // Transposed, a panel row is `count` consecutive values of the matrix as it lies.
+          if (transposed) std::copy_n(src + (k0 + k) * N + first, count, out + k * width);
           std::fill(out + k * width + count, out + k * width + kLanes, 0.0f);
+        }
+        // Else tiles of kLanes rows by kLanes values of k, transposed in registers: whole lines
+        // read and written. (One element at a time, walking the destination in order across
+        // 64 rows, was a quarter of a B=1 H=512 LSTM forward.)
+        if (!transposed && count > 0) {
+          at::vec::transpose_mxn<float>(src + first * K + k0, K, out, width, count, n);
         }
       }
     }
