@@ -196,33 +196,34 @@ def ulps_off(ours, exact):
 
 
 def lstm_activations(x):
-    """sigmoid(x) and tanh(x) as the LSTM cell op computes them, for x [rows, H] float32: with
-    w_ih four identities, W_hh zero and no bias, each gate's pre-activation is x itself, and the
-    op returns the activated gates i, f, g, o."""
+    """sigmoid(x) and tanh(x) as the LSTM cell op computes them on the CPU, for x [rows, H]
+    float32: with w_ih four identities, W_hh zero and no bias, each gate's pre-activation is x
+    itself, and the op returns the activated gates i, f, g, o."""
     hidden = x.size(1)
-    w_ih = torch.eye(hidden, device=x.device).repeat(4, 1)
-    w_hh = torch.zeros(4 * hidden, hidden, device=x.device)
-    h, c = torch.zeros(2, x.size(0), hidden, device=x.device)
+    w_ih = torch.eye(hidden).repeat(4, 1)
+    w_hh = torch.zeros(4 * hidden, hidden)
+    h, c = torch.zeros(2, x.size(0), hidden)
     _, _, gates = torch.ops.fused_rnn.lstm_cell(x, h, c, w_ih, w_hh, None, None)
-    i, f, g, o = gates.cpu().view(-1, 4, hidden).unbind(1)
+    i, f, g, o = gates.view(-1, 4, hidden).unbind(1)
     for same in (f, o):
         torch.testing.assert_close(same, i, atol=0.0, rtol=0.0, equal_nan=True)
     return i, g
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_float32_activations_within_a_few_ulps(device):
-    # On the CPU our own float32 exp and tanh; on CUDA, libdevice's; against float64's.
+def test_cpu_float32_activations_within_a_few_ulps():
+    # The CPU's own float32 exp and tanh (the CUDA kernels use libdevice's), against float64's.
     hidden = 64
     special = [0.0, 1e-30, -1e-30, 0.625, -0.625, 0.62499994]  # the last three: tanh's switch
     grid = torch.cat([torch.linspace(-87.0, 87.0, 200_000), torch.linspace(-1.0, 1.0, 99_968),
                       torch.tensor(special + [0.5] * (hidden - len(special)))]).view(-1, hidden)
-    sigmoid, tanh = lstm_activations(grid.to(device))
+    sigmoid, tanh = lstm_activations(grid)
+    # Measured 1.27 and 2.98 (1 / (1 + e^-x) rounds three times after exp's error; torch.sigmoid
+    # measures 2.34 here), the same on every instruction set.
     assert ulps_off(tanh, grid.double().tanh()) <= 2.0
-    assert ulps_off(sigmoid, grid.double().sigmoid()) <= 4.0
+    assert ulps_off(sigmoid, grid.double().sigmoid()) <= 3.0
     # Saturation, and NaN kept: one value per row, on the diagonal (off it, inf * 0 is NaN).
     ends = torch.tensor([100.0, -100.0, float("inf"), float("-inf"), float("nan")])
-    sigmoid, tanh = (a.diagonal() for a in lstm_activations(torch.diag(ends).to(device)))
+    sigmoid, tanh = (a.diagonal() for a in lstm_activations(torch.diag(ends)))
     nan = float("nan")
     exact = dict(atol=0.0, rtol=0.0, equal_nan=True)
     torch.testing.assert_close(sigmoid, torch.tensor([1.0, 0.0, 1.0, 0.0, nan]), **exact)
