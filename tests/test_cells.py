@@ -187,7 +187,6 @@ def test_cuda_matches_our_cpu_path(kind, dtype):
         assert_matches_torch(a.cpu(), b, t, f"result {i}")
 
 
-
 def ulps_off(ours, exact):
     """The largest |ours - exact| in units of float32's spacing at the exact (float64) value."""
     exact32 = exact.float()

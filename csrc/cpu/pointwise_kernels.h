@@ -31,8 +31,9 @@ struct MathOps<at::vec::Vectorized<S>> {
 };
 
 // float's exp and tanh, inlined (Sleef's, called out of line, took a fifth of a small LSTM
-// layer's forward: B=32 H=128 on one thread, 8.7 -> 6.8 ms; NOTES entry 23). The polynomials are least-squares fits of our own, made
-// for these forms and checked in float32 over the whole range (max errors below).
+// layer's forward: B=32 H=128 on one thread, 8.7 -> 6.8 ms; NOTES entry 23). The polynomials
+// are least-squares fits of our own, made for these forms and checked in float32 over the whole
+// range (max errors below).
 template <>
 struct MathOps<at::vec::Vectorized<float>> {
   using V = at::vec::Vectorized<float>;
