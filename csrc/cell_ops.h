@@ -58,9 +58,9 @@ void check_saved(const char* op, const char* name, const Tensor& t, at::IntArray
 
 // A device's kernels. Every tensor is contiguous (row blocks of larger ones included).
 struct DeviceKernels {
-  // x @ w^T (+ bias), for products that reuse one weight: prepare_linear readies w once for
-  // `uses` products of up to `rows` rows each (on the CPU it may pack w for oneDNN), and linear
-  // applies a weight so prepared, or a plain one.
+  // x @ w^T (+ bias), for products that reuse one weight: prepare_linear readies w (any
+  // strides) once for `uses` products of up to `rows` rows each, contiguous or, on the CPU,
+  // maybe packed for oneDNN, and linear applies a weight so prepared, or a plain one.
   Tensor (*prepare_linear)(const Tensor& w, int64_t rows, int64_t uses);
   Tensor (*linear)(const Tensor& x, const Tensor& w, const OptionalTensor& bias);
   // The backward's products a [M, K] @ b [K, N] (a may be a transposed view), plus add [M, N]
@@ -69,9 +69,10 @@ struct DeviceKernels {
   // Readies W_hh [G*H, P] of a layer once for the `uses` steps of up to `rows` rows of its
   // lstm_step or gru_step (the CPU may pack it for its fused recurrent step).
   Tensor (*prepare_recurrent)(const Tensor& w_hh, int64_t gates, int64_t rows, int64_t uses);
-  // The per-step products of the layers: prepare_step_weight readies w [N, K] once for `uses`
-  // products of up to `rows` rows; step_linear writes out [rows, N] = x @ w^T, or adds it to out
-  // with accumulate, with no temporary (out must not overlap x).
+  // The per-step products of the layers: prepare_step_weight readies w [N, K] (any strides; a
+  // transposed W is packed from W as it lies) once for `uses` products of up to `rows` rows;
+  // step_linear writes out [rows, N] = x @ w^T, or adds it to out with accumulate, with no
+  // temporary (out must not overlap x).
   Tensor (*prepare_step_weight)(const Tensor& w, int64_t rows, int64_t uses);
   void (*step_linear)(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate);
   // One LSTM step over the rows of gates [B,4H]: in, the input projection (biases included); out,

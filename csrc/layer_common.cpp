@@ -188,7 +188,7 @@ void lstm_time_loop(const DeviceKernels& k, const std::vector<Step>& order, int6
   const int64_t uses = static_cast<int64_t>(order.size());
   const Tensor w_hh_p = k.prepare_recurrent(w_hh, kLstmGates, batch, uses);
   const Tensor w_hr_p =
-      w_hr.has_value() ? k.prepare_step_weight(w_hr->contiguous(), batch, uses) : Tensor();
+      w_hr.has_value() ? k.prepare_step_weight(*w_hr, batch, uses) : Tensor();
   Tensor h_scratch, c_scratch;
   for (size_t i = 0; i < order.size(); ++i) {
     const Step& step = order[i];
@@ -317,9 +317,9 @@ LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_ou
   if (!whole_sequence) {
     // grad_h of the previous step = grad_gates @ W_hh, i.e. linear with W_hh^T as the weight.
     const int64_t uses = static_cast<int64_t>(order.size());
-    const Tensor w_hh_t = k.prepare_step_weight(w_hh.t().contiguous(), s.batch, uses);
+    const Tensor w_hh_t = k.prepare_step_weight(w_hh.t(), s.batch, uses);
     const Tensor w_hr_t =
-        w_hr.has_value() ? k.prepare_step_weight(w_hr->t().contiguous(), s.batch, uses) : Tensor();
+        w_hr.has_value() ? k.prepare_step_weight(w_hr->t(), s.batch, uses) : Tensor();
     // With a projection: the gradient of each step's o * tanh(c), before the projection.
     Tensor grad_pre_proj =
         w_hr.has_value() ? at::empty({s.batch, s.hidden}, input.options()) : Tensor();
@@ -417,7 +417,7 @@ GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
       k.gru_backward_sequence(grad_out_c, ws_c, h_before, w_hh, grad_h, grad_input_gates,
                               grad_hidden_gates, reverse);
   if (!whole_sequence) {
-    const Tensor w_hh_t = k.prepare_step_weight(w_hh.t().contiguous(), s.batch,
+    const Tensor w_hh_t = k.prepare_step_weight(w_hh.t(), s.batch,
                                                 static_cast<int64_t>(order.size()));
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
       const Step& step = *it;

@@ -80,7 +80,7 @@ constexpr int64_t kPackMinRows = 1024;
 
 Tensor prepare_linear_cpu(const Tensor& w, int64_t rows, int64_t uses) {
   const bool pays_off = uses >= kPackMinUses || rows >= kPackMinRows;
-  if (w.scalar_type() != at::kFloat || !pays_off || !onednn().available()) return w;
+  if (w.scalar_type() != at::kFloat || !pays_off || !onednn().available()) return w.contiguous();
   torch::jit::Stack stack{w.contiguous(), rows};
   onednn().pack->callBoxed(&stack);
   return stack[0].toTensor();

@@ -401,16 +401,19 @@ Tensor pack_panels(const Tensor& w_in, int64_t G, int64_t blocks, const RowsOf& 
       for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
         const int64_t n = std::min(kLanes, K - k0);
         float* out = panel + k0 * width + g * kLanes;
-        for (int64_t k = 0; k < n; ++k) {
-          // Transposed, a panel row is `count` consecutive values of the matrix as it lies.
-          if (transposed) std::copy_n(src + (k0 + k) * N + first, count, out + k * width);
-          std::fill(out + k * width + count, out + k * width + kLanes, 0.0f);
-        }
-        // Else tiles of kLanes rows by kLanes values of k, transposed in registers: whole lines
-        // read and written. (One element at a time, walking the destination in order across
-        // 64 rows, was a quarter of a B=1 H=512 LSTM forward.)
-        if (!transposed && count > 0) {
+        if (transposed) {
+          // A panel row is `count` consecutive values of the matrix as it lies.
+          for (int64_t k = 0; k < n; ++k) {
+            std::copy_n(src + (k0 + k) * N + first, count, out + k * width);
+          }
+        } else if (count > 0) {
+          // A tile of `count` rows by n values of k, transposed in registers: whole lines read
+          // and written. (One element at a time, walking the destination in order across 64
+          // rows, was a quarter of a B=1 H=512 LSTM forward.)
           at::vec::transpose_mxn<float>(src + first * K + k0, K, out, width, count, n);
+        }
+        for (int64_t k = 0; count < kLanes && k < n; ++k) {
+          std::fill(out + k * width + count, out + k * width + kLanes, 0.0f);
         }
       }
     }
