@@ -1,4 +1,5 @@
-"""Summarise ptxas' -v report (from a build log) per sm_90 kernel: registers, shared memory, spills."""
+"""Summarise ptxas' -v report (from a build log) per sm_90 or sm_90a kernel: registers, shared
+memory, spills."""
 
 import re
 import subprocess
@@ -13,7 +14,7 @@ def demangle(symbol: str) -> str:
 def main(log_path: str) -> None:
     kernel, spills = None, ""
     for line in open(log_path):
-        entry = re.search(r"Compiling entry function '(\w+)' for 'sm_90'", line)
+        entry = re.search(r"Compiling entry function '(\w+)' for 'sm_90a?'", line)
         if entry:
             kernel, spills = demangle(entry.group(1)), ""
             continue

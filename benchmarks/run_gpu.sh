@@ -32,18 +32,26 @@ python3 -c "import fused_rnn, json; print(json.dumps(fused_rnn.build_info()))" |
 
 # The suite's CUDA tests are independent: spread them over workers where pytest-xdist is there.
 # A test that hangs is stopped (pytest-timeout, where there) and so is a whole pass (timeout), so
-# that the benchmarks still get their time.
+# that the benchmarks still get their time. Each worker gets its share of the cores: 8 workers
+# with a thread per core each oversubscribe the CPU, and the CPU tests' per-step thread barriers
+# (ours and ATen's) then crawl (one test took > 120 s).
 PARALLEL=()
-python3 -c "import xdist" 2>/dev/null && PARALLEL+=(-n 8 -v)  # -v: each result as it lands
+TEST_THREADS=$(nproc)
+if python3 -c "import xdist" 2>/dev/null; then
+  PARALLEL+=(-n 8 -v)  # -v: each result as it lands
+  TEST_THREADS=$(( $(nproc) / 8 > 1 ? $(nproc) / 8 : 1 ))
+fi
 python3 -c "import pytest_timeout" 2>/dev/null && PARALLEL+=(--timeout 120)
 start=$SECONDS
-timeout 240 python3 -m pytest -rfE -p no:cacheprovider "${PARALLEL[@]}" tests >"$OUT/tests.log" 2>&1
+OMP_NUM_THREADS=$TEST_THREADS timeout 240 python3 -m pytest -rfE -p no:cacheprovider \
+  "${PARALLEL[@]}" tests >"$OUT/tests.log" 2>&1
 tests_rc=$?
 summary "tests: rc=$tests_rc in $((SECONDS - start)) s: $(tail -1 "$OUT/tests.log")"
 grep -E "^(FAILED|ERROR) " "$OUT/tests.log" >> "$OUT/summary.txt"
 
 start=$SECONDS
-timeout 120 python3 -m pytest -rfE -p no:cacheprovider "${PARALLEL[@]}" --persistent-kernels \
+OMP_NUM_THREADS=$TEST_THREADS timeout 120 python3 -m pytest -rfE -p no:cacheprovider \
+  "${PARALLEL[@]}" --persistent-kernels \
   tests/test_sequence.py tests/test_modules.py tests/test_persistent.py \
   >"$OUT/tests-persistent.log" 2>&1
 persistent_rc=$?
