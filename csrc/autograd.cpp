@@ -45,6 +45,13 @@ bool records_graph(std::initializer_list<const Tensor*> tensors,
   return false;
 }
 
+// Autograd would fill a zero gradient for every output a loss does not reach, the saved
+// activations among them ([N, 4H] per layer call); the forwards turn that off, and the backward
+// ops get zeros only for the gradients they read.
+Tensor or_zeros(const Tensor& grad, const Tensor& like) {
+  return grad.defined() ? grad : at::zeros_like(like);
+}
+
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
@@ -58,6 +65,7 @@ struct LstmCellFn : torch::autograd::Function<LstmCellFn> {
                                const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
                                const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
     at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->set_materialize_grads(false);
     record_edges(ctx, {true, true, true, true, true, b_ih.has_value(), b_hh.has_value()});
     static const auto forward_op =
         op<LstmCellOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
@@ -77,7 +85,8 @@ struct LstmCellFn : torch::autograd::Function<LstmCellFn> {
     const auto saved = ctx->get_saved_variables();
     auto need = [ctx](size_t arg) { return needs(ctx, arg); };
     auto [g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias] = backward_op.call(
-        grads[0], grads[1], saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], saved[6],
+        or_zeros(grads[0], saved[1]), or_zeros(grads[1], saved[2]), saved[0], saved[1], saved[2],
+        saved[3], saved[4], saved[5], saved[6],
         {need(0), need(1), need(2), need(3), need(4), need(5) || need(6)});
     return {g_input, g_hx, g_cx, g_w_ih, g_w_hh, need(5) ? g_bias : Tensor(),
             need(6) ? g_bias : Tensor()};
@@ -89,6 +98,7 @@ struct GruCellFn : torch::autograd::Function<GruCellFn> {
                                const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh) {
     at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->set_materialize_grads(false);
     record_edges(ctx, {true, true, true, true, b_ih.has_value(), b_hh.has_value()});
     static const auto forward_op =
         op<GruCellOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
@@ -106,8 +116,8 @@ struct GruCellFn : torch::autograd::Function<GruCellFn> {
     const auto saved = ctx->get_saved_variables();
     auto need = [ctx](size_t arg) { return needs(ctx, arg); };
     auto [a, b, c, d, e, f] =
-        backward_op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
-                         {need(0), need(1), need(2), need(3), need(4), need(5)});
+        backward_op.call(or_zeros(grads[0], saved[1]), saved[0], saved[1], saved[2], saved[3],
+                         saved[4], {need(0), need(1), need(2), need(3), need(4), need(5)});
     return {a, b, c, d, e, f};
   }
 };
@@ -119,6 +129,7 @@ struct LstmLayerFn : torch::autograd::Function<LstmLayerFn> {
                                const OptionalTensor& b_hh, const OptionalTensor& w_hr,
                                bool reverse, bool keep_saved) {
     at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->set_materialize_grads(false);
     record_edges(ctx, {true, true, true, true, true, true, b_ih.has_value(), b_hh.has_value(),
                        w_hr.has_value(), false, false});
     static const auto forward_op =
@@ -145,8 +156,9 @@ struct LstmLayerFn : torch::autograd::Function<LstmLayerFn> {
     const auto s = ctx->get_saved_variables();
     auto need = [ctx](size_t arg) { return needs(ctx, arg); };
     auto [g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias, g_w_hr] = backward_op.call(
-        grads[0], grads[1], grads[2], s[0], s[1], s[2], s[3], s[4], s[5], or_none(s[6]), s[7],
-        s[8], s[9], s[10], ctx->saved_data["reverse"].toBool(),
+        or_zeros(grads[0], s[7]), or_zeros(grads[1], s[2]), or_zeros(grads[2], s[3]), s[0], s[1],
+        s[2], s[3], s[4], s[5], or_none(s[6]), s[7], s[8], s[9], s[10],
+        ctx->saved_data["reverse"].toBool(),
         {need(0), need(2), need(3), need(4), need(5), need(6) || need(7), need(8)});
     return {g_input, Tensor(), g_hx, g_cx, g_w_ih, g_w_hh, need(6) ? g_bias : Tensor(),
             need(7) ? g_bias : Tensor(), g_w_hr, Tensor(), Tensor()};
@@ -159,6 +171,7 @@ struct GruLayerFn : torch::autograd::Function<GruLayerFn> {
                                const Tensor& w_hh, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh, bool reverse, bool keep_saved) {
     at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->set_materialize_grads(false);
     record_edges(ctx, {true, true, true, true, true, b_ih.has_value(), b_hh.has_value(), false,
                        false});
     static const auto forward_op =
@@ -181,8 +194,8 @@ struct GruLayerFn : torch::autograd::Function<GruLayerFn> {
     const auto s = ctx->get_saved_variables();
     auto need = [ctx](size_t arg) { return needs(ctx, arg); };
     auto [g_input, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh] = backward_op.call(
-        grads[0], grads[1], s[0], s[1], s[2], s[3], s[4], s[5], s[6],
-        ctx->saved_data["reverse"].toBool(),
+        or_zeros(grads[0], s[5]), or_zeros(grads[1], s[2]), s[0], s[1], s[2], s[3], s[4], s[5],
+        s[6], ctx->saved_data["reverse"].toBool(),
         {need(0), need(2), need(3), need(4), need(5), need(6)});
     return {g_input, Tensor(), g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, Tensor(), Tensor()};
   }

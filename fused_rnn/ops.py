@@ -161,19 +161,26 @@ def _gru_layer_backward_fake(grad_output, grad_hy, input, batch_sizes, hx, w_ih,
 # The same forward/backward pairs as torch.autograd.Function classes, for code that wants one:
 # their backward asks the backward op only for what is needed.
 
+# As in C++: no zero gradient is made for the saved activations; the backward op gets zeros only
+# for the outputs a loss did not reach.
+def _or_zeros(grad, like):
+    return torch.zeros_like(like) if grad is None else grad
+
+
 def _lstm_setup_context(ctx, inputs, output):
     input, hx, cx, w_ih, w_hh, _b_ih, _b_hh = inputs
     _hy, cy, gates = output
     ctx.save_for_backward(input, hx, cx, w_ih, w_hh, gates, cy)
     ctx.mark_non_differentiable(gates)
+    ctx.set_materialize_grads(False)
 
 
 def _lstm_backward(ctx, grad_hy, grad_cy, _grad_gates):
     input, hx, cx, w_ih, w_hh, gates, cy = ctx.saved_tensors
     need = ctx.needs_input_grad
     mask = [need[0], need[1], need[2], need[3], need[4], need[5] or need[6]]
-    grads = torch.ops.fused_rnn.lstm_cell_backward(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh,
-                                                   gates, cy, mask)
+    grads = torch.ops.fused_rnn.lstm_cell_backward(_or_zeros(grad_hy, hx), _or_zeros(grad_cy, cx),
+                                                   input, hx, cx, w_ih, w_hh, gates, cy, mask)
     grad_bias = grads[5]
     return (*grads[:5], grad_bias if need[5] else None, grad_bias if need[6] else None)
 
@@ -183,15 +190,14 @@ def _gru_setup_context(ctx, inputs, output):
     _hy, workspace = output
     ctx.save_for_backward(input, hx, w_ih, w_hh, workspace)
     ctx.mark_non_differentiable(workspace)
+    ctx.set_materialize_grads(False)
 
 
 def _gru_backward(ctx, grad_hy, _grad_workspace):
     input, hx, w_ih, w_hh, workspace = ctx.saved_tensors
     mask = list(ctx.needs_input_grad)
-    return tuple(torch.ops.fused_rnn.gru_cell_backward(grad_hy, input, hx, w_ih, w_hh, workspace,
-                                                       mask))
-
-
+    return tuple(torch.ops.fused_rnn.gru_cell_backward(_or_zeros(grad_hy, hx), input, hx, w_ih,
+                                                       w_hh, workspace, mask))
 
 
 class LSTMCellFunction(torch.autograd.Function):

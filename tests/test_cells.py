@@ -84,6 +84,32 @@ def test_forward_and_backward_match_torch_nn(kind, shape, bias, dtype, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("function", [False, True], ids=["module", "autograd_function"])
+@pytest.mark.parametrize("kind,reached", [("lstm", 0), ("lstm", 1), ("gru", 0)])
+def test_a_loss_that_reaches_one_output(kind, reached, function, device):
+    """h' alone or c' alone: the other outputs (and the saved gates) send no gradient back, and
+    the backward counts them as zero, as torch.nn does. Through the module (the ops' autograd in
+    C++) and through LSTMCellFunction / GRUCellFunction."""
+    theirs, ours, _ = make_cells(kind, 6, 5, True, torch.float64, device)
+    x = torch.randn(4, 6, dtype=torch.float64, device=device, requires_grad=True)
+    state = make_state(kind, 4, 5, torch.float64, device, requires_grad=True)
+    weights = torch.randn(4, 5, dtype=torch.float64, device=device)
+    run_ours = ours
+    if function:
+        cls = fused_rnn.LSTMCellFunction if kind == "lstm" else fused_rnn.GRUCellFunction
+
+        def run_ours(x, state):
+            return cls.apply(x, *state_leaves(state), *ours.parameters())
+    grads = []
+    for run, cell in ((run_ours, ours), (theirs, theirs)):
+        value = as_tuple(run(x, state))[reached]
+        leaves = [x, *state_leaves(state), *cell.parameters()]
+        grads.append(torch.autograd.grad((value * weights).sum(), leaves))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, **TOLERANCES[torch.float64])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", CELLS)
 def test_inference_without_grad(kind, device):
     theirs, ours, _ = make_cells(kind, 19, 23, True, torch.float32, device)

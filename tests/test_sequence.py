@@ -209,6 +209,27 @@ def test_streaming_in_chunks_equals_whole_sequence(kind):
         torch.testing.assert_close(a, b, **TOLERANCES[torch.float64])
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind,reached", [("lstm", "output"), ("lstm", "h_n"), ("lstm", "c_n"),
+                                          ("gru", "output"), ("gru", "h_n")])
+def test_a_loss_that_reaches_one_output(kind, reached, device):
+    """The outputs a loss does not reach send no gradient back (not even zeros) into the layer
+    ops; their backward must count them as zero, as torch.nn does."""
+    theirs, ours, _ = make_modules(kind, dict(num_layers=2, bidirectional=True), torch.float64,
+                                   device)
+    x = torch.randn(7, 3, INPUT_SIZE, dtype=torch.float64, device=device, requires_grad=True)
+    grads = []
+    for module in (ours, theirs):
+        output, state = module(x)
+        states = state if kind == "lstm" else (state,)
+        value = dict(zip(["output", "h_n", "c_n"], [output, *states]))[reached]
+        weights = torch.randn(value.shape, dtype=torch.float64, device=device,
+                              generator=torch.Generator(device).manual_seed(1))
+        grads.append(torch.autograd.grad((value * weights).sum(), [x, *module.parameters()]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, **TOLERANCES[torch.float64])
+
+
 @pytest.mark.parametrize("kind", MODULES)
 def test_dropout_between_layers_only_in_training(kind):
     theirs, ours, _ = make_modules(kind, dict(num_layers=3, dropout=0.5), torch.float64, "cpu")
