@@ -174,6 +174,15 @@ def test_matches_torch_nn_past_32_rows(kind, monkeypatch):
     check_against_torch(kind, dict(bidirectional=True), "padded", 9, True, torch.float32, "cpu")
 
 
+@pytest.mark.parametrize("kind", MODULES)
+def test_matches_torch_nn_with_a_recurrent_weight_past_8_mb(kind, monkeypatch):
+    """H = 1024: W_hh is 12-16 MB, which the CPU's fused steps (forward and backward) take while
+    it fits the last-level cache."""
+    monkeypatch.setattr(sys.modules[__name__], "HIDDEN", 1024)
+    monkeypatch.setattr(sys.modules[__name__], "BATCH", 3)
+    check_against_torch(kind, dict(), "padded", 9, True, torch.float32, "cpu")
+
+
 def test_gru_training_in_chunks_matches_torch_nn(monkeypatch):
     """The GRU saves its workspace, not its input projection, so on the CPU its training forward
     too runs in chunks of about 16 MB of projection: B=40 H=512 makes 68 steps a chunk, so 150

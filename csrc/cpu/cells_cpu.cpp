@@ -159,16 +159,18 @@ Tensor matmul_cpu(const Tensor& a, const Tensor& b, const OptionalTensor& add) {
 
 // The fused recurrent step (pointwise.h) beats oneDNN's product plus a pointwise pass at small
 // batches (B = 1..16: 0.65-0.85x its time, forward) and ties it from B = 32 on (interleaved A/B
-// runs, benchmarks/NOTES.md), while W_hh stays within the caches: a larger one is streamed from
-// memory every step, which oneDNN's product does better. Up to 128 rows where W_hh fits in one
-// core's L2 (H <= 256 here), where it still wins (B = 128 H = 128 forward: LSTM 1.35x -> 1.20x
-// of torch.nn's time, GRU 0.83x -> 0.65x; with W_hh of 3-4 MB a tie or a loss; NOTES entry
-// 21). The layers' other per-step products (the backward's, the projection's) follow the same
-// rule. Weights packed for it are 3-D tensors.
+// runs, benchmarks/NOTES.md), while the packed W_hh stays within the last-level cache (32 MB
+// here: H <= 1024 for the LSTM; LSTM B=1 H=1024 forward 0.88x -> 0.79x of torch.nn's time,
+// H=1280 1.05x -> 0.67x; a larger one, streamed from memory every step and packed every call,
+// ties or loses: NOTES entry 30). Up to 128 rows where W_hh fits in one core's L2 (H <= 256
+// here), where it still wins (B = 128 H = 128 forward: LSTM 1.35x -> 1.20x of torch.nn's time,
+// GRU 0.83x -> 0.65x; with W_hh of 3-4 MB a tie or a loss; NOTES entry 21). The layers' other
+// per-step products (the backward's, the projection's) follow the same rule. Weights packed for
+// it are 3-D tensors.
 constexpr int64_t kPanelMaxRows = 32;
 constexpr int64_t kPanelMaxRowsCached = 128;
 constexpr int64_t kPanelCachedWeightBytes = 1 << 20;
-constexpr int64_t kPanelMaxWeightBytes = 8 << 20;
+constexpr int64_t kPanelMaxWeightBytes = 32 << 20;
 bool packed_in_panels(const Tensor& w) { return w.dim() == 3; }
 bool panels_pay_off(const Tensor& w, int64_t rows, int64_t uses) {
   const int64_t bytes = w.numel() * static_cast<int64_t>(sizeof(float));
