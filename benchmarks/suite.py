@@ -9,8 +9,10 @@ problems: each result's error against torch.nn run in float64 (the truth) may be
 torch.nn's own error at the case's dtype. A fast wrong answer shows as FAIL.
 Then, after warm-up, the implementations run in turn, repeatedly, the order rotating every round;
 each round gives each implementation's time and its ratio to torch.nn's time in that round. We
-report the medians. On the CPU times come from perf_counter; on CUDA from CUDA events, cycling
-through copies of the inputs larger than L2 together so no run finds its inputs in cache.
+report the medians. On the CPU times come from perf_counter, a sample being the mean of as many
+calls as fill MIN_CPU_SAMPLE_S (a cell step: tens of calls), so that one-off stalls of a few
+microseconds do not decide a case; on CUDA from CUDA events, one call per sample, cycling through
+copies of the inputs larger than L2 together so no run finds its inputs in cache.
 
 Reported per case and implementation: median time, ratio to torch.nn, tokens (T*B) per second,
 GFLOP/s of the matrix products, and, with backward, the memory saved for backward (the activations
@@ -40,6 +42,7 @@ except ImportError:  # imported as benchmarks.suite
 
 RESULTS = Path(__file__).parent / "results"
 L2_BYTES = 64 << 20  # at least the H200's 60 MB L2
+MIN_CPU_SAMPLE_S = 0.005
 
 
 def _shapes(preset):
@@ -108,7 +111,8 @@ def _input_copies(case, first):
     return copies
 
 
-def _time_once(case, run, inputs):
+def _time_once(case, run, inputs, calls=1):
+    """Seconds per call of run(*inputs), over `calls` calls (CPU)."""
     if case.device == "cuda":
         start, stop = (torch.cuda.Event(enable_timing=True) for _ in range(2))
         start.record()
@@ -117,8 +121,16 @@ def _time_once(case, run, inputs):
         stop.synchronize()
         return start.elapsed_time(stop) * 1e-3
     begin = time.perf_counter()
-    run(*inputs)
-    return time.perf_counter() - begin
+    for _ in range(calls):
+        run(*inputs)
+    return (time.perf_counter() - begin) / calls
+
+
+def _calls_per_sample(case, run, inputs):
+    """Calls per timed sample: on the CPU, enough of them to last MIN_CPU_SAMPLE_S."""
+    if case.device == "cuda":
+        return 1
+    return max(1, min(1000, math.ceil(MIN_CPU_SAMPLE_S / _time_once(case, run, inputs))))
 
 
 def measure(case, repeats, warmup=2):
@@ -131,11 +143,12 @@ def measure(case, repeats, warmup=2):
     for _ in range(warmup):
         for name in names:
             runners[name](*inputs)
+    calls = _calls_per_sample(case, runners["torch.nn"], inputs)
     times = {name: [] for name in names}
     ratios = {name: [] for name in names}
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]
-        round_times = {name: _time_once(case, runners[name], copies[r % len(copies)])
+        round_times = {name: _time_once(case, runners[name], copies[r % len(copies)], calls)
                        for name in order}
         for name in names:
             times[name].append(round_times[name])
@@ -149,7 +162,8 @@ def measure(case, repeats, warmup=2):
                    dtype=str(case.dtype).replace("torch.", ""), device=case.device,
                    median_s=median, ratio_to_torch_nn=statistics.median(ratios[name]),
                    tokens_per_s=case.tokens / median, gflops=case.flops / median / 1e9,
-                   correct=verdicts[name] is None, problem=verdicts[name])
+                   correct=verdicts[name] is None, problem=verdicts[name],
+                   calls_per_sample=calls)
         if case.backward:
             row["saved_for_backward_mb"] = _saved_bytes(runners[name], inputs) / 2**20
             if case.device == "cuda":
