@@ -24,6 +24,9 @@ def test_measure_reports_every_implementation_correct(op):
         assert row["median_s"] > 0 and row["tokens_per_s"] > 0 and row["gflops"] > 0
         assert row["saved_for_backward_mb"] > 0
     assert next(r for r in rows if r["implementation"] == "torch.nn")["ratio_to_torch_nn"] == 1.0
+    # Calls this short are timed several to a sample, each time per call.
+    assert len({r["calls_per_sample"] for r in rows}) == 1 and rows[0]["calls_per_sample"] > 1
+    assert all(r["median_s"] < suite.MIN_CPU_SAMPLE_S for r in rows)
 
 
 def test_a_wrong_implementation_is_flagged(monkeypatch):
