@@ -175,7 +175,7 @@ def test_matches_torch_nn_past_32_rows(kind, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", MODULES)
-def test_matches_torch_nn_with_a_recurrent_weight_past_8_mb(kind, monkeypatch):
+def test_matches_torch_nn_with_a_large_recurrent_weight(kind, monkeypatch):
     """H = 1024: W_hh is 12-16 MB, which the CPU's fused steps (forward and backward) take while
     it fits the last-level cache."""
     monkeypatch.setattr(sys.modules[__name__], "HIDDEN", 1024)

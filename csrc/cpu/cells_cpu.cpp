@@ -160,7 +160,7 @@ Tensor matmul_cpu(const Tensor& a, const Tensor& b, const OptionalTensor& add) {
 // The fused recurrent step (pointwise.h) beats oneDNN's product plus a pointwise pass at small
 // batches (B = 1..16: 0.65-0.85x its time, forward) and ties it from B = 32 on (interleaved A/B
 // runs, benchmarks/NOTES.md), while the packed W_hh stays within the last-level cache (32 MB
-// here: H <= 1024 for the LSTM; LSTM B=1 H=1024 forward 0.88x -> 0.79x of torch.nn's time,
+// here: H up to 1448 for the LSTM; LSTM B=1 H=1024 forward 0.88x -> 0.79x of torch.nn's time,
 // H=1280 1.05x -> 0.67x; a larger one, streamed from memory every step and packed every call,
 // ties or loses: NOTES entry 30). Up to 128 rows where W_hh fits in one core's L2 (H <= 256
 // here), where it still wins (B = 128 H = 128 forward: LSTM 1.35x -> 1.20x of torch.nn's time,
