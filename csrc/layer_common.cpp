@@ -370,6 +370,7 @@ GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Ten
 
   const int64_t steps = static_cast<int64_t>(order.size());
   const int64_t chunk = chunk_steps(steps, B, kGruGates * s.hidden, input);
+  Tensor h_n;
   if (input.is_cpu() && chunk < steps && uniform_batch(order, B)) {
     // A padded batch that spans several chunks (see kProjectionChunkBytes). The GRU saves its
     // workspace, not the projection, so training runs in chunks too (B=128 H=256 forward+
@@ -383,14 +384,13 @@ GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Ten
       gru_time_loop(k, sub, B, gx, h, w_hh_c, b_hh_c, out, chunk_workspace, reverse);
       h = rows(out, sub.back());
     });
-    return {output, h.clone(),
-            keep_saved ? workspace : not_kept(kGruSavedPerUnit * s.hidden, input)};
+    h_n = h.clone();
+  } else {
+    const Tensor gx = input_projection(k, input, w_ih, {&b_ih});
+    gru_time_loop(k, order, B, gx, h0, w_hh_c, b_hh_c, output, workspace, reverse);
+    h_n = final_states(order, output, h0);
   }
-
-  const Tensor gx = input_projection(k, input, w_ih, {&b_ih});
-  gru_time_loop(k, order, B, gx, h0, w_hh_c, b_hh_c, output, workspace, reverse);
-  const Tensor h = final_states(order, output, h0);
-  return {output, h, keep_saved ? workspace : not_kept(kGruSavedPerUnit * s.hidden, input)};
+  return {output, h_n, keep_saved ? workspace : not_kept(kGruSavedPerUnit * s.hidden, input)};
 }
 
 GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
