@@ -18,6 +18,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <initializer_list>
 #include <string>
 
 namespace fused_rnn {
@@ -108,6 +110,45 @@ int64_t product_fmas(const Tensor& x, int64_t columns) {
   return x.size(0) * x.size(1) * columns / cpu::pointwise_kernels().lanes;
 }
 
+// Faults in share `share` of `shares` of the pages of each buffer, without changing a byte (a
+// locked add of zero is a write, so a fresh page faults once, not as a read and then a write).
+// The step kernels split their outputs by column blocks, so every thread writes into every row:
+// on a fresh buffer (glibc maps those over its threshold afresh) both threads fault on the same
+// page at once, twice the faults of one thread (benchmarks/NOTES.md). A contiguous share of the
+// pages per thread first avoids that; it pays from about 64 pages (fewer, and the faults cost
+// less than the threads' meeting).
+constexpr int64_t kPageBytes = 4096;
+constexpr int64_t kMinTouchedBytes = 64 * kPageBytes;
+bool worth_touching(std::initializer_list<const Tensor*> buffers) {
+  int64_t bytes = 0;
+  for (const Tensor* buffer : buffers) bytes += buffer->nbytes();
+  return bytes >= kMinTouchedBytes;
+}
+
+void touch_pages(std::initializer_list<const Tensor*> buffers, int64_t share, int64_t shares) {
+  for (const Tensor* buffer : buffers) {
+    if (buffer->numel() == 0) continue;
+    const auto begin = reinterpret_cast<std::uintptr_t>(buffer->data_ptr());
+    const auto end = begin + buffer->nbytes();
+    const auto first_page = begin / kPageBytes, pages = (end - 1) / kPageBytes + 1 - first_page;
+    for (auto page = first_page + pages * share / shares;
+         page < first_page + pages * (share + 1) / shares; ++page) {
+      auto* byte = reinterpret_cast<char*>(std::max(begin, page * kPageBytes));
+      __atomic_fetch_add(byte, 0, __ATOMIC_RELAXED);
+    }
+  }
+}
+
+// touch_pages over ATen's threads, for a fresh buffer that a product's tasks (at::parallel_for)
+// will write column block by column block.
+void touch_pages_in_parallel(const Tensor& buffer) {
+  const int64_t shares = at::get_num_threads();
+  if (shares == 1 || !worth_touching({&buffer})) return;
+  at::parallel_for(0, shares, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t share = begin; share < end; ++share) touch_pages({&buffer}, share, shares);
+  });
+}
+
 // MKL's sgemm on this (AMD) CPU takes its generic path and packs its operands on every call,
 // which dominates the few-row products of a cell step; our kernels read the weight as it lies:
 // the forward's x @ w^T as dot products along k (linear_rows) for up to 32 rows (0.4-0.7x the
@@ -150,6 +191,7 @@ Tensor matmul_cpu(const Tensor& a, const Tensor& b, const OptionalTensor& add) {
   const Tensor b_c = b.contiguous();
   Tensor out = add.has_value() ? add->clone(at::MemoryFormat::Contiguous)
                                : at::empty({a.size(0), b.size(1)}, a.options());
+  if (!add.has_value()) touch_pages_in_parallel(out);
   over_panel_tasks(kernels.linear_tasks(a.size(0), b.size(1)), product_fmas(a, b.size(1)),
                    [&](int64_t begin, int64_t end) {
                      kernels.matmul_rows(a, b_c, out, add.has_value(), begin, end);
@@ -259,17 +301,24 @@ void gru_step_cpu(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
 // A whole padded sequence in one OpenMP parallel region: each thread keeps the same tasks (unit
 // blocks, so their W_hh panels stay in its cache) at every step, and the threads meet at one
 // barrier per step; no per-step views, dispatcher calls or thread starts, which cost more than
-// the product at small sizes (benchmarks/NOTES.md). Per step, before(t, previous t or -1, begin,
-// end), the barrier, then after(t, begin, end) (the backward's product).
+// the product at small sizes (benchmarks/NOTES.md). First the pages of the buffers the steps
+// write (`written`), a share per thread; then per step, before(t, previous t or -1, begin, end),
+// the barrier, then after(t, begin, end) (the backward's product).
 template <typename Before, typename After>
 void over_sequence(int64_t steps, bool reverse, int64_t tasks, int64_t fmas_per_step,
-                   const Before& before, const After& after) {
+                   std::initializer_list<const Tensor*> written, const Before& before,
+                   const After& after) {
   const int64_t threads = std::clamp<int64_t>(fmas_per_step / kMinFmasPerThread, 1,
                                               std::min<int64_t>(at::get_num_threads(), tasks));
+  const bool touch = worth_touching(written);
 #pragma omp parallel num_threads(threads)
   {
     const int64_t id = omp_get_thread_num(), count = omp_get_num_threads();
     const int64_t begin = tasks * id / count, end = tasks * (id + 1) / count;
+    if (touch && count > 1) {
+      touch_pages(written, id, count);
+#pragma omp barrier
+    }
     for (int64_t i = 0; i < steps; ++i) {
       const int64_t t = reverse ? steps - 1 - i : i;
       before(t, i == 0 ? -1 : (reverse ? t + 1 : t - 1), begin, end);
@@ -298,12 +347,14 @@ cpu::RecurrentStep at_step(const cpu::RecurrentStep& first, int64_t gates, int64
 
 // A padded sequence's forward on the fused recurrent step, where that pays off (else false):
 // gates [T*B, G*H] the input side, output [T*B, H]; `cell` fills in the cell's own pointers of
-// the first step, and `kernel` (a PointwiseKernels member) runs one step's tasks.
+// the first step, and `kernel` (a PointwiseKernels member) runs one step's tasks, which write
+// output and the cell's own outputs, `cell_written`.
 using RecurrentKernel = void (*)(const cpu::RecurrentStep&, int64_t, int64_t);
 template <typename Cell>
 bool recurrent_sequence(int64_t gates, const Tensor& x, const Tensor& h0, const Tensor& w_hh,
                         const Tensor& output, bool reverse,
-                        RecurrentKernel cpu::PointwiseKernels::*kernel, const Cell& cell) {
+                        RecurrentKernel cpu::PointwiseKernels::*kernel, const Cell& cell,
+                        const Tensor& cell_written) {
   const int64_t B = h0.size(0), H = h0.size(1), steps = B == 0 ? 0 : x.size(0) / B;
   if (x.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
   const auto& kernels = cpu::pointwise_kernels();
@@ -312,7 +363,7 @@ bool recurrent_sequence(int64_t gates, const Tensor& x, const Tensor& h0, const 
   cell(first);
   over_sequence(
       steps, reverse, kernels.recurrent_tasks(B, H, gates), product_fmas(h0, gates * H),
-      [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {
+      {&output, &cell_written}, [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {
         (kernels.*kernel)(at_step(first, gates, t, prev), begin, end);
       },
       [](int64_t, int64_t, int64_t) {});
@@ -327,7 +378,8 @@ bool lstm_sequence_cpu(const Tensor& gates, const Tensor& h0, const Tensor& c0,
                             [&](cpu::RecurrentStep& first) {
                               first.c_prev = c0.data_ptr<float>();
                               first.c_out = cell_states.data_ptr<float>();
-                            });
+                            },
+                            cell_states);
 }
 
 bool gru_sequence_cpu(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
@@ -339,7 +391,8 @@ bool gru_sequence_cpu(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
                               first.b_hh = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
                               first.workspace = workspace.data_ptr<float>();
                               first.workspace_per_step = workspace.size(0) == gx.size(0);
-                            });
+                            },
+                            workspace);
 }
 
 // Step t of a padded sequence's backward whose first step is `first` (G gates): the rows of
@@ -360,13 +413,15 @@ cpu::BackwardStep backward_at_step(const cpu::BackwardStep& first, int64_t gates
 // (else false): the steps run from the forward's last to its first, each in one parallel pass of
 // gate gradients, a barrier, and the product that carries grad_h to the step before. grad_h [B,
 // H] (and the LSTM's grad_c) come in holding the final state's gradients and leave holding the
-// initial state's; `cell` fills in the cell's own pointers of the first step.
+// initial state's; `cell` fills in the cell's own pointers of the first step, and the steps
+// write the gate gradients `written`.
 using BackwardKernel = void (*)(const cpu::BackwardStep&, int64_t, int64_t);
 template <typename Cell>
 bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w_hh,
                        const Tensor& grad_h, bool reverse,
                        BackwardKernel cpu::PointwiseKernels::*gate_grads,
-                       BackwardKernel cpu::PointwiseKernels::*product, const Cell& cell) {
+                       BackwardKernel cpu::PointwiseKernels::*product, const Cell& cell,
+                       std::initializer_list<const Tensor*> written) {
   const int64_t B = grad_h.size(0), H = grad_h.size(1);
   const int64_t steps = B == 0 ? 0 : grad_output.size(0) / B;
   if (grad_output.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
@@ -381,7 +436,7 @@ bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w
   first.w_packed = packed.data_ptr<float>();
   cell(first);
   over_sequence(
-      steps, !reverse, kernels.linear_tasks(B, H), product_fmas(grad_h, gates * H),
+      steps, !reverse, kernels.linear_tasks(B, H), product_fmas(grad_h, gates * H), written,
       [&](int64_t t, int64_t, int64_t begin, int64_t end) {
         (kernels.*gate_grads)(backward_at_step(first, gates, t), begin, end);
       },
@@ -404,7 +459,8 @@ bool lstm_backward_sequence_cpu(const Tensor& grad_output, const Tensor& gates,
                              first.c_new = cell_states.data_ptr<float>();
                              first.grad_c = grad_c.data_ptr<float>();
                              first.grad_gates = grad_gates.data_ptr<float>();
-                           });
+                           },
+                           {&grad_gates});
 }
 
 bool gru_backward_sequence_cpu(const Tensor& grad_output, const Tensor& workspace,
@@ -419,7 +475,8 @@ bool gru_backward_sequence_cpu(const Tensor& grad_output, const Tensor& workspac
                              first.state_before = h_before.data_ptr<float>();
                              first.grad_gates = grad_input_gates.data_ptr<float>();
                              first.grad_hidden_gates = grad_hidden_gates.data_ptr<float>();
-                           });
+                           },
+                           {&grad_input_gates, &grad_hidden_gates});
 }
 
 void lstm_gate_grads_cpu(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
