@@ -304,11 +304,15 @@ void gru_step_cpu(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
 // the product at small sizes (benchmarks/NOTES.md). First the pages of the buffers the steps
 // write (`written`), a share per thread; then per step, before(t, previous t or -1, begin, end),
 // the barrier, then after(t, begin, end) (the backward's product).
+// A thread here costs a barrier per step, not a start per step as in over_panel_tasks, so it
+// pays from a quarter of the work (A/B, NOTES entry 34: LSTM T=100 B=1 H=128 forward 1.08x ->
+// 0.85x of torch.nn's time, fwd+bwd 0.90x -> 0.72x; unchanged where one thread remains).
+constexpr int64_t kMinFmasPerSequenceThread = kMinFmasPerThread / 4;
 template <typename Before, typename After>
 void over_sequence(int64_t steps, bool reverse, int64_t tasks, int64_t fmas_per_step,
                    std::initializer_list<const Tensor*> written, const Before& before,
                    const After& after) {
-  const int64_t threads = std::clamp<int64_t>(fmas_per_step / kMinFmasPerThread, 1,
+  const int64_t threads = std::clamp<int64_t>(fmas_per_step / kMinFmasPerSequenceThread, 1,
                                               std::min<int64_t>(at::get_num_threads(), tasks));
   const bool touch = worth_touching(written);
 #pragma omp parallel num_threads(threads)
