@@ -340,7 +340,7 @@ LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_ou
     }
   }
   // The weights' gradients as single GEMMs over all steps.
-  return {mask[0] ? at::mm(grad_gates, w_ih) : Tensor(),
+  return {mask[0] ? k.matmul(grad_gates, w_ih, std::nullopt) : Tensor(),
           mask[1] ? grad_h : Tensor(),
           mask[2] ? grad_c : Tensor(),
           mask[3] ? at::mm(grad_gates.t(), input) : Tensor(),
@@ -429,7 +429,7 @@ GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
       k.step_linear(rows(grad_hidden_gates, step), w_hh_t, gh, true);
     }
   }
-  return {mask[0] ? at::mm(grad_input_gates, w_ih) : Tensor(),
+  return {mask[0] ? k.matmul(grad_input_gates, w_ih, std::nullopt) : Tensor(),
           mask[1] ? grad_h : Tensor(),
           mask[2] ? at::mm(grad_input_gates.t(), input) : Tensor(),
           mask[3] ? at::mm(grad_hidden_gates.t(), h_before) : Tensor(),

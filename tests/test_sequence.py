@@ -183,6 +183,15 @@ def test_matches_torch_nn_with_a_large_recurrent_weight(kind, monkeypatch):
     check_against_torch(kind, dict(), "padded", 9, True, torch.float32, "cpu")
 
 
+@pytest.mark.parametrize("kind", MODULES)
+def test_matches_torch_nn_over_a_thousand_rows(kind, monkeypatch):
+    """T * B = 1280 rows and G * H > 128: the CPU's input gradient over all steps is oneDNN's
+    product with W_ih^T packed (fewer rows take MKL's or our tile kernel)."""
+    monkeypatch.setattr(sys.modules[__name__], "HIDDEN", 48)
+    monkeypatch.setattr(sys.modules[__name__], "BATCH", 20)
+    check_against_torch(kind, dict(bidirectional=True), "padded", 64, True, torch.float32, "cpu")
+
+
 def test_gru_training_in_chunks_matches_torch_nn(monkeypatch):
     """The GRU saves its workspace, not its input projection, so on the CPU its training forward
     too runs in chunks of about 16 MB of projection: B=40 H=512 makes 68 steps a chunk, so 150

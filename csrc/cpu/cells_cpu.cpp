@@ -184,7 +184,14 @@ Tensor linear_cpu(const Tensor& x, const Tensor& w, const OptionalTensor& bias) 
 }
 
 Tensor matmul_cpu(const Tensor& a, const Tensor& b, const OptionalTensor& add) {
-  if (a.scalar_type() != at::kFloat || std::min(a.size(0), a.size(1)) > kTileMaxSide) {
+  const bool plain_float = a.scalar_type() == at::kFloat;
+  if (!plain_float || std::min(a.size(0), a.size(1)) > kTileMaxSide) {
+    // A layer's input gradient (its gate gradients over all steps @ W_ih) as oneDNN's product
+    // with W_ih^T packed: 1-10% off a layer's forward+backward at 3200-12800 rows (NOTES entry
+    // 35); with fewer rows its cost per call makes it a tie or a loss.
+    if (plain_float && !add.has_value() && a.is_contiguous() && a.size(0) >= kPackMinRows) {
+      return linear_cpu(a, prepare_linear_cpu(b.t(), a.size(0), 1), std::nullopt);
+    }
     return add.has_value() ? at::addmm(*add, a, b) : at::mm(a, b);
   }
   const auto& kernels = cpu::pointwise_kernels();
