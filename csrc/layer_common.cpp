@@ -339,7 +339,8 @@ LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_ou
       k.step_linear(rows(grad_gates, step), w_hh_t, gh, false);
     }
   }
-  // The weights' gradients as single GEMMs over all steps.
+  // The input's and the weights' gradients as single GEMMs over all steps (the input's through
+  // the device's matmul, which on the CPU may hand it to oneDNN).
   return {mask[0] ? k.matmul(grad_gates, w_ih, std::nullopt) : Tensor(),
           mask[1] ? grad_h : Tensor(),
           mask[2] ? grad_c : Tensor(),
@@ -429,6 +430,7 @@ GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
       k.step_linear(rows(grad_hidden_gates, step), w_hh_t, gh, true);
     }
   }
+  // As the LSTM's: the input's gradient through the device's matmul, the weights' one GEMM each.
   return {mask[0] ? k.matmul(grad_input_gates, w_ih, std::nullopt) : Tensor(),
           mask[1] ? grad_h : Tensor(),
           mask[2] ? at::mm(grad_input_gates.t(), input) : Tensor(),

@@ -110,44 +110,56 @@ int64_t product_fmas(const Tensor& x, int64_t columns) {
   return x.size(0) * x.size(1) * columns / cpu::pointwise_kernels().lanes;
 }
 
-// Faults in share `share` of `shares` of the pages of each buffer, without changing a byte (a
-// locked add of zero is a write, so a fresh page faults once, not as a read and then a write).
-// The step kernels split their outputs by column blocks, so every thread writes into every row:
-// on a fresh buffer (glibc maps those over its threshold afresh) both threads fault on the same
-// page at once, twice the faults of one thread (benchmarks/NOTES.md). A contiguous share of the
-// pages per thread first avoids that; it pays from about 64 pages (fewer, and the faults cost
-// less than the threads' meeting).
-constexpr int64_t kPageBytes = 4096;
-constexpr int64_t kMinTouchedBytes = 64 * kPageBytes;
-bool worth_touching(std::initializer_list<const Tensor*> buffers) {
-  int64_t bytes = 0;
-  for (const Tensor* buffer : buffers) bytes += buffer->nbytes();
-  return bytes >= kMinTouchedBytes;
-}
-
-void touch_pages(std::initializer_list<const Tensor*> buffers, int64_t share, int64_t shares) {
-  for (const Tensor* buffer : buffers) {
-    if (buffer->numel() == 0) continue;
-    const auto begin = reinterpret_cast<std::uintptr_t>(buffer->data_ptr());
-    const auto end = begin + buffer->nbytes();
-    const auto first_page = begin / kPageBytes, pages = (end - 1) / kPageBytes + 1 - first_page;
-    for (auto page = first_page + pages * share / shares;
-         page < first_page + pages * (share + 1) / shares; ++page) {
-      auto* byte = reinterpret_cast<char*>(std::max(begin, page * kPageBytes));
-      __atomic_fetch_add(byte, 0, __ATOMIC_RELAXED);
-    }
+// Faults in share `share` of `shares` of the pages that the bytes [begin, end) of a buffer lie
+// in, writing only inside that range and changing no byte (a locked add of zero is a write, so a
+// fresh page faults once, not as a read and then a write). The step kernels split their outputs
+// by column blocks, so every thread writes into every row: on a fresh buffer (glibc maps those
+// over its threshold afresh) both threads fault on the same page at once, twice the faults of
+// one thread (benchmarks/NOTES.md entry 33). A contiguous share of the pages per thread first
+// avoids that.
+constexpr std::uintptr_t kPageBytes = 4096;
+void touch_pages(std::uintptr_t begin, std::uintptr_t end, int64_t share, int64_t shares) {
+  if (begin >= end) return;
+  const std::uintptr_t first = begin / kPageBytes, pages = (end - 1) / kPageBytes + 1 - first;
+  for (auto page = first + pages * share / shares; page < first + pages * (share + 1) / shares;
+       ++page) {
+    __atomic_fetch_add(reinterpret_cast<char*>(std::max(begin, page * kPageBytes)), 0,
+                       __ATOMIC_RELAXED);
   }
 }
+
+// From about 64 pages; fewer, and their faults cost less than the threads' meeting.
+constexpr int64_t kMinTouchedBytes = 64 * kPageBytes;
 
 // touch_pages over ATen's threads, for a fresh buffer that a product's tasks (at::parallel_for)
 // will write column block by column block.
 void touch_pages_in_parallel(const Tensor& buffer) {
   const int64_t shares = at::get_num_threads();
-  if (shares == 1 || !worth_touching({&buffer})) return;
-  at::parallel_for(0, shares, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t share = begin; share < end; ++share) touch_pages({&buffer}, share, shares);
+  if (shares == 1 || buffer.nbytes() < kMinTouchedBytes) return;
+  const auto begin = reinterpret_cast<std::uintptr_t>(buffer.data_ptr());
+  at::parallel_for(0, shares, 1, [&](int64_t first, int64_t last) {
+    for (int64_t share = first; share < last; ++share) {
+      touch_pages(begin, begin + buffer.nbytes(), share, shares);
+    }
   });
 }
+
+// A buffer that the steps of a sequence write, step t its rows [t * rows_per_step, (t + 1) *
+// rows_per_step).
+struct StepRows {
+  const Tensor& buffer;
+  int64_t rows_per_step;
+
+  // Share `share` of `shares` of the pages of step t's rows (touch_pages).
+  void touch_step(int64_t t, int64_t share, int64_t shares) const {
+    const auto base = reinterpret_cast<std::uintptr_t>(buffer.data_ptr());
+    const auto step_bytes = static_cast<std::uintptr_t>(
+        rows_per_step * buffer.stride(0) * static_cast<int64_t>(buffer.element_size()));
+    const std::uintptr_t end = base + buffer.nbytes();
+    touch_pages(std::min(base + t * step_bytes, end), std::min(base + (t + 1) * step_bytes, end),
+                share, shares);
+  }
+};
 
 // MKL's sgemm on this (AMD) CPU takes its generic path and packs its operands on every call,
 // which dominates the few-row products of a cell step; our kernels read the weight as it lies:
@@ -305,34 +317,45 @@ void gru_step_cpu(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
   });
 }
 
+// A thread of the whole-sequence region below costs a barrier per step, not a start per step as
+// in over_panel_tasks, so it pays from a quarter of the work (A/B, NOTES entry 34: LSTM T=100
+// B=1 H=128 forward 1.08x -> 0.85x of torch.nn's time, fwd+bwd 0.90x -> 0.72x; unchanged where
+// one thread remains).
+constexpr int64_t kMinFmasPerSequenceThread = kMinFmasPerThread / 4;
+
 // A whole padded sequence in one OpenMP parallel region: each thread keeps the same tasks (unit
 // blocks, so their W_hh panels stay in its cache) at every step, and the threads meet at one
 // barrier per step; no per-step views, dispatcher calls or thread starts, which cost more than
-// the product at small sizes (benchmarks/NOTES.md). First the pages of the buffers the steps
-// write (`written`), a share per thread; then per step, before(t, previous t or -1, begin, end),
-// the barrier, then after(t, begin, end) (the backward's product).
-// A thread here costs a barrier per step, not a start per step as in over_panel_tasks, so it
-// pays from a quarter of the work (A/B, NOTES entry 34: LSTM T=100 B=1 H=128 forward 1.08x ->
-// 0.85x of torch.nn's time, fwd+bwd 0.90x -> 0.72x; unchanged where one thread remains).
-constexpr int64_t kMinFmasPerSequenceThread = kMinFmasPerThread / 4;
+// the product at small sizes (benchmarks/NOTES.md). Per step, before(t, previous t or -1, begin,
+// end), the barrier, then after(t, begin, end) (the backward's product). Before each barrier the
+// threads fault in the pages of the next step's rows of the buffers the steps write (`written`),
+// a share each: a step ahead, so that they are still in cache when written (all pages up front
+// cost the LSTM 3-5%: NOTES entry 33).
 template <typename Before, typename After>
 void over_sequence(int64_t steps, bool reverse, int64_t tasks, int64_t fmas_per_step,
-                   std::initializer_list<const Tensor*> written, const Before& before,
+                   std::initializer_list<StepRows> written, const Before& before,
                    const After& after) {
   const int64_t threads = std::clamp<int64_t>(fmas_per_step / kMinFmasPerSequenceThread, 1,
                                               std::min<int64_t>(at::get_num_threads(), tasks));
-  const bool touch = worth_touching(written);
+  int64_t written_bytes = 0;
+  for (const StepRows& rows : written) written_bytes += rows.buffer.nbytes();
+  const bool touch = written_bytes >= kMinTouchedBytes;
 #pragma omp parallel num_threads(threads)
   {
     const int64_t id = omp_get_thread_num(), count = omp_get_num_threads();
     const int64_t begin = tasks * id / count, end = tasks * (id + 1) / count;
-    if (touch && count > 1) {
-      touch_pages(written, id, count);
+    const auto touch_step = [&](int64_t i) {
+      if (!touch || count == 1 || i >= steps) return;
+      for (const StepRows& rows : written) {
+        rows.touch_step(reverse ? steps - 1 - i : i, id, count);
+      }
+    };
+    touch_step(0);
 #pragma omp barrier
-    }
     for (int64_t i = 0; i < steps; ++i) {
       const int64_t t = reverse ? steps - 1 - i : i;
       before(t, i == 0 ? -1 : (reverse ? t + 1 : t - 1), begin, end);
+      touch_step(i + 1);
 #pragma omp barrier
       after(t, begin, end);
     }
@@ -365,7 +388,7 @@ template <typename Cell>
 bool recurrent_sequence(int64_t gates, const Tensor& x, const Tensor& h0, const Tensor& w_hh,
                         const Tensor& output, bool reverse,
                         RecurrentKernel cpu::PointwiseKernels::*kernel, const Cell& cell,
-                        const Tensor& cell_written) {
+                        StepRows cell_written) {
   const int64_t B = h0.size(0), H = h0.size(1), steps = B == 0 ? 0 : x.size(0) / B;
   if (x.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
   const auto& kernels = cpu::pointwise_kernels();
@@ -374,7 +397,7 @@ bool recurrent_sequence(int64_t gates, const Tensor& x, const Tensor& h0, const 
   cell(first);
   over_sequence(
       steps, reverse, kernels.recurrent_tasks(B, H, gates), product_fmas(h0, gates * H),
-      {&output, &cell_written}, [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {
+      {{output, B}, cell_written}, [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {
         (kernels.*kernel)(at_step(first, gates, t, prev), begin, end);
       },
       [](int64_t, int64_t, int64_t) {});
@@ -390,7 +413,7 @@ bool lstm_sequence_cpu(const Tensor& gates, const Tensor& h0, const Tensor& c0,
                               first.c_prev = c0.data_ptr<float>();
                               first.c_out = cell_states.data_ptr<float>();
                             },
-                            cell_states);
+                            {cell_states, h0.size(0)});
 }
 
 bool gru_sequence_cpu(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
@@ -403,7 +426,8 @@ bool gru_sequence_cpu(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
                               first.workspace = workspace.data_ptr<float>();
                               first.workspace_per_step = workspace.size(0) == gx.size(0);
                             },
-                            workspace);
+                            // A workspace of B rows is every step's: nothing to fault in.
+                            {workspace, workspace.size(0) == gx.size(0) ? h0.size(0) : 0});
 }
 
 // Step t of a padded sequence's backward whose first step is `first` (G gates): the rows of
@@ -432,7 +456,7 @@ bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w
                        const Tensor& grad_h, bool reverse,
                        BackwardKernel cpu::PointwiseKernels::*gate_grads,
                        BackwardKernel cpu::PointwiseKernels::*product, const Cell& cell,
-                       std::initializer_list<const Tensor*> written) {
+                       std::initializer_list<StepRows> written) {
   const int64_t B = grad_h.size(0), H = grad_h.size(1);
   const int64_t steps = B == 0 ? 0 : grad_output.size(0) / B;
   if (grad_output.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
@@ -471,7 +495,7 @@ bool lstm_backward_sequence_cpu(const Tensor& grad_output, const Tensor& gates,
                              first.grad_c = grad_c.data_ptr<float>();
                              first.grad_gates = grad_gates.data_ptr<float>();
                            },
-                           {&grad_gates});
+                           {{grad_gates, grad_h.size(0)}});
 }
 
 bool gru_backward_sequence_cpu(const Tensor& grad_output, const Tensor& workspace,
@@ -487,7 +511,8 @@ bool gru_backward_sequence_cpu(const Tensor& grad_output, const Tensor& workspac
                              first.grad_gates = grad_input_gates.data_ptr<float>();
                              first.grad_hidden_gates = grad_hidden_gates.data_ptr<float>();
                            },
-                           {&grad_input_gates, &grad_hidden_gates});
+                           {{grad_input_gates, grad_h.size(0)},
+                            {grad_hidden_gates, grad_h.size(0)}});
 }
 
 void lstm_gate_grads_cpu(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
