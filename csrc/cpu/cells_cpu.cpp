@@ -344,14 +344,17 @@ void over_sequence(int64_t steps, bool reverse, int64_t tasks, int64_t fmas_per_
   {
     const int64_t id = omp_get_thread_num(), count = omp_get_num_threads();
     const int64_t begin = tasks * id / count, end = tasks * (id + 1) / count;
+    const bool touching = touch && count > 1;  // the same in every thread
     const auto touch_step = [&](int64_t i) {
-      if (!touch || count == 1 || i >= steps) return;
+      if (!touching || i >= steps) return;
       for (const StepRows& rows : written) {
         rows.touch_step(reverse ? steps - 1 - i : i, id, count);
       }
     };
-    touch_step(0);
+    if (touching) {
+      touch_step(0);
 #pragma omp barrier
+    }
     for (int64_t i = 0; i < steps; ++i) {
       const int64_t t = reverse ? steps - 1 - i : i;
       before(t, i == 0 ? -1 : (reverse ? t + 1 : t - 1), begin, end);
