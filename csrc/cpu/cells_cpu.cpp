@@ -144,23 +144,6 @@ void touch_pages_in_parallel(const Tensor& buffer) {
   });
 }
 
-// A buffer that the steps of a sequence write, step t its rows [t * rows_per_step, (t + 1) *
-// rows_per_step).
-struct StepRows {
-  const Tensor& buffer;
-  int64_t rows_per_step;
-
-  // Share `share` of `shares` of the pages of step t's rows (touch_pages).
-  void touch_step(int64_t t, int64_t share, int64_t shares) const {
-    const auto base = reinterpret_cast<std::uintptr_t>(buffer.data_ptr());
-    const auto step_bytes = static_cast<std::uintptr_t>(
-        rows_per_step * buffer.stride(0) * static_cast<int64_t>(buffer.element_size()));
-    const std::uintptr_t end = base + buffer.nbytes();
-    touch_pages(std::min(base + t * step_bytes, end), std::min(base + (t + 1) * step_bytes, end),
-                share, shares);
-  }
-};
-
 // MKL's sgemm on this (AMD) CPU takes its generic path and packs its operands on every call,
 // which dominates the few-row products of a cell step; our kernels read the weight as it lies:
 // the forward's x @ w^T as dot products along k (linear_rows) for up to 32 rows (0.4-0.7x the
@@ -328,17 +311,18 @@ constexpr int64_t kMinFmasPerSequenceThread = kMinFmasPerThread / 4;
 // barrier per step; no per-step views, dispatcher calls or thread starts, which cost more than
 // the product at small sizes (benchmarks/NOTES.md). Per step, before(t, previous t or -1, begin,
 // end), the barrier, then after(t, begin, end) (the backward's product). Before each barrier the
-// threads fault in the pages of the next step's rows of the buffers the steps write (`written`),
-// a share each: a step ahead, so that they are still in cache when written (all pages up front
-// cost the LSTM 3-5%: NOTES entry 33).
+// threads fault in the pages of the next step's rows of the buffers the steps write (`written`,
+// each the steps' rows in order, step t's the t-th of `steps` equal slices), a share each: a
+// step ahead, so that they are still in cache when written (all pages up front cost the LSTM
+// 3-5%: NOTES entry 33).
 template <typename Before, typename After>
 void over_sequence(int64_t steps, bool reverse, int64_t tasks, int64_t fmas_per_step,
-                   std::initializer_list<StepRows> written, const Before& before,
+                   std::initializer_list<const Tensor*> written, const Before& before,
                    const After& after) {
   const int64_t threads = std::clamp<int64_t>(fmas_per_step / kMinFmasPerSequenceThread, 1,
                                               std::min<int64_t>(at::get_num_threads(), tasks));
   int64_t written_bytes = 0;
-  for (const StepRows& rows : written) written_bytes += rows.buffer.nbytes();
+  for (const Tensor* buffer : written) written_bytes += buffer->nbytes();
   const bool touch = written_bytes >= kMinTouchedBytes;
 #pragma omp parallel num_threads(threads)
   {
@@ -347,8 +331,11 @@ void over_sequence(int64_t steps, bool reverse, int64_t tasks, int64_t fmas_per_
     const bool touching = touch && count > 1;  // the same in every thread
     const auto touch_step = [&](int64_t i) {
       if (!touching || i >= steps) return;
-      for (const StepRows& rows : written) {
-        rows.touch_step(reverse ? steps - 1 - i : i, id, count);
+      const int64_t t = reverse ? steps - 1 - i : i;
+      for (const Tensor* buffer : written) {
+        const auto base = reinterpret_cast<std::uintptr_t>(buffer->data_ptr());
+        const std::uintptr_t step_bytes = buffer->nbytes() / steps;
+        touch_pages(base + t * step_bytes, base + (t + 1) * step_bytes, id, count);
       }
     };
     if (touching) {
@@ -385,13 +372,13 @@ cpu::RecurrentStep at_step(const cpu::RecurrentStep& first, int64_t gates, int64
 // A padded sequence's forward on the fused recurrent step, where that pays off (else false):
 // gates [T*B, G*H] the input side, output [T*B, H]; `cell` fills in the cell's own pointers of
 // the first step, and `kernel` (a PointwiseKernels member) runs one step's tasks, which write
-// output and the cell's own outputs, `cell_written`.
+// output and `cell_written`, the cell's own rows per step.
 using RecurrentKernel = void (*)(const cpu::RecurrentStep&, int64_t, int64_t);
 template <typename Cell>
 bool recurrent_sequence(int64_t gates, const Tensor& x, const Tensor& h0, const Tensor& w_hh,
                         const Tensor& output, bool reverse,
                         RecurrentKernel cpu::PointwiseKernels::*kernel, const Cell& cell,
-                        StepRows cell_written) {
+                        const Tensor& cell_written) {
   const int64_t B = h0.size(0), H = h0.size(1), steps = B == 0 ? 0 : x.size(0) / B;
   if (x.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
   const auto& kernels = cpu::pointwise_kernels();
@@ -400,7 +387,7 @@ bool recurrent_sequence(int64_t gates, const Tensor& x, const Tensor& h0, const 
   cell(first);
   over_sequence(
       steps, reverse, kernels.recurrent_tasks(B, H, gates), product_fmas(h0, gates * H),
-      {{output, B}, cell_written}, [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {
+      {&output, &cell_written}, [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {
         (kernels.*kernel)(at_step(first, gates, t, prev), begin, end);
       },
       [](int64_t, int64_t, int64_t) {});
@@ -416,21 +403,22 @@ bool lstm_sequence_cpu(const Tensor& gates, const Tensor& h0, const Tensor& c0,
                               first.c_prev = c0.data_ptr<float>();
                               first.c_out = cell_states.data_ptr<float>();
                             },
-                            {cell_states, h0.size(0)});
+                            cell_states);
 }
 
 bool gru_sequence_cpu(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
                       const OptionalTensor& b_hh, const Tensor& output, const Tensor& workspace,
                       bool reverse) {
+  // A workspace of B rows (inference) is every step's: none of it to fault in ahead.
+  const bool workspace_per_step = workspace.size(0) == gx.size(0);
   return recurrent_sequence(kGruGates, gx, h0, w_hh, output, reverse,
                             &cpu::PointwiseKernels::gru_forward_recurrent,
                             [&](cpu::RecurrentStep& first) {
                               first.b_hh = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
                               first.workspace = workspace.data_ptr<float>();
-                              first.workspace_per_step = workspace.size(0) == gx.size(0);
+                              first.workspace_per_step = workspace_per_step;
                             },
-                            // A workspace of B rows is every step's: nothing to fault in.
-                            {workspace, workspace.size(0) == gx.size(0) ? h0.size(0) : 0});
+                            workspace_per_step ? workspace : workspace.narrow(0, 0, 0));
 }
 
 // Step t of a padded sequence's backward whose first step is `first` (G gates): the rows of
@@ -459,7 +447,7 @@ bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w
                        const Tensor& grad_h, bool reverse,
                        BackwardKernel cpu::PointwiseKernels::*gate_grads,
                        BackwardKernel cpu::PointwiseKernels::*product, const Cell& cell,
-                       std::initializer_list<StepRows> written) {
+                       std::initializer_list<const Tensor*> written) {
   const int64_t B = grad_h.size(0), H = grad_h.size(1);
   const int64_t steps = B == 0 ? 0 : grad_output.size(0) / B;
   if (grad_output.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
@@ -498,7 +486,7 @@ bool lstm_backward_sequence_cpu(const Tensor& grad_output, const Tensor& gates,
                              first.grad_c = grad_c.data_ptr<float>();
                              first.grad_gates = grad_gates.data_ptr<float>();
                            },
-                           {{grad_gates, grad_h.size(0)}});
+                           {&grad_gates});
 }
 
 bool gru_backward_sequence_cpu(const Tensor& grad_output, const Tensor& workspace,
@@ -514,8 +502,7 @@ bool gru_backward_sequence_cpu(const Tensor& grad_output, const Tensor& workspac
                              first.grad_gates = grad_input_gates.data_ptr<float>();
                              first.grad_hidden_gates = grad_hidden_gates.data_ptr<float>();
                            },
-                           {{grad_input_gates, grad_h.size(0)},
-                            {grad_hidden_gates, grad_h.size(0)}});
+                           {&grad_input_gates, &grad_hidden_gates});
 }
 
 void lstm_gate_grads_cpu(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
