@@ -1,6 +1,8 @@
 // The Python extension module fused_rnn._C. Importing it loads the op library (the ops themselves
 // go through the torch dispatcher); its functions report how the extension was built and which
-// path a CUDA layer takes, and switch the persistent CUDA kernels on or off.
+// path a CUDA layer takes, switch the persistent CUDA kernels on or off, and report or empty the
+// CPU block cache.
+#include "cpu/block_cache.h"
 #include "cpu/pointwise.h"
 #include "persistent_plan.h"
 #ifdef FUSED_RNN_WITH_CUDA
@@ -41,6 +43,10 @@ PYBIND11_MODULE(_C, m) {
       "How this extension was built: its version, the torch it was built against, whether the "
       "CUDA kernels are compiled in and for which architectures, the instruction sets its CPU "
       "kernels are built for and the one chosen for this CPU.");
+  m.def("cpu_cache_bytes", &fused_rnn::cpu::block_cache_held_bytes,
+        "Bytes of freed CPU blocks the block cache holds for reuse (cpu/block_cache.h).");
+  m.def("empty_cpu_cache", &fused_rnn::cpu::empty_block_cache,
+        "Returns every block the CPU block cache holds to the system.");
   m.def(
       "persistent_plan",
       [](int64_t batch, int64_t hidden, int64_t gates, int64_t elem_bytes, int64_t acc_bytes,

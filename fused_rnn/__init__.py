@@ -6,8 +6,8 @@ Drop-in modules (LSTM, GRU, LSTMCell, GRUCell) and convert(), plain functions
 
 from . import functional, ops, reference
 from .modules import GRU, LSTM, GRUCell, LSTMCell, convert
-from .ops import (GRUCellFunction, LSTMCellFunction, build_info, cuda_layer_path,
-                  use_persistent_kernels)
+from .ops import (GRUCellFunction, LSTMCellFunction, build_info, cpu_cache_bytes,
+                  cuda_layer_path, empty_cpu_cache, use_persistent_kernels)
 
 __version__ = build_info()["version"]
 
@@ -20,7 +20,9 @@ __all__ = [
     "LSTMCellFunction",
     "build_info",
     "convert",
+    "cpu_cache_bytes",
     "cuda_layer_path",
+    "empty_cpu_cache",
     "functional",
     "ops",
     "reference",

@@ -11,8 +11,8 @@ import torch
 
 from . import _C
 
-__all__ = ["GRUCellFunction", "LSTMCellFunction", "build_info", "cuda_layer_path",
-           "use_persistent_kernels"]
+__all__ = ["GRUCellFunction", "LSTMCellFunction", "build_info", "cpu_cache_bytes",
+           "cuda_layer_path", "empty_cpu_cache", "use_persistent_kernels"]
 
 _LSTM_GATES = 4
 _GRU_SAVED_PER_UNIT = 4  # r, z, n and h_n per hidden unit
@@ -29,6 +29,22 @@ def build_info() -> dict:
     for key in ("cuda_archs", "cpu_isas"):
         info[key] = [a for a in info[key].split(";") if a]
     return info
+
+
+def cpu_cache_bytes() -> int:
+    """Bytes of freed CPU memory fused_rnn holds for reuse (at most 64 MB).
+
+    The CPU backward writes its products' fresh outputs of 256 KB and more (above all the weight
+    gradients, new tensors every call) into blocks freed by earlier ones of the same size, so
+    their pages need not be mapped and faulted in again (benchmarks/NOTES.md entry 37). Like
+    torch.cuda.memory_reserved(), this counts memory held but not in use.
+    """
+    return _C.cpu_cache_bytes()
+
+
+def empty_cpu_cache() -> None:
+    """Returns the freed CPU blocks fused_rnn holds (cpu_cache_bytes()) to the system."""
+    _C.empty_cpu_cache()
 
 
 _GATES = {"LSTM": 4, "GRU": 3}

@@ -1,10 +1,11 @@
 """How the CPU kernels meet fresh memory: two threads writing a fresh buffer must not fault its
-pages in twice over (benchmarks/NOTES.md entry 33).
+pages in twice over (benchmarks/NOTES.md entry 33), and the backward's weight gradients reuse
+freed blocks instead of fresh memory (the block cache, entry 37).
 
 glibc maps large buffers afresh and the kernel faults their pages in on first write; the step
 kernels split their outputs by column blocks, so without care both threads fault the same page at
-once. The check runs in a subprocess with every buffer over 64 KB mapped afresh (M_MMAP_THRESHOLD),
-and compares the page faults of a call on two threads with those on one.
+once. The checks run in a subprocess with every buffer over 64 KB mapped afresh (M_MMAP_THRESHOLD)
+and count the page faults of a call.
 """
 
 import os
@@ -14,12 +15,15 @@ import sys
 import textwrap
 
 import pytest
+import torch
+
+import fused_rnn
 
 SCRIPT = textwrap.dedent("""
     import ctypes, resource, sys, torch, fused_rnn
     M_MMAP_THRESHOLD = -3
     assert ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 1 << 16) == 1
-    kind, op = sys.argv[1], sys.argv[2]
+    kind, op, blocks = sys.argv[1:4]
     torch.manual_seed(0)
     if op == "layer":
         module = (fused_rnn.LSTM if kind == "lstm" else fused_rnn.GRU)(256, 256)
@@ -38,22 +42,77 @@ SCRIPT = textwrap.dedent("""
         call(); call()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(3):
+            if blocks == "fresh":
+                fused_rnn.empty_cpu_cache()
             call()
         return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
     print(faults_per_call(1), faults_per_call(2))
 """)
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                    reason="glibc's mallopt sets where buffers are mapped afresh")
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two threads")
+needs_glibc = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+    reason="glibc's mallopt sets where buffers are mapped afresh")
+needs_two_threads = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two threads")
+
+
+def faults_per_call(kind, op, blocks):
+    """Page faults per call on one thread and on two; blocks "fresh" empties the block cache
+    before each call."""
+    run = subprocess.run([sys.executable, "-c", SCRIPT, kind, op, blocks], capture_output=True,
+                         text=True, check=True)
+    return tuple(map(float, run.stdout.split()))
+
+
+@needs_glibc
+@needs_two_threads
 @pytest.mark.parametrize("op", ["layer", "cell"])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_two_threads_fault_fresh_pages_in_once(kind, op):
-    run = subprocess.run([sys.executable, "-c", SCRIPT, kind, op], capture_output=True,
-                         text=True, check=True)
-    one_thread, two_threads = map(float, run.stdout.split())
+    one_thread, two_threads = faults_per_call(kind, op, "fresh")
     # The forward and backward map tens of MB afresh (a layer here ~14 MB, a cell's weight
     # gradients 8 MB); doubled faults would show as ~1.5-2x.
     assert one_thread > 1000
     assert two_threads <= 1.1 * one_thread, (one_thread, two_threads)
+
+
+@needs_glibc
+@needs_two_threads
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_cell_weight_gradients_reuse_freed_blocks(kind):
+    # Fresh, the two weight gradients alone are 1536-2048 pages a call (as test above).
+    assert max(faults_per_call(kind, "cell", "cached")) < 100
+
+
+def gradients(cell, x):
+    return torch.autograd.grad(cell(x)[0].sum(), list(cell.parameters()))
+
+
+def test_a_gradient_in_use_is_never_written_again():
+    torch.manual_seed(0)
+    cell, x = fused_rnn.LSTMCell(256, 512), torch.randn(1, 256)
+    fused_rnn.empty_cpu_cache()
+    held = gradients(cell, x)
+    copies = [g.clone() for g in held]
+    w_hh_block = held[1].data_ptr()
+    for _ in range(3):
+        again = gradients(cell, torch.randn(1, 256))
+        assert w_hh_block not in {g.data_ptr() for g in again}
+    for g, copy in zip(held, copies):
+        assert torch.equal(g, copy)
+    # Freed, W_ih's [2048, 256] and W_hh's [2048, 512] blocks are held, and W_hh's reused.
+    del again
+    fused_rnn.empty_cpu_cache()
+    del held
+    assert fused_rnn.cpu_cache_bytes() == 2048 * (256 + 512) * 4
+    assert gradients(cell, x)[1].data_ptr() == w_hh_block
+
+
+def test_the_cache_holds_at_most_64_mb_and_empties():
+    torch.manual_seed(0)
+    for hidden in (1024, 1000, 960, 900):  # 16 MB weight gradients, three more sizes near it
+        gradients(fused_rnn.LSTMCell(hidden, hidden), torch.randn(1, hidden))
+        assert fused_rnn.cpu_cache_bytes() <= 64 << 20
+    assert fused_rnn.cpu_cache_bytes() > 48 << 20
+    fused_rnn.empty_cpu_cache()
+    assert fused_rnn.cpu_cache_bytes() == 0

@@ -4,6 +4,7 @@
 // instruction set. The cell forward ops live here; the backward and layer ops are the
 // device-agnostic ones of cell_ops.h over the CPU kernels below.
 #include "../cell_ops.h"
+#include "block_cache.h"
 #include "pointwise.h"
 
 #include <ATen/Context.h>
@@ -187,13 +188,18 @@ Tensor matmul_cpu(const Tensor& a, const Tensor& b, const OptionalTensor& add) {
     if (plain_float && !add.has_value() && a.is_contiguous() && a.size(0) >= kPackMinRows) {
       return linear_cpu(a, prepare_linear_cpu(b.t(), a.size(0), 1), std::nullopt);
     }
-    return add.has_value() ? at::addmm(*add, a, b) : at::mm(a, b);
+    Tensor out = cpu::empty_from_block_cache({a.size(0), b.size(1)}, a.options());
+    return add.has_value() ? at::addmm_out(out, *add, a, b) : at::mm_out(out, a, b);
   }
   const auto& kernels = cpu::pointwise_kernels();
   const Tensor b_c = b.contiguous();
-  Tensor out = add.has_value() ? add->clone(at::MemoryFormat::Contiguous)
-                               : at::empty({a.size(0), b.size(1)}, a.options());
-  if (!add.has_value()) touch_pages_in_parallel(out);
+  bool reused = false;
+  Tensor out = cpu::empty_from_block_cache({a.size(0), b.size(1)}, a.options(), &reused);
+  if (add.has_value()) {
+    out.copy_(*add);
+  } else if (!reused) {
+    touch_pages_in_parallel(out);
+  }
   over_panel_tasks(kernels.linear_tasks(a.size(0), b.size(1)), product_fmas(a, b.size(1)),
                    [&](int64_t begin, int64_t end) {
                      kernels.matmul_rows(a, b_c, out, add.has_value(), begin, end);
