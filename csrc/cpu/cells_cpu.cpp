@@ -427,32 +427,32 @@ bool gru_sequence_cpu(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
                             workspace_per_step ? workspace : workspace.narrow(0, 0, 0));
 }
 
-// Step t of a padded sequence's backward whose first step is `first` (G gates): the rows of
-// step t; the state's gradients (grad_h, grad_c) are carried, not per step.
-cpu::BackwardStep backward_at_step(const cpu::BackwardStep& first, int64_t gates, int64_t t) {
-  const int64_t units = first.rows * first.hidden;  // one step's [B, H]
-  cpu::BackwardStep s = first;
-  s.grad_out += t * units;
-  s.saved += t * kLstmGates * units;  // the LSTM's gates and the GRU's workspace: 4 per unit
-  s.state_before += t * units;
-  if (s.c_new) s.c_new += t * units;
-  s.grad_gates += t * gates * units;
-  if (s.grad_hidden_gates) s.grad_hidden_gates += t * gates * units;
+// A backward step's per-step buffers moved on by `units` units (rows of H; G gates).
+cpu::BackwardStep moved_on(cpu::BackwardStep s, int64_t gates, int64_t units) {
+  s.grad_out += units;
+  s.saved += kLstmGates * units;  // the LSTM's gates and the GRU's workspace: 4 per unit
+  s.state_before += units;
+  if (s.c_new) s.c_new += units;
+  s.grad_gates += gates * units;
+  if (s.grad_hidden_gates) s.grad_hidden_gates += gates * units;
   return s;
 }
 
-// Rows [row0, row0 + rows) of a backward step: every batch row's numbers are its own.
-cpu::BackwardStep backward_rows(cpu::BackwardStep s, int64_t gates, int64_t row0, int64_t rows) {
-  const int64_t units = row0 * s.hidden;
+// Step t of a padded sequence's backward whose first step is `first`: the rows of step t; the
+// state's gradients (grad_h, grad_c) are carried, not per step.
+cpu::BackwardStep backward_at_step(const cpu::BackwardStep& first, int64_t gates, int64_t t) {
+  return moved_on(first, gates, t * first.rows * first.hidden);
+}
+
+// Rows [row0, row0 + rows) of a backward step, the carried gradients included: every batch
+// row's numbers are its own.
+cpu::BackwardStep backward_rows(const cpu::BackwardStep& step, int64_t gates, int64_t row0,
+                                int64_t rows) {
+  const int64_t units = row0 * step.hidden;
+  cpu::BackwardStep s = moved_on(step, gates, units);
   s.rows = rows;
-  s.grad_out += units;
   s.grad_h += units;
-  s.saved += kLstmGates * units;
-  s.state_before += units;
-  if (s.c_new) s.c_new += units;
   if (s.grad_c) s.grad_c += units;
-  s.grad_gates += gates * units;
-  if (s.grad_hidden_gates) s.grad_hidden_gates += gates * units;
   return s;
 }
 
