@@ -43,19 +43,24 @@ class BlockCache final : public c10::Allocator {
     return held_bytes_;
   }
 
-  // Returns the oldest held blocks to the system until at most `limit` bytes are held.
-  void trim(size_t limit) {
-    std::vector<Block> freed;
+  // Holds `freed` (where given), then returns the oldest held blocks to the system until at
+  // most `limit` bytes are held: one lock per freed block.
+  void trim(size_t limit, const Block* freed = nullptr) {
+    std::vector<Block> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      if (freed != nullptr) {
+        held_.push_back(*freed);
+        held_bytes_ += freed->bytes;
+      }
       auto oldest = held_.begin();
       while (held_bytes_ > limit) {
         held_bytes_ -= oldest->bytes;
-        freed.push_back(*oldest++);
+        evicted.push_back(*oldest++);
       }
       held_.erase(held_.begin(), oldest);
     }
-    for (const Block& b : freed) c10::free_cpu(b.data);
+    for (const Block& b : evicted) c10::free_cpu(b.data);
   }
 
  private:
@@ -88,16 +93,12 @@ BlockCache& cache() {
 void BlockCache::give_back(void* context) {
   const Block block = *static_cast<Block*>(context);
   delete static_cast<Block*>(context);
+  // One past the limit would only push out every held block before itself.
   if (block.bytes > kMaxHeldBytes) {
     c10::free_cpu(block.data);
     return;
   }
-  {
-    std::lock_guard<std::mutex> lock(cache().mutex_);
-    cache().held_.push_back(block);
-    cache().held_bytes_ += block.bytes;
-  }
-  cache().trim(kMaxHeldBytes);
+  cache().trim(kMaxHeldBytes, &block);
 }
 
 }  // namespace
