@@ -91,13 +91,17 @@ CellSizes check_cell_forward_args(const char* op, int64_t gates, const Tensor& i
   return s;
 }
 
-Tensor input_projection(const DeviceKernels& k, const Tensor& input, const Tensor& w_ih,
-                        std::initializer_list<const OptionalTensor*> biases) {
+OptionalTensor summed_biases(std::initializer_list<const OptionalTensor*> biases) {
   OptionalTensor bias;
   for (const OptionalTensor* b : biases) {
     if (b->has_value()) bias = bias.has_value() ? at::add(*bias, **b) : **b;
   }
-  return k.linear(input, k.prepare_linear(w_ih, input.size(0), 1), bias);
+  return bias;
+}
+
+Tensor input_projection(const DeviceKernels& k, const Tensor& input, const Tensor& w_ih,
+                        std::initializer_list<const OptionalTensor*> biases) {
+  return k.linear(input, k.prepare_linear(w_ih, input.size(0), 1), summed_biases(biases));
 }
 
 void check_saved(const char* op, const char* name, const Tensor& t, at::IntArrayRef sizes,

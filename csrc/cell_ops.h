@@ -108,6 +108,16 @@ struct DeviceKernels {
   bool (*gru_sequence)(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
                        const OptionalTensor& b_hh, const Tensor& output, const Tensor& workspace,
                        bool reverse);
+  // Where not null: the LSTM's whole forward with the input side inside each step (x_t @ W_ih^T
+  // beside h @ W_hh^T: no [N, 4H] projection written and read back), for one uniform batch and
+  // no projection; false, having done nothing, where it does not apply. input [N, I]; where it
+  // applies it allocates cell_states [N, H] and gates, the activated gates [N, 4H] with
+  // keep_gates, else not kept ([0, 4H]).
+  bool (*lstm_sequence_from_input)(const Tensor& input, const Tensor& w_ih,
+                                   const OptionalTensor& b_ih, const OptionalTensor& b_hh,
+                                   const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                                   const Tensor& output, bool keep_gates, Tensor& gates,
+                                   Tensor& cell_states, bool reverse);
   // Where not null: a layer's whole backward time loop at once (CPU: one parallel region), for
   // one uniform batch and no projection, with the results of the step-wise loop; false, having
   // done nothing, where it does not apply. Tensors as in the layer backward ops (all contiguous
@@ -122,6 +132,9 @@ struct DeviceKernels {
                                 const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
                                 bool reverse);
 };
+
+// The sum of the biases given (none: no bias).
+OptionalTensor summed_biases(std::initializer_list<const OptionalTensor*> biases);
 
 // The input projection x W_ih^T, with the biases that belong to it added (both for the LSTM,
 // whose gates sum them; b_ih for the GRU): one product over all rows of x, in the dtype of x.

@@ -237,6 +237,17 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
   Tensor output = at::empty({N, s.state}, input.options());
   const Tensor h0 = hx.contiguous(), c0 = cx.contiguous(), w_hh_c = w_hh.contiguous();
 
+  // The device's whole forward with the input side inside each step, where it has one.
+  if (!w_hr.has_value() && k.lstm_sequence_from_input && uniform_batch(order, B)) {
+    Tensor gates, cell_states;
+    if (k.lstm_sequence_from_input(input, w_ih, b_ih, b_hh, h0, c0, w_hh_c, output, keep_saved,
+                                   gates, cell_states, reverse)) {
+      const Tensor h = final_states(order, output, h0), c = final_states(order, cell_states, c0);
+      return {output, h, c, gates, keep_saved ? cell_states : not_kept(s.hidden, input),
+              not_kept(s.hidden, input)};
+    }
+  }
+
   const int64_t steps = static_cast<int64_t>(order.size());
   const int64_t chunk = chunk_steps(steps, B, kLstmGates * s.hidden, input);
   if (!keep_saved && input.is_cpu() && !w_hr.has_value() && chunk < steps &&

@@ -175,6 +175,30 @@ def test_matches_torch_nn_past_32_rows(kind, monkeypatch):
     check_against_torch(kind, dict(bidirectional=True), "padded", 9, True, torch.float32, "cpu")
 
 
+@pytest.mark.parametrize("batch", [8, 21])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "inference"])
+def test_lstm_steps_with_their_input_side_match_torch_nn(batch, bias, grad, monkeypatch):
+    """From 8 rows the CPU's fused LSTM steps compute x_t @ W_ih^T beside h @ W_hh^T themselves
+    (no input projection buffer): I = 24 (the second layer's 80) != H = 40, a partial row chunk
+    (21 rows), both directions, with and without biases; every gradient in training, the
+    outputs and states in inference (where the activated gates are not written)."""
+    monkeypatch.setattr(sys.modules[__name__], "INPUT_SIZE", 24)
+    monkeypatch.setattr(sys.modules[__name__], "HIDDEN", 40)
+    monkeypatch.setattr(sys.modules[__name__], "BATCH", batch)
+    cfg = ("lstm", dict(num_layers=2, bidirectional=True, bias=bias), "padded", 9, True)
+    if grad:
+        check_against_torch(*cfg, torch.float32, "cpu")
+        return
+    theirs, ours, truth = make_modules(*cfg[:2], torch.float32, "cpu")
+    x, states, build = make_inputs(*cfg, torch.float32, "cpu")
+    with torch.no_grad():
+        got, want = flatten(ours(*build(x, states))), flatten(theirs(*build(x, states)))
+        true = flatten(truth(*build(x.double(), [s.double() for s in states])))
+    for name, a, b, t in zip(["output", "h_n", "c_n"], got, want, true):
+        assert_matches_torch(a, b, t, name)
+
+
 @pytest.mark.parametrize("kind", MODULES)
 def test_matches_torch_nn_with_a_large_recurrent_weight(kind, monkeypatch):
     """H = 1024: W_hh is 12-16 MB, which the CPU's fused steps (forward and backward) take while

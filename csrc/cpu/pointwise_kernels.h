@@ -127,22 +127,25 @@ void for_each_pack(int64_t hidden, int64_t begin, int64_t end, const Pack& pack)
   }
 }
 
-// The LSTM update of the n units j.. of one row, from a_h, their hidden-side pre-activations:
-// adds the input side from the gates row, which then receives the activated gates; c and h point
-// at the row's unit j.
+// The LSTM update of the n units j.. of one row, from a_h, their hidden-side pre-activations, and
+// input_row, the row's input side ([4H], read at g * H + j: a row of the input projection, or the
+// biases where the step computed x @ W_ih^T into a_h): the activated gates go to gates_row (which
+// may be input_row) where it is not null; c and h point at the row's unit j.
 template <typename scalar_t, typename Vec>
-inline void lstm_units(scalar_t* gates_row, const Vec (&a_h)[kLstmGates], const scalar_t* c_prev,
-                       scalar_t* c_out, scalar_t* h_out, int64_t H, int64_t j, int64_t n) {
+inline void lstm_units(const scalar_t* input_row, scalar_t* gates_row,
+                       const Vec (&a_h)[kLstmGates], const scalar_t* c_prev, scalar_t* c_out,
+                       scalar_t* h_out, int64_t H, int64_t j, int64_t n) {
   using L = Lanes<scalar_t>;
   Vec a[kLstmGates];
-  for (int64_t g = 0; g < kLstmGates; ++g) a[g] = L::load(gates_row + g * H + j, n) + a_h[g];
+  for (int64_t g = 0; g < kLstmGates; ++g) a[g] = L::load(input_row + g * H + j, n) + a_h[g];
   const auto s = lstm_step_forward(a[0], a[1], a[2], a[3], L::load(c_prev, n));
+  L::store(c_out, s.c_new, n);
+  L::store(h_out, s.h_new, n);
+  if (!gates_row) return;
   L::store(gates_row + 0 * H + j, s.i, n);
   L::store(gates_row + 1 * H + j, s.f, n);
   L::store(gates_row + 2 * H + j, s.g, n);
   L::store(gates_row + 3 * H + j, s.o, n);
-  L::store(c_out, s.c_new, n);
-  L::store(h_out, s.h_new, n);
 }
 
 void lstm_forward(const Tensor& gates, const Tensor& gates_h, const Tensor& c_prev,
@@ -160,7 +163,8 @@ void lstm_forward(const Tensor& gates, const Tensor& gates_h, const Tensor& c_pr
       typename L::Vec a_h[kLstmGates];
       for (int64_t g = 0; g < kLstmGates; ++g) a_h[g] = L::load(hrow + g * H + j, n);
       const int64_t u = b * H + j;
-      lstm_units(gates_p + b * kLstmGates * H, a_h, c_p + u, c_out_p + u, h_out_p + u, H, j, n);
+      scalar_t* row = gates_p + b * kLstmGates * H;
+      lstm_units(row, row, a_h, c_p + u, c_out_p + u, h_out_p + u, H, j, n);
     });
   });
 }
@@ -294,15 +298,17 @@ constexpr int kAccumulators = 12;
 #endif
 
 // acc[r][g] = sum over k of a[r][k] * b[k][g * kLanes ...]: R rows of a (strides a_row, a_k) and
-// G packs of each row k of b (row stride b_k). With kTail, only `tail` lanes of the last pack are
-// read (b's last columns; the rest are zeros), the others whole.
-template <int G, int R, bool kTail = false>
+// G packs of each row k of b (row stride b_k); with kAccumulate, added to acc. With kTail, only
+// `tail` lanes of the last pack are read (b's last columns; the rest are zeros), the others whole.
+template <int G, int R, bool kTail = false, bool kAccumulate = false>
 inline void tile_product(const float* a, int64_t a_row, int64_t a_k, const float* b, int64_t b_k,
                          int64_t K, FloatVec (&acc)[R][G], int64_t tail = kLanes) {
+  if constexpr (!kAccumulate) {
 #pragma GCC unroll 32
-  for (int r = 0; r < R; ++r) {
+    for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) acc[r][g] = FloatVec(0.0f);
+      for (int g = 0; g < G; ++g) acc[r][g] = FloatVec(0.0f);
+    }
   }
   for (int64_t k = 0; k < K; ++k) {
     FloatVec w[G];
@@ -320,11 +326,11 @@ inline void tile_product(const float* a, int64_t a_row, int64_t a_k, const float
   }
 }
 
-// The product of R rows of h [*, K] with one packed panel [K, G * kLanes].
-template <int G, int R>
+// The product of R rows of h [*, K] with one packed panel [K, G * kLanes], or added to acc.
+template <int G, int R, bool kAccumulate = false>
 inline void recurrent_product(const float* h, const float* panel, int64_t K,
                               FloatVec (&acc)[R][G]) {
-  tile_product<G, R>(h, K, 1, panel, G * kLanes, K, acc);
+  tile_product<G, R, false, kAccumulate>(h, K, 1, panel, G * kLanes, K, acc);
 }
 
 // Calls f with std::integral_constant<int, n>, for 1 <= n <= R: the row (or column) count of a
@@ -365,13 +371,15 @@ inline PanelTask panel_task(int64_t task, int64_t rows) {
   return {task / chunks, chunk * rows / chunks, (chunk + 1) * rows / chunks};
 }
 
-// Runs the tasks [begin, end) of a product of h [rows, K] (contiguous rows) with a packed weight:
-// task t is panel block t / chunks and row chunk t % chunks (consecutive tasks share a block's
-// weights, which so stay in cache). finish(row, block, acc) gets a row's G accumulator packs for
-// that block.
+// Runs the tasks [begin, end) of a product of h [rows, K] (contiguous rows) with a packed weight,
+// plus that of x [rows, x_k] with x_packed (packed alike) where x is not null: task t is panel
+// block t / chunks and row chunk t % chunks (consecutive tasks share a block's weights, which so
+// stay in cache). finish(row, block, acc) gets a row's G accumulator packs for that block.
 template <int G, typename Finish>
 void for_each_panel_task(const float* h, int64_t rows, int64_t K, const float* w_packed,
-                         int64_t begin, int64_t end, const Finish& finish) {
+                         int64_t begin, int64_t end, const Finish& finish,
+                         const float* x = nullptr, int64_t x_k = 0,
+                         const float* x_packed = nullptr) {
   constexpr int R = kTaskRows<G>;
   for (int64_t task = begin; task < end; ++task) {
     const auto [block, row0, row_end] = panel_task<G>(task, rows);
@@ -379,6 +387,10 @@ void for_each_panel_task(const float* h, int64_t rows, int64_t K, const float* w
       constexpr int kRows = decltype(row_count)::value;
       FloatVec acc[kRows][G];
       recurrent_product<G, kRows>(h + row0 * K, w_packed + block * K * G * kLanes, K, acc);
+      if (x) {
+        recurrent_product<G, kRows, true>(x + row0 * x_k, x_packed + block * x_k * G * kLanes,
+                                          x_k, acc);
+      }
       for (int r = 0; r < kRows; ++r) finish(row0 + r, block, acc[r]);
     });
   }
@@ -436,11 +448,13 @@ void lstm_forward_recurrent(const RecurrentStep& s, int64_t begin, int64_t end) 
   const int64_t H = s.hidden;
   for_each_panel_task<kLstmGates>(
       s.h_prev, s.rows, s.state, s.w_packed, begin, end,
-      [&](int64_t b, int64_t block, const FloatVec(&a_h)[kLstmGates]) {
+      [&](int64_t b, int64_t block, const FloatVec(&a)[kLstmGates]) {
         const int64_t j = block * kLanes, n = std::min(kLanes, H - j), u = b * H + j;
-        lstm_units(s.gates + b * kLstmGates * H, a_h, s.c_prev + u, s.c_out + u, s.h_out + u, H,
-                   j, n);
-      });
+        float* gates_row = s.gates ? s.gates + b * kLstmGates * H : nullptr;
+        lstm_units(s.x ? s.bias : gates_row, gates_row, a, s.c_prev + u, s.c_out + u,
+                   s.h_out + u, H, j, n);
+      },
+      s.x, s.input, s.w_ih_packed);
 }
 
 void gru_forward_recurrent(const RecurrentStep& s, int64_t begin, int64_t end) {
