@@ -424,14 +424,15 @@ bool lstm_sequence_cpu(const Tensor& gates, const Tensor& h0, const Tensor& c0,
                             cell_states);
 }
 
-// Where the fused step runs an LSTM sequence, from 8 batch rows and up to 8 MB of W_ih and W_hh
-// together, each step computes its input side too (x_t @ W_ih^T beside h @ W_hh^T, K = I + H):
-// the [N, 4H] projection is neither written by a product of its own nor read back by the steps,
-// and the step's product is twice as long for the same per-task costs. A/B, ratio to torch.nn's
-// time, forward: B=128 H=128 1.15x -> 0.93x, B=32 H=128 1.00x -> 0.86x, B=128 H=256 1.07x ->
-// 0.88x; forward+backward ties. With fewer rows, or W_ih and W_hh past the L2s (B=4 H=512,
-// B=32 H=1024), the serial steps' longer products lose to one product over all steps
-// (B=4 H=512 0.93x -> 1.11x; NOTES entry 41).
+// From 8 to 128 batch rows and up to 8 MB of W_ih and W_hh together, an LSTM sequence runs on
+// the fused step with each step computing its input side too (x_t @ W_ih^T beside h @ W_hh^T,
+// K = I + H): the [N, 4H] projection is neither written by a product of its own nor read back by
+// the steps, and the step's product is twice as long for the same per-task costs. A/B, ratio to
+// torch.nn's time, forward: B=128 H=128 1.15x -> 0.93x, B=32 H=128 1.00x -> 0.86x, B=128 H=256
+// 1.07x -> 0.88x, B=64 H=512 (where W_hh alone takes oneDNN's per-step product) 1.00x ->
+// 0.95x; forward+backward ties. With fewer rows, or more weight (B=32 H=1024), the serial
+// steps' longer products lose to one product over all steps (B=4 H=512 0.93x -> 1.11x; NOTES
+// entry 41).
 constexpr int64_t kInputInStepMinRows = 8;
 constexpr int64_t kInputInStepMaxWeightBytes = 8 << 20;
 
@@ -443,8 +444,8 @@ bool lstm_sequence_from_input_cpu(const Tensor& input, const Tensor& w_ih,
   const int64_t B = h0.size(0), H = h0.size(1), N = input.size(0), I = input.size(1);
   const int64_t steps = B == 0 ? 0 : N / B;
   const int64_t weight_bytes = (w_ih.numel() + w_hh.numel()) * int64_t{sizeof(float)};
-  if (input.scalar_type() != at::kFloat || B < kInputInStepMinRows ||
-      weight_bytes > kInputInStepMaxWeightBytes || !panels_pay_off(w_hh, B, steps)) {
+  if (input.scalar_type() != at::kFloat || B < kInputInStepMinRows || B > kPanelMaxRowsCached ||
+      steps < kPackMinUses || weight_bytes > kInputInStepMaxWeightBytes) {
     return false;
   }
   const auto& kernels = cpu::pointwise_kernels();
