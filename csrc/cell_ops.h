@@ -118,6 +118,11 @@ struct DeviceKernels {
                                    const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
                                    const Tensor& output, bool keep_gates, Tensor& gates,
                                    Tensor& cell_states, bool reverse);
+  // The same for the GRU: gru_sequence's tensors but the input [N, I] for gx, with W_ih and b_ih.
+  bool (*gru_sequence_from_input)(const Tensor& input, const Tensor& w_ih,
+                                  const OptionalTensor& b_ih, const Tensor& h0, const Tensor& w_hh,
+                                  const OptionalTensor& b_hh, const Tensor& output,
+                                  const Tensor& workspace, bool reverse);
   // Where not null: a layer's whole backward time loop at once (CPU: one parallel region), for
   // one uniform batch and no projection, with the results of the step-wise loop; false, having
   // done nothing, where it does not apply. Tensors as in the layer backward ops (all contiguous

@@ -381,6 +381,15 @@ GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Ten
   Tensor workspace =
       at::empty({keep_saved ? N : B, kGruSavedPerUnit * s.hidden}, input.options());
 
+  const Tensor kept_workspace =
+      keep_saved ? workspace : not_kept(kGruSavedPerUnit * s.hidden, input);
+  // The device's whole forward with the input side inside each step, where it has one.
+  if (k.gru_sequence_from_input && uniform_batch(order, B) &&
+      k.gru_sequence_from_input(input, w_ih, b_ih, h0, w_hh_c, b_hh_c, output, workspace,
+                                reverse)) {
+    return {output, final_states(order, output, h0), kept_workspace};
+  }
+
   const int64_t steps = static_cast<int64_t>(order.size());
   const int64_t chunk = chunk_steps(steps, B, kGruGates * s.hidden, input);
   Tensor h_n;
@@ -403,7 +412,7 @@ GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Ten
     gru_time_loop(k, order, B, gx, h0, w_hh_c, b_hh_c, output, workspace, reverse);
     h_n = final_states(order, output, h0);
   }
-  return {output, h_n, keep_saved ? workspace : not_kept(kGruSavedPerUnit * s.hidden, input)};
+  return {output, h_n, kept_workspace};
 }
 
 GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,

@@ -175,18 +175,20 @@ def test_matches_torch_nn_past_32_rows(kind, monkeypatch):
     check_against_torch(kind, dict(bidirectional=True), "padded", 9, True, torch.float32, "cpu")
 
 
+@pytest.mark.parametrize("kind", MODULES)
 @pytest.mark.parametrize("batch", [8, 21])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("grad", [True, False], ids=["training", "inference"])
-def test_lstm_steps_with_their_input_side_match_torch_nn(batch, bias, grad, monkeypatch):
-    """From 8 rows the CPU's fused LSTM steps compute x_t @ W_ih^T beside h @ W_hh^T themselves
-    (no input projection buffer): I = 24 (the second layer's 80) != H = 40, a partial row chunk
-    (21 rows), both directions, with and without biases; every gradient in training, the
-    outputs and states in inference (where the activated gates are not written)."""
+def test_steps_with_their_input_side_match_torch_nn(kind, batch, bias, grad, monkeypatch):
+    """From 8 rows the CPU's fused steps compute x_t @ W_ih^T beside h @ W_hh^T themselves (no
+    input projection buffer): I = 24 (the second layer's 80) != H = 40, a partial row chunk (21
+    rows), both directions, with and without biases; every gradient in training, the outputs
+    and states in inference (where the LSTM writes no activated gates and the GRU reuses one
+    step's workspace)."""
     monkeypatch.setattr(sys.modules[__name__], "INPUT_SIZE", 24)
     monkeypatch.setattr(sys.modules[__name__], "HIDDEN", 40)
     monkeypatch.setattr(sys.modules[__name__], "BATCH", batch)
-    cfg = ("lstm", dict(num_layers=2, bidirectional=True, bias=bias), "padded", 9, True)
+    cfg = (kind, dict(num_layers=2, bidirectional=True, bias=bias), "padded", 9, True)
     if grad:
         check_against_torch(*cfg, torch.float32, "cpu")
         return

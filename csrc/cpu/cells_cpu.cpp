@@ -255,16 +255,17 @@ void step_linear_cpu(const Tensor& x, const Tensor& w, const Tensor& out, bool a
                    });
 }
 
-// A step's rows as the fused recurrent step takes them.
-cpu::RecurrentStep recurrent_step(const Tensor& h_prev, const Tensor& w_packed,
-                                  const Tensor& gates, const Tensor& h_out) {
+// A step's rows as the fused recurrent step takes them (gates: null where the step computes its
+// input side and keeps no gates).
+cpu::RecurrentStep recurrent_step(const Tensor& h_prev, const Tensor& w_packed, float* gates,
+                                  const Tensor& h_out) {
   cpu::RecurrentStep s{};
   s.rows = h_prev.size(0);
   s.hidden = h_out.size(1);
   s.state = h_prev.size(1);
   s.h_prev = h_prev.data_ptr<float>();
   s.w_packed = w_packed.data_ptr<float>();
-  s.gates = gates.data_ptr<float>();
+  s.gates = gates;
   s.h_out = h_out.data_ptr<float>();
   return s;
 }
@@ -273,7 +274,7 @@ void lstm_step_cpu(const Tensor& gates, const Tensor& h_prev, const Tensor& c_pr
                    const Tensor& w_hh, const Tensor& h_out, const Tensor& c_out) {
   const auto& kernels = cpu::pointwise_kernels();
   if (packed_in_panels(w_hh)) {
-    cpu::RecurrentStep s = recurrent_step(h_prev, w_hh, gates, h_out);
+    cpu::RecurrentStep s = recurrent_step(h_prev, w_hh, gates.data_ptr<float>(), h_out);
     s.c_prev = c_prev.data_ptr<float>();
     s.c_out = c_out.data_ptr<float>();
     over_panel_tasks(kernels.recurrent_tasks(s.rows, s.hidden, kLstmGates),
@@ -292,7 +293,7 @@ void gru_step_cpu(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
                   const OptionalTensor& b_hh, const Tensor& h_out, const Tensor& workspace) {
   const auto& kernels = cpu::pointwise_kernels();
   if (packed_in_panels(w_hh)) {
-    cpu::RecurrentStep s = recurrent_step(h_prev, w_hh, gx, h_out);
+    cpu::RecurrentStep s = recurrent_step(h_prev, w_hh, gx.data_ptr<float>(), h_out);
     s.b_hh = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
     s.workspace = workspace.data_ptr<float>();
     over_panel_tasks(kernels.recurrent_tasks(s.rows, s.hidden, kGruGates),
@@ -395,97 +396,139 @@ void run_recurrent_sequence(const cpu::RecurrentStep& first, int64_t gates, int6
 
 // A padded sequence's forward on the fused recurrent step, where that pays off (else false):
 // gates [T*B, G*H] the input side, output [T*B, H]; `cell` fills in the cell's own pointers of
-// the first step, and `kernel` runs one step's tasks, which write output and `cell_written`, the
-// cell's own rows per step.
+// the first step and returns the cell's own rows that the steps write (one step's after
+// another), and `kernel` runs one step's tasks.
 template <typename Cell>
 bool recurrent_sequence(int64_t gates, const Tensor& x, const Tensor& h0, const Tensor& w_hh,
                         const Tensor& output, bool reverse,
-                        RecurrentKernel cpu::PointwiseKernels::*kernel, const Cell& cell,
-                        const Tensor& cell_written) {
+                        RecurrentKernel cpu::PointwiseKernels::*kernel, const Cell& cell) {
   const int64_t B = h0.size(0), steps = B == 0 ? 0 : x.size(0) / B;
   if (x.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
   const Tensor packed = cpu::pointwise_kernels().pack_recurrent_weight(w_hh, gates);
-  cpu::RecurrentStep first = recurrent_step(h0, packed, x, output);
-  cell(first);
+  cpu::RecurrentStep first = recurrent_step(h0, packed, x.data_ptr<float>(), output);
+  const Tensor cell_written = cell(first);
   run_recurrent_sequence(first, gates, steps, reverse, kernel,
                          product_fmas(h0, gates * h0.size(1)), {&output, &cell_written});
   return true;
 }
 
+// The LSTM's own pointers of a sequence's first step; returns the cell states the steps write.
+Tensor with_lstm_cell(cpu::RecurrentStep& first, const Tensor& c0, const Tensor& cell_states) {
+  first.c_prev = c0.data_ptr<float>();
+  first.c_out = cell_states.data_ptr<float>();
+  return cell_states;
+}
+
+// The GRU's own pointers of a sequence's first step, whose workspace has a row per row of the
+// `rows` rows of all steps (training) or B rows that every step reuses (inference); returns the
+// workspace rows the steps write one step after another (none where they reuse B rows).
+Tensor with_gru_cell(cpu::RecurrentStep& first, const OptionalTensor& b_hh,
+                     const Tensor& workspace, int64_t rows) {
+  first.b_hh = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
+  first.workspace = workspace.data_ptr<float>();
+  first.workspace_per_step = workspace.size(0) == rows;
+  return first.workspace_per_step ? workspace : workspace.narrow(0, 0, 0);
+}
+
 bool lstm_sequence_cpu(const Tensor& gates, const Tensor& h0, const Tensor& c0,
                        const Tensor& w_hh, const Tensor& output, const Tensor& cell_states,
                        bool reverse) {
-  return recurrent_sequence(kLstmGates, gates, h0, w_hh, output, reverse,
-                            &cpu::PointwiseKernels::lstm_forward_recurrent,
-                            [&](cpu::RecurrentStep& first) {
-                              first.c_prev = c0.data_ptr<float>();
-                              first.c_out = cell_states.data_ptr<float>();
-                            },
-                            cell_states);
+  return recurrent_sequence(
+      kLstmGates, gates, h0, w_hh, output, reverse, &cpu::PointwiseKernels::lstm_forward_recurrent,
+      [&](cpu::RecurrentStep& first) { return with_lstm_cell(first, c0, cell_states); });
 }
 
-// From 8 to 128 batch rows and up to 8 MB of W_ih and W_hh together, an LSTM sequence runs on
-// the fused step with each step computing its input side too (x_t @ W_ih^T beside h @ W_hh^T,
-// K = I + H): the [N, 4H] projection is neither written by a product of its own nor read back by
-// the steps, and the step's product is twice as long for the same per-task costs. A/B, ratio to
-// torch.nn's time, forward: B=128 H=128 1.15x -> 0.93x, B=32 H=128 1.00x -> 0.86x, B=128 H=256
-// 1.07x -> 0.88x, B=64 H=512 (where W_hh alone takes oneDNN's per-step product) 1.00x ->
-// 0.95x; forward+backward ties. With fewer rows, or more weight (B=32 H=1024), the serial
-// steps' longer products lose to one product over all steps (B=4 H=512 0.93x -> 1.11x; NOTES
-// entry 41).
+// From 8 to 128 batch rows and up to 8 MB of W_ih and W_hh together, a sequence runs on the
+// fused step with each step computing its input side too (x_t @ W_ih^T beside h @ W_hh^T,
+// K = I + H): the [N, G*H] projection is neither written by a product of its own nor read back
+// by the steps, and the step's product is twice as long for the same per-task costs. A/B, ratio
+// to torch.nn's time, LSTM forward: B=128 H=128 1.15x -> 0.93x, B=32 H=128 1.00x -> 0.86x,
+// B=128 H=256 1.07x -> 0.88x, B=64 H=512 (where W_hh alone takes oneDNN's per-step product)
+// 1.00x -> 0.95x; GRU forward: B=64 H=512 0.69x -> 0.62x, B=128 H=128 0.70x -> 0.62x, B=8
+// H=128 0.43x -> 0.37x; forward+backward ties. With fewer rows, or more weight (B=32 H=1024),
+// the serial steps' longer products lose to one product over all steps (LSTM B=4 H=512 0.93x ->
+// 1.11x; NOTES entries 41 and 43).
 constexpr int64_t kInputInStepMinRows = 8;
 constexpr int64_t kInputInStepMaxWeightBytes = 8 << 20;
+
+bool input_in_step_pays_off(const Tensor& input, const Tensor& w_ih, const Tensor& w_hh,
+                            int64_t batch) {
+  const int64_t steps = batch == 0 ? 0 : input.size(0) / batch;
+  const int64_t weight_bytes = (w_ih.numel() + w_hh.numel()) * int64_t{sizeof(float)};
+  return input.scalar_type() == at::kFloat && batch >= kInputInStepMinRows &&
+         batch <= kPanelMaxRowsCached && steps >= kPackMinUses &&
+         weight_bytes <= kInputInStepMaxWeightBytes;
+}
+
+// The first step's input side for a step that computes it (RecurrentStep::x): W_ih packed, the
+// input [N, I] contiguous and the input side's bias ([G*H], zeros where none), kept alive here.
+struct InputSide {
+  Tensor w_ih_packed, x, bias;
+  int64_t columns;  // G*H
+  InputSide(const Tensor& input, const Tensor& w_ih, const OptionalTensor& bias_in, int64_t gates)
+      : w_ih_packed(cpu::pointwise_kernels().pack_recurrent_weight(w_ih, gates)),
+        x(input.contiguous()),
+        bias(bias_in.has_value() ? bias_in->contiguous()
+                                 : at::zeros({w_ih.size(0)}, input.options())),
+        columns(w_ih.size(0)) {}
+  void into(cpu::RecurrentStep& first) const {
+    first.x = x.data_ptr<float>();
+    first.input = x.size(1);
+    first.w_ih_packed = w_ih_packed.data_ptr<float>();
+    first.bias = bias.data_ptr<float>();
+  }
+  int64_t fmas_per_step(int64_t batch) const {
+    return product_fmas(x.narrow(0, 0, batch), columns);
+  }
+};
 
 bool lstm_sequence_from_input_cpu(const Tensor& input, const Tensor& w_ih,
                                   const OptionalTensor& b_ih, const OptionalTensor& b_hh,
                                   const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
                                   const Tensor& output, bool keep_gates, Tensor& gates,
                                   Tensor& cell_states, bool reverse) {
-  const int64_t B = h0.size(0), H = h0.size(1), N = input.size(0), I = input.size(1);
-  const int64_t steps = B == 0 ? 0 : N / B;
-  const int64_t weight_bytes = (w_ih.numel() + w_hh.numel()) * int64_t{sizeof(float)};
-  if (input.scalar_type() != at::kFloat || B < kInputInStepMinRows || B > kPanelMaxRowsCached ||
-      steps < kPackMinUses || weight_bytes > kInputInStepMaxWeightBytes) {
-    return false;
-  }
-  const auto& kernels = cpu::pointwise_kernels();
-  const Tensor w_hh_packed = kernels.pack_recurrent_weight(w_hh, kLstmGates);
-  const Tensor w_ih_packed = kernels.pack_recurrent_weight(w_ih, kLstmGates);
-  const Tensor x = input.contiguous();
-  const OptionalTensor bias = summed_biases({&b_ih, &b_hh});
-  const Tensor b = bias.has_value() ? bias->contiguous()
-                                    : at::zeros({kLstmGates * H}, input.options());
+  const int64_t B = h0.size(0), H = h0.size(1), N = input.size(0);
+  if (!input_in_step_pays_off(input, w_ih, w_hh, B)) return false;
+  const InputSide input_side(input, w_ih, summed_biases({&b_ih, &b_hh}), kLstmGates);
+  const Tensor w_hh_packed = cpu::pointwise_kernels().pack_recurrent_weight(w_hh, kLstmGates);
   gates = at::empty({keep_gates ? N : 0, kLstmGates * H}, input.options());
   cell_states = at::empty({N, H}, input.options());
-  cpu::RecurrentStep first = recurrent_step(h0, w_hh_packed, gates, output);
-  if (!keep_gates) first.gates = nullptr;
-  first.c_prev = c0.data_ptr<float>();
-  first.c_out = cell_states.data_ptr<float>();
-  first.x = x.data_ptr<float>();
-  first.input = I;
-  first.w_ih_packed = w_ih_packed.data_ptr<float>();
-  first.bias = b.data_ptr<float>();
-  run_recurrent_sequence(first, kLstmGates, steps, reverse,
+  cpu::RecurrentStep first =
+      recurrent_step(h0, w_hh_packed, keep_gates ? gates.data_ptr<float>() : nullptr, output);
+  with_lstm_cell(first, c0, cell_states);
+  input_side.into(first);
+  run_recurrent_sequence(first, kLstmGates, N / B, reverse,
                          &cpu::PointwiseKernels::lstm_forward_recurrent,
-                         product_fmas(h0, kLstmGates * H) +
-                             product_fmas(x.narrow(0, 0, B), kLstmGates * H),
+                         product_fmas(h0, kLstmGates * H) + input_side.fmas_per_step(B),
                          {&output, &cell_states, &gates});
+  return true;
+}
+
+bool gru_sequence_from_input_cpu(const Tensor& input, const Tensor& w_ih,
+                                 const OptionalTensor& b_ih, const Tensor& h0, const Tensor& w_hh,
+                                 const OptionalTensor& b_hh, const Tensor& output,
+                                 const Tensor& workspace, bool reverse) {
+  const int64_t B = h0.size(0), H = h0.size(1), N = input.size(0);
+  if (!input_in_step_pays_off(input, w_ih, w_hh, B)) return false;
+  const InputSide input_side(input, w_ih, b_ih, kGruGates);
+  const Tensor w_hh_packed = cpu::pointwise_kernels().pack_recurrent_weight(w_hh, kGruGates);
+  cpu::RecurrentStep first = recurrent_step(h0, w_hh_packed, nullptr, output);
+  const Tensor workspace_written = with_gru_cell(first, b_hh, workspace, N);
+  input_side.into(first);
+  // The step holds both sides' accumulators, kGruGates + 1 packs a row (gru_forward_recurrent).
+  run_recurrent_sequence(first, kGruGates + 1, N / B, reverse,
+                         &cpu::PointwiseKernels::gru_forward_recurrent,
+                         product_fmas(h0, kGruGates * H) + input_side.fmas_per_step(B),
+                         {&output, &workspace_written});
   return true;
 }
 
 bool gru_sequence_cpu(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
                       const OptionalTensor& b_hh, const Tensor& output, const Tensor& workspace,
                       bool reverse) {
-  // A workspace of B rows (inference) is every step's: none of it to fault in ahead.
-  const bool workspace_per_step = workspace.size(0) == gx.size(0);
-  return recurrent_sequence(kGruGates, gx, h0, w_hh, output, reverse,
-                            &cpu::PointwiseKernels::gru_forward_recurrent,
-                            [&](cpu::RecurrentStep& first) {
-                              first.b_hh = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
-                              first.workspace = workspace.data_ptr<float>();
-                              first.workspace_per_step = workspace_per_step;
-                            },
-                            workspace_per_step ? workspace : workspace.narrow(0, 0, 0));
+  return recurrent_sequence(
+      kGruGates, gx, h0, w_hh, output, reverse, &cpu::PointwiseKernels::gru_forward_recurrent,
+      [&](cpu::RecurrentStep& first) { return with_gru_cell(first, b_hh, workspace, gx.size(0)); });
 }
 
 // A backward step's per-step buffers moved on by `units` units (rows of H; G gates).
@@ -646,6 +689,7 @@ constexpr DeviceKernels kCpuKernels{&prepare_linear_cpu,    &linear_cpu,
                                     &gru_step_cpu,          &lstm_gate_grads_cpu,
                                     &gru_gate_grads_cpu,    &lstm_sequence_cpu,
                                     &gru_sequence_cpu,      &lstm_sequence_from_input_cpu,
+                                    &gru_sequence_from_input_cpu,
                                     &lstm_backward_sequence_cpu, &gru_backward_sequence_cpu};
 
 std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tensor& hx,

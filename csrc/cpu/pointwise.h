@@ -29,10 +29,11 @@ struct RecurrentStep {
   // A whole sequence (cells_cpu.cpp): whether each step has its own workspace rows, or every
   // step reuses the first step's (the caller keeps no saved tensors).
   bool workspace_per_step;
-  // LSTM, where the step computes its input side too (x @ W_ih^T beside h_prev @ W_hh^T; else x
-  // is null and gates holds it): x [B, I] the step's input rows, W_ih packed by
-  // pack_recurrent_weight and the summed biases [4H]; gates then only receives the activated
-  // gates, or nothing where null.
+  // Where the step computes its input side too (x @ W_ih^T beside h_prev @ W_hh^T; else x is
+  // null and gates holds it): x [B, I] the step's input rows, W_ih packed by
+  // pack_recurrent_weight, and the input side's biases (LSTM: both summed [4H]; GRU: b_ih [3H],
+  // b_hh apart as always); gates is then unused (GRU), or only receives the activated gates
+  // (LSTM), where not null.
   const float* x;
   int64_t input;  // I
   const float* w_ih_packed;

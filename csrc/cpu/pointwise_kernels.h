@@ -206,15 +206,14 @@ void lstm_backward(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gat
   });
 }
 
-// The GRU update of the n units j.. of one row, from gh, their hidden-side products (b_hh
-// included): reads the input side from the gx row, writes h and the row's workspace.
+// The GRU update of the n units j.. of one row, from gx and gh, their input-side and hidden-side
+// products (b_ih and b_hh included): writes h and the row's workspace.
 template <typename scalar_t, typename Vec>
-inline void gru_units(const scalar_t* gx_row, const Vec (&gh)[kGruGates], const scalar_t* h_prev,
-                      scalar_t* h_out, scalar_t* ws_row, int64_t H, int64_t j, int64_t n) {
+inline void gru_units(const Vec (&gx)[kGruGates], const Vec (&gh)[kGruGates],
+                      const scalar_t* h_prev, scalar_t* h_out, scalar_t* ws_row, int64_t H,
+                      int64_t j, int64_t n) {
   using L = Lanes<scalar_t>;
-  const scalar_t* x = gx_row + j;
-  const auto s = gru_step_forward(L::load(x, n), L::load(x + H, n), L::load(x + 2 * H, n), gh[0],
-                                  gh[1], gh[2], L::load(h_prev, n));
+  const auto s = gru_step_forward(gx[0], gx[1], gx[2], gh[0], gh[1], gh[2], L::load(h_prev, n));
   L::store(ws_row + 0 * H + j, s.r, n);
   L::store(ws_row + 1 * H + j, s.z, n);
   L::store(ws_row + 2 * H + j, s.n, n);
@@ -233,12 +232,15 @@ void gru_forward(const Tensor& gx, const Tensor& gh, const Tensor& h_prev, const
     scalar_t* h_out_p = h_out.data_ptr<scalar_t>();
     scalar_t* ws_p = workspace.data_ptr<scalar_t>();
     for_each_pack<scalar_t>(H, begin, end, [&](int64_t b, int64_t j, int64_t n) {
+      const scalar_t* xrow = gx_p + b * kGruGates * H;
       const scalar_t* hrow = gh_p + b * kGruGates * H;
-      typename L::Vec a_h[kGruGates];
-      for (int64_t g = 0; g < kGruGates; ++g) a_h[g] = L::load(hrow + g * H + j, n);
+      typename L::Vec a_x[kGruGates], a_h[kGruGates];
+      for (int64_t g = 0; g < kGruGates; ++g) {
+        a_x[g] = L::load(xrow + g * H + j, n);
+        a_h[g] = L::load(hrow + g * H + j, n);
+      }
       const int64_t u = b * H + j;
-      gru_units(gx_p + b * kGruGates * H, a_h, h_p + u, h_out_p + u,
-                ws_p + b * kGruSavedPerUnit * H, H, j, n);
+      gru_units(a_x, a_h, h_p + u, h_out_p + u, ws_p + b * kGruSavedPerUnit * H, H, j, n);
     });
   });
 }
@@ -371,6 +373,17 @@ inline PanelTask panel_task(int64_t task, int64_t rows) {
   return {task / chunks, chunk * rows / chunks, (chunk + 1) * rows / chunks};
 }
 
+// Runs body(block, row0, row_count) for the tasks [begin, end) of a product with G accumulator
+// packs a row over `rows` rows (panel_task), row_count a compile-time constant (with_count).
+template <int G, typename Body>
+void for_each_task(int64_t rows, int64_t begin, int64_t end, const Body& body) {
+  for (int64_t task = begin; task < end; ++task) {
+    const auto [block, row0, row_end] = panel_task<G>(task, rows);
+    with_count<kTaskRows<G>>(row_end - row0,
+                             [&](auto row_count) { body(block, row0, row_count); });
+  }
+}
+
 // Runs the tasks [begin, end) of a product of h [rows, K] (contiguous rows) with a packed weight,
 // plus that of x [rows, x_k] with x_packed (packed alike) where x is not null: task t is panel
 // block t / chunks and row chunk t % chunks (consecutive tasks share a block's weights, which so
@@ -380,20 +393,16 @@ void for_each_panel_task(const float* h, int64_t rows, int64_t K, const float* w
                          int64_t begin, int64_t end, const Finish& finish,
                          const float* x = nullptr, int64_t x_k = 0,
                          const float* x_packed = nullptr) {
-  constexpr int R = kTaskRows<G>;
-  for (int64_t task = begin; task < end; ++task) {
-    const auto [block, row0, row_end] = panel_task<G>(task, rows);
-    with_count<R>(row_end - row0, [&](auto row_count) {
-      constexpr int kRows = decltype(row_count)::value;
-      FloatVec acc[kRows][G];
-      recurrent_product<G, kRows>(h + row0 * K, w_packed + block * K * G * kLanes, K, acc);
-      if (x) {
-        recurrent_product<G, kRows, true>(x + row0 * x_k, x_packed + block * x_k * G * kLanes,
-                                          x_k, acc);
-      }
-      for (int r = 0; r < kRows; ++r) finish(row0 + r, block, acc[r]);
-    });
-  }
+  for_each_task<G>(rows, begin, end, [&](int64_t block, int64_t row0, auto row_count) {
+    constexpr int kRows = decltype(row_count)::value;
+    FloatVec acc[kRows][G];
+    recurrent_product<G, kRows>(h + row0 * K, w_packed + block * K * G * kLanes, K, acc);
+    if (x) {
+      recurrent_product<G, kRows, true>(x + row0 * x_k, x_packed + block * x_k * G * kLanes, x_k,
+                                        acc);
+    }
+    for (int r = 0; r < kRows; ++r) finish(row0 + r, block, acc[r]);
+  });
 }
 
 // Packs the rows of w [N, K] into panels [blocks, K, G * kLanes]: panel columns (g, 0..) of
@@ -457,20 +466,55 @@ void lstm_forward_recurrent(const RecurrentStep& s, int64_t begin, int64_t end) 
       s.x, s.input, s.w_ih_packed);
 }
 
+// The GRU step's update of row b, units of `block`, from its hidden-side products (acc_h, b_hh
+// not included) and its input side: the gx row's, or where the step computed x @ W_ih^T itself,
+// acc_x plus b_ih.
+inline void gru_finish(const RecurrentStep& s, int64_t b, int64_t block,
+                       const FloatVec (&acc_h)[kGruGates], const FloatVec* acc_x) {
+  using L = Lanes<float>;
+  const int64_t H = s.hidden, j = block * kLanes, n = std::min(kLanes, H - j);
+  const float* x_side = acc_x ? s.bias : s.gates + b * kGruGates * H;
+  FloatVec gx[kGruGates], gh[kGruGates];
+  for (int64_t g = 0; g < kGruGates; ++g) {
+    gx[g] = x_side ? L::load(x_side + g * H + j, n) : FloatVec(0.0f);
+    if (acc_x) gx[g] = gx[g] + acc_x[g];
+    gh[g] = s.b_hh ? acc_h[g] + L::load(s.b_hh + g * H + j, n) : acc_h[g];
+  }
+  const int64_t u = b * H + j;
+  gru_units<float>(gx, gh, s.h_prev + u, s.h_out + u, s.workspace + b * kGruSavedPerUnit * H, H,
+                   j, n);
+}
+
 void gru_forward_recurrent(const RecurrentStep& s, int64_t begin, int64_t end) {
-  const int64_t H = s.hidden;
-  for_each_panel_task<kGruGates>(
-      s.h_prev, s.rows, s.state, s.w_packed, begin, end,
-      [&](int64_t b, int64_t block, const FloatVec(&acc)[kGruGates]) {
-        const int64_t j = block * kLanes, n = std::min(kLanes, H - j);
-        FloatVec gh[kGruGates];
-        for (int64_t g = 0; g < kGruGates; ++g) {
-          gh[g] = s.b_hh ? acc[g] + Lanes<float>::load(s.b_hh + g * H + j, n) : acc[g];
-        }
-        const int64_t u = b * H + j;
-        gru_units<float>(s.gates + b * kGruGates * H, gh, s.h_prev + u, s.h_out + u,
-                         s.workspace + b * kGruSavedPerUnit * H, H, j, n);
-      });
+  if (!s.x) {
+    for_each_panel_task<kGruGates>(
+        s.h_prev, s.rows, s.state, s.w_packed, begin, end,
+        [&](int64_t b, int64_t block, const FloatVec(&acc)[kGruGates]) {
+          gru_finish(s, b, block, acc, nullptr);
+        });
+    return;
+  }
+  // With its input side: both products of a row in registers at once (kGruGates + 1 packs a
+  // row, the tasks of recurrent_tasks(rows, hidden, kGruGates + 1)). The hidden side's r and z
+  // carry on as the input side's accumulators; n's two sides stay apart (r scales only W_hn h).
+  for_each_task<kGruGates + 1>(s.rows, begin, end, [&](int64_t block, int64_t row0,
+                                                        auto row_count) {
+    constexpr int kRows = decltype(row_count)::value;
+    const int64_t h_panel = block * s.state * kGruGates * kLanes;
+    const int64_t x_panel = block * s.input * kGruGates * kLanes;
+    FloatVec acc_h[kRows][kGruGates], acc_x[kRows][kGruGates];
+    recurrent_product<kGruGates, kRows>(s.h_prev + row0 * s.state, s.w_packed + h_panel,
+                                        s.state, acc_h);
+    for (int r = 0; r < kRows; ++r) {
+      acc_x[r][0] = acc_h[r][0];
+      acc_x[r][1] = acc_h[r][1];
+      acc_x[r][2] = FloatVec(0.0f);
+      acc_h[r][0] = acc_h[r][1] = FloatVec(0.0f);
+    }
+    recurrent_product<kGruGates, kRows, true>(s.x + row0 * s.input, s.w_ih_packed + x_panel,
+                                              s.input, acc_x);
+    for (int r = 0; r < kRows; ++r) gru_finish(s, row0 + r, block, acc_h[r], acc_x[r]);
+  });
 }
 
 Tensor pack_linear_weight(const Tensor& w) {

@@ -382,7 +382,8 @@ constexpr DeviceKernels kCudaKernels{&prepare_linear_cuda,    &linear_cuda,
                                      &gru_step_cuda,          &lstm_gate_grads_cuda,
                                      &gru_gate_grads_cuda,    &cuda::lstm_sequence,
                                      &cuda::gru_sequence,     nullptr,
-                                     nullptr,                 nullptr};
+                                     nullptr,                 nullptr,
+                                     nullptr};
 
 }  // namespace
 
