@@ -360,8 +360,9 @@ void over_sequence(int64_t steps, bool reverse, int64_t tasks, int64_t fmas_per_
   }
 }
 
-// Step t of a padded sequence whose first step is `first` (B rows, G gates): every row pointer
-// moved to step t, and the previous state read from step `prev` (-1: the initial state).
+// Step t of a padded sequence whose first step is `first` (B rows; gates rows, where set, G
+// wide): every row pointer moved to step t, and the previous state read from step `prev` (-1:
+// the initial state).
 cpu::RecurrentStep at_step(const cpu::RecurrentStep& first, int64_t gates, int64_t t,
                            int64_t prev) {
   const int64_t units = first.rows * first.hidden;  // one step's [B, H]
@@ -378,18 +379,19 @@ cpu::RecurrentStep at_step(const cpu::RecurrentStep& first, int64_t gates, int64
   return s;
 }
 
-// A padded sequence's forward on the fused recurrent step from its first step `first` (G gates):
-// `kernel` (a PointwiseKernels member) runs one step's tasks, which write the buffers `written`,
-// each the steps' rows in order.
+// A padded sequence's forward on the fused recurrent step from its first step `first`, whose
+// tasks hold `packs` accumulator packs a row (recurrent_tasks; where the steps have gates rows,
+// G, their width): `kernel` (a PointwiseKernels member) runs one step's tasks, which write the
+// buffers `written`, each the steps' rows in order.
 using RecurrentKernel = void (*)(const cpu::RecurrentStep&, int64_t, int64_t);
-void run_recurrent_sequence(const cpu::RecurrentStep& first, int64_t gates, int64_t steps,
+void run_recurrent_sequence(const cpu::RecurrentStep& first, int64_t packs, int64_t steps,
                             bool reverse, RecurrentKernel cpu::PointwiseKernels::*kernel,
                             int64_t fmas_per_step, std::initializer_list<const Tensor*> written) {
   const auto& kernels = cpu::pointwise_kernels();
   over_sequence(
-      steps, reverse, kernels.recurrent_tasks(first.rows, first.hidden, gates), fmas_per_step,
+      steps, reverse, kernels.recurrent_tasks(first.rows, first.hidden, packs), fmas_per_step,
       written, [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {
-        (kernels.*kernel)(at_step(first, gates, t, prev), begin, end);
+        (kernels.*kernel)(at_step(first, packs, t, prev), begin, end);
       },
       [](int64_t, int64_t, int64_t) {});
 }

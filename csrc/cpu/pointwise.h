@@ -87,8 +87,10 @@ struct PointwiseKernels {
   // zero-padded past H), so each k reads one contiguous run of G * lanes weights.
   int64_t lanes;
   Tensor (*pack_recurrent_weight)(const Tensor& w_hh, int64_t gates);
-  // The number of tasks of a step over `rows` rows; a pass covers the tasks [begin, end).
-  int64_t (*recurrent_tasks)(int64_t rows, int64_t hidden, int64_t gates);
+  // The number of tasks of a step over `rows` rows, with `packs` accumulator packs a row: the
+  // gates, or 4 for a GRU step that computes its input side (RecurrentStep::x); a pass covers
+  // the tasks [begin, end).
+  int64_t (*recurrent_tasks)(int64_t rows, int64_t hidden, int64_t packs);
   // One step of it, over the tasks [begin, end) (LSTM: lstm_forward's update; GRU:
   // gru_forward's), on raw pointers so that a whole sequence can run without building tensors.
   void (*lstm_forward_recurrent)(const RecurrentStep& step, int64_t begin, int64_t end);

@@ -354,9 +354,9 @@ int64_t row_chunks(int64_t rows) {
   return (rows + kTaskRows<G> - 1) / kTaskRows<G>;
 }
 
-int64_t recurrent_tasks(int64_t rows, int64_t hidden, int64_t gates) {
+int64_t recurrent_tasks(int64_t rows, int64_t hidden, int64_t packs) {
   const int64_t chunks =
-      gates == kLstmGates ? row_chunks<kLstmGates>(rows) : row_chunks<kGruGates>(rows);
+      packs == kLstmGates ? row_chunks<kLstmGates>(rows) : row_chunks<kGruGates>(rows);
   return (hidden + kLanes - 1) / kLanes * chunks;
 }
 
@@ -476,7 +476,7 @@ inline void gru_finish(const RecurrentStep& s, int64_t b, int64_t block,
   const float* x_side = acc_x ? s.bias : s.gates + b * kGruGates * H;
   FloatVec gx[kGruGates], gh[kGruGates];
   for (int64_t g = 0; g < kGruGates; ++g) {
-    gx[g] = x_side ? L::load(x_side + g * H + j, n) : FloatVec(0.0f);
+    gx[g] = L::load(x_side + g * H + j, n);
     if (acc_x) gx[g] = gx[g] + acc_x[g];
     gh[g] = s.b_hh ? acc_h[g] + L::load(s.b_hh + g * H + j, n) : acc_h[g];
   }
