@@ -142,8 +142,8 @@ Layer check_layer(const char* op, int64_t gates, const Tensor& input, const Tens
 // about kProjectionChunkBytes: one for the whole sequence would be a fresh memory mapping on
 // every call at large batches, first touched page by page (a tenth of the forward at B=128;
 // benchmarks/NOTES.md entry 17), while a chunk's is reused from the heap. (CUDA's caching
-// allocator reuses its blocks: there the whole sequence runs at once. An LSTM whose steps
-// compute their input side themselves, lstm_sequence_from_input, has no projection to chunk.)
+// allocator reuses its blocks: there the whole sequence runs at once. A layer whose steps
+// compute their input side themselves, the *_sequence_from_input entries, has none to chunk.)
 constexpr int64_t kProjectionChunkBytes = 16 << 20;
 
 // Steps per chunk, for `steps` steps of `batch` rows of `columns` input-side values each.

@@ -517,8 +517,7 @@ bool gru_sequence_from_input_cpu(const Tensor& input, const Tensor& w_ih,
   cpu::RecurrentStep first = recurrent_step(h0, w_hh_packed, nullptr, output);
   const Tensor workspace_written = with_gru_cell(first, b_hh, workspace, N);
   input_side.into(first);
-  // The step holds both sides' accumulators, kGruGates + 1 packs a row (gru_forward_recurrent).
-  run_recurrent_sequence(first, kGruGates + 1, N / B, reverse,
+  run_recurrent_sequence(first, cpu::kGruPacksWithInput, N / B, reverse,
                          &cpu::PointwiseKernels::gru_forward_recurrent,
                          product_fmas(h0, kGruGates * H) + input_side.fmas_per_step(B),
                          {&output, &workspace_written});

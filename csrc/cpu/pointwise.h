@@ -57,6 +57,10 @@ struct BackwardStep {
   float* grad_hidden_gates;    // GRU: [B, 3H]
 };
 
+// Accumulator packs a row of a GRU step that computes its input side (RecurrentStep::x): r, z,
+// and n's input and hidden sides apart (r scales only W_hn h).
+constexpr int64_t kGruPacksWithInput = 4;
+
 struct PointwiseKernels {
   const char* isa;  // the instruction set it was built for: "DEFAULT", "AVX2" or "AVX512"
   // gates [B,4H]: the input side of the pre-activations (biases included) in, the activated
@@ -88,8 +92,7 @@ struct PointwiseKernels {
   int64_t lanes;
   Tensor (*pack_recurrent_weight)(const Tensor& w_hh, int64_t gates);
   // The number of tasks of a step over `rows` rows, with `packs` accumulator packs a row: the
-  // gates, or 4 for a GRU step that computes its input side (RecurrentStep::x); a pass covers
-  // the tasks [begin, end).
+  // gates, or kGruPacksWithInput; a pass covers the tasks [begin, end).
   int64_t (*recurrent_tasks)(int64_t rows, int64_t hidden, int64_t packs);
   // One step of it, over the tasks [begin, end) (LSTM: lstm_forward's update; GRU:
   // gru_forward's), on raw pointers so that a whole sequence can run without building tensors.

@@ -355,8 +355,8 @@ int64_t row_chunks(int64_t rows) {
 }
 
 int64_t recurrent_tasks(int64_t rows, int64_t hidden, int64_t packs) {
-  const int64_t chunks =
-      packs == kLstmGates ? row_chunks<kLstmGates>(rows) : row_chunks<kGruGates>(rows);
+  // 3 packs a row (the GRU) or 4 (the LSTM; the GRU with its input side).
+  const int64_t chunks = packs == 3 ? row_chunks<3>(rows) : row_chunks<4>(rows);
   return (hidden + kLanes - 1) / kLanes * chunks;
 }
 
@@ -494,11 +494,10 @@ void gru_forward_recurrent(const RecurrentStep& s, int64_t begin, int64_t end) {
         });
     return;
   }
-  // With its input side: both products of a row in registers at once (kGruGates + 1 packs a
-  // row, the tasks of recurrent_tasks(rows, hidden, kGruGates + 1)). The hidden side's r and z
-  // carry on as the input side's accumulators; n's two sides stay apart (r scales only W_hn h).
-  for_each_task<kGruGates + 1>(s.rows, begin, end, [&](int64_t block, int64_t row0,
-                                                        auto row_count) {
+  // With its input side: both products of a row in registers at once (kGruPacksWithInput packs
+  // a row). The hidden side's r and z carry on as the input side's accumulators.
+  for_each_task<kGruPacksWithInput>(s.rows, begin, end, [&](int64_t block, int64_t row0,
+                                                             auto row_count) {
     constexpr int kRows = decltype(row_count)::value;
     const int64_t h_panel = block * s.state * kGruGates * kLanes;
     const int64_t x_panel = block * s.input * kGruGates * kLanes;
