@@ -111,8 +111,8 @@ def _input_copies(case, first):
     return copies
 
 
-def _time_once(case, run, inputs, calls=1):
-    """Seconds per call of run(*inputs), over `calls` calls (CPU)."""
+def _time_once(case, run, inputs, calls=1, clock=time.perf_counter):
+    """Seconds per call of run(*inputs), over `calls` calls (CPU, timed by `clock`)."""
     if case.device == "cuda":
         start, stop = (torch.cuda.Event(enable_timing=True) for _ in range(2))
         start.record()
@@ -120,20 +120,22 @@ def _time_once(case, run, inputs, calls=1):
         stop.record()
         stop.synchronize()
         return start.elapsed_time(stop) * 1e-3
-    begin = time.perf_counter()
+    begin = clock()
     for _ in range(calls):
         run(*inputs)
-    return (time.perf_counter() - begin) / calls
+    return (clock() - begin) / calls
 
 
-def _calls_per_sample(case, run, inputs):
+def _calls_per_sample(case, run, inputs, clock):
     """Calls per timed sample: on the CPU, enough of them to last MIN_CPU_SAMPLE_S."""
     if case.device == "cuda":
         return 1
-    return max(1, min(1000, math.ceil(MIN_CPU_SAMPLE_S / _time_once(case, run, inputs))))
+    return max(1, min(1000, math.ceil(MIN_CPU_SAMPLE_S / _time_once(case, run, inputs, 1, clock))))
 
 
-def measure(case, repeats, warmup=2):
+def measure(case, repeats, warmup=2, clock=time.perf_counter):
+    """Every implementation of `case`, checked and timed; `clock` times CPU samples (tests pass a
+    fake one)."""
     runners = {name: build(case) for name, (build, applies) in IMPLEMENTATIONS.items()
                if applies(case)}
     inputs = make_inputs(case)
@@ -143,12 +145,13 @@ def measure(case, repeats, warmup=2):
     for _ in range(warmup):
         for name in names:
             runners[name](*inputs)
-    calls = _calls_per_sample(case, runners["torch.nn"], inputs)
+    calls = _calls_per_sample(case, runners["torch.nn"], inputs, clock)
     times = {name: [] for name in names}
     ratios = {name: [] for name in names}
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]
-        round_times = {name: _time_once(case, runners[name], copies[r % len(copies)], calls)
+        round_times = {name: _time_once(case, runners[name], copies[r % len(copies)], calls,
+                                        clock)
                        for name in order}
         for name in names:
             times[name].append(round_times[name])

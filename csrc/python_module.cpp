@@ -3,6 +3,7 @@
 // path a CUDA layer takes, switch the persistent CUDA kernels on or off, and report or empty the
 // CPU block cache.
 #include "cpu/block_cache.h"
+#include "cpu/isa_choice.h"
 #include "cpu/pointwise.h"
 #include "persistent_plan.h"
 #ifdef FUSED_RNN_WITH_CUDA
@@ -10,6 +11,7 @@
 #endif
 
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #ifndef FUSED_RNN_VERSION
 #error "setup.py defines FUSED_RNN_VERSION"
@@ -43,6 +45,14 @@ PYBIND11_MODULE(_C, m) {
       "How this extension was built: its version, the torch it was built against, whether the "
       "CUDA kernels are compiled in and for which architectures, the instruction sets its CPU "
       "kernels are built for and the one chosen for this CPU.");
+  m.def("cpu_features", &fused_rnn::cpu::this_cpu_features,
+        "The x86 features the CPU kernel variants need that this CPU has (cpu/isa_choice.h).");
+  m.def(
+      "cpu_variant_for",
+      [](const std::string& requested, const std::vector<std::string>& features) -> std::string {
+        return fused_rnn::cpu::variant_for(requested, features);
+      },
+      "The CPU kernel variant run for ATen's capability `requested` on a CPU with `features`.");
   m.def("cpu_cache_bytes", &fused_rnn::cpu::block_cache_held_bytes,
         "Bytes of freed CPU blocks the block cache holds for reuse (cpu/block_cache.h).");
   m.def("empty_cpu_cache", &fused_rnn::cpu::empty_block_cache,

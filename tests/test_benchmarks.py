@@ -24,9 +24,28 @@ def test_measure_reports_every_implementation_correct(op):
         assert row["median_s"] > 0 and row["tokens_per_s"] > 0 and row["gflops"] > 0
         assert row["saved_for_backward_mb"] > 0
     assert next(r for r in rows if r["implementation"] == "torch.nn")["ratio_to_torch_nn"] == 1.0
-    # Calls this short are timed several to a sample, each time per call.
-    assert len({r["calls_per_sample"] for r in rows}) == 1 and rows[0]["calls_per_sample"] > 1
-    assert all(r["median_s"] < suite.MIN_CPU_SAMPLE_S for r in rows)
+
+
+class FakeClock:
+    """A clock that advances `tick` seconds per reading, whatever the machine is doing."""
+
+    def __init__(self, tick):
+        self.tick, self.now = tick, 0.0
+
+    def __call__(self):
+        self.now += self.tick
+        return self.now
+
+
+def test_a_short_call_is_timed_many_to_a_sample_and_reported_per_call():
+    tick = suite.MIN_CPU_SAMPLE_S / 40  # a first call "lasting" a fortieth of a sample
+    case = Case("cell", "lstm", False, 1, 2, 3, 4, torch.float32, "cpu")
+    rows = suite.measure(case, repeats=3, warmup=0, clock=FakeClock(tick))
+    for row in rows:
+        assert row["calls_per_sample"] == 40
+        # Two readings per sample of 40 calls: one tick, divided over the calls.
+        assert row["median_s"] == pytest.approx(tick / 40)
+        assert row["ratio_to_torch_nn"] == pytest.approx(1.0)
 
 
 def test_a_wrong_implementation_is_flagged(monkeypatch):

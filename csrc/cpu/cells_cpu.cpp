@@ -5,6 +5,7 @@
 // device-agnostic ones of cell_ops.h over the CPU kernels below.
 #include "../cell_ops.h"
 #include "block_cache.h"
+#include "isa_choice.h"
 #include "pointwise.h"
 
 #include <ATen/Context.h>
@@ -15,6 +16,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
+#include <c10/util/StringUtil.h>
 #include <torch/library.h>
 
 #include <omp.h>
@@ -23,18 +25,27 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <vector>
 
 namespace fused_rnn {
 namespace cpu {
 
 const PointwiseKernels& pointwise_kernels() {
-  // ATen's choice for this CPU ("AVX512", "AVX2", "DEFAULT", ...), which ATEN_CPU_CAPABILITY can
-  // lower; read once, as ATen does.
+  // ATen's choice ("AVX512", "AVX2", "DEFAULT", ...), bounded by what this CPU can run
+  // (isa_choice.h); read once, as ATen does.
   static const PointwiseKernels& chosen = []() -> const PointwiseKernels& {
 #ifdef FUSED_RNN_CPU_X86_VARIANTS
-    const std::string capability = at::get_cpu_capability();
-    if (capability == "AVX512") return AVX512::kKernels;
-    if (capability == "AVX2") return AVX2::kKernels;
+    const std::string requested = at::get_cpu_capability();
+    const std::vector<std::string> features = this_cpu_features();
+    const std::string variant = variant_for(requested, features);
+    const std::vector<std::string> missing = missing_features(requested, features);
+    if (!missing.empty()) {
+      TORCH_WARN("fused_rnn: ATen's CPU capability is ", requested,
+                 " (as ATEN_CPU_CAPABILITY may set it), but this CPU lacks ",
+                 c10::Join(", ", missing), "; fused_rnn runs its ", variant, " kernels instead");
+    }
+    if (variant == "AVX512") return AVX512::kKernels;
+    if (variant == "AVX2") return AVX2::kKernels;
 #endif
     return DEFAULT::kKernels;
   }();
