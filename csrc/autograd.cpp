@@ -1,9 +1,13 @@
 // Autograd for the forward ops, registered in C++ so a call pays no Python on its way: each
 // forward op saves what its backward op needs, and its backward calls that registered op (so
 // torch.compile and opcheck see through it), asking only for the gradients autograd needs.
+// Where autograd must differentiate more than that first-order backward (torch.func transforms,
+// forward-mode AD, a backward with create_graph), the ops' composite form (composite.h) serves.
 #include "cell_ops.h"
+#include "composite.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -45,6 +49,51 @@ bool records_graph(std::initializer_list<const Tensor*> tensors,
   return false;
 }
 
+// Whether a call must run the composite form: under a torch.func transform (grad, vjp, jvp, vmap
+// over our autograd), which cannot see into a C++ autograd Function, or where a tensor carries a
+// forward-mode tangent, which its backward cannot propagate.
+bool takes_composite(std::initializer_list<const Tensor*> tensors,
+                     std::initializer_list<const OptionalTensor*> optional) {
+  // functorch includes this key for as long as any transform is active.
+  if (c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode)) {
+    return true;
+  }
+  constexpr uint64_t kForwardAdLevel = 0;  // torch.autograd.forward_ad's (it has one level)
+  for (const Tensor* t : tensors) {
+    if (t->_fw_grad(kForwardAdLevel).defined()) return true;
+  }
+  for (const OptionalTensor* t : optional) {
+    if (t->has_value() && (*t)->_fw_grad(kForwardAdLevel).defined()) return true;
+  }
+  return false;
+}
+
+// A backward asked to record its own graph (create_graph=True; autograd then runs it in grad
+// mode): the gradients of `outputs` (recomputed by the composite form from the saved inputs)
+// with respect to the forward's arguments `args` wanted, as autograd derives them, so that they
+// can be differentiated again. One result per argument, undefined where not wanted.
+variable_list recomputed_grads(const variable_list& outputs, const variable_list& grads,
+                               const variable_list& args, const std::vector<bool>& wanted) {
+  variable_list reached, grads_in, inputs;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (grads[i].defined()) {
+      reached.push_back(outputs[i]);
+      grads_in.push_back(grads[i]);
+    }
+  }
+  for (size_t j = 0; j < args.size(); ++j) {
+    if (wanted[j]) inputs.push_back(args[j]);
+  }
+  variable_list result(args.size());
+  if (reached.empty() || inputs.empty()) return result;
+  const variable_list got = torch::autograd::grad(reached, inputs, grads_in, /*retain_graph=*/true,
+                                                  /*create_graph=*/true, /*allow_unused=*/true);
+  for (size_t j = 0, k = 0; j < args.size(); ++j) {
+    if (wanted[j]) result[j] = got[k++];
+  }
+  return result;
+}
+
 // Autograd would fill a zero gradient for every output a loss does not reach, the saved
 // activations among them ([N, 4H] per layer call); the forwards turn that off, and the backward
 // ops get zeros only for the gradients they read.
@@ -72,7 +121,8 @@ struct LstmCellFn : torch::autograd::Function<LstmCellFn> {
                            const Tensor&, const OptionalTensor&, const OptionalTensor&)>(
             "fused_rnn::lstm_cell");
     auto [hy, cy, gates] = forward_op.call(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
-    ctx->save_for_backward({input, hx, cx, w_ih, w_hh, gates, cy});
+    ctx->save_for_backward({input, hx, cx, w_ih, w_hh, gates, cy, b_ih.value_or(Tensor()),
+                            b_hh.value_or(Tensor())});
     ctx->mark_non_differentiable({gates});
     return {hy, cy, gates};
   }
@@ -84,6 +134,14 @@ struct LstmCellFn : torch::autograd::Function<LstmCellFn> {
                          const Tensor&, std::array<bool, 6>)>("fused_rnn::lstm_cell_backward");
     const auto saved = ctx->get_saved_variables();
     auto need = [ctx](size_t arg) { return needs(ctx, arg); };
+    if (at::GradMode::is_enabled()) {
+      auto [hy, cy, gates] = composite::lstm_cell(saved[0], saved[1], saved[2], saved[3],
+                                                  saved[4], or_none(saved[7]), or_none(saved[8]));
+      return recomputed_grads({hy, cy}, {grads[0], grads[1]},
+                              {saved[0], saved[1], saved[2], saved[3], saved[4], saved[7],
+                               saved[8]},
+                              {need(0), need(1), need(2), need(3), need(4), need(5), need(6)});
+    }
     auto [g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias] = backward_op.call(
         or_zeros(grads[0], saved[1]), or_zeros(grads[1], saved[2]), saved[0], saved[1], saved[2],
         saved[3], saved[4], saved[5], saved[6],
@@ -104,7 +162,8 @@ struct GruCellFn : torch::autograd::Function<GruCellFn> {
         op<GruCellOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                           const OptionalTensor&, const OptionalTensor&)>("fused_rnn::gru_cell");
     auto [hy, workspace] = forward_op.call(input, hx, w_ih, w_hh, b_ih, b_hh);
-    ctx->save_for_backward({input, hx, w_ih, w_hh, workspace});
+    ctx->save_for_backward({input, hx, w_ih, w_hh, workspace, b_ih.value_or(Tensor()),
+                            b_hh.value_or(Tensor())});
     ctx->mark_non_differentiable({workspace});
     return {hy, workspace};
   }
@@ -115,6 +174,13 @@ struct GruCellFn : torch::autograd::Function<GruCellFn> {
                     const Tensor&, std::array<bool, 6>)>("fused_rnn::gru_cell_backward");
     const auto saved = ctx->get_saved_variables();
     auto need = [ctx](size_t arg) { return needs(ctx, arg); };
+    if (at::GradMode::is_enabled()) {
+      auto [hy, workspace] = composite::gru_cell(saved[0], saved[1], saved[2], saved[3],
+                                                 or_none(saved[5]), or_none(saved[6]));
+      return recomputed_grads({hy}, {grads[0]},
+                              {saved[0], saved[1], saved[2], saved[3], saved[5], saved[6]},
+                              {need(0), need(1), need(2), need(3), need(4), need(5)});
+    }
     auto [a, b, c, d, e, f] =
         backward_op.call(or_zeros(grads[0], saved[1]), saved[0], saved[1], saved[2], saved[3],
                          saved[4], {need(0), need(1), need(2), need(3), need(4), need(5)});
@@ -140,7 +206,8 @@ struct LstmLayerFn : torch::autograd::Function<LstmLayerFn> {
     auto [output, hy, cy, gates, cells, pre_proj] = forward_op.call(
         input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, keep_saved);
     ctx->save_for_backward({input, batch_sizes, hx, cx, w_ih, w_hh, w_hr.value_or(Tensor()),
-                            output, gates, cells, pre_proj});
+                            output, gates, cells, pre_proj, b_ih.value_or(Tensor()),
+                            b_hh.value_or(Tensor())});
     ctx->saved_data["reverse"] = reverse;
     ctx->mark_non_differentiable({gates, cells, pre_proj});
     return {output, hy, cy, gates, cells, pre_proj};
@@ -155,10 +222,20 @@ struct LstmLayerFn : torch::autograd::Function<LstmLayerFn> {
             "fused_rnn::lstm_layer_backward");
     const auto s = ctx->get_saved_variables();
     auto need = [ctx](size_t arg) { return needs(ctx, arg); };
+    const bool reverse = ctx->saved_data["reverse"].toBool();
+    if (at::GradMode::is_enabled()) {
+      auto [output, hy, cy, gates, cells, pre_proj] =
+          composite::lstm_layer(s[0], s[1], s[2], s[3], s[4], s[5], or_none(s[11]),
+                                or_none(s[12]), or_none(s[6]), reverse, false);
+      return recomputed_grads(
+          {output, hy, cy}, {grads[0], grads[1], grads[2]},
+          {s[0], Tensor(), s[2], s[3], s[4], s[5], s[11], s[12], s[6], Tensor(), Tensor()},
+          {need(0), false, need(2), need(3), need(4), need(5), need(6), need(7), need(8), false,
+           false});
+    }
     auto [g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias, g_w_hr] = backward_op.call(
         or_zeros(grads[0], s[7]), or_zeros(grads[1], s[2]), or_zeros(grads[2], s[3]), s[0], s[1],
-        s[2], s[3], s[4], s[5], or_none(s[6]), s[7], s[8], s[9], s[10],
-        ctx->saved_data["reverse"].toBool(),
+        s[2], s[3], s[4], s[5], or_none(s[6]), s[7], s[8], s[9], s[10], reverse,
         {need(0), need(2), need(3), need(4), need(5), need(6) || need(7), need(8)});
     return {g_input, Tensor(), g_hx, g_cx, g_w_ih, g_w_hh, need(6) ? g_bias : Tensor(),
             need(7) ? g_bias : Tensor(), g_w_hr, Tensor(), Tensor()};
@@ -180,7 +257,8 @@ struct GruLayerFn : torch::autograd::Function<GruLayerFn> {
                            bool)>("fused_rnn::gru_layer");
     auto [output, hy, workspace] =
         forward_op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, keep_saved);
-    ctx->save_for_backward({input, batch_sizes, hx, w_ih, w_hh, output, workspace});
+    ctx->save_for_backward({input, batch_sizes, hx, w_ih, w_hh, output, workspace,
+                            b_ih.value_or(Tensor()), b_hh.value_or(Tensor())});
     ctx->saved_data["reverse"] = reverse;
     ctx->mark_non_differentiable({workspace});
     return {output, hy, workspace};
@@ -193,9 +271,19 @@ struct GruLayerFn : torch::autograd::Function<GruLayerFn> {
                     std::array<bool, 6>)>("fused_rnn::gru_layer_backward");
     const auto s = ctx->get_saved_variables();
     auto need = [ctx](size_t arg) { return needs(ctx, arg); };
+    const bool reverse = ctx->saved_data["reverse"].toBool();
+    if (at::GradMode::is_enabled()) {
+      auto [output, hy, workspace] = composite::gru_layer(s[0], s[1], s[2], s[3], s[4],
+                                                          or_none(s[7]), or_none(s[8]), reverse,
+                                                          false);
+      return recomputed_grads(
+          {output, hy}, {grads[0], grads[1]},
+          {s[0], Tensor(), s[2], s[3], s[4], s[7], s[8], Tensor(), Tensor()},
+          {need(0), false, need(2), need(3), need(4), need(5), need(6), false, false});
+    }
     auto [g_input, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh] = backward_op.call(
         or_zeros(grads[0], s[5]), or_zeros(grads[1], s[2]), s[0], s[1], s[2], s[3], s[4], s[5],
-        s[6], ctx->saved_data["reverse"].toBool(),
+        s[6], reverse,
         {need(0), need(2), need(3), need(4), need(5), need(6)});
     return {g_input, Tensor(), g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, Tensor(), Tensor()};
   }
@@ -206,6 +294,9 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_autograd(const Tensor& input, const
                                                       const Tensor& w_hh,
                                                       const OptionalTensor& b_ih,
                                                       const OptionalTensor& b_hh) {
+  if (takes_composite({&input, &hx, &cx, &w_ih, &w_hh}, {&b_ih, &b_hh})) {
+    return composite::lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+  }
   auto out = LstmCellFn::apply(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
   return {out[0], out[1], out[2]};
 }
@@ -214,6 +305,9 @@ std::tuple<Tensor, Tensor> gru_cell_autograd(const Tensor& input, const Tensor& 
                                              const Tensor& w_ih, const Tensor& w_hh,
                                              const OptionalTensor& b_ih,
                                              const OptionalTensor& b_hh) {
+  if (takes_composite({&input, &hx, &w_ih, &w_hh}, {&b_ih, &b_hh})) {
+    return composite::gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh);
+  }
   auto out = GruCellFn::apply(input, hx, w_ih, w_hh, b_ih, b_hh);
   return {out[0], out[1]};
 }
@@ -223,6 +317,10 @@ LstmLayerOutputs lstm_layer_autograd(const Tensor& input, const Tensor& batch_si
                                      const Tensor& w_hh, const OptionalTensor& b_ih,
                                      const OptionalTensor& b_hh, const OptionalTensor& w_hr,
                                      bool reverse, bool keep_saved) {
+  if (takes_composite({&input, &hx, &cx, &w_ih, &w_hh}, {&b_ih, &b_hh, &w_hr})) {
+    return composite::lstm_layer(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                 reverse, keep_saved);
+  }
   // A recorded call keeps its saved tensors whatever the caller asked: its backward needs them.
   const bool keep =
       keep_saved || records_graph({&input, &hx, &cx, &w_ih, &w_hh}, {&b_ih, &b_hh, &w_hr});
@@ -235,6 +333,10 @@ GruLayerOutputs gru_layer_autograd(const Tensor& input, const Tensor& batch_size
                                    const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
                                    const OptionalTensor& b_ih, const OptionalTensor& b_hh,
                                    bool reverse, bool keep_saved) {
+  if (takes_composite({&input, &hx, &w_ih, &w_hh}, {&b_ih, &b_hh})) {
+    return composite::gru_layer(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse,
+                                keep_saved);
+  }
   const bool keep = keep_saved || records_graph({&input, &hx, &w_ih, &w_hh}, {&b_ih, &b_hh});
   auto out = GruLayerFn::apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, keep);
   return {out[0], out[1], out[2]};

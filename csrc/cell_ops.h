@@ -52,6 +52,13 @@ CellSizes check_cell_forward_args(const char* op, int64_t gates, const Tensor& i
                                   const Tensor& w_hh, const OptionalTensor& b_ih,
                                   const OptionalTensor& b_hh);
 
+// Checks a layer op's arguments as the layer ops do (batch_sizes included); `cx` is given for the
+// LSTM only.
+void check_layer_args(const char* op, int64_t gates, const Tensor& input,
+                      const Tensor& batch_sizes, const Tensor& hx, const Tensor* cx,
+                      const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
+                      const OptionalTensor& b_hh, const OptionalTensor& w_hr);
+
 // Checks that `t` has exactly the given sizes, device and dtype of `like`.
 void check_saved(const char* op, const char* name, const Tensor& t, at::IntArrayRef sizes,
                  const Tensor& like);

@@ -137,6 +137,17 @@ Layer check_layer(const char* op, int64_t gates, const Tensor& input, const Tens
   return {s, schedule(op, batch_sizes, input, s.batch, reverse)};
 }
 
+}  // namespace
+
+void check_layer_args(const char* op, int64_t gates, const Tensor& input,
+                      const Tensor& batch_sizes, const Tensor& hx, const Tensor* cx,
+                      const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
+                      const OptionalTensor& b_hh, const OptionalTensor& w_hr) {
+  check_layer(op, gates, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, false);
+}
+
+namespace {
+
 // Where the input projection is not saved (inference, keep_saved=false; the GRU's training too), a
 // padded batch on the CPU runs in chunks of steps, each chunk's input projection in a buffer of
 // about kProjectionChunkBytes: one for the whole sequence would be a fresh memory mapping on
