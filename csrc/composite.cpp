@@ -5,7 +5,9 @@
 #include "composite.h"
 
 #include <ATen/TensorOperators.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
 
 #include <algorithm>
@@ -99,6 +101,24 @@ class Steps {
   std::vector<int64_t> rows_, offsets_;
 };
 
+// batch_sizes as a tensor whose values can be read: under a torch.func transform it comes wrapped,
+// without storage of its own, and only its elements' values (item) can be read.
+Tensor readable(const Tensor& batch_sizes) {
+  if (batch_sizes.has_storage() || batch_sizes.scalar_type() != at::kLong ||
+      batch_sizes.dim() != 1) {
+    return batch_sizes;
+  }
+  std::vector<int64_t> values;
+  for (int64_t t = 0; t < batch_sizes.size(0); ++t) values.push_back(batch_sizes[t].item<int64_t>());
+  // Made outside the transform, which would wrap a tensor made under it too.
+  c10::impl::ExcludeDispatchKeyGuard outside(
+      c10::DispatchKeySet({c10::DispatchKey::FuncTorchDynamicLayerFrontMode,
+                           c10::DispatchKey::FuncTorchDynamicLayerBackMode}));
+  Tensor plain = at::empty({batch_sizes.size(0)}, at::kLong);
+  std::copy(values.begin(), values.end(), plain.data_ptr<int64_t>());
+  return plain;
+}
+
 Tensor saved_or_empty(bool keep, const Steps& steps, std::vector<Tensor> per_step,
                       const Tensor& like, int64_t columns) {
   if (!keep) return like.new_empty({0, columns});
@@ -129,9 +149,10 @@ LstmLayerOutputs lstm_layer(const Tensor& input, const Tensor& batch_sizes, cons
                             const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
                             const OptionalTensor& b_ih, const OptionalTensor& b_hh,
                             const OptionalTensor& w_hr, bool reverse, bool keep_saved) {
-  check_layer_args("lstm_layer", kLstmGates, input, batch_sizes, hx, &cx, w_ih, w_hh, b_ih, b_hh,
+  const Tensor sizes = readable(batch_sizes);
+  check_layer_args("lstm_layer", kLstmGates, input, sizes, hx, &cx, w_ih, w_hh, b_ih, b_hh,
                    w_hr);
-  const Steps steps(batch_sizes, reverse);
+  const Steps steps(sizes, reverse);
   const Tensor x_side = at::linear(input, w_ih, b_ih);
   Tensor h = steps.first(hx), c = steps.first(cx);
   std::vector<Tensor> outputs, gates, cells, pre_proj, h_done, c_done;
@@ -158,9 +179,10 @@ LstmLayerOutputs lstm_layer(const Tensor& input, const Tensor& batch_sizes, cons
 GruLayerOutputs gru_layer(const Tensor& input, const Tensor& batch_sizes, const Tensor& hx,
                           const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
                           const OptionalTensor& b_hh, bool reverse, bool keep_saved) {
-  check_layer_args("gru_layer", kGruGates, input, batch_sizes, hx, nullptr, w_ih, w_hh, b_ih, b_hh,
+  const Tensor sizes = readable(batch_sizes);
+  check_layer_args("gru_layer", kGruGates, input, sizes, hx, nullptr, w_ih, w_hh, b_ih, b_hh,
                    std::nullopt);
-  const Steps steps(batch_sizes, reverse);
+  const Steps steps(sizes, reverse);
   const Tensor x_side = at::linear(input, w_ih, b_ih);
   Tensor h = steps.first(hx);
   std::vector<Tensor> outputs, workspaces, h_done;

@@ -1,5 +1,7 @@
 """Shared test parameters: devices, dtypes and the per-dtype accuracy rules."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ import fused_rnn
 from fused_rnn.accuracy import TOLERANCES, accuracy_problem
 
 __all__ = ["CUDA_READY", "DEVICES", "DTYPES", "TOLERANCES", "assert_compiles_like_eager",
-           "assert_matches_torch"]
+           "assert_matches_torch", "native_rnn"]
 
 CUDA_READY = torch.cuda.is_available() and fused_rnn.build_info()["cuda"]
 # torch.nn's float32 layers run cuDNN, which by default takes TF32 tensor-core products (about
@@ -27,6 +29,15 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     if config.getoption("--persistent-kernels"):
         fused_rnn.use_persistent_kernels(True)
+
+
+def native_rnn():
+    """A context in which torch.nn's RNNs run ATen's own implementation: cuDNN's and oneDNN's
+    lack forward-mode derivatives, and cuDNN's double backward, which the tests compare against."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+    stack.enter_context(torch.backends.mkldnn.flags(enabled=False))
+    return stack
 
 
 def assert_matches_torch(ours: torch.Tensor, theirs: torch.Tensor, truth: torch.Tensor,

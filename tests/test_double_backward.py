@@ -7,7 +7,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fused_rnn
-from conftest import CUDA_READY, DEVICES, assert_matches_torch
+from conftest import DEVICES, assert_matches_torch, native_rnn
 from test_sequence import CONFIGS, config_id, flatten, make_inputs, make_modules
 
 HALF_TYPES = [torch.bfloat16, torch.float16]
@@ -26,12 +26,6 @@ def second_order(results, leaves, seed=1):
     grads = torch.autograd.grad(loss, leaves, create_graph=True)
     penalty = sum((g * w.to(g)).sum() for g, w in zip(grads, _rand_like_all(grads, seed + 1)))
     return torch.autograd.grad(penalty, leaves, allow_unused=True, materialize_grads=True)
-
-
-def reference_context(device):
-    """torch.nn on CUDA without cuDNN (which has no double backward): ATen's own cells."""
-    return torch.backends.cudnn.flags(enabled=False) if device == "cuda" else \
-        torch.autograd.set_grad_enabled(True)
 
 
 def leaves_of(module, x, states):
@@ -60,7 +54,7 @@ def check_second_order(cfg, dtype, device):
     theirs, ours, truth = make_modules(kind, kw, dtype, device)
     x, states, build = make_inputs(kind, kw, mode, steps, given, dtype, device)
     got = second_order(flatten(ours(*build(x, states))), leaves_of(ours, x, states))
-    with reference_context(device):
+    with native_rnn():
         want = second_order(flatten(theirs(*build(x, states))), leaves_of(theirs, x, states))
 
     def to_truth(t):
@@ -100,7 +94,7 @@ def test_cells_second_order_gradients_match_torch_nn(kind, bias, dtype, device):
         return second_order(list(out) if kind == "lstm" else [out], leaves_of(cell, x, states))
 
     got = run(ours, x, states)
-    with reference_context(device):
+    with native_rnn():
         want = run(theirs, x, states)
     x64, states64 = (x.detach().double().cpu().requires_grad_(),
                      [s.detach().double().cpu().requires_grad_() for s in states])
