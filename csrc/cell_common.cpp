@@ -22,19 +22,16 @@ void check_like_input(const char* op, const char* name, const Tensor& t, const T
               input.scalar_type(), " (the dtype of input), got ", t.scalar_type());
 }
 
-void check_bias(const char* op, const char* name, const OptionalTensor& b, int64_t rows,
-                const Tensor& input) {
+void check_bias(const char* op, const char* name, const OptionalTensor& b, int64_t rows) {
   if (!b.has_value()) return;
-  check_like_input(op, name, *b, input);
   TORCH_CHECK(b->dim() == 1 && b->size(0) == rows, op, ": expected ", name, " of shape [", rows,
               "], got ", b->sizes());
 }
 
-}  // namespace
-
-void check_state(const char* op, int64_t batch, const Tensor& input, const Tensor& state,
-                 int64_t size, const char* label, const char* name) {
-  check_like_input(op, name, state, input);
+// A state argument (hx, cx) against the batch and its size; `label` is torch.nn's name for it
+// ("0" for h, "1" for c) and `name` ours.
+void check_state(const char* op, int64_t batch, const Tensor& state, int64_t size,
+                 const char* label, const char* name) {
   // torch.nn's checks, in its order and wording, so the drop-in modules raise what torch.nn does.
   if (state.dim() >= 1) {
     TORCH_CHECK(batch == state.size(0), "Input batch size ", batch, " doesn't match hidden", label,
@@ -48,6 +45,8 @@ void check_state(const char* op, int64_t batch, const Tensor& input, const Tenso
               "], got ", state.sizes());
 }
 
+// The weights' shapes (w_ih [G*H,I], w_hh [G*H,P], biases [G*H], and for an LSTM with projections
+// w_hr [P,H]; P = H without) against input [*, I]; returns I, H and P (batch left 0).
 CellSizes check_weights(const char* op, int64_t gates, const Tensor& input, const Tensor& w_ih,
                         const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh,
                         const OptionalTensor& w_hr) {
@@ -56,7 +55,6 @@ CellSizes check_weights(const char* op, int64_t gates, const Tensor& input, cons
               input.scalar_type());
   int64_t hidden = 0, state = 0;
   if (w_hr.has_value()) {
-    check_like_input(op, "w_hr", *w_hr, input);
     TORCH_CHECK(w_hr->dim() == 2, op, ": expected w_hr to be 2-D [P, H], got ", w_hr->sizes());
     hidden = w_hr->size(1);
     state = w_hr->size(0);
@@ -73,22 +71,39 @@ CellSizes check_weights(const char* op, int64_t gates, const Tensor& input, cons
   TORCH_CHECK(input.dim() == 2, op, ": expected input to be 2-D [B, I], got ", input.sizes());
   TORCH_CHECK(input.size(1) == w_ih.size(1), "input has inconsistent input_size: got ",
               input.size(1), " expected ", w_ih.size(1));
-  check_like_input(op, "w_ih", w_ih, input);
-  check_like_input(op, "w_hh", w_hh, input);
-  check_bias(op, "b_ih", b_ih, gates * hidden, input);
-  check_bias(op, "b_hh", b_hh, gates * hidden, input);
+  check_bias(op, "b_ih", b_ih, gates * hidden);
+  check_bias(op, "b_hh", b_hh, gates * hidden);
   return {0, input.size(1), hidden, state};
+}
+
+}  // namespace
+
+CellSizes check_forward_args(const char* op, int64_t gates, const Tensor& input, int64_t batch,
+                             const Tensor& hx, const Tensor* cx, const Tensor& w_ih,
+                             const Tensor& w_hh, const OptionalTensor& b_ih,
+                             const OptionalTensor& b_hh, const OptionalTensor& w_hr) {
+  CellSizes s = check_weights(op, gates, input, w_ih, w_hh, b_ih, b_hh, w_hr);
+  s.batch = batch;
+  check_state(op, batch, hx, s.state, "0", "hx");
+  if (cx) check_state(op, batch, *cx, s.hidden, "1", "cx");
+  // Devices and dtypes after every size, in torch.nn's order: it reports a wrong hidden size
+  // before a wrong dtype.
+  const auto optional = [](const OptionalTensor& t) { return t ? &*t : nullptr; };
+  const std::pair<const char*, const Tensor*> tensors[] = {
+      {"hx", &hx},  {"cx", cx},     {"w_ih", &w_ih},          {"w_hh", &w_hh},
+      {"b_ih", optional(b_ih)}, {"b_hh", optional(b_hh)}, {"w_hr", optional(w_hr)}};
+  for (const auto& [name, t] : tensors) {
+    if (t) check_like_input(op, name, *t, input);
+  }
+  return s;
 }
 
 CellSizes check_cell_forward_args(const char* op, int64_t gates, const Tensor& input,
                                   const Tensor& hx, const OptionalTensor& cx, const Tensor& w_ih,
                                   const Tensor& w_hh, const OptionalTensor& b_ih,
                                   const OptionalTensor& b_hh) {
-  CellSizes s = check_weights(op, gates, input, w_ih, w_hh, b_ih, b_hh, std::nullopt);
-  s.batch = input.size(0);
-  check_state(op, s.batch, input, hx, s.state, "0", "hx");
-  if (cx.has_value()) check_state(op, s.batch, input, *cx, s.hidden, "1", "cx");
-  return s;
+  return check_forward_args(op, gates, input, input.dim() >= 1 ? input.size(0) : 0, hx,
+                            cx ? &*cx : nullptr, w_ih, w_hh, b_ih, b_hh, std::nullopt);
 }
 
 OptionalTensor summed_biases(std::initializer_list<const OptionalTensor*> biases) {

@@ -33,16 +33,14 @@ struct CellSizes {
   int64_t state;   // size of the hidden state h: H, or the projection size P of an LSTM layer
 };
 
-// Checks the weights (w_ih [G*H,I], w_hh [G*H,P], biases [G*H], and for an LSTM with projections
-// w_hr [P,H]; P = H without) against input [*, I] and returns I, H and P (batch left 0).
-CellSizes check_weights(const char* op, int64_t gates, const Tensor& input, const Tensor& w_ih,
-                        const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh,
-                        const OptionalTensor& w_hr);
-
-// Checks a state argument (hx, cx) against the batch and its size; `label` is torch.nn's name for
-// it ("0" for h, "1" for c) and `name` ours.
-void check_state(const char* op, int64_t batch, const Tensor& input, const Tensor& state,
-                 int64_t size, const char* label, const char* name);
+// Checks a cell's or layer's forward arguments and returns their sizes: first every size (the
+// weights against input [*, I]: w_ih [G*H,I], w_hh [G*H,P], biases [G*H], w_hr [P,H] for an LSTM
+// with projections, P = H without; then hx [batch, P] and, for the LSTM, cx [batch, H]), then
+// every tensor's device and dtype against input's, the order in which torch.nn reports them.
+CellSizes check_forward_args(const char* op, int64_t gates, const Tensor& input, int64_t batch,
+                             const Tensor& hx, const Tensor* cx, const Tensor& w_ih,
+                             const Tensor& w_hh, const OptionalTensor& b_ih,
+                             const OptionalTensor& b_hh, const OptionalTensor& w_hr);
 
 // Checks a cell forward's arguments and returns their sizes. `op` names the op in messages;
 // `cx` is given for the LSTM only. Messages for the checks torch.nn's cells also make

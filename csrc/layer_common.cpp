@@ -130,10 +130,8 @@ Layer check_layer(const char* op, int64_t gates, const Tensor& input, const Tens
                   const Tensor& hx, const Tensor* cx, const Tensor& w_ih, const Tensor& w_hh,
                   const OptionalTensor& b_ih, const OptionalTensor& b_hh,
                   const OptionalTensor& w_hr, bool reverse) {
-  CellSizes s = check_weights(op, gates, input, w_ih, w_hh, b_ih, b_hh, w_hr);
-  s.batch = hx.dim() >= 1 ? hx.size(0) : 0;
-  check_state(op, s.batch, input, hx, s.state, "0", "hx");
-  if (cx) check_state(op, s.batch, input, *cx, s.hidden, "1", "cx");
+  const CellSizes s = check_forward_args(op, gates, input, hx.dim() >= 1 ? hx.size(0) : 0, hx,
+                                         cx, w_ih, w_hh, b_ih, b_hh, w_hr);
   return {s, schedule(op, batch_sizes, input, s.batch, reverse)};
 }
 

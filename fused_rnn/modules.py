@@ -16,12 +16,24 @@ from . import functional
 __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "convert"]
 
 
+class _NotScriptable:
+    """torch.jit.script (deprecated by PyTorch) cannot compile our forward, which calls the
+    registered ops through Python; this fails at once, naming the way that works."""
+
+    def __prepare_scriptable__(self):
+        name = type(self).__name__
+        raise RuntimeError(
+            f"fused_rnn.{name} cannot be compiled by torch.jit.script. Use "
+            f"torch.compile(model) (fullgraph=True works) or torch.export.export(model, args), "
+            f"which trace fused_rnn's ops; or torch.nn.{name} where TorchScript is required.")
+
+
 def _check_rank(cell: str, what: str, t: torch.Tensor) -> None:
     if t.dim() not in (1, 2):
         raise ValueError(f"{cell}: Expected {what} to be 1D or 2D, got {t.dim()}D instead")
 
 
-class LSTMCell(torch.nn.LSTMCell):
+class LSTMCell(_NotScriptable, torch.nn.LSTMCell):
     """torch.nn.LSTMCell computed by one fused op. Same arguments, parameters and results."""
 
     def forward(self, input, hx=None):
@@ -44,7 +56,7 @@ class LSTMCell(torch.nn.LSTMCell):
         return hy, cy
 
 
-class GRUCell(torch.nn.GRUCell):
+class GRUCell(_NotScriptable, torch.nn.GRUCell):
     """torch.nn.GRUCell computed by one fused op. Same arguments, parameters and results."""
 
     def forward(self, input, hx=None):
@@ -134,7 +146,7 @@ def _sequence_forward(module, input, hx, lstm: bool):
     return output, hidden
 
 
-class LSTM(torch.nn.RNNBase):
+class LSTM(_NotScriptable, torch.nn.RNNBase):
     """torch.nn.LSTM computed by fused whole-sequence ops. Same arguments, parameters, results."""
 
     # torch.nn.LSTM's own checks of the (h, c) state and its reordering for packed sequences.
@@ -149,7 +161,7 @@ class LSTM(torch.nn.RNNBase):
         return _sequence_forward(self, input, hx, lstm=True)
 
 
-class GRU(torch.nn.RNNBase):
+class GRU(_NotScriptable, torch.nn.RNNBase):
     """torch.nn.GRU computed by fused whole-sequence ops. Same arguments, parameters, results."""
 
     def __init__(self, *args, **kwargs):

@@ -74,6 +74,12 @@ LSTM_BAD = {
     "unbatched_input_batched_hx": lambda: (torch.randn(3), (torch.randn(2, 4), torch.randn(2, 4))),
     "batched_input_unbatched_hx": lambda: (torch.randn(2, 3), (torch.randn(4), torch.randn(4))),
     "one_state": lambda: (torch.randn(2, 3), (torch.randn(2, 4),)),
+    # Two faults at once: torch.nn reports the size before the dtype.
+    "hidden_size_and_dtype_h": lambda: (torch.randn(2, 3), (torch.randn(2, 5).double(),
+                                                            torch.randn(2, 4))),
+    "hidden_size_c_and_dtype_h": lambda: (torch.randn(2, 3), (torch.randn(2, 4).double(),
+                                                              torch.randn(2, 5))),
+    "input_size_and_dtype": lambda: (torch.randn(2, 5).double(),),
 }
 GRU_BAD = {
     "input_size": lambda: (torch.randn(2, 5),),
@@ -83,6 +89,8 @@ GRU_BAD = {
     "hx_rank": lambda: (torch.randn(2, 3), torch.randn(1, 2, 4)),
     "unbatched_input_batched_hx": lambda: (torch.randn(3), torch.randn(2, 4)),
     "batched_input_unbatched_hx": lambda: (torch.randn(2, 3), torch.randn(4)),
+    "hidden_size_and_dtype": lambda: (torch.randn(2, 3), torch.randn(2, 5).double()),
+    "batch_and_dtype": lambda: (torch.randn(2, 3), torch.randn(3, 4).double()),
 }
 BAD_CASES = [("lstm", name, make) for name, make in LSTM_BAD.items()] + \
     [("gru", name, make) for name, make in GRU_BAD.items()]
@@ -160,3 +168,35 @@ def test_good_calls_modify_nothing(kind):
     out = ours(x, state)
     sum(o.sum() for o in (out if kind == "lstm" else (out,))).backward()
     _assert_unchanged(before, [x, state, *ours.parameters()])
+
+
+SCRIPTED = {"lstm-cell": (fused_rnn.LSTMCell, (3, 4)), "gru-cell": (fused_rnn.GRUCell, (3, 4)),
+            "lstm": (fused_rnn.LSTM, (3, 4)), "gru": (fused_rnn.GRU, (3, 4))}
+
+
+@pytest.mark.parametrize("kind", SCRIPTED)
+def test_torch_jit_script_fails_at_once_pointing_to_compile_and_export(kind):
+    cls, args = SCRIPTED[kind]
+    model = torch.nn.Sequential(torch.nn.Identity(), cls(*args))
+    for target in (model[1], model):
+        with pytest.raises(RuntimeError, match=rf"fused_rnn\.{cls.__name__} cannot be compiled by "
+                           r"torch\.jit\.script.*torch\.compile.*torch\.export"):
+            torch.jit.script(target)
+
+
+@pytest.mark.parametrize("kind", SCRIPTED)
+def test_torch_export_gives_eager_results(kind):
+    cls, args = SCRIPTED[kind]
+    module = cls(*args)
+    x = torch.randn(2, 3) if kind.endswith("cell") else torch.randn(5, 2, 3)
+    exported = torch.export.export(module, (x,)).module()
+    for got, want in zip(torch.utils._pytree.tree_leaves(exported(x)),
+                         torch.utils._pytree.tree_leaves(module(x))):
+        torch.testing.assert_close(got, want)
+
+
+def test_gru_cell_without_state_works():
+    cell = fused_rnn.GRUCell(3, 4)
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(cell(x), cell(x, torch.zeros(2, 4)))
+    torch.testing.assert_close(cell(x[0]), cell(x, torch.zeros(2, 4))[0])
