@@ -1,11 +1,16 @@
-"""DistributedDataParallel: training split over 2 processes (gloo, CPU) equals one process."""
+"""Distributed training with PyTorch's own wrappers, unchanged: DistributedDataParallel and FSDP
+(fully_shard), each over 2 processes (gloo, CPU), equals training in one process."""
 
 import os
 import tempfile
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 import fused_rnn
@@ -56,22 +61,44 @@ def new_model():
     return Tagger().double()
 
 
-def worker(rank, init_file, out_dir):
+def full(t):
+    """A tensor as one process holds it: a sharded DTensor (FSDP) gathered whole."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def ddp(model):
+    return DistributedDataParallel(model)
+
+
+def fsdp(model):
+    mesh = init_device_mesh("cpu", (WORLD,))
+    for module in (model.lstm, model.gru, model):  # a unit per recurrent module, as usual
+        fully_shard(module, mesh=mesh)
+    return model
+
+
+WRAPPERS = {"ddp": ddp, "fsdp": fsdp}
+
+
+def worker(rank, wrapper, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=WORLD)
     try:
-        model = DistributedDataParallel(new_model())
+        model = WRAPPERS[wrapper](new_model())
         share = BATCH // WORLD
-        result = train(model, batches(), slice(rank * share, (rank + 1) * share))
+        grads, params = train(model, batches(), slice(rank * share, (rank + 1) * share))
+        result = ([[full(g) for g in step] for step in grads], [full(p) for p in params])
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_gradients_equal_single_process_training():
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_gradients_equal_single_process_training(wrapper):
     single_grads, single_params = train(new_model(), batches(), slice(0, BATCH))
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(worker, args=(os.path.join(out_dir, "init"), out_dir), nprocs=WORLD, join=True)
+        mp.spawn(worker, args=(wrapper, os.path.join(out_dir, "init"), out_dir), nprocs=WORLD,
+                 join=True)
         results = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)]
     for grads, params in results:
         for step in range(STEPS):
