@@ -5,7 +5,8 @@ GPU-less machine (a compile-and-link check); an installed toolkit alone never sw
 FUSED_RNN_SKIP_CUDA=1 builds the CPU library even where a GPU is visible. TORCH_CUDA_ARCH_LIST is
 respected; without it the targets are sm_80 and sm_90, plus PTX for newer GPUs. NVCC_THREADS sets
 nvcc's parallel compilation threads (default 2); FUSED_RNN_PTXAS_VERBOSE=1 prints each kernel's
-registers, shared memory and spills.
+registers, shared memory and spills. FUSED_RNN_SANITIZE=1 builds the C++ code with AddressSanitizer
+and UndefinedBehaviorSanitizer (for CI's sanitizer step: run it with libasan preloaded).
 """
 
 import os
@@ -69,6 +70,11 @@ def _extension():
     # extension itself is compiled and linked with OpenMP; without it, it runs serially.
     openmp = ["-fopenmp"]
     link = openmp + _shared_cxx_runtime()
+    if _flag("FUSED_RNN_SANITIZE"):
+        sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                    "-fno-omit-frame-pointer", "-g"]
+        cxx += sanitize
+        link += sanitize
     macros = [
         ("FUSED_RNN_VERSION", f'"{VERSION}"'),
         ("FUSED_RNN_TORCH_VERSION", f'"{torch.__version__}"'),

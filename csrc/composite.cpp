@@ -109,7 +109,9 @@ Tensor readable(const Tensor& batch_sizes) {
     return batch_sizes;
   }
   std::vector<int64_t> values;
-  for (int64_t t = 0; t < batch_sizes.size(0); ++t) values.push_back(batch_sizes[t].item<int64_t>());
+  for (int64_t t = 0; t < batch_sizes.size(0); ++t) {
+    values.push_back(batch_sizes[t].item<int64_t>());
+  }
   // Made outside the transform, which would wrap a tensor made under it too.
   c10::impl::ExcludeDispatchKeyGuard outside(
       c10::DispatchKeySet({c10::DispatchKey::FuncTorchDynamicLayerFrontMode,

@@ -1,0 +1,82 @@
+"""CUDA graphs: a whole training step (forward, backward, optimizer step) of a model using our
+LSTM and GRU, captured with torch.cuda.graph and replayed on new batches, gives the eager step's
+loss and parameters (so no op of ours synchronizes with the host or leaves the current stream)."""
+
+import copy
+
+import pytest
+import torch
+
+import fused_rnn
+from conftest import CUDA_READY
+
+pytestmark = pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
+T, BATCH, FEATURES, HIDDEN, CLASSES = 9, 8, 16, 32, 5
+
+
+class Tagger(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = fused_rnn.LSTM(FEATURES, HIDDEN, num_layers=2, bidirectional=True)
+        self.gru = fused_rnn.GRU(2 * HIDDEN, HIDDEN)
+        self.head = torch.nn.Linear(HIDDEN, CLASSES)
+
+    def forward(self, x):
+        return self.head(self.gru(self.lstm(x)[0])[0])
+
+
+def training_step(model, optimizer, x, y):
+    loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def batch(seed):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    return (torch.randn(T, BATCH, FEATURES, device="cuda", generator=gen),
+            torch.randint(0, CLASSES, (T, BATCH), device="cuda", generator=gen))
+
+
+@pytest.fixture(params=[False, True], ids=["step-wise", "persistent"])
+def persistent(request):
+    fused_rnn.use_persistent_kernels(request.param)
+    yield request.param
+    fused_rnn.use_persistent_kernels(False)
+
+
+def test_a_captured_training_step_replays_the_eager_step(persistent):
+    torch.manual_seed(0)
+    model = Tagger().cuda()
+    eager = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    eager_optimizer = torch.optim.SGD(eager.parameters(), lr=0.1)
+    static_x, static_y = batch(0)
+
+    # Warm-up on a side stream, as torch.cuda.graph requires; the eager copy takes the same steps.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            optimizer.zero_grad(set_to_none=True)
+            training_step(model, optimizer, static_x, static_y)
+    torch.cuda.current_stream().wait_stream(side)
+    for _ in range(3):
+        eager_optimizer.zero_grad(set_to_none=True)
+        training_step(eager, eager_optimizer, static_x, static_y)
+
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        static_loss = training_step(model, optimizer, static_x, static_y)
+
+    for seed in range(1, 4):
+        x, y = batch(seed)
+        static_x.copy_(x)
+        static_y.copy_(y)
+        graph.replay()
+        eager_optimizer.zero_grad(set_to_none=True)
+        eager_loss = training_step(eager, eager_optimizer, x, y)
+        torch.testing.assert_close(static_loss, eager_loss)
+        for (name, got), want in zip(model.named_parameters(), eager.parameters()):
+            torch.testing.assert_close(got, want, msg=lambda m, name=name: f"{name}: {m}")
