@@ -5,10 +5,10 @@
 #include "composite.h"
 
 #include <ATen/TensorOperators.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <algorithm>
 #include <vector>

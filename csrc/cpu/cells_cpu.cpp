@@ -694,15 +694,25 @@ void gru_gate_grads_cpu(const Tensor& grad_h, const Tensor& h_prev, const Tensor
   });
 }
 
-constexpr DeviceKernels kCpuKernels{&prepare_linear_cpu,    &linear_cpu,
-                                    &matmul_cpu,
-                                    &prepare_recurrent_cpu, &prepare_step_weight_cpu,
-                                    &step_linear_cpu,       &lstm_step_cpu,
-                                    &gru_step_cpu,          &lstm_gate_grads_cpu,
-                                    &gru_gate_grads_cpu,    &lstm_sequence_cpu,
-                                    &gru_sequence_cpu,      &lstm_sequence_from_input_cpu,
-                                    &gru_sequence_from_input_cpu,
-                                    &lstm_backward_sequence_cpu, &gru_backward_sequence_cpu};
+// Designated: each kernel named by its entry (one out of order does not compile).
+constexpr DeviceKernels kCpuKernels{
+    .prepare_linear = &prepare_linear_cpu,
+    .linear = &linear_cpu,
+    .matmul = &matmul_cpu,
+    .prepare_recurrent = &prepare_recurrent_cpu,
+    .prepare_step_weight = &prepare_step_weight_cpu,
+    .step_linear = &step_linear_cpu,
+    .lstm_step = &lstm_step_cpu,
+    .gru_step = &gru_step_cpu,
+    .lstm_gate_grads = &lstm_gate_grads_cpu,
+    .gru_gate_grads = &gru_gate_grads_cpu,
+    .lstm_sequence = &lstm_sequence_cpu,
+    .gru_sequence = &gru_sequence_cpu,
+    .lstm_sequence_from_input = &lstm_sequence_from_input_cpu,
+    .gru_sequence_from_input = &gru_sequence_from_input_cpu,
+    .lstm_backward_sequence = &lstm_backward_sequence_cpu,
+    .gru_backward_sequence = &gru_backward_sequence_cpu,
+};
 
 std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tensor& hx,
                                                  const Tensor& cx, const Tensor& w_ih,

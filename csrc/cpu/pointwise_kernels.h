@@ -747,13 +747,27 @@ void linear_rows(const Tensor& x, const Tensor& w, const float* bias, const Tens
 #define FUSED_RNN_STRINGIFY_(x) #x
 #define FUSED_RNN_STRINGIFY(x) FUSED_RNN_STRINGIFY_(x)
 extern const PointwiseKernels kKernels = {
-    FUSED_RNN_STRINGIFY(CPU_CAPABILITY), &lstm_forward,         &lstm_backward,
-    &gru_forward,                        &gru_backward,         kLanes,
-    &pack_recurrent_weight,              &recurrent_tasks,      &lstm_forward_recurrent,
-    &gru_forward_recurrent,              &pack_linear_weight,   &linear_tasks,
-    &linear_packed,                      &rows_tasks,           &linear_rows,
-    &matmul_rows,                        &lstm_backward_gates,  &gru_backward_gates,
-    &lstm_backward_product,              &gru_backward_product};
+    .isa = FUSED_RNN_STRINGIFY(CPU_CAPABILITY),
+    .lstm_forward = &lstm_forward,
+    .lstm_backward = &lstm_backward,
+    .gru_forward = &gru_forward,
+    .gru_backward = &gru_backward,
+    .lanes = kLanes,
+    .pack_recurrent_weight = &pack_recurrent_weight,
+    .recurrent_tasks = &recurrent_tasks,
+    .lstm_forward_recurrent = &lstm_forward_recurrent,
+    .gru_forward_recurrent = &gru_forward_recurrent,
+    .pack_linear_weight = &pack_linear_weight,
+    .linear_tasks = &linear_tasks,
+    .linear_packed = &linear_packed,
+    .rows_tasks = &rows_tasks,
+    .linear_rows = &linear_rows,
+    .matmul_rows = &matmul_rows,
+    .lstm_backward_gates = &lstm_backward_gates,
+    .gru_backward_gates = &gru_backward_gates,
+    .lstm_backward_product = &lstm_backward_product,
+    .gru_backward_product = &gru_backward_product,
+};
 
 }  // namespace cpu::CPU_CAPABILITY
 }  // namespace fused_rnn

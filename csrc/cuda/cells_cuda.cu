@@ -375,15 +375,25 @@ Tensor matmul_cuda(const Tensor& a, const Tensor& b, const OptionalTensor& add) 
   return add.has_value() ? at::addmm(*add, a, b) : at::mm(a, b);
 }
 
-constexpr DeviceKernels kCudaKernels{&prepare_linear_cuda,    &linear_cuda,
-                                     &matmul_cuda,
-                                     &prepare_recurrent_cuda, &prepare_linear_cuda,
-                                     &step_linear_cuda,       &lstm_step_cuda,
-                                     &gru_step_cuda,          &lstm_gate_grads_cuda,
-                                     &gru_gate_grads_cuda,    &cuda::lstm_sequence,
-                                     &cuda::gru_sequence,     nullptr,
-                                     nullptr,                 nullptr,
-                                     nullptr};
+// Designated: each kernel named by its entry; the CPU-only whole-sequence entries stay null.
+constexpr DeviceKernels kCudaKernels{
+    .prepare_linear = &prepare_linear_cuda,
+    .linear = &linear_cuda,
+    .matmul = &matmul_cuda,
+    .prepare_recurrent = &prepare_recurrent_cuda,
+    .prepare_step_weight = &prepare_linear_cuda,
+    .step_linear = &step_linear_cuda,
+    .lstm_step = &lstm_step_cuda,
+    .gru_step = &gru_step_cuda,
+    .lstm_gate_grads = &lstm_gate_grads_cuda,
+    .gru_gate_grads = &gru_gate_grads_cuda,
+    .lstm_sequence = &cuda::lstm_sequence,
+    .gru_sequence = &cuda::gru_sequence,
+    .lstm_sequence_from_input = nullptr,
+    .gru_sequence_from_input = nullptr,
+    .lstm_backward_sequence = nullptr,
+    .gru_backward_sequence = nullptr,
+};
 
 }  // namespace
 
