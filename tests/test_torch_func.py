@@ -105,3 +105,22 @@ def test_per_sample_gradients_match_torch_nn(name, device):
     with native_rnn():
         want = torch.stack([grad(loss_of(theirs))(s) for s in samples])
     assert_same(got, want, torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", MODULES)
+def test_forward_mode_ad_matches_torch_nn(name, device):
+    import torch.autograd.forward_ad as fwAD
+
+    theirs, ours, x = make_pair(name, torch.float64, device)
+    tangent = torch.randn_like(x)
+
+    def tangent_of(module):
+        with fwAD.dual_level():
+            return fwAD.unpack_dual(first_output(module)(fwAD.make_dual(x, tangent))).tangent
+
+    got = tangent_of(ours)
+    with native_rnn():
+        want = tangent_of(theirs)
+    assert got is not None
+    assert_same(got, want, torch.float64)
