@@ -7,8 +7,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fused_rnn
-from conftest import DEVICES, assert_matches_torch, native_rnn
-from test_sequence import CONFIGS, config_id, flatten, make_inputs, make_modules
+from conftest import DEVICES, assert_matches_torch, config_id, flatten, make_inputs, make_modules
+from conftest import SEQUENCE_CONFIGS as CONFIGS
+from conftest import native_rnn
 
 HALF_TYPES = [torch.bfloat16, torch.float16]
 

@@ -2,140 +2,18 @@
 
 import copy
 import pickle
-import sys
 
 import pytest
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fused_rnn
-from conftest import (CUDA_READY, DEVICES, TOLERANCES, assert_compiles_like_eager,
-                      assert_matches_torch)
+from conftest import (CUDA_READY, DEFAULT_SIZES, DEVICES, TOLERANCES, Sizes,
+                      assert_compiles_like_eager, assert_matches_torch, check_against_torch,
+                      config_id, flatten, make_inputs, make_modules)
+from conftest import SEQUENCE_CONFIGS as CONFIGS
+from conftest import SEQUENCE_MODULES as MODULES
 
-MODULES = {"lstm": (torch.nn.LSTM, fused_rnn.LSTM), "gru": (torch.nn.GRU, fused_rnn.GRU)}
-
-# Configurations covering every feature: (kind, constructor kwargs, input mode, T, hx given).
-# Input modes: "padded" [T, B, I] (or batch_first), "packed" / "unsorted" PackedSequence,
-# "unbatched" [T, I].
-CONFIGS = [
-    ("lstm", dict(), "padded", 1, False),
-    ("lstm", dict(), "padded", 40, True),
-    ("lstm", dict(num_layers=2, bidirectional=True), "padded", 9, True),
-    ("lstm", dict(num_layers=3, batch_first=True), "padded", 7, False),
-    ("lstm", dict(bias=False, bidirectional=True), "packed", 8, True),
-    ("lstm", dict(num_layers=2, bidirectional=True, batch_first=True), "unsorted", 8, True),
-    ("lstm", dict(proj_size=3), "padded", 6, True),
-    ("lstm", dict(num_layers=2, proj_size=4, bidirectional=True), "unsorted", 8, False),
-    ("lstm", dict(num_layers=2, bidirectional=True), "unbatched", 5, True),
-    ("lstm", dict(proj_size=2, batch_first=True), "unbatched", 5, False),
-    ("gru", dict(), "padded", 1, False),
-    ("gru", dict(), "padded", 40, True),
-    ("gru", dict(num_layers=2, bidirectional=True), "padded", 9, True),
-    ("gru", dict(num_layers=3, batch_first=True, bias=False), "padded", 7, False),
-    ("gru", dict(bidirectional=True), "packed", 8, True),
-    ("gru", dict(num_layers=2, bidirectional=True, batch_first=True), "unsorted", 8, False),
-    ("gru", dict(num_layers=2), "unbatched", 5, True),
-]
-INPUT_SIZE, HIDDEN, BATCH = 5, 6, 4
-LENGTHS = [8, 3, 8, 1]  # for the packed modes; unsorted on purpose
-
-
-def config_id(cfg):
-    kind, kw, mode, steps, given = cfg
-    args = "-".join(f"{k}={v}" for k, v in kw.items()) or "default"
-    return f"{kind}-{args}-{mode}-T{steps}-{'hx' if given else 'nohx'}"
-
-
-def make_modules(kind, kw, dtype, device, seed=0):
-    torch_cls, our_cls = MODULES[kind]
-    torch.manual_seed(seed)
-    theirs = torch_cls(INPUT_SIZE, HIDDEN, dtype=dtype, device=device, **kw)
-    ours = our_cls(INPUT_SIZE, HIDDEN, dtype=dtype, device=device, **kw)
-    ours.load_state_dict(theirs.state_dict())
-    truth = torch_cls(INPUT_SIZE, HIDDEN, dtype=torch.float64, **kw)
-    truth.load_state_dict({k: v.double().cpu() for k, v in theirs.state_dict().items()})
-    return theirs, ours, truth
-
-
-def make_inputs(kind, kw, mode, steps, given, dtype, device):
-    """Leaves (input tensor, initial states) and a builder turning them into the module's args."""
-    batch_first = kw.get("batch_first", False)
-    layers = kw.get("num_layers", 1) * (2 if kw.get("bidirectional") else 1)
-    state = kw.get("proj_size", 0) or HIDDEN
-    batched = mode != "unbatched"
-
-    def rand(*shape):
-        return torch.randn(*shape, dtype=dtype, device=device, requires_grad=True)
-
-    if not batched:
-        x = rand(steps, INPUT_SIZE)
-    elif batch_first:
-        x = rand(BATCH, steps, INPUT_SIZE)
-    else:
-        x = rand(steps, BATCH, INPUT_SIZE)
-    states = []
-    if given:
-        shape = (layers, BATCH) if batched else (layers,)
-        states = [rand(*shape, state)] + ([rand(*shape, HIDDEN)] if kind == "lstm" else [])
-
-    def build(x, states):
-        inp = x
-        if mode in ("packed", "unsorted"):
-            lengths = sorted(LENGTHS, reverse=True) if mode == "packed" else LENGTHS
-            inp = pack_padded_sequence(x, torch.tensor(lengths), batch_first=batch_first,
-                                       enforce_sorted=mode == "packed")
-        if not states:
-            return (inp,)
-        return (inp, tuple(states) if kind == "lstm" else states[0])
-
-    return x, states, build
-
-
-def flatten(result):
-    """Output tensor (packed data for a PackedSequence) and final states, as a list."""
-    output, hidden = result
-    data = output.data if isinstance(output, PackedSequence) else output
-    return [data, *(hidden if isinstance(hidden, tuple) else (hidden,))]
-
-
-def run_and_grad(module, x, states, build, out_weights):
-    results = flatten(module(*build(x, states)))
-    loss = sum((r * w.to(r)).sum() for r, w in zip(results, out_weights))
-    leaves = [x, *states, *module.parameters()]
-    return results, torch.autograd.grad(loss, leaves)
-
-
-def check_against_torch(kind, kw, mode, steps, given, dtype, device, long_sums=False):
-    theirs, ours, truth = make_modules(kind, kw, dtype, device)
-    x, states, build = make_inputs(kind, kw, mode, steps, given, dtype, device)
-    shapes = [r.shape for r in flatten(theirs(*build(x, states)))]
-    out_weights = [torch.randn(s, dtype=torch.float64) for s in shapes]
-
-    got, got_grads = run_and_grad(ours, x, states, build, out_weights)
-    want, want_grads = run_and_grad(theirs, x, states, build, out_weights)
-
-    def to_truth(t):
-        return t.detach().double().cpu().requires_grad_()
-
-    true, true_grads = run_and_grad(truth, to_truth(x), [to_truth(s) for s in states], build,
-                                    out_weights)
-    names = ["output", "h_n", "c_n"][:len(got)]
-    for name, a, b, t in zip(names, got, want, true):
-        assert_matches_torch(a, b, t, name)
-    state_names = ["input", *(f"state {i}" for i in range(len(states)))]
-    parameter_names = [n for n, _ in ours.named_parameters()]
-    assert len(got_grads) == len(state_names) + len(parameter_names)
-    for k, (a, b, t) in enumerate(zip(got_grads, want_grads, true_grads)):
-        # A parameter's gradient sums every step of every row. On CUDA cuDNN and cuBLAS sum in
-        # different orders (float32 results ~1e-6 relative apart, past rtol 1e-5 on the H200):
-        # there such sums are held to the accuracy rule's form for them (as close to float64 as
-        # torch.nn is). The CPU keeps the fixed tolerance, but for sums over thousands of rows
-        # (long_sums), where any two summation orders drift apart as far.
-        summed = k >= len(state_names)
-        name = parameter_names[k - len(state_names)] if summed else state_names[k]
-        assert_matches_torch(a, b, t, f"grad of {name}",
-                             against_truth=summed and (device == "cuda" or long_sums))
-
+INPUT_SIZE, HIDDEN = DEFAULT_SIZES.input_size, DEFAULT_SIZES.hidden
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -157,43 +35,37 @@ WIDE_CONFIGS = [
 
 
 @pytest.mark.parametrize("cfg", WIDE_CONFIGS, ids=config_id)
-def test_matches_torch_nn_over_many_blocks_and_rows(cfg, monkeypatch):
-    monkeypatch.setattr(sys.modules[__name__], "HIDDEN", 70)
-    monkeypatch.setattr(sys.modules[__name__], "BATCH", 13)
-    monkeypatch.setattr(sys.modules[__name__], "LENGTHS", [12, 3, 12, 1, 9, 12, 5, 8, 12, 2, 10,
-                                                           7, 11])
-    check_against_torch(*cfg, torch.float32, "cpu")
+def test_matches_torch_nn_over_many_blocks_and_rows(cfg):
+    sizes = Sizes(hidden=70, batch=13, lengths=(12, 3, 12, 1, 9, 12, 5, 8, 12, 2, 10, 7, 11))
+    check_against_torch(*cfg, torch.float32, "cpu", sizes=sizes)
 
 
 @pytest.mark.parametrize("kind", MODULES)
-def test_matches_torch_nn_past_32_rows(kind, monkeypatch):
+def test_matches_torch_nn_past_32_rows(kind):
     """B = 70: the CPU's fused steps (forward and backward) take up to 128 rows where W_hh fits
     in cache, in 12 row chunks; the backward splits the batch over the threads (35 rows each on
     two)."""
-    monkeypatch.setattr(sys.modules[__name__], "HIDDEN", 40)
-    monkeypatch.setattr(sys.modules[__name__], "BATCH", 70)
-    check_against_torch(kind, dict(bidirectional=True), "padded", 9, True, torch.float32, "cpu")
+    check_against_torch(kind, dict(bidirectional=True), "padded", 9, True, torch.float32, "cpu",
+                        sizes=Sizes(hidden=40, batch=70))
 
 
 @pytest.mark.parametrize("kind", MODULES)
 @pytest.mark.parametrize("batch", [8, 21])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("grad", [True, False], ids=["training", "inference"])
-def test_steps_with_their_input_side_match_torch_nn(kind, batch, bias, grad, monkeypatch):
+def test_steps_with_their_input_side_match_torch_nn(kind, batch, bias, grad):
     """From 8 rows the CPU's fused steps compute x_t @ W_ih^T beside h @ W_hh^T themselves (no
     input projection buffer): I = 24 (the second layer's 80) != H = 40, a partial row chunk (21
     rows), both directions, with and without biases; every gradient in training, the outputs
     and states in inference (where the LSTM writes no activated gates and the GRU reuses one
     step's workspace)."""
-    monkeypatch.setattr(sys.modules[__name__], "INPUT_SIZE", 24)
-    monkeypatch.setattr(sys.modules[__name__], "HIDDEN", 40)
-    monkeypatch.setattr(sys.modules[__name__], "BATCH", batch)
+    sizes = Sizes(input_size=24, hidden=40, batch=batch)
     cfg = (kind, dict(num_layers=2, bidirectional=True, bias=bias), "padded", 9, True)
     if grad:
-        check_against_torch(*cfg, torch.float32, "cpu")
+        check_against_torch(*cfg, torch.float32, "cpu", sizes=sizes)
         return
-    theirs, ours, truth = make_modules(*cfg[:2], torch.float32, "cpu")
-    x, states, build = make_inputs(*cfg, torch.float32, "cpu")
+    theirs, ours, truth = make_modules(*cfg[:2], torch.float32, "cpu", sizes=sizes)
+    x, states, build = make_inputs(*cfg, torch.float32, "cpu", sizes)
     with torch.no_grad():
         got, want = flatten(ours(*build(x, states))), flatten(theirs(*build(x, states)))
         true = flatten(truth(*build(x.double(), [s.double() for s in states])))
@@ -202,33 +74,29 @@ def test_steps_with_their_input_side_match_torch_nn(kind, batch, bias, grad, mon
 
 
 @pytest.mark.parametrize("kind", MODULES)
-def test_matches_torch_nn_with_a_large_recurrent_weight(kind, monkeypatch):
+def test_matches_torch_nn_with_a_large_recurrent_weight(kind):
     """H = 1024: W_hh is 12-16 MB, which the CPU's fused steps (forward and backward) take while
     it fits the last-level cache."""
-    monkeypatch.setattr(sys.modules[__name__], "HIDDEN", 1024)
-    monkeypatch.setattr(sys.modules[__name__], "BATCH", 3)
-    check_against_torch(kind, dict(), "padded", 9, True, torch.float32, "cpu")
+    check_against_torch(kind, dict(), "padded", 9, True, torch.float32, "cpu",
+                        sizes=Sizes(hidden=1024, batch=3))
 
 
 @pytest.mark.parametrize("kind", MODULES)
-def test_matches_torch_nn_over_a_thousand_rows(kind, monkeypatch):
+def test_matches_torch_nn_over_a_thousand_rows(kind):
     """T * B = 1280 rows and G * H > 128: the CPU's input gradient over all steps is oneDNN's
     product with W_ih^T packed (fewer rows take MKL's or our tile kernel)."""
-    monkeypatch.setattr(sys.modules[__name__], "HIDDEN", 48)
-    monkeypatch.setattr(sys.modules[__name__], "BATCH", 20)
-    check_against_torch(kind, dict(bidirectional=True), "padded", 64, True, torch.float32, "cpu")
+    check_against_torch(kind, dict(bidirectional=True), "padded", 64, True, torch.float32, "cpu",
+                        sizes=Sizes(hidden=48, batch=20))
 
 
-def test_gru_training_in_chunks_matches_torch_nn(monkeypatch):
+def test_gru_training_in_chunks_matches_torch_nn():
     """The GRU saves its workspace, not its input projection, so on the CPU its training forward
     too runs in chunks of about 16 MB of projection: B=40 H=512 makes 68 steps a chunk, so 150
     steps are three, the last one shorter (both directions)."""
-    monkeypatch.setattr(sys.modules[__name__], "HIDDEN", 512)
-    monkeypatch.setattr(sys.modules[__name__], "BATCH", 40)
     # The weight gradients sum 6000 rows: float32 orders differ by ~1e-4 there (the code before
     # this path, one chunk, too), so they are held to float64's accuracy, as close as torch.nn.
     check_against_torch("gru", dict(bidirectional=True), "padded", 150, True, torch.float32,
-                        "cpu", long_sums=True)
+                        "cpu", long_sums=True, sizes=Sizes(hidden=512, batch=40))
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
