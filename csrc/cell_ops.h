@@ -141,6 +141,11 @@ struct DeviceKernels {
                                 const Tensor& h_before, const Tensor& w_hh, const Tensor& grad_h,
                                 const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
                                 bool reverse);
+  // Where the input projection is not saved (inference; the GRU's training too), a padded batch
+  // runs in chunks of steps whose projection takes about this many bytes, each chunk's buffer
+  // reused; 0: the whole sequence's projection at once. (A layer whose steps compute their input
+  // side themselves, the *_sequence_from_input entries, has none to chunk.)
+  int64_t projection_chunk_bytes;
 };
 
 // The sum of the biases given (none: no bias).

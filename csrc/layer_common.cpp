@@ -146,19 +146,15 @@ void check_layer_args(const char* op, int64_t gates, const Tensor& input,
 
 namespace {
 
-// Where the input projection is not saved (inference, keep_saved=false; the GRU's training too), a
-// padded batch on the CPU runs in chunks of steps, each chunk's input projection in a buffer of
-// about kProjectionChunkBytes: one for the whole sequence would be a fresh memory mapping on
-// every call at large batches, first touched page by page (a tenth of the forward at B=128;
-// benchmarks/NOTES.md entry 17), while a chunk's is reused from the heap. (CUDA's caching
-// allocator reuses its blocks: there the whole sequence runs at once. A layer whose steps
-// compute their input side themselves, the *_sequence_from_input entries, has none to chunk.)
-constexpr int64_t kProjectionChunkBytes = 16 << 20;
-
-// Steps per chunk, for `steps` steps of `batch` rows of `columns` input-side values each.
-int64_t chunk_steps(int64_t steps, int64_t batch, int64_t columns, const Tensor& like) {
+// Steps per chunk of the input projection (DeviceKernels::projection_chunk_bytes), for `steps`
+// steps of `batch` rows of `columns` input-side values each: all of them where the device does
+// not chunk.
+int64_t chunk_steps(const DeviceKernels& k, int64_t steps, int64_t batch, int64_t columns,
+                    const Tensor& like) {
+  if (k.projection_chunk_bytes == 0) return steps;
   const int64_t step_bytes = std::max<int64_t>(1, batch * columns * like.element_size());
-  return std::clamp<int64_t>(kProjectionChunkBytes / step_bytes, 1, std::max<int64_t>(steps, 1));
+  return std::clamp<int64_t>(k.projection_chunk_bytes / step_bytes, 1,
+                             std::max<int64_t>(steps, 1));
 }
 
 // run(first, steps) for each chunk of `chunk` steps (the last one shorter), in the order the
@@ -259,9 +255,8 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
   }
 
   const int64_t steps = static_cast<int64_t>(order.size());
-  const int64_t chunk = chunk_steps(steps, B, kLstmGates * s.hidden, input);
-  if (!keep_saved && input.is_cpu() && !w_hr.has_value() && chunk < steps &&
-      uniform_batch(order, B)) {
+  const int64_t chunk = chunk_steps(k, steps, B, kLstmGates * s.hidden, input);
+  if (!keep_saved && !w_hr.has_value() && chunk < steps && uniform_batch(order, B)) {
     // Inference on a padded batch that spans several chunks; the cell states of two chunks at a
     // time (a chunk starts from the one before it).
     const Tensor cells[2] = {at::empty({chunk * B, s.hidden}, input.options()),
@@ -400,10 +395,10 @@ GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Ten
   }
 
   const int64_t steps = static_cast<int64_t>(order.size());
-  const int64_t chunk = chunk_steps(steps, B, kGruGates * s.hidden, input);
+  const int64_t chunk = chunk_steps(k, steps, B, kGruGates * s.hidden, input);
   Tensor h_n;
-  if (input.is_cpu() && chunk < steps && uniform_batch(order, B)) {
-    // A padded batch that spans several chunks (see kProjectionChunkBytes). The GRU saves its
+  if (chunk < steps && uniform_batch(order, B)) {
+    // A padded batch that spans several chunks (projection_chunk_bytes). The GRU saves its
     // workspace, not the projection, so training runs in chunks too (B=128 H=256 forward+
     // backward: 0.95x -> 0.91x of torch.nn's time, a fresh 39 MB buffer fewer; NOTES entry 27).
     Tensor h = h0;

@@ -694,6 +694,12 @@ void gru_gate_grads_cpu(const Tensor& grad_h, const Tensor& h_prev, const Tensor
   });
 }
 
+// The input projection's chunk (DeviceKernels::projection_chunk_bytes): one buffer for the
+// whole sequence would be a fresh memory mapping on every call at large batches, first touched
+// page by page (a tenth of the forward at B=128; benchmarks/NOTES.md entry 17), while a chunk's
+// is reused from the heap.
+constexpr int64_t kProjectionChunkBytes = 16 << 20;
+
 // Designated: each kernel named by its entry (one out of order does not compile).
 constexpr DeviceKernels kCpuKernels{
     .prepare_linear = &prepare_linear_cpu,
@@ -712,6 +718,7 @@ constexpr DeviceKernels kCpuKernels{
     .gru_sequence_from_input = &gru_sequence_from_input_cpu,
     .lstm_backward_sequence = &lstm_backward_sequence_cpu,
     .gru_backward_sequence = &gru_backward_sequence_cpu,
+    .projection_chunk_bytes = kProjectionChunkBytes,
 };
 
 std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tensor& hx,

@@ -393,6 +393,8 @@ constexpr DeviceKernels kCudaKernels{
     .gru_sequence_from_input = nullptr,
     .lstm_backward_sequence = nullptr,
     .gru_backward_sequence = nullptr,
+    // The caching allocator reuses its blocks: the whole sequence's projection at once.
+    .projection_chunk_bytes = 0,
 };
 
 }  // namespace
