@@ -90,7 +90,8 @@ CellSizes check_forward_args(const char* op, int64_t gates, const Tensor& input,
   // before a wrong dtype.
   const auto optional = [](const OptionalTensor& t) { return t ? &*t : nullptr; };
   const std::pair<const char*, const Tensor*> tensors[] = {
-      {"hx", &hx},  {"cx", cx},     {"w_ih", &w_ih},          {"w_hh", &w_hh},
+      {"hx", &hx},     {"cx", cx},
+      {"w_ih", &w_ih}, {"w_hh", &w_hh},
       {"b_ih", optional(b_ih)}, {"b_hh", optional(b_hh)}, {"w_hr", optional(w_hr)}};
   for (const auto& [name, t] : tensors) {
     if (t) check_like_input(op, name, *t, input);
