@@ -3,6 +3,7 @@
 
 import os
 import tempfile
+import time
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 import fused_rnn
 
 WORLD = 2
+HANG_S = 600  # the test takes seconds; this only turns a hang into a failure
 STEPS = 2
 T, BATCH, FEATURES, HIDDEN = 7, 6, 4, 5
 
@@ -83,22 +85,32 @@ WRAPPERS = {"ddp": ddp, "fsdp": fsdp}
 def worker(rank, wrapper, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=WORLD)
-    try:
-        model = WRAPPERS[wrapper](new_model())
-        share = BATCH // WORLD
-        grads, params = train(model, batches(), slice(rank * share, (rank + 1) * share))
-        result = ([[full(g) for g in step] for step in grads], [full(p) for p in params])
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    model = WRAPPERS[wrapper](new_model())
+    share = BATCH // WORLD
+    grads, params = train(model, batches(), slice(rank * share, (rank + 1) * share))
+    result = ([[full(g) for g in step] for step in grads], [full(p) for p in params])
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    # Leave without tearing the process group down: torch's teardown can deadlock here (seen in
+    # CI: DDP's Reducer, freed with the GIL held, destroys the gloo group, which joins its worker
+    # thread while that thread waits for the GIL to free a finished work item). The results are
+    # saved; the exit status tells mp.spawn the rank succeeded.
+    os._exit(0)
 
 
 @pytest.mark.parametrize("wrapper", WRAPPERS)
 def test_gradients_equal_single_process_training(wrapper):
     single_grads, single_params = train(new_model(), batches(), slice(0, BATCH))
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(worker, args=(wrapper, os.path.join(out_dir, "init"), out_dir), nprocs=WORLD,
-                 join=True)
+        workers = mp.spawn(worker, args=(wrapper, os.path.join(out_dir, "init"), out_dir),
+                           nprocs=WORLD, join=False)
+        # A hang (a lost peer, a deadlock) fails the test rather than the whole run.
+        deadline = time.monotonic() + HANG_S
+        while not workers.join(timeout=5):
+            if time.monotonic() > deadline:
+                for process in workers.processes:
+                    process.kill()
+                pytest.fail(f"the {wrapper} workers did not finish within {HANG_S} s")
         results = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)]
     for grads, params in results:
         for step in range(STEPS):
