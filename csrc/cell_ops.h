@@ -10,6 +10,7 @@
 
 #include <array>
 #include <tuple>
+#include <vector>
 
 // The one dtype dispatch of the project: float, double, half and bfloat16.
 #define FUSED_RNN_DISPATCH_FLOATING_TYPES(TYPE, NAME, ...) \
@@ -50,12 +51,20 @@ CellSizes check_cell_forward_args(const char* op, int64_t gates, const Tensor& i
                                   const Tensor& w_hh, const OptionalTensor& b_ih,
                                   const OptionalTensor& b_hh);
 
-// Checks a layer op's arguments as the layer ops do (batch_sizes included); `cx` is given for the
-// LSTM only.
-void check_layer_args(const char* op, int64_t gates, const Tensor& input,
-                      const Tensor& batch_sizes, const Tensor& hx, const Tensor* cx,
-                      const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
-                      const OptionalTensor& b_hh, const OptionalTensor& w_hr);
+// One step of a layer's (packed) sequence.
+struct SequenceStep {
+  int64_t offset;  // first row of the step in the packed [N, *] tensors
+  int64_t rows;    // batch_sizes[t]
+};
+
+// Checks a layer op's arguments as the layer ops do (batch_sizes included; `cx` is given for the
+// LSTM only) and returns its steps in the order the forward runs them (last first in reverse).
+std::vector<SequenceStep> check_layer_args(const char* op, int64_t gates, const Tensor& input,
+                                           const Tensor& batch_sizes, const Tensor& hx,
+                                           const Tensor* cx, const Tensor& w_ih,
+                                           const Tensor& w_hh, const OptionalTensor& b_ih,
+                                           const OptionalTensor& b_hh, const OptionalTensor& w_hr,
+                                           bool reverse);
 
 // Checks that `t` has exactly the given sizes, device and dtype of `like`.
 void check_saved(const char* op, const char* name, const Tensor& t, at::IntArrayRef sizes,

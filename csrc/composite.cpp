@@ -1,7 +1,7 @@
 // The forward ops as compositions of differentiable ATen operations (composite.h). A layer is a
-// loop over its steps in C++: the input side of every step as one product, then per step the
-// recurrent product and the gate math, with packed sequences' rows leaving (forward) or joining
-// (reverse) the batch as batch_sizes says.
+// loop over its steps in C++ (in the order the layer ops' schedule gives): the input side of every
+// step as one product, then per step the recurrent product and the gate math, with packed
+// sequences' rows leaving (forward) or joining (reverse) the batch as batch_sizes says.
 #include "composite.h"
 
 #include <ATen/TensorOperators.h>
@@ -43,63 +43,39 @@ GruStep gru_step(const Tensor& x_side, const Tensor& h, const Tensor& w_hh,
   return {(1 - z) * n + z * h, at::cat({r, z, n, hs[2]}, 1)};
 }
 
-// The step order and row layout of a (packed) sequence, and the carried states' rows: in the
-// forward direction rows leave the batch (their final state is then set aside); in reverse they
-// join it from the initial state.
-class Steps {
- public:
-  Steps(const Tensor& batch_sizes, bool reverse) : reverse_(reverse) {
-    const auto sizes = batch_sizes.accessor<int64_t, 1>();
-    int64_t offset = 0;
-    for (int64_t t = 0; t < sizes.size(0); ++t) {
-      rows_.push_back(sizes[t]);
-      offsets_.push_back(offset);
-      offset += sizes[t];
-    }
-  }
-  int64_t count() const { return static_cast<int64_t>(rows_.size()); }
-  // The time index of the s-th step run.
-  int64_t time(int64_t s) const { return reverse_ ? count() - 1 - s : s; }
-  int64_t rows(int64_t t) const { return rows_[t]; }
-  int64_t offset(int64_t t) const { return offsets_[t]; }
+// The state entering the first step run (order as check_layer_args returns it): the initial
+// state's rows that step runs (in reverse, those of the sequences that reach the last step).
+Tensor first_state(const Tensor& initial, const std::vector<SequenceStep>& order) {
+  return order.empty() ? initial : initial.narrow(0, 0, order.front().rows);
+}
 
-  // The state entering the first step run: the initial state's rows that step runs (in reverse,
-  // the rows of the sequences that reach the last step).
-  Tensor first(const Tensor& initial) const {
-    return rows_.empty() ? initial : initial.narrow(0, 0, rows_[time(0)]);
+// The state `state` carried into a step of `rows` rows: rows leaving the batch (forward) are set
+// aside in `finished`, highest rows first; rows joining it (reverse) come from `initial`.
+Tensor enter(const Tensor& state, const Tensor& initial, int64_t rows,
+             std::vector<Tensor>& finished) {
+  const int64_t have = state.size(0);
+  if (rows < have) {
+    finished.push_back(state.narrow(0, rows, have - rows));
+    return state.narrow(0, 0, rows);
   }
+  if (rows > have) return at::cat({state, initial.narrow(0, have, rows - have)}, 0);
+  return state;
+}
 
-  // The state `state` carried into step t: its rows cut or joined from `initial`; rows leaving
-  // are set aside in `finished` (highest rows first).
-  Tensor enter(const Tensor& state, const Tensor& initial, int64_t t,
-               std::vector<Tensor>& finished) const {
-    const int64_t have = state.size(0), want = rows_[t];
-    if (want < have) {
-      finished.push_back(state.narrow(0, want, have - want));
-      return state.narrow(0, 0, want);
-    }
-    if (want > have) return at::cat({state, initial.narrow(0, have, want - have)}, 0);
-    return state;
-  }
+// Each sequence's state after its last step, in batch order.
+Tensor final_state(const Tensor& state, std::vector<Tensor> finished) {
+  finished.push_back(state);
+  std::reverse(finished.begin(), finished.end());
+  return finished.size() == 1 ? state : at::cat(finished, 0);
+}
 
-  // Each sequence's state after its last step, in batch order.
-  static Tensor final_state(const Tensor& state, std::vector<Tensor> finished) {
-    finished.push_back(state);
-    std::reverse(finished.begin(), finished.end());
-    return finished.size() == 1 ? state : at::cat(finished, 0);
-  }
-
-  // Per-step tensors [rows, columns], listed in the order run, joined in time order.
-  Tensor in_time_order(std::vector<Tensor> per_step, const Tensor& like, int64_t columns) const {
-    if (per_step.empty()) return like.new_empty({0, columns});
-    if (reverse_) std::reverse(per_step.begin(), per_step.end());
-    return at::cat(per_step, 0);
-  }
-
- private:
-  bool reverse_;
-  std::vector<int64_t> rows_, offsets_;
-};
+// Per-step tensors [rows, columns], listed in the order run, joined in time order.
+Tensor in_time_order(std::vector<Tensor> per_step, bool reverse, const Tensor& like,
+                     int64_t columns) {
+  if (per_step.empty()) return like.new_empty({0, columns});
+  if (reverse) std::reverse(per_step.begin(), per_step.end());
+  return at::cat(per_step, 0);
+}
 
 // batch_sizes as a tensor whose values can be read: under a torch.func transform it comes wrapped,
 // without storage of its own, and only its elements' values (item) can be read.
@@ -121,10 +97,10 @@ Tensor readable(const Tensor& batch_sizes) {
   return plain;
 }
 
-Tensor saved_or_empty(bool keep, const Steps& steps, std::vector<Tensor> per_step,
-                      const Tensor& like, int64_t columns) {
+Tensor saved_or_empty(bool keep, std::vector<Tensor> per_step, bool reverse, const Tensor& like,
+                      int64_t columns) {
   if (!keep) return like.new_empty({0, columns});
-  return steps.in_time_order(std::move(per_step), like, columns).detach();
+  return in_time_order(std::move(per_step), reverse, like, columns).detach();
 }
 
 }  // namespace
@@ -151,53 +127,47 @@ LstmLayerOutputs lstm_layer(const Tensor& input, const Tensor& batch_sizes, cons
                             const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
                             const OptionalTensor& b_ih, const OptionalTensor& b_hh,
                             const OptionalTensor& w_hr, bool reverse, bool keep_saved) {
-  const Tensor sizes = readable(batch_sizes);
-  check_layer_args("lstm_layer", kLstmGates, input, sizes, hx, &cx, w_ih, w_hh, b_ih, b_hh,
-                   w_hr);
-  const Steps steps(sizes, reverse);
+  const auto order = check_layer_args("lstm_layer", kLstmGates, input, readable(batch_sizes), hx,
+                                      &cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
   const Tensor x_side = at::linear(input, w_ih, b_ih);
-  Tensor h = steps.first(hx), c = steps.first(cx);
+  Tensor h = first_state(hx, order), c = first_state(cx, order);
   std::vector<Tensor> outputs, gates, cells, pre_proj, h_done, c_done;
-  for (int64_t s = 0; s < steps.count(); ++s) {
-    const int64_t t = steps.time(s);
-    h = steps.enter(h, hx, t, h_done);
-    c = steps.enter(c, cx, t, c_done);
-    auto step = lstm_step(x_side.narrow(0, steps.offset(t), steps.rows(t)), h, c, w_hh, b_hh);
-    h = w_hr ? at::linear(step.hidden, *w_hr) : step.hidden;
-    c = step.cell;
+  for (const SequenceStep& step : order) {
+    h = enter(h, hx, step.rows, h_done);
+    c = enter(c, cx, step.rows, c_done);
+    auto cell = lstm_step(x_side.narrow(0, step.offset, step.rows), h, c, w_hh, b_hh);
+    h = w_hr ? at::linear(cell.hidden, *w_hr) : cell.hidden;
+    c = cell.cell;
     outputs.push_back(h);
-    gates.push_back(step.gates);
-    cells.push_back(step.cell);
-    pre_proj.push_back(step.hidden);
+    gates.push_back(cell.gates);
+    cells.push_back(cell.cell);
+    if (w_hr) pre_proj.push_back(cell.hidden);
   }
   const int64_t hidden = w_hh.size(0) / kLstmGates;
-  return {steps.in_time_order(outputs, input, h.size(1)), Steps::final_state(h, h_done),
-          Steps::final_state(c, c_done),
-          saved_or_empty(keep_saved, steps, gates, input, kLstmGates * hidden),
-          saved_or_empty(keep_saved, steps, cells, input, hidden),
-          saved_or_empty(keep_saved && w_hr, steps, pre_proj, input, hidden)};
+  return {in_time_order(outputs, reverse, input, h.size(1)), final_state(h, h_done),
+          final_state(c, c_done),
+          saved_or_empty(keep_saved, gates, reverse, input, kLstmGates * hidden),
+          saved_or_empty(keep_saved, cells, reverse, input, hidden),
+          saved_or_empty(keep_saved && w_hr, pre_proj, reverse, input, hidden)};
 }
 
 GruLayerOutputs gru_layer(const Tensor& input, const Tensor& batch_sizes, const Tensor& hx,
                           const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
                           const OptionalTensor& b_hh, bool reverse, bool keep_saved) {
-  const Tensor sizes = readable(batch_sizes);
-  check_layer_args("gru_layer", kGruGates, input, sizes, hx, nullptr, w_ih, w_hh, b_ih, b_hh,
-                   std::nullopt);
-  const Steps steps(sizes, reverse);
+  const auto order = check_layer_args("gru_layer", kGruGates, input, readable(batch_sizes), hx,
+                                      nullptr, w_ih, w_hh, b_ih, b_hh, std::nullopt, reverse);
   const Tensor x_side = at::linear(input, w_ih, b_ih);
-  Tensor h = steps.first(hx);
+  Tensor h = first_state(hx, order);
   std::vector<Tensor> outputs, workspaces, h_done;
-  for (int64_t s = 0; s < steps.count(); ++s) {
-    const int64_t t = steps.time(s);
-    h = steps.enter(h, hx, t, h_done);
-    auto step = gru_step(x_side.narrow(0, steps.offset(t), steps.rows(t)), h, w_hh, b_hh);
-    h = step.hidden;
+  for (const SequenceStep& step : order) {
+    h = enter(h, hx, step.rows, h_done);
+    auto cell = gru_step(x_side.narrow(0, step.offset, step.rows), h, w_hh, b_hh);
+    h = cell.hidden;
     outputs.push_back(h);
-    workspaces.push_back(step.workspace);
+    workspaces.push_back(cell.workspace);
   }
-  return {steps.in_time_order(outputs, input, h.size(1)), Steps::final_state(h, h_done),
-          saved_or_empty(keep_saved, steps, workspaces, input,
+  return {in_time_order(outputs, reverse, input, h.size(1)), final_state(h, h_done),
+          saved_or_empty(keep_saved, workspaces, reverse, input,
                          kGruSavedPerUnit * w_hh.size(1))};
 }
 

@@ -20,13 +20,8 @@
 namespace fused_rnn {
 namespace {
 
-struct Step {
-  int64_t offset;  // first row of the step in the packed [N, *] tensors
-  int64_t rows;    // batch_sizes[t]
-};
-
 // The steps in the order the forward runs them, after checking batch_sizes against the input.
-std::vector<Step> schedule(const char* op, const Tensor& batch_sizes, const Tensor& input,
+std::vector<SequenceStep> schedule(const char* op, const Tensor& batch_sizes, const Tensor& input,
                            int64_t batch, bool reverse) {
   TORCH_CHECK(batch_sizes.dim() == 1 && batch_sizes.scalar_type() == at::kLong &&
                   batch_sizes.device().is_cpu(),
@@ -35,7 +30,7 @@ std::vector<Step> schedule(const char* op, const Tensor& batch_sizes, const Tens
   const Tensor sizes = batch_sizes.contiguous();
   const int64_t* bs = sizes.data_ptr<int64_t>();
   const int64_t steps = sizes.numel();
-  std::vector<Step> order(steps);
+  std::vector<SequenceStep> order(steps);
   int64_t offset = 0;
   for (int64_t t = 0; t < steps; ++t) {
     TORCH_CHECK(bs[t] >= 0 && bs[t] <= (t == 0 ? batch : bs[t - 1]), op,
@@ -53,16 +48,16 @@ std::vector<Step> schedule(const char* op, const Tensor& batch_sizes, const Tens
 }
 
 // Every step runs the whole batch (a padded sequence).
-bool uniform_batch(const std::vector<Step>& order, int64_t batch) {
-  return std::all_of(order.begin(), order.end(), [&](const Step& s) { return s.rows == batch; });
+bool uniform_batch(const std::vector<SequenceStep>& order, int64_t batch) {
+  return std::all_of(order.begin(), order.end(), [&](const SequenceStep& s) { return s.rows == batch; });
 }
 
-Tensor rows(const Tensor& t, const Step& s) { return t.narrow(0, s.offset, s.rows); }
+Tensor rows(const Tensor& t, const SequenceStep& s) { return t.narrow(0, s.offset, s.rows); }
 Tensor first_rows(const Tensor& t, int64_t n) { return t.narrow(0, 0, n); }
 
 // For each step, the state it started from, as a packed [N, X] tensor: the previous step's saved
 // state (saved [N, X]) where the row ran then, else the initial state (init [B, X]).
-Tensor states_before_steps(const std::vector<Step>& order, const Tensor& saved,
+Tensor states_before_steps(const std::vector<SequenceStep>& order, const Tensor& saved,
                            const Tensor& init) {
   Tensor before = at::empty({saved.size(0), init.size(1)}, saved.options());
   const int64_t B = init.size(0), N = saved.size(0);
@@ -77,7 +72,7 @@ Tensor states_before_steps(const std::vector<Step>& order, const Tensor& saved,
     return before;
   }
   for (size_t k = 0; k < order.size(); ++k) {
-    const Step& s = order[k];
+    const SequenceStep& s = order[k];
     const int64_t carried = k == 0 ? 0 : std::min(s.rows, order[k - 1].rows);
     Tensor dst = rows(before, s);
     if (carried > 0) first_rows(dst, carried).copy_(first_rows(rows(saved, order[k - 1]), carried));
@@ -91,11 +86,11 @@ Tensor states_before_steps(const std::vector<Step>& order, const Tensor& saved,
 // The state a step starts from, [rows, X]: a prefix of the previous step's saved rows (saved
 // [N, X]) when it ran all of them, else (the batch grew: reverse direction, packed) those rows
 // followed by initial ones (init [B, X]), gathered into `scratch` [B, X].
-Tensor state_before(const std::vector<Step>& order, size_t k, const Tensor& saved,
+Tensor state_before(const std::vector<SequenceStep>& order, size_t k, const Tensor& saved,
                     const Tensor& init, Tensor& scratch) {
-  const Step& step = order[k];
+  const SequenceStep& step = order[k];
   if (k == 0) return first_rows(init, step.rows);
-  const Step& prev = order[k - 1];
+  const SequenceStep& prev = order[k - 1];
   if (step.rows <= prev.rows) return first_rows(rows(saved, prev), step.rows);
   if (!scratch.defined()) scratch = at::empty_like(init);
   first_rows(scratch, prev.rows).copy_(rows(saved, prev));
@@ -106,7 +101,7 @@ Tensor state_before(const std::vector<Step>& order, size_t k, const Tensor& save
 
 // Each sequence's state after its last step, [B, X]: the rows of saved [N, X] where it ran last
 // (the initial state for an empty sequence).
-Tensor final_states(const std::vector<Step>& order, const Tensor& saved, const Tensor& init) {
+Tensor final_states(const std::vector<SequenceStep>& order, const Tensor& saved, const Tensor& init) {
   Tensor final = init.clone();
   for (size_t k = 0; k < order.size(); ++k) {
     const int64_t still_running = k + 1 < order.size() ? order[k + 1].rows : 0;
@@ -122,7 +117,7 @@ Tensor final_states(const std::vector<Step>& order, const Tensor& saved, const T
 // A layer op's checked sizes (B from hx) and its steps in the order the forward runs them.
 struct Layer {
   CellSizes sizes;
-  std::vector<Step> order;
+  std::vector<SequenceStep> order;
 };
 
 // The checks every layer op starts with; cx is given for the LSTM only.
@@ -137,11 +132,14 @@ Layer check_layer(const char* op, int64_t gates, const Tensor& input, const Tens
 
 }  // namespace
 
-void check_layer_args(const char* op, int64_t gates, const Tensor& input,
-                      const Tensor& batch_sizes, const Tensor& hx, const Tensor* cx,
-                      const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
-                      const OptionalTensor& b_hh, const OptionalTensor& w_hr) {
-  check_layer(op, gates, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, false);
+std::vector<SequenceStep> check_layer_args(const char* op, int64_t gates, const Tensor& input,
+                                           const Tensor& batch_sizes, const Tensor& hx,
+                                           const Tensor* cx, const Tensor& w_ih,
+                                           const Tensor& w_hh, const OptionalTensor& b_ih,
+                                           const OptionalTensor& b_hh, const OptionalTensor& w_hr,
+                                           bool reverse) {
+  return check_layer(op, gates, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+      .order;
 }
 
 namespace {
@@ -173,8 +171,8 @@ Tensor not_kept(int64_t columns, const Tensor& like) {
 }
 
 // The order of `steps` uniform steps of `batch` rows.
-std::vector<Step> uniform_steps(int64_t steps, int64_t batch, bool reverse) {
-  std::vector<Step> order(steps);
+std::vector<SequenceStep> uniform_steps(int64_t steps, int64_t batch, bool reverse) {
+  std::vector<SequenceStep> order(steps);
   for (int64_t t = 0; t < steps; ++t) order[t] = {t * batch, batch};
   if (reverse) std::reverse(order.begin(), order.end());
   return order;
@@ -183,7 +181,7 @@ std::vector<Step> uniform_steps(int64_t steps, int64_t batch, bool reverse) {
 // The LSTM's forward time loop over `order`, the steps of gates/output/cell_states/pre_proj
 // (rows as in the op), starting from h0, c0: the device's whole-sequence loop where it applies,
 // else step by step. gates holds the input side and becomes the activated gates.
-void lstm_time_loop(const DeviceKernels& k, const std::vector<Step>& order, int64_t batch,
+void lstm_time_loop(const DeviceKernels& k, const std::vector<SequenceStep>& order, int64_t batch,
                     const Tensor& gates, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
                     const OptionalTensor& w_hr, const Tensor& output, const Tensor& cell_states,
                     const Tensor& pre_proj, bool reverse) {
@@ -197,7 +195,7 @@ void lstm_time_loop(const DeviceKernels& k, const std::vector<Step>& order, int6
       w_hr.has_value() ? k.prepare_step_weight(*w_hr, batch, uses) : Tensor();
   Tensor h_scratch, c_scratch;
   for (size_t i = 0; i < order.size(); ++i) {
-    const Step& step = order[i];
+    const SequenceStep& step = order[i];
     const Tensor h_out = w_hr.has_value() ? rows(pre_proj, step) : rows(output, step);
     k.lstm_step(rows(gates, step), state_before(order, i, output, h0, h_scratch),
                 state_before(order, i, cell_states, c0, c_scratch), w_hh_p, h_out,
@@ -209,7 +207,7 @@ void lstm_time_loop(const DeviceKernels& k, const std::vector<Step>& order, int6
 // The GRU's forward time loop over `order`, the steps of gx/output (rows as in the op), starting
 // from h0: the device's whole-sequence loop where it applies, else step by step. workspace has a
 // row per step's row, or only `batch` rows that every step reuses (nothing kept).
-void gru_time_loop(const DeviceKernels& k, const std::vector<Step>& order, int64_t batch,
+void gru_time_loop(const DeviceKernels& k, const std::vector<SequenceStep>& order, int64_t batch,
                    const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
                    const OptionalTensor& b_hh, const Tensor& output, const Tensor& workspace,
                    bool reverse) {
@@ -222,7 +220,7 @@ void gru_time_loop(const DeviceKernels& k, const std::vector<Step>& order, int64
       k.prepare_recurrent(w_hh, kGruGates, batch, static_cast<int64_t>(order.size()));
   Tensor h_scratch;
   for (size_t i = 0; i < order.size(); ++i) {
-    const Step& step = order[i];
+    const SequenceStep& step = order[i];
     k.gru_step(rows(gx, step), state_before(order, i, output, h0, h_scratch), w_hh_p, b_hh,
                rows(output, step),
                per_step ? rows(workspace, step) : first_rows(workspace, step.rows));
@@ -269,7 +267,7 @@ LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
           input_projection(k, input.narrow(0, first * B, n * B), w_ih, {&b_ih, &b_hh});
       const Tensor out = output.narrow(0, first * B, n * B);
       const Tensor cell_states = first_rows(cells[slot], n * B);
-      const std::vector<Step> sub = uniform_steps(n, B, reverse);
+      const std::vector<SequenceStep> sub = uniform_steps(n, B, reverse);
       lstm_time_loop(k, sub, B, gates, h, c, w_hh_c, std::nullopt, out, cell_states,
                      no_projection, reverse);
       h = rows(out, sub.back());
@@ -340,7 +338,7 @@ LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_ou
     Tensor grad_pre_proj =
         w_hr.has_value() ? at::empty({s.batch, s.hidden}, input.options()) : Tensor();
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
-      const Step& step = *it;
+      const SequenceStep& step = *it;
       Tensor gh = first_rows(grad_h, step.rows);
       gh.add_(rows(grad_out_c, step));
       Tensor grad_cell_out = gh;  // gradient of o * tanh(c), the cell's own output
@@ -406,7 +404,7 @@ GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Ten
       const Tensor gx = input_projection(k, input.narrow(0, first * B, n * B), w_ih, {&b_ih});
       const Tensor out = output.narrow(0, first * B, n * B);
       const Tensor chunk_workspace = keep_saved ? workspace.narrow(0, first * B, n * B) : workspace;
-      const std::vector<Step> sub = uniform_steps(n, B, reverse);
+      const std::vector<SequenceStep> sub = uniform_steps(n, B, reverse);
       gru_time_loop(k, sub, B, gx, h, w_hh_c, b_hh_c, out, chunk_workspace, reverse);
       h = rows(out, sub.back());
     });
@@ -446,7 +444,7 @@ GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
     const Tensor w_hh_t = k.prepare_step_weight(w_hh.t(), s.batch,
                                                 static_cast<int64_t>(order.size()));
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
-      const Step& step = *it;
+      const SequenceStep& step = *it;
       Tensor gh = first_rows(grad_h, step.rows);
       gh.add_(rows(grad_out_c, step));
       // gh becomes the direct part of the previous state's gradient, then gains W_hh's.
