@@ -15,9 +15,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import fused_rnn
+from conftest import flatten
 from fused_rnn.accuracy import accuracy_problem
 
 CASE_TIMEOUT_S = 120
@@ -107,12 +108,6 @@ def _leaves_and_args(cfg, dtype):
     return x, states, args
 
 
-def _results(out):
-    output, hidden = out
-    data = output.data if isinstance(output, PackedSequence) else output
-    return [data, *(hidden if isinstance(hidden, tuple) else (hidden,))]
-
-
 def _run(module, cfg, x, states, args, wanted_weights):
     """Results and the gradients of a weighted sum of them (those of the leaves that require
     grad), or the exception's type."""
@@ -124,7 +119,7 @@ def _run(module, cfg, x, states, args, wanted_weights):
         p.requires_grad_(k in wanted_weights)
     leaves += [p for k, p in enumerate(params) if k in wanted_weights]
     try:
-        results = _results(module(*args(x, states)))
+        results = flatten(module(*args(x, states)))
     except Exception as error:  # noqa: BLE001 - the type is compared with torch.nn's
         return type(error), None
     if not leaves:
