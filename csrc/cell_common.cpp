@@ -1,4 +1,5 @@
-// Argument checks, the input projection, and the cell backward ops over a device's kernels.
+// Argument checks, the input projection, and the cell ops over a device's kernels, once for
+// every cell kind.
 #include "cell_ops.h"
 
 #include <ATen/ops/add.h>
@@ -6,6 +7,8 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
+
+#include <string>
 
 namespace fused_rnn {
 namespace {
@@ -115,9 +118,9 @@ OptionalTensor summed_biases(std::initializer_list<const OptionalTensor*> biases
   return bias;
 }
 
-Tensor input_projection(const DeviceKernels& k, const Tensor& input, const Tensor& w_ih,
-                        std::initializer_list<const OptionalTensor*> biases) {
-  return k.linear(input, k.prepare_linear(w_ih, input.size(0), 1), summed_biases(biases));
+Tensor input_projection(const LinearKernels& k, const Tensor& input, const Tensor& w_ih,
+                        const OptionalTensor& bias) {
+  return k.linear(input, k.prepare_linear(w_ih, input.size(0), 1), bias);
 }
 
 void check_saved(const char* op, const char* name, const Tensor& t, at::IntArrayRef sizes,
@@ -127,52 +130,110 @@ void check_saved(const char* op, const char* name, const Tensor& t, at::IntArray
               t.sizes());
 }
 
-LstmCellGrads lstm_cell_backward(const DeviceKernels& k, const Tensor& grad_hy,
-                                 const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
-                                 const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
-                                 const Tensor& gates, const Tensor& cy,
-                                 std::array<bool, 6> mask) {
-  constexpr const char* op = "fused_rnn.lstm_cell_backward";
-  const CellSizes s = check_cell_forward_args(op, kLstmGates, input, hx, cx, w_ih, w_hh,
-                                              std::nullopt, std::nullopt);
-  check_saved(op, "grad_hy", grad_hy, {s.batch, s.hidden}, input);
-  check_saved(op, "grad_cy", grad_cy, {s.batch, s.hidden}, input);
-  check_saved(op, "gates", gates, {s.batch, kLstmGates * s.hidden}, input);
-  check_saved(op, "cy", cy, {s.batch, s.hidden}, input);
+namespace {
 
-  Tensor grad_gates = at::empty({s.batch, kLstmGates * s.hidden}, input.options());
-  Tensor grad_cx = at::empty({s.batch, s.hidden}, input.options());
-  k.lstm_gate_grads(grad_hy.contiguous(), grad_cy.contiguous(), gates.contiguous(),
-                    cx.contiguous(), cy.contiguous(), grad_gates, grad_cx);
-  // Both biases enter the same pre-activation, so they share one gradient.
-  return {mask[0] ? k.matmul(grad_gates, w_ih, std::nullopt) : Tensor(),
-          mask[1] ? k.matmul(grad_gates, w_hh, std::nullopt) : Tensor(),
-          mask[2] ? grad_cx : Tensor(),
-          mask[3] ? k.matmul(grad_gates.t(), input, std::nullopt) : Tensor(),
-          mask[4] ? k.matmul(grad_gates.t(), hx, std::nullopt) : Tensor(),
-          mask[5] ? at::sum(grad_gates, 0) : Tensor()};
+// The op names of a cell kind's cell ops, for messages (built once).
+template <typename Cell>
+struct CellOpNames {
+  const std::string cell = std::string("fused_rnn.") + Cell::kName + "_cell";
+  const std::string cell_backward = cell + "_backward";
+};
+template <typename Cell>
+const CellOpNames<Cell>& cell_op_names() {
+  static const CellOpNames<Cell> names;
+  return names;
 }
 
-GruGrads gru_cell_backward(const DeviceKernels& k, const Tensor& grad_hy, const Tensor& input,
-                           const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                           const Tensor& workspace, std::array<bool, 6> mask) {
-  constexpr const char* op = "fused_rnn.gru_cell_backward";
-  const CellSizes s = check_cell_forward_args(op, kGruGates, input, hx, std::nullopt, w_ih, w_hh,
-                                              std::nullopt, std::nullopt);
-  check_saved(op, "grad_hy", grad_hy, {s.batch, s.hidden}, input);
-  check_saved(op, "workspace", workspace, {s.batch, kGruSavedPerUnit * s.hidden}, input);
-
-  Tensor grad_input_gates = at::empty({s.batch, kGruGates * s.hidden}, input.options());
-  Tensor grad_hidden_gates = at::empty({s.batch, kGruGates * s.hidden}, input.options());
-  Tensor grad_hx_direct = at::empty({s.batch, s.hidden}, input.options());
-  k.gru_gate_grads(grad_hy.contiguous(), hx.contiguous(), workspace.contiguous(),
-                   grad_input_gates, grad_hidden_gates, grad_hx_direct);
-  return {mask[0] ? k.matmul(grad_input_gates, w_ih, std::nullopt) : Tensor(),
-          mask[1] ? k.matmul(grad_hidden_gates, w_hh, grad_hx_direct) : Tensor(),
-          mask[2] ? k.matmul(grad_input_gates.t(), input, std::nullopt) : Tensor(),
-          mask[3] ? k.matmul(grad_hidden_gates.t(), hx, std::nullopt) : Tensor(),
-          mask[4] ? at::sum(grad_input_gates, 0) : Tensor(),
-          mask[5] ? at::sum(grad_hidden_gates, 0) : Tensor()};
+OptionalTensor optional_if(bool given, const Tensor& t) {
+  return given ? OptionalTensor(t) : std::nullopt;
 }
+
+}  // namespace
+
+template <typename Cell>
+CellForward cell_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
+                         const Tensor& input, const Tensor& hx, const OptionalTensor& cx,
+                         const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
+                         const OptionalTensor& b_hh) {
+  constexpr bool kCell = Cell::kHasCellState;
+  const CellSizes s = check_cell_forward_args(cell_op_names<Cell>().cell.c_str(), Cell::kGates,
+                                              input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+  const auto state = [&] { return at::empty({s.batch, s.hidden}, input.options()); };
+  StepTensors st;
+  st.input_side = input_projection(lin, input, w_ih, input_side_bias<Cell>(b_ih, b_hh));
+  st.h_prev = hx.contiguous();
+  st.w_hh = k.prepare_recurrent(w_hh, s.batch, 1);
+  st.h_out = state();
+  if constexpr (kCell) {
+    st.c_prev = cx->contiguous();
+    st.c_out = state();
+  } else {
+    st.b_hh = b_hh;
+  }
+  // Where the pre-activations sum the sides, the input projection becomes the activations in
+  // place.
+  st.saved = Cell::kPreActivationsSumSides
+                 ? st.input_side
+                 : at::empty({s.batch, Cell::kSaved * s.hidden}, input.options());
+  k.step(st);
+  return {st.h_out, st.c_out, st.saved};
+}
+
+template <typename Cell>
+Grads cell_backward(const LinearKernels& lin, const CellKernels<Cell>& k, const Tensor& grad_hy,
+                    const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
+                    const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
+                    const Tensor& saved, const Tensor& cy, const GradMask& mask) {
+  constexpr bool kCell = Cell::kHasCellState;
+  const char* op = cell_op_names<Cell>().cell_backward.c_str();
+  const CellSizes s = check_cell_forward_args(op, Cell::kGates, input, hx, optional_if(kCell, cx),
+                                              w_ih, w_hh, std::nullopt, std::nullopt);
+  const int64_t B = s.batch, H = s.hidden;
+  check_saved(op, "grad_hy", grad_hy, {B, H}, input);
+  if (kCell) check_saved(op, "grad_cy", grad_cy, {B, H}, input);
+  check_saved(op, Cell::kSavedName, saved, {B, Cell::kSaved * H}, input);
+  if (kCell) check_saved(op, "cy", cy, {B, H}, input);
+
+  const auto empty = [&](int64_t columns) { return at::empty({B, columns}, input.options()); };
+  GateGradTensors gg;
+  gg.grad_h = grad_hy.contiguous();
+  gg.saved = saved.contiguous();
+  if (Cell::kGateGradsReadHPrev) gg.h_prev = hx.contiguous();
+  if constexpr (kCell) {
+    gg.grad_c = grad_cy.contiguous();
+    gg.c_prev = cx.contiguous();
+    gg.c_out = cy.contiguous();
+    gg.grad_c_prev = empty(H);
+  }
+  gg.grad_input_gates = empty(Cell::kGates * H);
+  gg.grad_hidden_gates =
+      Cell::kPreActivationsSumSides ? gg.grad_input_gates : empty(Cell::kGates * H);
+  if (Cell::kDirectStateGrad) gg.grad_h_direct = empty(H);
+  k.gate_grads(gg);
+  const Tensor& gi = gg.grad_input_gates;
+  const Tensor& gh = gg.grad_hidden_gates;
+  Grads g;
+  if (mask.input) g.input = lin.matmul(gi, w_ih, std::nullopt);
+  if (mask.hx) g.hx = lin.matmul(gh, w_hh, optional_if(Cell::kDirectStateGrad, gg.grad_h_direct));
+  if (mask.cx) g.cx = gg.grad_c_prev;
+  if (mask.w_ih) g.w_ih = lin.matmul(gi.t(), input, std::nullopt);
+  if (mask.w_hh) g.w_hh = lin.matmul(gh.t(), hx, std::nullopt);
+  // Where the pre-activations sum the sides, both biases share b_ih's gradient.
+  if (mask.b_ih) g.b_ih = at::sum(gi, 0);
+  if (mask.b_hh) g.b_hh = at::sum(gh, 0);
+  return g;
+}
+
+#define FUSED_RNN_INSTANTIATE_CELL_OPS(Cell)                                                    \
+  template CellForward cell_forward<Cell>(const LinearKernels&, const CellKernels<Cell>&,      \
+                                          const Tensor&, const Tensor&, const OptionalTensor&, \
+                                          const Tensor&, const Tensor&, const OptionalTensor&, \
+                                          const OptionalTensor&);                              \
+  template Grads cell_backward<Cell>(const LinearKernels&, const CellKernels<Cell>&,           \
+                                     const Tensor&, const Tensor&, const Tensor&, const Tensor&, \
+                                     const Tensor&, const Tensor&, const Tensor&, const Tensor&, \
+                                     const Tensor&, const GradMask&);
+FUSED_RNN_INSTANTIATE_CELL_OPS(LstmCell)
+FUSED_RNN_INSTANTIATE_CELL_OPS(GruCell)
 
 }  // namespace fused_rnn

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define FUSED_RNN_HD __host__ __device__ __forceinline__
@@ -55,16 +56,31 @@ FUSED_RNN_HD T tanh_grad_from_output(T y) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// LSTM, gate order i, f, g, o (PyTorch's).
+// LSTM, gate order i, f, g, o (PyTorch's): kLstmGates blocks of H rows in W_ih, W_hh and the biases.
 //   i = sigmoid(a_i), f = sigmoid(a_f), g = tanh(a_g), o = sigmoid(a_o)
 //   c' = f * c + i * g,  h' = o * tanh(c')
 // where each a_* is the full pre-activation (W_i* x + b_i* + W_h* h + b_h*).
+
+constexpr int64_t kLstmGates = 4;
 
 template <typename T>
 struct LstmStep {
   T i, f, g, o;  // activated gates, saved for the backward
   T c_new, h_new;
 };
+
+// What an LSTM step saves for its backward, per row: kLstmSaved blocks of H values, [i | f | g | o]
+// (the gate order of the pre-activations). store(k, value) writes block k of a unit's row;
+// every device (and the composite form) writes and reads them through these two functions.
+constexpr int64_t kLstmSaved = 4;
+
+template <typename T, typename Store>
+FUSED_RNN_HD void store_lstm_saved(const LstmStep<T>& s, const Store& store) {
+  store(0, s.i);
+  store(1, s.f);
+  store(2, s.g);
+  store(3, s.o);
+}
 
 template <typename T>
 FUSED_RNN_HD LstmStep<T> lstm_step_forward(T a_i, T a_f, T a_g, T a_o, T c) {
@@ -84,10 +100,12 @@ struct LstmStepGrad {
   T c;                   // gradient of the previous cell state
 };
 
-// grad_h_new and grad_c_new are the incoming gradients of h' and c'.
-template <typename T>
-FUSED_RNN_HD LstmStepGrad<T> lstm_step_backward(T i, T f, T g, T o, T c, T c_new, T grad_h_new,
+// grad_h_new and grad_c_new are the incoming gradients of h' and c'; saved(k) reads block k of
+// what store_lstm_saved wrote.
+template <typename T, typename Load>
+FUSED_RNN_HD LstmStepGrad<T> lstm_step_backward(const Load& saved, T c, T c_new, T grad_h_new,
                                                 T grad_c_new) {
+  const T i = saved(0), f = saved(1), g = saved(2), o = saved(3);
   const T tanh_c_new = tanh_act(c_new);
   const T grad_c_total = grad_c_new + grad_h_new * o * tanh_grad_from_output(tanh_c_new);
   LstmStepGrad<T> d;
@@ -99,17 +117,40 @@ FUSED_RNN_HD LstmStepGrad<T> lstm_step_backward(T i, T f, T g, T o, T c, T c_new
   return d;
 }
 
+// The gradients of the pre-activations, block g of a row of G*H: store(g, value).
+template <typename T, typename Store>
+FUSED_RNN_HD void store_lstm_gate_grads(const LstmStepGrad<T>& d, const Store& store) {
+  store(0, d.a_i);
+  store(1, d.a_f);
+  store(2, d.a_g);
+  store(3, d.a_o);
+}
+
 // ---------------------------------------------------------------------------------------------
 // GRU, gate order r, z, n (PyTorch's variant, reset applied after the hidden product):
 //   r = sigmoid(x_r + h_r), z = sigmoid(x_z + h_z), n = tanh(x_n + r * h_n)
 //   h' = (1 - z) * n + z * h
 // where x_* = W_i* x + b_i* and h_* = W_h* h + b_h* (biases included).
 
+constexpr int64_t kGruGates = 3;
+
 template <typename T>
 struct GruStep {
   T r, z, n, h_n;  // activated gates and the hidden part of n, saved for the backward
   T h_new;
 };
+
+// What a GRU step saves for its backward, per row: kGruSaved blocks of H values, [r | z | n | h_n]
+// (as store_lstm_saved for the LSTM).
+constexpr int64_t kGruSaved = 4;
+
+template <typename T, typename Store>
+FUSED_RNN_HD void store_gru_saved(const GruStep<T>& s, const Store& store) {
+  store(0, s.r);
+  store(1, s.z);
+  store(2, s.n);
+  store(3, s.h_n);
+}
 
 template <typename T>
 FUSED_RNN_HD GruStep<T> gru_step_forward(T x_r, T x_z, T x_n, T h_r, T h_z, T h_n, T h) {
@@ -130,8 +171,9 @@ struct GruStepGrad {
   T h;         // the direct part of the gradient of h (through z * h), before W_hh
 };
 
-template <typename T>
-FUSED_RNN_HD GruStepGrad<T> gru_step_backward(T r, T z, T n, T h_n, T h, T grad_h_new) {
+template <typename T, typename Load>
+FUSED_RNN_HD GruStepGrad<T> gru_step_backward(const Load& saved, T h, T grad_h_new) {
+  const T r = saved(0), z = saved(1), n = saved(2), h_n = saved(3);
   const T grad_n = grad_h_new * (T(1.0f) - z);
   const T grad_z = grad_h_new * (h - n);
   GruStepGrad<T> d;
@@ -141,6 +183,19 @@ FUSED_RNN_HD GruStepGrad<T> gru_step_backward(T r, T z, T n, T h_n, T h, T grad_
   d.a_z = grad_z * sigmoid_grad_from_output(z);
   d.h = grad_h_new * z;
   return d;
+}
+
+// The gradients of the input-side and hidden-side pre-activations, block g of rows of G*H:
+// store_input(g, value), store_hidden(g, value) (r and z share theirs).
+template <typename T, typename StoreInput, typename StoreHidden>
+FUSED_RNN_HD void store_gru_gate_grads(const GruStepGrad<T>& d, const StoreInput& store_input,
+                                       const StoreHidden& store_hidden) {
+  store_input(0, d.a_r);
+  store_input(1, d.a_z);
+  store_input(2, d.x_n);
+  store_hidden(0, d.a_r);
+  store_hidden(1, d.a_z);
+  store_hidden(2, d.h_n);
 }
 
 }  // namespace fused_rnn

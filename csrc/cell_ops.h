@@ -1,7 +1,14 @@
-// What the CPU and CUDA implementations share: the dtype dispatch macro, the argument checks, and
-// the device-agnostic parts of every op (the layer time loops, the matrix products of the
-// backward passes), written once over a device's step and gate-gradient kernels (DeviceKernels).
+// The seam between the ops and a device's kernels: the cell-independent products of a device
+// (LinearKernels), one table of kernels per cell kind (CellKernels<Cell>), the argument checks,
+// and the device-agnostic parts of every op (the layer time loops and BPTT, the matrix products
+// of the backward passes; layer_common.cpp, cell_common.cpp), written once over those tables.
+//
+// A cell kind is a traits struct (LstmCell, GruCell below) saying what the loops need to know of
+// it; its math is in cell_math.h, its kernels in each device's table, its ops in the op
+// registration at the end of this file. A new cell kind adds those four, not a loop.
 #pragma once
+
+#include "cell_math.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -18,13 +25,169 @@
 
 namespace fused_rnn {
 
-constexpr int64_t kLstmGates = 4;
-constexpr int64_t kGruGates = 3;
-// The GRU forward saves r, z, n and h_n (the hidden part of n's pre-activation) per unit.
-constexpr int64_t kGruSavedPerUnit = 4;
-
 using Tensor = at::Tensor;
 using OptionalTensor = std::optional<Tensor>;
+
+// ---------------------------------------------------------------------------------------------
+// Cell kinds. Each says: its gate count G (rows of W_ih and W_hh: G*H), the values per unit it
+// saves for the backward S (saved rows [*, S*H]), and how it differs where the loops care.
+
+struct LstmCell {
+  static constexpr const char* kName = "lstm";
+  static constexpr int64_t kGates = kLstmGates;
+  static constexpr int64_t kSaved = kLstmSaved;
+  // A cell state c beside h (its own initial state cx, saved per step as cell_states).
+  static constexpr bool kHasCellState = true;
+  // Its pre-activations are the input side plus the hidden side: b_hh joins b_ih in the input
+  // projection, the activations are written over that projection (saved is the input side), and
+  // one gradient serves both sides.
+  static constexpr bool kPreActivationsSumSides = true;
+  // The backward's gate gradients read the state a step started from (h_prev).
+  static constexpr bool kGateGradsReadHPrev = false;
+  // h reaches h' only through W_hh (no direct part of grad h_prev).
+  static constexpr bool kDirectStateGrad = false;
+  // The ops' name for the saved values.
+  static constexpr const char* kSavedName = "gates";
+};
+
+struct GruCell {
+  static constexpr const char* kName = "gru";
+  static constexpr int64_t kGates = kGruGates;
+  static constexpr int64_t kSaved = kGruSaved;
+  static constexpr bool kHasCellState = false;
+  // r scales the hidden side of n: b_hh stays in the step and the sides' gradients differ; h
+  // reaches h' directly too (z * h), so the gate gradients give a direct part of grad h_prev.
+  static constexpr bool kPreActivationsSumSides = false;
+  static constexpr bool kGateGradsReadHPrev = true;
+  static constexpr bool kDirectStateGrad = true;
+  static constexpr const char* kSavedName = "workspace";
+};
+
+// ---------------------------------------------------------------------------------------------
+// The tensors of the cell kernels. Every tensor is contiguous (row blocks of larger ones
+// included); B is a step's rows, H the hidden size, P the size of h's rows (H, or an LSTM's
+// projection size), G and S the cell's gates and saved values per unit. Fields marked "cell
+// state" are for cells with one (undefined otherwise).
+
+// One step.
+struct StepTensors {
+  Tensor input_side;     // [B, G*H]: the input projection, with the biases on the input side
+  Tensor h_prev;         // [B, P]
+  Tensor c_prev;         // [B, H], cell state
+  Tensor w_hh;           // [G*H, P], as the cell's prepare_recurrent left it
+  OptionalTensor b_hh;   // [G*H], where not on the input side (!kPreActivationsSumSides)
+  Tensor h_out;          // [B, H]: the cell's h (before an LSTM's projection)
+  Tensor c_out;          // [B, H], cell state
+  Tensor saved;          // [B, S*H]; with kPreActivationsSumSides, input_side itself
+};
+
+// One step's gate gradients (the pointwise backward).
+struct GateGradTensors {
+  Tensor grad_h;             // [B, H]: the gradient of h_out
+  Tensor grad_c;             // [B, H]: of c_out, cell state
+  Tensor saved;              // [B, S*H]
+  Tensor h_prev;             // [B, H], where kGateGradsReadHPrev
+  Tensor c_prev, c_out;      // [B, H], cell state
+  Tensor grad_input_gates;   // [B, G*H] out: the input side's pre-activation gradients
+  Tensor grad_hidden_gates;  // [B, G*H] out: the hidden side's (grad_input_gates itself where
+                             // kPreActivationsSumSides)
+  Tensor grad_c_prev;        // [B, H] out, cell state; may be grad_c
+  Tensor grad_h_direct;      // [B, H] out, where kDirectStateGrad; may be grad_h
+};
+
+// A layer's whole forward, for one uniform batch of B rows a step and no projection: the rows of
+// all T steps one after another, N = T*B.
+struct SequenceTensors {
+  Tensor input_side;   // [N, G*H]
+  Tensor h0, c0;       // [B, H] (c0: cell state)
+  Tensor w_hh;         // [G*H, H]
+  OptionalTensor b_hh;
+  Tensor output;       // [N, H]
+  Tensor cell_states;  // [N, H], cell state
+  Tensor saved;        // [N, S*H], or [B, S*H] that every step reuses (nothing kept); with
+                       // kPreActivationsSumSides, input_side itself
+  bool reverse;
+};
+
+// The same with the input side computed inside each step (x_t @ W_ih^T beside h @ W_hh^T), so no
+// [N, G*H] projection is written and read back. The kernel allocates the saved tensors where it
+// applies: saved [N, S*H] with keep_saved, else [B, S*H] or, where nothing needs it, [0, S*H];
+// cell_states [N, H] (cell state).
+struct InputSequenceTensors {
+  Tensor input;        // [N, I]
+  Tensor w_ih;         // [G*H, I]
+  OptionalTensor b_ih, b_hh;
+  Tensor h0, c0, w_hh;
+  Tensor output;       // [N, H]
+  bool keep_saved, reverse;
+};
+struct InputSequenceSaved {
+  Tensor saved, cell_states;
+};
+
+// A layer's whole backward time loop, for one uniform batch and no projection. grad_h (and
+// grad_c) [B, H] come in holding the final state's gradients and leave holding the initial
+// state's; w_hh as the op got it.
+struct BackwardSequenceTensors {
+  Tensor grad_output;           // [N, H]
+  Tensor saved;                 // [N, S*H]
+  Tensor h_before;              // [N, H]: the state each step started from, kGateGradsReadHPrev
+  Tensor c_before, cell_states; // [N, H], cell state
+  Tensor w_hh;
+  Tensor grad_h, grad_c;
+  Tensor grad_input_gates, grad_hidden_gates;  // [N, G*H] out (one tensor: sum of sides)
+  bool reverse;
+};
+
+// ---------------------------------------------------------------------------------------------
+// A device's kernels.
+
+// The products, whatever the cell.
+struct LinearKernels {
+  // x @ w^T (+ bias), for products that reuse one weight: prepare_linear readies w (any
+  // strides) once for `uses` products of up to `rows` rows each, contiguous or, on the CPU,
+  // maybe packed for oneDNN, and linear applies a weight so prepared, or a plain one.
+  Tensor (*prepare_linear)(const Tensor& w, int64_t rows, int64_t uses);
+  Tensor (*linear)(const Tensor& x, const Tensor& w, const OptionalTensor& bias);
+  // The backward's products a [M, K] @ b [K, N] (a may be a transposed view), plus add [M, N]
+  // where given.
+  Tensor (*matmul)(const Tensor& a, const Tensor& b, const OptionalTensor& add);
+  // The per-step products of the layers: prepare_step_weight readies w [N, K] (any strides; a
+  // transposed W is packed from W as it lies) once for `uses` products of up to `rows` rows;
+  // step_linear writes out [rows, N] = x @ w^T, or adds it to out with accumulate, with no
+  // temporary (out must not overlap x).
+  Tensor (*prepare_step_weight)(const Tensor& w, int64_t rows, int64_t uses);
+  void (*step_linear)(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate);
+  // Where the input projection is not saved (inference; the GRU's training too), a padded batch
+  // runs in chunks of steps whose projection takes about this many bytes, each chunk's buffer
+  // reused; 0: the whole sequence's projection at once. (A layer whose steps compute their input
+  // side themselves, sequence_from_input, has none to chunk.)
+  int64_t projection_chunk_bytes;
+};
+
+// The kernels of one cell kind on a device. The whole-sequence entries may be null; where not,
+// each returns false, having done nothing, where it does not apply (shape, dtype, switched off),
+// and the layer then runs step by step; where it applies, its results (saved tensors included)
+// are those of the step-wise loop.
+template <typename Cell>
+struct CellKernels {
+  // Readies W_hh [G*H, P] of a layer once for the `uses` steps of up to `rows` rows of `step`
+  // (the CPU may pack it for its fused recurrent step).
+  Tensor (*prepare_recurrent)(const Tensor& w_hh, int64_t rows, int64_t uses);
+  // One step: the hidden side's product, the gate math, the new state and the saved values.
+  void (*step)(const StepTensors&);
+  // One step's gate gradients.
+  void (*gate_grads)(const GateGradTensors&);
+  // The whole forward time loop at once (CUDA: one persistent launch; CPU: one parallel region).
+  bool (*sequence)(const SequenceTensors&);
+  // The whole forward with the input side inside each step.
+  bool (*sequence_from_input)(const InputSequenceTensors&, InputSequenceSaved&);
+  // The whole backward time loop at once (CPU: one parallel region).
+  bool (*backward_sequence)(const BackwardSequenceTensors&);
+};
+
+// ---------------------------------------------------------------------------------------------
+// Checks.
 
 // Sizes of one cell step or layer, read from the (checked) arguments.
 struct CellSizes {
@@ -70,189 +233,175 @@ std::vector<SequenceStep> check_layer_args(const char* op, int64_t gates, const 
 void check_saved(const char* op, const char* name, const Tensor& t, at::IntArrayRef sizes,
                  const Tensor& like);
 
-// A device's kernels. Every tensor is contiguous (row blocks of larger ones included).
-struct DeviceKernels {
-  // x @ w^T (+ bias), for products that reuse one weight: prepare_linear readies w (any
-  // strides) once for `uses` products of up to `rows` rows each, contiguous or, on the CPU,
-  // maybe packed for oneDNN, and linear applies a weight so prepared, or a plain one.
-  Tensor (*prepare_linear)(const Tensor& w, int64_t rows, int64_t uses);
-  Tensor (*linear)(const Tensor& x, const Tensor& w, const OptionalTensor& bias);
-  // The backward's products a [M, K] @ b [K, N] (a may be a transposed view), plus add [M, N]
-  // where given.
-  Tensor (*matmul)(const Tensor& a, const Tensor& b, const OptionalTensor& add);
-  // Readies W_hh [G*H, P] of a layer once for the `uses` steps of up to `rows` rows of its
-  // lstm_step or gru_step (the CPU may pack it for its fused recurrent step).
-  Tensor (*prepare_recurrent)(const Tensor& w_hh, int64_t gates, int64_t rows, int64_t uses);
-  // The per-step products of the layers: prepare_step_weight readies w [N, K] (any strides; a
-  // transposed W is packed from W as it lies) once for `uses` products of up to `rows` rows;
-  // step_linear writes out [rows, N] = x @ w^T, or adds it to out with accumulate, with no
-  // temporary (out must not overlap x).
-  Tensor (*prepare_step_weight)(const Tensor& w, int64_t rows, int64_t uses);
-  void (*step_linear)(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate);
-  // One LSTM step over the rows of gates [B,4H]: in, the input projection (biases included); out,
-  // the activated gates. h_prev [B,P], c_prev [B,H], w_hh [4H,P] (maybe prepared). Writes h_out
-  // [B,H] (o*tanh(c'), before any projection) and c_out [B,H].
-  void (*lstm_step)(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev,
-                    const Tensor& w_hh, const Tensor& h_out, const Tensor& c_out);
-  // One GRU step: gx [B,3H] the input projection (b_ih included), h_prev [B,H], w_hh [3H,H] (maybe
-  // prepared), b_hh [3H]. Writes h_out [B,H] and workspace [B,4H] (r, z, n, h_n).
-  void (*gru_step)(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
-                   const OptionalTensor& b_hh, const Tensor& h_out, const Tensor& workspace);
-  // The fused pointwise LSTM backward: from grad_h, grad_c [B,H], the activated gates [B,4H],
-  // c_prev and c_new [B,H], writes the pre-activation gradients grad_gates [B,4H] and grad_c_prev
-  // [B,H]. grad_c_prev may be grad_c itself (each unit reads its own entry before writing it).
-  void (*lstm_gate_grads)(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
-                          const Tensor& c_prev, const Tensor& c_new, const Tensor& grad_gates,
-                          const Tensor& grad_c_prev);
-  // The fused pointwise GRU backward: from grad_h, h_prev [B,H] and the workspace [B,4H], writes
-  // the input-side and hidden-side gate gradients [B,3H] and the direct part of grad_h_prev
-  // (through z * h) [B,H], which may be grad_h itself.
-  void (*gru_gate_grads)(const Tensor& grad_h, const Tensor& h_prev, const Tensor& workspace,
-                         const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
-                         const Tensor& grad_h_direct);
-  // Where not null: a layer's whole forward time loop at once (CUDA: one persistent launch; CPU:
-  // one parallel region), for one uniform batch and no projection, with the results the
-  // step-wise loop would give (saved tensors included). Each returns false, having done nothing,
-  // where it does not apply (shape, dtype, device, or switched off); the layer then runs step by
-  // step. Arguments as cuda::lstm_sequence / gru_sequence (csrc/cuda/persistent_layer.h); the
-  // GRU workspace has a row per step and batch row, or only B rows that every step reuses.
-  bool (*lstm_sequence)(const Tensor& gates, const Tensor& h0, const Tensor& c0,
-                        const Tensor& w_hh, const Tensor& output, const Tensor& cell_states,
-                        bool reverse);
-  bool (*gru_sequence)(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
-                       const OptionalTensor& b_hh, const Tensor& output, const Tensor& workspace,
-                       bool reverse);
-  // Where not null: the LSTM's whole forward with the input side inside each step (x_t @ W_ih^T
-  // beside h @ W_hh^T: no [N, 4H] projection written and read back), for one uniform batch and
-  // no projection; false, having done nothing, where it does not apply. input [N, I]; where it
-  // applies it allocates cell_states [N, H] and gates, the activated gates [N, 4H] with
-  // keep_gates, else not kept ([0, 4H]).
-  bool (*lstm_sequence_from_input)(const Tensor& input, const Tensor& w_ih,
-                                   const OptionalTensor& b_ih, const OptionalTensor& b_hh,
-                                   const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-                                   const Tensor& output, bool keep_gates, Tensor& gates,
-                                   Tensor& cell_states, bool reverse);
-  // The same for the GRU: gru_sequence's tensors but the input [N, I] for gx, with W_ih and b_ih.
-  bool (*gru_sequence_from_input)(const Tensor& input, const Tensor& w_ih,
-                                  const OptionalTensor& b_ih, const Tensor& h0, const Tensor& w_hh,
-                                  const OptionalTensor& b_hh, const Tensor& output,
-                                  const Tensor& workspace, bool reverse);
-  // Where not null: a layer's whole backward time loop at once (CPU: one parallel region), for
-  // one uniform batch and no projection, with the results of the step-wise loop; false, having
-  // done nothing, where it does not apply. Tensors as in the layer backward ops (all contiguous
-  // but w_hh; c_before / h_before [N, H] the state each step started from); grad_h (and grad_c)
-  // [B, H] come in holding the final state's gradients and leave holding the initial state's.
-  bool (*lstm_backward_sequence)(const Tensor& grad_output, const Tensor& gates,
-                                 const Tensor& c_before, const Tensor& cell_states,
-                                 const Tensor& w_hh, const Tensor& grad_h, const Tensor& grad_c,
-                                 const Tensor& grad_gates, bool reverse);
-  bool (*gru_backward_sequence)(const Tensor& grad_output, const Tensor& workspace,
-                                const Tensor& h_before, const Tensor& w_hh, const Tensor& grad_h,
-                                const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
-                                bool reverse);
-  // Where the input projection is not saved (inference; the GRU's training too), a padded batch
-  // runs in chunks of steps whose projection takes about this many bytes, each chunk's buffer
-  // reused; 0: the whole sequence's projection at once. (A layer whose steps compute their input
-  // side themselves, the *_sequence_from_input entries, has none to chunk.)
-  int64_t projection_chunk_bytes;
-};
-
 // The sum of the biases given (none: no bias).
 OptionalTensor summed_biases(std::initializer_list<const OptionalTensor*> biases);
 
-// The input projection x W_ih^T, with the biases that belong to it added (both for the LSTM,
-// whose gates sum them; b_ih for the GRU): one product over all rows of x, in the dtype of x.
-Tensor input_projection(const DeviceKernels& k, const Tensor& input, const Tensor& w_ih,
-                        std::initializer_list<const OptionalTensor*> biases);
+// The biases a cell puts on its input side: both where its pre-activations sum the sides, else
+// b_ih (b_hh then goes to the step).
+template <typename Cell>
+OptionalTensor input_side_bias(const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
+  if constexpr (Cell::kPreActivationsSumSides) return summed_biases({&b_ih, &b_hh});
+  return b_ih;
+}
 
-// output_mask order of lstm_cell_backward: input, hx, cx, w_ih, w_hh, bias.
+// The input projection x W_ih^T + bias: one product over all rows of x, in the dtype of x.
+Tensor input_projection(const LinearKernels& k, const Tensor& input, const Tensor& w_ih,
+                        const OptionalTensor& bias);
+
+// ---------------------------------------------------------------------------------------------
+// The device-agnostic ops, over a device's kernels (layer_common.cpp, cell_common.cpp), once per
+// cell kind. Their schemas and arguments are documented in fused_rnn.cpp.
+
+// The ops' results as the dispatcher returns them (schemas in fused_rnn.cpp). output_mask order
+// of lstm_cell_backward: input, hx, cx, w_ih, w_hh, bias; of gru_cell_backward and
+// gru_layer_backward: input, hx, w_ih, w_hh, b_ih, b_hh; of lstm_layer_backward: input, hx, cx,
+// w_ih, w_hh, bias, w_hr.
 using LstmCellGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
-// output_mask order of gru_cell_backward and gru_layer_backward: input, hx, w_ih, w_hh, b_ih, b_hh.
 using GruGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
-// output_mask order of lstm_layer_backward: input, hx, cx, w_ih, w_hh, bias, w_hr.
 using LstmLayerGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 using LstmLayerOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 using GruLayerOutputs = std::tuple<Tensor, Tensor, Tensor>;
 
-// The ops, over a device's kernels. Their schemas and arguments are documented in fused_rnn.cpp.
-LstmCellGrads lstm_cell_backward(const DeviceKernels& k, const Tensor& grad_hy,
-                                 const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
-                                 const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
-                                 const Tensor& gates, const Tensor& cy,
-                                 std::array<bool, 6> mask);
-GruGrads gru_cell_backward(const DeviceKernels& k, const Tensor& grad_hy, const Tensor& input,
-                           const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                           const Tensor& workspace, std::array<bool, 6> mask);
-LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
-                            const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
-                            const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
-                            const OptionalTensor& b_hh, const OptionalTensor& w_hr,
-                            bool reverse, bool keep_saved);
-LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
-                                   const Tensor& grad_hy, const Tensor& grad_cy,
-                                   const Tensor& input, const Tensor& batch_sizes,
-                                   const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
-                                   const Tensor& w_hh, const OptionalTensor& w_hr,
-                                   const Tensor& output, const Tensor& gates,
-                                   const Tensor& cell_states, const Tensor& hidden_pre_proj,
-                                   bool reverse, std::array<bool, 7> mask);
-GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Tensor& batch_sizes,
-                          const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                          const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse,
-                          bool keep_saved);
-GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
-                            const Tensor& grad_hy, const Tensor& input, const Tensor& batch_sizes,
-                            const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                            const Tensor& output, const Tensor& workspace, bool reverse,
-                            std::array<bool, 6> mask);
+// What a cell's and a layer's forward return, and what its backward is given: cx, cy,
+// cell_states and the projection's tensors are the LSTM's; the GRU's saved is its workspace,
+// the LSTM's its gates.
+struct CellForward {
+  Tensor hy, cy, saved;
+};
+struct LayerForward {
+  Tensor output, hy, cy, saved, cell_states, hidden_pre_proj;
+};
+struct LayerArgs {
+  Tensor input, batch_sizes, hx, cx, w_ih, w_hh;
+  OptionalTensor b_ih, b_hh, w_hr;
+  bool reverse;
+};
+// A backward's gradients: grad_b_hh where its own (b_ih's otherwise serves both).
+struct Grads {
+  Tensor input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr;
+};
+// Which of them to compute.
+struct GradMask {
+  bool input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr;
+};
 
-// Registers the device-agnostic ops for a device's dispatch key, over that device's kernels K.
-template <const DeviceKernels& K>
-void impl_device_agnostic_ops(torch::Library& m) {
+template <typename Cell>
+Grads cell_backward(const LinearKernels& lin, const CellKernels<Cell>& k, const Tensor& grad_hy,
+                    const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
+                    const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
+                    const Tensor& saved, const Tensor& cy, const GradMask& mask);
+template <typename Cell>
+LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
+                           const LayerArgs& a, bool keep_saved);
+template <typename Cell>
+Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
+                     const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy,
+                     const LayerArgs& a, const Tensor& output, const Tensor& saved,
+                     const Tensor& cell_states, const Tensor& hidden_pre_proj,
+                     const GradMask& mask);
+
+// The device's cell forward on the shared kernels: the input projection, then one step.
+template <typename Cell>
+CellForward cell_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
+                         const Tensor& input, const Tensor& hx, const OptionalTensor& cx,
+                         const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
+                         const OptionalTensor& b_hh);
+
+// Registers a cell forward op as the shared kernels' cell_forward, for a device without a fused
+// cell kernel of its own.
+template <const LinearKernels& L, const CellKernels<LstmCell>& K>
+void impl_lstm_cell(torch::Library& m) {
+  m.impl("lstm_cell",
+         [](const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
+            const Tensor& w_hh, const OptionalTensor& b_ih,
+            const OptionalTensor& b_hh) -> std::tuple<Tensor, Tensor, Tensor> {
+           const CellForward f = cell_forward(L, K, input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+           return {f.hy, f.cy, f.saved};
+         });
+}
+template <const LinearKernels& L, const CellKernels<GruCell>& K>
+void impl_gru_cell(torch::Library& m) {
+  m.impl("gru_cell",
+         [](const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+            const OptionalTensor& b_ih, const OptionalTensor& b_hh) -> std::tuple<Tensor, Tensor> {
+           const CellForward f =
+               cell_forward(L, K, input, hx, std::nullopt, w_ih, w_hh, b_ih, b_hh);
+           return {f.hy, f.saved};
+         });
+}
+
+// Registers the LSTM's and the GRU's device-agnostic ops for a device's dispatch key, over that
+// device's kernels (the schemas' argument lists, mapped onto the generic functions above).
+template <const LinearKernels& L, const CellKernels<LstmCell>& K>
+void impl_lstm_ops(torch::Library& m) {
   m.impl("lstm_cell_backward",
          [](const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
             const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& gates,
-            const Tensor& cy, std::array<bool, 6> mask) {
-           return lstm_cell_backward(K, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, gates, cy,
-                                     mask);
-         });
-  m.impl("gru_cell_backward",
-         [](const Tensor& grad_hy, const Tensor& input, const Tensor& hx, const Tensor& w_ih,
-            const Tensor& w_hh, const Tensor& workspace, std::array<bool, 6> mask) {
-           return gru_cell_backward(K, grad_hy, input, hx, w_ih, w_hh, workspace, mask);
+            const Tensor& cy, std::array<bool, 6> mask) -> LstmCellGrads {
+           const Grads g = cell_backward(
+               L, K, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, gates, cy,
+               {mask[0], mask[1], mask[2], mask[3], mask[4], mask[5], false, false});
+           return {g.input, g.hx, g.cx, g.w_ih, g.w_hh, g.b_ih};
          });
   m.impl("lstm_layer",
          [](const Tensor& input, const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
             const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
             const OptionalTensor& b_hh, const OptionalTensor& w_hr, bool reverse,
-            bool keep_saved) {
-           return lstm_layer(K, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                             reverse, keep_saved);
+            bool keep_saved) -> LstmLayerOutputs {
+           const LayerForward f = layer_forward(
+               L, K, {input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse},
+               keep_saved);
+           return {f.output, f.hy, f.cy, f.saved, f.cell_states, f.hidden_pre_proj};
          });
   m.impl("lstm_layer_backward",
          [](const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy,
             const Tensor& input, const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
             const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& w_hr,
             const Tensor& output, const Tensor& gates, const Tensor& cell_states,
-            const Tensor& hidden_pre_proj, bool reverse, std::array<bool, 7> mask) {
-           return lstm_layer_backward(K, grad_output, grad_hy, grad_cy, input, batch_sizes, hx,
-                                      cx, w_ih, w_hh, w_hr, output, gates, cell_states,
-                                      hidden_pre_proj, reverse, mask);
+            const Tensor& hidden_pre_proj, bool reverse,
+            std::array<bool, 7> mask) -> LstmLayerGrads {
+           const Grads g = layer_backward(
+               L, K, grad_output, grad_hy, grad_cy,
+               {input, batch_sizes, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt, w_hr,
+                reverse},
+               output, gates, cell_states, hidden_pre_proj,
+               {mask[0], mask[1], mask[2], mask[3], mask[4], mask[5], false, mask[6]});
+           return {g.input, g.hx, g.cx, g.w_ih, g.w_hh, g.b_ih, g.w_hr};
+         });
+}
+
+template <const LinearKernels& L, const CellKernels<GruCell>& K>
+void impl_gru_ops(torch::Library& m) {
+  m.impl("gru_cell_backward",
+         [](const Tensor& grad_hy, const Tensor& input, const Tensor& hx, const Tensor& w_ih,
+            const Tensor& w_hh, const Tensor& workspace, std::array<bool, 6> mask) -> GruGrads {
+           const Grads g = cell_backward(
+               L, K, grad_hy, Tensor(), input, hx, Tensor(), w_ih, w_hh, workspace, Tensor(),
+               {mask[0], mask[1], false, mask[2], mask[3], mask[4], mask[5], false});
+           return {g.input, g.hx, g.w_ih, g.w_hh, g.b_ih, g.b_hh};
          });
   m.impl("gru_layer",
          [](const Tensor& input, const Tensor& batch_sizes, const Tensor& hx, const Tensor& w_ih,
             const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh,
-            bool reverse, bool keep_saved) {
-           return gru_layer(K, input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse,
-                            keep_saved);
+            bool reverse, bool keep_saved) -> GruLayerOutputs {
+           const LayerForward f = layer_forward(
+               L, K,
+               {input, batch_sizes, hx, Tensor(), w_ih, w_hh, b_ih, b_hh, std::nullopt, reverse},
+               keep_saved);
+           return {f.output, f.hy, f.saved};
          });
   m.impl("gru_layer_backward",
          [](const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
             const Tensor& batch_sizes, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
             const Tensor& output, const Tensor& workspace, bool reverse,
-            std::array<bool, 6> mask) {
-           return gru_layer_backward(K, grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh,
-                                     output, workspace, reverse, mask);
+            std::array<bool, 6> mask) -> GruGrads {
+           const Grads g = layer_backward(
+               L, K, grad_output, grad_hy, Tensor(),
+               {input, batch_sizes, hx, Tensor(), w_ih, w_hh, std::nullopt, std::nullopt,
+                std::nullopt, reverse},
+               output, workspace, Tensor(), Tensor(),
+               {mask[0], mask[1], false, mask[2], mask[3], mask[4], mask[5], false});
+           return {g.input, g.hx, g.w_ih, g.w_hh, g.b_ih, g.b_hh};
          });
 }
 

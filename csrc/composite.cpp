@@ -16,6 +16,15 @@
 namespace fused_rnn::composite {
 namespace {
 
+// A step's saved values in the layout of cell_math.h (store_lstm_saved, store_gru_saved), from
+// the step's values as tensors [B, H].
+template <int64_t kSaved, typename Step, typename Store>
+Tensor saved_blocks(const Step& step, const Store& store) {
+  std::vector<Tensor> blocks(kSaved);
+  store(step, [&](int64_t k, const Tensor& v) { blocks[k] = v; });
+  return at::cat(blocks, 1);
+}
+
 // One LSTM step from its input side x_side [B,4H] (biases included): returns h' before any
 // projection, c' and the activated gates [B,4H].
 struct LstmStep {
@@ -26,7 +35,11 @@ LstmStep lstm_step(const Tensor& x_side, const Tensor& h, const Tensor& c, const
   const auto pre = (x_side + at::linear(h, w_hh, b_hh)).chunk(kLstmGates, 1);
   const Tensor i = pre[0].sigmoid(), f = pre[1].sigmoid(), g = pre[2].tanh(), o = pre[3].sigmoid();
   const Tensor cell = f * c + i * g;
-  return {o * cell.tanh(), cell, at::cat({i, f, g, o}, 1)};
+  const Tensor hidden = o * cell.tanh();
+  const Tensor saved = saved_blocks<kLstmSaved>(
+      fused_rnn::LstmStep<Tensor>{i, f, g, o, cell, hidden},
+      [](const auto& s, const auto& store) { store_lstm_saved(s, store); });
+  return {hidden, cell, saved};
 }
 
 // One GRU step from its input side x_side [B,3H] (b_ih included): h' and the workspace [B,4H]
@@ -40,7 +53,11 @@ GruStep gru_step(const Tensor& x_side, const Tensor& h, const Tensor& w_hh,
   const auto hs = at::linear(h, w_hh, b_hh).chunk(kGruGates, 1);
   const Tensor r = (x[0] + hs[0]).sigmoid(), z = (x[1] + hs[1]).sigmoid();
   const Tensor n = (x[2] + r * hs[2]).tanh();
-  return {(1 - z) * n + z * h, at::cat({r, z, n, hs[2]}, 1)};
+  const Tensor hidden = (1 - z) * n + z * h;
+  const Tensor saved = saved_blocks<kGruSaved>(
+      fused_rnn::GruStep<Tensor>{r, z, n, hs[2], hidden},
+      [](const auto& s, const auto& store) { store_gru_saved(s, store); });
+  return {hidden, saved};
 }
 
 // The state entering the first step run (order as check_layer_args returns it): the initial
@@ -168,7 +185,7 @@ GruLayerOutputs gru_layer(const Tensor& input, const Tensor& batch_sizes, const 
   }
   return {in_time_order(outputs, reverse, input, h.size(1)), final_state(h, h_done),
           saved_or_empty(keep_saved, workspaces, reverse, input,
-                         kGruSavedPerUnit * w_hh.size(1))};
+                         kGruSaved * w_hh.size(1))};
 }
 
 }  // namespace fused_rnn::composite

@@ -15,6 +15,7 @@
 #include <ATen/ops/sum.h>
 
 #include <algorithm>
+#include <string>
 #include <vector>
 
 namespace fused_rnn {
@@ -144,10 +145,10 @@ std::vector<SequenceStep> check_layer_args(const char* op, int64_t gates, const 
 
 namespace {
 
-// Steps per chunk of the input projection (DeviceKernels::projection_chunk_bytes), for `steps`
+// Steps per chunk of the input projection (LinearKernels::projection_chunk_bytes), for `steps`
 // steps of `batch` rows of `columns` input-side values each: all of them where the device does
 // not chunk.
-int64_t chunk_steps(const DeviceKernels& k, int64_t steps, int64_t batch, int64_t columns,
+int64_t chunk_steps(const LinearKernels& k, int64_t steps, int64_t batch, int64_t columns,
                     const Tensor& like) {
   if (k.projection_chunk_bytes == 0) return steps;
   const int64_t step_bytes = std::max<int64_t>(1, batch * columns * like.element_size());
@@ -178,288 +179,277 @@ std::vector<SequenceStep> uniform_steps(int64_t steps, int64_t batch, bool rever
   return order;
 }
 
-// The LSTM's forward time loop over `order`, the steps of gates/output/cell_states/pre_proj
-// (rows as in the op), starting from h0, c0: the device's whole-sequence loop where it applies,
-// else step by step. gates holds the input side and becomes the activated gates.
-void lstm_time_loop(const DeviceKernels& k, const std::vector<SequenceStep>& order, int64_t batch,
-                    const Tensor& gates, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-                    const OptionalTensor& w_hr, const Tensor& output, const Tensor& cell_states,
-                    const Tensor& pre_proj, bool reverse) {
-  if (!w_hr.has_value() && uniform_batch(order, batch) && k.lstm_sequence &&
-      k.lstm_sequence(gates, h0, c0, w_hh, output, cell_states, reverse)) {
-    return;
-  }
+// The op names of a cell kind's ops, for messages (built once).
+template <typename Cell>
+struct OpNames {
+  const std::string layer = std::string("fused_rnn.") + Cell::kName + "_layer";
+  const std::string layer_backward = layer + "_backward";
+};
+template <typename Cell>
+const OpNames<Cell>& op_names() {
+  static const OpNames<Cell> names;
+  return names;
+}
+
+// A cell's forward time loop over `order`, the steps of the sequence tensors `t` (rows as in the
+// op; t.saved has a row per step's row, or only `batch` rows that every step reuses): the
+// device's whole-sequence loop where it applies, else step by step. With a projection w_hr (the
+// LSTM's), each step's h goes to pre_proj and its projection to the output.
+template <typename Cell>
+void time_loop(const LinearKernels& lin, const CellKernels<Cell>& k,
+               const std::vector<SequenceStep>& order, int64_t batch, const SequenceTensors& t,
+               const OptionalTensor& w_hr, const Tensor& pre_proj) {
+  if (!w_hr.has_value() && uniform_batch(order, batch) && k.sequence && k.sequence(t)) return;
   const int64_t uses = static_cast<int64_t>(order.size());
-  const Tensor w_hh_p = k.prepare_recurrent(w_hh, kLstmGates, batch, uses);
-  const Tensor w_hr_p =
-      w_hr.has_value() ? k.prepare_step_weight(*w_hr, batch, uses) : Tensor();
+  const bool saved_per_step = t.saved.size(0) == t.input_side.size(0);
+  StepTensors step_tensors;
+  step_tensors.w_hh = k.prepare_recurrent(t.w_hh, batch, uses);
+  step_tensors.b_hh = t.b_hh;
+  const Tensor w_hr_p = w_hr.has_value() ? lin.prepare_step_weight(*w_hr, batch, uses) : Tensor();
   Tensor h_scratch, c_scratch;
   for (size_t i = 0; i < order.size(); ++i) {
     const SequenceStep& step = order[i];
-    const Tensor h_out = w_hr.has_value() ? rows(pre_proj, step) : rows(output, step);
-    k.lstm_step(rows(gates, step), state_before(order, i, output, h0, h_scratch),
-                state_before(order, i, cell_states, c0, c_scratch), w_hh_p, h_out,
-                rows(cell_states, step));
-    if (w_hr.has_value()) k.step_linear(h_out, w_hr_p, rows(output, step), false);
+    StepTensors& st = step_tensors;
+    st.input_side = rows(t.input_side, step);
+    st.h_prev = state_before(order, i, t.output, t.h0, h_scratch);
+    st.h_out = w_hr.has_value() ? rows(pre_proj, step) : rows(t.output, step);
+    if constexpr (Cell::kHasCellState) {
+      st.c_prev = state_before(order, i, t.cell_states, t.c0, c_scratch);
+      st.c_out = rows(t.cell_states, step);
+    }
+    st.saved = saved_per_step ? rows(t.saved, step) : first_rows(t.saved, step.rows);
+    k.step(st);
+    if (w_hr.has_value()) lin.step_linear(st.h_out, w_hr_p, rows(t.output, step), false);
   }
 }
 
-// The GRU's forward time loop over `order`, the steps of gx/output (rows as in the op), starting
-// from h0: the device's whole-sequence loop where it applies, else step by step. workspace has a
-// row per step's row, or only `batch` rows that every step reuses (nothing kept).
-void gru_time_loop(const DeviceKernels& k, const std::vector<SequenceStep>& order, int64_t batch,
-                   const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
-                   const OptionalTensor& b_hh, const Tensor& output, const Tensor& workspace,
-                   bool reverse) {
-  if (uniform_batch(order, batch) && k.gru_sequence &&
-      k.gru_sequence(gx, h0, w_hh, b_hh, output, workspace, reverse)) {
-    return;
-  }
-  const bool per_step = workspace.size(0) == gx.size(0);
-  const Tensor w_hh_p =
-      k.prepare_recurrent(w_hh, kGruGates, batch, static_cast<int64_t>(order.size()));
-  Tensor h_scratch;
-  for (size_t i = 0; i < order.size(); ++i) {
-    const SequenceStep& step = order[i];
-    k.gru_step(rows(gx, step), state_before(order, i, output, h0, h_scratch), w_hh_p, b_hh,
-               rows(output, step),
-               per_step ? rows(workspace, step) : first_rows(workspace, step.rows));
-  }
+Tensor contiguous_or_self(const Tensor& t) { return t.defined() ? t.contiguous() : t; }
+OptionalTensor contiguous_or_none(const OptionalTensor& t) {
+  return t.has_value() ? OptionalTensor(t->contiguous()) : t;
 }
 
 }  // namespace
 
-LstmLayerOutputs lstm_layer(const DeviceKernels& k, const Tensor& input,
-                            const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
-                            const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
-                            const OptionalTensor& b_hh, const OptionalTensor& w_hr,
-                            bool reverse, bool keep_saved) {
-  constexpr const char* op = "fused_rnn.lstm_layer";
-  const auto [s, order] = check_layer(op, kLstmGates, input, batch_sizes, hx, &cx, w_ih, w_hh,
-                                      b_ih, b_hh, w_hr, reverse);
-  const int64_t N = input.size(0), B = s.batch;
+template <typename Cell>
+LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
+                           const LayerArgs& a, bool keep_saved) {
+  constexpr bool kCell = Cell::kHasCellState;
+  constexpr int64_t G = Cell::kGates, S = Cell::kSaved;
+  static_assert(!Cell::kPreActivationsSumSides || S == G,
+                "a cell whose activations go over its input side saves one value per gate");
+  const auto [s, order] =
+      check_layer(op_names<Cell>().layer.c_str(), G, a.input, a.batch_sizes, a.hx,
+                  kCell ? &a.cx : nullptr, a.w_ih, a.w_hh, a.b_ih, a.b_hh, a.w_hr, a.reverse);
+  const Tensor& input = a.input;
+  const int64_t N = input.size(0), B = s.batch, H = s.hidden;
+  const bool uniform = uniform_batch(order, B);
   Tensor output = at::empty({N, s.state}, input.options());
-  const Tensor h0 = hx.contiguous(), c0 = cx.contiguous(), w_hh_c = w_hh.contiguous();
+  const Tensor h0 = a.hx.contiguous(), c0 = contiguous_or_self(a.cx);
+  const Tensor w_hh = a.w_hh.contiguous();
+  const OptionalTensor b_hh = contiguous_or_none(a.b_hh);
+  const auto final_cell_states = [&](const Tensor& cell_states) {
+    return kCell ? final_states(order, cell_states, c0) : Tensor();
+  };
 
   // The device's whole forward with the input side inside each step, where it has one.
-  if (!w_hr.has_value() && k.lstm_sequence_from_input && uniform_batch(order, B)) {
-    Tensor gates, cell_states;
-    if (k.lstm_sequence_from_input(input, w_ih, b_ih, b_hh, h0, c0, w_hh_c, output, keep_saved,
-                                   gates, cell_states, reverse)) {
-      const Tensor h = final_states(order, output, h0), c = final_states(order, cell_states, c0);
-      return {output, h, c, gates, keep_saved ? cell_states : not_kept(s.hidden, input),
-              not_kept(s.hidden, input)};
+  if (!a.w_hr.has_value() && uniform && k.sequence_from_input) {
+    InputSequenceSaved saved;
+    if (k.sequence_from_input(
+            {input, a.w_ih, a.b_ih, b_hh, h0, c0, w_hh, output, keep_saved, a.reverse}, saved)) {
+      return {output,
+              final_states(order, output, h0),
+              final_cell_states(saved.cell_states),
+              keep_saved ? saved.saved : not_kept(S * H, input),
+              kCell && keep_saved ? saved.cell_states : not_kept(H, input),
+              not_kept(H, input)};
     }
   }
 
+  const OptionalTensor bias = input_side_bias<Cell>(a.b_ih, a.b_hh);
   const int64_t steps = static_cast<int64_t>(order.size());
-  const int64_t chunk = chunk_steps(k, steps, B, kLstmGates * s.hidden, input);
-  if (!keep_saved && !w_hr.has_value() && chunk < steps && uniform_batch(order, B)) {
-    // Inference on a padded batch that spans several chunks; the cell states of two chunks at a
-    // time (a chunk starts from the one before it).
-    const Tensor cells[2] = {at::empty({chunk * B, s.hidden}, input.options()),
-                             at::empty({chunk * B, s.hidden}, input.options())};
-    const Tensor no_projection = not_kept(s.hidden, input);
+  const int64_t chunk = chunk_steps(lin, steps, B, G * H, input);
+  // A padded batch that spans several chunks (projection_chunk_bytes) runs chunk by chunk where
+  // the backward does not read the projection: in inference, and in the training of a cell whose
+  // saved values are its own (the GRU: B=128 H=256 forward+backward 0.95x -> 0.91x of torch.nn's
+  // time, a fresh 39 MB buffer fewer; NOTES entry 27).
+  if (!a.w_hr.has_value() && uniform && chunk < steps &&
+      (!keep_saved || !Cell::kPreActivationsSumSides)) {
+    // Saved values of their own: all kept, or one step's rows, which every step overwrites.
+    const Tensor saved =
+        Cell::kPreActivationsSumSides
+            ? Tensor()
+            : at::empty({keep_saved ? N : B, S * H}, input.options());
+    // Cell states: all kept, or those of two chunks at a time (a chunk starts from the one
+    // before it).
+    const Tensor all_cells =
+        kCell && keep_saved ? at::empty({N, H}, input.options()) : Tensor();
+    const Tensor cell_slots[2] = {
+        kCell && !keep_saved ? at::empty({chunk * B, H}, input.options()) : Tensor(),
+        kCell && !keep_saved ? at::empty({chunk * B, H}, input.options()) : Tensor()};
     Tensor h = h0, c = c0;
     int slot = 0;
-    over_chunks(steps, chunk, reverse, [&](int64_t first, int64_t n) {
-      const Tensor gates =
-          input_projection(k, input.narrow(0, first * B, n * B), w_ih, {&b_ih, &b_hh});
+    over_chunks(steps, chunk, a.reverse, [&](int64_t first, int64_t n) {
+      const Tensor x_side =
+          input_projection(lin, input.narrow(0, first * B, n * B), a.w_ih, bias);
       const Tensor out = output.narrow(0, first * B, n * B);
-      const Tensor cell_states = first_rows(cells[slot], n * B);
-      const std::vector<SequenceStep> sub = uniform_steps(n, B, reverse);
-      lstm_time_loop(k, sub, B, gates, h, c, w_hh_c, std::nullopt, out, cell_states,
-                     no_projection, reverse);
+      const Tensor cells = !kCell ? Tensor()
+                           : keep_saved ? all_cells.narrow(0, first * B, n * B)
+                                        : first_rows(cell_slots[slot], n * B);
+      const Tensor chunk_saved = Cell::kPreActivationsSumSides ? x_side
+                                 : keep_saved ? saved.narrow(0, first * B, n * B)
+                                              : saved;
+      const std::vector<SequenceStep> sub = uniform_steps(n, B, a.reverse);
+      time_loop(lin, k, sub, B, {x_side, h, c, w_hh, b_hh, out, cells, chunk_saved, a.reverse},
+                std::nullopt, Tensor());
       h = rows(out, sub.back());
-      c = rows(cell_states, sub.back());
+      if (kCell) c = rows(cells, sub.back());
       slot ^= 1;
     });
-    return {output, h.clone(), c.clone(), not_kept(kLstmGates * s.hidden, input),
-            not_kept(s.hidden, input), not_kept(s.hidden, input)};
+    return {output,
+            h.clone(),
+            kCell ? c.clone() : Tensor(),
+            keep_saved ? saved : not_kept(S * H, input),
+            kCell && keep_saved ? all_cells : not_kept(H, input),
+            not_kept(H, input)};
   }
 
-  // One product for the input side of every step; each step then turns its rows into its gates.
-  Tensor gates = input_projection(k, input, w_ih, {&b_ih, &b_hh});
-  Tensor cell_states = at::empty({N, s.hidden}, input.options());
-  // With a projection, o * tanh(c) before it, which the backward needs; else unused (empty).
-  Tensor pre_proj = at::empty({w_hr.has_value() ? N : 0, s.hidden}, input.options());
-  lstm_time_loop(k, order, B, gates, h0, c0, w_hh_c, w_hr, output, cell_states, pre_proj,
-                 reverse);
-  const Tensor h = final_states(order, output, h0), c = final_states(order, cell_states, c0);
+  // One product for the input side of every step; each step then reads its rows.
+  const Tensor x_side = input_projection(lin, input, a.w_ih, bias);
+  const Tensor cell_states = kCell ? at::empty({N, H}, input.options()) : Tensor();
+  // Saved over the input side, or apart: a row per step's row where kept, else (at large
+  // batches writing, and first touching, the whole of it costs a quarter of the GRU's forward;
+  // benchmarks/NOTES.md entry 16) one step's rows, which every step overwrites.
+  const Tensor saved = Cell::kPreActivationsSumSides
+                           ? x_side
+                           : at::empty({keep_saved ? N : B, S * H}, input.options());
+  // With a projection, h before it, which the backward needs.
+  const Tensor pre_proj =
+      a.w_hr.has_value() ? at::empty({N, H}, input.options()) : not_kept(H, input);
+  time_loop(lin, k, order, B, {x_side, h0, c0, w_hh, b_hh, output, cell_states, saved, a.reverse},
+            a.w_hr, pre_proj);
+  const Tensor hy = final_states(order, output, h0), cy = final_cell_states(cell_states);
   if (!keep_saved) {
-    return {output, h, c, not_kept(kLstmGates * s.hidden, input), not_kept(s.hidden, input),
-            not_kept(s.hidden, input)};
+    return {output, hy, cy, not_kept(S * H, input), not_kept(H, input), not_kept(H, input)};
   }
-  return {output, h, c, gates, cell_states, pre_proj};
+  return {output, hy, cy, saved, kCell ? cell_states : not_kept(H, input), pre_proj};
 }
 
-LstmLayerGrads lstm_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
-                                   const Tensor& grad_hy, const Tensor& grad_cy,
-                                   const Tensor& input, const Tensor& batch_sizes,
-                                   const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
-                                   const Tensor& w_hh, const OptionalTensor& w_hr,
-                                   const Tensor& output, const Tensor& gates,
-                                   const Tensor& cell_states, const Tensor& hidden_pre_proj,
-                                   bool reverse, std::array<bool, 7> mask) {
-  constexpr const char* op = "fused_rnn.lstm_layer_backward";
-  const auto [s, order] = check_layer(op, kLstmGates, input, batch_sizes, hx, &cx, w_ih, w_hh,
-                                      std::nullopt, std::nullopt, w_hr, reverse);
-  const int64_t N = input.size(0);
+template <typename Cell>
+Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
+                     const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy,
+                     const LayerArgs& a, const Tensor& output, const Tensor& saved,
+                     const Tensor& cell_states, const Tensor& hidden_pre_proj,
+                     const GradMask& mask) {
+  constexpr bool kCell = Cell::kHasCellState;
+  constexpr int64_t G = Cell::kGates, S = Cell::kSaved;
+  const char* op = op_names<Cell>().layer_backward.c_str();
+  const auto [s, order] = check_layer(op, G, a.input, a.batch_sizes, a.hx, kCell ? &a.cx : nullptr,
+                                      a.w_ih, a.w_hh, std::nullopt, std::nullopt, a.w_hr,
+                                      a.reverse);
+  const Tensor& input = a.input;
+  const int64_t N = input.size(0), B = s.batch, H = s.hidden;
+  const OptionalTensor& w_hr = a.w_hr;
   check_saved(op, "grad_output", grad_output, {N, s.state}, input);
-  check_saved(op, "grad_hy", grad_hy, {s.batch, s.state}, input);
-  check_saved(op, "grad_cy", grad_cy, {s.batch, s.hidden}, input);
+  check_saved(op, "grad_hy", grad_hy, {B, s.state}, input);
+  if (kCell) check_saved(op, "grad_cy", grad_cy, {B, H}, input);
   check_saved(op, "output", output, {N, s.state}, input);
-  check_saved(op, "gates", gates, {N, kLstmGates * s.hidden}, input);
-  check_saved(op, "cell_states", cell_states, {N, s.hidden}, input);
-  check_saved(op, "hidden_pre_proj", hidden_pre_proj, {w_hr.has_value() ? N : 0, s.hidden},
-              input);
+  check_saved(op, Cell::kSavedName, saved, {N, S * H}, input);
+  if (kCell) check_saved(op, "cell_states", cell_states, {N, H}, input);
+  if (hidden_pre_proj.defined()) {
+    check_saved(op, "hidden_pre_proj", hidden_pre_proj, {w_hr.has_value() ? N : 0, H}, input);
+  }
 
-  const Tensor gates_c = gates.contiguous(), cells_c = cell_states.contiguous();
-  const Tensor grad_out_c = grad_output.contiguous(), pre_proj_c = hidden_pre_proj.contiguous();
-  const Tensor c_before = states_before_steps(order, cells_c, cx.contiguous());
-  Tensor grad_gates = at::empty({N, kLstmGates * s.hidden}, input.options());
+  const Tensor saved_c = saved.contiguous(), grad_out_c = grad_output.contiguous();
+  const Tensor cells_c = contiguous_or_self(cell_states);
+  const Tensor c_before =
+      kCell ? states_before_steps(order, cells_c, a.cx.contiguous()) : Tensor();
+  // The state each step started from: for the gate gradients where they read it, else only for
+  // W_hh's gradient.
+  Tensor h_before;
+  const auto hidden_before = [&]() -> const Tensor& {
+    if (!h_before.defined()) {
+      h_before = states_before_steps(order, output.contiguous(), a.hx.contiguous());
+    }
+    return h_before;
+  };
+  if (Cell::kGateGradsReadHPrev) hidden_before();
+  const Tensor grad_input_gates = at::empty({N, G * H}, input.options());
+  const Tensor grad_hidden_gates = Cell::kPreActivationsSumSides
+                                       ? grad_input_gates
+                                       : at::empty({N, G * H}, input.options());
   // Gradients of the running state, carried backwards through the steps.
   Tensor grad_h = grad_hy.contiguous().clone();
-  Tensor grad_c = grad_cy.contiguous().clone();
+  Tensor grad_c = kCell ? grad_cy.contiguous().clone() : Tensor();
   // With a projection: every step's full output gradient, for w_hr's gradient as one GEMM.
-  Tensor grad_projected = w_hr.has_value() && mask[6]
-                              ? at::empty({N, s.state}, input.options()) : Tensor();
+  const Tensor grad_projected =
+      w_hr.has_value() && mask.w_hr ? at::empty({N, s.state}, input.options()) : Tensor();
   const bool whole_sequence =
-      !w_hr.has_value() && uniform_batch(order, s.batch) && k.lstm_backward_sequence &&
-      k.lstm_backward_sequence(grad_out_c, gates_c, c_before, cells_c, w_hh, grad_h,
-                               grad_c, grad_gates, reverse);
+      !w_hr.has_value() && uniform_batch(order, B) && k.backward_sequence &&
+      k.backward_sequence({grad_out_c, saved_c, h_before, c_before, cells_c, a.w_hh, grad_h,
+                           grad_c, grad_input_gates, grad_hidden_gates, a.reverse});
   if (!whole_sequence) {
-    // grad_h of the previous step = grad_gates @ W_hh, i.e. linear with W_hh^T as the weight.
+    // grad_h of the previous step = grad_hidden_gates @ W_hh, i.e. linear with W_hh^T as the
+    // weight (plus the direct part, where the cell has one).
     const int64_t uses = static_cast<int64_t>(order.size());
-    const Tensor w_hh_t = k.prepare_step_weight(w_hh.t(), s.batch, uses);
+    const Tensor w_hh_t = lin.prepare_step_weight(a.w_hh.t(), B, uses);
     const Tensor w_hr_t =
-        w_hr.has_value() ? k.prepare_step_weight(w_hr->t(), s.batch, uses) : Tensor();
-    // With a projection: the gradient of each step's o * tanh(c), before the projection.
-    Tensor grad_pre_proj =
-        w_hr.has_value() ? at::empty({s.batch, s.hidden}, input.options()) : Tensor();
+        w_hr.has_value() ? lin.prepare_step_weight(w_hr->t(), B, uses) : Tensor();
+    // With a projection: the gradient of each step's h before it.
+    const Tensor grad_pre_proj =
+        w_hr.has_value() ? at::empty({B, H}, input.options()) : Tensor();
+    GateGradTensors gg;
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
       const SequenceStep& step = *it;
       Tensor gh = first_rows(grad_h, step.rows);
       gh.add_(rows(grad_out_c, step));
-      Tensor grad_cell_out = gh;  // gradient of o * tanh(c), the cell's own output
+      gg.grad_h = gh;  // the gradient of the cell's own h
       if (w_hr.has_value()) {
         if (grad_projected.defined()) rows(grad_projected, step).copy_(gh);
-        grad_cell_out = first_rows(grad_pre_proj, step.rows);
-        k.step_linear(gh, w_hr_t, grad_cell_out, false);
+        gg.grad_h = first_rows(grad_pre_proj, step.rows);
+        lin.step_linear(gh, w_hr_t, gg.grad_h, false);
       }
-      Tensor gc = first_rows(grad_c, step.rows);
-      k.lstm_gate_grads(grad_cell_out, gc, rows(gates_c, step), rows(c_before, step),
-                        rows(cells_c, step), rows(grad_gates, step), gc);
-      k.step_linear(rows(grad_gates, step), w_hh_t, gh, false);
+      gg.saved = rows(saved_c, step);
+      if (Cell::kGateGradsReadHPrev) gg.h_prev = rows(h_before, step);
+      if constexpr (kCell) {
+        gg.grad_c = first_rows(grad_c, step.rows);
+        gg.grad_c_prev = gg.grad_c;
+        gg.c_prev = rows(c_before, step);
+        gg.c_out = rows(cells_c, step);
+      }
+      gg.grad_input_gates = rows(grad_input_gates, step);
+      gg.grad_hidden_gates = Cell::kPreActivationsSumSides ? gg.grad_input_gates
+                                                           : rows(grad_hidden_gates, step);
+      // gh becomes the direct part of the previous state's gradient, then gains W_hh's.
+      if (Cell::kDirectStateGrad) gg.grad_h_direct = gh;
+      k.gate_grads(gg);
+      lin.step_linear(gg.grad_hidden_gates, w_hh_t, gh, Cell::kDirectStateGrad);
     }
   }
   // The input's and the weights' gradients as single GEMMs over all steps (the input's through
   // the device's matmul, which on the CPU may hand it to oneDNN).
-  return {mask[0] ? k.matmul(grad_gates, w_ih, std::nullopt) : Tensor(),
-          mask[1] ? grad_h : Tensor(),
-          mask[2] ? grad_c : Tensor(),
-          mask[3] ? at::mm(grad_gates.t(), input) : Tensor(),
-          mask[4] ? at::mm(grad_gates.t(), states_before_steps(order, output.contiguous(),
-                                                                hx.contiguous()))
-                  : Tensor(),
-          mask[5] ? at::sum(grad_gates, 0) : Tensor(),
-          grad_projected.defined() ? at::mm(grad_projected.t(), pre_proj_c) : Tensor()};
+  Grads g;
+  if (mask.input) g.input = lin.matmul(grad_input_gates, a.w_ih, std::nullopt);
+  if (mask.hx) g.hx = grad_h;
+  if (mask.cx) g.cx = grad_c;
+  if (mask.w_ih) g.w_ih = at::mm(grad_input_gates.t(), input);
+  if (mask.w_hh) g.w_hh = at::mm(grad_hidden_gates.t(), hidden_before());
+  if (mask.b_ih) g.b_ih = at::sum(grad_input_gates, 0);
+  if (mask.b_hh) g.b_hh = at::sum(grad_hidden_gates, 0);
+  if (grad_projected.defined()) g.w_hr = at::mm(grad_projected.t(), hidden_pre_proj.contiguous());
+  return g;
 }
 
-GruLayerOutputs gru_layer(const DeviceKernels& k, const Tensor& input, const Tensor& batch_sizes,
-                          const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                          const OptionalTensor& b_ih, const OptionalTensor& b_hh, bool reverse,
-                          bool keep_saved) {
-  constexpr const char* op = "fused_rnn.gru_layer";
-  const auto [s, order] = check_layer(op, kGruGates, input, batch_sizes, hx, nullptr, w_ih, w_hh,
-                                      b_ih, b_hh, std::nullopt, reverse);
-  const int64_t N = input.size(0), B = s.batch;
-  Tensor output = at::empty({N, s.hidden}, input.options());
-  const Tensor h0 = hx.contiguous(), w_hh_c = w_hh.contiguous();
-  const OptionalTensor b_hh_c = b_hh.has_value() ? OptionalTensor(b_hh->contiguous()) : b_hh;
-  // Kept: a row per step and batch row. Not kept: one step's rows, which every step overwrites
-  // (at large batches writing, and first touching, the whole workspace costs a quarter of the
-  // forward; benchmarks/NOTES.md entry 16).
-  Tensor workspace =
-      at::empty({keep_saved ? N : B, kGruSavedPerUnit * s.hidden}, input.options());
-
-  const Tensor kept_workspace =
-      keep_saved ? workspace : not_kept(kGruSavedPerUnit * s.hidden, input);
-  // The device's whole forward with the input side inside each step, where it has one.
-  if (k.gru_sequence_from_input && uniform_batch(order, B) &&
-      k.gru_sequence_from_input(input, w_ih, b_ih, h0, w_hh_c, b_hh_c, output, workspace,
-                                reverse)) {
-    return {output, final_states(order, output, h0), kept_workspace};
-  }
-
-  const int64_t steps = static_cast<int64_t>(order.size());
-  const int64_t chunk = chunk_steps(k, steps, B, kGruGates * s.hidden, input);
-  Tensor h_n;
-  if (chunk < steps && uniform_batch(order, B)) {
-    // A padded batch that spans several chunks (projection_chunk_bytes). The GRU saves its
-    // workspace, not the projection, so training runs in chunks too (B=128 H=256 forward+
-    // backward: 0.95x -> 0.91x of torch.nn's time, a fresh 39 MB buffer fewer; NOTES entry 27).
-    Tensor h = h0;
-    over_chunks(steps, chunk, reverse, [&](int64_t first, int64_t n) {
-      const Tensor gx = input_projection(k, input.narrow(0, first * B, n * B), w_ih, {&b_ih});
-      const Tensor out = output.narrow(0, first * B, n * B);
-      const Tensor chunk_workspace = keep_saved ? workspace.narrow(0, first * B, n * B) : workspace;
-      const std::vector<SequenceStep> sub = uniform_steps(n, B, reverse);
-      gru_time_loop(k, sub, B, gx, h, w_hh_c, b_hh_c, out, chunk_workspace, reverse);
-      h = rows(out, sub.back());
-    });
-    h_n = h.clone();
-  } else {
-    const Tensor gx = input_projection(k, input, w_ih, {&b_ih});
-    gru_time_loop(k, order, B, gx, h0, w_hh_c, b_hh_c, output, workspace, reverse);
-    h_n = final_states(order, output, h0);
-  }
-  return {output, h_n, kept_workspace};
-}
-
-GruGrads gru_layer_backward(const DeviceKernels& k, const Tensor& grad_output,
-                            const Tensor& grad_hy, const Tensor& input, const Tensor& batch_sizes,
-                            const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-                            const Tensor& output, const Tensor& workspace, bool reverse,
-                            std::array<bool, 6> mask) {
-  constexpr const char* op = "fused_rnn.gru_layer_backward";
-  const auto [s, order] = check_layer(op, kGruGates, input, batch_sizes, hx, nullptr, w_ih, w_hh,
-                                      std::nullopt, std::nullopt, std::nullopt, reverse);
-  const int64_t N = input.size(0);
-  check_saved(op, "grad_output", grad_output, {N, s.hidden}, input);
-  check_saved(op, "grad_hy", grad_hy, {s.batch, s.hidden}, input);
-  check_saved(op, "output", output, {N, s.hidden}, input);
-  check_saved(op, "workspace", workspace, {N, kGruSavedPerUnit * s.hidden}, input);
-
-  const Tensor ws_c = workspace.contiguous(), grad_out_c = grad_output.contiguous();
-  const Tensor h_before = states_before_steps(order, output.contiguous(), hx.contiguous());
-  Tensor grad_input_gates = at::empty({N, kGruGates * s.hidden}, input.options());
-  Tensor grad_hidden_gates = at::empty({N, kGruGates * s.hidden}, input.options());
-  Tensor grad_h = grad_hy.contiguous().clone();
-  const bool whole_sequence =
-      uniform_batch(order, s.batch) && k.gru_backward_sequence &&
-      k.gru_backward_sequence(grad_out_c, ws_c, h_before, w_hh, grad_h, grad_input_gates,
-                              grad_hidden_gates, reverse);
-  if (!whole_sequence) {
-    const Tensor w_hh_t = k.prepare_step_weight(w_hh.t(), s.batch,
-                                                static_cast<int64_t>(order.size()));
-    for (auto it = order.rbegin(); it != order.rend(); ++it) {
-      const SequenceStep& step = *it;
-      Tensor gh = first_rows(grad_h, step.rows);
-      gh.add_(rows(grad_out_c, step));
-      // gh becomes the direct part of the previous state's gradient, then gains W_hh's.
-      k.gru_gate_grads(gh, rows(h_before, step), rows(ws_c, step),
-                       rows(grad_input_gates, step), rows(grad_hidden_gates, step), gh);
-      k.step_linear(rows(grad_hidden_gates, step), w_hh_t, gh, true);
-    }
-  }
-  // As the LSTM's: the input's gradient through the device's matmul, the weights' one GEMM each.
-  return {mask[0] ? k.matmul(grad_input_gates, w_ih, std::nullopt) : Tensor(),
-          mask[1] ? grad_h : Tensor(),
-          mask[2] ? at::mm(grad_input_gates.t(), input) : Tensor(),
-          mask[3] ? at::mm(grad_hidden_gates.t(), h_before) : Tensor(),
-          mask[4] ? at::sum(grad_input_gates, 0) : Tensor(),
-          mask[5] ? at::sum(grad_hidden_gates, 0) : Tensor()};
-}
+template LayerForward layer_forward<LstmCell>(const LinearKernels&, const CellKernels<LstmCell>&,
+                                              const LayerArgs&, bool);
+template LayerForward layer_forward<GruCell>(const LinearKernels&, const CellKernels<GruCell>&,
+                                             const LayerArgs&, bool);
+template Grads layer_backward<LstmCell>(const LinearKernels&, const CellKernels<LstmCell>&,
+                                        const Tensor&, const Tensor&, const Tensor&,
+                                        const LayerArgs&, const Tensor&, const Tensor&,
+                                        const Tensor&, const Tensor&, const GradMask&);
+template Grads layer_backward<GruCell>(const LinearKernels&, const CellKernels<GruCell>&,
+                                       const Tensor&, const Tensor&, const Tensor&,
+                                       const LayerArgs&, const Tensor&, const Tensor&,
+                                       const Tensor&, const Tensor&, const GradMask&);
 
 }  // namespace fused_rnn

@@ -1,8 +1,8 @@
 // CPU implementations: the large matrix products through ATen (MKL/oneDNN), the few-row ones and
 // the recurrent ones in our register-blocked kernels, the gate math in one fused, vectorised,
 // parallel pass over the [B, H] units (pointwise.h), in the variant built for this CPU's
-// instruction set. The cell forward ops live here; the backward and layer ops are the
-// device-agnostic ones of cell_ops.h over the CPU kernels below.
+// instruction set. The ops are the device-agnostic ones of cell_ops.h over the CPU's tables
+// below.
 #include "../cell_ops.h"
 #include "block_cache.h"
 #include "isa_choice.h"
@@ -241,9 +241,10 @@ bool panels_pay_off(const Tensor& w, int64_t rows, int64_t uses) {
          bytes <= kPanelMaxWeightBytes;
 }
 
-Tensor prepare_recurrent_cpu(const Tensor& w_hh, int64_t gates, int64_t rows, int64_t uses) {
+template <typename Cell>
+Tensor prepare_recurrent_cpu(const Tensor& w_hh, int64_t rows, int64_t uses) {
   return panels_pay_off(w_hh, rows, uses)
-             ? cpu::pointwise_kernels().pack_recurrent_weight(w_hh, gates)
+             ? cpu::pointwise_kernels().pack_recurrent_weight(w_hh, Cell::kGates)
              : prepare_linear_cpu(w_hh, rows, uses);
 }
 
@@ -281,8 +282,10 @@ cpu::RecurrentStep recurrent_step(const Tensor& h_prev, const Tensor& w_packed, 
   return s;
 }
 
-void lstm_step_cpu(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev,
-                   const Tensor& w_hh, const Tensor& h_out, const Tensor& c_out) {
+// The LSTM's activations are written over its input side (t.saved is t.input_side).
+void lstm_step_cpu(const StepTensors& t) {
+  const Tensor &gates = t.input_side, &h_prev = t.h_prev, &c_prev = t.c_prev, &w_hh = t.w_hh;
+  const Tensor &h_out = t.h_out, &c_out = t.c_out;
   const auto& kernels = cpu::pointwise_kernels();
   if (packed_in_panels(w_hh)) {
     cpu::RecurrentStep s = recurrent_step(h_prev, w_hh, gates.data_ptr<float>(), h_out);
@@ -300,8 +303,10 @@ void lstm_step_cpu(const Tensor& gates, const Tensor& h_prev, const Tensor& c_pr
   });
 }
 
-void gru_step_cpu(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
-                  const OptionalTensor& b_hh, const Tensor& h_out, const Tensor& workspace) {
+void gru_step_cpu(const StepTensors& t) {
+  const Tensor &gx = t.input_side, &h_prev = t.h_prev, &w_hh = t.w_hh, &h_out = t.h_out;
+  const Tensor& workspace = t.saved;
+  const OptionalTensor& b_hh = t.b_hh;
   const auto& kernels = cpu::pointwise_kernels();
   if (packed_in_panels(w_hh)) {
     cpu::RecurrentStep s = recurrent_step(h_prev, w_hh, gx.data_ptr<float>(), h_out);
@@ -382,7 +387,7 @@ cpu::RecurrentStep at_step(const cpu::RecurrentStep& first, int64_t gates, int64
   if (s.x) s.x += t * first.rows * first.input;
   s.h_out += t * units;
   if (s.c_out) s.c_out += t * units;
-  if (s.workspace && first.workspace_per_step) s.workspace += t * kGruSavedPerUnit * units;
+  if (s.workspace && first.workspace_per_step) s.workspace += t * kGruSaved * units;
   if (prev >= 0) {
     s.h_prev = first.h_out + prev * units;
     if (s.c_prev) s.c_prev = first.c_out + prev * units;
@@ -443,12 +448,11 @@ Tensor with_gru_cell(cpu::RecurrentStep& first, const OptionalTensor& b_hh,
   return first.workspace_per_step ? workspace : workspace.narrow(0, 0, 0);
 }
 
-bool lstm_sequence_cpu(const Tensor& gates, const Tensor& h0, const Tensor& c0,
-                       const Tensor& w_hh, const Tensor& output, const Tensor& cell_states,
-                       bool reverse) {
+bool lstm_sequence_cpu(const SequenceTensors& t) {
   return recurrent_sequence(
-      kLstmGates, gates, h0, w_hh, output, reverse, &cpu::PointwiseKernels::lstm_forward_recurrent,
-      [&](cpu::RecurrentStep& first) { return with_lstm_cell(first, c0, cell_states); });
+      kLstmGates, t.input_side, t.h0, t.w_hh, t.output, t.reverse,
+      &cpu::PointwiseKernels::lstm_forward_recurrent,
+      [&](cpu::RecurrentStep& first) { return with_lstm_cell(first, t.c0, t.cell_states); });
 }
 
 // From 8 to 128 batch rows and up to 8 MB of W_ih and W_hh together, a sequence runs on the
@@ -495,52 +499,51 @@ struct InputSide {
   }
 };
 
-bool lstm_sequence_from_input_cpu(const Tensor& input, const Tensor& w_ih,
-                                  const OptionalTensor& b_ih, const OptionalTensor& b_hh,
-                                  const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-                                  const Tensor& output, bool keep_gates, Tensor& gates,
-                                  Tensor& cell_states, bool reverse) {
+// Keeps the activated gates only with keep_saved.
+bool lstm_sequence_from_input_cpu(const InputSequenceTensors& t, InputSequenceSaved& out) {
+  const Tensor &input = t.input, &h0 = t.h0, &output = t.output;
   const int64_t B = h0.size(0), H = h0.size(1), N = input.size(0);
-  if (!input_in_step_pays_off(input, w_ih, w_hh, B)) return false;
-  const InputSide input_side(input, w_ih, summed_biases({&b_ih, &b_hh}), kLstmGates);
-  const Tensor w_hh_packed = cpu::pointwise_kernels().pack_recurrent_weight(w_hh, kLstmGates);
-  gates = at::empty({keep_gates ? N : 0, kLstmGates * H}, input.options());
-  cell_states = at::empty({N, H}, input.options());
-  cpu::RecurrentStep first =
-      recurrent_step(h0, w_hh_packed, keep_gates ? gates.data_ptr<float>() : nullptr, output);
-  with_lstm_cell(first, c0, cell_states);
+  if (!input_in_step_pays_off(input, t.w_ih, t.w_hh, B)) return false;
+  const InputSide input_side(input, t.w_ih, input_side_bias<LstmCell>(t.b_ih, t.b_hh),
+                             kLstmGates);
+  const Tensor w_hh_packed = cpu::pointwise_kernels().pack_recurrent_weight(t.w_hh, kLstmGates);
+  out.saved = at::empty({t.keep_saved ? N : 0, kLstmGates * H}, input.options());
+  out.cell_states = at::empty({N, H}, input.options());
+  cpu::RecurrentStep first = recurrent_step(
+      h0, w_hh_packed, t.keep_saved ? out.saved.data_ptr<float>() : nullptr, output);
+  with_lstm_cell(first, t.c0, out.cell_states);
   input_side.into(first);
-  run_recurrent_sequence(first, kLstmGates, N / B, reverse,
+  run_recurrent_sequence(first, kLstmGates, N / B, t.reverse,
                          &cpu::PointwiseKernels::lstm_forward_recurrent,
                          product_fmas(h0, kLstmGates * H) + input_side.fmas_per_step(B),
-                         {&output, &cell_states, &gates});
+                         {&output, &out.cell_states, &out.saved});
   return true;
 }
 
-bool gru_sequence_from_input_cpu(const Tensor& input, const Tensor& w_ih,
-                                 const OptionalTensor& b_ih, const Tensor& h0, const Tensor& w_hh,
-                                 const OptionalTensor& b_hh, const Tensor& output,
-                                 const Tensor& workspace, bool reverse) {
+// Without keep_saved, every step writes the same B rows of the workspace.
+bool gru_sequence_from_input_cpu(const InputSequenceTensors& t, InputSequenceSaved& out) {
+  const Tensor &input = t.input, &h0 = t.h0, &output = t.output;
   const int64_t B = h0.size(0), H = h0.size(1), N = input.size(0);
-  if (!input_in_step_pays_off(input, w_ih, w_hh, B)) return false;
-  const InputSide input_side(input, w_ih, b_ih, kGruGates);
-  const Tensor w_hh_packed = cpu::pointwise_kernels().pack_recurrent_weight(w_hh, kGruGates);
+  if (!input_in_step_pays_off(input, t.w_ih, t.w_hh, B)) return false;
+  const InputSide input_side(input, t.w_ih, input_side_bias<GruCell>(t.b_ih, t.b_hh), kGruGates);
+  const Tensor w_hh_packed = cpu::pointwise_kernels().pack_recurrent_weight(t.w_hh, kGruGates);
+  out.saved = at::empty({t.keep_saved ? N : B, kGruSaved * H}, input.options());
   cpu::RecurrentStep first = recurrent_step(h0, w_hh_packed, nullptr, output);
-  const Tensor workspace_written = with_gru_cell(first, b_hh, workspace, N);
+  const Tensor workspace_written = with_gru_cell(first, t.b_hh, out.saved, N);
   input_side.into(first);
-  run_recurrent_sequence(first, cpu::kGruPacksWithInput, N / B, reverse,
+  run_recurrent_sequence(first, cpu::kGruPacksWithInput, N / B, t.reverse,
                          &cpu::PointwiseKernels::gru_forward_recurrent,
                          product_fmas(h0, kGruGates * H) + input_side.fmas_per_step(B),
                          {&output, &workspace_written});
   return true;
 }
 
-bool gru_sequence_cpu(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
-                      const OptionalTensor& b_hh, const Tensor& output, const Tensor& workspace,
-                      bool reverse) {
+bool gru_sequence_cpu(const SequenceTensors& t) {
   return recurrent_sequence(
-      kGruGates, gx, h0, w_hh, output, reverse, &cpu::PointwiseKernels::gru_forward_recurrent,
-      [&](cpu::RecurrentStep& first) { return with_gru_cell(first, b_hh, workspace, gx.size(0)); });
+      kGruGates, t.input_side, t.h0, t.w_hh, t.output, t.reverse,
+      &cpu::PointwiseKernels::gru_forward_recurrent, [&](cpu::RecurrentStep& first) {
+        return with_gru_cell(first, t.b_hh, t.saved, t.input_side.size(0));
+      });
 }
 
 // A backward step's per-step buffers moved on by `units` units (rows of H; G gates).
@@ -643,116 +646,88 @@ bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w
   return true;
 }
 
-bool lstm_backward_sequence_cpu(const Tensor& grad_output, const Tensor& gates,
-                                const Tensor& c_before, const Tensor& cell_states,
-                                const Tensor& w_hh, const Tensor& grad_h, const Tensor& grad_c,
-                                const Tensor& grad_gates, bool reverse) {
-  return backward_sequence(kLstmGates, grad_output, w_hh, grad_h, reverse,
+bool lstm_backward_sequence_cpu(const BackwardSequenceTensors& t) {
+  return backward_sequence(kLstmGates, t.grad_output, t.w_hh, t.grad_h, t.reverse,
                            &cpu::PointwiseKernels::lstm_backward_gates,
                            &cpu::PointwiseKernels::lstm_backward_product,
                            [&](cpu::BackwardStep& first) {
-                             first.saved = gates.data_ptr<float>();
-                             first.state_before = c_before.data_ptr<float>();
-                             first.c_new = cell_states.data_ptr<float>();
-                             first.grad_c = grad_c.data_ptr<float>();
-                             first.grad_gates = grad_gates.data_ptr<float>();
+                             first.saved = t.saved.data_ptr<float>();
+                             first.state_before = t.c_before.data_ptr<float>();
+                             first.c_new = t.cell_states.data_ptr<float>();
+                             first.grad_c = t.grad_c.data_ptr<float>();
+                             first.grad_gates = t.grad_input_gates.data_ptr<float>();
                            },
-                           {&grad_gates});
+                           {&t.grad_input_gates});
 }
 
-bool gru_backward_sequence_cpu(const Tensor& grad_output, const Tensor& workspace,
-                               const Tensor& h_before, const Tensor& w_hh, const Tensor& grad_h,
-                               const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
-                               bool reverse) {
-  return backward_sequence(kGruGates, grad_output, w_hh, grad_h, reverse,
+bool gru_backward_sequence_cpu(const BackwardSequenceTensors& t) {
+  return backward_sequence(kGruGates, t.grad_output, t.w_hh, t.grad_h, t.reverse,
                            &cpu::PointwiseKernels::gru_backward_gates,
                            &cpu::PointwiseKernels::gru_backward_product,
                            [&](cpu::BackwardStep& first) {
-                             first.saved = workspace.data_ptr<float>();
-                             first.state_before = h_before.data_ptr<float>();
-                             first.grad_gates = grad_input_gates.data_ptr<float>();
-                             first.grad_hidden_gates = grad_hidden_gates.data_ptr<float>();
+                             first.saved = t.saved.data_ptr<float>();
+                             first.state_before = t.h_before.data_ptr<float>();
+                             first.grad_gates = t.grad_input_gates.data_ptr<float>();
+                             first.grad_hidden_gates = t.grad_hidden_gates.data_ptr<float>();
                            },
-                           {&grad_input_gates, &grad_hidden_gates});
+                           {&t.grad_input_gates, &t.grad_hidden_gates});
 }
 
-void lstm_gate_grads_cpu(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
-                         const Tensor& c_prev, const Tensor& c_new, const Tensor& grad_gates,
-                         const Tensor& grad_c_prev) {
-  over_units(c_new, [&](int64_t begin, int64_t end) {
-    cpu::pointwise_kernels().lstm_backward(grad_h, grad_c, gates, c_prev, c_new, grad_gates,
-                                           grad_c_prev, begin, end);
+void lstm_gate_grads_cpu(const GateGradTensors& t) {
+  over_units(t.c_out, [&](int64_t begin, int64_t end) {
+    cpu::pointwise_kernels().lstm_backward(t.grad_h, t.grad_c, t.saved, t.c_prev, t.c_out,
+                                           t.grad_input_gates, t.grad_c_prev, begin, end);
   });
 }
 
-void gru_gate_grads_cpu(const Tensor& grad_h, const Tensor& h_prev, const Tensor& workspace,
-                        const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
-                        const Tensor& grad_h_direct) {
-  over_units(h_prev, [&](int64_t begin, int64_t end) {
-    cpu::pointwise_kernels().gru_backward(grad_h, h_prev, workspace, grad_input_gates,
-                                          grad_hidden_gates, grad_h_direct, begin, end);
+void gru_gate_grads_cpu(const GateGradTensors& t) {
+  over_units(t.h_prev, [&](int64_t begin, int64_t end) {
+    cpu::pointwise_kernels().gru_backward(t.grad_h, t.h_prev, t.saved, t.grad_input_gates,
+                                          t.grad_hidden_gates, t.grad_h_direct, begin, end);
   });
 }
 
-// The input projection's chunk (DeviceKernels::projection_chunk_bytes): one buffer for the
+// The input projection's chunk (LinearKernels::projection_chunk_bytes): one buffer for the
 // whole sequence would be a fresh memory mapping on every call at large batches, first touched
 // page by page (a tenth of the forward at B=128; benchmarks/NOTES.md entry 17), while a chunk's
 // is reused from the heap.
 constexpr int64_t kProjectionChunkBytes = 16 << 20;
 
 // Designated: each kernel named by its entry (one out of order does not compile).
-constexpr DeviceKernels kCpuKernels{
+constexpr LinearKernels kCpuLinear{
     .prepare_linear = &prepare_linear_cpu,
     .linear = &linear_cpu,
     .matmul = &matmul_cpu,
-    .prepare_recurrent = &prepare_recurrent_cpu,
     .prepare_step_weight = &prepare_step_weight_cpu,
     .step_linear = &step_linear_cpu,
-    .lstm_step = &lstm_step_cpu,
-    .gru_step = &gru_step_cpu,
-    .lstm_gate_grads = &lstm_gate_grads_cpu,
-    .gru_gate_grads = &gru_gate_grads_cpu,
-    .lstm_sequence = &lstm_sequence_cpu,
-    .gru_sequence = &gru_sequence_cpu,
-    .lstm_sequence_from_input = &lstm_sequence_from_input_cpu,
-    .gru_sequence_from_input = &gru_sequence_from_input_cpu,
-    .lstm_backward_sequence = &lstm_backward_sequence_cpu,
-    .gru_backward_sequence = &gru_backward_sequence_cpu,
     .projection_chunk_bytes = kProjectionChunkBytes,
 };
 
-std::tuple<Tensor, Tensor, Tensor> lstm_cell_cpu(const Tensor& input, const Tensor& hx,
-                                                 const Tensor& cx, const Tensor& w_ih,
-                                                 const Tensor& w_hh, const OptionalTensor& b_ih,
-                                                 const OptionalTensor& b_hh) {
-  const CellSizes s = check_cell_forward_args("fused_rnn.lstm_cell", kLstmGates, input, hx, cx,
-                                              w_ih, w_hh, b_ih, b_hh);
-  // The input projection becomes the gates in place: the activations the backward needs.
-  Tensor gates = input_projection(kCpuKernels, input, w_ih, {&b_ih, &b_hh});
-  Tensor hy = at::empty({s.batch, s.hidden}, input.options());
-  Tensor cy = at::empty({s.batch, s.hidden}, input.options());
-  lstm_step_cpu(gates, hx, cx.contiguous(), w_hh, hy, cy);
-  return {hy, cy, gates};
-}
+constexpr CellKernels<LstmCell> kCpuLstm{
+    .prepare_recurrent = &prepare_recurrent_cpu<LstmCell>,
+    .step = &lstm_step_cpu,
+    .gate_grads = &lstm_gate_grads_cpu,
+    .sequence = &lstm_sequence_cpu,
+    .sequence_from_input = &lstm_sequence_from_input_cpu,
+    .backward_sequence = &lstm_backward_sequence_cpu,
+};
 
-std::tuple<Tensor, Tensor> gru_cell_cpu(const Tensor& input, const Tensor& hx,
-                                        const Tensor& w_ih, const Tensor& w_hh,
-                                        const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
-  const CellSizes s = check_cell_forward_args("fused_rnn.gru_cell", kGruGates, input, hx,
-                                              std::nullopt, w_ih, w_hh, b_ih, b_hh);
-  Tensor hy = at::empty({s.batch, s.hidden}, input.options());
-  Tensor workspace = at::empty({s.batch, kGruSavedPerUnit * s.hidden}, input.options());
-  gru_step_cpu(input_projection(kCpuKernels, input, w_ih, {&b_ih}), hx.contiguous(), w_hh, b_hh,
-               hy, workspace);
-  return {hy, workspace};
-}
+constexpr CellKernels<GruCell> kCpuGru{
+    .prepare_recurrent = &prepare_recurrent_cpu<GruCell>,
+    .step = &gru_step_cpu,
+    .gate_grads = &gru_gate_grads_cpu,
+    .sequence = &gru_sequence_cpu,
+    .sequence_from_input = &gru_sequence_from_input_cpu,
+    .backward_sequence = &gru_backward_sequence_cpu,
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
-  m.impl("lstm_cell", &lstm_cell_cpu);
-  m.impl("gru_cell", &gru_cell_cpu);
-  impl_device_agnostic_ops<kCpuKernels>(m);
+  impl_lstm_cell<kCpuLinear, kCpuLstm>(m);
+  impl_lstm_ops<kCpuLinear, kCpuLstm>(m);
+  impl_gru_cell<kCpuLinear, kCpuGru>(m);
+  impl_gru_ops<kCpuLinear, kCpuGru>(m);
 }
 
 }  // namespace fused_rnn

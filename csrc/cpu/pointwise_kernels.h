@@ -142,10 +142,7 @@ inline void lstm_units(const scalar_t* input_row, scalar_t* gates_row,
   L::store(c_out, s.c_new, n);
   L::store(h_out, s.h_new, n);
   if (!gates_row) return;
-  L::store(gates_row + 0 * H + j, s.i, n);
-  L::store(gates_row + 1 * H + j, s.f, n);
-  L::store(gates_row + 2 * H + j, s.g, n);
-  L::store(gates_row + 3 * H + j, s.o, n);
+  store_lstm_saved(s, [&](int64_t k, const Vec& v) { L::store(gates_row + k * H + j, v, n); });
 }
 
 void lstm_forward(const Tensor& gates, const Tensor& gates_h, const Tensor& c_prev,
@@ -178,17 +175,14 @@ inline void lstm_backward_units(const scalar_t* grad_h, const scalar_t* grad_c,
                                 scalar_t* grad_c_prev, int64_t H, int64_t b, int64_t j,
                                 int64_t n) {
   using L = Lanes<scalar_t>;
-  const scalar_t* row = gates + b * kLstmGates * H;
+  using Vec = typename L::Vec;
+  const scalar_t* row = gates + b * kLstmSaved * H;
   const int64_t u = b * H + j;
   const auto d = lstm_step_backward(
-      L::load(row + 0 * H + j, n), L::load(row + 1 * H + j, n), L::load(row + 2 * H + j, n),
-      L::load(row + 3 * H + j, n), L::load(c_prev + u, n), L::load(c_new + u, n),
-      L::load(grad_h + u, n), L::load(grad_c + u, n));
+      [&](int64_t k) { return L::load(row + k * H + j, n); }, L::load(c_prev + u, n),
+      L::load(c_new + u, n), L::load(grad_h + u, n), L::load(grad_c + u, n));
   scalar_t* grow = grad_gates + b * kLstmGates * H;
-  L::store(grow + 0 * H + j, d.a_i, n);
-  L::store(grow + 1 * H + j, d.a_f, n);
-  L::store(grow + 2 * H + j, d.a_g, n);
-  L::store(grow + 3 * H + j, d.a_o, n);
+  store_lstm_gate_grads(d, [&](int64_t g, const Vec& v) { L::store(grow + g * H + j, v, n); });
   L::store(grad_c_prev + u, d.c, n);
 }
 
@@ -214,10 +208,7 @@ inline void gru_units(const Vec (&gx)[kGruGates], const Vec (&gh)[kGruGates],
                       int64_t j, int64_t n) {
   using L = Lanes<scalar_t>;
   const auto s = gru_step_forward(gx[0], gx[1], gx[2], gh[0], gh[1], gh[2], L::load(h_prev, n));
-  L::store(ws_row + 0 * H + j, s.r, n);
-  L::store(ws_row + 1 * H + j, s.z, n);
-  L::store(ws_row + 2 * H + j, s.n, n);
-  L::store(ws_row + 3 * H + j, s.h_n, n);
+  store_gru_saved(s, [&](int64_t k, const Vec& v) { L::store(ws_row + k * H + j, v, n); });
   L::store(h_out, s.h_new, n);
 }
 
@@ -240,7 +231,7 @@ void gru_forward(const Tensor& gx, const Tensor& gh, const Tensor& h_prev, const
         a_h[g] = L::load(hrow + g * H + j, n);
       }
       const int64_t u = b * H + j;
-      gru_units(a_x, a_h, h_p + u, h_out_p + u, ws_p + b * kGruSavedPerUnit * H, H, j, n);
+      gru_units(a_x, a_h, h_p + u, h_out_p + u, ws_p + b * kGruSaved * H, H, j, n);
     });
   });
 }
@@ -254,19 +245,16 @@ inline void gru_backward_units(const scalar_t* grad_h, const scalar_t* h_prev,
                                scalar_t* grad_hidden_gates, scalar_t* grad_h_direct, int64_t H,
                                int64_t b, int64_t j, int64_t n) {
   using L = Lanes<scalar_t>;
-  const scalar_t* ws = workspace + b * kGruSavedPerUnit * H;
+  using Vec = typename L::Vec;
+  const scalar_t* ws = workspace + b * kGruSaved * H;
   const int64_t u = b * H + j;
-  const auto d = gru_step_backward(L::load(ws + 0 * H + j, n), L::load(ws + 1 * H + j, n),
-                                   L::load(ws + 2 * H + j, n), L::load(ws + 3 * H + j, n),
+  const auto d = gru_step_backward([&](int64_t k) { return L::load(ws + k * H + j, n); },
                                    L::load(h_prev + u, n), L::load(grad_h + u, n));
   scalar_t* gi = grad_input_gates + b * kGruGates * H;
-  scalar_t* gg = grad_hidden_gates + b * kGruGates * H;
-  L::store(gi + 0 * H + j, d.a_r, n);
-  L::store(gi + 1 * H + j, d.a_z, n);
-  L::store(gi + 2 * H + j, d.x_n, n);
-  L::store(gg + 0 * H + j, d.a_r, n);
-  L::store(gg + 1 * H + j, d.a_z, n);
-  L::store(gg + 2 * H + j, d.h_n, n);
+  scalar_t* gh = grad_hidden_gates + b * kGruGates * H;
+  store_gru_gate_grads(
+      d, [&](int64_t g, const Vec& v) { L::store(gi + g * H + j, v, n); },
+      [&](int64_t g, const Vec& v) { L::store(gh + g * H + j, v, n); });
   L::store(grad_h_direct + u, d.h, n);
 }
 
@@ -481,7 +469,7 @@ inline void gru_finish(const RecurrentStep& s, int64_t b, int64_t block,
     gh[g] = s.b_hh ? acc_h[g] + L::load(s.b_hh + g * H + j, n) : acc_h[g];
   }
   const int64_t u = b * H + j;
-  gru_units<float>(gx, gh, s.h_prev + u, s.h_out + u, s.workspace + b * kGruSavedPerUnit * H, H,
+  gru_units<float>(gx, gh, s.h_prev + u, s.h_out + u, s.workspace + b * kGruSaved * H, H,
                    j, n);
 }
 

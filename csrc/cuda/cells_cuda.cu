@@ -1,5 +1,5 @@
-// CUDA implementations: the cell forward ops, and the kernels (DeviceKernels) under the
-// device-agnostic backward and layer ops of cell_ops.h.
+// CUDA implementations: the cell forward ops, and the kernel tables (LinearKernels, CellKernels)
+// under the device-agnostic backward and layer ops of cell_ops.h.
 //
 // Forward: one launch per step. A block owns a tile of kTileUnits hidden units for kTileBatch batch
 // rows; it computes every gate row of those units (the products with w_ih, or the rows of an input
@@ -86,7 +86,8 @@ __device__ at::opmath_type<scalar_t> load_bias(const scalar_t* b, int64_t row) {
   return b ? static_cast<at::opmath_type<scalar_t>>(b[row]) : at::opmath_type<scalar_t>(0);
 }
 
-struct LstmCell {
+// The cell kinds' step updates from their gates' two sides (x: input, h: hidden).
+struct LstmUpdate {
   static constexpr int kGates = kLstmGates;
   template <typename scalar_t, typename acc_t>
   __device__ static void finish(const CellParams<scalar_t>& p, int64_t b, int64_t j,
@@ -99,17 +100,14 @@ struct LstmCell {
     }
     const int64_t u = b * H + j;
     const auto st = lstm_step_forward<acc_t>(a[0], a[1], a[2], a[3], acc_t(p.cx[u]));
-    scalar_t* gates = p.saved + b * kGates * H;
-    gates[0 * H + j] = static_cast<scalar_t>(st.i);
-    gates[1 * H + j] = static_cast<scalar_t>(st.f);
-    gates[2 * H + j] = static_cast<scalar_t>(st.g);
-    gates[3 * H + j] = static_cast<scalar_t>(st.o);
+    scalar_t* saved = p.saved + b * kLstmSaved * H;
+    store_lstm_saved(st, [&](int64_t k, acc_t v) { saved[k * H + j] = static_cast<scalar_t>(v); });
     p.cy[u] = static_cast<scalar_t>(st.c_new);
     p.hy[u] = static_cast<scalar_t>(st.h_new);
   }
 };
 
-struct GruCell {
+struct GruUpdate {
   static constexpr int kGates = kGruGates;
   template <typename scalar_t, typename acc_t>
   __device__ static void finish(const CellParams<scalar_t>& p, int64_t b, int64_t j,
@@ -124,21 +122,18 @@ struct GruCell {
     const int64_t u = b * H + j;  // a GRU's state is [B, H]: P = H
     const auto st =
         gru_step_forward<acc_t>(xb[0], xb[1], xb[2], hb[0], hb[1], hb[2], acc_t(p.hx[u]));
-    scalar_t* ws = p.saved + b * kGruSavedPerUnit * H;
-    ws[0 * H + j] = static_cast<scalar_t>(st.r);
-    ws[1 * H + j] = static_cast<scalar_t>(st.z);
-    ws[2 * H + j] = static_cast<scalar_t>(st.n);
-    ws[3 * H + j] = static_cast<scalar_t>(st.h_n);
+    scalar_t* saved = p.saved + b * kGruSaved * H;
+    store_gru_saved(st, [&](int64_t k, acc_t v) { saved[k * H + j] = static_cast<scalar_t>(v); });
     p.hy[u] = static_cast<scalar_t>(st.h_new);
   }
 };
 
 // Grid: x over batch tiles, y over unit tiles. Block: kTileUnits x kTileBatch threads.
 // kProjectedInput: the input side comes precomputed in p.xproj instead of from input x w_ih.
-template <typename Cell, typename scalar_t, bool kProjectedInput>
+template <typename Update, typename scalar_t, bool kProjectedInput>
 __global__ void __launch_bounds__(kThreads) cell_forward_kernel(const CellParams<scalar_t> p) {
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr int G = Cell::kGates;
+  constexpr int G = Update::kGates;
   const int64_t b0 = static_cast<int64_t>(blockIdx.x) * kTileBatch;
   const int64_t j0 = static_cast<int64_t>(blockIdx.y) * kTileUnits;
   const int64_t b = b0 + threadIdx.y, j = j0 + threadIdx.x;
@@ -158,7 +153,7 @@ __global__ void __launch_bounds__(kThreads) cell_forward_kernel(const CellParams
                                           j0, x);
   }
   accumulate_gate_products<scalar_t, G>(p.hx, p.w_hh, p.state_size, p.hidden, p.batch, b0, j0, h);
-  if (in_range) Cell::finish(p, b, j, x, h);
+  if (in_range) Update::finish(p, b, j, x, h);
 }
 
 template <typename scalar_t>
@@ -168,7 +163,7 @@ const scalar_t* data_or_null(const OptionalTensor& t) {
 
 // Launches one step. input and w_ih, or xproj, give the input side (the other pair undefined);
 // cx and cy are undefined for the GRU. Every tensor is contiguous.
-template <typename Cell>
+template <typename Update>
 void launch_cell_forward(const Tensor& input, const Tensor& w_ih, const Tensor& xproj,
                          const Tensor& hx, const Tensor& cx, const Tensor& w_hh,
                          const OptionalTensor& b_ih, const OptionalTensor& b_hh, const Tensor& hy,
@@ -199,9 +194,9 @@ void launch_cell_forward(const Tensor& input, const Tensor& w_ih, const Tensor& 
     p.state_size = hx.size(1);
     const auto stream = at::cuda::getCurrentCUDAStream();
     if (xproj.defined()) {
-      cell_forward_kernel<Cell, scalar_t, true><<<grid, block, 0, stream>>>(p);
+      cell_forward_kernel<Update, scalar_t, true><<<grid, block, 0, stream>>>(p);
     } else {
-      cell_forward_kernel<Cell, scalar_t, false><<<grid, block, 0, stream>>>(p);
+      cell_forward_kernel<Update, scalar_t, false><<<grid, block, 0, stream>>>(p);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -220,7 +215,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cuda(const Tensor& input, const Ten
   Tensor hy = at::empty({s.batch, s.hidden}, input.options());
   Tensor cy = at::empty({s.batch, s.hidden}, input.options());
   Tensor gates = at::empty({s.batch, kLstmGates * s.hidden}, input.options());
-  launch_cell_forward<LstmCell>(input.contiguous(), w_ih.contiguous(), Tensor(), hx.contiguous(),
+  launch_cell_forward<LstmUpdate>(input.contiguous(), w_ih.contiguous(), Tensor(), hx.contiguous(),
                                 cx.contiguous(), w_hh.contiguous(), contiguous_or_none(b_ih),
                                 contiguous_or_none(b_hh), hy, cy, gates);
   return {hy, cy, gates};
@@ -232,8 +227,8 @@ std::tuple<Tensor, Tensor> gru_cell_cuda(const Tensor& input, const Tensor& hx,
   const CellSizes s = check_cell_forward_args("fused_rnn.gru_cell", kGruGates, input, hx,
                                               std::nullopt, w_ih, w_hh, b_ih, b_hh);
   Tensor hy = at::empty({s.batch, s.hidden}, input.options());
-  Tensor workspace = at::empty({s.batch, kGruSavedPerUnit * s.hidden}, input.options());
-  launch_cell_forward<GruCell>(input.contiguous(), w_ih.contiguous(), Tensor(), hx.contiguous(),
+  Tensor workspace = at::empty({s.batch, kGruSaved * s.hidden}, input.options());
+  launch_cell_forward<GruUpdate>(input.contiguous(), w_ih.contiguous(), Tensor(), hx.contiguous(),
                                Tensor(), w_hh.contiguous(), contiguous_or_none(b_ih),
                                contiguous_or_none(b_hh), hy, Tensor(), workspace);
   return {hy, workspace};
@@ -258,16 +253,12 @@ __global__ void lstm_gate_grads_kernel(const scalar_t* grad_h, const scalar_t* g
   for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < n;
        u += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = u / H, j = u % H;
-    const scalar_t* row = gates + b * kLstmGates * H;
-    const auto d = lstm_step_backward<acc_t>(acc_t(row[0 * H + j]), acc_t(row[1 * H + j]),
-                                             acc_t(row[2 * H + j]), acc_t(row[3 * H + j]),
-                                             acc_t(c_prev[u]), acc_t(c_new[u]), acc_t(grad_h[u]),
-                                             acc_t(grad_c[u]));
+    const scalar_t* saved = gates + b * kLstmSaved * H;
+    const auto d = lstm_step_backward<acc_t>(
+        [&](int64_t k) { return acc_t(saved[k * H + j]); }, acc_t(c_prev[u]), acc_t(c_new[u]),
+        acc_t(grad_h[u]), acc_t(grad_c[u]));
     scalar_t* grow = grad_gates + b * kLstmGates * H;
-    grow[0 * H + j] = static_cast<scalar_t>(d.a_i);
-    grow[1 * H + j] = static_cast<scalar_t>(d.a_f);
-    grow[2 * H + j] = static_cast<scalar_t>(d.a_g);
-    grow[3 * H + j] = static_cast<scalar_t>(d.a_o);
+    store_lstm_gate_grads(d, [&](int64_t g, acc_t v) { grow[g * H + j] = static_cast<scalar_t>(v); });
     grad_c_prev[u] = static_cast<scalar_t>(d.c);
   }
 }
@@ -283,16 +274,14 @@ __global__ void gru_gate_grads_kernel(const scalar_t* grad_h, const scalar_t* __
   for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < n;
        u += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = u / H, j = u % H;
-    const scalar_t* ws = workspace + b * kGruSavedPerUnit * H;
-    const auto d = gru_step_backward<acc_t>(acc_t(ws[0 * H + j]), acc_t(ws[1 * H + j]),
-                                            acc_t(ws[2 * H + j]), acc_t(ws[3 * H + j]),
+    const scalar_t* ws = workspace + b * kGruSaved * H;
+    const auto d = gru_step_backward<acc_t>([&](int64_t k) { return acc_t(ws[k * H + j]); },
                                             acc_t(h_prev[u]), acc_t(grad_h[u]));
     scalar_t* gi = grad_input_gates + b * kGruGates * H;
     scalar_t* gh = grad_hidden_gates + b * kGruGates * H;
-    gi[0 * H + j] = gh[0 * H + j] = static_cast<scalar_t>(d.a_r);
-    gi[1 * H + j] = gh[1 * H + j] = static_cast<scalar_t>(d.a_z);
-    gi[2 * H + j] = static_cast<scalar_t>(d.x_n);
-    gh[2 * H + j] = static_cast<scalar_t>(d.h_n);
+    store_gru_gate_grads(
+        d, [&](int64_t g, acc_t v) { gi[g * H + j] = static_cast<scalar_t>(v); },
+        [&](int64_t g, acc_t v) { gh[g * H + j] = static_cast<scalar_t>(v); });
     grad_h_direct[u] = static_cast<scalar_t>(d.h);
   }
 }
@@ -305,9 +294,9 @@ unsigned pointwise_blocks(int64_t units) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min(wanted, cap)));
 }
 
-void lstm_gate_grads_cuda(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
-                          const Tensor& c_prev, const Tensor& c_new, const Tensor& grad_gates,
-                          const Tensor& grad_c_prev) {
+void lstm_gate_grads_cuda(const GateGradTensors& t) {
+  const Tensor &grad_h = t.grad_h, &grad_c = t.grad_c, &gates = t.saved, &c_prev = t.c_prev;
+  const Tensor &c_new = t.c_out, &grad_gates = t.grad_input_gates, &grad_c_prev = t.grad_c_prev;
   const int64_t B = c_new.size(0), H = c_new.size(1);
   if (B * H == 0) return;
   const c10::cuda::CUDAGuard guard(c_new.device());
@@ -321,9 +310,10 @@ void lstm_gate_grads_cuda(const Tensor& grad_h, const Tensor& grad_c, const Tens
   });
 }
 
-void gru_gate_grads_cuda(const Tensor& grad_h, const Tensor& h_prev, const Tensor& workspace,
-                         const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
-                         const Tensor& grad_h_direct) {
+void gru_gate_grads_cuda(const GateGradTensors& t) {
+  const Tensor &grad_h = t.grad_h, &h_prev = t.h_prev, &workspace = t.saved;
+  const Tensor &grad_input_gates = t.grad_input_gates, &grad_hidden_gates = t.grad_hidden_gates;
+  const Tensor& grad_h_direct = t.grad_h_direct;
   const int64_t B = h_prev.size(0), H = h_prev.size(1);
   if (B * H == 0) return;
   const c10::cuda::CUDAGuard guard(h_prev.device());
@@ -337,25 +327,18 @@ void gru_gate_grads_cuda(const Tensor& grad_h, const Tensor& h_prev, const Tenso
   });
 }
 
-void lstm_step_cuda(const Tensor& gates, const Tensor& h_prev, const Tensor& c_prev,
-                    const Tensor& w_hh, const Tensor& h_out, const Tensor& c_out) {
-  launch_cell_forward<LstmCell>(Tensor(), Tensor(), gates, h_prev, c_prev, w_hh, std::nullopt,
-                                std::nullopt, h_out, c_out, gates);
+void lstm_step_cuda(const StepTensors& t) {
+  launch_cell_forward<LstmUpdate>(Tensor(), Tensor(), t.input_side, t.h_prev, t.c_prev, t.w_hh,
+                                  std::nullopt, std::nullopt, t.h_out, t.c_out, t.saved);
 }
 
-void gru_step_cuda(const Tensor& gx, const Tensor& h_prev, const Tensor& w_hh,
-                   const OptionalTensor& b_hh, const Tensor& h_out, const Tensor& workspace) {
-  launch_cell_forward<GruCell>(Tensor(), Tensor(), gx, h_prev, Tensor(), w_hh, std::nullopt, b_hh,
-                               h_out, Tensor(), workspace);
+void gru_step_cuda(const StepTensors& t) {
+  launch_cell_forward<GruUpdate>(Tensor(), Tensor(), t.input_side, t.h_prev, Tensor(), t.w_hh,
+                                 std::nullopt, t.b_hh, t.h_out, Tensor(), t.saved);
 }
 
 Tensor prepare_linear_cuda(const Tensor& w, int64_t /*rows*/, int64_t /*uses*/) {
   return w.contiguous();
-}
-
-Tensor prepare_recurrent_cuda(const Tensor& w_hh, int64_t /*gates*/, int64_t /*rows*/,
-                              int64_t /*uses*/) {
-  return w_hh.contiguous();
 }
 
 void step_linear_cuda(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate) {
@@ -376,25 +359,32 @@ Tensor matmul_cuda(const Tensor& a, const Tensor& b, const OptionalTensor& add) 
 }
 
 // Designated: each kernel named by its entry; the CPU-only whole-sequence entries stay null.
-constexpr DeviceKernels kCudaKernels{
+constexpr LinearKernels kCudaLinear{
     .prepare_linear = &prepare_linear_cuda,
     .linear = &linear_cuda,
     .matmul = &matmul_cuda,
-    .prepare_recurrent = &prepare_recurrent_cuda,
     .prepare_step_weight = &prepare_linear_cuda,
     .step_linear = &step_linear_cuda,
-    .lstm_step = &lstm_step_cuda,
-    .gru_step = &gru_step_cuda,
-    .lstm_gate_grads = &lstm_gate_grads_cuda,
-    .gru_gate_grads = &gru_gate_grads_cuda,
-    .lstm_sequence = &cuda::lstm_sequence,
-    .gru_sequence = &cuda::gru_sequence,
-    .lstm_sequence_from_input = nullptr,
-    .gru_sequence_from_input = nullptr,
-    .lstm_backward_sequence = nullptr,
-    .gru_backward_sequence = nullptr,
     // The caching allocator reuses its blocks: the whole sequence's projection at once.
     .projection_chunk_bytes = 0,
+};
+
+constexpr CellKernels<LstmCell> kCudaLstm{
+    .prepare_recurrent = &prepare_linear_cuda,
+    .step = &lstm_step_cuda,
+    .gate_grads = &lstm_gate_grads_cuda,
+    .sequence = &cuda::lstm_sequence,
+    .sequence_from_input = nullptr,
+    .backward_sequence = nullptr,
+};
+
+constexpr CellKernels<GruCell> kCudaGru{
+    .prepare_recurrent = &prepare_linear_cuda,
+    .step = &gru_step_cuda,
+    .gate_grads = &gru_gate_grads_cuda,
+    .sequence = &cuda::gru_sequence,
+    .sequence_from_input = nullptr,
+    .backward_sequence = nullptr,
 };
 
 }  // namespace
@@ -402,7 +392,8 @@ constexpr DeviceKernels kCudaKernels{
 TORCH_LIBRARY_IMPL(fused_rnn, CUDA, m) {
   m.impl("lstm_cell", &lstm_cell_cuda);
   m.impl("gru_cell", &gru_cell_cuda);
-  impl_device_agnostic_ops<kCudaKernels>(m);
+  impl_lstm_ops<kCudaLinear, kCudaLstm>(m);
+  impl_gru_ops<kCudaLinear, kCudaGru>(m);
 }
 
 }  // namespace fused_rnn

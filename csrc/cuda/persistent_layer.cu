@@ -65,10 +65,8 @@ struct LstmSequence {
 #pragma unroll
     for (int g = 0; g < kGates; ++g) a[g] = static_cast<acc_t>(gates[g * H + j]) + hidden_side[g];
     const auto s = lstm_step_forward<acc_t>(a[0], a[1], a[2], a[3], c);
-    gates[0 * H + j] = static_cast<scalar_t>(s.i);
-    gates[1 * H + j] = static_cast<scalar_t>(s.f);
-    gates[2 * H + j] = static_cast<scalar_t>(s.g);
-    gates[3 * H + j] = static_cast<scalar_t>(s.o);
+    // The activations go over the input side, whose row this unit has read.
+    store_lstm_saved(s, [&](int64_t k, acc_t v) { gates[k * H + j] = static_cast<scalar_t>(v); });
     // Carry c as the step-wise path does: rounded to the dtype between steps.
     const scalar_t c_new = static_cast<scalar_t>(s.c_new);
     c = static_cast<acc_t>(c_new);
@@ -94,11 +92,8 @@ struct GruSequence {
     const auto s = gru_step_forward<acc_t>(
         static_cast<acc_t>(x[j]), static_cast<acc_t>(x[H + j]), static_cast<acc_t>(x[2 * H + j]),
         gh[0], gh[1], gh[2], h_prev[b * H + j]);
-    scalar_t* ws = p.workspace + (p.workspace_per_step ? row : b) * kGruSavedPerUnit * H;
-    ws[0 * H + j] = static_cast<scalar_t>(s.r);
-    ws[1 * H + j] = static_cast<scalar_t>(s.z);
-    ws[2 * H + j] = static_cast<scalar_t>(s.n);
-    ws[3 * H + j] = static_cast<scalar_t>(s.h_n);
+    scalar_t* ws = p.workspace + (p.workspace_per_step ? row : b) * kGruSaved * H;
+    store_gru_saved(s, [&](int64_t k, acc_t v) { ws[k * H + j] = static_cast<scalar_t>(v); });
     p.output[row * H + j] = static_cast<scalar_t>(s.h_new);
   }
 };
@@ -230,18 +225,14 @@ std::string layer_path(int64_t gates, int64_t batch, int64_t hidden, int64_t ele
   return plan.runs ? "persistent" : "step-wise: " + plan.reason;
 }
 
-bool lstm_sequence(const at::Tensor& gates, const at::Tensor& h0, const at::Tensor& c0,
-                   const at::Tensor& w_hh, const at::Tensor& output,
-                   const at::Tensor& cell_states, bool reverse) {
-  return launch_sequence<LstmSequence>(gates, h0, c0, w_hh, std::nullopt, output, cell_states,
-                                       at::Tensor(), reverse);
+bool lstm_sequence(const SequenceTensors& t) {
+  return launch_sequence<LstmSequence>(t.input_side, t.h0, t.c0, t.w_hh, std::nullopt, t.output,
+                                       t.cell_states, at::Tensor(), t.reverse);
 }
 
-bool gru_sequence(const at::Tensor& gx, const at::Tensor& h0, const at::Tensor& w_hh,
-                  const std::optional<at::Tensor>& b_hh, const at::Tensor& output,
-                  const at::Tensor& workspace, bool reverse) {
-  return launch_sequence<GruSequence>(gx, h0, at::Tensor(), w_hh, b_hh, output, at::Tensor(),
-                                      workspace, reverse);
+bool gru_sequence(const SequenceTensors& t) {
+  return launch_sequence<GruSequence>(t.input_side, t.h0, at::Tensor(), t.w_hh, t.b_hh, t.output,
+                                      at::Tensor(), t.saved, t.reverse);
 }
 
 }  // namespace fused_rnn::cuda

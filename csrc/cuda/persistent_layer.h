@@ -2,9 +2,8 @@
 // points for the layer ops (through kCudaKernels) and for Python (python_module.cpp).
 #pragma once
 
-#include <ATen/core/Tensor.h>
+#include "../cell_ops.h"
 
-#include <optional>
 #include <string>
 
 namespace fused_rnn::cuda {
@@ -20,16 +19,9 @@ std::string layer_path(int64_t gates, int64_t batch, int64_t hidden, int64_t ele
                        int64_t acc_bytes, int64_t device);
 
 // Run the whole forward time loop of one layer in one launch and return true, where the path is
-// "persistent"; else return false and touch nothing. One uniform batch of B rows per step, no
-// projection. gates/gx [T*B, G*H] hold the input projection (LSTM: becomes the activated gates);
-// h0, c0 [B, H]; w_hh [G*H, H]; b_hh [G*H] (GRU); output [T*B, H]; cell_states [T*B, H] (LSTM);
-// workspace [T*B, 4H] (GRU), or [B, 4H] when the caller keeps no saved tensors: every step then
-// writes the same rows.
-bool lstm_sequence(const at::Tensor& gates, const at::Tensor& h0, const at::Tensor& c0,
-                   const at::Tensor& w_hh, const at::Tensor& output,
-                   const at::Tensor& cell_states, bool reverse);
-bool gru_sequence(const at::Tensor& gx, const at::Tensor& h0, const at::Tensor& w_hh,
-                  const std::optional<at::Tensor>& b_hh, const at::Tensor& output,
-                  const at::Tensor& workspace, bool reverse);
+// "persistent"; else return false and touch nothing (CellKernels::sequence; tensors as
+// SequenceTensors documents them).
+bool lstm_sequence(const SequenceTensors& t);
+bool gru_sequence(const SequenceTensors& t);
 
 }  // namespace fused_rnn::cuda
