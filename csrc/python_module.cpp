@@ -1,9 +1,11 @@
 // The Python extension module fused_rnn._C. Importing it loads the op library (the ops themselves
 // go through the torch dispatcher); its functions report how the extension was built and which
-// path a CUDA layer takes, switch the persistent CUDA kernels on or off, and report or empty the
-// CPU block cache.
+// path a CPU or CUDA layer takes, switch the persistent CUDA kernels on or off, and report or
+// empty the CPU block cache.
 #include "cpu/block_cache.h"
 #include "cpu/isa_choice.h"
+#include "cpu/linear.h"
+#include "cpu/path_choice.h"
 #include "cpu/pointwise.h"
 #include "persistent_plan.h"
 #ifdef FUSED_RNN_WITH_CUDA
@@ -83,6 +85,21 @@ PYBIND11_MODULE(_C, m) {
 #endif
       },
       "Switches the persistent CUDA layer kernels on or off (off by default).");
+  m.def(
+      "cpu_layer_path",
+      [](int64_t gates, int64_t steps, int64_t batch, int64_t input, int64_t hidden, int64_t proj,
+         int64_t elem_bytes, bool keep_saved) {
+        const fused_rnn::cpu::LayerShape shape{gates,      steps,      batch,
+                                               input,      hidden,     proj,
+                                               elem_bytes, keep_saved, at::get_num_threads(),
+                                               fused_rnn::cpu::onednn_available()};
+        py::dict d;
+        d["forward"] = fused_rnn::cpu::forward_path(shape);
+        d["backward"] = fused_rnn::cpu::backward_path(shape);
+        return d;
+      },
+      "The paths a padded CPU layer of this shape takes, forward and backward, in words "
+      "(cpu/path_choice.h).");
   m.def(
       "cuda_layer_path",
       [](int64_t gates, int64_t batch, int64_t hidden, int64_t elem_bytes, int64_t acc_bytes,

@@ -7,7 +7,7 @@ Drop-in modules (LSTM, GRU, LSTMCell, GRUCell) and convert(), plain functions
 from . import functional, ops, reference
 from .modules import GRU, LSTM, GRUCell, LSTMCell, convert
 from .ops import (GRUCellFunction, LSTMCellFunction, build_info, cpu_cache_bytes,
-                  cuda_layer_path, empty_cpu_cache, use_persistent_kernels)
+                  cpu_layer_path, cuda_layer_path, empty_cpu_cache, use_persistent_kernels)
 
 __version__ = build_info()["version"]
 
@@ -21,6 +21,7 @@ __all__ = [
     "build_info",
     "convert",
     "cpu_cache_bytes",
+    "cpu_layer_path",
     "cuda_layer_path",
     "empty_cpu_cache",
     "functional",

@@ -12,7 +12,7 @@ import torch
 from . import _C
 
 __all__ = ["GRUCellFunction", "LSTMCellFunction", "build_info", "cpu_cache_bytes",
-           "cuda_layer_path", "empty_cpu_cache", "use_persistent_kernels"]
+           "cpu_layer_path", "cuda_layer_path", "empty_cpu_cache", "use_persistent_kernels"]
 
 _LSTM_GATES = 4
 _GRU_SAVED_PER_UNIT = 4  # r, z, n and h_n per hidden unit
@@ -59,6 +59,31 @@ def use_persistent_kernels(enabled: bool = True) -> None:
     in one launch; everything else, the backward included, is unchanged.
     """
     _C.set_persistent_kernels(bool(enabled))
+
+
+def cpu_layer_path(mode: str, steps: int, batch: int, input_size: int, hidden_size: int,
+                   proj_size: int = 0, dtype: torch.dtype = torch.float32,
+                   training: bool = False) -> dict:
+    """Which paths a fused_rnn LSTM or GRU layer (one direction) takes on the CPU.
+
+    For a padded batch: `steps` steps of `batch` rows (packed sequences of varying lengths run
+    step by step). training: the forward saves what the backward needs, as under autograd.
+    Returns {"forward": ..., "backward": ...}, each the path in words, as the CPU's choices
+    (csrc/cpu/path_choice.h) take it at ATen's present thread count.
+    """
+    if mode not in _GATES:
+        raise ValueError(f"cpu_layer_path: expected mode 'LSTM' or 'GRU', got {mode!r}")
+    sizes = {"steps": steps, "batch": batch, "input_size": input_size, "hidden_size": hidden_size}
+    for name, value in sizes.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"cpu_layer_path: expected {name} to be a positive int, got {value!r}")
+    if not isinstance(proj_size, int) or proj_size < 0 or (proj_size and mode != "LSTM"):
+        raise ValueError("cpu_layer_path: expected proj_size to be an int >= 0 (an LSTM's only), "
+                         f"got {proj_size!r} for {mode}")
+    if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise ValueError(f"cpu_layer_path: expected a floating dtype fused_rnn supports, got {dtype}")
+    return _C.cpu_layer_path(_GATES[mode], steps, batch, input_size, hidden_size, proj_size,
+                             dtype.itemsize, bool(training))
 
 
 def cuda_layer_path(mode: str, batch: int, hidden_size: int, dtype: torch.dtype = torch.float32,

@@ -1,0 +1,155 @@
+// The CPU's matrix products (linear.h).
+#include "linear.h"
+
+#include "block_cache.h"
+
+#include <ATen/Context.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+
+#include <algorithm>
+#include <string>
+
+namespace fused_rnn::cpu {
+namespace {
+
+// oneDNN's matmul over a weight packed once (mkldnn::_reorder_linear_weight and
+// _linear_pointwise, the ops torch.compile's CPU backend uses), where this torch has them.
+struct OneDnnLinear {
+  std::optional<c10::OperatorHandle> pack, apply;
+  OneDnnLinear()
+      : pack(c10::Dispatcher::singleton().findSchema({"mkldnn::_reorder_linear_weight", ""})),
+        apply(c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""})) {}
+  bool available() const { return at::hasMKLDNN() && pack.has_value() && apply.has_value(); }
+};
+
+const OneDnnLinear& onednn() {
+  static const OneDnnLinear ops;
+  return ops;
+}
+
+// touch_pages over ATen's threads, for a fresh buffer that a product's tasks (at::parallel_for)
+// will write column block by column block.
+void touch_pages_in_parallel(const Tensor& buffer) {
+  const int64_t shares = at::get_num_threads();
+  if (shares == 1 || buffer.nbytes() < kMinTouchedBytes) return;
+  const auto begin = reinterpret_cast<std::uintptr_t>(buffer.data_ptr());
+  at::parallel_for(0, shares, 1, [&](int64_t first, int64_t last) {
+    for (int64_t share = first; share < last; ++share) {
+      touch_pages(begin, begin + buffer.nbytes(), share, shares);
+    }
+  });
+}
+
+}  // namespace
+
+bool onednn_available() { return onednn().available(); }
+
+int64_t product_fmas(const Tensor& x, int64_t columns) {
+  return x.size(0) * x.size(1) * columns / pointwise_kernels().lanes;
+}
+
+// A locked add of zero is a write, so a fresh page faults once, not as a read and then a write.
+// The step kernels split their outputs by column blocks, so every thread writes into every row:
+// on a fresh buffer (glibc maps those over its threshold afresh) both threads fault on the same
+// page at once, twice the faults of one thread (NOTES entry 33); a contiguous share of the pages
+// per thread first avoids that.
+void touch_pages(std::uintptr_t begin, std::uintptr_t end, int64_t share, int64_t shares) {
+  constexpr std::uintptr_t kPageBytes = 4096;
+  if (begin >= end) return;
+  const std::uintptr_t first = begin / kPageBytes, pages = (end - 1) / kPageBytes + 1 - first;
+  for (auto page = first + pages * share / shares; page < first + pages * (share + 1) / shares;
+       ++page) {
+    __atomic_fetch_add(reinterpret_cast<char*>(std::max(begin, page * kPageBytes)), 0,
+                       __ATOMIC_RELAXED);
+  }
+}
+
+Tensor prepare_linear_cpu(const Tensor& w, int64_t rows, int64_t uses) {
+  if (w.scalar_type() != at::kFloat || !onednn_packing_pays_off(rows, uses) ||
+      !onednn().available()) {
+    return w.contiguous();
+  }
+  torch::jit::Stack stack{w.contiguous(), rows};
+  onednn().pack->callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
+Tensor linear_cpu(const Tensor& x, const Tensor& w, const OptionalTensor& bias) {
+  const bool plain_float = w.scalar_type() == at::kFloat && !w.is_mkldnn() && w.is_contiguous();
+  if (plain_float && dot_products_pay_off(x.size(0))) {
+    const auto& kernels = pointwise_kernels();
+    const Tensor x_c = x.contiguous();
+    const Tensor b = bias.has_value() ? bias->contiguous() : Tensor();
+    Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+    over_panel_tasks(kernels.rows_tasks(w.size(0)), product_fmas(x, w.size(0)),
+                     [&](int64_t begin, int64_t end) {
+                       kernels.linear_rows(x_c, w, b.defined() ? b.data_ptr<float>() : nullptr,
+                                           out, begin, end);
+                     });
+    return out;
+  }
+  const bool onednn_dense = plain_float && onednn_unpacked_pays_off(x.size(0), w.size(0), w.size(1)) &&
+                            onednn().available();
+  if (!w.is_mkldnn() && !onednn_dense) {
+    return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
+  }
+  torch::jit::Stack stack{x.contiguous(), w, bias, std::string("none"),
+                          c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+  onednn().apply->callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
+Tensor matmul_cpu(const Tensor& a, const Tensor& b, const OptionalTensor& add) {
+  const bool plain_float = a.scalar_type() == at::kFloat;
+  if (!plain_float || !tiles_pay_off(a.size(0), a.size(1))) {
+    if (plain_float && !add.has_value() && a.is_contiguous() &&
+        onednn_input_gradient_pays_off(a.size(0))) {
+      return linear_cpu(a, prepare_linear_cpu(b.t(), a.size(0), 1), std::nullopt);
+    }
+    Tensor out = empty_from_block_cache({a.size(0), b.size(1)}, a.options());
+    return add.has_value() ? at::addmm_out(out, *add, a, b) : at::mm_out(out, a, b);
+  }
+  const auto& kernels = pointwise_kernels();
+  const Tensor b_c = b.contiguous();
+  bool reused = false;
+  Tensor out = empty_from_block_cache({a.size(0), b.size(1)}, a.options(), &reused);
+  if (add.has_value()) {
+    out.copy_(*add);
+  } else if (!reused) {
+    touch_pages_in_parallel(out);
+  }
+  over_panel_tasks(kernels.linear_tasks(a.size(0), b.size(1)), product_fmas(a, b.size(1)),
+                   [&](int64_t begin, int64_t end) {
+                     kernels.matmul_rows(a, b_c, out, add.has_value(), begin, end);
+                   });
+  return out;
+}
+
+bool panels_pay_off(const Tensor& w, int64_t rows, int64_t uses) {
+  return w.scalar_type() == at::kFloat &&
+         panels_pay_off(w.numel() * static_cast<int64_t>(sizeof(float)), rows, uses);
+}
+
+Tensor prepare_step_weight_cpu(const Tensor& w, int64_t rows, int64_t uses) {
+  return panels_pay_off(w, rows, uses) ? pointwise_kernels().pack_linear_weight(w)
+                                       : prepare_linear_cpu(w, rows, uses);
+}
+
+void step_linear_cpu(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate) {
+  if (!packed_in_panels(w)) {
+    const Tensor product = linear_cpu(x, w, std::nullopt);
+    accumulate ? out.add_(product) : out.copy_(product);
+    return;
+  }
+  const auto& kernels = pointwise_kernels();
+  const Tensor x_c = x.contiguous();
+  over_panel_tasks(kernels.linear_tasks(x.size(0), out.size(1)), product_fmas(x, out.size(1)),
+                   [&](int64_t begin, int64_t end) {
+                     kernels.linear_packed(x_c, w, out, accumulate, begin, end);
+                   });
+}
+
+}  // namespace fused_rnn::cpu

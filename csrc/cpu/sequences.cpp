@@ -1,0 +1,369 @@
+// The CPU's whole-sequence kernels (sequences.h).
+#include "sequences.h"
+
+#include "linear.h"
+#include "path_choice.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+
+namespace fused_rnn::cpu {
+
+// A step's rows as the fused recurrent step takes them (gates: null where the step computes its
+// input side and keeps no gates).
+RecurrentStep recurrent_step(const Tensor& h_prev, const Tensor& w_packed, float* gates,
+                                  const Tensor& h_out) {
+  RecurrentStep s{};
+  s.rows = h_prev.size(0);
+  s.hidden = h_out.size(1);
+  s.state = h_prev.size(1);
+  s.h_prev = h_prev.data_ptr<float>();
+  s.w_packed = w_packed.data_ptr<float>();
+  s.gates = gates;
+  s.h_out = h_out.data_ptr<float>();
+  return s;
+}
+
+namespace {
+
+// A whole padded sequence in one OpenMP parallel region: each thread keeps the same tasks (unit
+// blocks, so their W_hh panels stay in its cache) at every step, and the threads meet at one
+// barrier per step; no per-step views, dispatcher calls or thread starts, which cost more than
+// the product at small sizes (benchmarks/NOTES.md). Per step, before(t, previous t or -1, begin,
+// end), the barrier, then after(t, begin, end) (the backward's product). Before each barrier the
+// threads fault in the pages of the next step's rows of the buffers the steps write (`written`,
+// each the steps' rows in order, step t's the t-th of `steps` equal slices), a share each: a
+// step ahead, so that they are still in cache when written (all pages up front cost the LSTM
+// 3-5%: NOTES entry 33).
+template <typename Before, typename After>
+void over_sequence(int64_t steps, bool reverse, int64_t tasks, int64_t fmas_per_step,
+                   std::initializer_list<const Tensor*> written, const Before& before,
+                   const After& after) {
+  const int64_t threads = sequence_threads(fmas_per_step, tasks, at::get_num_threads());
+  int64_t written_bytes = 0;
+  for (const Tensor* buffer : written) written_bytes += buffer->nbytes();
+  const bool touch = written_bytes >= kMinTouchedBytes;
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t id = omp_get_thread_num(), count = omp_get_num_threads();
+    const int64_t begin = tasks * id / count, end = tasks * (id + 1) / count;
+    const bool touching = touch && count > 1;  // the same in every thread
+    const auto touch_step = [&](int64_t i) {
+      if (!touching || i >= steps) return;
+      const int64_t t = reverse ? steps - 1 - i : i;
+      for (const Tensor* buffer : written) {
+        const auto base = reinterpret_cast<std::uintptr_t>(buffer->data_ptr());
+        const std::uintptr_t step_bytes = buffer->nbytes() / steps;
+        touch_pages(base + t * step_bytes, base + (t + 1) * step_bytes, id, count);
+      }
+    };
+    if (touching) {
+      touch_step(0);
+#pragma omp barrier
+    }
+    for (int64_t i = 0; i < steps; ++i) {
+      const int64_t t = reverse ? steps - 1 - i : i;
+      before(t, i == 0 ? -1 : (reverse ? t + 1 : t - 1), begin, end);
+      touch_step(i + 1);
+#pragma omp barrier
+      after(t, begin, end);
+    }
+  }
+}
+
+// Step t of a padded sequence whose first step is `first` (B rows; gates rows, where set, G
+// wide): every row pointer moved to step t, and the previous state read from step `prev` (-1:
+// the initial state).
+RecurrentStep at_step(const RecurrentStep& first, int64_t gates, int64_t t,
+                           int64_t prev) {
+  const int64_t units = first.rows * first.hidden;  // one step's [B, H]
+  RecurrentStep s = first;
+  if (s.gates) s.gates += t * gates * units;
+  if (s.x) s.x += t * first.rows * first.input;
+  s.h_out += t * units;
+  if (s.c_out) s.c_out += t * units;
+  if (s.workspace && first.workspace_per_step) s.workspace += t * kGruSaved * units;
+  if (prev >= 0) {
+    s.h_prev = first.h_out + prev * units;
+    if (s.c_prev) s.c_prev = first.c_out + prev * units;
+  }
+  return s;
+}
+
+// A padded sequence's forward on the fused recurrent step from its first step `first`, whose
+// tasks hold `packs` accumulator packs a row (recurrent_tasks; where the steps have gates rows,
+// G, their width): `kernel` (a PointwiseKernels member) runs one step's tasks, which write the
+// buffers `written`, each the steps' rows in order.
+using RecurrentKernel = void (*)(const RecurrentStep&, int64_t, int64_t);
+void run_recurrent_sequence(const RecurrentStep& first, int64_t packs, int64_t steps,
+                            bool reverse, RecurrentKernel PointwiseKernels::*kernel,
+                            int64_t fmas_per_step, std::initializer_list<const Tensor*> written) {
+  const auto& kernels = pointwise_kernels();
+  over_sequence(
+      steps, reverse, kernels.recurrent_tasks(first.rows, first.hidden, packs), fmas_per_step,
+      written, [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {
+        (kernels.*kernel)(at_step(first, packs, t, prev), begin, end);
+      },
+      [](int64_t, int64_t, int64_t) {});
+}
+
+// A padded sequence's forward on the fused recurrent step, where that pays off (else false):
+// gates [T*B, G*H] the input side, output [T*B, H]; `cell` fills in the cell's own pointers of
+// the first step and returns the cell's own rows that the steps write (one step's after
+// another), and `kernel` runs one step's tasks.
+template <typename Cell>
+bool recurrent_sequence(int64_t gates, const Tensor& x, const Tensor& h0, const Tensor& w_hh,
+                        const Tensor& output, bool reverse,
+                        RecurrentKernel PointwiseKernels::*kernel, const Cell& cell) {
+  const int64_t B = h0.size(0), steps = B == 0 ? 0 : x.size(0) / B;
+  if (x.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
+  const Tensor packed = pointwise_kernels().pack_recurrent_weight(w_hh, gates);
+  RecurrentStep first = recurrent_step(h0, packed, x.data_ptr<float>(), output);
+  const Tensor cell_written = cell(first);
+  run_recurrent_sequence(first, gates, steps, reverse, kernel,
+                         product_fmas(h0, gates * h0.size(1)), {&output, &cell_written});
+  return true;
+}
+
+// The LSTM's own pointers of a sequence's first step; returns the cell states the steps write.
+Tensor with_lstm_cell(RecurrentStep& first, const Tensor& c0, const Tensor& cell_states) {
+  first.c_prev = c0.data_ptr<float>();
+  first.c_out = cell_states.data_ptr<float>();
+  return cell_states;
+}
+
+// The GRU's own pointers of a sequence's first step, whose workspace has a row per row of the
+// `rows` rows of all steps (training) or B rows that every step reuses (inference); returns the
+// workspace rows the steps write one step after another (none where they reuse B rows).
+Tensor with_gru_cell(RecurrentStep& first, const OptionalTensor& b_hh,
+                     const Tensor& workspace, int64_t rows) {
+  first.b_hh = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
+  first.workspace = workspace.data_ptr<float>();
+  first.workspace_per_step = workspace.size(0) == rows;
+  return first.workspace_per_step ? workspace : workspace.narrow(0, 0, 0);
+}
+
+}  // namespace
+
+bool lstm_sequence_cpu(const SequenceTensors& t) {
+  return recurrent_sequence(
+      kLstmGates, t.input_side, t.h0, t.w_hh, t.output, t.reverse,
+      &PointwiseKernels::lstm_forward_recurrent,
+      [&](RecurrentStep& first) { return with_lstm_cell(first, t.c0, t.cell_states); });
+}
+
+namespace {
+
+// path_choice.h's input_in_step_pays_off for these tensors (float32 only).
+bool sequence_from_input_pays_off(const Tensor& input, const Tensor& w_ih, const Tensor& w_hh,
+                            int64_t batch) {
+  const int64_t steps = batch == 0 ? 0 : input.size(0) / batch;
+  const int64_t weight_bytes = (w_ih.numel() + w_hh.numel()) * int64_t{sizeof(float)};
+  return input.scalar_type() == at::kFloat &&
+         input_in_step_pays_off(weight_bytes, batch, steps);
+}
+
+// The first step's input side for a step that computes it (RecurrentStep::x): W_ih packed, the
+// input [N, I] contiguous and the input side's bias ([G*H], zeros where none), kept alive here.
+struct InputSide {
+  Tensor w_ih_packed, x, bias;
+  int64_t columns;  // G*H
+  InputSide(const Tensor& input, const Tensor& w_ih, const OptionalTensor& bias_in, int64_t gates)
+      : w_ih_packed(pointwise_kernels().pack_recurrent_weight(w_ih, gates)),
+        x(input.contiguous()),
+        bias(bias_in.has_value() ? bias_in->contiguous()
+                                 : at::zeros({w_ih.size(0)}, input.options())),
+        columns(w_ih.size(0)) {}
+  void into(RecurrentStep& first) const {
+    first.x = x.data_ptr<float>();
+    first.input = x.size(1);
+    first.w_ih_packed = w_ih_packed.data_ptr<float>();
+    first.bias = bias.data_ptr<float>();
+  }
+  int64_t fmas_per_step(int64_t batch) const {
+    return product_fmas(x.narrow(0, 0, batch), columns);
+  }
+};
+
+}  // namespace
+
+// Keeps the activated gates only with keep_saved.
+bool lstm_sequence_from_input_cpu(const InputSequenceTensors& t, InputSequenceSaved& out) {
+  const Tensor &input = t.input, &h0 = t.h0, &output = t.output;
+  const int64_t B = h0.size(0), H = h0.size(1), N = input.size(0);
+  if (!sequence_from_input_pays_off(input, t.w_ih, t.w_hh, B)) return false;
+  const InputSide input_side(input, t.w_ih, input_side_bias<LstmCell>(t.b_ih, t.b_hh),
+                             kLstmGates);
+  const Tensor w_hh_packed = pointwise_kernels().pack_recurrent_weight(t.w_hh, kLstmGates);
+  out.saved = at::empty({t.keep_saved ? N : 0, kLstmGates * H}, input.options());
+  out.cell_states = at::empty({N, H}, input.options());
+  RecurrentStep first = recurrent_step(
+      h0, w_hh_packed, t.keep_saved ? out.saved.data_ptr<float>() : nullptr, output);
+  with_lstm_cell(first, t.c0, out.cell_states);
+  input_side.into(first);
+  run_recurrent_sequence(first, kLstmGates, N / B, t.reverse,
+                         &PointwiseKernels::lstm_forward_recurrent,
+                         product_fmas(h0, kLstmGates * H) + input_side.fmas_per_step(B),
+                         {&output, &out.cell_states, &out.saved});
+  return true;
+}
+
+// Without keep_saved, every step writes the same B rows of the workspace.
+bool gru_sequence_from_input_cpu(const InputSequenceTensors& t, InputSequenceSaved& out) {
+  const Tensor &input = t.input, &h0 = t.h0, &output = t.output;
+  const int64_t B = h0.size(0), H = h0.size(1), N = input.size(0);
+  if (!sequence_from_input_pays_off(input, t.w_ih, t.w_hh, B)) return false;
+  const InputSide input_side(input, t.w_ih, input_side_bias<GruCell>(t.b_ih, t.b_hh), kGruGates);
+  const Tensor w_hh_packed = pointwise_kernels().pack_recurrent_weight(t.w_hh, kGruGates);
+  out.saved = at::empty({t.keep_saved ? N : B, kGruSaved * H}, input.options());
+  RecurrentStep first = recurrent_step(h0, w_hh_packed, nullptr, output);
+  const Tensor workspace_written = with_gru_cell(first, t.b_hh, out.saved, N);
+  input_side.into(first);
+  run_recurrent_sequence(first, kGruPacksWithInput, N / B, t.reverse,
+                         &PointwiseKernels::gru_forward_recurrent,
+                         product_fmas(h0, kGruGates * H) + input_side.fmas_per_step(B),
+                         {&output, &workspace_written});
+  return true;
+}
+
+bool gru_sequence_cpu(const SequenceTensors& t) {
+  return recurrent_sequence(
+      kGruGates, t.input_side, t.h0, t.w_hh, t.output, t.reverse,
+      &PointwiseKernels::gru_forward_recurrent, [&](RecurrentStep& first) {
+        return with_gru_cell(first, t.b_hh, t.saved, t.input_side.size(0));
+      });
+}
+
+namespace {
+
+// A backward step's per-step buffers moved on by `units` units (rows of H; G gates).
+BackwardStep moved_on(BackwardStep s, int64_t gates, int64_t units) {
+  s.grad_out += units;
+  s.saved += kLstmGates * units;  // the LSTM's gates and the GRU's workspace: 4 per unit
+  s.state_before += units;
+  if (s.c_new) s.c_new += units;
+  s.grad_gates += gates * units;
+  if (s.grad_hidden_gates) s.grad_hidden_gates += gates * units;
+  return s;
+}
+
+// Step t of a padded sequence's backward whose first step is `first`: the rows of step t; the
+// state's gradients (grad_h, grad_c) are carried, not per step.
+BackwardStep backward_at_step(const BackwardStep& first, int64_t gates, int64_t t) {
+  return moved_on(first, gates, t * first.rows * first.hidden);
+}
+
+// Rows [row0, row0 + rows) of a backward step, the carried gradients included: every batch
+// row's numbers are its own.
+BackwardStep backward_rows(const BackwardStep& step, int64_t gates, int64_t row0,
+                           int64_t rows) {
+  const int64_t units = row0 * step.hidden;
+  BackwardStep s = moved_on(step, gates, units);
+  s.rows = rows;
+  s.grad_h += units;
+  if (s.grad_c) s.grad_c += units;
+  return s;
+}
+
+// A padded sequence's steps (from the last when reverse) with the batch split over `threads`
+// threads in blocks of rows: each row depends only on its own earlier steps, so each thread runs
+// every step of its rows, step(t, row0, rows), with no barrier. Its gate gradients feed its own
+// product while in its cache, where a split by units has each step's product read the half of
+// them the other thread wrote.
+template <typename Step>
+void over_row_blocks(int64_t steps, bool reverse, int64_t rows, int64_t threads,
+                     const Step& step) {
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t id = omp_get_thread_num(), count = omp_get_num_threads();
+    const int64_t row0 = rows * id / count, row_end = rows * (id + 1) / count;
+    for (int64_t i = 0; i < steps; ++i) step(reverse ? steps - 1 - i : i, row0, row_end - row0);
+  }
+}
+
+// A padded sequence's backward on the fused steps (BackwardStep), where the forward's pay off
+// (else false): the steps run from the forward's last to its first, each a pass of gate
+// gradients and the product that carries grad_h to the step before; over blocks of batch rows
+// (over_row_blocks) where they are large enough, else over the units, with a barrier between
+// the two. grad_h [B, H] (and the LSTM's grad_c) come in holding the final state's gradients and
+// leave holding the initial state's; `cell` fills in the cell's own pointers of the first step,
+// and the steps write the gate gradients `written`.
+using BackwardKernel = void (*)(const BackwardStep&, int64_t, int64_t);
+template <typename Cell>
+bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w_hh,
+                       const Tensor& grad_h, bool reverse,
+                       BackwardKernel PointwiseKernels::*gate_grads,
+                       BackwardKernel PointwiseKernels::*product, const Cell& cell,
+                       std::initializer_list<const Tensor*> written) {
+  const int64_t B = grad_h.size(0), H = grad_h.size(1);
+  const int64_t steps = B == 0 ? 0 : grad_output.size(0) / B;
+  if (grad_output.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
+  const auto& kernels = pointwise_kernels();
+  // grad_h of the step before = the step's hidden gate gradients @ W_hh: linear with W_hh^T.
+  const Tensor packed = kernels.pack_linear_weight(w_hh.t());
+  BackwardStep first{};
+  first.rows = B;
+  first.hidden = H;
+  first.grad_out = grad_output.data_ptr<float>();
+  first.grad_h = grad_h.data_ptr<float>();
+  first.w_packed = packed.data_ptr<float>();
+  cell(first);
+  const int64_t row_threads = backward_row_threads(B, at::get_num_threads());
+  if (row_threads > 1) {
+    over_row_blocks(steps, !reverse, B, row_threads, [&](int64_t t, int64_t row0, int64_t rows) {
+      const BackwardStep s = backward_rows(backward_at_step(first, gates, t), gates, row0,
+                                                rows);
+      const int64_t tasks = kernels.linear_tasks(rows, H);
+      (kernels.*gate_grads)(s, 0, tasks);
+      (kernels.*product)(s, 0, tasks);
+    });
+    return true;
+  }
+  over_sequence(
+      steps, !reverse, kernels.linear_tasks(B, H), product_fmas(grad_h, gates * H), written,
+      [&](int64_t t, int64_t, int64_t begin, int64_t end) {
+        (kernels.*gate_grads)(backward_at_step(first, gates, t), begin, end);
+      },
+      [&](int64_t t, int64_t begin, int64_t end) {
+        (kernels.*product)(backward_at_step(first, gates, t), begin, end);
+      });
+  return true;
+}
+
+}  // namespace
+
+bool lstm_backward_sequence_cpu(const BackwardSequenceTensors& t) {
+  return backward_sequence(kLstmGates, t.grad_output, t.w_hh, t.grad_h, t.reverse,
+                           &PointwiseKernels::lstm_backward_gates,
+                           &PointwiseKernels::lstm_backward_product,
+                           [&](BackwardStep& first) {
+                             first.saved = t.saved.data_ptr<float>();
+                             first.state_before = t.c_before.data_ptr<float>();
+                             first.c_new = t.cell_states.data_ptr<float>();
+                             first.grad_c = t.grad_c.data_ptr<float>();
+                             first.grad_gates = t.grad_input_gates.data_ptr<float>();
+                           },
+                           {&t.grad_input_gates});
+}
+
+bool gru_backward_sequence_cpu(const BackwardSequenceTensors& t) {
+  return backward_sequence(kGruGates, t.grad_output, t.w_hh, t.grad_h, t.reverse,
+                           &PointwiseKernels::gru_backward_gates,
+                           &PointwiseKernels::gru_backward_product,
+                           [&](BackwardStep& first) {
+                             first.saved = t.saved.data_ptr<float>();
+                             first.state_before = t.h_before.data_ptr<float>();
+                             first.grad_gates = t.grad_input_gates.data_ptr<float>();
+                             first.grad_hidden_gates = t.grad_hidden_gates.data_ptr<float>();
+                           },
+                           {&t.grad_input_gates, &t.grad_hidden_gates});
+}
+
+}  // namespace fused_rnn::cpu
