@@ -31,8 +31,9 @@ inline void lstm_units(const scalar_t* input_row, scalar_t* gates_row,
   store_lstm_saved(s, [&](int64_t k, const Vec& v) { L::store(gates_row + k * H + j, v, n); });
 }
 
-void lstm_forward(const Tensor& gates, const Tensor& gates_h, const Tensor& c_prev,
-                  const Tensor& h_out, const Tensor& c_out, int64_t begin, int64_t end) {
+// The LSTM's activations go over its input side (t.saved is t.input_side).
+void lstm_forward(const StepTensors& t, const Tensor& gates_h, int64_t begin, int64_t end) {
+  const Tensor &gates = t.input_side, &c_prev = t.c_prev, &h_out = t.h_out, &c_out = t.c_out;
   const int64_t H = c_prev.size(1);
   FUSED_RNN_DISPATCH_FLOATING_TYPES(c_prev.scalar_type(), "lstm_forward_cpu", [&] {
     using L = Lanes<scalar_t>;
@@ -72,9 +73,9 @@ inline void lstm_backward_units(const scalar_t* grad_h, const scalar_t* grad_c,
   L::store(grad_c_prev + u, d.c, n);
 }
 
-void lstm_backward(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
-                   const Tensor& c_prev, const Tensor& c_new, const Tensor& grad_gates,
-                   const Tensor& grad_c_prev, int64_t begin, int64_t end) {
+void lstm_backward(const GateGradTensors& t, int64_t begin, int64_t end) {
+  const Tensor &grad_h = t.grad_h, &grad_c = t.grad_c, &gates = t.saved, &c_prev = t.c_prev;
+  const Tensor &c_new = t.c_out, &grad_gates = t.grad_input_gates, &grad_c_prev = t.grad_c_prev;
   const int64_t H = c_prev.size(1);
   FUSED_RNN_DISPATCH_FLOATING_TYPES(c_prev.scalar_type(), "lstm_backward_cpu", [&] {
     for_each_pack<scalar_t>(H, begin, end, [&](int64_t b, int64_t j, int64_t n) {
@@ -98,8 +99,8 @@ inline void gru_units(const Vec (&gx)[kGruGates], const Vec (&gh)[kGruGates],
   L::store(h_out, s.h_new, n);
 }
 
-void gru_forward(const Tensor& gx, const Tensor& gh, const Tensor& h_prev, const Tensor& h_out,
-                 const Tensor& workspace, int64_t begin, int64_t end) {
+void gru_forward(const StepTensors& t, const Tensor& gh, int64_t begin, int64_t end) {
+  const Tensor &gx = t.input_side, &h_prev = t.h_prev, &h_out = t.h_out, &workspace = t.saved;
   const int64_t H = h_prev.size(1);
   FUSED_RNN_DISPATCH_FLOATING_TYPES(h_prev.scalar_type(), "gru_forward_cpu", [&] {
     using L = Lanes<scalar_t>;
@@ -144,9 +145,10 @@ inline void gru_backward_units(const scalar_t* grad_h, const scalar_t* h_prev,
   L::store(grad_h_direct + u, d.h, n);
 }
 
-void gru_backward(const Tensor& grad_h, const Tensor& h_prev, const Tensor& workspace,
-                  const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
-                  const Tensor& grad_h_direct, int64_t begin, int64_t end) {
+void gru_backward(const GateGradTensors& t, int64_t begin, int64_t end) {
+  const Tensor &grad_h = t.grad_h, &h_prev = t.h_prev, &workspace = t.saved;
+  const Tensor &grad_input_gates = t.grad_input_gates, &grad_hidden_gates = t.grad_hidden_gates;
+  const Tensor& grad_h_direct = t.grad_h_direct;
   const int64_t H = h_prev.size(1);
   FUSED_RNN_DISPATCH_FLOATING_TYPES(h_prev.scalar_type(), "gru_backward_cpu", [&] {
     for_each_pack<scalar_t>(H, begin, end, [&](int64_t b, int64_t j, int64_t n) {

@@ -20,61 +20,51 @@ Tensor prepare_recurrent_cpu(const Tensor& w_hh, int64_t rows, int64_t uses) {
              : prepare_linear_cpu(w_hh, rows, uses);
 }
 
-// The LSTM's activations are written over its input side (t.saved is t.input_side).
-void lstm_step_cpu(const StepTensors& t) {
-  const Tensor &gates = t.input_side, &h_prev = t.h_prev, &c_prev = t.c_prev, &w_hh = t.w_hh;
-  const Tensor &h_out = t.h_out, &c_out = t.c_out;
+// One step: on the fused recurrent step where prepare_recurrent packed W_hh for it, else the
+// hidden product and then the cell's pointwise pass.
+template <typename Cell>
+void step_cpu(const StepTensors& t) {
   const auto& kernels = pointwise_kernels();
-  if (packed_in_panels(w_hh)) {
-    RecurrentStep s = recurrent_step(h_prev, w_hh, gates.data_ptr<float>(), h_out);
-    s.c_prev = c_prev.data_ptr<float>();
-    s.c_out = c_out.data_ptr<float>();
-    over_panel_tasks(kernels.recurrent_tasks(s.rows, s.hidden, kLstmGates),
-                     product_fmas(h_prev, kLstmGates * s.hidden), [&](int64_t begin, int64_t end) {
-                       kernels.lstm_forward_recurrent(s, begin, end);
-                     });
+  const CellPointwise<Cell>& cell = cell_kernels<Cell>(kernels);
+  const int64_t H = t.h_out.size(1);
+  if (packed_in_panels(t.w_hh)) {
+    RecurrentStep s = recurrent_step(t.h_prev, t.w_hh, t.input_side.data_ptr<float>(), t.h_out);
+    if constexpr (Cell::kHasCellState) {
+      s.c_prev = t.c_prev.data_ptr<float>();
+      s.c_out = t.c_out.data_ptr<float>();
+    }
+    if constexpr (!Cell::kPreActivationsSumSides) {
+      s.b_hh = t.b_hh.has_value() ? t.b_hh->data_ptr<float>() : nullptr;
+      s.workspace = t.saved.data_ptr<float>();
+    }
+    over_panel_tasks(kernels.recurrent_tasks(s.rows, H, Cell::kGates),
+                     product_fmas(t.h_prev, Cell::kGates * H),
+                     [&](int64_t begin, int64_t end) { cell.forward_recurrent(s, begin, end); });
     return;
   }
-  const Tensor gates_h = linear_cpu(h_prev, w_hh, std::nullopt);
-  over_units(c_out, [&](int64_t begin, int64_t end) {
-    kernels.lstm_forward(gates, gates_h, c_prev, h_out, c_out, begin, end);
+  const Tensor hidden_side = linear_cpu(
+      t.h_prev, t.w_hh, Cell::kPreActivationsSumSides ? OptionalTensor() : t.b_hh);
+  over_units(t.h_out, [&](int64_t begin, int64_t end) {
+    cell.forward(t, hidden_side, begin, end);
   });
 }
 
-void gru_step_cpu(const StepTensors& t) {
-  const Tensor &gx = t.input_side, &h_prev = t.h_prev, &w_hh = t.w_hh, &h_out = t.h_out;
-  const Tensor& workspace = t.saved;
-  const OptionalTensor& b_hh = t.b_hh;
-  const auto& kernels = pointwise_kernels();
-  if (packed_in_panels(w_hh)) {
-    RecurrentStep s = recurrent_step(h_prev, w_hh, gx.data_ptr<float>(), h_out);
-    s.b_hh = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
-    s.workspace = workspace.data_ptr<float>();
-    over_panel_tasks(kernels.recurrent_tasks(s.rows, s.hidden, kGruGates),
-                     product_fmas(h_prev, kGruGates * s.hidden), [&](int64_t begin, int64_t end) {
-                       kernels.gru_forward_recurrent(s, begin, end);
-                     });
-    return;
-  }
-  const Tensor gh = linear_cpu(h_prev, w_hh, b_hh);
-  over_units(h_out, [&](int64_t begin, int64_t end) {
-    kernels.gru_forward(gx, gh, h_prev, h_out, workspace, begin, end);
-  });
+template <typename Cell>
+void gate_grads_cpu(const GateGradTensors& t) {
+  const CellPointwise<Cell>& cell = cell_kernels<Cell>(pointwise_kernels());
+  over_units(t.grad_h, [&](int64_t begin, int64_t end) { cell.backward(t, begin, end); });
 }
 
-void lstm_gate_grads_cpu(const GateGradTensors& t) {
-  over_units(t.c_out, [&](int64_t begin, int64_t end) {
-    pointwise_kernels().lstm_backward(t.grad_h, t.grad_c, t.saved, t.c_prev, t.c_out,
-                                           t.grad_input_gates, t.grad_c_prev, begin, end);
-  });
-}
-
-void gru_gate_grads_cpu(const GateGradTensors& t) {
-  over_units(t.h_prev, [&](int64_t begin, int64_t end) {
-    pointwise_kernels().gru_backward(t.grad_h, t.h_prev, t.saved, t.grad_input_gates,
-                                          t.grad_hidden_gates, t.grad_h_direct, begin, end);
-  });
-}
+// The CPU's kernels of a cell kind with fused steps.
+template <typename Cell>
+constexpr CellKernels<Cell> kCpuCellKernels{
+    .prepare_recurrent = &prepare_recurrent_cpu<Cell>,
+    .step = &step_cpu<Cell>,
+    .gate_grads = &gate_grads_cpu<Cell>,
+    .sequence = &sequence_cpu<Cell>,
+    .sequence_from_input = &sequence_from_input_cpu<Cell>,
+    .backward_sequence = &backward_sequence_cpu<Cell>,
+};
 
 // Designated: each kernel named by its entry (one out of order does not compile).
 constexpr LinearKernels kCpuLinear{
@@ -86,31 +76,13 @@ constexpr LinearKernels kCpuLinear{
     .projection_chunk_bytes = kProjectionChunkBytes,
 };
 
-constexpr CellKernels<LstmCell> kCpuLstm{
-    .prepare_recurrent = &prepare_recurrent_cpu<LstmCell>,
-    .step = &lstm_step_cpu,
-    .gate_grads = &lstm_gate_grads_cpu,
-    .sequence = &lstm_sequence_cpu,
-    .sequence_from_input = &lstm_sequence_from_input_cpu,
-    .backward_sequence = &lstm_backward_sequence_cpu,
-};
-
-constexpr CellKernels<GruCell> kCpuGru{
-    .prepare_recurrent = &prepare_recurrent_cpu<GruCell>,
-    .step = &gru_step_cpu,
-    .gate_grads = &gru_gate_grads_cpu,
-    .sequence = &gru_sequence_cpu,
-    .sequence_from_input = &gru_sequence_from_input_cpu,
-    .backward_sequence = &gru_backward_sequence_cpu,
-};
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
-  impl_lstm_cell<kCpuLinear, kCpuLstm>(m);
-  impl_lstm_ops<kCpuLinear, kCpuLstm>(m);
-  impl_gru_cell<kCpuLinear, kCpuGru>(m);
-  impl_gru_ops<kCpuLinear, kCpuGru>(m);
+  impl_lstm_cell<kCpuLinear, kCpuCellKernels<LstmCell>>(m);
+  impl_lstm_ops<kCpuLinear, kCpuCellKernels<LstmCell>>(m);
+  impl_gru_cell<kCpuLinear, kCpuCellKernels<GruCell>>(m);
+  impl_gru_ops<kCpuLinear, kCpuCellKernels<GruCell>>(m);
 }
 
 }  // namespace fused_rnn::cpu

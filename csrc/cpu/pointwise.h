@@ -6,6 +6,8 @@
 // the grid over threads (so the per-ISA files need none of ATen's threading headers).
 #pragma once
 
+#include "../cell_ops.h"
+
 #include <ATen/core/Tensor.h>
 
 // The build defines FUSED_RNN_CPU_X86_VARIANTS where it compiles the AVX2 and AVX-512 variants
@@ -61,43 +63,46 @@ struct BackwardStep {
 // and n's input and hidden sides apart (r scales only W_hn h).
 constexpr int64_t kGruPacksWithInput = 4;
 
-struct PointwiseKernels {
-  const char* isa;  // the instruction set it was built for: "DEFAULT", "AVX2" or "AVX512"
-  // gates [B,4H]: the input side of the pre-activations (biases included) in, the activated
-  // gates out (in place); gates_h [B,4H]: the hidden side; c_prev [B,H]. Writes h_out and c_out
-  // [B,H].
-  void (*lstm_forward)(const Tensor& gates, const Tensor& gates_h, const Tensor& c_prev,
-                       const Tensor& h_out, const Tensor& c_out, int64_t begin, int64_t end);
-  // From grad_h, grad_c [B,H], gates [B,4H], c_prev, c_new [B,H]: writes grad_gates [B,4H] (of
-  // the pre-activations) and grad_c_prev [B,H], which may alias grad_c.
-  void (*lstm_backward)(const Tensor& grad_h, const Tensor& grad_c, const Tensor& gates,
-                        const Tensor& c_prev, const Tensor& c_new, const Tensor& grad_gates,
-                        const Tensor& grad_c_prev, int64_t begin, int64_t end);
-  // gx, gh [B,3H]: the input and hidden products, biases included; h_prev [B,H]. Writes h_out
-  // [B,H] and workspace [B,4H] (r, z, n, h_n).
-  void (*gru_forward)(const Tensor& gx, const Tensor& gh, const Tensor& h_prev,
-                      const Tensor& h_out, const Tensor& workspace, int64_t begin, int64_t end);
-  // From grad_h, h_prev [B,H] and workspace [B,4H]: writes the input-side and hidden-side gate
-  // gradients [B,3H] and the direct part of grad_h_prev [B,H], which may alias grad_h.
-  void (*gru_backward)(const Tensor& grad_h, const Tensor& h_prev, const Tensor& workspace,
-                       const Tensor& grad_input_gates, const Tensor& grad_hidden_gates,
-                       const Tensor& grad_h_direct, int64_t begin, int64_t end);
+// The kernels of one cell kind in one instruction set's variant.
+template <typename Cell>
+struct CellPointwise {
+  // The gate math of one step, its products done, over the units [begin, end) of its [B, H]
+  // grid: from t.input_side and hidden_side [B, G*H] (the hidden product, b_hh included where the
+  // cell keeps it apart), t.h_prev and t.c_prev, writes t.h_out, t.c_out and t.saved (which may
+  // be t.input_side).
+  void (*forward)(const StepTensors& t, const Tensor& hidden_side, int64_t begin, int64_t end);
+  // One step's gate gradients (GateGradTensors), over the units [begin, end).
+  void (*backward)(const GateGradTensors& t, int64_t begin, int64_t end);
 
   // The fused recurrent step, float32 only: each task computes h_prev @ W_hh^T for a block of
   // rows and a block of `lanes` units, all gates of those units at once, in registers, and
   // finishes them into the step's update, so the [B, G*H] hidden product never goes to memory
-  // and a step is one parallel pass. W_hh [G*H, K] is packed once per sequence by
+  // and a step is one parallel pass; on raw pointers (RecurrentStep), so that a whole sequence
+  // can run without building tensors. Its tasks: recurrent_tasks(rows, hidden, G), or with
+  // packs_with_input accumulator packs a row where the step computes its input side too.
+  void (*forward_recurrent)(const RecurrentStep& step, int64_t begin, int64_t end);
+  int64_t packs_with_input;
+
+  // The two halves of a BackwardStep over the tasks [begin, end): the gate gradients, then the
+  // product that carries grad_h to the step before (LSTM: grad_h = grad_gates @ W_hh; GRU:
+  // grad_h, the direct part, += its product).
+  void (*backward_gates)(const BackwardStep& step, int64_t begin, int64_t end);
+  void (*backward_product)(const BackwardStep& step, int64_t begin, int64_t end);
+};
+
+struct PointwiseKernels {
+  const char* isa;  // the instruction set it was built for: "DEFAULT", "AVX2" or "AVX512"
+  // The cells' kernels.
+  CellPointwise<LstmCell> lstm;
+  CellPointwise<GruCell> gru;
+
+  // The fused recurrent step's weight: W_hh [G*H, K] is packed once per sequence by
   // pack_recurrent_weight into [ceil(H / lanes), K, G * lanes] (unit block, k, gate, lane;
   // zero-padded past H), so each k reads one contiguous run of G * lanes weights.
   int64_t lanes;
   Tensor (*pack_recurrent_weight)(const Tensor& w_hh, int64_t gates);
-  // The number of tasks of a step over `rows` rows, with `packs` accumulator packs a row: the
-  // gates, or kGruPacksWithInput; a pass covers the tasks [begin, end).
+  // The number of tasks of a step over `rows` rows, with `packs` accumulator packs a row.
   int64_t (*recurrent_tasks)(int64_t rows, int64_t hidden, int64_t packs);
-  // One step of it, over the tasks [begin, end) (LSTM: lstm_forward's update; GRU:
-  // gru_forward's), on raw pointers so that a whole sequence can run without building tensors.
-  void (*lstm_forward_recurrent)(const RecurrentStep& step, int64_t begin, int64_t end);
-  void (*gru_forward_recurrent)(const RecurrentStep& step, int64_t begin, int64_t end);
 
   // The same register-blocked product as a plain linear map, for the per-step products of the
   // backward (float32): w [N, K] is packed by pack_linear_weight into
@@ -120,14 +125,19 @@ struct PointwiseKernels {
   // small products of a cell's backward, whose weights are used once.
   void (*matmul_rows)(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate,
                       int64_t begin, int64_t end);
-
-  // The two halves of a BackwardStep over the tasks [begin, end): the gate gradients, then the
-  // product (LSTM: grad_h = grad_gates @ W_hh; GRU: grad_h, the direct part, += its product).
-  void (*lstm_backward_gates)(const BackwardStep& step, int64_t begin, int64_t end);
-  void (*gru_backward_gates)(const BackwardStep& step, int64_t begin, int64_t end);
-  void (*lstm_backward_product)(const BackwardStep& step, int64_t begin, int64_t end);
-  void (*gru_backward_product)(const BackwardStep& step, int64_t begin, int64_t end);
 };
+
+// A cell kind's kernels in a variant's table.
+template <typename Cell>
+const CellPointwise<Cell>& cell_kernels(const PointwiseKernels& k);
+template <>
+inline const CellPointwise<LstmCell>& cell_kernels(const PointwiseKernels& k) {
+  return k.lstm;
+}
+template <>
+inline const CellPointwise<GruCell>& cell_kernels(const PointwiseKernels& k) {
+  return k.gru;
+}
 
 // Column groups of `lanes` outputs per task of linear_packed: as many accumulators per row as the
 // recurrent LSTM step, so the same product kernel serves both.

@@ -20,25 +20,33 @@ namespace fused_rnn::cpu::CPU_CAPABILITY {
 #define FUSED_RNN_STRINGIFY(x) FUSED_RNN_STRINGIFY_(x)
 extern const PointwiseKernels kKernels = {
     .isa = FUSED_RNN_STRINGIFY(CPU_CAPABILITY),
-    .lstm_forward = &lstm_forward,
-    .lstm_backward = &lstm_backward,
-    .gru_forward = &gru_forward,
-    .gru_backward = &gru_backward,
+    .lstm =
+        {
+            .forward = &lstm_forward,
+            .backward = &lstm_backward,
+            .forward_recurrent = &lstm_forward_recurrent,
+            .packs_with_input = kLstmGates,
+            .backward_gates = &lstm_backward_gates,
+            .backward_product = &lstm_backward_product,
+        },
+    .gru =
+        {
+            .forward = &gru_forward,
+            .backward = &gru_backward,
+            .forward_recurrent = &gru_forward_recurrent,
+            .packs_with_input = kGruPacksWithInput,
+            .backward_gates = &gru_backward_gates,
+            .backward_product = &gru_backward_product,
+        },
     .lanes = kLanes,
     .pack_recurrent_weight = &pack_recurrent_weight,
     .recurrent_tasks = &recurrent_tasks,
-    .lstm_forward_recurrent = &lstm_forward_recurrent,
-    .gru_forward_recurrent = &gru_forward_recurrent,
     .pack_linear_weight = &pack_linear_weight,
     .linear_tasks = &linear_tasks,
     .linear_packed = &linear_packed,
     .rows_tasks = &rows_tasks,
     .linear_rows = &linear_rows,
     .matmul_rows = &matmul_rows,
-    .lstm_backward_gates = &lstm_backward_gates,
-    .gru_backward_gates = &gru_backward_gates,
-    .lstm_backward_product = &lstm_backward_product,
-    .gru_backward_product = &gru_backward_product,
 };
 
 }  // namespace fused_rnn::cpu::CPU_CAPABILITY

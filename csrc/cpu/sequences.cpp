@@ -12,7 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <initializer_list>
+#include <vector>
 
 namespace fused_rnn::cpu {
 
@@ -44,11 +44,11 @@ namespace {
 // 3-5%: NOTES entry 33).
 template <typename Before, typename After>
 void over_sequence(int64_t steps, bool reverse, int64_t tasks, int64_t fmas_per_step,
-                   std::initializer_list<const Tensor*> written, const Before& before,
+                   const std::vector<Tensor>& written, const Before& before,
                    const After& after) {
   const int64_t threads = sequence_threads(fmas_per_step, tasks, at::get_num_threads());
   int64_t written_bytes = 0;
-  for (const Tensor* buffer : written) written_bytes += buffer->nbytes();
+  for (const Tensor& buffer : written) written_bytes += buffer.nbytes();
   const bool touch = written_bytes >= kMinTouchedBytes;
 #pragma omp parallel num_threads(threads)
   {
@@ -58,9 +58,9 @@ void over_sequence(int64_t steps, bool reverse, int64_t tasks, int64_t fmas_per_
     const auto touch_step = [&](int64_t i) {
       if (!touching || i >= steps) return;
       const int64_t t = reverse ? steps - 1 - i : i;
-      for (const Tensor* buffer : written) {
-        const auto base = reinterpret_cast<std::uintptr_t>(buffer->data_ptr());
-        const std::uintptr_t step_bytes = buffer->nbytes() / steps;
+      for (const Tensor& buffer : written) {
+        const auto base = reinterpret_cast<std::uintptr_t>(buffer.data_ptr());
+        const std::uintptr_t step_bytes = buffer.nbytes() / steps;
         touch_pages(base + t * step_bytes, base + (t + 1) * step_bytes, id, count);
       }
     };
@@ -97,73 +97,48 @@ RecurrentStep at_step(const RecurrentStep& first, int64_t gates, int64_t t,
   return s;
 }
 
-// A padded sequence's forward on the fused recurrent step from its first step `first`, whose
-// tasks hold `packs` accumulator packs a row (recurrent_tasks; where the steps have gates rows,
-// G, their width): `kernel` (a PointwiseKernels member) runs one step's tasks, which write the
-// buffers `written`, each the steps' rows in order.
-using RecurrentKernel = void (*)(const RecurrentStep&, int64_t, int64_t);
-void run_recurrent_sequence(const RecurrentStep& first, int64_t packs, int64_t steps,
-                            bool reverse, RecurrentKernel PointwiseKernels::*kernel,
-                            int64_t fmas_per_step, std::initializer_list<const Tensor*> written) {
+// A padded sequence's forward on the fused recurrent step of a cell from its first step `first`
+// (with_input: the steps compute their input side too, RecurrentStep::x): its steps' tasks write
+// the buffers `written`, each the steps' rows in order.
+template <typename Cell>
+void run_recurrent_sequence(const RecurrentStep& first, bool with_input, int64_t steps,
+                            bool reverse, int64_t fmas_per_step,
+                            const std::vector<Tensor>& written) {
   const auto& kernels = pointwise_kernels();
+  const CellPointwise<Cell>& cell = cell_kernels<Cell>(kernels);
+  const int64_t packs = with_input ? cell.packs_with_input : Cell::kGates;
   over_sequence(
       steps, reverse, kernels.recurrent_tasks(first.rows, first.hidden, packs), fmas_per_step,
       written, [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {
-        (kernels.*kernel)(at_step(first, packs, t, prev), begin, end);
+        cell.forward_recurrent(at_step(first, Cell::kGates, t, prev), begin, end);
       },
       [](int64_t, int64_t, int64_t) {});
 }
 
-// A padded sequence's forward on the fused recurrent step, where that pays off (else false):
-// gates [T*B, G*H] the input side, output [T*B, H]; `cell` fills in the cell's own pointers of
-// the first step and returns the cell's own rows that the steps write (one step's after
-// another), and `kernel` runs one step's tasks.
+// The cell's own pointers of a sequence's first step: its cell state's (c0, cell_states), its
+// hidden bias where kept apart, and its saved rows where apart from the input side (a row per row
+// of all `rows` rows, or B rows that every step reuses). Appends to `written` the buffers of the
+// cell's that the steps write one step after another.
 template <typename Cell>
-bool recurrent_sequence(int64_t gates, const Tensor& x, const Tensor& h0, const Tensor& w_hh,
-                        const Tensor& output, bool reverse,
-                        RecurrentKernel PointwiseKernels::*kernel, const Cell& cell) {
-  const int64_t B = h0.size(0), steps = B == 0 ? 0 : x.size(0) / B;
-  if (x.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
-  const Tensor packed = pointwise_kernels().pack_recurrent_weight(w_hh, gates);
-  RecurrentStep first = recurrent_step(h0, packed, x.data_ptr<float>(), output);
-  const Tensor cell_written = cell(first);
-  run_recurrent_sequence(first, gates, steps, reverse, kernel,
-                         product_fmas(h0, gates * h0.size(1)), {&output, &cell_written});
-  return true;
+void with_cell(RecurrentStep& first, const Tensor& c0, const Tensor& cell_states,
+               const OptionalTensor& b_hh, const Tensor& saved, int64_t rows,
+               std::vector<Tensor>& written) {
+  if constexpr (Cell::kHasCellState) {
+    first.c_prev = c0.data_ptr<float>();
+    first.c_out = cell_states.data_ptr<float>();
+    written.push_back(cell_states);
+  }
+  if constexpr (!Cell::kPreActivationsSumSides) {
+    first.b_hh = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
+    first.workspace = saved.data_ptr<float>();
+    first.workspace_per_step = saved.size(0) == rows;
+    if (first.workspace_per_step) written.push_back(saved);
+  }
 }
-
-// The LSTM's own pointers of a sequence's first step; returns the cell states the steps write.
-Tensor with_lstm_cell(RecurrentStep& first, const Tensor& c0, const Tensor& cell_states) {
-  first.c_prev = c0.data_ptr<float>();
-  first.c_out = cell_states.data_ptr<float>();
-  return cell_states;
-}
-
-// The GRU's own pointers of a sequence's first step, whose workspace has a row per row of the
-// `rows` rows of all steps (training) or B rows that every step reuses (inference); returns the
-// workspace rows the steps write one step after another (none where they reuse B rows).
-Tensor with_gru_cell(RecurrentStep& first, const OptionalTensor& b_hh,
-                     const Tensor& workspace, int64_t rows) {
-  first.b_hh = b_hh.has_value() ? b_hh->data_ptr<float>() : nullptr;
-  first.workspace = workspace.data_ptr<float>();
-  first.workspace_per_step = workspace.size(0) == rows;
-  return first.workspace_per_step ? workspace : workspace.narrow(0, 0, 0);
-}
-
-}  // namespace
-
-bool lstm_sequence_cpu(const SequenceTensors& t) {
-  return recurrent_sequence(
-      kLstmGates, t.input_side, t.h0, t.w_hh, t.output, t.reverse,
-      &PointwiseKernels::lstm_forward_recurrent,
-      [&](RecurrentStep& first) { return with_lstm_cell(first, t.c0, t.cell_states); });
-}
-
-namespace {
 
 // path_choice.h's input_in_step_pays_off for these tensors (float32 only).
 bool sequence_from_input_pays_off(const Tensor& input, const Tensor& w_ih, const Tensor& w_hh,
-                            int64_t batch) {
+                                  int64_t batch) {
   const int64_t steps = batch == 0 ? 0 : input.size(0) / batch;
   const int64_t weight_bytes = (w_ih.numel() + w_hh.numel()) * int64_t{sizeof(float)};
   return input.scalar_type() == at::kFloat &&
@@ -194,52 +169,51 @@ struct InputSide {
 
 }  // namespace
 
-// Keeps the activated gates only with keep_saved.
-bool lstm_sequence_from_input_cpu(const InputSequenceTensors& t, InputSequenceSaved& out) {
+template <typename Cell>
+bool sequence_cpu(const SequenceTensors& t) {
+  const int64_t B = t.h0.size(0), steps = B == 0 ? 0 : t.input_side.size(0) / B;
+  if (t.input_side.scalar_type() != at::kFloat || !panels_pay_off(t.w_hh, B, steps)) {
+    return false;
+  }
+  const Tensor packed = pointwise_kernels().pack_recurrent_weight(t.w_hh, Cell::kGates);
+  RecurrentStep first = recurrent_step(t.h0, packed, t.input_side.data_ptr<float>(), t.output);
+  std::vector<Tensor> written{t.output};
+  with_cell<Cell>(first, t.c0, t.cell_states, t.b_hh, t.saved, t.input_side.size(0), written);
+  run_recurrent_sequence<Cell>(first, false, steps, t.reverse,
+                               product_fmas(t.h0, Cell::kGates * t.h0.size(1)), written);
+  return true;
+}
+
+template <typename Cell>
+bool sequence_from_input_cpu(const InputSequenceTensors& t, InputSequenceSaved& out) {
+  constexpr bool kSavedOverInput = Cell::kPreActivationsSumSides;
   const Tensor &input = t.input, &h0 = t.h0, &output = t.output;
   const int64_t B = h0.size(0), H = h0.size(1), N = input.size(0);
   if (!sequence_from_input_pays_off(input, t.w_ih, t.w_hh, B)) return false;
-  const InputSide input_side(input, t.w_ih, input_side_bias<LstmCell>(t.b_ih, t.b_hh),
-                             kLstmGates);
-  const Tensor w_hh_packed = pointwise_kernels().pack_recurrent_weight(t.w_hh, kLstmGates);
-  out.saved = at::empty({t.keep_saved ? N : 0, kLstmGates * H}, input.options());
-  out.cell_states = at::empty({N, H}, input.options());
+  const InputSide input_side(input, t.w_ih, input_side_bias<Cell>(t.b_ih, t.b_hh), Cell::kGates);
+  const Tensor w_hh_packed = pointwise_kernels().pack_recurrent_weight(t.w_hh, Cell::kGates);
+  // Saved values written where the input side would be are written only where kept; those
+  // apart from it, into B rows that every step reuses where not kept.
+  const int64_t saved_rows = t.keep_saved ? N : kSavedOverInput ? 0 : B;
+  out.saved = at::empty({saved_rows, Cell::kSaved * H}, input.options());
+  if (Cell::kHasCellState) out.cell_states = at::empty({N, H}, input.options());
   RecurrentStep first = recurrent_step(
-      h0, w_hh_packed, t.keep_saved ? out.saved.data_ptr<float>() : nullptr, output);
-  with_lstm_cell(first, t.c0, out.cell_states);
+      h0, w_hh_packed, kSavedOverInput && t.keep_saved ? out.saved.data_ptr<float>() : nullptr,
+      output);
+  std::vector<Tensor> written{output};
+  if (kSavedOverInput) written.push_back(out.saved);
+  with_cell<Cell>(first, t.c0, out.cell_states, t.b_hh, out.saved, N, written);
   input_side.into(first);
-  run_recurrent_sequence(first, kLstmGates, N / B, t.reverse,
-                         &PointwiseKernels::lstm_forward_recurrent,
-                         product_fmas(h0, kLstmGates * H) + input_side.fmas_per_step(B),
-                         {&output, &out.cell_states, &out.saved});
+  run_recurrent_sequence<Cell>(
+      first, true, N / B, t.reverse,
+      product_fmas(h0, Cell::kGates * H) + input_side.fmas_per_step(B), written);
   return true;
 }
 
-// Without keep_saved, every step writes the same B rows of the workspace.
-bool gru_sequence_from_input_cpu(const InputSequenceTensors& t, InputSequenceSaved& out) {
-  const Tensor &input = t.input, &h0 = t.h0, &output = t.output;
-  const int64_t B = h0.size(0), H = h0.size(1), N = input.size(0);
-  if (!sequence_from_input_pays_off(input, t.w_ih, t.w_hh, B)) return false;
-  const InputSide input_side(input, t.w_ih, input_side_bias<GruCell>(t.b_ih, t.b_hh), kGruGates);
-  const Tensor w_hh_packed = pointwise_kernels().pack_recurrent_weight(t.w_hh, kGruGates);
-  out.saved = at::empty({t.keep_saved ? N : B, kGruSaved * H}, input.options());
-  RecurrentStep first = recurrent_step(h0, w_hh_packed, nullptr, output);
-  const Tensor workspace_written = with_gru_cell(first, t.b_hh, out.saved, N);
-  input_side.into(first);
-  run_recurrent_sequence(first, kGruPacksWithInput, N / B, t.reverse,
-                         &PointwiseKernels::gru_forward_recurrent,
-                         product_fmas(h0, kGruGates * H) + input_side.fmas_per_step(B),
-                         {&output, &workspace_written});
-  return true;
-}
-
-bool gru_sequence_cpu(const SequenceTensors& t) {
-  return recurrent_sequence(
-      kGruGates, t.input_side, t.h0, t.w_hh, t.output, t.reverse,
-      &PointwiseKernels::gru_forward_recurrent, [&](RecurrentStep& first) {
-        return with_gru_cell(first, t.b_hh, t.saved, t.input_side.size(0));
-      });
-}
+template bool sequence_cpu<LstmCell>(const SequenceTensors&);
+template bool sequence_cpu<GruCell>(const SequenceTensors&);
+template bool sequence_from_input_cpu<LstmCell>(const InputSequenceTensors&, InputSequenceSaved&);
+template bool sequence_from_input_cpu<GruCell>(const InputSequenceTensors&, InputSequenceSaved&);
 
 namespace {
 
@@ -296,12 +270,11 @@ void over_row_blocks(int64_t steps, bool reverse, int64_t rows, int64_t threads,
 // leave holding the initial state's; `cell` fills in the cell's own pointers of the first step,
 // and the steps write the gate gradients `written`.
 using BackwardKernel = void (*)(const BackwardStep&, int64_t, int64_t);
-template <typename Cell>
+template <typename CellPointers>
 bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w_hh,
-                       const Tensor& grad_h, bool reverse,
-                       BackwardKernel PointwiseKernels::*gate_grads,
-                       BackwardKernel PointwiseKernels::*product, const Cell& cell,
-                       std::initializer_list<const Tensor*> written) {
+                       const Tensor& grad_h, bool reverse, BackwardKernel gate_grads,
+                       BackwardKernel product, const CellPointers& cell,
+                       const std::vector<Tensor>& written) {
   const int64_t B = grad_h.size(0), H = grad_h.size(1);
   const int64_t steps = B == 0 ? 0 : grad_output.size(0) / B;
   if (grad_output.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
@@ -318,52 +291,52 @@ bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w
   const int64_t row_threads = backward_row_threads(B, at::get_num_threads());
   if (row_threads > 1) {
     over_row_blocks(steps, !reverse, B, row_threads, [&](int64_t t, int64_t row0, int64_t rows) {
-      const BackwardStep s = backward_rows(backward_at_step(first, gates, t), gates, row0,
-                                                rows);
+      const BackwardStep s = backward_rows(backward_at_step(first, gates, t), gates, row0, rows);
       const int64_t tasks = kernels.linear_tasks(rows, H);
-      (kernels.*gate_grads)(s, 0, tasks);
-      (kernels.*product)(s, 0, tasks);
+      gate_grads(s, 0, tasks);
+      product(s, 0, tasks);
     });
     return true;
   }
   over_sequence(
       steps, !reverse, kernels.linear_tasks(B, H), product_fmas(grad_h, gates * H), written,
       [&](int64_t t, int64_t, int64_t begin, int64_t end) {
-        (kernels.*gate_grads)(backward_at_step(first, gates, t), begin, end);
+        gate_grads(backward_at_step(first, gates, t), begin, end);
       },
       [&](int64_t t, int64_t begin, int64_t end) {
-        (kernels.*product)(backward_at_step(first, gates, t), begin, end);
+        product(backward_at_step(first, gates, t), begin, end);
       });
   return true;
 }
 
 }  // namespace
 
-bool lstm_backward_sequence_cpu(const BackwardSequenceTensors& t) {
-  return backward_sequence(kLstmGates, t.grad_output, t.w_hh, t.grad_h, t.reverse,
-                           &PointwiseKernels::lstm_backward_gates,
-                           &PointwiseKernels::lstm_backward_product,
+template <typename Cell>
+bool backward_sequence_cpu(const BackwardSequenceTensors& t) {
+  const CellPointwise<Cell>& cell = cell_kernels<Cell>(pointwise_kernels());
+  std::vector<Tensor> written{t.grad_input_gates};
+  if (!Cell::kPreActivationsSumSides) written.push_back(t.grad_hidden_gates);
+  return backward_sequence(Cell::kGates, t.grad_output, t.w_hh, t.grad_h, t.reverse,
+                           cell.backward_gates, cell.backward_product,
                            [&](BackwardStep& first) {
                              first.saved = t.saved.data_ptr<float>();
-                             first.state_before = t.c_before.data_ptr<float>();
-                             first.c_new = t.cell_states.data_ptr<float>();
-                             first.grad_c = t.grad_c.data_ptr<float>();
                              first.grad_gates = t.grad_input_gates.data_ptr<float>();
+                             // BackwardStep::state_before: c_prev with a cell state, else h_prev.
+                             if constexpr (Cell::kHasCellState) {
+                               first.state_before = t.c_before.data_ptr<float>();
+                               first.c_new = t.cell_states.data_ptr<float>();
+                               first.grad_c = t.grad_c.data_ptr<float>();
+                             } else {
+                               first.state_before = t.h_before.data_ptr<float>();
+                             }
+                             if (!Cell::kPreActivationsSumSides) {
+                               first.grad_hidden_gates = t.grad_hidden_gates.data_ptr<float>();
+                             }
                            },
-                           {&t.grad_input_gates});
+                           written);
 }
 
-bool gru_backward_sequence_cpu(const BackwardSequenceTensors& t) {
-  return backward_sequence(kGruGates, t.grad_output, t.w_hh, t.grad_h, t.reverse,
-                           &PointwiseKernels::gru_backward_gates,
-                           &PointwiseKernels::gru_backward_product,
-                           [&](BackwardStep& first) {
-                             first.saved = t.saved.data_ptr<float>();
-                             first.state_before = t.h_before.data_ptr<float>();
-                             first.grad_gates = t.grad_input_gates.data_ptr<float>();
-                             first.grad_hidden_gates = t.grad_hidden_gates.data_ptr<float>();
-                           },
-                           {&t.grad_input_gates, &t.grad_hidden_gates});
-}
+template bool backward_sequence_cpu<LstmCell>(const BackwardSequenceTensors&);
+template bool backward_sequence_cpu<GruCell>(const BackwardSequenceTensors&);
 
 }  // namespace fused_rnn::cpu

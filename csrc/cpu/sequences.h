@@ -13,11 +13,13 @@ namespace fused_rnn::cpu {
 RecurrentStep recurrent_step(const Tensor& h_prev, const Tensor& w_packed, float* gates,
                              const Tensor& h_out);
 
-bool lstm_sequence_cpu(const SequenceTensors& t);
-bool gru_sequence_cpu(const SequenceTensors& t);
-bool lstm_sequence_from_input_cpu(const InputSequenceTensors& t, InputSequenceSaved& out);
-bool gru_sequence_from_input_cpu(const InputSequenceTensors& t, InputSequenceSaved& out);
-bool lstm_backward_sequence_cpu(const BackwardSequenceTensors& t);
-bool gru_backward_sequence_cpu(const BackwardSequenceTensors& t);
+// The CellKernels entries of a cell kind with fused steps (CellPointwise::forward_recurrent,
+// backward_gates, backward_product); instantiated for the LSTM and the GRU.
+template <typename Cell>
+bool sequence_cpu(const SequenceTensors& t);
+template <typename Cell>
+bool sequence_from_input_cpu(const InputSequenceTensors& t, InputSequenceSaved& out);
+template <typename Cell>
+bool backward_sequence_cpu(const BackwardSequenceTensors& t);
 
 }  // namespace fused_rnn::cpu
