@@ -30,6 +30,41 @@ TORCH_LIBRARY(fused_rnn, m) {
       "Tensor workspace, bool[6] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor "
       "grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
 
+  // One layer-normalized LSTM cell step (csrc/layernorm_cell_math.h): a = LN_ih(x w_ih^T) +
+  // LN_hh(hx w_hh^T) + b_ih + b_hh, gates i, f, g, o; cy = sigmoid(f) cx + sigmoid(i) tanh(g);
+  // hy = sigmoid(o) tanh(LN_c(cy)). ln_ih_* and ln_hh_* [4H], ln_c_* [H]; the rest as
+  // lstm_cell. saved [B, 13H+3] in the op-math dtype (float for the half types): the activated
+  // gates, the normalized products and cell state, and the three rows' rstd.
+  m.def(
+      "layernorm_lstm_cell(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? "
+      "b_ih, Tensor? b_hh, Tensor ln_ih_weight, Tensor ln_ih_bias, Tensor ln_hh_weight, Tensor "
+      "ln_hh_bias, Tensor ln_c_weight, Tensor ln_c_bias) -> (Tensor hy, Tensor cy, Tensor saved)");
+  // Backward of layernorm_lstm_cell; output_mask orders input, hx, cx, w_ih, w_hh, bias (shared
+  // by b_ih and b_hh), ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias, ln_c_weight,
+  // ln_c_bias.
+  m.def(
+      "layernorm_lstm_cell_backward(Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, "
+      "Tensor cx, Tensor w_ih, Tensor w_hh, Tensor ln_ih_weight, Tensor ln_hh_weight, Tensor "
+      "ln_c_weight, Tensor ln_c_bias, Tensor saved, bool[12] output_mask) -> (Tensor grad_input, "
+      "Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, "
+      "Tensor grad_ln_ih_weight, Tensor grad_ln_ih_bias, Tensor grad_ln_hh_weight, Tensor "
+      "grad_ln_hh_bias, Tensor grad_ln_c_weight, Tensor grad_ln_c_bias)");
+  // One layer-normalized GRU cell step: gx = LN_ih(x w_ih^T) + b_ih, gh = LN_hh(hx w_hh^T) +
+  // b_hh, then the GRU's gates on gx and gh. ln_* [3H]. saved [B, 10H+2] in the op-math dtype:
+  // r, z, n, h_n, the normalized products and the two rows' rstd.
+  m.def(
+      "layernorm_gru_cell(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor ln_ih_weight, Tensor ln_ih_bias, Tensor ln_hh_weight, Tensor "
+      "ln_hh_bias) -> (Tensor hy, Tensor saved)");
+  // Backward of layernorm_gru_cell; output_mask orders input, hx, w_ih, w_hh, b_ih, b_hh,
+  // ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias.
+  m.def(
+      "layernorm_gru_cell_backward(Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor "
+      "w_hh, Tensor ln_ih_weight, Tensor ln_hh_weight, Tensor saved, bool[10] output_mask) -> "
+      "(Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+      "Tensor grad_b_hh, Tensor grad_ln_ih_weight, Tensor grad_ln_ih_bias, Tensor "
+      "grad_ln_hh_weight, Tensor grad_ln_hh_bias)");
+
   // One LSTM layer in one direction over a whole (packed) sequence. input [N,I]: the steps one
   // after another, step t being batch_sizes[t] rows (batch_sizes: int64 on the CPU,
   // non-increasing, batch_sizes[0] = B); a padded [T,B,I] batch is batch_sizes = [B]*T. hx [B,P],

@@ -5,7 +5,7 @@ Drop-in modules (LSTM, GRU, LSTMCell, GRUCell) and convert(), plain functions
 """
 
 from . import functional, ops, reference
-from .modules import GRU, LSTM, GRUCell, LSTMCell, convert
+from .modules import GRU, LSTM, GRUCell, LayerNormGRUCell, LayerNormLSTMCell, LSTMCell, convert
 from .ops import (GRUCellFunction, LSTMCellFunction, build_info, cpu_cache_bytes,
                   cpu_layer_path, cuda_layer_path, empty_cpu_cache, use_persistent_kernels)
 
@@ -18,6 +18,8 @@ __all__ = [
     "LSTM",
     "LSTMCell",
     "LSTMCellFunction",
+    "LayerNormGRUCell",
+    "LayerNormLSTMCell",
     "build_info",
     "convert",
     "cpu_cache_bytes",

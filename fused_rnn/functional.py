@@ -8,7 +8,7 @@ import torch
 
 from . import ops  # noqa: F401  (registers the fake implementations and autograd)
 
-__all__ = ["gru", "gru_cell", "lstm", "lstm_cell"]
+__all__ = ["gru", "gru_cell", "layernorm_gru_cell", "layernorm_lstm_cell", "lstm", "lstm_cell"]
 
 
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
@@ -23,6 +23,28 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
 def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One GRU step, as torch.nn.GRUCell computes it; returns h'."""
     hy, _workspace = torch.ops.fused_rnn.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
+    return hy
+
+
+def layernorm_lstm_cell(input, hx, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln_ih_bias, ln_hh_weight,
+                        ln_hh_bias, ln_c_weight, ln_c_bias):
+    """One layer-normalized LSTM step (fused_rnn.reference.layernorm_lstm_cell). hx = (h, c);
+    returns (h', c')."""
+    if len(hx) != 2:
+        raise RuntimeError("layernorm_lstm_cell expects two hidden states")
+    h, c = hx
+    hy, cy, _saved = torch.ops.fused_rnn.layernorm_lstm_cell(
+        input, h, c, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias,
+        ln_c_weight, ln_c_bias)
+    return hy, cy
+
+
+def layernorm_gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln_ih_bias, ln_hh_weight,
+                       ln_hh_bias):
+    """One layer-normalized GRU step (fused_rnn.reference.layernorm_gru_cell); returns h'."""
+    hy, _saved = torch.ops.fused_rnn.layernorm_gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh,
+                                                        ln_ih_weight, ln_ih_bias, ln_hh_weight,
+                                                        ln_hh_bias)
     return hy
 
 

@@ -13,7 +13,8 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
 
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "convert"]
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "LayerNormGRUCell", "LayerNormLSTMCell",
+           "convert"]
 
 
 class _NotScriptable:
@@ -72,6 +73,98 @@ class GRUCell(_NotScriptable, torch.nn.GRUCell):
             hx = hx.unsqueeze(0)
         hy = functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
                                  self.bias_hh)
+        return hy if batched else hy.squeeze(0)
+
+
+class _LayerNormCellBase(_NotScriptable, torch.nn.modules.rnn.RNNCellBase):
+    """torch.nn's cell parameters (weight_ih, weight_hh, bias_ih, bias_hh, initialized as
+    torch.nn's) plus the layer norms' weights (ones) and biases (zeros): layernorm_ih_* and
+    layernorm_hh_* over the G*H gate rows of each product, and `extra_norms` more over H."""
+
+    def __init__(self, input_size, hidden_size, bias, num_chunks, extra_norms, device, dtype):
+        self._norms = [("ih", num_chunks * hidden_size), ("hh", num_chunks * hidden_size)]
+        self._norms += [(name, hidden_size) for name in extra_norms]
+        super().__init__(input_size, hidden_size, bias, num_chunks, device=device, dtype=dtype)
+        factory = {"device": device, "dtype": dtype}
+        for name, size in self._norms:
+            setattr(self, f"layernorm_{name}_weight",
+                    torch.nn.Parameter(torch.ones(size, **factory)))
+            setattr(self, f"layernorm_{name}_bias", torch.nn.Parameter(torch.zeros(size, **factory)))
+
+    def reset_parameters(self):
+        super().reset_parameters()  # every parameter uniform, as torch.nn's cells
+        with torch.no_grad():
+            for name, _size in self._norms:
+                if hasattr(self, f"layernorm_{name}_weight"):
+                    getattr(self, f"layernorm_{name}_weight").fill_(1.0)
+                    getattr(self, f"layernorm_{name}_bias").zero_()
+
+    def _norm_parameters(self):
+        params = []
+        for name, _size in self._norms:
+            params += [getattr(self, f"layernorm_{name}_weight"),
+                       getattr(self, f"layernorm_{name}_bias")]
+        return params
+
+
+class LayerNormLSTMCell(_LayerNormCellBase):
+    """A layer-normalized LSTM cell (Ba et al. 2016), one fused op a step.
+
+    torch.nn.LSTMCell's arguments, parameters and call, plus layernorm_ih_weight/_bias,
+    layernorm_hh_weight/_bias [4H] and layernorm_c_weight/_bias [H]:
+    a = LN_ih(x W_ih^T) + LN_hh(h W_hh^T) + b_ih + b_hh, split into i, f, g, o;
+    c' = sigmoid(f) c + sigmoid(i) tanh(g); h' = sigmoid(o) tanh(LN_c(c')).
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, bias, 4, ["c"], device, dtype)
+
+    def forward(self, input, hx=None):
+        _check_rank("LayerNormLSTMCell", "input", input)
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                _check_rank("LayerNormLSTMCell", f"hx[{idx}]", value)
+        batched = input.dim() == 2
+        if not batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = input.new_zeros(input.size(0), self.hidden_size)
+            hx = (zeros, zeros)
+        elif not batched:
+            hx = tuple(value.unsqueeze(0) for value in hx)
+        hy, cy = functional.layernorm_lstm_cell(input, hx, self.weight_ih, self.weight_hh,
+                                                self.bias_ih, self.bias_hh,
+                                                *self._norm_parameters())
+        if not batched:
+            return hy.squeeze(0), cy.squeeze(0)
+        return hy, cy
+
+
+class LayerNormGRUCell(_LayerNormCellBase):
+    """A layer-normalized GRU cell, one fused op a step.
+
+    torch.nn.GRUCell's arguments, parameters and call, plus layernorm_ih_weight/_bias and
+    layernorm_hh_weight/_bias [3H]: gx = LN_ih(x W_ih^T) + b_ih, gh = LN_hh(h W_hh^T) + b_hh;
+    r = sigmoid(gx_r + gh_r), z = sigmoid(gx_z + gh_z), n = tanh(gx_n + r gh_n);
+    h' = (1 - z) n + z h.
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, bias, 3, [], device, dtype)
+
+    def forward(self, input, hx=None):
+        _check_rank("LayerNormGRUCell", "input", input)
+        if hx is not None:
+            _check_rank("LayerNormGRUCell", "hidden", hx)
+        batched = input.dim() == 2
+        if not batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = input.new_zeros(input.size(0), self.hidden_size)
+        elif not batched:
+            hx = hx.unsqueeze(0)
+        hy = functional.layernorm_gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                                           self.bias_hh, *self._norm_parameters())
         return hy if batched else hy.squeeze(0)
 
 

@@ -197,6 +197,96 @@ def _gru_layer_backward_fake(grad_output, grad_hy, input, batch_sizes, hx, w_ih,
     return _gru_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, workspace, output_mask)
 
 
+# The layer-normalized cells: saved rows of 13H+3 (LSTM) and 10H+2 (GRU) values, in the op-math
+# dtype (csrc/layernorm_cell_math.h).
+def _saved_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@torch.library.register_fake("fused_rnn::layernorm_lstm_cell")
+def _layernorm_lstm_cell_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln_ih_bias,
+                              ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias):
+    _check_one_device("fused_rnn.layernorm_lstm_cell", input=input, hx=hx, cx=cx, w_ih=w_ih,
+                      w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, ln_ih_weight=ln_ih_weight,
+                      ln_ih_bias=ln_ih_bias, ln_hh_weight=ln_hh_weight, ln_hh_bias=ln_hh_bias,
+                      ln_c_weight=ln_c_weight, ln_c_bias=ln_c_bias)
+    batch, hidden = input.shape[0], w_hh.shape[1]
+    return (input.new_empty(batch, hidden), input.new_empty(batch, hidden),
+            input.new_empty(batch, 13 * hidden + 3, dtype=_saved_dtype(input.dtype)))
+
+
+@torch.library.register_fake("fused_rnn::layernorm_lstm_cell_backward")
+def _layernorm_lstm_cell_backward_fake(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, ln_ih_weight,
+                                       ln_hh_weight, ln_c_weight, ln_c_bias, saved, output_mask):
+    likes = (input, hx, cx, w_ih, w_hh, ln_ih_weight, ln_ih_weight, ln_ih_weight, ln_hh_weight,
+             ln_hh_weight, ln_c_weight, ln_c_weight)
+    return tuple(_empty_like_if(wanted, like) for wanted, like in zip(output_mask, likes))
+
+
+@torch.library.register_fake("fused_rnn::layernorm_gru_cell")
+def _layernorm_gru_cell_fake(input, hx, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln_ih_bias,
+                             ln_hh_weight, ln_hh_bias):
+    _check_one_device("fused_rnn.layernorm_gru_cell", input=input, hx=hx, w_ih=w_ih, w_hh=w_hh,
+                      b_ih=b_ih, b_hh=b_hh, ln_ih_weight=ln_ih_weight, ln_ih_bias=ln_ih_bias,
+                      ln_hh_weight=ln_hh_weight, ln_hh_bias=ln_hh_bias)
+    batch, hidden = input.shape[0], w_hh.shape[1]
+    return (input.new_empty(batch, hidden),
+            input.new_empty(batch, 10 * hidden + 2, dtype=_saved_dtype(input.dtype)))
+
+
+@torch.library.register_fake("fused_rnn::layernorm_gru_cell_backward")
+def _layernorm_gru_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, ln_ih_weight, ln_hh_weight,
+                                      saved, output_mask):
+    likes = (input, hx, w_ih, w_hh, ln_ih_weight, ln_ih_weight, ln_ih_weight, ln_ih_weight,
+             ln_hh_weight, ln_hh_weight)
+    return tuple(_empty_like_if(wanted, like) for wanted, like in zip(output_mask, likes))
+
+
+# Their autograd, registered here (the plain cells' is in C++): the backward op computes only
+# what needs_input_grad asks for. Their backward is not itself differentiable (no double
+# backward yet): autograd says so if asked.
+def _layernorm_lstm_setup_context(ctx, inputs, output):
+    input, hx, cx, w_ih, w_hh, _b_ih, _b_hh, ln_ih_w, _ln_ih_b, ln_hh_w, _ln_hh_b, ln_c_w, ln_c_b = \
+        inputs
+    _hy, _cy, saved = output
+    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, ln_ih_w, ln_hh_w, ln_c_w, ln_c_b, saved)
+    ctx.mark_non_differentiable(saved)
+    ctx.set_materialize_grads(False)
+
+
+def _layernorm_lstm_backward(ctx, grad_hy, grad_cy, _grad_saved):
+    input, hx, cx, w_ih, w_hh, ln_ih_w, ln_hh_w, ln_c_w, ln_c_b, saved = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [need[0], need[1], need[2], need[3], need[4], need[5] or need[6], *need[7:]]
+    grads = torch.ops.fused_rnn.layernorm_lstm_cell_backward(
+        _or_zeros(grad_hy, hx), _or_zeros(grad_cy, cx), input, hx, cx, w_ih, w_hh, ln_ih_w,
+        ln_hh_w, ln_c_w, ln_c_b, saved, mask)
+    grad_bias = grads[5]
+    return (*grads[:5], grad_bias if need[5] else None, grad_bias if need[6] else None,
+            *grads[6:])
+
+
+def _layernorm_gru_setup_context(ctx, inputs, output):
+    input, hx, w_ih, w_hh, _b_ih, _b_hh, ln_ih_w, _ln_ih_b, ln_hh_w, _ln_hh_b = inputs
+    _hy, saved = output
+    ctx.save_for_backward(input, hx, w_ih, w_hh, ln_ih_w, ln_hh_w, saved)
+    ctx.mark_non_differentiable(saved)
+    ctx.set_materialize_grads(False)
+
+
+def _layernorm_gru_backward(ctx, grad_hy, _grad_saved):
+    input, hx, w_ih, w_hh, ln_ih_w, ln_hh_w, saved = ctx.saved_tensors
+    return tuple(torch.ops.fused_rnn.layernorm_gru_cell_backward(
+        _or_zeros(grad_hy, hx), input, hx, w_ih, w_hh, ln_ih_w, ln_hh_w, saved,
+        list(ctx.needs_input_grad)))
+
+
+torch.library.register_autograd("fused_rnn::layernorm_lstm_cell", _layernorm_lstm_backward,
+                                setup_context=_layernorm_lstm_setup_context)
+torch.library.register_autograd("fused_rnn::layernorm_gru_cell", _layernorm_gru_backward,
+                                setup_context=_layernorm_gru_setup_context)
+
+
 # ---------------------------------------------------------------------------------------------
 # The ops themselves are differentiable through their autograd kernels in C++ (csrc/autograd.cpp).
 # The same forward/backward pairs as torch.autograd.Function classes, for code that wants one:

@@ -7,7 +7,11 @@ tests and benchmarks can hold the kernels to it.
 
 import torch
 
-__all__ = ["gru_cell", "gru_cell_backward", "lstm_cell", "lstm_cell_backward"]
+__all__ = ["gru_cell", "gru_cell_backward", "layer_norm", "layernorm_gru_cell",
+           "layernorm_lstm_cell", "lstm_cell", "lstm_cell_backward"]
+
+# The layer-normalized cells' epsilon, as torch.nn.functional.layer_norm's default.
+LAYER_NORM_EPS = 1e-5
 
 
 def _linear(x, w, b):
@@ -63,3 +67,52 @@ def gru_cell_backward(grad_hy, input, hx, w_ih, w_hh, workspace, output_mask):
              grad_input_gates.t() @ input, grad_hidden_gates.t() @ hx, grad_input_gates.sum(0),
              grad_hidden_gates.sum(0))
     return tuple(gr if wanted else None for gr, wanted in zip(grads, output_mask))
+
+
+def layer_norm(v, weight, bias):
+    """LN(v; w, b) over the last dimension, biased variance, LAYER_NORM_EPS."""
+    mean = v.mean(dim=-1, keepdim=True)
+    var = ((v - mean) ** 2).mean(dim=-1, keepdim=True)
+    return (v - mean) / torch.sqrt(var + LAYER_NORM_EPS) * weight + bias
+
+
+def layernorm_lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln_ih_bias,
+                        ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias):
+    """The layer-normalized LSTM step (Ba et al. 2016): input [B,I], hx, cx [B,H] -> hy, cy.
+
+    a = LN_ih(x W_ih^T) + LN_hh(h W_hh^T) + b_ih + b_hh, split into i, f, g, o as torch.nn does;
+    c' = sigmoid(f) c + sigmoid(i) tanh(g); h' = sigmoid(o) tanh(LN_c(c')). LN_ih and LN_hh
+    normalize the 4H gate rows together, LN_c the H units.
+    """
+    pre = (layer_norm(input @ w_ih.t(), ln_ih_weight, ln_ih_bias)
+           + layer_norm(hx @ w_hh.t(), ln_hh_weight, ln_hh_bias))
+    if b_ih is not None:
+        pre = pre + b_ih
+    if b_hh is not None:
+        pre = pre + b_hh
+    a_i, a_f, a_g, a_o = pre.chunk(4, dim=1)
+    cy = torch.sigmoid(a_f) * cx + torch.sigmoid(a_i) * torch.tanh(a_g)
+    hy = torch.sigmoid(a_o) * torch.tanh(layer_norm(cy, ln_c_weight, ln_c_bias))
+    return hy, cy
+
+
+def layernorm_gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln_ih_bias, ln_hh_weight,
+                       ln_hh_bias):
+    """The layer-normalized GRU step: input [B,I], hx [B,H] -> hy.
+
+    gx = LN_ih(x W_ih^T) + b_ih, gh = LN_hh(h W_hh^T) + b_hh (each over its 3H rows);
+    r = sigmoid(gx_r + gh_r), z = sigmoid(gx_z + gh_z), n = tanh(gx_n + r gh_n);
+    h' = (1 - z) n + z h.
+    """
+    gx = layer_norm(input @ w_ih.t(), ln_ih_weight, ln_ih_bias)
+    gh = layer_norm(hx @ w_hh.t(), ln_hh_weight, ln_hh_bias)
+    if b_ih is not None:
+        gx = gx + b_ih
+    if b_hh is not None:
+        gh = gh + b_hh
+    x_r, x_z, x_n = gx.chunk(3, dim=1)
+    h_r, h_z, h_n = gh.chunk(3, dim=1)
+    r = torch.sigmoid(x_r + h_r)
+    z = torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    return (1 - z) * n + z * hx
