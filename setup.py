@@ -80,7 +80,7 @@ def _extension():
         ("FUSED_RNN_TORCH_VERSION", f'"{torch.__version__}"'),
     ]
     sources = ["csrc/fused_rnn.cpp", "csrc/cell_common.cpp", "csrc/layer_common.cpp",
-               "csrc/autograd.cpp", "csrc/autocast.cpp", "csrc/composite.cpp",
+               "csrc/layernorm_cell_ops.cpp", "csrc/autograd.cpp", "csrc/autocast.cpp", "csrc/composite.cpp",
                "csrc/python_module.cpp"]
     sources += [s for s in _sources("csrc/cpu/*.cpp") if s not in ISA_SOURCES]
     if X86:

@@ -1,7 +1,7 @@
 // Autocast for the ops: under torch.autocast the forward ops run in the dtype torch.nn's would. On
 // CUDA torch.nn casts its LSTM and GRU (cuDNN's RNN) and its cells to autocast's lower-precision
 // dtype; on the CPU it casts the LSTM only (its GRU and cells keep float32). The layer-normalized
-// cells, which torch.nn lacks, are cast as its cells are. Every op, cast or not,
+// cells and layers, which torch.nn lacks, are cast as its cells are. Every op, cast or not,
 // then runs below autocast, so that the ATen products inside our kernels take the op's dtype
 // rather than autocast's. One boxed kernel serves every op.
 #include <ATen/autocast_mode.h>
@@ -32,12 +32,14 @@ torch::CppFunction kernel() {
   return torch::CppFunction::makeFromBoxedFunction<&below_autocast<device, cast>>();
 }
 
-constexpr const char* kForwardOps[] = {"lstm_cell",           "gru_cell",
-                                       "lstm_layer",          "gru_layer",
-                                       "layernorm_lstm_cell", "layernorm_gru_cell"};
-constexpr const char* kBackwardOps[] = {"lstm_cell_backward",           "gru_cell_backward",
-                                        "lstm_layer_backward",          "gru_layer_backward",
-                                        "layernorm_lstm_cell_backward", "layernorm_gru_cell_backward"};
+constexpr const char* kForwardOps[] = {
+    "lstm_cell",           "gru_cell",           "lstm_layer",           "gru_layer",
+    "layernorm_lstm_cell", "layernorm_gru_cell", "layernorm_lstm_layer", "layernorm_gru_layer"};
+constexpr const char* kBackwardOps[] = {
+    "lstm_cell_backward",           "gru_cell_backward",
+    "lstm_layer_backward",          "gru_layer_backward",
+    "layernorm_lstm_cell_backward", "layernorm_gru_cell_backward",
+    "layernorm_lstm_layer_backward", "layernorm_gru_layer_backward"};
 constexpr auto kCuda = c10::DeviceType::CUDA;
 constexpr auto kCpu = c10::DeviceType::CPU;
 

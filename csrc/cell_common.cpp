@@ -1,6 +1,7 @@
 // Argument checks, the input projection, and the cell ops over a device's kernels, once for
 // every cell kind.
 #include "cell_ops.h"
+#include "layernorm_cell_ops.h"
 
 #include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
@@ -150,31 +151,44 @@ OptionalTensor optional_if(bool given, const Tensor& t) {
 
 }  // namespace
 
+// t in a cell's saved type (as layer_common.cpp's).
+template <typename Cell>
+Tensor in_saved_type(const Tensor& t) {
+  if constexpr (Cell::kSavedInOpMath) return t.to(saved_type<Cell>(t.scalar_type()));
+  return t;
+}
+
 template <typename Cell>
 CellForward cell_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
                          const Tensor& input, const Tensor& hx, const OptionalTensor& cx,
                          const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
-                         const OptionalTensor& b_hh) {
+                         const OptionalTensor& b_hh, at::ArrayRef<Tensor> norms) {
   constexpr bool kCell = Cell::kHasCellState;
   const CellSizes s = check_cell_forward_args(cell_op_names<Cell>().cell.c_str(), Cell::kGates,
                                               input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+  if constexpr (Cell::kNorms > 0) {
+    Cell::check_norms(cell_op_names<Cell>().cell.c_str(), norms, s.hidden, input);
+  }
   const auto state = [&] { return at::empty({s.batch, s.hidden}, input.options()); };
   StepTensors st;
-  st.input_side = input_projection(lin, input, w_ih, input_side_bias<Cell>(b_ih, b_hh));
+  st.input_side = input_projection(lin, in_saved_type<Cell>(input), in_saved_type<Cell>(w_ih),
+                                   input_side_bias<Cell>(b_ih, b_hh));
   st.h_prev = hx.contiguous();
-  st.w_hh = k.prepare_recurrent(w_hh, s.batch, 1);
+  st.w_hh = k.prepare_recurrent(in_saved_type<Cell>(w_hh), s.batch, 1);
   st.h_out = state();
   if constexpr (kCell) {
     st.c_prev = cx->contiguous();
     st.c_out = state();
-  } else {
-    st.b_hh = b_hh;
   }
+  if (Cell::kInputSideBiases < 1) st.b_ih = b_ih;
+  if (Cell::kInputSideBiases < 2) st.b_hh = b_hh;
+  st.norms = norms;
   // Where the pre-activations sum the sides, the input projection becomes the activations in
   // place.
   st.saved = Cell::kPreActivationsSumSides
                  ? st.input_side
-                 : at::empty({s.batch, Cell::kSaved * s.hidden}, input.options());
+                 : at::empty({s.batch, Cell::saved_columns(s.hidden)},
+                             input.options().dtype(saved_type<Cell>(input.scalar_type())));
   k.step(st);
   return {st.h_out, st.c_out, st.saved};
 }
@@ -183,18 +197,25 @@ template <typename Cell>
 Grads cell_backward(const LinearKernels& lin, const CellKernels<Cell>& k, const Tensor& grad_hy,
                     const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
                     const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
-                    const Tensor& saved, const Tensor& cy, const GradMask& mask) {
+                    const Tensor& saved, const Tensor& cy, const GradMask& mask,
+                    at::ArrayRef<Tensor> norms) {
   constexpr bool kCell = Cell::kHasCellState;
   const char* op = cell_op_names<Cell>().cell_backward.c_str();
   const CellSizes s = check_cell_forward_args(op, Cell::kGates, input, hx, optional_if(kCell, cx),
                                               w_ih, w_hh, std::nullopt, std::nullopt);
   const int64_t B = s.batch, H = s.hidden;
+  const auto grad_options = input.options().dtype(saved_type<Cell>(input.scalar_type()));
+  if constexpr (Cell::kNorms > 0) Cell::check_norms(op, norms, H, input);
   check_saved(op, "grad_hy", grad_hy, {B, H}, input);
   if (kCell) check_saved(op, "grad_cy", grad_cy, {B, H}, input);
-  check_saved(op, Cell::kSavedName, saved, {B, Cell::kSaved * H}, input);
+  check_saved(op, Cell::kSavedName, saved, {B, Cell::saved_columns(H)},
+              Cell::kSavedInOpMath ? at::empty({0}, grad_options) : input);
   if (kCell) check_saved(op, "cy", cy, {B, H}, input);
 
-  const auto empty = [&](int64_t columns) { return at::empty({B, columns}, input.options()); };
+  // The gate gradients in the saved type; the carried states' in the dtype.
+  const auto empty = [&](int64_t columns, const at::TensorOptions& options) {
+    return at::empty({B, columns}, options);
+  };
   GateGradTensors gg;
   gg.grad_h = grad_hy.contiguous();
   gg.saved = saved.contiguous();
@@ -203,24 +224,39 @@ Grads cell_backward(const LinearKernels& lin, const CellKernels<Cell>& k, const 
     gg.grad_c = grad_cy.contiguous();
     gg.c_prev = cx.contiguous();
     gg.c_out = cy.contiguous();
-    gg.grad_c_prev = empty(H);
+    gg.grad_c_prev = empty(H, input.options());
   }
-  gg.grad_input_gates = empty(Cell::kGates * H);
-  gg.grad_hidden_gates =
-      Cell::kPreActivationsSumSides ? gg.grad_input_gates : empty(Cell::kGates * H);
-  if (Cell::kDirectStateGrad) gg.grad_h_direct = empty(H);
+  gg.grad_input_gates = empty(Cell::kGates * H, grad_options);
+  gg.grad_hidden_gates = Cell::kPreActivationsSumSides ? gg.grad_input_gates
+                                                       : empty(Cell::kGates * H, grad_options);
+  if (Cell::kDirectStateGrad) gg.grad_h_direct = empty(H, input.options());
+  gg.norms = norms;
+  if constexpr (Cell::kNorms > 0) gg.grad_pre = empty(Cell::pre_grad_columns(H), grad_options);
   k.gate_grads(gg);
   const Tensor& gi = gg.grad_input_gates;
   const Tensor& gh = gg.grad_hidden_gates;
+  // The products in the gradients' type, the results in the dtype.
+  const auto product = [&](const Tensor& a, const Tensor& b, const OptionalTensor& add) {
+    if constexpr (Cell::kSavedInOpMath) {
+      const at::ScalarType t = gi.scalar_type();
+      const OptionalTensor add_t = add.has_value() ? OptionalTensor(add->to(t)) : std::nullopt;
+      return lin.matmul(a, b.to(t), add_t).to(input.scalar_type());
+    }
+    return lin.matmul(a, b, add);
+  };
   Grads g;
-  if (mask.input) g.input = lin.matmul(gi, w_ih, std::nullopt);
-  if (mask.hx) g.hx = lin.matmul(gh, w_hh, optional_if(Cell::kDirectStateGrad, gg.grad_h_direct));
+  if (mask.input) g.input = product(gi, w_ih, std::nullopt);
+  if (mask.hx) g.hx = product(gh, w_hh, optional_if(Cell::kDirectStateGrad, gg.grad_h_direct));
   if (mask.cx) g.cx = gg.grad_c_prev;
-  if (mask.w_ih) g.w_ih = lin.matmul(gi.t(), input, std::nullopt);
-  if (mask.w_hh) g.w_hh = lin.matmul(gh.t(), hx, std::nullopt);
-  // Where the pre-activations sum the sides, both biases share b_ih's gradient.
-  if (mask.b_ih) g.b_ih = at::sum(gi, 0);
-  if (mask.b_hh) g.b_hh = at::sum(gh, 0);
+  if (mask.w_ih) g.w_ih = product(gi.t(), input, std::nullopt);
+  if (mask.w_hh) g.w_hh = product(gh.t(), hx, std::nullopt);
+  if constexpr (Cell::kNorms > 0) {
+    Cell::parameter_grads(gg.grad_pre, gg.saved, H, mask, g, input.scalar_type());
+  } else {
+    // Where the pre-activations sum the sides, both biases share b_ih's gradient.
+    if (mask.b_ih) g.b_ih = at::sum(gi, 0);
+    if (mask.b_hh) g.b_hh = at::sum(gh, 0);
+  }
   return g;
 }
 
@@ -228,12 +264,14 @@ Grads cell_backward(const LinearKernels& lin, const CellKernels<Cell>& k, const 
   template CellForward cell_forward<Cell>(const LinearKernels&, const CellKernels<Cell>&,      \
                                           const Tensor&, const Tensor&, const OptionalTensor&, \
                                           const Tensor&, const Tensor&, const OptionalTensor&, \
-                                          const OptionalTensor&);                              \
+                                          const OptionalTensor&, at::ArrayRef<Tensor>);        \
   template Grads cell_backward<Cell>(const LinearKernels&, const CellKernels<Cell>&,           \
                                      const Tensor&, const Tensor&, const Tensor&, const Tensor&, \
                                      const Tensor&, const Tensor&, const Tensor&, const Tensor&, \
-                                     const Tensor&, const GradMask&);
+                                     const Tensor&, const GradMask&, at::ArrayRef<Tensor>);
 FUSED_RNN_INSTANTIATE_CELL_OPS(LstmCell)
 FUSED_RNN_INSTANTIATE_CELL_OPS(GruCell)
+FUSED_RNN_INSTANTIATE_CELL_OPS(LayerNormLstmCell)
+FUSED_RNN_INSTANTIATE_CELL_OPS(LayerNormGruCell)
 
 }  // namespace fused_rnn

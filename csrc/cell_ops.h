@@ -11,6 +11,7 @@
 #include "cell_math.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 #include <torch/library.h>
@@ -29,8 +30,10 @@ using Tensor = at::Tensor;
 using OptionalTensor = std::optional<Tensor>;
 
 // ---------------------------------------------------------------------------------------------
-// Cell kinds. Each says: its gate count G (rows of W_ih and W_hh: G*H), the values per unit it
-// saves for the backward S (saved rows [*, S*H]), and how it differs where the loops care.
+// Cell kinds. Each says: its gate count G (rows of W_ih and W_hh: G*H), what it saves for the
+// backward (saved rows [*, saved_columns(H)]: S values a unit for these two), its parameters
+// beyond torch.nn's (kNorms, the layer-normalized cells'), and how it differs where the loops
+// care. The layer-normalized cells' traits are in layernorm_cell_ops.h.
 
 struct LstmCell {
   static constexpr const char* kName = "lstm";
@@ -48,6 +51,13 @@ struct LstmCell {
   static constexpr bool kDirectStateGrad = false;
   // The ops' name for the saved values.
   static constexpr const char* kSavedName = "gates";
+  // The biases the input projection takes: both (their pre-activations sum the sides).
+  static constexpr int kInputSideBiases = 2;
+  // Saved values in the dtype, S a unit.
+  static constexpr bool kSavedInOpMath = false;
+  static constexpr int64_t saved_columns(int64_t hidden) { return kSaved * hidden; }
+  // No parameters beyond torch.nn's.
+  static constexpr int kNorms = 0;
 };
 
 struct GruCell {
@@ -61,6 +71,10 @@ struct GruCell {
   static constexpr bool kGateGradsReadHPrev = true;
   static constexpr bool kDirectStateGrad = true;
   static constexpr const char* kSavedName = "workspace";
+  static constexpr int kInputSideBiases = 1;  // b_ih
+  static constexpr bool kSavedInOpMath = false;
+  static constexpr int64_t saved_columns(int64_t hidden) { return kSaved * hidden; }
+  static constexpr int kNorms = 0;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -75,10 +89,12 @@ struct StepTensors {
   Tensor h_prev;         // [B, P]
   Tensor c_prev;         // [B, H], cell state
   Tensor w_hh;           // [G*H, P], as the cell's prepare_recurrent left it
-  OptionalTensor b_hh;   // [G*H], where not on the input side (!kPreActivationsSumSides)
+  OptionalTensor b_ih;   // [G*H], where not on the input side (kInputSideBiases < 1)
+  OptionalTensor b_hh;   // [G*H], where not on the input side (kInputSideBiases < 2)
+  at::ArrayRef<Tensor> norms;  // the cell's kNorms parameters beyond torch.nn's
   Tensor h_out;          // [B, H]: the cell's h (before an LSTM's projection)
   Tensor c_out;          // [B, H], cell state
-  Tensor saved;          // [B, S*H]; with kPreActivationsSumSides, input_side itself
+  Tensor saved;          // [B, saved_columns(H)]; with kPreActivationsSumSides, input_side itself
 };
 
 // One step's gate gradients (the pointwise backward).
@@ -93,6 +109,9 @@ struct GateGradTensors {
                              // kPreActivationsSumSides)
   Tensor grad_c_prev;        // [B, H] out, cell state; may be grad_c
   Tensor grad_h_direct;      // [B, H] out, where kDirectStateGrad; may be grad_h
+  at::ArrayRef<Tensor> norms;  // the cell's kNorms parameters
+  Tensor grad_pre;           // [B, pre_grad_columns(H)] out, where kNorms: what the cell's
+                             // parameter_grads sums over the rows
 };
 
 // A layer's whole forward, for one uniform batch of B rows a step and no projection: the rows of
@@ -100,12 +119,13 @@ struct GateGradTensors {
 struct SequenceTensors {
   Tensor input_side;   // [N, G*H]
   Tensor h0, c0;       // [B, H] (c0: cell state)
-  Tensor w_hh;         // [G*H, H]
-  OptionalTensor b_hh;
+  Tensor w_hh;         // [G*H, H] (in the saved type where kSavedInOpMath)
+  OptionalTensor b_ih, b_hh;   // the biases the steps add (StepTensors)
+  at::ArrayRef<Tensor> norms;  // the cell's kNorms parameters
   Tensor output;       // [N, H]
   Tensor cell_states;  // [N, H], cell state
-  Tensor saved;        // [N, S*H], or [B, S*H] that every step reuses (nothing kept); with
-                       // kPreActivationsSumSides, input_side itself
+  Tensor saved;        // [N, saved_columns(H)], or its B rows that every step reuses (nothing
+                       // kept); with kPreActivationsSumSides, input_side itself
   bool reverse;
 };
 
@@ -240,8 +260,16 @@ OptionalTensor summed_biases(std::initializer_list<const OptionalTensor*> biases
 // b_ih (b_hh then goes to the step).
 template <typename Cell>
 OptionalTensor input_side_bias(const OptionalTensor& b_ih, const OptionalTensor& b_hh) {
-  if constexpr (Cell::kPreActivationsSumSides) return summed_biases({&b_ih, &b_hh});
-  return b_ih;
+  if constexpr (Cell::kInputSideBiases == 2) return summed_biases({&b_ih, &b_hh});
+  if constexpr (Cell::kInputSideBiases == 1) return b_ih;
+  return std::nullopt;
+}
+
+// The dtype of a cell's saved values and gradients for an input of dtype `dtype`: the dtype, or
+// its op-math type (float for the half types) where kSavedInOpMath.
+template <typename Cell>
+at::ScalarType saved_type(at::ScalarType dtype) {
+  return Cell::kSavedInOpMath ? at::toOpMathType(dtype) : dtype;
 }
 
 // The input projection x W_ih^T + bias: one product over all rows of x, in the dtype of x.
@@ -275,21 +303,25 @@ struct LayerArgs {
   Tensor input, batch_sizes, hx, cx, w_ih, w_hh;
   OptionalTensor b_ih, b_hh, w_hr;
   bool reverse;
+  std::vector<Tensor> norms;  // the cell's kNorms parameters beyond torch.nn's
 };
 // A backward's gradients: grad_b_hh where its own (b_ih's otherwise serves both).
 struct Grads {
   Tensor input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr;
+  std::vector<Tensor> norms;  // of the kNorms parameters
 };
 // Which of them to compute.
 struct GradMask {
   bool input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr;
+  std::vector<bool> norms = {};
 };
 
 template <typename Cell>
 Grads cell_backward(const LinearKernels& lin, const CellKernels<Cell>& k, const Tensor& grad_hy,
                     const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
                     const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
-                    const Tensor& saved, const Tensor& cy, const GradMask& mask);
+                    const Tensor& saved, const Tensor& cy, const GradMask& mask,
+                    at::ArrayRef<Tensor> norms = {});
 template <typename Cell>
 LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
                            const LayerArgs& a, bool keep_saved);
@@ -305,7 +337,7 @@ template <typename Cell>
 CellForward cell_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
                          const Tensor& input, const Tensor& hx, const OptionalTensor& cx,
                          const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
-                         const OptionalTensor& b_hh);
+                         const OptionalTensor& b_hh, at::ArrayRef<Tensor> norms = {});
 
 // Registers a cell forward op as the shared kernels' cell_forward, for a device without a fused
 // cell kernel of its own.

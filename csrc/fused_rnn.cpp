@@ -44,11 +44,12 @@ TORCH_LIBRARY(fused_rnn, m) {
   // ln_c_bias.
   m.def(
       "layernorm_lstm_cell_backward(Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, "
-      "Tensor cx, Tensor w_ih, Tensor w_hh, Tensor ln_ih_weight, Tensor ln_hh_weight, Tensor "
-      "ln_c_weight, Tensor ln_c_bias, Tensor saved, bool[12] output_mask) -> (Tensor grad_input, "
-      "Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, "
-      "Tensor grad_ln_ih_weight, Tensor grad_ln_ih_bias, Tensor grad_ln_hh_weight, Tensor "
-      "grad_ln_hh_bias, Tensor grad_ln_c_weight, Tensor grad_ln_c_bias)");
+      "Tensor cx, Tensor w_ih, Tensor w_hh, Tensor ln_ih_weight, Tensor ln_ih_bias, Tensor "
+      "ln_hh_weight, Tensor ln_hh_bias, Tensor ln_c_weight, Tensor ln_c_bias, Tensor saved, "
+      "Tensor cy, bool[12] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, "
+      "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, Tensor grad_ln_ih_weight, Tensor "
+      "grad_ln_ih_bias, Tensor grad_ln_hh_weight, Tensor grad_ln_hh_bias, Tensor "
+      "grad_ln_c_weight, Tensor grad_ln_c_bias)");
   // One layer-normalized GRU cell step: gx = LN_ih(x w_ih^T) + b_ih, gh = LN_hh(hx w_hh^T) +
   // b_hh, then the GRU's gates on gx and gh. ln_* [3H]. saved [B, 10H+2] in the op-math dtype:
   // r, z, n, h_n, the normalized products and the two rows' rstd.
@@ -60,10 +61,48 @@ TORCH_LIBRARY(fused_rnn, m) {
   // ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias.
   m.def(
       "layernorm_gru_cell_backward(Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, Tensor "
-      "w_hh, Tensor ln_ih_weight, Tensor ln_hh_weight, Tensor saved, bool[10] output_mask) -> "
-      "(Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
-      "Tensor grad_b_hh, Tensor grad_ln_ih_weight, Tensor grad_ln_ih_bias, Tensor "
-      "grad_ln_hh_weight, Tensor grad_ln_hh_bias)");
+      "w_hh, Tensor ln_ih_weight, Tensor ln_ih_bias, Tensor ln_hh_weight, Tensor ln_hh_bias, "
+      "Tensor saved, bool[10] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor "
+      "grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor "
+      "grad_ln_ih_weight, Tensor grad_ln_ih_bias, Tensor grad_ln_hh_weight, Tensor "
+      "grad_ln_hh_bias)");
+  // One layer-normalized LSTM layer in one direction over a whole (packed) sequence, laid out as
+  // lstm_layer (no projection), with layernorm_lstm_cell's norms. Returns output [N,H], hy, cy
+  // [B,H], and for the backward saved [N, 13H+3] (op-math dtype) and cell_states [N,H];
+  // keep_saved as for lstm_layer.
+  m.def(
+      "layernorm_lstm_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, "
+      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor ln_ih_weight, Tensor ln_ih_bias, Tensor "
+      "ln_hh_weight, Tensor ln_hh_bias, Tensor ln_c_weight, Tensor ln_c_bias, bool reverse, bool "
+      "keep_saved=True) -> (Tensor output, Tensor hy, Tensor cy, Tensor saved, Tensor "
+      "cell_states)");
+  // Backpropagation through time for layernorm_lstm_layer; output_mask as
+  // layernorm_lstm_cell_backward's.
+  m.def(
+      "layernorm_lstm_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor "
+      "input, Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor "
+      "ln_ih_weight, Tensor ln_ih_bias, Tensor ln_hh_weight, Tensor ln_hh_bias, Tensor "
+      "ln_c_weight, Tensor ln_c_bias, Tensor output, Tensor saved, Tensor cell_states, bool "
+      "reverse, bool[12] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, "
+      "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, Tensor grad_ln_ih_weight, Tensor "
+      "grad_ln_ih_bias, Tensor grad_ln_hh_weight, Tensor grad_ln_hh_bias, Tensor "
+      "grad_ln_c_weight, Tensor grad_ln_c_bias)");
+  // One layer-normalized GRU layer, laid out as gru_layer, with layernorm_gru_cell's norms.
+  // Returns output [N,H], hy [B,H] and saved [N, 10H+2] (op-math dtype).
+  m.def(
+      "layernorm_gru_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor w_ih, Tensor "
+      "w_hh, Tensor? b_ih, Tensor? b_hh, Tensor ln_ih_weight, Tensor ln_ih_bias, Tensor "
+      "ln_hh_weight, Tensor ln_hh_bias, bool reverse, bool keep_saved=True) -> (Tensor output, "
+      "Tensor hy, Tensor saved)");
+  // Backpropagation through time for layernorm_gru_layer; output_mask as
+  // layernorm_gru_cell_backward's.
+  m.def(
+      "layernorm_gru_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor "
+      "batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor ln_ih_weight, Tensor "
+      "ln_ih_bias, Tensor ln_hh_weight, Tensor ln_hh_bias, Tensor output, Tensor saved, bool "
+      "reverse, bool[10] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, "
+      "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_ln_ih_weight, Tensor "
+      "grad_ln_ih_bias, Tensor grad_ln_hh_weight, Tensor grad_ln_hh_bias)");
 
   // One LSTM layer in one direction over a whole (packed) sequence. input [N,I]: the steps one
   // after another, step t being batch_sizes[t] rows (batch_sizes: int64 on the CPU,

@@ -8,6 +8,7 @@
 // sequences keep their last state, which is what h_n reports. The reverse direction walks the
 // steps backwards: its batch grows, and a sequence joining at its last step starts from h0.
 #include "cell_ops.h"
+#include "layernorm_cell_ops.h"
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -204,7 +205,9 @@ void time_loop(const LinearKernels& lin, const CellKernels<Cell>& k,
   const bool saved_per_step = t.saved.size(0) == t.input_side.size(0);
   StepTensors step_tensors;
   step_tensors.w_hh = k.prepare_recurrent(t.w_hh, batch, uses);
+  step_tensors.b_ih = t.b_ih;
   step_tensors.b_hh = t.b_hh;
+  step_tensors.norms = t.norms;
   const Tensor w_hr_p = w_hr.has_value() ? lin.prepare_step_weight(*w_hr, batch, uses) : Tensor();
   Tensor h_scratch, c_scratch;
   for (size_t i = 0; i < order.size(); ++i) {
@@ -224,6 +227,25 @@ void time_loop(const LinearKernels& lin, const CellKernels<Cell>& k,
 }
 
 Tensor contiguous_or_self(const Tensor& t) { return t.defined() ? t.contiguous() : t; }
+
+// t in a cell's saved type (the op-math type for the layer-normalized cells, whose products run
+// in it; else t itself).
+template <typename Cell>
+Tensor in_saved_type(const Tensor& t) {
+  if constexpr (Cell::kSavedInOpMath) return t.to(saved_type<Cell>(t.scalar_type()));
+  return t;
+}
+
+// The biases a cell's steps add themselves (those not on its input side).
+template <typename Cell>
+std::pair<OptionalTensor, OptionalTensor> step_biases(const OptionalTensor& b_ih,
+                                                      const OptionalTensor& b_hh) {
+  const auto c = [](const OptionalTensor& b) {
+    return b.has_value() ? OptionalTensor(b->contiguous()) : b;
+  };
+  return {Cell::kInputSideBiases < 1 ? c(b_ih) : std::nullopt,
+          Cell::kInputSideBiases < 2 ? c(b_hh) : std::nullopt};
+}
 OptionalTensor contiguous_or_none(const OptionalTensor& t) {
   return t.has_value() ? OptionalTensor(t->contiguous()) : t;
 }
@@ -234,19 +256,23 @@ template <typename Cell>
 LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
                            const LayerArgs& a, bool keep_saved) {
   constexpr bool kCell = Cell::kHasCellState;
-  constexpr int64_t G = Cell::kGates, S = Cell::kSaved;
-  static_assert(!Cell::kPreActivationsSumSides || S == G,
+  constexpr int64_t G = Cell::kGates;
+  static_assert(!Cell::kPreActivationsSumSides || Cell::saved_columns(1) == G,
                 "a cell whose activations go over its input side saves one value per gate");
   const auto [s, order] =
       check_layer(op_names<Cell>().layer.c_str(), G, a.input, a.batch_sizes, a.hx,
                   kCell ? &a.cx : nullptr, a.w_ih, a.w_hh, a.b_ih, a.b_hh, a.w_hr, a.reverse);
   const Tensor& input = a.input;
-  const int64_t N = input.size(0), B = s.batch, H = s.hidden;
+  const int64_t N = input.size(0), B = s.batch, H = s.hidden, S = Cell::saved_columns(H);
+  if constexpr (Cell::kNorms > 0) Cell::check_norms(op_names<Cell>().layer.c_str(), a.norms, H, input);
+  const auto saved_options = input.options().dtype(saved_type<Cell>(input.scalar_type()));
   const bool uniform = uniform_batch(order, B);
   Tensor output = at::empty({N, s.state}, input.options());
   const Tensor h0 = a.hx.contiguous(), c0 = contiguous_or_self(a.cx);
-  const Tensor w_hh = a.w_hh.contiguous();
+  const Tensor w_hh = in_saved_type<Cell>(a.w_hh).contiguous();
   const OptionalTensor b_hh = contiguous_or_none(a.b_hh);
+  const auto [step_b_ih, step_b_hh] = step_biases<Cell>(a.b_ih, a.b_hh);
+  const auto not_kept_saved = [&] { return at::empty({0, S}, saved_options); };
   const auto final_cell_states = [&](const Tensor& cell_states) {
     return kCell ? final_states(order, cell_states, c0) : Tensor();
   };
@@ -259,13 +285,14 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
       return {output,
               final_states(order, output, h0),
               final_cell_states(saved.cell_states),
-              keep_saved ? saved.saved : not_kept(S * H, input),
+              keep_saved ? saved.saved : not_kept_saved(),
               kCell && keep_saved ? saved.cell_states : not_kept(H, input),
               not_kept(H, input)};
     }
   }
 
   const OptionalTensor bias = input_side_bias<Cell>(a.b_ih, a.b_hh);
+  const Tensor w_ih = in_saved_type<Cell>(a.w_ih);
   const int64_t steps = static_cast<int64_t>(order.size());
   const int64_t chunk = chunk_steps(lin, steps, B, G * H, input);
   // A padded batch that spans several chunks (projection_chunk_bytes) runs chunk by chunk where
@@ -275,10 +302,9 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
   if (!a.w_hr.has_value() && uniform && chunk < steps &&
       (!keep_saved || !Cell::kPreActivationsSumSides)) {
     // Saved values of their own: all kept, or one step's rows, which every step overwrites.
-    const Tensor saved =
-        Cell::kPreActivationsSumSides
-            ? Tensor()
-            : at::empty({keep_saved ? N : B, S * H}, input.options());
+    const Tensor saved = Cell::kPreActivationsSumSides
+                             ? Tensor()
+                             : at::empty({keep_saved ? N : B, S}, saved_options);
     // Cell states: all kept, or those of two chunks at a time (a chunk starts from the one
     // before it).
     const Tensor all_cells =
@@ -289,8 +315,8 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
     Tensor h = h0, c = c0;
     int slot = 0;
     over_chunks(steps, chunk, a.reverse, [&](int64_t first, int64_t n) {
-      const Tensor x_side =
-          input_projection(lin, input.narrow(0, first * B, n * B), a.w_ih, bias);
+      const Tensor x_side = input_projection(
+          lin, in_saved_type<Cell>(input.narrow(0, first * B, n * B)), w_ih, bias);
       const Tensor out = output.narrow(0, first * B, n * B);
       const Tensor cells = !kCell ? Tensor()
                            : keep_saved ? all_cells.narrow(0, first * B, n * B)
@@ -299,7 +325,9 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
                                  : keep_saved ? saved.narrow(0, first * B, n * B)
                                               : saved;
       const std::vector<SequenceStep> sub = uniform_steps(n, B, a.reverse);
-      time_loop(lin, k, sub, B, {x_side, h, c, w_hh, b_hh, out, cells, chunk_saved, a.reverse},
+      time_loop(lin, k, sub, B,
+                {x_side, h, c, w_hh, step_b_ih, step_b_hh, a.norms, out, cells, chunk_saved,
+                 a.reverse},
                 std::nullopt, Tensor());
       h = rows(out, sub.back());
       if (kCell) c = rows(cells, sub.back());
@@ -308,28 +336,30 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
     return {output,
             h.clone(),
             kCell ? c.clone() : Tensor(),
-            keep_saved ? saved : not_kept(S * H, input),
+            keep_saved ? saved : not_kept_saved(),
             kCell && keep_saved ? all_cells : not_kept(H, input),
             not_kept(H, input)};
   }
 
   // One product for the input side of every step; each step then reads its rows.
-  const Tensor x_side = input_projection(lin, input, a.w_ih, bias);
+  const Tensor x_side = input_projection(lin, in_saved_type<Cell>(input), w_ih, bias);
   const Tensor cell_states = kCell ? at::empty({N, H}, input.options()) : Tensor();
   // Saved over the input side, or apart: a row per step's row where kept, else (at large
   // batches writing, and first touching, the whole of it costs a quarter of the GRU's forward;
   // benchmarks/NOTES.md entry 16) one step's rows, which every step overwrites.
   const Tensor saved = Cell::kPreActivationsSumSides
                            ? x_side
-                           : at::empty({keep_saved ? N : B, S * H}, input.options());
+                           : at::empty({keep_saved ? N : B, S}, saved_options);
   // With a projection, h before it, which the backward needs.
   const Tensor pre_proj =
       a.w_hr.has_value() ? at::empty({N, H}, input.options()) : not_kept(H, input);
-  time_loop(lin, k, order, B, {x_side, h0, c0, w_hh, b_hh, output, cell_states, saved, a.reverse},
+  time_loop(lin, k, order, B,
+            {x_side, h0, c0, w_hh, step_b_ih, step_b_hh, a.norms, output, cell_states, saved,
+             a.reverse},
             a.w_hr, pre_proj);
   const Tensor hy = final_states(order, output, h0), cy = final_cell_states(cell_states);
   if (!keep_saved) {
-    return {output, hy, cy, not_kept(S * H, input), not_kept(H, input), not_kept(H, input)};
+    return {output, hy, cy, not_kept_saved(), not_kept(H, input), not_kept(H, input)};
   }
   return {output, hy, cy, saved, kCell ? cell_states : not_kept(H, input), pre_proj};
 }
@@ -341,19 +371,23 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
                      const Tensor& cell_states, const Tensor& hidden_pre_proj,
                      const GradMask& mask) {
   constexpr bool kCell = Cell::kHasCellState;
-  constexpr int64_t G = Cell::kGates, S = Cell::kSaved;
+  constexpr int64_t G = Cell::kGates;
   const char* op = op_names<Cell>().layer_backward.c_str();
   const auto [s, order] = check_layer(op, G, a.input, a.batch_sizes, a.hx, kCell ? &a.cx : nullptr,
                                       a.w_ih, a.w_hh, std::nullopt, std::nullopt, a.w_hr,
                                       a.reverse);
   const Tensor& input = a.input;
   const int64_t N = input.size(0), B = s.batch, H = s.hidden;
+  const at::ScalarType grad_type = saved_type<Cell>(input.scalar_type());
+  const auto grad_options = input.options().dtype(grad_type);
   const OptionalTensor& w_hr = a.w_hr;
+  if constexpr (Cell::kNorms > 0) Cell::check_norms(op, a.norms, H, input);
   check_saved(op, "grad_output", grad_output, {N, s.state}, input);
   check_saved(op, "grad_hy", grad_hy, {B, s.state}, input);
   if (kCell) check_saved(op, "grad_cy", grad_cy, {B, H}, input);
   check_saved(op, "output", output, {N, s.state}, input);
-  check_saved(op, Cell::kSavedName, saved, {N, S * H}, input);
+  check_saved(op, Cell::kSavedName, saved, {N, Cell::saved_columns(H)},
+              Cell::kSavedInOpMath ? at::empty({0}, grad_options) : input);
   if (kCell) check_saved(op, "cell_states", cell_states, {N, H}, input);
   if (hidden_pre_proj.defined()) {
     check_saved(op, "hidden_pre_proj", hidden_pre_proj, {w_hr.has_value() ? N : 0, H}, input);
@@ -373,10 +407,15 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
     return h_before;
   };
   if (Cell::kGateGradsReadHPrev) hidden_before();
-  const Tensor grad_input_gates = at::empty({N, G * H}, input.options());
+  // The pre-activations' gradients of the two sides (of the raw products where the cell
+  // normalizes them), in the saved type; where the cell has parameters beyond torch.nn's, what
+  // their gradients sum over the rows.
+  const Tensor grad_input_gates = at::empty({N, G * H}, grad_options);
   const Tensor grad_hidden_gates = Cell::kPreActivationsSumSides
                                        ? grad_input_gates
-                                       : at::empty({N, G * H}, input.options());
+                                       : at::empty({N, G * H}, grad_options);
+  Tensor grad_pre;
+  if constexpr (Cell::kNorms > 0) grad_pre = at::empty({N, Cell::pre_grad_columns(H)}, grad_options);
   // Gradients of the running state, carried backwards through the steps.
   Tensor grad_h = grad_hy.contiguous().clone();
   Tensor grad_c = kCell ? grad_cy.contiguous().clone() : Tensor();
@@ -391,13 +430,14 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
     // grad_h of the previous step = grad_hidden_gates @ W_hh, i.e. linear with W_hh^T as the
     // weight (plus the direct part, where the cell has one).
     const int64_t uses = static_cast<int64_t>(order.size());
-    const Tensor w_hh_t = lin.prepare_step_weight(a.w_hh.t(), B, uses);
+    const Tensor w_hh_t = lin.prepare_step_weight(in_saved_type<Cell>(a.w_hh).t(), B, uses);
     const Tensor w_hr_t =
         w_hr.has_value() ? lin.prepare_step_weight(w_hr->t(), B, uses) : Tensor();
     // With a projection: the gradient of each step's h before it.
     const Tensor grad_pre_proj =
         w_hr.has_value() ? at::empty({B, H}, input.options()) : Tensor();
     GateGradTensors gg;
+    gg.norms = a.norms;
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
       const SequenceStep& step = *it;
       Tensor gh = first_rows(grad_h, step.rows);
@@ -419,6 +459,7 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
       gg.grad_input_gates = rows(grad_input_gates, step);
       gg.grad_hidden_gates = Cell::kPreActivationsSumSides ? gg.grad_input_gates
                                                            : rows(grad_hidden_gates, step);
+      if (Cell::kNorms > 0) gg.grad_pre = rows(grad_pre, step);
       // gh becomes the direct part of the previous state's gradient, then gains W_hh's.
       if (Cell::kDirectStateGrad) gg.grad_h_direct = gh;
       k.gate_grads(gg);
@@ -427,29 +468,41 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
   }
   // The input's and the weights' gradients as single GEMMs over all steps (the input's through
   // the device's matmul, which on the CPU may hand it to oneDNN).
+  // (In the saved type, the result in the dtype, where the cell keeps its gradients in another.)
+  const auto in_dtype = [&](const Tensor& t) {
+    if constexpr (Cell::kSavedInOpMath) return t.to(input.scalar_type());
+    return t;
+  };
   Grads g;
-  if (mask.input) g.input = lin.matmul(grad_input_gates, a.w_ih, std::nullopt);
+  if (mask.input) {
+    g.input = in_dtype(lin.matmul(grad_input_gates, in_saved_type<Cell>(a.w_ih), std::nullopt));
+  }
   if (mask.hx) g.hx = grad_h;
   if (mask.cx) g.cx = grad_c;
-  if (mask.w_ih) g.w_ih = at::mm(grad_input_gates.t(), input);
-  if (mask.w_hh) g.w_hh = at::mm(grad_hidden_gates.t(), hidden_before());
-  if (mask.b_ih) g.b_ih = at::sum(grad_input_gates, 0);
-  if (mask.b_hh) g.b_hh = at::sum(grad_hidden_gates, 0);
+  if (mask.w_ih) g.w_ih = in_dtype(at::mm(grad_input_gates.t(), in_saved_type<Cell>(input)));
+  if (mask.w_hh) {
+    g.w_hh = in_dtype(at::mm(grad_hidden_gates.t(), in_saved_type<Cell>(hidden_before())));
+  }
+  if constexpr (Cell::kNorms > 0) {
+    Cell::parameter_grads(grad_pre, saved_c, H, mask, g, input.scalar_type());
+  } else {
+    if (mask.b_ih) g.b_ih = at::sum(grad_input_gates, 0);
+    if (mask.b_hh) g.b_hh = at::sum(grad_hidden_gates, 0);
+  }
   if (grad_projected.defined()) g.w_hr = at::mm(grad_projected.t(), hidden_pre_proj.contiguous());
   return g;
 }
 
-template LayerForward layer_forward<LstmCell>(const LinearKernels&, const CellKernels<LstmCell>&,
-                                              const LayerArgs&, bool);
-template LayerForward layer_forward<GruCell>(const LinearKernels&, const CellKernels<GruCell>&,
-                                             const LayerArgs&, bool);
-template Grads layer_backward<LstmCell>(const LinearKernels&, const CellKernels<LstmCell>&,
-                                        const Tensor&, const Tensor&, const Tensor&,
-                                        const LayerArgs&, const Tensor&, const Tensor&,
-                                        const Tensor&, const Tensor&, const GradMask&);
-template Grads layer_backward<GruCell>(const LinearKernels&, const CellKernels<GruCell>&,
-                                       const Tensor&, const Tensor&, const Tensor&,
-                                       const LayerArgs&, const Tensor&, const Tensor&,
-                                       const Tensor&, const Tensor&, const GradMask&);
+#define FUSED_RNN_INSTANTIATE_LAYER_OPS(Cell)                                                \
+  template LayerForward layer_forward<Cell>(const LinearKernels&, const CellKernels<Cell>&,     \
+                                            const LayerArgs&, bool);                           \
+  template Grads layer_backward<Cell>(const LinearKernels&, const CellKernels<Cell>&,          \
+                                      const Tensor&, const Tensor&, const Tensor&,             \
+                                      const LayerArgs&, const Tensor&, const Tensor&,          \
+                                      const Tensor&, const Tensor&, const GradMask&);
+FUSED_RNN_INSTANTIATE_LAYER_OPS(LstmCell)
+FUSED_RNN_INSTANTIATE_LAYER_OPS(GruCell)
+FUSED_RNN_INSTANTIATE_LAYER_OPS(LayerNormLstmCell)
+FUSED_RNN_INSTANTIATE_LAYER_OPS(LayerNormGruCell)
 
 }  // namespace fused_rnn

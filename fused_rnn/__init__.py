@@ -5,7 +5,8 @@ Drop-in modules (LSTM, GRU, LSTMCell, GRUCell) and convert(), plain functions
 """
 
 from . import functional, ops, reference
-from .modules import GRU, LSTM, GRUCell, LayerNormGRUCell, LayerNormLSTMCell, LSTMCell, convert
+from .modules import (GRU, LSTM, GRUCell, LayerNormGRU, LayerNormGRUCell, LayerNormLSTM,
+                      LayerNormLSTMCell, LSTMCell, convert)
 from .ops import (GRUCellFunction, LSTMCellFunction, build_info, cpu_cache_bytes,
                   cpu_layer_path, cuda_layer_path, empty_cpu_cache, use_persistent_kernels)
 
@@ -18,7 +19,9 @@ __all__ = [
     "LSTM",
     "LSTMCell",
     "LSTMCellFunction",
+    "LayerNormGRU",
     "LayerNormGRUCell",
+    "LayerNormLSTM",
     "LayerNormLSTMCell",
     "build_info",
     "convert",

@@ -8,7 +8,8 @@ import torch
 
 from . import ops  # noqa: F401  (registers the fake implementations and autograd)
 
-__all__ = ["gru", "gru_cell", "layernorm_gru_cell", "layernorm_lstm_cell", "lstm", "lstm_cell"]
+__all__ = ["gru", "gru_cell", "layernorm_gru", "layernorm_gru_cell", "layernorm_lstm",
+           "layernorm_lstm_cell", "lstm", "lstm_cell"]
 
 
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
@@ -124,4 +125,52 @@ def gru(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, tr
 
     output, finals = _run_layers(step_layer, data, list(hx), groups, num_layers,
                                  bidirectional, dropout, training)
+    return output, torch.stack(finals)
+
+
+def _keeps_saved(*tensors):
+    """Whether autograd will record a layer-normalized layer op over these tensors (its autograd
+    is registered in Python, so the op itself must be told to keep what its backward reads)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def layernorm_lstm(data, batch_sizes, hx, flat_weights, norms, has_biases, num_layers, dropout,
+                   training, bidirectional):
+    """A multi-layer, optionally bidirectional layer-normalized LSTM over a packed sequence.
+
+    As lstm (no projection), plus norms: per (layer, direction), in lstm's order, the six
+    layer-norm parameters (ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias, ln_c_weight,
+    ln_c_bias). Returns output [N, D*H], h_n and c_n [L*D, B, H].
+    """
+    h0, c0 = hx
+    groups = _layer_weights(flat_weights, num_layers, 2 if bidirectional else 1, has_biases, False)
+    groups = [(*weights[:4], *group_norms) for weights, group_norms in zip(groups, norms)]
+
+    def step_layer(x, state, weights, reverse):
+        keep = _keeps_saved(x, *state, *weights)
+        out, hy, cy, _saved, _cells = torch.ops.fused_rnn.layernorm_lstm_layer(
+            x, batch_sizes, *state, *weights, reverse, keep_saved=keep)
+        return out, (hy, cy)
+
+    output, finals = _run_layers(step_layer, data, list(zip(h0, c0)), groups, num_layers,
+                                 bidirectional, dropout, training)
+    return output, torch.stack([h for h, _ in finals]), torch.stack([c for _, c in finals])
+
+
+def layernorm_gru(data, batch_sizes, hx, flat_weights, norms, has_biases, num_layers, dropout,
+                  training, bidirectional):
+    """A multi-layer, optionally bidirectional layer-normalized GRU over a packed sequence: as
+    gru, plus norms (per (layer, direction): ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias).
+    Returns output [N, D*H] and h_n [L*D, B, H]."""
+    groups = _layer_weights(flat_weights, num_layers, 2 if bidirectional else 1, has_biases, False)
+    groups = [(*weights[:4], *group_norms) for weights, group_norms in zip(groups, norms)]
+
+    def step_layer(x, state, weights, reverse):
+        keep = _keeps_saved(x, state, *weights)
+        out, hy, _saved = torch.ops.fused_rnn.layernorm_gru_layer(x, batch_sizes, state, *weights,
+                                                                  reverse, keep_saved=keep)
+        return out, hy
+
+    output, finals = _run_layers(step_layer, data, list(hx), groups, num_layers, bidirectional,
+                                 dropout, training)
     return output, torch.stack(finals)

@@ -13,8 +13,8 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
 
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "LayerNormGRUCell", "LayerNormLSTMCell",
-           "convert"]
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "LayerNormGRU", "LayerNormGRUCell",
+           "LayerNormLSTM", "LayerNormLSTMCell", "convert"]
 
 
 class _NotScriptable:
@@ -182,8 +182,9 @@ def _check_state_rank(batched: bool, hx, lstm: bool) -> None:
 
 
 def _sequence_forward(module, input, hx, lstm: bool):
-    """The forward of LSTM and GRU: torch.nn's input handling (packed, batch_first, unbatched,
-    default and permuted states), with the layers run by fused_rnn.functional."""
+    """The forward of the sequence modules: torch.nn's input handling (packed, batch_first,
+    unbatched, default and permuted states), with the layers run by module._run_layers(data,
+    batch_sizes, hx) -> (output, hidden), over fused_rnn.functional."""
     module._update_flat_weights()
     num_directions = 2 if module.bidirectional else 1
     state_size = module.proj_size if lstm and module.proj_size > 0 else module.hidden_size
@@ -219,13 +220,7 @@ def _sequence_forward(module, input, hx, lstm: bool):
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         data = steps.reshape(steps.size(0) * batch, steps.size(2))
         batch_sizes = torch.full((steps.size(0),), batch, dtype=torch.long)
-    args = (data, batch_sizes, hx, module._flat_weights, module.bias, module.num_layers,
-            module.dropout, module.training, module.bidirectional)
-    if lstm:
-        output, h_n, c_n = functional.lstm(*args, proj_size=module.proj_size)
-        hidden = (h_n, c_n)
-    else:
-        output, hidden = functional.gru(*args)
+    output, hidden = module._run_layers(data, batch_sizes, hx)
 
     if packed:
         return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
@@ -253,6 +248,12 @@ class LSTM(_NotScriptable, torch.nn.RNNBase):
     def forward(self, input, hx=None):
         return _sequence_forward(self, input, hx, lstm=True)
 
+    def _run_layers(self, data, batch_sizes, hx):
+        output, h_n, c_n = functional.lstm(data, batch_sizes, hx, self._flat_weights, self.bias,
+                                           self.num_layers, self.dropout, self.training,
+                                           self.bidirectional, proj_size=self.proj_size)
+        return output, (h_n, c_n)
+
 
 class GRU(_NotScriptable, torch.nn.RNNBase):
     """torch.nn.GRU computed by fused whole-sequence ops. Same arguments, parameters, results."""
@@ -264,6 +265,90 @@ class GRU(_NotScriptable, torch.nn.RNNBase):
 
     def forward(self, input, hx=None):
         return _sequence_forward(self, input, hx, lstm=False)
+
+    def _run_layers(self, data, batch_sizes, hx):
+        return functional.gru(data, batch_sizes, hx, self._flat_weights, self.bias,
+                              self.num_layers, self.dropout, self.training, self.bidirectional)
+
+
+class _LayerNormSequence(_NotScriptable, torch.nn.RNNBase):
+    """torch.nn.LSTM's / GRU's constructor, parameters and call (no proj_size), plus per layer k
+    (suffix _reverse for the reverse direction) the layer norms' weights (ones) and biases
+    (zeros): layernorm_ih_*_l{k} and layernorm_hh_*_l{k} [G*H], and for the LSTM
+    layernorm_c_*_l{k} [H]."""
+
+    _mode = None
+    _extra_norms = ()
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, **kwargs):
+        name = type(self).__name__
+        if kwargs:
+            raise TypeError(f"{name}.__init__() got unexpected keyword argument(s) "
+                            f"{sorted(kwargs)} (proj_size is not supported)")
+        gates = 4 if self._mode == "LSTM" else 3
+        self._norms = []
+        super().__init__(self._mode, input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, device=device, dtype=dtype)
+        factory = {"device": device, "dtype": dtype}
+        for layer in range(num_layers):
+            for suffix in ("", "_reverse")[:2 if bidirectional else 1]:
+                group = []
+                sizes = [("ih", gates * hidden_size), ("hh", gates * hidden_size)]
+                sizes += [(n, hidden_size) for n in self._extra_norms]
+                for norm, size in sizes:
+                    for part, fill in (("weight", 1.0), ("bias", 0.0)):
+                        param_name = f"layernorm_{norm}_{part}_l{layer}{suffix}"
+                        self.register_parameter(
+                            param_name, torch.nn.Parameter(torch.full((size,), fill, **factory)))
+                        group.append(param_name)
+                self._norms.append(group)
+
+    def reset_parameters(self):
+        super().reset_parameters()  # every parameter uniform, as torch.nn's
+        with torch.no_grad():
+            for group in getattr(self, "_norms", []):
+                for param_name in group:
+                    getattr(self, param_name).fill_(1.0 if "_weight_" in param_name else 0.0)
+
+    def _norm_groups(self):
+        return [[getattr(self, n) for n in group] for group in self._norms]
+
+
+class LayerNormLSTM(_LayerNormSequence):
+    """A layer-normalized LSTM (Ba et al. 2016) over whole sequences, one fused op per layer and
+    direction: torch.nn.LSTM's arguments (but proj_size), call and results, each step as
+    LayerNormLSTMCell computes it."""
+
+    _mode = "LSTM"
+    _extra_norms = ("c",)
+    get_expected_cell_size = torch.nn.LSTM.get_expected_cell_size
+    check_forward_args = torch.nn.LSTM.check_forward_args
+    permute_hidden = torch.nn.LSTM.permute_hidden
+
+    def forward(self, input, hx=None):
+        return _sequence_forward(self, input, hx, lstm=True)
+
+    def _run_layers(self, data, batch_sizes, hx):
+        output, h_n, c_n = functional.layernorm_lstm(
+            data, batch_sizes, hx, self._flat_weights, self._norm_groups(), self.bias,
+            self.num_layers, self.dropout, self.training, self.bidirectional)
+        return output, (h_n, c_n)
+
+
+class LayerNormGRU(_LayerNormSequence):
+    """A layer-normalized GRU over whole sequences, one fused op per layer and direction:
+    torch.nn.GRU's arguments, call and results, each step as LayerNormGRUCell computes it."""
+
+    _mode = "GRU"
+
+    def forward(self, input, hx=None):
+        return _sequence_forward(self, input, hx, lstm=False)
+
+    def _run_layers(self, data, batch_sizes, hx):
+        return functional.layernorm_gru(data, batch_sizes, hx, self._flat_weights,
+                                        self._norm_groups(), self.bias, self.num_layers,
+                                        self.dropout, self.training, self.bidirectional)
 
 
 _DROP_INS = {torch.nn.LSTM: LSTM, torch.nn.GRU: GRU, torch.nn.LSTMCell: LSTMCell,

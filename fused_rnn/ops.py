@@ -217,9 +217,10 @@ def _layernorm_lstm_cell_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, ln_ih_weigh
 
 @torch.library.register_fake("fused_rnn::layernorm_lstm_cell_backward")
 def _layernorm_lstm_cell_backward_fake(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, ln_ih_weight,
-                                       ln_hh_weight, ln_c_weight, ln_c_bias, saved, output_mask):
-    likes = (input, hx, cx, w_ih, w_hh, ln_ih_weight, ln_ih_weight, ln_ih_weight, ln_hh_weight,
-             ln_hh_weight, ln_c_weight, ln_c_weight)
+                                       ln_ih_bias, ln_hh_weight, ln_hh_bias, ln_c_weight,
+                                       ln_c_bias, saved, cy, output_mask):
+    likes = (input, hx, cx, w_ih, w_hh, ln_ih_weight, ln_ih_weight, ln_ih_bias, ln_hh_weight,
+             ln_hh_bias, ln_c_weight, ln_c_bias)
     return tuple(_empty_like_if(wanted, like) for wanted, like in zip(output_mask, likes))
 
 
@@ -235,56 +236,157 @@ def _layernorm_gru_cell_fake(input, hx, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln
 
 
 @torch.library.register_fake("fused_rnn::layernorm_gru_cell_backward")
-def _layernorm_gru_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, ln_ih_weight, ln_hh_weight,
-                                      saved, output_mask):
-    likes = (input, hx, w_ih, w_hh, ln_ih_weight, ln_ih_weight, ln_ih_weight, ln_ih_weight,
-             ln_hh_weight, ln_hh_weight)
+def _layernorm_gru_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, ln_ih_weight, ln_ih_bias,
+                                      ln_hh_weight, ln_hh_bias, saved, output_mask):
+    likes = (input, hx, w_ih, w_hh, ln_ih_weight, ln_ih_weight, ln_ih_weight, ln_ih_bias,
+             ln_hh_weight, ln_hh_bias)
     return tuple(_empty_like_if(wanted, like) for wanted, like in zip(output_mask, likes))
+
+
+@torch.library.register_fake("fused_rnn::layernorm_lstm_layer")
+def _layernorm_lstm_layer_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, ln_ih_weight,
+                               ln_ih_bias, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias,
+                               reverse, keep_saved=True):
+    _check_one_device("fused_rnn.layernorm_lstm_layer", input=input, hx=hx, cx=cx, w_ih=w_ih,
+                      w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, ln_ih_weight=ln_ih_weight,
+                      ln_ih_bias=ln_ih_bias, ln_hh_weight=ln_hh_weight, ln_hh_bias=ln_hh_bias,
+                      ln_c_weight=ln_c_weight, ln_c_bias=ln_c_bias)
+    rows, batch, hidden = input.shape[0], hx.shape[0], w_hh.shape[1]
+    saved = rows if keep_saved else 0
+    return (input.new_empty(rows, hidden), input.new_empty(batch, hidden),
+            input.new_empty(batch, hidden),
+            input.new_empty(saved, 13 * hidden + 3, dtype=_saved_dtype(input.dtype)),
+            input.new_empty(saved, hidden))
+
+
+@torch.library.register_fake("fused_rnn::layernorm_lstm_layer_backward")
+def _layernorm_lstm_layer_backward_fake(grad_output, grad_hy, grad_cy, input, batch_sizes, hx, cx,
+                                        w_ih, w_hh, ln_ih_weight, ln_ih_bias, ln_hh_weight,
+                                        ln_hh_bias, ln_c_weight, ln_c_bias, output, saved,
+                                        cell_states, reverse, output_mask):
+    return _layernorm_lstm_cell_backward_fake(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh,
+                                              ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias,
+                                              ln_c_weight, ln_c_bias, saved, None, output_mask)
+
+
+@torch.library.register_fake("fused_rnn::layernorm_gru_layer")
+def _layernorm_gru_layer_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, ln_ih_weight,
+                              ln_ih_bias, ln_hh_weight, ln_hh_bias, reverse, keep_saved=True):
+    _check_one_device("fused_rnn.layernorm_gru_layer", input=input, hx=hx, w_ih=w_ih, w_hh=w_hh,
+                      b_ih=b_ih, b_hh=b_hh, ln_ih_weight=ln_ih_weight, ln_ih_bias=ln_ih_bias,
+                      ln_hh_weight=ln_hh_weight, ln_hh_bias=ln_hh_bias)
+    rows, batch, hidden = input.shape[0], hx.shape[0], w_hh.shape[1]
+    return (input.new_empty(rows, hidden), input.new_empty(batch, hidden),
+            input.new_empty(rows if keep_saved else 0, 10 * hidden + 2,
+                            dtype=_saved_dtype(input.dtype)))
+
+
+@torch.library.register_fake("fused_rnn::layernorm_gru_layer_backward")
+def _layernorm_gru_layer_backward_fake(grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh,
+                                       ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias, output,
+                                       saved, reverse, output_mask):
+    return _layernorm_gru_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, ln_ih_weight,
+                                             ln_ih_bias, ln_hh_weight, ln_hh_bias, saved,
+                                             output_mask)
 
 
 # Their autograd, registered here (the plain cells' is in C++): the backward op computes only
 # what needs_input_grad asks for. Their backward is not itself differentiable (no double
 # backward yet): autograd says so if asked.
 def _layernorm_lstm_setup_context(ctx, inputs, output):
-    input, hx, cx, w_ih, w_hh, _b_ih, _b_hh, ln_ih_w, _ln_ih_b, ln_hh_w, _ln_hh_b, ln_c_w, ln_c_b = \
-        inputs
-    _hy, _cy, saved = output
-    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, ln_ih_w, ln_hh_w, ln_c_w, ln_c_b, saved)
+    input, hx, cx, w_ih, w_hh, _b_ih, _b_hh, *norms = inputs
+    _hy, cy, saved = output
+    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, *norms, saved, cy)
     ctx.mark_non_differentiable(saved)
     ctx.set_materialize_grads(False)
 
 
-def _layernorm_lstm_backward(ctx, grad_hy, grad_cy, _grad_saved):
-    input, hx, cx, w_ih, w_hh, ln_ih_w, ln_hh_w, ln_c_w, ln_c_b, saved = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    mask = [need[0], need[1], need[2], need[3], need[4], need[5] or need[6], *need[7:]]
-    grads = torch.ops.fused_rnn.layernorm_lstm_cell_backward(
-        _or_zeros(grad_hy, hx), _or_zeros(grad_cy, cx), input, hx, cx, w_ih, w_hh, ln_ih_w,
-        ln_hh_w, ln_c_w, ln_c_b, saved, mask)
-    grad_bias = grads[5]
-    return (*grads[:5], grad_bias if need[5] else None, grad_bias if need[6] else None,
+def _lstm_mask(need):
+    """needs_input_grad of (.., w_hh, b_ih, b_hh, norms...) as the backward ops' output_mask, whose
+    one bias gradient serves b_ih and b_hh; and the results back in the inputs' order."""
+    return [*need[:5], need[5] or need[6], *need[7:]]
+
+
+def _lstm_grads(need, grads):
+    return (*grads[:5], grads[5] if need[5] else None, grads[5] if need[6] else None,
             *grads[6:])
 
 
+def _layernorm_lstm_backward(ctx, grad_hy, grad_cy, _grad_saved):
+    input, hx, cx, w_ih, w_hh, *norms, saved, cy = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    grads = torch.ops.fused_rnn.layernorm_lstm_cell_backward(
+        _or_zeros(grad_hy, hx), _or_zeros(grad_cy, cx), input, hx, cx, w_ih, w_hh, *norms, saved,
+        cy, _lstm_mask(need))
+    return _lstm_grads(need, grads)
+
+
 def _layernorm_gru_setup_context(ctx, inputs, output):
-    input, hx, w_ih, w_hh, _b_ih, _b_hh, ln_ih_w, _ln_ih_b, ln_hh_w, _ln_hh_b = inputs
+    input, hx, w_ih, w_hh, _b_ih, _b_hh, *norms = inputs
     _hy, saved = output
-    ctx.save_for_backward(input, hx, w_ih, w_hh, ln_ih_w, ln_hh_w, saved)
+    ctx.save_for_backward(input, hx, w_ih, w_hh, *norms, saved)
     ctx.mark_non_differentiable(saved)
     ctx.set_materialize_grads(False)
 
 
 def _layernorm_gru_backward(ctx, grad_hy, _grad_saved):
-    input, hx, w_ih, w_hh, ln_ih_w, ln_hh_w, saved = ctx.saved_tensors
+    input, hx, w_ih, w_hh, *norms, saved = ctx.saved_tensors
     return tuple(torch.ops.fused_rnn.layernorm_gru_cell_backward(
-        _or_zeros(grad_hy, hx), input, hx, w_ih, w_hh, ln_ih_w, ln_hh_w, saved,
+        _or_zeros(grad_hy, hx), input, hx, w_ih, w_hh, *norms, saved,
         list(ctx.needs_input_grad)))
+
+
+# The layers: inputs (input, batch_sizes, h0, [c0,] w_ih, w_hh, b_ih, b_hh, norms..., reverse,
+# keep_saved); the forward under autograd keeps what its backward needs whatever keep_saved says.
+def _layernorm_lstm_layer_setup_context(ctx, inputs, output):
+    input, batch_sizes, hx, cx, w_ih, w_hh, _b_ih, _b_hh, *norms, reverse, _keep = inputs
+    out, _hy, _cy, saved, cell_states = output
+    ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, *norms, out, saved, cell_states)
+    ctx.reverse = reverse
+    ctx.mark_non_differentiable(saved, cell_states)
+    ctx.set_materialize_grads(False)
+
+
+def _layernorm_lstm_layer_backward(ctx, grad_output, grad_hy, grad_cy, _g_saved, _g_cells):
+    input, batch_sizes, hx, cx, w_ih, w_hh, *rest = ctx.saved_tensors
+    norms, (out, saved, cell_states) = rest[:6], rest[6:]
+    need = list(ctx.needs_input_grad)
+    need = [need[0], *need[2:14]]  # as the cell's: without batch_sizes, reverse, keep_saved
+    grads = torch.ops.fused_rnn.layernorm_lstm_layer_backward(
+        _or_zeros(grad_output, out), _or_zeros(grad_hy, hx), _or_zeros(grad_cy, cx), input,
+        batch_sizes, hx, cx, w_ih, w_hh, *norms, out, saved, cell_states, ctx.reverse,
+        _lstm_mask(need))
+    g = _lstm_grads(need, grads)
+    return (g[0], None, *g[1:], None, None)
+
+
+def _layernorm_gru_layer_setup_context(ctx, inputs, output):
+    input, batch_sizes, hx, w_ih, w_hh, _b_ih, _b_hh, *norms, reverse, _keep = inputs
+    out, _hy, saved = output
+    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, *norms, out, saved)
+    ctx.reverse = reverse
+    ctx.mark_non_differentiable(saved)
+    ctx.set_materialize_grads(False)
+
+
+def _layernorm_gru_layer_backward(ctx, grad_output, grad_hy, _g_saved):
+    input, batch_sizes, hx, w_ih, w_hh, *norms, out, saved = ctx.saved_tensors
+    need = list(ctx.needs_input_grad)
+    mask = [need[0], need[2], *need[3:11]]
+    grads = torch.ops.fused_rnn.layernorm_gru_layer_backward(
+        _or_zeros(grad_output, out), _or_zeros(grad_hy, hx), input, batch_sizes, hx, w_ih, w_hh,
+        *norms, out, saved, ctx.reverse, mask)
+    return (grads[0], None, *grads[1:], None, None)
 
 
 torch.library.register_autograd("fused_rnn::layernorm_lstm_cell", _layernorm_lstm_backward,
                                 setup_context=_layernorm_lstm_setup_context)
 torch.library.register_autograd("fused_rnn::layernorm_gru_cell", _layernorm_gru_backward,
                                 setup_context=_layernorm_gru_setup_context)
+torch.library.register_autograd("fused_rnn::layernorm_lstm_layer", _layernorm_lstm_layer_backward,
+                                setup_context=_layernorm_lstm_layer_setup_context)
+torch.library.register_autograd("fused_rnn::layernorm_gru_layer", _layernorm_gru_layer_backward,
+                                setup_context=_layernorm_gru_layer_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------

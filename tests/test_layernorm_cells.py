@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import fused_rnn
-from conftest import DTYPES, assert_matches_torch
+from conftest import DTYPES, assert_near_truth
 from fused_rnn import reference
+
 
 CELLS = {"lstm": (fused_rnn.LayerNormLSTMCell, reference.layernorm_lstm_cell),
          "gru": (fused_rnn.LayerNormGRUCell, reference.layernorm_gru_cell)}
@@ -88,7 +89,7 @@ def test_matches_reference(kind, shape, bias, dtype):
     for part in range(2):
         for name, ours_t, theirs_t, truth_t in zip(names[part], ours[part], theirs[part],
                                                    truth[part]):
-            assert_matches_torch(ours_t, theirs_t, truth_t, name)
+            assert_near_truth(ours_t, theirs_t, truth_t, name)
 
 
 @pytest.mark.parametrize("kind", CELLS)
@@ -124,12 +125,12 @@ def test_opcheck(kind):
     saved = outs[-1]
     grad_hy = torch.randn_like(outs[0])
     if kind == "lstm":
-        x, h, c, w_ih, w_hh, _b_ih, _b_hh, ln_ih_w, _, ln_hh_w, _, ln_c_w, ln_c_b = args
-        backward_args = (grad_hy, torch.randn_like(c), x, h, c, w_ih, w_hh, ln_ih_w, ln_hh_w,
-                         ln_c_w, ln_c_b, saved, [True] * 12)
+        x, h, c, w_ih, w_hh, _b_ih, _b_hh, *norms = args
+        backward_args = (grad_hy, torch.randn_like(c), x, h, c, w_ih, w_hh, *norms, saved,
+                         outs[1], [True] * 12)
     else:
-        x, h, w_ih, w_hh, _b_ih, _b_hh, ln_ih_w, _, ln_hh_w, _ = args
-        backward_args = (grad_hy, x, h, w_ih, w_hh, ln_ih_w, ln_hh_w, saved, [True] * 10)
+        x, h, w_ih, w_hh, _b_ih, _b_hh, *norms = args
+        backward_args = (grad_hy, x, h, w_ih, w_hh, *norms, saved, [True] * 10)
     backward = getattr(torch.ops.fused_rnn, f"layernorm_{kind}_cell_backward")
     torch.library.opcheck(backward, tuple(a.detach() if isinstance(a, torch.Tensor) else a
                                           for a in backward_args))

@@ -66,15 +66,6 @@ constexpr CellKernels<Cell> kCpuCellKernels{
     .backward_sequence = &backward_sequence_cpu<Cell>,
 };
 
-// Designated: each kernel named by its entry (one out of order does not compile).
-constexpr LinearKernels kCpuLinear{
-    .prepare_linear = &prepare_linear_cpu,
-    .linear = &linear_cpu,
-    .matmul = &matmul_cpu,
-    .prepare_step_weight = &prepare_step_weight_cpu,
-    .step_linear = &step_linear_cpu,
-    .projection_chunk_bytes = kProjectionChunkBytes,
-};
 
 }  // namespace
 

@@ -152,4 +152,14 @@ void step_linear_cpu(const Tensor& x, const Tensor& w, const Tensor& out, bool a
                    });
 }
 
+// Designated: each kernel named by its entry (one out of order does not compile).
+extern const LinearKernels kCpuLinear{
+    .prepare_linear = &prepare_linear_cpu,
+    .linear = &linear_cpu,
+    .matmul = &matmul_cpu,
+    .prepare_step_weight = &prepare_step_weight_cpu,
+    .step_linear = &step_linear_cpu,
+    .projection_chunk_bytes = kProjectionChunkBytes,
+};
+
 }  // namespace fused_rnn::cpu

@@ -41,7 +41,8 @@ inline bool packed_in_panels(const Tensor& w) { return w.dim() == 3; }
 // path_choice.h's panels_pay_off for a weight tensor (float32 only).
 bool panels_pay_off(const Tensor& w, int64_t rows, int64_t uses);
 
-// The LinearKernels entries (cell_ops.h).
+// The CPU's LinearKernels table (cell_ops.h), and its entries.
+extern const LinearKernels kCpuLinear;
 Tensor prepare_linear_cpu(const Tensor& w, int64_t rows, int64_t uses);
 Tensor linear_cpu(const Tensor& x, const Tensor& w, const OptionalTensor& bias);
 Tensor matmul_cpu(const Tensor& a, const Tensor& b, const OptionalTensor& add);
