@@ -7,6 +7,7 @@
 #pragma once
 
 #include "../cell_ops.h"
+#include "../layernorm_cell_ops.h"
 
 #include <ATen/core/Tensor.h>
 
@@ -67,11 +68,13 @@ constexpr int64_t kGruPacksWithInput = 4;
 template <typename Cell>
 struct CellPointwise {
   // The gate math of one step, its products done, over the units [begin, end) of its [B, H]
-  // grid: from t.input_side and hidden_side [B, G*H] (the hidden product, b_hh included where the
+  // grid (the layer-normalized cells, whose norms need whole rows: over the rows [begin, end)):
+  // from t.input_side and hidden_side [B, G*H] (the hidden product, b_hh included where the
   // cell keeps it apart), t.h_prev and t.c_prev, writes t.h_out, t.c_out and t.saved (which may
-  // be t.input_side).
+  // be t.input_side). The norms, where the cell has them, contiguous.
   void (*forward)(const StepTensors& t, const Tensor& hidden_side, int64_t begin, int64_t end);
-  // One step's gate gradients (GateGradTensors), over the units [begin, end).
+  // One step's gate gradients (GateGradTensors), over the units [begin, end) (rows, as forward,
+  // for the layer-normalized cells).
   void (*backward)(const GateGradTensors& t, int64_t begin, int64_t end);
 
   // The fused recurrent step, float32 only: each task computes h_prev @ W_hh^T for a block of
@@ -92,9 +95,11 @@ struct CellPointwise {
 
 struct PointwiseKernels {
   const char* isa;  // the instruction set it was built for: "DEFAULT", "AVX2" or "AVX512"
-  // The cells' kernels.
+  // The cells' kernels (the layer-normalized cells': forward and backward only).
   CellPointwise<LstmCell> lstm;
   CellPointwise<GruCell> gru;
+  CellPointwise<LayerNormLstmCell> layernorm_lstm;
+  CellPointwise<LayerNormGruCell> layernorm_gru;
 
   // The fused recurrent step's weight: W_hh [G*H, K] is packed once per sequence by
   // pack_recurrent_weight into [ceil(H / lanes), K, G * lanes] (unit block, k, gate, lane;
@@ -137,6 +142,14 @@ inline const CellPointwise<LstmCell>& cell_kernels(const PointwiseKernels& k) {
 template <>
 inline const CellPointwise<GruCell>& cell_kernels(const PointwiseKernels& k) {
   return k.gru;
+}
+template <>
+inline const CellPointwise<LayerNormLstmCell>& cell_kernels(const PointwiseKernels& k) {
+  return k.layernorm_lstm;
+}
+template <>
+inline const CellPointwise<LayerNormGruCell>& cell_kernels(const PointwiseKernels& k) {
+  return k.layernorm_gru;
 }
 
 // Column groups of `lanes` outputs per task of linear_packed: as many accumulators per row as the

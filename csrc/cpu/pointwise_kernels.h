@@ -5,13 +5,15 @@
 // AVX-512 one. Include it nowhere else.
 // The kernels live in headers by role: vec_math.h (exp, tanh, lane loads), gate_passes.h (the
 // pointwise passes), tiled_product.h (the register-blocked products), fused_steps.h (the fused
-// forward and backward steps); this file fills the ISA's table with them.
+// forward and backward steps), layernorm_passes.h (the layer-normalized cells' passes); this
+// file fills the ISA's table with them.
 #ifndef CPU_CAPABILITY
 #error "define CPU_CAPABILITY before including pointwise_kernels.h"
 #endif
 
 #include "fused_steps.h"
 #include "gate_passes.h"
+#include "layernorm_passes.h"
 #include "tiled_product.h"
 
 namespace fused_rnn::cpu::CPU_CAPABILITY {
@@ -37,6 +39,24 @@ extern const PointwiseKernels kKernels = {
             .packs_with_input = kGruPacksWithInput,
             .backward_gates = &gru_backward_gates,
             .backward_product = &gru_backward_product,
+        },
+    .layernorm_lstm =
+        {
+            .forward = &layernorm_lstm_forward,
+            .backward = &layernorm_lstm_backward,
+            .forward_recurrent = nullptr,
+            .packs_with_input = 0,
+            .backward_gates = nullptr,
+            .backward_product = nullptr,
+        },
+    .layernorm_gru =
+        {
+            .forward = &layernorm_gru_forward,
+            .backward = &layernorm_gru_backward,
+            .forward_recurrent = nullptr,
+            .packs_with_input = 0,
+            .backward_gates = nullptr,
+            .backward_product = nullptr,
         },
     .lanes = kLanes,
     .pack_recurrent_weight = &pack_recurrent_weight,
