@@ -13,17 +13,26 @@ import torch
 import fused_rnn
 from fused_rnn import reference
 
-GATES = {"lstm": 4, "gru": 3}
+GATES = {"lstm": 4, "gru": 3, "layernorm_lstm": 4, "layernorm_gru": 3}
 TORCH_CELLS = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
 TORCH_LAYERS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
-OUR_CELLS = {"lstm": fused_rnn.LSTMCell, "gru": fused_rnn.GRUCell}
-OUR_LAYERS = {"lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU}
+OUR_CELLS = {"lstm": fused_rnn.LSTMCell, "gru": fused_rnn.GRUCell,
+             "layernorm_lstm": fused_rnn.LayerNormLSTMCell,
+             "layernorm_gru": fused_rnn.LayerNormGRUCell}
+OUR_LAYERS = {"lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU,
+              "layernorm_lstm": fused_rnn.LayerNormLSTM, "layernorm_gru": fused_rnn.LayerNormGRU}
+# The layer-normalized cells, which torch.nn lacks: checked against their reference
+# (fused_rnn.accuracy.near_truth_problem), timed against torch.nn's plain cell of their size.
+LAYER_NORM_KINDS = {"layernorm_lstm": "lstm", "layernorm_gru": "gru"}
+REFERENCE_CELLS = {"lstm": reference.lstm_cell, "gru": reference.gru_cell,
+                   "layernorm_lstm": reference.layernorm_lstm_cell,
+                   "layernorm_gru": reference.layernorm_gru_cell}
 
 
 @dataclass(frozen=True)
 class Case:
     op: str        # "cell" (one step) or "layer" (a whole sequence, one layer, one direction)
-    kind: str      # "lstm" or "gru"
+    kind: str      # "lstm", "gru", "layernorm_lstm" or "layernorm_gru"
     backward: bool
     steps: int     # T (1 for a cell step)
     batch: int     # B
@@ -49,13 +58,30 @@ class Case:
     def tokens(self):
         return self.steps * self.batch
 
+    @property
+    def plain_kind(self):
+        """The torch.nn cell of the case: its own, or the one a layer-normalized cell extends."""
+        return LAYER_NORM_KINDS.get(self.kind, self.kind)
+
+    @property
+    def has_cell_state(self):
+        return self.plain_kind == "lstm"
+
 
 def _weights_module(case):
-    """torch.nn's module for the case, initialised from a fixed seed (in float32, then cast, so
-    every dtype of a case holds the same weights up to rounding)."""
+    """The module whose weights the case uses, initialised from a fixed seed (in float32, then
+    cast, so every dtype of a case holds the same weights up to rounding): torch.nn's, or for the
+    layer-normalized kinds ours, with the norms' parameters drawn away from 1 and 0."""
     torch.manual_seed(0)
-    cls = TORCH_CELLS[case.kind] if case.op == "cell" else TORCH_LAYERS[case.kind]
+    if case.kind in LAYER_NORM_KINDS:
+        cls = OUR_CELLS[case.kind] if case.op == "cell" else OUR_LAYERS[case.kind]
+    else:
+        cls = TORCH_CELLS[case.kind] if case.op == "cell" else TORCH_LAYERS[case.kind]
     module = cls(case.input_size, case.hidden, device=case.device, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.startswith("layernorm"):
+                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if "_weight" in name else 0.0))
     return module.to(case.dtype)
 
 
@@ -69,7 +95,7 @@ def make_inputs(case, seed=1):
     lead = (case.batch,) if case.op == "cell" else (1, case.batch)
     x = rand(case.batch, case.input_size) if case.op == "cell" else \
         rand(case.steps, case.batch, case.input_size)
-    states = [rand(*lead, case.hidden) for _ in range(2 if case.kind == "lstm" else 1)]
+    states = [rand(*lead, case.hidden) for _ in range(2 if case.has_cell_state else 1)]
     return x, states
 
 
@@ -89,7 +115,7 @@ def _runner(case, forward, params):
 
 
 def _state_arg(case, states):
-    return tuple(states) if case.kind == "lstm" else states[0]
+    return tuple(states) if case.has_cell_state else states[0]
 
 
 def _module_runner(case, module):
@@ -104,12 +130,23 @@ def _module_runner(case, module):
 
 
 def build_torch_nn(case):
+    """torch.nn's module of the case (for a layer-normalized kind, its plain cell or layer of the
+    same size, with weights of its own: a time to compare with, not a result)."""
+    if case.kind in LAYER_NORM_KINDS:
+        torch.manual_seed(0)
+        kind = case.plain_kind
+        cls = TORCH_CELLS[kind] if case.op == "cell" else TORCH_LAYERS[kind]
+        return _module_runner(case, cls(case.input_size, case.hidden, device=case.device,
+                                        dtype=case.dtype))
     return _module_runner(case, _weights_module(case))
 
 
 def build_truth(case):
-    """torch.nn in float64 on the case's exact weights (rounded to its dtype): the truth that
-    results are measured against. Takes float64 inputs."""
+    """The case's math in float64 on its exact weights (rounded to its dtype): torch.nn, or for a
+    layer-normalized kind its reference; the truth that results are measured against. Takes
+    float64 inputs."""
+    if case.kind in LAYER_NORM_KINDS:
+        return build_reference(case, torch.float64)
     return _module_runner(case, _weights_module(case).double())
 
 
@@ -134,13 +171,18 @@ def build_fused_rnn_persistent(case):
     return run_persistent
 
 
-def _cell_weights(case):
-    """(w_ih, w_hh, b_ih, b_hh) of the case's torch.nn module, as leaf tensors."""
+def _cell_weights(case, dtype=None):
+    """(w_ih, w_hh, b_ih, b_hh, then a layer-normalized cell's norms) of the case's module, as
+    leaf tensors (in `dtype` where given)."""
     module = _weights_module(case)
-    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    names = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+    if case.kind in LAYER_NORM_KINDS:
+        norms = ("ih", "hh", "c") if case.has_cell_state else ("ih", "hh")
+        names += [f"layernorm_{n}_{part}" for n in norms for part in ("weight", "bias")]
     if case.op == "layer":
-        names = tuple(n + "_l0" for n in names)
-    return [getattr(module, n).detach().clone().requires_grad_() for n in names]
+        names = [n + "_l0" for n in names]
+    return [getattr(module, n).detach().to(dtype or case.dtype).clone().requires_grad_()
+            for n in names]
 
 
 def _loop(case, step, weights):
@@ -167,14 +209,17 @@ def build_nn_cell_loop(case):
     return _runner(case, _loop(case, step, weights), weights)
 
 
-def build_reference(case):
-    """fused_rnn.reference: the pure-PyTorch spec (per step for a layer)."""
-    weights = _cell_weights(case)
+def build_reference(case, dtype=None):
+    """fused_rnn.reference: the pure-PyTorch spec (per step for a layer), in `dtype` where given
+    (the truth of a layer-normalized kind)."""
+    weights = _cell_weights(case, dtype)
+    cell = REFERENCE_CELLS[case.kind]
 
     def step(x_t, states, w):
-        if case.kind == "lstm":
-            return list(reference.lstm_cell(x_t, states[0], states[1], *w)[:2])
-        return [reference.gru_cell(x_t, states[0], *w)[0]]
+        out = cell(x_t, *states, *w)
+        if case.kind in LAYER_NORM_KINDS:
+            return list(out) if case.has_cell_state else [out]
+        return list(out[:2]) if case.has_cell_state else [out[0]]
 
     if case.op == "layer":
         return _runner(case, _loop(case, step, weights), weights)
@@ -187,13 +232,17 @@ def _python_loop_dtype(case):
     return case.device == "cpu" or case.dtype == torch.float32
 
 
+def _plain(case):
+    return case.kind not in LAYER_NORM_KINDS
+
+
 # name -> (builder, applies to the case)
 IMPLEMENTATIONS = {
     "fused_rnn": (build_fused_rnn, lambda case: True),
     "fused persistent": (build_fused_rnn_persistent,
-                         lambda case: case.op == "layer" and case.device == "cuda"),
+                         lambda case: case.op == "layer" and case.device == "cuda" and _plain(case)),
     "torch.nn": (build_torch_nn, lambda case: True),
     "nn cell loop": (build_nn_cell_loop,
-                     lambda case: case.op == "layer" and _python_loop_dtype(case)),
-    "reference": (build_reference, _python_loop_dtype),
+                     lambda case: case.op == "layer" and _python_loop_dtype(case) and _plain(case)),
+    "reference": (build_reference, lambda case: _python_loop_dtype(case) or not _plain(case)),
 }

@@ -9,7 +9,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fused_rnn
-from fused_rnn.accuracy import TOLERANCES, accuracy_problem
+from fused_rnn.accuracy import TOLERANCES, accuracy_problem, near_truth_problem
 
 __all__ = ["CUDA_READY", "DEFAULT_SIZES", "DEVICES", "DTYPES", "SEQUENCE_CONFIGS",
            "SEQUENCE_MODULES", "TOLERANCES", "Sizes", "assert_compiles_like_eager",
@@ -53,24 +53,13 @@ def assert_matches_torch(ours: torch.Tensor, theirs: torch.Tensor, truth: torch.
     assert problem is None, f"{what}: {problem}"
 
 
-def assert_near_truth(ours, theirs, truth, what):
-    """The accuracy rule for ops torch.nn lacks, against their reference: the half types as the
-    project's rule has it (at most 2x the reference's own error at that dtype, against float64);
-    float32 and float64 within the dtype's TOLERANCES of the float64 truth at the tensor's scale
-    (the reference at that dtype is one more rounded computation, not a standard: its error and
-    ours differ by the order of operations, and the layer norms magnify both)."""
-    if ours.dtype not in TOLERANCES:
-        assert_matches_torch(ours, theirs, truth, what)
-        return
-    tol = TOLERANCES[ours.dtype]
-    assert ours.shape == truth.shape and ours.dtype == theirs.dtype, what
-    if ours.numel() == 0:
-        return
-    error = (ours.detach().double() - truth.detach().double()).abs().max().item()
-    scale = truth.detach().double().abs().max().item()
-    assert error <= tol["atol"] + tol["rtol"] * scale, (
-        f"{what}: error {error:.3g} against float64 at scale {scale:.3g} (allowed "
-        f"{tol['atol']} + {tol['rtol']} x scale)")
+def assert_near_truth(ours: torch.Tensor, theirs: torch.Tensor, truth: torch.Tensor,
+                      what: str) -> None:
+    """For ops torch.nn lacks: `theirs` is their reference at the test dtype, `truth` it in
+    float64 (fused_rnn.accuracy.near_truth_problem)."""
+    problem = near_truth_problem(ours, theirs, truth)
+    assert problem is None, f"{what}: {problem}"
+
 
 def assert_compiles_like_eager(loss_of, x: torch.Tensor) -> None:
     """torch.compile(loss_of, fullgraph=True) gives eager's loss and gradient with respect to x."""

@@ -26,6 +26,17 @@ def test_measure_reports_every_implementation_correct(op):
     assert next(r for r in rows if r["implementation"] == "torch.nn")["ratio_to_torch_nn"] == 1.0
 
 
+@pytest.mark.parametrize("op", ["cell", "layer"])
+@pytest.mark.parametrize("kind", ["layernorm_lstm", "layernorm_gru"])
+def test_layer_norm_kinds_are_checked_against_their_reference(kind, op):
+    case = Case(op, kind, True, 1 if op == "cell" else 5, 3, 4, 6, torch.float32, "cpu")
+    rows = suite.measure(case, repeats=2, warmup=1)
+    assert [r["implementation"] for r in rows] == ["fused_rnn", "torch.nn", "reference"]
+    for row in rows:
+        assert row["correct"], row["problem"]
+        assert row["median_s"] > 0
+
+
 class FakeClock:
     """A clock that advances `tick` seconds per reading, whatever the machine is doing."""
 

@@ -61,8 +61,9 @@ def test_parity_under_variant(isa):
     assert chosen.returncode == 0, chosen.stderr[-2000:]
     assert chosen.stdout.strip() == isa
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cpu",
-         str(TESTS / "test_cells.py"), str(TESTS / "test_ops.py") + "::test_ops_match_reference"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
+         "cpu or layernorm", str(TESTS / "test_cells.py"), str(TESTS / "test_layernorm_cells.py"),
+         str(TESTS / "test_ops.py") + "::test_ops_match_reference"],
         env=dict(os.environ, ATEN_CPU_CAPABILITY=isa.lower()), capture_output=True, text=True,
         cwd=TESTS.parent)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
