@@ -151,13 +151,6 @@ OptionalTensor optional_if(bool given, const Tensor& t) {
 
 }  // namespace
 
-// t in a cell's saved type (as layer_common.cpp's).
-template <typename Cell>
-Tensor in_saved_type(const Tensor& t) {
-  if constexpr (Cell::kSavedInOpMath) return t.to(saved_type<Cell>(t.scalar_type()));
-  return t;
-}
-
 template <typename Cell>
 CellForward cell_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
                          const Tensor& input, const Tensor& hx, const OptionalTensor& cx,

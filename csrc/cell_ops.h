@@ -272,6 +272,13 @@ at::ScalarType saved_type(at::ScalarType dtype) {
   return Cell::kSavedInOpMath ? at::toOpMathType(dtype) : dtype;
 }
 
+// t in a cell's saved type (the layer-normalized cells' products run in it; else t itself).
+template <typename Cell>
+Tensor in_saved_type(const Tensor& t) {
+  if constexpr (Cell::kSavedInOpMath) return t.to(saved_type<Cell>(t.scalar_type()));
+  return t;
+}
+
 // The input projection x W_ih^T + bias: one product over all rows of x, in the dtype of x.
 Tensor input_projection(const LinearKernels& k, const Tensor& input, const Tensor& w_ih,
                         const OptionalTensor& bias);

@@ -228,14 +228,6 @@ void time_loop(const LinearKernels& lin, const CellKernels<Cell>& k,
 
 Tensor contiguous_or_self(const Tensor& t) { return t.defined() ? t.contiguous() : t; }
 
-// t in a cell's saved type (the op-math type for the layer-normalized cells, whose products run
-// in it; else t itself).
-template <typename Cell>
-Tensor in_saved_type(const Tensor& t) {
-  if constexpr (Cell::kSavedInOpMath) return t.to(saved_type<Cell>(t.scalar_type()));
-  return t;
-}
-
 // The biases a cell's steps add themselves (those not on its input side).
 template <typename Cell>
 std::pair<OptionalTensor, OptionalTensor> step_biases(const OptionalTensor& b_ih,

@@ -34,46 +34,59 @@ def _check_rank(cell: str, what: str, t: torch.Tensor) -> None:
         raise ValueError(f"{cell}: Expected {what} to be 1D or 2D, got {t.dim()}D instead")
 
 
+def _lstm_cell_forward(cell, input, hx, step):
+    """torch.nn.LSTMCell's forward (its checks, unbatched input, hx=None) around step(input, hx)
+    -> (h', c')."""
+    name = type(cell).__name__
+    _check_rank(name, "input", input)
+    if hx is not None:
+        for idx, value in enumerate(hx):
+            _check_rank(name, f"hx[{idx}]", value)
+    batched = input.dim() == 2
+    if not batched:
+        input = input.unsqueeze(0)
+    if hx is None:
+        zeros = input.new_zeros(input.size(0), cell.hidden_size)
+        hx = (zeros, zeros)
+    elif not batched:
+        hx = tuple(value.unsqueeze(0) for value in hx)
+    hy, cy = step(input, hx)
+    if not batched:
+        return hy.squeeze(0), cy.squeeze(0)
+    return hy, cy
+
+
+def _gru_cell_forward(cell, input, hx, step):
+    """torch.nn.GRUCell's forward around step(input, hx) -> h'."""
+    name = type(cell).__name__
+    _check_rank(name, "input", input)
+    if hx is not None:
+        _check_rank(name, "hidden", hx)
+    batched = input.dim() == 2
+    if not batched:
+        input = input.unsqueeze(0)
+    if hx is None:
+        hx = input.new_zeros(input.size(0), cell.hidden_size)
+    elif not batched:
+        hx = hx.unsqueeze(0)
+    hy = step(input, hx)
+    return hy if batched else hy.squeeze(0)
+
+
 class LSTMCell(_NotScriptable, torch.nn.LSTMCell):
     """torch.nn.LSTMCell computed by one fused op. Same arguments, parameters and results."""
 
     def forward(self, input, hx=None):
-        _check_rank("LSTMCell", "input", input)
-        if hx is not None:
-            for idx, value in enumerate(hx):
-                _check_rank("LSTMCell", f"hx[{idx}]", value)
-        batched = input.dim() == 2
-        if not batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            zeros = input.new_zeros(input.size(0), self.hidden_size)
-            hx = (zeros, zeros)
-        elif not batched:
-            hx = tuple(value.unsqueeze(0) for value in hx)
-        hy, cy = functional.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
-                                      self.bias_hh)
-        if not batched:
-            return hy.squeeze(0), cy.squeeze(0)
-        return hy, cy
+        return _lstm_cell_forward(self, input, hx, lambda x, state: functional.lstm_cell(
+            x, state, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh))
 
 
 class GRUCell(_NotScriptable, torch.nn.GRUCell):
     """torch.nn.GRUCell computed by one fused op. Same arguments, parameters and results."""
 
     def forward(self, input, hx=None):
-        _check_rank("GRUCell", "input", input)
-        if hx is not None:
-            _check_rank("GRUCell", "hidden", hx)
-        batched = input.dim() == 2
-        if not batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            hx = input.new_zeros(input.size(0), self.hidden_size)
-        elif not batched:
-            hx = hx.unsqueeze(0)
-        hy = functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
-                                 self.bias_hh)
-        return hy if batched else hy.squeeze(0)
+        return _gru_cell_forward(self, input, hx, lambda x, h: functional.gru_cell(
+            x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh))
 
 
 class _LayerNormCellBase(_NotScriptable, torch.nn.modules.rnn.RNNCellBase):
@@ -120,24 +133,9 @@ class LayerNormLSTMCell(_LayerNormCellBase):
         super().__init__(input_size, hidden_size, bias, 4, ["c"], device, dtype)
 
     def forward(self, input, hx=None):
-        _check_rank("LayerNormLSTMCell", "input", input)
-        if hx is not None:
-            for idx, value in enumerate(hx):
-                _check_rank("LayerNormLSTMCell", f"hx[{idx}]", value)
-        batched = input.dim() == 2
-        if not batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            zeros = input.new_zeros(input.size(0), self.hidden_size)
-            hx = (zeros, zeros)
-        elif not batched:
-            hx = tuple(value.unsqueeze(0) for value in hx)
-        hy, cy = functional.layernorm_lstm_cell(input, hx, self.weight_ih, self.weight_hh,
-                                                self.bias_ih, self.bias_hh,
-                                                *self._norm_parameters())
-        if not batched:
-            return hy.squeeze(0), cy.squeeze(0)
-        return hy, cy
+        return _lstm_cell_forward(self, input, hx, lambda x, state: functional.layernorm_lstm_cell(
+            x, state, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+            *self._norm_parameters()))
 
 
 class LayerNormGRUCell(_LayerNormCellBase):
@@ -153,19 +151,9 @@ class LayerNormGRUCell(_LayerNormCellBase):
         super().__init__(input_size, hidden_size, bias, 3, [], device, dtype)
 
     def forward(self, input, hx=None):
-        _check_rank("LayerNormGRUCell", "input", input)
-        if hx is not None:
-            _check_rank("LayerNormGRUCell", "hidden", hx)
-        batched = input.dim() == 2
-        if not batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            hx = input.new_zeros(input.size(0), self.hidden_size)
-        elif not batched:
-            hx = hx.unsqueeze(0)
-        hy = functional.layernorm_gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
-                                           self.bias_hh, *self._norm_parameters())
-        return hy if batched else hy.squeeze(0)
+        return _gru_cell_forward(self, input, hx, lambda x, h: functional.layernorm_gru_cell(
+            x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+            *self._norm_parameters()))
 
 
 def _check_state_rank(batched: bool, hx, lstm: bool) -> None:
