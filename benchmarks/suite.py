@@ -66,7 +66,7 @@ def _shapes(preset):
 
 def cases(preset, device):
     dtypes = [torch.float32] + ([torch.bfloat16, torch.float16] if device == "cuda" else [])
-    # The layer-normalized cells on the CPU only, which alone has their kernels yet.
+    # The layer-normalized cells on the CPU only until their CUDA kernels have passed on a GPU.
     kinds = ("lstm", "gru") + (tuple(LAYER_NORM_KINDS) if device == "cpu" else ())
     for op, steps, batch, input_size, hidden, label in _shapes(preset):
         for kind in kinds:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fused_rnn
-from conftest import DTYPES, assert_near_truth
+from conftest import DEVICES, DTYPES, assert_near_truth
 from fused_rnn import reference
 
 
@@ -34,9 +34,9 @@ def parameters(cell):
     return [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh, *cell._norm_parameters()]
 
 
-def make_state(kind, batch, hidden, dtype):
+def make_state(kind, batch, hidden, dtype, device="cpu"):
     def rand():
-        return torch.randn(batch, hidden, dtype=dtype, requires_grad=True)
+        return torch.randn(batch, hidden, dtype=dtype, requires_grad=True, device=device)
     return (rand(), rand()) if kind == "lstm" else rand()
 
 
@@ -56,29 +56,31 @@ def outputs_and_grads(outs, inputs, weights):
     return list(outs), list(torch.autograd.grad(loss, inputs, allow_unused=True))
 
 
-def detached_copy(t, dtype):
-    return t.detach().to(dtype).requires_grad_(True)
+def detached_copy(t, dtype, device="cpu"):
+    return t.detach().to(device, dtype).requires_grad_(True)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_I{}_H{}".format(*s))
 @pytest.mark.parametrize("kind", CELLS)
-def test_matches_reference(kind, shape, bias, dtype):
+def test_matches_reference(kind, shape, bias, dtype, device):
     batch, input_size, hidden = shape
-    cell = make_cell(kind, input_size, hidden, bias, dtype)
+    cell = make_cell(kind, input_size, hidden, bias, dtype).to(device)
     torch.manual_seed(1)
-    x = torch.randn(batch, input_size, dtype=dtype, requires_grad=True)
-    state = make_state(kind, batch, hidden, dtype)
-    weights = [torch.randn(batch, hidden, dtype=torch.float64) for _ in range(2)]
+    x = torch.randn(batch, input_size, dtype=dtype, requires_grad=True, device=device)
+    state = make_state(kind, batch, hidden, dtype, device)
+    weights = [torch.randn(batch, hidden, dtype=torch.float64, device=device) for _ in range(2)]
     ours = outputs_and_grads(cell(x, state) if kind == "lstm" else (cell(x, state),),
                              leaves(x, state, parameters(cell)), weights)
 
-    def reference_run(run_dtype):
-        params = [None if p is None else detached_copy(p, run_dtype) for p in parameters(cell)]
-        x_r = detached_copy(x, run_dtype)
-        state_r = (tuple(detached_copy(s, run_dtype) for s in state) if kind == "lstm"
-                   else detached_copy(state, run_dtype))
+    def reference_run(run_dtype):  # the float64 truth on the CPU
+        on = device if run_dtype == dtype else "cpu"
+        params = [None if p is None else detached_copy(p, run_dtype, on) for p in parameters(cell)]
+        x_r = detached_copy(x, run_dtype, on)
+        state_r = (tuple(detached_copy(s, run_dtype, on) for s in state) if kind == "lstm"
+                   else detached_copy(state, run_dtype, on))
         outs = reference_call(kind, x_r, state_r, params)
         return outputs_and_grads(outs, leaves(x_r, state_r, params), weights)
 

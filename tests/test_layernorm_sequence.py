@@ -8,7 +8,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fused_rnn
-from conftest import assert_near_truth
+from conftest import DEVICES, assert_near_truth
 from fused_rnn import reference
 
 
@@ -101,15 +101,16 @@ def run_ours(kind, module, x, lengths, h0, c0, mode):
     return out, final
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kw", CONFIGS, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items())
                          or "default")
 @pytest.mark.parametrize("kind", MODULES)
-def test_matches_reference(kind, kw, mode, dtype):
+def test_matches_reference(kind, kw, mode, dtype, device):
     steps, batch, input_size, hidden = 5, (1 if mode == "unbatched" else 3), 6, 9
     lengths = [5, 2, 4][:batch] if mode == "packed" else [steps] * batch
-    module = make_module(kind, kw, input_size, hidden, dtype)
+    module = make_module(kind, kw, input_size, hidden, dtype).to(device)
     directions = 2 if module.bidirectional else 1
     torch.manual_seed(1)
     x = torch.randn(steps, batch, input_size, dtype=torch.float64)
@@ -120,7 +121,8 @@ def test_matches_reference(kind, kw, mode, dtype):
     mask = (torch.arange(steps)[:, None] < torch.tensor(lengths)[None, :]).double()[..., None]
 
     def results(run_module, run_dtype, run):
-        xs = [t.to(run_dtype).requires_grad_() for t in (x, h0, c0)]
+        on = next(run_module.parameters()).device
+        xs = [t.to(on, run_dtype).requires_grad_() for t in (x, h0, c0)]
         out, h_n, c_n = run(run_module, *xs)
         loss = (out * mask.to(out) * w_out.to(out)).sum() + (h_n * w_h.to(h_n)).sum()
         if c_n is not None:

@@ -9,6 +9,7 @@
 // gradients; the matrix products around it are cuBLAS calls through ATen.
 #include "../cell_math.h"
 #include "../cell_ops.h"
+#include "cuda_tables.h"
 #include "persistent_layer.h"
 
 #include <ATen/OpMathType.h>
@@ -342,6 +343,12 @@ Tensor prepare_linear_cuda(const Tensor& w, int64_t /*rows*/, int64_t /*uses*/) 
 }
 
 void step_linear_cuda(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate) {
+  if (x.scalar_type() != out.scalar_type()) {
+    // The layer-normalized cells' gradients (float) into a half type's carried state.
+    const Tensor product = at::mm(x, w.t());
+    accumulate ? out.add_(product) : out.copy_(product);
+    return;
+  }
   Tensor result = out;  // a view of the caller's buffer, written in place by cuBLAS
   if (accumulate) {
     result.addmm_(x, w.t());
@@ -358,8 +365,10 @@ Tensor matmul_cuda(const Tensor& a, const Tensor& b, const OptionalTensor& add) 
   return add.has_value() ? at::addmm(*add, a, b) : at::mm(a, b);
 }
 
+}  // namespace
+
 // Designated: each kernel named by its entry; the CPU-only whole-sequence entries stay null.
-constexpr LinearKernels kCudaLinear{
+extern const LinearKernels kCudaLinear{
     .prepare_linear = &prepare_linear_cuda,
     .linear = &linear_cuda,
     .matmul = &matmul_cuda,
@@ -368,6 +377,8 @@ constexpr LinearKernels kCudaLinear{
     // The caching allocator reuses its blocks: the whole sequence's projection at once.
     .projection_chunk_bytes = 0,
 };
+
+namespace {
 
 constexpr CellKernels<LstmCell> kCudaLstm{
     .prepare_recurrent = &prepare_linear_cuda,
