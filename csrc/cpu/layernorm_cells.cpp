@@ -4,6 +4,7 @@
 // backward pass. The layer loops, BPTT and the cell ops are the shared ones.
 #include "../layernorm_cell_ops.h"
 #include "linear.h"
+#include "path_choice.h"
 #include "pointwise.h"
 
 #include <ATen/Parallel.h>
@@ -21,7 +22,11 @@ void over_rows(int64_t rows, int64_t row_work, const Pass& pass) {
                    pass);
 }
 
+// W_hh for the steps' products: as it lies where the few-row dot products take them (a packed
+// weight would go to oneDNN, whose cost per call outweighs a few rows' product), else as
+// prepare_linear readies it.
 Tensor prepare_recurrent_layernorm(const Tensor& w_hh, int64_t rows, int64_t uses) {
+  if (w_hh.scalar_type() == at::kFloat && dot_products_pay_off(rows)) return w_hh.contiguous();
   return prepare_linear_cpu(w_hh, rows, uses);
 }
 
