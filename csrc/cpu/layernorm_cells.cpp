@@ -22,12 +22,10 @@ void over_rows(int64_t rows, int64_t row_work, const Pass& pass) {
                    pass);
 }
 
-// W_hh for the steps' products: as it lies where the few-row dot products take them (a packed
-// weight would go to oneDNN, whose cost per call outweighs a few rows' product), else as
-// prepare_linear readies it.
+// W_hh for the steps' products, packed for oneDNN or as it lies (path_choice.h).
 Tensor prepare_recurrent_layernorm(const Tensor& w_hh, int64_t rows, int64_t uses) {
-  if (w_hh.scalar_type() == at::kFloat && dot_products_pay_off(rows)) return w_hh.contiguous();
-  return prepare_linear_cpu(w_hh, rows, uses);
+  return layernorm_step_weight_packed(rows, uses) ? prepare_linear_cpu(w_hh, rows, uses)
+                                                  : w_hh.contiguous();
 }
 
 // A cell's norms made contiguous, and a copy of t pointing at them.

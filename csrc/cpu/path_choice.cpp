@@ -19,6 +19,10 @@ bool onednn_unpacked_pays_off(int64_t rows, int64_t columns, int64_t inner) {
 
 bool onednn_input_gradient_pays_off(int64_t rows) { return rows >= kPackMinRows; }
 
+bool layernorm_step_weight_packed(int64_t rows, int64_t uses) {
+  return !dot_products_pay_off(rows) && onednn_packing_pays_off(rows, uses);
+}
+
 bool panels_pay_off(int64_t weight_bytes, int64_t rows, int64_t uses) {
   const int64_t max_rows =
       weight_bytes <= kPanelCachedWeightBytes ? kPanelMaxRowsCached : kPanelMaxRows;

@@ -38,6 +38,13 @@ bool tiles_pay_off(int64_t rows, int64_t inner);
 constexpr int64_t kOneDnnMinMacs = int64_t{1} << 22;
 bool onednn_unpacked_pays_off(int64_t rows, int64_t columns, int64_t inner);
 
+// The layer-normalized cells' steps (no fused recurrent step: their norms need each product's
+// whole row) take h @ W_hh^T on W_hh as it lies where the dot products pay off, else on W_hh
+// packed for oneDNN where that pays off: at B=1 a packed weight's oneDNN call per step cost more
+// than the product (LN-LSTM T=100 B=1 H=256 forward 2.4 -> 1.0 ms, B=8 5.2 -> 3.1 ms; NOTES
+// entry 47).
+bool layernorm_step_weight_packed(int64_t rows, int64_t uses);
+
 // A layer's input gradient (its gate gradients over all steps @ W_ih) as oneDNN's product with
 // W_ih^T packed: 1-10% off a layer's forward+backward at 3200-12800 rows (NOTES entry 35); with
 // fewer rows its cost per call makes it a tie or a loss.
