@@ -228,18 +228,16 @@ void time_loop(const LinearKernels& lin, const CellKernels<Cell>& k,
 
 Tensor contiguous_or_self(const Tensor& t) { return t.defined() ? t.contiguous() : t; }
 
+OptionalTensor contiguous_or_none(const OptionalTensor& t) {
+  return t.has_value() ? OptionalTensor(t->contiguous()) : t;
+}
+
 // The biases a cell's steps add themselves (those not on its input side).
 template <typename Cell>
 std::pair<OptionalTensor, OptionalTensor> step_biases(const OptionalTensor& b_ih,
                                                       const OptionalTensor& b_hh) {
-  const auto c = [](const OptionalTensor& b) {
-    return b.has_value() ? OptionalTensor(b->contiguous()) : b;
-  };
-  return {Cell::kInputSideBiases < 1 ? c(b_ih) : std::nullopt,
-          Cell::kInputSideBiases < 2 ? c(b_hh) : std::nullopt};
-}
-OptionalTensor contiguous_or_none(const OptionalTensor& t) {
-  return t.has_value() ? OptionalTensor(t->contiguous()) : t;
+  return {Cell::kInputSideBiases < 1 ? contiguous_or_none(b_ih) : std::nullopt,
+          Cell::kInputSideBiases < 2 ? contiguous_or_none(b_hh) : std::nullopt};
 }
 
 }  // namespace

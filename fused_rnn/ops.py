@@ -197,8 +197,16 @@ def _gru_layer_backward_fake(grad_output, grad_hy, input, batch_sizes, hx, w_ih,
     return _gru_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, workspace, output_mask)
 
 
-# The layer-normalized cells: saved rows of 13H+3 (LSTM) and 10H+2 (GRU) values, in the op-math
-# dtype (csrc/layernorm_cell_math.h).
+# The layer-normalized cells' saved rows: values per unit and per row (kLayerNorm*SavedPerUnit,
+# kLayerNorm*SavedPerRow in csrc/layernorm_cell_math.h), in the op-math dtype.
+_LAYERNORM_SAVED = {"lstm": (13, 3), "gru": (10, 2)}
+
+
+def _layernorm_saved_columns(kind, hidden):
+    per_unit, per_row = _LAYERNORM_SAVED[kind]
+    return per_unit * hidden + per_row
+
+
 def _saved_dtype(dtype):
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
@@ -212,7 +220,8 @@ def _layernorm_lstm_cell_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, ln_ih_weigh
                       ln_c_weight=ln_c_weight, ln_c_bias=ln_c_bias)
     batch, hidden = input.shape[0], w_hh.shape[1]
     return (input.new_empty(batch, hidden), input.new_empty(batch, hidden),
-            input.new_empty(batch, 13 * hidden + 3, dtype=_saved_dtype(input.dtype)))
+            input.new_empty(batch, _layernorm_saved_columns("lstm", hidden),
+                            dtype=_saved_dtype(input.dtype)))
 
 
 @torch.library.register_fake("fused_rnn::layernorm_lstm_cell_backward")
@@ -232,7 +241,8 @@ def _layernorm_gru_cell_fake(input, hx, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln
                       ln_hh_weight=ln_hh_weight, ln_hh_bias=ln_hh_bias)
     batch, hidden = input.shape[0], w_hh.shape[1]
     return (input.new_empty(batch, hidden),
-            input.new_empty(batch, 10 * hidden + 2, dtype=_saved_dtype(input.dtype)))
+            input.new_empty(batch, _layernorm_saved_columns("gru", hidden),
+                            dtype=_saved_dtype(input.dtype)))
 
 
 @torch.library.register_fake("fused_rnn::layernorm_gru_cell_backward")
@@ -255,7 +265,8 @@ def _layernorm_lstm_layer_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_h
     saved = rows if keep_saved else 0
     return (input.new_empty(rows, hidden), input.new_empty(batch, hidden),
             input.new_empty(batch, hidden),
-            input.new_empty(saved, 13 * hidden + 3, dtype=_saved_dtype(input.dtype)),
+            input.new_empty(saved, _layernorm_saved_columns("lstm", hidden),
+                            dtype=_saved_dtype(input.dtype)),
             input.new_empty(saved, hidden))
 
 
@@ -277,7 +288,7 @@ def _layernorm_gru_layer_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, ln
                       ln_hh_weight=ln_hh_weight, ln_hh_bias=ln_hh_bias)
     rows, batch, hidden = input.shape[0], hx.shape[0], w_hh.shape[1]
     return (input.new_empty(rows, hidden), input.new_empty(batch, hidden),
-            input.new_empty(rows if keep_saved else 0, 10 * hidden + 2,
+            input.new_empty(rows if keep_saved else 0, _layernorm_saved_columns("gru", hidden),
                             dtype=_saved_dtype(input.dtype)))
 
 

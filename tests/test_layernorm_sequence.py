@@ -51,8 +51,7 @@ def reference_forward(kind, module, x, lengths, h0, c0):
     outputs, finals_h, finals_c = [], [], []
     for b, length in enumerate(lengths):
         seq = x[:length, b]
-        h_b, c_b = [None] * (module.num_layers * directions), [None] * len(finals_h or [0] * 64)
-        h_b, c_b = [], []
+        h_b, c_b = [], []  # this sequence's final states, per (layer, direction)
         for layer in range(module.num_layers):
             outs = []
             for d in range(directions):
