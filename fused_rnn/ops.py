@@ -302,8 +302,15 @@ def _layernorm_gru_layer_backward_fake(grad_output, grad_hy, input, batch_sizes,
 
 
 # Their autograd, registered here (the plain cells' is in C++): the backward op computes only
-# what needs_input_grad asks for. Their backward is not itself differentiable (no double
-# backward yet): autograd says so if asked.
+# what needs_input_grad asks for. Their backward is not itself differentiable yet (it has no
+# composite form): a backward asked for its own graph fails at once, saying so.
+def _no_double_backward(op):
+    if torch.is_grad_enabled():
+        raise NotImplementedError(
+            f"fused_rnn.{op}: double backward (a backward with create_graph=True, as "
+            f"torch.func's grad and vjp run) is not supported yet by the layer-normalized cells "
+            f"and layers")
+
 def _layernorm_lstm_setup_context(ctx, inputs, output):
     input, hx, cx, w_ih, w_hh, _b_ih, _b_hh, *norms = inputs
     _hy, cy, saved = output
@@ -324,6 +331,7 @@ def _lstm_grads(need, grads):
 
 
 def _layernorm_lstm_backward(ctx, grad_hy, grad_cy, _grad_saved):
+    _no_double_backward("layernorm_lstm_cell")
     input, hx, cx, w_ih, w_hh, *norms, saved, cy = ctx.saved_tensors
     need = ctx.needs_input_grad
     grads = torch.ops.fused_rnn.layernorm_lstm_cell_backward(
@@ -341,6 +349,7 @@ def _layernorm_gru_setup_context(ctx, inputs, output):
 
 
 def _layernorm_gru_backward(ctx, grad_hy, _grad_saved):
+    _no_double_backward("layernorm_gru_cell")
     input, hx, w_ih, w_hh, *norms, saved = ctx.saved_tensors
     return tuple(torch.ops.fused_rnn.layernorm_gru_cell_backward(
         _or_zeros(grad_hy, hx), input, hx, w_ih, w_hh, *norms, saved,
@@ -359,6 +368,7 @@ def _layernorm_lstm_layer_setup_context(ctx, inputs, output):
 
 
 def _layernorm_lstm_layer_backward(ctx, grad_output, grad_hy, grad_cy, _g_saved, _g_cells):
+    _no_double_backward("layernorm_lstm_layer")
     input, batch_sizes, hx, cx, w_ih, w_hh, *rest = ctx.saved_tensors
     norms, (out, saved, cell_states) = rest[:6], rest[6:]
     need = list(ctx.needs_input_grad)
@@ -381,6 +391,7 @@ def _layernorm_gru_layer_setup_context(ctx, inputs, output):
 
 
 def _layernorm_gru_layer_backward(ctx, grad_output, grad_hy, _g_saved):
+    _no_double_backward("layernorm_gru_layer")
     input, batch_sizes, hx, w_ih, w_hh, *norms, out, saved = ctx.saved_tensors
     need = list(ctx.needs_input_grad)
     mask = [need[0], need[2], *need[3:11]]

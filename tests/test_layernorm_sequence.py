@@ -232,3 +232,18 @@ def test_bad_norm_names_the_argument(kind):
     op = getattr(torch.ops.fused_rnn, f"layernorm_{kind}_layer")
     with pytest.raises(RuntimeError, match=r"ln_ih_weight of shape \[\d+\], got \[2\]"):
         op(x, batch_sizes, *states, *params, False)
+
+
+@pytest.mark.parametrize("cls", [fused_rnn.LayerNormLSTM, fused_rnn.LayerNormGRU,
+                                 fused_rnn.LayerNormLSTMCell, fused_rnn.LayerNormGRUCell])
+def test_double_backward_says_it_is_not_supported(cls):
+    module = cls(3, 4)
+    x = torch.randn(5, 2, 3, requires_grad=True) if "Cell" not in cls.__name__ else \
+        torch.randn(2, 3, requires_grad=True)
+    out = module(x)
+    first = out[0] if isinstance(out, tuple) else out
+    with pytest.raises(NotImplementedError, match="double backward"):
+        torch.autograd.grad(first.sum(), x, create_graph=True)
+    (grad,) = torch.autograd.grad(module(x)[0].sum() if isinstance(out, tuple)
+                                  else module(x).sum(), x)
+    assert grad.shape == x.shape
