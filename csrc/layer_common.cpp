@@ -456,8 +456,8 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
       lin.step_linear(gg.grad_hidden_gates, w_hh_t, gh, Cell::kDirectStateGrad);
     }
   }
-  // The input's and the weights' gradients as single GEMMs over all steps (the input's through
-  // the device's matmul, which on the CPU may hand it to oneDNN).
+  // The input's and the weights' gradients as single GEMMs over all steps, through the device's
+  // matmul (which on the CPU may hand them to oneDNN).
   // (In the saved type, the result in the dtype, where the cell keeps its gradients in another.)
   const auto in_dtype = [&](const Tensor& t) {
     if constexpr (Cell::kSavedInOpMath) return t.to(input.scalar_type());
@@ -469,9 +469,12 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
   }
   if (mask.hx) g.hx = grad_h;
   if (mask.cx) g.cx = grad_c;
-  if (mask.w_ih) g.w_ih = in_dtype(at::mm(grad_input_gates.t(), in_saved_type<Cell>(input)));
+  if (mask.w_ih) {
+    g.w_ih = in_dtype(lin.matmul(grad_input_gates.t(), in_saved_type<Cell>(input), std::nullopt));
+  }
   if (mask.w_hh) {
-    g.w_hh = in_dtype(at::mm(grad_hidden_gates.t(), in_saved_type<Cell>(hidden_before())));
+    g.w_hh = in_dtype(
+        lin.matmul(grad_hidden_gates.t(), in_saved_type<Cell>(hidden_before()), std::nullopt));
   }
   if constexpr (Cell::kNorms > 0) {
     Cell::parameter_grads(grad_pre, saved_c, H, mask, g, input.scalar_type());
@@ -479,7 +482,9 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
     if (mask.b_ih) g.b_ih = at::sum(grad_input_gates, 0);
     if (mask.b_hh) g.b_hh = at::sum(grad_hidden_gates, 0);
   }
-  if (grad_projected.defined()) g.w_hr = at::mm(grad_projected.t(), hidden_pre_proj.contiguous());
+  if (grad_projected.defined()) {
+    g.w_hr = lin.matmul(grad_projected.t(), hidden_pre_proj.contiguous(), std::nullopt);
+  }
   return g;
 }
 

@@ -92,7 +92,8 @@ PYBIND11_MODULE(_C, m) {
         const fused_rnn::cpu::LayerShape shape{gates,      steps,      batch,
                                                input,      hidden,     proj,
                                                elem_bytes, keep_saved, at::get_num_threads(),
-                                               fused_rnn::cpu::onednn_available()};
+                                               fused_rnn::cpu::onednn_available(),
+                                               fused_rnn::cpu::cpu_has_avx512()};
         py::dict d;
         d["forward"] = fused_rnn::cpu::forward_path(shape);
         d["backward"] = fused_rnn::cpu::backward_path(shape);

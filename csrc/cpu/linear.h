@@ -35,6 +35,9 @@ void touch_pages(std::uintptr_t begin, std::uintptr_t end, int64_t share, int64_
 
 // Whether this torch has oneDNN's packed linear ops.
 bool onednn_available();
+// Whether this CPU runs AVX-512 (oneDNN's products use it where it does, whatever ATen's
+// capability setting).
+bool cpu_has_avx512();
 
 // Weights packed for the fused step's panels are 3-D tensors.
 inline bool packed_in_panels(const Tensor& w) { return w.dim() == 3; }

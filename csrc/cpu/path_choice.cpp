@@ -19,6 +19,10 @@ bool onednn_unpacked_pays_off(int64_t rows, int64_t columns, int64_t inner) {
 
 bool onednn_input_gradient_pays_off(int64_t rows) { return rows >= kPackMinRows; }
 
+bool onednn_weight_gradient_pays_off(int64_t rows, bool avx512) {
+  return rows >= (avx512 ? kWeightGradientMinRowsAvx512 : kPackMinRows);
+}
+
 bool layernorm_step_weight_packed(int64_t rows, int64_t uses) {
   return !dot_products_pay_off(rows) && onednn_packing_pays_off(rows, uses);
 }
@@ -108,7 +112,11 @@ std::string forward_path(const LayerShape& s) {
 std::string backward_path(const LayerShape& s) {
   const int64_t H = s.hidden, G = s.gates, P = state_size(s);
   const int64_t w_hh_bytes = G * H * P * 4;
-  const std::string weights = "; the input and weight gradients as single products over all steps";
+  const bool onednn_weights =
+      float32(s) && s.onednn && onednn_weight_gradient_pays_off(s.steps * s.batch, s.avx512);
+  const std::string weights =
+      std::string("; the input and weight gradients as single products over all steps") +
+      (onednn_weights ? " (the weights' by oneDNN)" : "");
   if (s.proj == 0 && float32(s) && panels_pay_off(w_hh_bytes, s.batch, s.steps)) {
     const int64_t row_threads = backward_row_threads(s.batch, s.threads);
     return std::string("sequence: the fused backward step (gate gradients, then grad_h @ W_hh "

@@ -50,6 +50,15 @@ bool layernorm_step_weight_packed(int64_t rows, int64_t uses);
 // fewer rows its cost per call makes it a tie or a loss.
 bool onednn_input_gradient_pays_off(int64_t rows);
 
+// A layer's weight gradients (its gate gradients over all steps, transposed, @ its inputs or
+// states) as oneDNN's product X^T @ grad, the gate gradients read in place as its weight: MKL's
+// sgemm takes its generic path on these AMD CPUs and runs at about half oneDNN's AVX-512 rate,
+// so from 300 rows the product takes 0.49-0.73x of at::mm's time (H = 128..1024, up to 12800
+// rows; NOTES entry 48). With oneDNN held to AVX2 it ties at::mm from 1024 rows and loses below,
+// so a CPU without AVX-512 takes it from kPackMinRows.
+constexpr int64_t kWeightGradientMinRowsAvx512 = 300;
+bool onednn_weight_gradient_pays_off(int64_t rows, bool avx512);
+
 // ---------------------------------------------------------------------------------------------
 // The fused recurrent step (pointwise.h) and its sequences (sequences.cpp).
 
@@ -135,6 +144,7 @@ struct LayerShape {
   bool keep_saved;        // training: the forward saves for the backward
   int64_t threads;        // ATen's threads
   bool onednn;            // this torch has oneDNN's packed linear ops
+  bool avx512;            // this CPU runs AVX-512 (oneDNN's products do where it does)
 };
 
 // Which forward path a padded layer of this shape takes on the CPU, in words.
