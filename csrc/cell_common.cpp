@@ -244,7 +244,9 @@ Grads cell_backward(const LinearKernels& lin, const CellKernels<Cell>& k, const 
   if (mask.w_ih) g.w_ih = product(gi.t(), input, std::nullopt);
   if (mask.w_hh) g.w_hh = product(gh.t(), hx, std::nullopt);
   if constexpr (Cell::kNorms > 0) {
-    Cell::parameter_grads(gg.grad_pre, gg.saved, H, mask, g, input.scalar_type());
+    const std::vector<Tensor> sums = Cell::parameter_sums(H, grad_options);
+    Cell::add_parameter_sums(lin, gg.grad_pre, gg.saved, H, sums);
+    Cell::parameter_grads(sums, mask, g, input.scalar_type());
   } else {
     // Where the pre-activations sum the sides, both biases share b_ih's gradient.
     if (mask.b_ih) g.b_ih = at::sum(gi, 0);

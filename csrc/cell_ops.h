@@ -111,7 +111,7 @@ struct GateGradTensors {
   Tensor grad_h_direct;      // [B, H] out, where kDirectStateGrad; may be grad_h
   at::ArrayRef<Tensor> norms;  // the cell's kNorms parameters
   Tensor grad_pre;           // [B, pre_grad_columns(H)] out, where kNorms: what the cell's
-                             // parameter_grads sums over the rows
+                             // parameter gradients sum over the rows (add_parameter_sums)
 };
 
 // A layer's whole forward, for one uniform batch of B rows a step and no projection: the rows of
@@ -178,6 +178,9 @@ struct LinearKernels {
   // temporary (out must not overlap x).
   Tensor (*prepare_step_weight)(const Tensor& w, int64_t rows, int64_t uses);
   void (*step_linear)(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate);
+  // Adds the sums over the rows of d [N, C] and of d * x (x [N, C]; float or double) to sums
+  // [2, C]: the layer norms' bias and weight gradients.
+  void (*add_row_sums)(const Tensor& d, const Tensor& x, const Tensor& sums);
   // Where the input projection is not saved (inference; the GRU's training too), a padded batch
   // runs in chunks of steps whose projection takes about this many bytes, each chunk's buffer
   // reused; 0: the whole sequence's projection at once. (A layer whose steps compute their input

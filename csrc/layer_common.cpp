@@ -398,22 +398,28 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
   };
   if (Cell::kGateGradsReadHPrev) hidden_before();
   // The pre-activations' gradients of the two sides (of the raw products where the cell
-  // normalizes them), in the saved type; where the cell has parameters beyond torch.nn's, what
-  // their gradients sum over the rows.
+  // normalizes them), in the saved type.
   const Tensor grad_input_gates = at::empty({N, G * H}, grad_options);
   const Tensor grad_hidden_gates = Cell::kPreActivationsSumSides
                                        ? grad_input_gates
                                        : at::empty({N, G * H}, grad_options);
+  // Where the cell has parameters beyond torch.nn's: each step's rows of what their gradients sum
+  // over the rows, and those sums.
   Tensor grad_pre;
-  if constexpr (Cell::kNorms > 0) grad_pre = at::empty({N, Cell::pre_grad_columns(H)}, grad_options);
+  std::vector<Tensor> parameter_sums;
+  if constexpr (Cell::kNorms > 0) {
+    grad_pre = at::empty({B, Cell::pre_grad_columns(H)}, grad_options);
+    parameter_sums = Cell::parameter_sums(H, grad_options);
+  }
   // Gradients of the running state, carried backwards through the steps.
   Tensor grad_h = grad_hy.contiguous().clone();
   Tensor grad_c = kCell ? grad_cy.contiguous().clone() : Tensor();
   // With a projection: every step's full output gradient, for w_hr's gradient as one GEMM.
   const Tensor grad_projected =
       w_hr.has_value() && mask.w_hr ? at::empty({N, s.state}, input.options()) : Tensor();
+  // (A cell with parameters of its own sums their gradients step by step, in the loop below.)
   const bool whole_sequence =
-      !w_hr.has_value() && uniform_batch(order, B) && k.backward_sequence &&
+      Cell::kNorms == 0 && !w_hr.has_value() && uniform_batch(order, B) && k.backward_sequence &&
       k.backward_sequence({grad_out_c, saved_c, h_before, c_before, cells_c, a.w_hh, grad_h,
                            grad_c, grad_input_gates, grad_hidden_gates, a.reverse});
   if (!whole_sequence) {
@@ -449,10 +455,13 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
       gg.grad_input_gates = rows(grad_input_gates, step);
       gg.grad_hidden_gates = Cell::kPreActivationsSumSides ? gg.grad_input_gates
                                                            : rows(grad_hidden_gates, step);
-      if (Cell::kNorms > 0) gg.grad_pre = rows(grad_pre, step);
+      if (Cell::kNorms > 0) gg.grad_pre = first_rows(grad_pre, step.rows);
       // gh becomes the direct part of the previous state's gradient, then gains W_hh's.
       if (Cell::kDirectStateGrad) gg.grad_h_direct = gh;
       k.gate_grads(gg);
+      if constexpr (Cell::kNorms > 0) {
+        Cell::add_parameter_sums(lin, gg.grad_pre, gg.saved, H, parameter_sums);
+      }
       lin.step_linear(gg.grad_hidden_gates, w_hh_t, gh, Cell::kDirectStateGrad);
     }
   }
@@ -477,7 +486,7 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
         lin.matmul(grad_hidden_gates.t(), in_saved_type<Cell>(hidden_before()), std::nullopt));
   }
   if constexpr (Cell::kNorms > 0) {
-    Cell::parameter_grads(grad_pre, saved_c, H, mask, g, input.scalar_type());
+    Cell::parameter_grads(parameter_sums, mask, g, input.scalar_type());
   } else {
     if (mask.b_ih) g.b_ih = at::sum(grad_input_gates, 0);
     if (mask.b_hh) g.b_hh = at::sum(grad_hidden_gates, 0);

@@ -29,10 +29,16 @@ struct LayerNormLstmCell {
   static constexpr int kNorms = 6;
   // The gate gradients' grad_pre rows: the pre-activations' gradient [4H], LN_c's output's [H].
   static constexpr int64_t pre_grad_columns(int64_t hidden) { return (kGates + 1) * hidden; }
-  // The biases' (one gradient for b_ih and b_hh, in b_ih) and the norms' gradients, summed over
-  // grad_pre's and saved's rows, in `dtype`, where mask asks for them.
-  static void parameter_grads(const Tensor& grad_pre, const Tensor& saved, int64_t hidden,
-                              const GradMask& mask, Grads& grads, at::ScalarType dtype);
+  // The biases' and the norms' gradients are sums over the rows: parameter_sums starts them
+  // (zeros), add_parameter_sums adds the rows of a step's grad_pre and saved (the device's
+  // row_sums), parameter_grads makes them the gradients (one for b_ih and b_hh, in b_ih) in
+  // `dtype`, where mask asks for them.
+  static std::vector<Tensor> parameter_sums(int64_t hidden, const at::TensorOptions& options);
+  static void add_parameter_sums(const LinearKernels& lin, const Tensor& grad_pre,
+                                 const Tensor& saved, int64_t hidden,
+                                 const std::vector<Tensor>& sums);
+  static void parameter_grads(const std::vector<Tensor>& sums, const GradMask& mask,
+                              Grads& grads, at::ScalarType dtype);
   // Checks the norms' sizes ([4H] each, [H] for LN_c's), devices and dtypes (input's).
   static void check_norms(const char* op, at::ArrayRef<Tensor> norms, int64_t hidden,
                           const Tensor& input);
@@ -54,8 +60,13 @@ struct LayerNormGruCell {
   static constexpr int kNorms = 4;
   // grad_pre rows: the input side's gradient after LN [3H], the hidden side's [3H].
   static constexpr int64_t pre_grad_columns(int64_t hidden) { return 2 * kGates * hidden; }
-  static void parameter_grads(const Tensor& grad_pre, const Tensor& saved, int64_t hidden,
-                              const GradMask& mask, Grads& grads, at::ScalarType dtype);
+  // As the LSTM's (b_ih's and b_hh's gradients apart).
+  static std::vector<Tensor> parameter_sums(int64_t hidden, const at::TensorOptions& options);
+  static void add_parameter_sums(const LinearKernels& lin, const Tensor& grad_pre,
+                                 const Tensor& saved, int64_t hidden,
+                                 const std::vector<Tensor>& sums);
+  static void parameter_grads(const std::vector<Tensor>& sums, const GradMask& mask,
+                              Grads& grads, at::ScalarType dtype);
   // Checks the norms' sizes ([3H] each), devices and dtypes (input's).
   static void check_norms(const char* op, at::ArrayRef<Tensor> norms, int64_t hidden,
                           const Tensor& input);

@@ -17,6 +17,8 @@
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/sum.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
@@ -365,6 +367,11 @@ Tensor matmul_cuda(const Tensor& a, const Tensor& b, const OptionalTensor& add) 
   return add.has_value() ? at::addmm(*add, a, b) : at::mm(a, b);
 }
 
+void add_row_sums_cuda(const Tensor& d, const Tensor& x, const Tensor& sums) {
+  sums[0].add_(at::sum(d, 0));
+  sums[1].add_(at::sum(at::mul(d, x), 0));
+}
+
 }  // namespace
 
 // Designated: each kernel named by its entry; the CPU-only whole-sequence entries stay null.
@@ -374,6 +381,7 @@ extern const LinearKernels kCudaLinear{
     .matmul = &matmul_cuda,
     .prepare_step_weight = &prepare_linear_cuda,
     .step_linear = &step_linear_cuda,
+    .add_row_sums = &add_row_sums_cuda,
     // The caching allocator reuses its blocks: the whole sequence's projection at once.
     .projection_chunk_bytes = 0,
 };
