@@ -107,8 +107,24 @@ def run_ours(kind, module, x, lengths, h0, c0, mode):
                          or "default")
 @pytest.mark.parametrize("kind", MODULES)
 def test_matches_reference(kind, kw, mode, dtype, device):
-    steps, batch, input_size, hidden = 5, (1 if mode == "unbatched" else 3), 6, 9
-    lengths = [5, 2, 4][:batch] if mode == "packed" else [steps] * batch
+    batch = 1 if mode == "unbatched" else 3
+    check_matches_reference(kind, kw, mode, dtype, device, steps=5, batch=batch,
+                            lengths=[5, 2, 4][:batch] if mode == "packed" else None)
+
+
+@pytest.mark.parametrize("mode", ["padded", "packed"])
+@pytest.mark.parametrize("kind", MODULES)
+def test_long_sequences_match_reference(kind, mode):
+    """350 rows: the backward sums the norms' gradients over groups of steps of about 256 rows
+    (51 steps of 5 rows here), the last group shorter; packed, the steps' rows vary within a
+    group; the reverse direction's groups run the other way."""
+    check_matches_reference(kind, dict(bidirectional=True), mode, torch.float64, "cpu", steps=70,
+                            batch=5, lengths=[70, 23, 61, 70, 2] if mode == "packed" else None)
+
+
+def check_matches_reference(kind, kw, mode, dtype, device, steps, batch, lengths):
+    input_size, hidden = 6, 9
+    lengths = lengths or [steps] * batch
     module = make_module(kind, kw, input_size, hidden, dtype).to(device)
     directions = 2 if module.bidirectional else 1
     torch.manual_seed(1)

@@ -10,7 +10,6 @@
 #include <ATen/ops/mm.h>
 
 #include <algorithm>
-#include <vector>
 #include <string>
 
 namespace fused_rnn::cpu {
@@ -192,31 +191,35 @@ void step_linear_cpu(const Tensor& x, const Tensor& w, const Tensor& out, bool a
 // out first). Blocks of rows are summed apart, then added, for a sum's accuracy over thousands
 // of rows.
 void add_row_sums_cpu(const Tensor& d, const Tensor& x, const Tensor& sums) {
-  constexpr int64_t kBlockRows = 256, kTaskColumns = 256;
+  constexpr int64_t kBlockRows = 256, kBlockColumns = 256;
   const Tensor d_r = d.stride(1) == 1 ? d : d.contiguous();
   const Tensor x_r = x.stride(1) == 1 ? x : x.contiguous();
   const int64_t rows = d.size(0), columns = d.size(1);
+  const int64_t grain = std::max<int64_t>(1, kGrainUnits / std::max<int64_t>(rows, 1));
   AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "add_row_sums", [&] {
     const scalar_t* d_p = d_r.data_ptr<scalar_t>();
     const scalar_t* x_p = x_r.data_ptr<scalar_t>();
     scalar_t* sum_d = sums[0].data_ptr<scalar_t>();
     scalar_t* sum_dx = sums[1].data_ptr<scalar_t>();
-    at::parallel_for(0, columns, kTaskColumns, [&](int64_t first, int64_t last) {
-      std::vector<scalar_t> block_d(last - first), block_dx(last - first);
-      for (int64_t begin = 0; begin < rows; begin += kBlockRows) {
-        std::fill(block_d.begin(), block_d.end(), scalar_t(0));
-        std::fill(block_dx.begin(), block_dx.end(), scalar_t(0));
-        for (int64_t n = begin; n < std::min(rows, begin + kBlockRows); ++n) {
-          const scalar_t* d_row = d_p + n * d_r.stride(0) + first;
-          const scalar_t* x_row = x_p + n * x_r.stride(0) + first;
-          for (int64_t c = 0; c < last - first; ++c) {
-            block_d[c] += d_row[c];
-            block_dx[c] += d_row[c] * x_row[c];
+    at::parallel_for(0, columns, grain, [&](int64_t begin, int64_t end) {
+      scalar_t block_d[kBlockColumns], block_dx[kBlockColumns];
+      for (int64_t first = begin; first < end; first += kBlockColumns) {
+        const int64_t width = std::min(kBlockColumns, end - first);
+        for (int64_t top = 0; top < rows; top += kBlockRows) {
+          std::fill(block_d, block_d + width, scalar_t(0));
+          std::fill(block_dx, block_dx + width, scalar_t(0));
+          for (int64_t n = top; n < std::min(rows, top + kBlockRows); ++n) {
+            const scalar_t* d_row = d_p + n * d_r.stride(0) + first;
+            const scalar_t* x_row = x_p + n * x_r.stride(0) + first;
+            for (int64_t c = 0; c < width; ++c) {
+              block_d[c] += d_row[c];
+              block_dx[c] += d_row[c] * x_row[c];
+            }
           }
-        }
-        for (int64_t c = 0; c < last - first; ++c) {
-          sum_d[first + c] += block_d[c];
-          sum_dx[first + c] += block_dx[c];
+          for (int64_t c = 0; c < width; ++c) {
+            sum_d[first + c] += block_d[c];
+            sum_dx[first + c] += block_dx[c];
+          }
         }
       }
     });
