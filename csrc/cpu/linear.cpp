@@ -109,21 +109,36 @@ Tensor prepare_linear_cpu(const Tensor& w, int64_t rows, int64_t uses) {
   return stack[0].toTensor();
 }
 
+namespace {
+
+// A float32 weight as it lies, which the dot products may take.
+bool plain_float(const Tensor& w) {
+  return w.scalar_type() == at::kFloat && !w.is_mkldnn() && w.is_contiguous();
+}
+
+// out [rows, N] (contiguous) = x @ w^T (+ bias) as dot products (linear_rows).
+void dot_products_into(const Tensor& x, const Tensor& w, const OptionalTensor& bias,
+                       const Tensor& out) {
+  const auto& kernels = pointwise_kernels();
+  const Tensor x_c = x.contiguous();
+  const Tensor b = bias.has_value() ? bias->contiguous() : Tensor();
+  over_panel_tasks(kernels.rows_tasks(w.size(0)), product_fmas(x, w.size(0)),
+                   [&](int64_t begin, int64_t end) {
+                     kernels.linear_rows(x_c, w, b.defined() ? b.data_ptr<float>() : nullptr,
+                                         out, begin, end);
+                   });
+}
+
+}  // namespace
+
 Tensor linear_cpu(const Tensor& x, const Tensor& w, const OptionalTensor& bias) {
-  const bool plain_float = w.scalar_type() == at::kFloat && !w.is_mkldnn() && w.is_contiguous();
-  if (plain_float && dot_products_pay_off(x.size(0))) {
-    const auto& kernels = pointwise_kernels();
-    const Tensor x_c = x.contiguous();
-    const Tensor b = bias.has_value() ? bias->contiguous() : Tensor();
+  if (plain_float(w) && dot_products_pay_off(x.size(0))) {
     Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
-    over_panel_tasks(kernels.rows_tasks(w.size(0)), product_fmas(x, w.size(0)),
-                     [&](int64_t begin, int64_t end) {
-                       kernels.linear_rows(x_c, w, b.defined() ? b.data_ptr<float>() : nullptr,
-                                           out, begin, end);
-                     });
+    dot_products_into(x, w, bias, out);
     return out;
   }
-  const bool onednn_dense = plain_float && onednn_unpacked_pays_off(x.size(0), w.size(0), w.size(1)) &&
+  const bool onednn_dense = plain_float(w) &&
+                            onednn_unpacked_pays_off(x.size(0), w.size(0), w.size(1)) &&
                             onednn().available();
   if (!w.is_mkldnn() && !onednn_dense) {
     return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
@@ -132,15 +147,15 @@ Tensor linear_cpu(const Tensor& x, const Tensor& w, const OptionalTensor& bias) 
 }
 
 Tensor matmul_cpu(const Tensor& a, const Tensor& b, const OptionalTensor& add) {
-  const bool plain_float = a.scalar_type() == at::kFloat;
+  const bool float32 = a.scalar_type() == at::kFloat;
   // A weight gradient: a is the transposed view of the gate gradients.
   const bool transposed_a = a.stride(0) == 1 && a.stride(1) >= a.size(0);
-  if (plain_float && b.scalar_type() == at::kFloat && !add.has_value() && transposed_a &&
+  if (float32 && b.scalar_type() == at::kFloat && !add.has_value() && transposed_a &&
       onednn_weight_gradient_pays_off(a.size(1), cpu_has_avx512()) && onednn().available()) {
     return onednn_weight_gradient(a, b);
   }
-  if (!plain_float || !tiles_pay_off(a.size(0), a.size(1))) {
-    if (plain_float && !add.has_value() && a.is_contiguous() &&
+  if (!float32 || !tiles_pay_off(a.size(0), a.size(1))) {
+    if (float32 && !add.has_value() && a.is_contiguous() &&
         onednn_input_gradient_pays_off(a.size(0))) {
       return linear_cpu(a, prepare_linear_cpu(b.t(), a.size(0), 1), std::nullopt);
     }
@@ -174,6 +189,11 @@ Tensor prepare_step_weight_cpu(const Tensor& w, int64_t rows, int64_t uses) {
 }
 
 void step_linear_cpu(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate) {
+  if (!accumulate && plain_float(w) && dot_products_pay_off(x.size(0)) && out.is_contiguous() &&
+      out.scalar_type() == at::kFloat) {
+    dot_products_into(x, w, std::nullopt, out);
+    return;
+  }
   if (!packed_in_panels(w)) {
     const Tensor product = linear_cpu(x, w, std::nullopt);
     accumulate ? out.add_(product) : out.copy_(product);
