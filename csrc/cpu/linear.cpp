@@ -111,9 +111,10 @@ Tensor prepare_linear_cpu(const Tensor& w, int64_t rows, int64_t uses) {
 
 namespace {
 
-// A float32 weight as it lies, which the dot products may take.
+// A float32 weight as it lies (not packed for oneDNN or in panels), which the dot products may
+// take.
 bool plain_float(const Tensor& w) {
-  return w.scalar_type() == at::kFloat && !w.is_mkldnn() && w.is_contiguous();
+  return w.scalar_type() == at::kFloat && w.dim() == 2 && !w.is_mkldnn() && w.is_contiguous();
 }
 
 // out [rows, N] (contiguous) = x @ w^T (+ bias) as dot products (linear_rows).
