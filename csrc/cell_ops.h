@@ -252,6 +252,15 @@ std::vector<SequenceStep> check_layer_args(const char* op, int64_t gates, const 
                                            const OptionalTensor& b_hh, const OptionalTensor& w_hr,
                                            bool reverse);
 
+// The episode starts of a layer op's sequence (resets [N] bool, a row per input row: an episode
+// starts at that row's step), per step of `order` (check_layer_args'): the rows whose state
+// entering that step is the initial state instead of the previous step's, as an index tensor on
+// the input's device, or undefined where none. In the forward direction a marked step starts from
+// the initial state; in reverse, the step run after it (the one before it in time). Empty
+// without resets.
+std::vector<Tensor> reset_rows(const char* op, const OptionalTensor& resets, const Tensor& input,
+                               const std::vector<SequenceStep>& order, bool reverse);
+
 // Checks that `t` has exactly the given sizes, device and dtype of `like`.
 void check_saved(const char* op, const char* name, const Tensor& t, at::IntArrayRef sizes,
                  const Tensor& like);
@@ -314,6 +323,8 @@ struct LayerArgs {
   OptionalTensor b_ih, b_hh, w_hr;
   bool reverse;
   std::vector<Tensor> norms;  // the cell's kNorms parameters beyond torch.nn's
+  // [N] bool: where true, an episode starts at that row's step (reset_rows).
+  OptionalTensor resets = std::nullopt;
 };
 // A backward's gradients: grad_b_hh where its own (b_ih's otherwise serves both).
 struct Grads {
@@ -389,9 +400,10 @@ void impl_lstm_ops(torch::Library& m) {
          [](const Tensor& input, const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
             const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
             const OptionalTensor& b_hh, const OptionalTensor& w_hr, bool reverse,
-            bool keep_saved) -> LstmLayerOutputs {
+            bool keep_saved, const OptionalTensor& resets) -> LstmLayerOutputs {
            const LayerForward f = layer_forward(
-               L, K, {input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse},
+               L, K,
+               {input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, {}, resets},
                keep_saved);
            return {f.output, f.hy, f.cy, f.saved, f.cell_states, f.hidden_pre_proj};
          });
@@ -400,12 +412,12 @@ void impl_lstm_ops(torch::Library& m) {
             const Tensor& input, const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
             const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& w_hr,
             const Tensor& output, const Tensor& gates, const Tensor& cell_states,
-            const Tensor& hidden_pre_proj, bool reverse,
-            std::array<bool, 7> mask) -> LstmLayerGrads {
+            const Tensor& hidden_pre_proj, bool reverse, std::array<bool, 7> mask,
+            const OptionalTensor& resets) -> LstmLayerGrads {
            const Grads g = layer_backward(
                L, K, grad_output, grad_hy, grad_cy,
                {input, batch_sizes, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt, w_hr,
-                reverse},
+                reverse, {}, resets},
                output, gates, cell_states, hidden_pre_proj,
                {mask[0], mask[1], mask[2], mask[3], mask[4], mask[5], false, mask[6]});
            return {g.input, g.hx, g.cx, g.w_ih, g.w_hh, g.b_ih, g.w_hr};
@@ -425,10 +437,11 @@ void impl_gru_ops(torch::Library& m) {
   m.impl("gru_layer",
          [](const Tensor& input, const Tensor& batch_sizes, const Tensor& hx, const Tensor& w_ih,
             const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh,
-            bool reverse, bool keep_saved) -> GruLayerOutputs {
+            bool reverse, bool keep_saved, const OptionalTensor& resets) -> GruLayerOutputs {
            const LayerForward f = layer_forward(
                L, K,
-               {input, batch_sizes, hx, Tensor(), w_ih, w_hh, b_ih, b_hh, std::nullopt, reverse},
+               {input, batch_sizes, hx, Tensor(), w_ih, w_hh, b_ih, b_hh, std::nullopt, reverse,
+                {}, resets},
                keep_saved);
            return {f.output, f.hy, f.saved};
          });
@@ -436,11 +449,11 @@ void impl_gru_ops(torch::Library& m) {
          [](const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
             const Tensor& batch_sizes, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
             const Tensor& output, const Tensor& workspace, bool reverse,
-            std::array<bool, 6> mask) -> GruGrads {
+            std::array<bool, 6> mask, const OptionalTensor& resets) -> GruGrads {
            const Grads g = layer_backward(
                L, K, grad_output, grad_hy, Tensor(),
                {input, batch_sizes, hx, Tensor(), w_ih, w_hh, std::nullopt, std::nullopt,
-                std::nullopt, reverse},
+                std::nullopt, reverse, {}, resets},
                output, workspace, Tensor(), Tensor(),
                {mask[0], mask[1], false, mask[2], mask[3], mask[4], mask[5], false});
            return {g.input, g.hx, g.w_ih, g.w_hh, g.b_ih, g.b_hh};

@@ -94,24 +94,48 @@ Tensor in_time_order(std::vector<Tensor> per_step, bool reverse, const Tensor& l
   return at::cat(per_step, 0);
 }
 
-// batch_sizes as a tensor whose values can be read: under a torch.func transform it comes wrapped,
-// without storage of its own, and only its elements' values (item) can be read.
-Tensor readable(const Tensor& batch_sizes) {
-  if (batch_sizes.has_storage() || batch_sizes.scalar_type() != at::kLong ||
-      batch_sizes.dim() != 1) {
-    return batch_sizes;
-  }
-  std::vector<int64_t> values;
-  for (int64_t t = 0; t < batch_sizes.size(0); ++t) {
-    values.push_back(batch_sizes[t].item<int64_t>());
-  }
-  // Made outside the transform, which would wrap a tensor made under it too.
-  c10::impl::ExcludeDispatchKeyGuard outside(
+// Tensors made outside a torch.func transform, which would wrap a tensor made under it too.
+c10::impl::ExcludeDispatchKeyGuard outside_transforms() {
+  return c10::impl::ExcludeDispatchKeyGuard(
       c10::DispatchKeySet({c10::DispatchKey::FuncTorchDynamicLayerFrontMode,
                            c10::DispatchKey::FuncTorchDynamicLayerBackMode}));
-  Tensor plain = at::empty({batch_sizes.size(0)}, at::kLong);
-  std::copy(values.begin(), values.end(), plain.data_ptr<int64_t>());
-  return plain;
+}
+
+// batch_sizes (int64) or resets (bool) as a tensor whose values can be read: under a torch.func
+// transform it comes wrapped, without storage of its own, and only its elements' values (item)
+// can be read.
+Tensor readable(const Tensor& values) {
+  const bool flags = values.scalar_type() == at::kBool;
+  if (values.has_storage() || (values.scalar_type() != at::kLong && !flags) ||
+      values.dim() != 1) {
+    return values;
+  }
+  std::vector<int64_t> read;
+  for (int64_t t = 0; t < values.size(0); ++t) {
+    read.push_back(flags ? values[t].item<bool>() : values[t].item<int64_t>());
+  }
+  const auto outside = outside_transforms();
+  Tensor plain = at::empty({values.size(0)}, at::kLong);
+  std::copy(read.begin(), read.end(), plain.data_ptr<int64_t>());
+  return flags ? plain.to(at::kBool) : plain;
+}
+
+// reset_rows (cell_ops.h) over readable resets, its index tensors made outside any transform.
+std::vector<Tensor> episode_starts(const char* op, const OptionalTensor& resets,
+                                   const Tensor& input, const std::vector<SequenceStep>& order,
+                                   bool reverse) {
+  if (!resets.has_value()) return {};
+  const Tensor flags = readable(*resets);
+  const auto outside = outside_transforms();
+  return reset_rows(op, flags, input, order, reverse);
+}
+
+// The state `state` entering step i, restarted from `initial` in the rows where an episode
+// starts (starts: episode_starts').
+Tensor entering(const Tensor& state, const Tensor& initial, const std::vector<Tensor>& starts,
+                size_t i) {
+  if (starts.empty() || !starts[i].defined()) return state;
+  return state.index_copy(0, starts[i], initial.index_select(0, starts[i]));
 }
 
 Tensor saved_or_empty(bool keep, std::vector<Tensor> per_step, bool reverse, const Tensor& like,
@@ -143,15 +167,18 @@ std::tuple<Tensor, Tensor> gru_cell(const Tensor& input, const Tensor& hx, const
 LstmLayerOutputs lstm_layer(const Tensor& input, const Tensor& batch_sizes, const Tensor& hx,
                             const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
                             const OptionalTensor& b_ih, const OptionalTensor& b_hh,
-                            const OptionalTensor& w_hr, bool reverse, bool keep_saved) {
+                            const OptionalTensor& w_hr, bool reverse, bool keep_saved,
+                            const OptionalTensor& resets) {
   const auto order = check_layer_args("lstm_layer", kLstmGates, input, readable(batch_sizes), hx,
                                       &cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+  const auto starts = episode_starts("lstm_layer", resets, input, order, reverse);
   const Tensor x_side = at::linear(input, w_ih, b_ih);
   Tensor h = first_state(hx, order), c = first_state(cx, order);
   std::vector<Tensor> outputs, gates, cells, pre_proj, h_done, c_done;
-  for (const SequenceStep& step : order) {
-    h = enter(h, hx, step.rows, h_done);
-    c = enter(c, cx, step.rows, c_done);
+  for (size_t i = 0; i < order.size(); ++i) {
+    const SequenceStep& step = order[i];
+    h = entering(enter(h, hx, step.rows, h_done), hx, starts, i);
+    c = entering(enter(c, cx, step.rows, c_done), cx, starts, i);
     auto cell = lstm_step(x_side.narrow(0, step.offset, step.rows), h, c, w_hh, b_hh);
     h = w_hr ? at::linear(cell.hidden, *w_hr) : cell.hidden;
     c = cell.cell;
@@ -170,14 +197,17 @@ LstmLayerOutputs lstm_layer(const Tensor& input, const Tensor& batch_sizes, cons
 
 GruLayerOutputs gru_layer(const Tensor& input, const Tensor& batch_sizes, const Tensor& hx,
                           const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
-                          const OptionalTensor& b_hh, bool reverse, bool keep_saved) {
+                          const OptionalTensor& b_hh, bool reverse, bool keep_saved,
+                          const OptionalTensor& resets) {
   const auto order = check_layer_args("gru_layer", kGruGates, input, readable(batch_sizes), hx,
                                       nullptr, w_ih, w_hh, b_ih, b_hh, std::nullopt, reverse);
+  const auto starts = episode_starts("gru_layer", resets, input, order, reverse);
   const Tensor x_side = at::linear(input, w_ih, b_ih);
   Tensor h = first_state(hx, order);
   std::vector<Tensor> outputs, workspaces, h_done;
-  for (const SequenceStep& step : order) {
-    h = enter(h, hx, step.rows, h_done);
+  for (size_t i = 0; i < order.size(); ++i) {
+    const SequenceStep& step = order[i];
+    h = entering(enter(h, hx, step.rows, h_done), hx, starts, i);
     auto cell = gru_step(x_side.narrow(0, step.offset, step.rows), h, w_hh, b_hh);
     h = cell.hidden;
     outputs.push_back(h);

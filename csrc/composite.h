@@ -22,10 +22,12 @@ std::tuple<Tensor, Tensor> gru_cell(const Tensor& input, const Tensor& hx, const
 LstmLayerOutputs lstm_layer(const Tensor& input, const Tensor& batch_sizes, const Tensor& hx,
                             const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
                             const OptionalTensor& b_ih, const OptionalTensor& b_hh,
-                            const OptionalTensor& w_hr, bool reverse, bool keep_saved);
+                            const OptionalTensor& w_hr, bool reverse, bool keep_saved,
+                            const OptionalTensor& resets);
 
 GruLayerOutputs gru_layer(const Tensor& input, const Tensor& batch_sizes, const Tensor& hx,
                           const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
-                          const OptionalTensor& b_hh, bool reverse, bool keep_saved);
+                          const OptionalTensor& b_hh, bool reverse, bool keep_saved,
+                          const OptionalTensor& resets);
 
 }  // namespace fused_rnn::composite

@@ -87,12 +87,15 @@ def _run_layers(step_layer, data, states, groups, num_layers, bidirectional, dro
 
 
 def lstm(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, training,
-         bidirectional, proj_size=0):
+         bidirectional, proj_size=0, resets=None):
     """A multi-layer, optionally bidirectional LSTM over a packed sequence, as torch.nn.LSTM.
 
     data [N, I] and batch_sizes (int64, CPU) as in a PackedSequence (a padded [T, B, I] batch is
     data = input.reshape(T * B, I), batch_sizes = [B] * T); hx = (h0 [L*D, B, P], c0 [L*D, B, H]);
-    flat_weights in torch.nn.LSTM's order (its _flat_weights). Returns output [N, D*P],
+    flat_weights in torch.nn.LSTM's order (its _flat_weights). resets: None, or a bool [N] (a row
+    per row of data): where true, an episode starts at that row's step, in every layer: the state
+    entering that step is the row's initial state (in the reverse direction, the state entering
+    the step before it in time), and no gradient crosses the boundary. Returns output [N, D*P],
     h_n [L*D, B, P] and c_n [L*D, B, H].
     """
     h0, c0 = hx
@@ -101,8 +104,8 @@ def lstm(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, t
 
     def step_layer(x, state, weights, reverse):
         # keep_saved=False: the op's autograd keeps what a recorded call's backward needs.
-        out, hy, cy, *_saved = torch.ops.fused_rnn.lstm_layer(x, batch_sizes, *state, *weights,
-                                                              reverse, keep_saved=False)
+        out, hy, cy, *_saved = torch.ops.fused_rnn.lstm_layer(
+            x, batch_sizes, *state, *weights, reverse, keep_saved=False, resets=resets)
         return out, (hy, cy)
 
     output, finals = _run_layers(step_layer, data, list(zip(h0, c0)), groups, num_layers,
@@ -111,7 +114,7 @@ def lstm(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, t
 
 
 def gru(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, training,
-        bidirectional):
+        bidirectional, resets=None):
     """A multi-layer, optionally bidirectional GRU over a packed sequence, as torch.nn.GRU.
 
     Arguments as for lstm, with hx = h0 [L*D, B, H]. Returns output [N, D*H] and h_n [L*D, B, H].
@@ -119,8 +122,8 @@ def gru(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, tr
     groups = _layer_weights(flat_weights, num_layers, 2 if bidirectional else 1, has_biases, False)
 
     def step_layer(x, state, weights, reverse):
-        out, hy, _workspace = torch.ops.fused_rnn.gru_layer(x, batch_sizes, state, *weights[:4],
-                                                            reverse, keep_saved=False)
+        out, hy, _workspace = torch.ops.fused_rnn.gru_layer(
+            x, batch_sizes, state, *weights[:4], reverse, keep_saved=False, resets=resets)
         return out, hy
 
     output, finals = _run_layers(step_layer, data, list(hx), groups, num_layers,
@@ -135,12 +138,12 @@ def _keeps_saved(*tensors):
 
 
 def layernorm_lstm(data, batch_sizes, hx, flat_weights, norms, has_biases, num_layers, dropout,
-                   training, bidirectional):
+                   training, bidirectional, resets=None):
     """A multi-layer, optionally bidirectional layer-normalized LSTM over a packed sequence.
 
     As lstm (no projection), plus norms: per (layer, direction), in lstm's order, the six
     layer-norm parameters (ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias, ln_c_weight,
-    ln_c_bias). Returns output [N, D*H], h_n and c_n [L*D, B, H].
+    ln_c_bias); resets as for lstm. Returns output [N, D*H], h_n and c_n [L*D, B, H].
     """
     h0, c0 = hx
     groups = _layer_weights(flat_weights, num_layers, 2 if bidirectional else 1, has_biases, False)
@@ -149,7 +152,7 @@ def layernorm_lstm(data, batch_sizes, hx, flat_weights, norms, has_biases, num_l
     def step_layer(x, state, weights, reverse):
         keep = _keeps_saved(x, *state, *weights)
         out, hy, cy, _saved, _cells = torch.ops.fused_rnn.layernorm_lstm_layer(
-            x, batch_sizes, *state, *weights, reverse, keep_saved=keep)
+            x, batch_sizes, *state, *weights, reverse, keep_saved=keep, resets=resets)
         return out, (hy, cy)
 
     output, finals = _run_layers(step_layer, data, list(zip(h0, c0)), groups, num_layers,
@@ -158,17 +161,17 @@ def layernorm_lstm(data, batch_sizes, hx, flat_weights, norms, has_biases, num_l
 
 
 def layernorm_gru(data, batch_sizes, hx, flat_weights, norms, has_biases, num_layers, dropout,
-                  training, bidirectional):
+                  training, bidirectional, resets=None):
     """A multi-layer, optionally bidirectional layer-normalized GRU over a packed sequence: as
-    gru, plus norms (per (layer, direction): ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias).
-    Returns output [N, D*H] and h_n [L*D, B, H]."""
+    gru, plus norms (per (layer, direction): ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias);
+    resets as for lstm. Returns output [N, D*H] and h_n [L*D, B, H]."""
     groups = _layer_weights(flat_weights, num_layers, 2 if bidirectional else 1, has_biases, False)
     groups = [(*weights[:4], *group_norms) for weights, group_norms in zip(groups, norms)]
 
     def step_layer(x, state, weights, reverse):
         keep = _keeps_saved(x, state, *weights)
-        out, hy, _saved = torch.ops.fused_rnn.layernorm_gru_layer(x, batch_sizes, state, *weights,
-                                                                  reverse, keep_saved=keep)
+        out, hy, _saved = torch.ops.fused_rnn.layernorm_gru_layer(
+            x, batch_sizes, state, *weights, reverse, keep_saved=keep, resets=resets)
         return out, hy
 
     output, finals = _run_layers(step_layer, data, list(hx), groups, num_layers, bidirectional,

@@ -169,10 +169,25 @@ def _check_state_rank(batched: bool, hx, lstm: bool) -> None:
     raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {ranks[0]}-D tensor")
 
 
-def _sequence_forward(module, input, hx, lstm: bool):
+def _check_resets(resets, shape, device):
+    """resets must be a bool tensor of `shape` on `device`."""
+    if not isinstance(resets, torch.Tensor):
+        raise TypeError(f"resets: expected a bool tensor, got {type(resets).__name__}")
+    if resets.dtype != torch.bool or tuple(resets.shape) != tuple(shape):
+        raise ValueError(f"resets: expected a bool tensor of shape {tuple(shape)} (the input's "
+                         f"without its feature dimension), got {resets.dtype} of shape "
+                         f"{tuple(resets.shape)}")
+    if resets.device != device:
+        raise ValueError(f"resets: expected a tensor on {device} (the input's device), got "
+                         f"{resets.device}")
+
+
+def _sequence_forward(module, input, hx, lstm: bool, resets=None):
     """The forward of the sequence modules: torch.nn's input handling (packed, batch_first,
     unbatched, default and permuted states), with the layers run by module._run_layers(data,
-    batch_sizes, hx) -> (output, hidden), over fused_rnn.functional."""
+    batch_sizes, hx, resets) -> (output, hidden), over fused_rnn.functional. resets (episode
+    starts) is shaped as the input without its feature dimension ([N] for a PackedSequence,
+    aligned with its data) and goes to the layers a row per data row."""
     module._update_flat_weights()
     num_directions = 2 if module.bidirectional else 1
     state_size = module.proj_size if lstm and module.proj_size > 0 else module.hidden_size
@@ -180,12 +195,16 @@ def _sequence_forward(module, input, hx, lstm: bool):
     if packed:
         data, batch_sizes, sorted_indices, unsorted_indices = input
         batch = int(batch_sizes[0])
+        if resets is not None:
+            _check_resets(resets, data.shape[:1], data.device)
     else:
         if input.dim() not in (2, 3):
             name = "LSTM" if lstm else "GRU"
             raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
         batched = input.dim() == 3
         batch_dim = 0 if module.batch_first else 1
+        if resets is not None:
+            _check_resets(resets, input.shape[:-1], input.device)
         if not batched:
             input = input.unsqueeze(batch_dim)
         if hx is not None:
@@ -208,7 +227,10 @@ def _sequence_forward(module, input, hx, lstm: bool):
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         data = steps.reshape(steps.size(0) * batch, steps.size(2))
         batch_sizes = torch.full((steps.size(0),), batch, dtype=torch.long)
-    output, hidden = module._run_layers(data, batch_sizes, hx)
+        if resets is not None:
+            time_major = resets.transpose(0, 1) if batched and module.batch_first else resets
+            resets = time_major.reshape(-1)
+    output, hidden = module._run_layers(data, batch_sizes, hx, resets)
 
     if packed:
         return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
@@ -233,13 +255,20 @@ class LSTM(_NotScriptable, torch.nn.RNNBase):
     def __init__(self, *args, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
 
-    def forward(self, input, hx=None):
-        return _sequence_forward(self, input, hx, lstm=True)
+    def forward(self, input, hx=None, *, resets=None):
+        """torch.nn.LSTM's forward; resets (optional, bool, shaped as the input without its
+        feature dimension: [T, B], [B, T] with batch_first, [T] unbatched, [N] aligned with a
+        PackedSequence's data): where true, an episode starts at that step for that row, in
+        every layer: the state entering it is the initial state (hx's row, else zeros), and no
+        gradient crosses the boundary; in the reverse direction the state entering the step
+        before it is the initial state."""
+        return _sequence_forward(self, input, hx, lstm=True, resets=resets)
 
-    def _run_layers(self, data, batch_sizes, hx):
+    def _run_layers(self, data, batch_sizes, hx, resets):
         output, h_n, c_n = functional.lstm(data, batch_sizes, hx, self._flat_weights, self.bias,
                                            self.num_layers, self.dropout, self.training,
-                                           self.bidirectional, proj_size=self.proj_size)
+                                           self.bidirectional, proj_size=self.proj_size,
+                                           resets=resets)
         return output, (h_n, c_n)
 
 
@@ -251,12 +280,14 @@ class GRU(_NotScriptable, torch.nn.RNNBase):
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
 
-    def forward(self, input, hx=None):
-        return _sequence_forward(self, input, hx, lstm=False)
+    def forward(self, input, hx=None, *, resets=None):
+        """torch.nn.GRU's forward; resets as for LSTM.forward."""
+        return _sequence_forward(self, input, hx, lstm=False, resets=resets)
 
-    def _run_layers(self, data, batch_sizes, hx):
+    def _run_layers(self, data, batch_sizes, hx, resets):
         return functional.gru(data, batch_sizes, hx, self._flat_weights, self.bias,
-                              self.num_layers, self.dropout, self.training, self.bidirectional)
+                              self.num_layers, self.dropout, self.training, self.bidirectional,
+                              resets=resets)
 
 
 class _LayerNormSequence(_NotScriptable, torch.nn.RNNBase):
@@ -314,13 +345,14 @@ class LayerNormLSTM(_LayerNormSequence):
     check_forward_args = torch.nn.LSTM.check_forward_args
     permute_hidden = torch.nn.LSTM.permute_hidden
 
-    def forward(self, input, hx=None):
-        return _sequence_forward(self, input, hx, lstm=True)
+    def forward(self, input, hx=None, *, resets=None):
+        """As LSTM.forward (resets included)."""
+        return _sequence_forward(self, input, hx, lstm=True, resets=resets)
 
-    def _run_layers(self, data, batch_sizes, hx):
+    def _run_layers(self, data, batch_sizes, hx, resets):
         output, h_n, c_n = functional.layernorm_lstm(
             data, batch_sizes, hx, self._flat_weights, self._norm_groups(), self.bias,
-            self.num_layers, self.dropout, self.training, self.bidirectional)
+            self.num_layers, self.dropout, self.training, self.bidirectional, resets=resets)
         return output, (h_n, c_n)
 
 
@@ -330,13 +362,15 @@ class LayerNormGRU(_LayerNormSequence):
 
     _mode = "GRU"
 
-    def forward(self, input, hx=None):
-        return _sequence_forward(self, input, hx, lstm=False)
+    def forward(self, input, hx=None, *, resets=None):
+        """As GRU.forward (resets included)."""
+        return _sequence_forward(self, input, hx, lstm=False, resets=resets)
 
-    def _run_layers(self, data, batch_sizes, hx):
+    def _run_layers(self, data, batch_sizes, hx, resets):
         return functional.layernorm_gru(data, batch_sizes, hx, self._flat_weights,
                                         self._norm_groups(), self.bias, self.num_layers,
-                                        self.dropout, self.training, self.bidirectional)
+                                        self.dropout, self.training, self.bidirectional,
+                                        resets=resets)
 
 
 _DROP_INS = {torch.nn.LSTM: LSTM, torch.nn.GRU: GRU, torch.nn.LSTMCell: LSTMCell,
