@@ -114,6 +114,12 @@ struct GateGradTensors {
                              // parameter gradients sum over the rows (add_parameter_sums)
 };
 
+// A sequence's episode starts (reset_rows): per step in the order run, the rows whose state
+// entering it is the initial state (an int64 index tensor on the input's device), or undefined
+// where none; empty: no resets. A whole-sequence kernel that does not restart rows declines
+// (returns false) where it is not empty.
+using EpisodeStarts = std::vector<Tensor>;
+
 // A layer's whole forward, for one uniform batch of B rows a step and no projection: the rows of
 // all T steps one after another, N = T*B.
 struct SequenceTensors {
@@ -127,6 +133,7 @@ struct SequenceTensors {
   Tensor saved;        // [N, saved_columns(H)], or its B rows that every step reuses (nothing
                        // kept); with kPreActivationsSumSides, input_side itself
   bool reverse;
+  EpisodeStarts starts = {};
 };
 
 // The same with the input side computed inside each step (x_t @ W_ih^T beside h @ W_hh^T), so no
@@ -140,6 +147,7 @@ struct InputSequenceTensors {
   Tensor h0, c0, w_hh;
   Tensor output;       // [N, H]
   bool keep_saved, reverse;
+  EpisodeStarts starts = {};
 };
 struct InputSequenceSaved {
   Tensor saved, cell_states;
@@ -147,7 +155,8 @@ struct InputSequenceSaved {
 
 // A layer's whole backward time loop, for one uniform batch and no projection. grad_h (and
 // grad_c) [B, H] come in holding the final state's gradients and leave holding the initial
-// state's; w_hh as the op got it.
+// state's; w_hh as the op got it. With episode starts, the gradients of the states entering a
+// step from the initial state are added to grad_h_starts (grad_c_starts) [B, H] instead.
 struct BackwardSequenceTensors {
   Tensor grad_output;           // [N, H]
   Tensor saved;                 // [N, S*H]
@@ -157,6 +166,8 @@ struct BackwardSequenceTensors {
   Tensor grad_h, grad_c;
   Tensor grad_input_gates, grad_hidden_gates;  // [N, G*H] out (one tensor: sum of sides)
   bool reverse;
+  EpisodeStarts starts = {};
+  Tensor grad_h_starts = {}, grad_c_starts = {};
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -253,13 +264,11 @@ std::vector<SequenceStep> check_layer_args(const char* op, int64_t gates, const 
                                            bool reverse);
 
 // The episode starts of a layer op's sequence (resets [N] bool, a row per input row: an episode
-// starts at that row's step), per step of `order` (check_layer_args'): the rows whose state
-// entering that step is the initial state instead of the previous step's, as an index tensor on
-// the input's device, or undefined where none. In the forward direction a marked step starts from
-// the initial state; in reverse, the step run after it (the one before it in time). Empty
-// without resets.
-std::vector<Tensor> reset_rows(const char* op, const OptionalTensor& resets, const Tensor& input,
-                               const std::vector<SequenceStep>& order, bool reverse);
+// starts at that row's step), per step of `order` (check_layer_args'): in the forward direction
+// a marked step starts from the initial state; in reverse, the step run after it (the one before
+// it in time). Empty without resets.
+EpisodeStarts reset_rows(const char* op, const OptionalTensor& resets, const Tensor& input,
+                         const std::vector<SequenceStep>& order, bool reverse);
 
 // Checks that `t` has exactly the given sizes, device and dtype of `like`.
 void check_saved(const char* op, const char* name, const Tensor& t, at::IntArrayRef sizes,

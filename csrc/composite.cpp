@@ -121,9 +121,8 @@ Tensor readable(const Tensor& values) {
 }
 
 // reset_rows (cell_ops.h) over readable resets, its index tensors made outside any transform.
-std::vector<Tensor> episode_starts(const char* op, const OptionalTensor& resets,
-                                   const Tensor& input, const std::vector<SequenceStep>& order,
-                                   bool reverse) {
+EpisodeStarts episode_starts(const char* op, const OptionalTensor& resets, const Tensor& input,
+                             const std::vector<SequenceStep>& order, bool reverse) {
   if (!resets.has_value()) return {};
   const Tensor flags = readable(*resets);
   const auto outside = outside_transforms();
@@ -132,7 +131,7 @@ std::vector<Tensor> episode_starts(const char* op, const OptionalTensor& resets,
 
 // The state `state` entering step i, restarted from `initial` in the rows where an episode
 // starts (starts: episode_starts').
-Tensor entering(const Tensor& state, const Tensor& initial, const std::vector<Tensor>& starts,
+Tensor entering(const Tensor& state, const Tensor& initial, const EpisodeStarts& starts,
                 size_t i) {
   if (starts.empty() || !starts[i].defined()) return state;
   return state.index_copy(0, starts[i], initial.index_select(0, starts[i]));

@@ -146,8 +146,8 @@ std::vector<SequenceStep> check_layer_args(const char* op, int64_t gates, const 
       .order;
 }
 
-std::vector<Tensor> reset_rows(const char* op, const OptionalTensor& resets, const Tensor& input,
-                               const std::vector<SequenceStep>& order, bool reverse) {
+EpisodeStarts reset_rows(const char* op, const OptionalTensor& resets, const Tensor& input,
+                         const std::vector<SequenceStep>& order, bool reverse) {
   if (!resets.has_value()) return {};
   const Tensor& r = *resets;
   TORCH_CHECK(r.scalar_type() == at::kBool && r.dim() == 1 && r.size(0) == input.size(0), op,
@@ -158,7 +158,7 @@ std::vector<Tensor> reset_rows(const char* op, const OptionalTensor& resets, con
               " (the input's device), got ", r.device());
   const Tensor flags = r.to(at::kCPU).contiguous();
   const bool* starts = flags.data_ptr<bool>();
-  std::vector<Tensor> index(order.size());
+  EpisodeStarts index(order.size());
   // The first step run starts from the initial state anyway.
   for (size_t i = 1; i < order.size(); ++i) {
     const SequenceStep& marked = reverse ? order[i - 1] : order[i];
@@ -233,18 +233,16 @@ const OpNames<Cell>& op_names() {
 }
 
 // A cell's forward time loop over `order`, the steps of the sequence tensors `t` (rows as in the
-// op; t.saved has a row per step's row, or only `batch` rows that every step reuses): the
-// device's whole-sequence loop where it applies, else step by step. With a projection w_hr (the
-// LSTM's), each step's h goes to pre_proj and its projection to the output.
+// op; t.saved has a row per step's row, or only `batch` rows that every step reuses; t.starts
+// its episode starts): the device's whole-sequence loop where it applies, else step by step.
+// With a projection w_hr (the LSTM's), each step's h goes to pre_proj and its projection to the
+// output.
 template <typename Cell>
 void time_loop(const LinearKernels& lin, const CellKernels<Cell>& k,
                const std::vector<SequenceStep>& order, int64_t batch, const SequenceTensors& t,
-               const OptionalTensor& w_hr, const Tensor& pre_proj,
-               const std::vector<Tensor>& resets = {}) {
-  if (!w_hr.has_value() && resets.empty() && uniform_batch(order, batch) && k.sequence &&
-      k.sequence(t)) {
-    return;
-  }
+               const OptionalTensor& w_hr, const Tensor& pre_proj) {
+  if (!w_hr.has_value() && uniform_batch(order, batch) && k.sequence && k.sequence(t)) return;
+  const EpisodeStarts& starts = t.starts;
   const int64_t uses = static_cast<int64_t>(order.size());
   const bool saved_per_step = t.saved.size(0) == t.input_side.size(0);
   StepTensors step_tensors;
@@ -259,12 +257,12 @@ void time_loop(const LinearKernels& lin, const CellKernels<Cell>& k,
     StepTensors& st = step_tensors;
     st.input_side = rows(t.input_side, step);
     st.h_prev = state_before(order, i, t.output, t.h0, h_scratch);
-    const bool restart = !resets.empty() && resets[i].defined();
-    if (restart) st.h_prev = restarted(st.h_prev, t.h0, resets[i]);
+    const bool restart = !starts.empty() && starts[i].defined();
+    if (restart) st.h_prev = restarted(st.h_prev, t.h0, starts[i]);
     st.h_out = w_hr.has_value() ? rows(pre_proj, step) : rows(t.output, step);
     if constexpr (Cell::kHasCellState) {
       st.c_prev = state_before(order, i, t.cell_states, t.c0, c_scratch);
-      if (restart) st.c_prev = restarted(st.c_prev, t.c0, resets[i]);
+      if (restart) st.c_prev = restarted(st.c_prev, t.c0, starts[i]);
       st.c_out = rows(t.cell_states, step);
     }
     st.saved = saved_per_step ? rows(t.saved, step) : first_rows(t.saved, step.rows);
@@ -303,11 +301,9 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
   const int64_t N = input.size(0), B = s.batch, H = s.hidden, S = Cell::saved_columns(H);
   if constexpr (Cell::kNorms > 0) Cell::check_norms(op_names<Cell>().layer.c_str(), a.norms, H, input);
   const auto saved_options = input.options().dtype(saved_type<Cell>(input.scalar_type()));
-  const std::vector<Tensor> resets =
+  const EpisodeStarts starts =
       reset_rows(op_names<Cell>().layer.c_str(), a.resets, input, order, a.reverse);
-  // A padded batch without episode starts, which the whole-sequence kernels and the chunked
-  // projection may take.
-  const bool whole_paths = uniform_batch(order, B) && resets.empty();
+  const bool uniform = uniform_batch(order, B);
   Tensor output = at::empty({N, s.state}, input.options());
   const Tensor h0 = a.hx.contiguous(), c0 = contiguous_or_self(a.cx);
   const Tensor w_hh = in_saved_type<Cell>(a.w_hh).contiguous();
@@ -319,10 +315,11 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
   };
 
   // The device's whole forward with the input side inside each step, where it has one.
-  if (!a.w_hr.has_value() && whole_paths && k.sequence_from_input) {
+  if (!a.w_hr.has_value() && uniform && k.sequence_from_input) {
     InputSequenceSaved saved;
     if (k.sequence_from_input(
-            {input, a.w_ih, a.b_ih, b_hh, h0, c0, w_hh, output, keep_saved, a.reverse}, saved)) {
+            {input, a.w_ih, a.b_ih, b_hh, h0, c0, w_hh, output, keep_saved, a.reverse, starts},
+            saved)) {
       return {output,
               final_states(order, output, h0),
               final_cell_states(saved.cell_states),
@@ -340,7 +337,8 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
   // the backward does not read the projection: in inference, and in the training of a cell whose
   // saved values are its own (the GRU: B=128 H=256 forward+backward 0.95x -> 0.91x of torch.nn's
   // time, a fresh 39 MB buffer fewer; NOTES entry 27).
-  if (!a.w_hr.has_value() && whole_paths && chunk < steps &&
+  // (Episode starts: in one piece.)
+  if (!a.w_hr.has_value() && uniform && starts.empty() && chunk < steps &&
       (!keep_saved || !Cell::kPreActivationsSumSides)) {
     // Saved values of their own: all kept, or one step's rows, which every step overwrites.
     const Tensor saved = Cell::kPreActivationsSumSides
@@ -396,8 +394,8 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
       a.w_hr.has_value() ? at::empty({N, H}, input.options()) : not_kept(H, input);
   time_loop(lin, k, order, B,
             {x_side, h0, c0, w_hh, step_b_ih, step_b_hh, a.norms, output, cell_states, saved,
-             a.reverse},
-            a.w_hr, pre_proj, resets);
+             a.reverse, starts},
+            a.w_hr, pre_proj);
   const Tensor hy = final_states(order, output, h0), cy = final_cell_states(cell_states);
   if (!keep_saved) {
     return {output, hy, cy, not_kept_saved(), not_kept(H, input), not_kept(H, input)};
@@ -434,14 +432,14 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
     check_saved(op, "hidden_pre_proj", hidden_pre_proj, {w_hr.has_value() ? N : 0, H}, input);
   }
 
-  const std::vector<Tensor> resets = reset_rows(op, a.resets, input, order, a.reverse);
+  const EpisodeStarts starts = reset_rows(op, a.resets, input, order, a.reverse);
   // The state each step started from, [N, X]: the step before's, or the initial state's rows
   // where the step starts an episode (resets).
   const auto states_before = [&](const Tensor& states, const Tensor& init) {
     Tensor before = states_before_steps(order, states, init);
-    for (size_t i = 0; i < resets.size(); ++i) {
-      if (resets[i].defined()) {
-        rows(before, order[i]).index_copy_(0, resets[i], init.index_select(0, resets[i]));
+    for (size_t i = 0; i < starts.size(); ++i) {
+      if (starts[i].defined()) {
+        rows(before, order[i]).index_copy_(0, starts[i], init.index_select(0, starts[i]));
       }
     }
     return before;
@@ -475,17 +473,17 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
   // episodes that start from the initial state mid-sequence (resets), which stop there.
   Tensor grad_h = grad_hy.contiguous().clone();
   Tensor grad_c = kCell ? grad_cy.contiguous().clone() : Tensor();
-  const Tensor grad_h_starts = resets.empty() ? Tensor() : at::zeros_like(grad_h);
-  const Tensor grad_c_starts = resets.empty() || !kCell ? Tensor() : at::zeros_like(grad_c);
+  const Tensor grad_h_starts = starts.empty() ? Tensor() : at::zeros_like(grad_h);
+  const Tensor grad_c_starts = starts.empty() || !kCell ? Tensor() : at::zeros_like(grad_c);
   // With a projection: every step's full output gradient, for w_hr's gradient as one GEMM.
   const Tensor grad_projected =
       w_hr.has_value() && mask.w_hr ? at::empty({N, s.state}, input.options()) : Tensor();
   // (A cell with parameters of its own sums their gradients step by step, in the loop below.)
   const bool whole_sequence =
-      Cell::kNorms == 0 && !w_hr.has_value() && resets.empty() && uniform_batch(order, B) &&
-      k.backward_sequence &&
+      Cell::kNorms == 0 && !w_hr.has_value() && uniform_batch(order, B) && k.backward_sequence &&
       k.backward_sequence({grad_out_c, saved_c, h_before, c_before, cells_c, a.w_hh, grad_h,
-                           grad_c, grad_input_gates, grad_hidden_gates, a.reverse});
+                           grad_c, grad_input_gates, grad_hidden_gates, a.reverse, starts,
+                           grad_h_starts, grad_c_starts});
   if (!whole_sequence) {
     // grad_h of the previous step = grad_hidden_gates @ W_hh, i.e. linear with W_hh^T as the
     // weight (plus the direct part, where the cell has one).
@@ -537,9 +535,9 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
         }
       }
       lin.step_linear(gg.grad_hidden_gates, w_hh_t, gh, Cell::kDirectStateGrad);
-      if (!resets.empty() && resets[j].defined()) {
+      if (!starts.empty() && starts[j].defined()) {
         // The state entering this step was the initial one for these rows.
-        const Tensor& index = resets[j];
+        const Tensor& index = starts[j];
         grad_h_starts.index_add_(0, index, gh.index_select(0, index));
         gh.index_fill_(0, index, 0);
         if constexpr (kCell) {
@@ -560,8 +558,8 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
   if (mask.input) {
     g.input = in_dtype(lin.matmul(grad_input_gates, in_saved_type<Cell>(a.w_ih), std::nullopt));
   }
-  if (mask.hx) g.hx = resets.empty() ? grad_h : grad_h.add(grad_h_starts);
-  if (mask.cx) g.cx = resets.empty() ? grad_c : grad_c.add(grad_c_starts);
+  if (mask.hx) g.hx = starts.empty() ? grad_h : grad_h.add(grad_h_starts);
+  if (mask.cx) g.cx = starts.empty() ? grad_c : grad_c.add(grad_c_starts);
   if (mask.w_ih) {
     g.w_ih = in_dtype(lin.matmul(grad_input_gates.t(), in_saved_type<Cell>(input), std::nullopt));
   }

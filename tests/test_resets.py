@@ -93,21 +93,21 @@ def run_ours(module, x, h0, c0, resets, lengths, mode):
     return (out, *final) if c0 is not None else (out, final, None)
 
 
-def results(module, dtype, kind, mode, run, seed=0):
+def results(module, dtype, kind, mode, run, seed=0, steps=STEPS, batch=BATCH):
     """Outputs and the gradients of a weighted loss over them, for x, h0, c0 and the parameters:
     run(module, x, h0, c0, resets, lengths) -> (out, h_n, c_n or None)."""
     torch.manual_seed(seed)
-    batch = 1 if mode == "unbatched" else BATCH
+    batch = 1 if mode == "unbatched" else batch
     directions = 2 if module.bidirectional else 1
     state = module.proj_size if getattr(module, "proj_size", 0) else module.hidden_size
-    x = torch.randn(STEPS, batch, INPUT, dtype=torch.float64)
+    x = torch.randn(steps, batch, INPUT, dtype=torch.float64)
     h0 = torch.randn(module.num_layers * directions, batch, state, dtype=torch.float64)
     c0 = torch.randn(module.num_layers * directions, batch, HIDDEN, dtype=torch.float64)
-    resets = (episode_resets(STEPS, batch, seed) if batch > 1
-              else (torch.arange(STEPS) % 3 == 1)[:, None])
-    lengths = [STEPS, STEPS - 2, STEPS, 4, 7][:batch] if mode == "packed" else [STEPS] * batch
-    mask = (torch.arange(STEPS)[:, None] < torch.tensor(lengths)[None, :]).double()[..., None]
-    w_out = torch.randn(STEPS, batch, directions * state, dtype=torch.float64)
+    resets = (episode_resets(steps, batch, seed) if batch > 1
+              else (torch.arange(steps) % 3 == 1)[:, None])
+    lengths = [steps, steps - 2, steps, 4, 7][:batch] if mode == "packed" else [steps] * batch
+    mask = (torch.arange(steps)[:, None] < torch.tensor(lengths)[None, :]).double()[..., None]
+    w_out = torch.randn(steps, batch, directions * state, dtype=torch.float64)
     w_h, w_c = torch.randn_like(h0), torch.randn_like(c0)
     leaves = [t.to(dtype).requires_grad_() for t in (x, h0, c0)]
     if not has_cell_state(kind):
@@ -147,6 +147,22 @@ CASES = [(kind, kw) for kind in OUR_MODULES for kw in configs(kind)]
 @pytest.mark.parametrize("kind,kw", CASES, ids=[f"{k}-{'-'.join(f'{a}={b}' for a, b in kw.items())}"
                                                  for k, kw in CASES])
 def test_matches_the_episodes_run_apart(kind, kw, mode, dtype):
+    check_against_episodes(kind, kw, mode, dtype)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_whole_sequence_kernels_restart_rows(kind):
+    """B=40 in float32: the CPU's fused whole-sequence forward (the input side in the step) and
+    backward (the batch split over the threads where there are two) restart the rows themselves
+    (B=5 above takes the fused forward on a projection and the backward split by units)."""
+    paths = fused_rnn.cpu_layer_path(kind.upper(), 12, 40, INPUT, HIDDEN, 0, torch.float32, True)
+    assert paths["forward"].startswith("sequence from input")
+    assert paths["backward"].startswith("sequence:")
+    check_against_episodes(kind, dict(bidirectional=True), "padded", torch.float32, steps=12,
+                           batch=40)
+
+
+def check_against_episodes(kind, kw, mode, dtype, steps=STEPS, batch=BATCH):
     ours = make(OUR_MODULES[kind], kind, kw, dtype)
     if "layernorm" in kind:
         theirs = make(OUR_MODULES[kind], kind, {**kw, "batch_first": False}, dtype)
@@ -163,9 +179,10 @@ def test_matches_the_episodes_run_apart(kind, kw, mode, dtype):
     def reference_run(m, x, h0, c0, resets, lengths):
         return split_reference(m, x, h0, c0, resets, lengths)
 
-    got = results(ours, dtype, kind, mode, ours_run)
-    want = results(theirs, dtype, kind, mode, reference_run)
-    true = results(truth, torch.float64, kind, mode, reference_run)
+    sizes = dict(steps=steps, batch=batch)
+    got = results(ours, dtype, kind, mode, ours_run, **sizes)
+    want = results(theirs, dtype, kind, mode, reference_run, **sizes)
+    true = results(truth, torch.float64, kind, mode, reference_run, **sizes)
     names = ["output", "h_n"] + (["c_n"] if has_cell_state(kind) else []) + ["grad input",
                                                                               "grad h0"]
     names += (["grad c0"] if has_cell_state(kind) else []) + [f"grad {n}" for n, _ in

@@ -97,20 +97,57 @@ RecurrentStep at_step(const RecurrentStep& first, int64_t gates, int64_t t,
   return s;
 }
 
+// The index in the order run of step t of `steps` (EpisodeStarts' order).
+int64_t run_index(int64_t t, int64_t steps, bool reverse) { return reverse ? steps - 1 - t : t; }
+
+// Step s restarted in the rows `index` (episode starts): its previous state (h, and c where the
+// cell has one) read from `copy` ([B, K] then [B, H], the thread's own), the previous step's
+// with those rows from the initial state (first's).
+void restart_rows(RecurrentStep& s, const RecurrentStep& first, const Tensor& index,
+                  float* copy) {
+  const int64_t B = s.rows;
+  const int64_t* rows = index.data_ptr<int64_t>();
+  const auto restart = [&](const float* previous, const float* initial, int64_t width,
+                           float* out) {
+    std::copy(previous, previous + B * width, out);
+    for (int64_t k = 0; k < index.numel(); ++k) {
+      std::copy(initial + rows[k] * width, initial + (rows[k] + 1) * width, out + rows[k] * width);
+    }
+  };
+  restart(s.h_prev, first.h_prev, s.state, copy);
+  s.h_prev = copy;
+  if (s.c_prev) {
+    float* c_copy = copy + B * s.state;
+    restart(s.c_prev, first.c_prev, s.hidden, c_copy);
+    s.c_prev = c_copy;
+  }
+}
+
 // A padded sequence's forward on the fused recurrent step of a cell from its first step `first`
 // (with_input: the steps compute their input side too, RecurrentStep::x): its steps' tasks write
-// the buffers `written`, each the steps' rows in order.
+// the buffers `written`, each the steps' rows in order. Each thread restarts the rows of an
+// episode start in a copy of its own (every task reads the whole previous state), no barrier.
 template <typename Cell>
 void run_recurrent_sequence(const RecurrentStep& first, bool with_input, int64_t steps,
                             bool reverse, int64_t fmas_per_step,
-                            const std::vector<Tensor>& written) {
+                            const std::vector<Tensor>& written, const EpisodeStarts& starts) {
   const auto& kernels = pointwise_kernels();
   const CellPointwise<Cell>& cell = cell_kernels<Cell>(kernels);
   const int64_t packs = with_input ? cell.packs_with_input : Cell::kGates;
+  const int64_t copy_floats = first.rows * (first.state + (first.c_prev ? first.hidden : 0));
+  const Tensor copies = starts.empty() ? Tensor()
+                                       : at::empty({at::get_num_threads() * copy_floats},
+                                                   at::TensorOptions(at::kFloat));
   over_sequence(
       steps, reverse, kernels.recurrent_tasks(first.rows, first.hidden, packs), fmas_per_step,
       written, [&](int64_t t, int64_t prev, int64_t begin, int64_t end) {
-        cell.forward_recurrent(at_step(first, Cell::kGates, t, prev), begin, end);
+        RecurrentStep s = at_step(first, Cell::kGates, t, prev);
+        const int64_t i = run_index(t, steps, reverse);
+        if (!starts.empty() && starts[i].defined()) {
+          restart_rows(s, first, starts[i],
+                       copies.data_ptr<float>() + omp_get_thread_num() * copy_floats);
+        }
+        cell.forward_recurrent(s, begin, end);
       },
       [](int64_t, int64_t, int64_t) {});
 }
@@ -180,7 +217,8 @@ bool sequence_cpu(const SequenceTensors& t) {
   std::vector<Tensor> written{t.output};
   with_cell<Cell>(first, t.c0, t.cell_states, t.b_hh, t.saved, t.input_side.size(0), written);
   run_recurrent_sequence<Cell>(first, false, steps, t.reverse,
-                               product_fmas(t.h0, Cell::kGates * t.h0.size(1)), written);
+                               product_fmas(t.h0, Cell::kGates * t.h0.size(1)), written,
+                               t.starts);
   return true;
 }
 
@@ -206,7 +244,7 @@ bool sequence_from_input_cpu(const InputSequenceTensors& t, InputSequenceSaved& 
   input_side.into(first);
   run_recurrent_sequence<Cell>(
       first, true, N / B, t.reverse,
-      product_fmas(h0, Cell::kGates * H) + input_side.fmas_per_step(B), written);
+      product_fmas(h0, Cell::kGates * H) + input_side.fmas_per_step(B), written, t.starts);
   return true;
 }
 
@@ -270,11 +308,41 @@ void over_row_blocks(int64_t steps, bool reverse, int64_t rows, int64_t threads,
 // leave holding the initial state's; `cell` fills in the cell's own pointers of the first step,
 // and the steps write the gate gradients `written`.
 using BackwardKernel = void (*)(const BackwardStep&, int64_t, int64_t);
+
+// Where episodes start (BackwardSequenceTensors): after step t, the state gradients of the rows
+// in [row0, row_end) that entered it from the initial state move from the carried grad_h (grad_c)
+// to grad_h_starts (grad_c_starts).
+struct StartGradients {
+  const EpisodeStarts& starts;
+  float *grad_h, *grad_c, *grad_h_starts, *grad_c_starts;
+  int64_t steps, hidden;
+  bool reverse;
+  bool at(int64_t t) const {
+    return !starts.empty() && starts[run_index(t, steps, reverse)].defined();
+  }
+  void move(int64_t t, int64_t row0, int64_t row_end) const {
+    const Tensor& index = starts[run_index(t, steps, reverse)];
+    const int64_t* rows = index.data_ptr<int64_t>();
+    for (int64_t k = 0; k < index.numel(); ++k) {
+      if (rows[k] < row0 || rows[k] >= row_end) continue;
+      const int64_t offset = rows[k] * hidden;
+      for (int64_t u = 0; u < hidden; ++u) {
+        grad_h_starts[offset + u] += grad_h[offset + u];
+        grad_h[offset + u] = 0.0f;
+        if (grad_c) {
+          grad_c_starts[offset + u] += grad_c[offset + u];
+          grad_c[offset + u] = 0.0f;
+        }
+      }
+    }
+  }
+};
+
 template <typename CellPointers>
 bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w_hh,
                        const Tensor& grad_h, bool reverse, BackwardKernel gate_grads,
                        BackwardKernel product, const CellPointers& cell,
-                       const std::vector<Tensor>& written) {
+                       const std::vector<Tensor>& written, const BackwardSequenceTensors& t) {
   const int64_t B = grad_h.size(0), H = grad_h.size(1);
   const int64_t steps = B == 0 ? 0 : grad_output.size(0) / B;
   if (grad_output.scalar_type() != at::kFloat || !panels_pay_off(w_hh, B, steps)) return false;
@@ -288,6 +356,10 @@ bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w
   first.grad_h = grad_h.data_ptr<float>();
   first.w_packed = packed.data_ptr<float>();
   cell(first);
+  const auto pointer = [](const Tensor& x) { return x.defined() ? x.data_ptr<float>() : nullptr; };
+  const StartGradients starts{t.starts,          first.grad_h,  first.grad_c,
+                              pointer(t.grad_h_starts), pointer(t.grad_c_starts),
+                              steps,             H,             reverse};
   const int64_t row_threads = backward_row_threads(B, at::get_num_threads());
   if (row_threads > 1) {
     over_row_blocks(steps, !reverse, B, row_threads, [&](int64_t t, int64_t row0, int64_t rows) {
@@ -295,6 +367,7 @@ bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w
       const int64_t tasks = kernels.linear_tasks(rows, H);
       gate_grads(s, 0, tasks);
       product(s, 0, tasks);
+      if (starts.at(t)) starts.move(t, row0, row0 + rows);  // this thread's rows
     });
     return true;
   }
@@ -305,6 +378,12 @@ bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w
       },
       [&](int64_t t, int64_t begin, int64_t end) {
         product(backward_at_step(first, gates, t), begin, end);
+        if (starts.at(t)) {  // every thread's columns written, then one thread moves the rows
+#pragma omp barrier
+#pragma omp master
+          starts.move(t, 0, B);
+#pragma omp barrier
+        }
       });
   return true;
 }
@@ -333,7 +412,7 @@ bool backward_sequence_cpu(const BackwardSequenceTensors& t) {
                                first.grad_hidden_gates = t.grad_hidden_gates.data_ptr<float>();
                              }
                            },
-                           written);
+                           written, t);
 }
 
 template bool backward_sequence_cpu<LstmCell>(const BackwardSequenceTensors&);
