@@ -116,9 +116,16 @@ struct GateGradTensors {
 
 // A sequence's episode starts (reset_rows): per step in the order run, the rows whose state
 // entering it is the initial state (an int64 index tensor on the input's device), or undefined
-// where none; empty: no resets. A whole-sequence kernel that does not restart rows declines
-// (returns false) where it is not empty.
-using EpisodeStarts = std::vector<Tensor>;
+// where none; and all of them at once. Empty: no resets. A whole-sequence kernel that does not
+// restart rows declines (returns false) where it is not empty.
+struct EpisodeStarts {
+  std::vector<Tensor> steps;
+  Tensor packed_rows, batch_rows;  // every restarted row: its row in the packed [N, *] tensors,
+                                   // and its batch row (of hx)
+  bool empty() const { return steps.empty(); }
+  size_t size() const { return steps.size(); }
+  const Tensor& operator[](size_t i) const { return steps[i]; }
+};
 
 // A layer's whole forward, for one uniform batch of B rows a step and no projection: the rows of
 // all T steps one after another, N = T*B.

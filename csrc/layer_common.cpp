@@ -158,19 +158,26 @@ EpisodeStarts reset_rows(const char* op, const OptionalTensor& resets, const Ten
               " (the input's device), got ", r.device());
   const Tensor flags = r.to(at::kCPU).contiguous();
   const bool* starts = flags.data_ptr<bool>();
-  EpisodeStarts index(order.size());
+  const auto on_device = [&](const std::vector<int64_t>& values) {
+    return at::tensor(values, at::TensorOptions(at::kLong)).to(input.device());
+  };
+  EpisodeStarts result{std::vector<Tensor>(order.size())};
+  std::vector<int64_t> packed_rows, batch_rows;
   // The first step run starts from the initial state anyway.
   for (size_t i = 1; i < order.size(); ++i) {
     const SequenceStep& marked = reverse ? order[i - 1] : order[i];
     std::vector<int64_t> rows;
     for (int64_t b = 0; b < std::min(order[i].rows, marked.rows); ++b) {
-      if (starts[marked.offset + b]) rows.push_back(b);
+      if (!starts[marked.offset + b]) continue;
+      rows.push_back(b);
+      packed_rows.push_back(order[i].offset + b);
+      batch_rows.push_back(b);
     }
-    if (!rows.empty()) {
-      index[i] = at::tensor(rows, at::TensorOptions(at::kLong)).to(input.device());
-    }
+    if (!rows.empty()) result.steps[i] = on_device(rows);
   }
-  return index;
+  result.packed_rows = on_device(packed_rows);
+  result.batch_rows = on_device(batch_rows);
+  return result;
 }
 
 namespace {
@@ -437,10 +444,8 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
   // where the step starts an episode (resets).
   const auto states_before = [&](const Tensor& states, const Tensor& init) {
     Tensor before = states_before_steps(order, states, init);
-    for (size_t i = 0; i < starts.size(); ++i) {
-      if (starts[i].defined()) {
-        rows(before, order[i]).index_copy_(0, starts[i], init.index_select(0, starts[i]));
-      }
+    if (!starts.empty()) {
+      before.index_copy_(0, starts.packed_rows, init.index_select(0, starts.batch_rows));
     }
     return before;
   };
