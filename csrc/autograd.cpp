@@ -199,21 +199,24 @@ struct LstmLayerFn : torch::autograd::Function<LstmLayerFn> {
                                const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
                                const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh, const OptionalTensor& w_hr,
-                               bool reverse, bool keep_saved, const OptionalTensor& resets) {
+                               bool reverse, bool keep_saved, const OptionalTensor& resets,
+                               const OptionalTensor& zoneout) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->set_materialize_grads(false);
     record_edges(ctx, {true, true, true, true, true, true, b_ih.has_value(), b_hh.has_value(),
-                       w_hr.has_value(), false, false, resets.has_value()});
+                       w_hr.has_value(), false, false, resets.has_value(), zoneout.has_value()});
     static const auto forward_op =
         op<LstmLayerOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                             const Tensor&, const Tensor&, const OptionalTensor&,
                             const OptionalTensor&, const OptionalTensor&, bool, bool,
-                            const OptionalTensor&)>("fused_rnn::lstm_layer");
-    auto [output, hy, cy, gates, cells, pre_proj] = forward_op.call(
-        input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, keep_saved, resets);
+                            const OptionalTensor&, const OptionalTensor&)>("fused_rnn::lstm_layer");
+    auto [output, hy, cy, gates, cells, pre_proj] =
+        forward_op.call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                        keep_saved, resets, zoneout);
     ctx->save_for_backward({input, batch_sizes, hx, cx, w_ih, w_hh, w_hr.value_or(Tensor()),
                             output, gates, cells, pre_proj, b_ih.value_or(Tensor()),
-                            b_hh.value_or(Tensor()), resets.value_or(Tensor())});
+                            b_hh.value_or(Tensor()), resets.value_or(Tensor()),
+                            zoneout.value_or(Tensor())});
     ctx->saved_data["reverse"] = reverse;
     ctx->mark_non_differentiable({gates, cells, pre_proj});
     return {output, hy, cy, gates, cells, pre_proj};
@@ -225,28 +228,30 @@ struct LstmLayerFn : torch::autograd::Function<LstmLayerFn> {
                           const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                           const Tensor&, const OptionalTensor&, const Tensor&, const Tensor&,
                           const Tensor&, const Tensor&, bool, std::array<bool, 7>,
-                          const OptionalTensor&)>("fused_rnn::lstm_layer_backward");
+                          const OptionalTensor&, const OptionalTensor&)>(
+            "fused_rnn::lstm_layer_backward");
     const auto s = ctx->get_saved_variables();
     auto need = [ctx](size_t arg) { return needs(ctx, arg); };
     const bool reverse = ctx->saved_data["reverse"].toBool();
     if (at::GradMode::is_enabled()) {
       auto [output, hy, cy, gates, cells, pre_proj] =
           composite::lstm_layer(s[0], s[1], s[2], s[3], s[4], s[5], or_none(s[11]),
-                                or_none(s[12]), or_none(s[6]), reverse, false, or_none(s[13]));
+                                or_none(s[12]), or_none(s[6]), reverse, false, or_none(s[13]),
+                                or_none(s[14]));
       return recomputed_grads(
           {output, hy, cy}, {grads[0], grads[1], grads[2]},
           {s[0], Tensor(), s[2], s[3], s[4], s[5], s[11], s[12], s[6], Tensor(), Tensor(),
-           Tensor()},
+           Tensor(), Tensor()},
           {need(0), false, need(2), need(3), need(4), need(5), need(6), need(7), need(8), false,
-           false, false});
+           false, false, false});
     }
     auto [g_input, g_hx, g_cx, g_w_ih, g_w_hh, g_bias, g_w_hr] = backward_op.call(
         or_zeros(grads[0], s[7]), or_zeros(grads[1], s[2]), or_zeros(grads[2], s[3]), s[0], s[1],
         s[2], s[3], s[4], s[5], or_none(s[6]), s[7], s[8], s[9], s[10], reverse,
         {need(0), need(2), need(3), need(4), need(5), need(6) || need(7), need(8)},
-        or_none(s[13]));
+        or_none(s[13]), or_none(s[14]));
     return {g_input, Tensor(), g_hx, g_cx, g_w_ih, g_w_hh, need(6) ? g_bias : Tensor(),
-            need(7) ? g_bias : Tensor(), g_w_hr, Tensor(), Tensor(), Tensor()};
+            need(7) ? g_bias : Tensor(), g_w_hr, Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -255,20 +260,21 @@ struct GruLayerFn : torch::autograd::Function<GruLayerFn> {
                                const Tensor& batch_sizes, const Tensor& hx, const Tensor& w_ih,
                                const Tensor& w_hh, const OptionalTensor& b_ih,
                                const OptionalTensor& b_hh, bool reverse, bool keep_saved,
-                               const OptionalTensor& resets) {
+                               const OptionalTensor& resets, const OptionalTensor& zoneout) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->set_materialize_grads(false);
     record_edges(ctx, {true, true, true, true, true, b_ih.has_value(), b_hh.has_value(), false,
-                       false, resets.has_value()});
+                       false, resets.has_value(), zoneout.has_value()});
     static const auto forward_op =
         op<GruLayerOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                            const Tensor&, const OptionalTensor&, const OptionalTensor&, bool,
-                           bool, const OptionalTensor&)>("fused_rnn::gru_layer");
+                           bool, const OptionalTensor&, const OptionalTensor&)>(
+            "fused_rnn::gru_layer");
     auto [output, hy, workspace] = forward_op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh,
-                                                   reverse, keep_saved, resets);
+                                                   reverse, keep_saved, resets, zoneout);
     ctx->save_for_backward({input, batch_sizes, hx, w_ih, w_hh, output, workspace,
                             b_ih.value_or(Tensor()), b_hh.value_or(Tensor()),
-                            resets.value_or(Tensor())});
+                            resets.value_or(Tensor()), zoneout.value_or(Tensor())});
     ctx->saved_data["reverse"] = reverse;
     ctx->mark_non_differentiable({workspace});
     return {output, hy, workspace};
@@ -278,24 +284,27 @@ struct GruLayerFn : torch::autograd::Function<GruLayerFn> {
     static const auto backward_op =
         op<GruGrads(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                     const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool,
-                    std::array<bool, 6>, const OptionalTensor&)>("fused_rnn::gru_layer_backward");
+                    std::array<bool, 6>, const OptionalTensor&, const OptionalTensor&)>(
+            "fused_rnn::gru_layer_backward");
     const auto s = ctx->get_saved_variables();
     auto need = [ctx](size_t arg) { return needs(ctx, arg); };
     const bool reverse = ctx->saved_data["reverse"].toBool();
     if (at::GradMode::is_enabled()) {
       auto [output, hy, workspace] =
           composite::gru_layer(s[0], s[1], s[2], s[3], s[4], or_none(s[7]), or_none(s[8]),
-                               reverse, false, or_none(s[9]));
+                               reverse, false, or_none(s[9]), or_none(s[10]));
       return recomputed_grads(
           {output, hy}, {grads[0], grads[1]},
-          {s[0], Tensor(), s[2], s[3], s[4], s[7], s[8], Tensor(), Tensor(), Tensor()},
-          {need(0), false, need(2), need(3), need(4), need(5), need(6), false, false, false});
+          {s[0], Tensor(), s[2], s[3], s[4], s[7], s[8], Tensor(), Tensor(), Tensor(), Tensor()},
+          {need(0), false, need(2), need(3), need(4), need(5), need(6), false, false, false,
+           false});
     }
     auto [g_input, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh] = backward_op.call(
         or_zeros(grads[0], s[5]), or_zeros(grads[1], s[2]), s[0], s[1], s[2], s[3], s[4], s[5],
-        s[6], reverse, {need(0), need(2), need(3), need(4), need(5), need(6)}, or_none(s[9]));
+        s[6], reverse, {need(0), need(2), need(3), need(4), need(5), need(6)}, or_none(s[9]),
+        or_none(s[10]));
     return {g_input, Tensor(), g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh, Tensor(), Tensor(),
-            Tensor()};
+            Tensor(), Tensor()};
   }
 };
 
@@ -326,30 +335,32 @@ LstmLayerOutputs lstm_layer_autograd(const Tensor& input, const Tensor& batch_si
                                      const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
                                      const Tensor& w_hh, const OptionalTensor& b_ih,
                                      const OptionalTensor& b_hh, const OptionalTensor& w_hr,
-                                     bool reverse, bool keep_saved, const OptionalTensor& resets) {
+                                     bool reverse, bool keep_saved, const OptionalTensor& resets,
+                                     const OptionalTensor& zoneout) {
   if (takes_composite({&input, &hx, &cx, &w_ih, &w_hh}, {&b_ih, &b_hh, &w_hr})) {
     return composite::lstm_layer(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                 reverse, keep_saved, resets);
+                                 reverse, keep_saved, resets, zoneout);
   }
   // A recorded call keeps its saved tensors whatever the caller asked: its backward needs them.
   const bool keep =
       keep_saved || records_graph({&input, &hx, &cx, &w_ih, &w_hh}, {&b_ih, &b_hh, &w_hr});
   auto out = LstmLayerFn::apply(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                                keep, resets);
+                                keep, resets, zoneout);
   return {out[0], out[1], out[2], out[3], out[4], out[5]};
 }
 
 GruLayerOutputs gru_layer_autograd(const Tensor& input, const Tensor& batch_sizes,
                                    const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
                                    const OptionalTensor& b_ih, const OptionalTensor& b_hh,
-                                   bool reverse, bool keep_saved, const OptionalTensor& resets) {
+                                   bool reverse, bool keep_saved, const OptionalTensor& resets,
+                                   const OptionalTensor& zoneout) {
   if (takes_composite({&input, &hx, &w_ih, &w_hh}, {&b_ih, &b_hh})) {
     return composite::gru_layer(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse,
-                                keep_saved, resets);
+                                keep_saved, resets, zoneout);
   }
   const bool keep = keep_saved || records_graph({&input, &hx, &w_ih, &w_hh}, {&b_ih, &b_hh});
-  auto out =
-      GruLayerFn::apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, keep, resets);
+  auto out = GruLayerFn::apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, keep,
+                               resets, zoneout);
   return {out[0], out[1], out[2]};
 }
 

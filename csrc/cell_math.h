@@ -82,6 +82,12 @@ FUSED_RNN_HD void store_lstm_saved(const LstmStep<T>& s, const Store& store) {
   store(3, s.o);
 }
 
+// c' from the activated gates and c (the layers rebuild it so where zoneout overwrote it).
+template <typename T>
+FUSED_RNN_HD T lstm_new_cell_state(const T& i, const T& f, const T& g, const T& c) {
+  return f * c + i * g;
+}
+
 template <typename T>
 FUSED_RNN_HD LstmStep<T> lstm_step_forward(T a_i, T a_f, T a_g, T a_o, T c) {
   LstmStep<T> s;
@@ -89,7 +95,7 @@ FUSED_RNN_HD LstmStep<T> lstm_step_forward(T a_i, T a_f, T a_g, T a_o, T c) {
   s.f = sigmoid(a_f);
   s.g = tanh_act(a_g);
   s.o = sigmoid(a_o);
-  s.c_new = s.f * c + s.i * s.g;
+  s.c_new = lstm_new_cell_state(s.i, s.f, s.g, c);
   s.h_new = s.o * tanh_act(s.c_new);
   return s;
 }

@@ -47,6 +47,8 @@ struct LstmCell {
   static constexpr bool kPreActivationsSumSides = true;
   // The backward's gate gradients read the state a step started from (h_prev).
   static constexpr bool kGateGradsReadHPrev = false;
+  // They read c' too (c_out), which zoneout replaces by the state carried on.
+  static constexpr bool kGateGradsReadCellOut = true;
   // h reaches h' only through W_hh (no direct part of grad h_prev).
   static constexpr bool kDirectStateGrad = false;
   // The ops' name for the saved values.
@@ -69,6 +71,7 @@ struct GruCell {
   // reaches h' directly too (z * h), so the gate gradients give a direct part of grad h_prev.
   static constexpr bool kPreActivationsSumSides = false;
   static constexpr bool kGateGradsReadHPrev = true;
+  static constexpr bool kGateGradsReadCellOut = false;
   static constexpr bool kDirectStateGrad = true;
   static constexpr const char* kSavedName = "workspace";
   static constexpr int kInputSideBiases = 1;  // b_ih
@@ -141,6 +144,9 @@ struct SequenceTensors {
                        // kept); with kPreActivationsSumSides, input_side itself
   bool reverse;
   EpisodeStarts starts = {};
+  // Zoneout: per state (h, then c where the cell has one), [N, H] weights of each step's new
+  // value (layer_common.cpp). The whole-sequence kernels are not given a sequence with zoneout.
+  std::vector<Tensor> zoneout = {};
 };
 
 // The same with the input side computed inside each step (x_t @ W_ih^T beside h @ W_hh^T), so no
@@ -277,6 +283,12 @@ std::vector<SequenceStep> check_layer_args(const char* op, int64_t gates, const 
 EpisodeStarts reset_rows(const char* op, const OptionalTensor& resets, const Tensor& input,
                          const std::vector<SequenceStep>& order, bool reverse);
 
+// A layer op's zoneout weights (LayerArgs::zoneout [K, N, H], K = `states`: 2 for a cell with a
+// cell state), checked (no projection): one [N, H] a state, h's then c's; empty without.
+std::vector<Tensor> zoneout_weights(const char* op, const OptionalTensor& zoneout,
+                                    const Tensor& input, int64_t hidden, int64_t states,
+                                    bool projected);
+
 // Checks that `t` has exactly the given sizes, device and dtype of `like`.
 void check_saved(const char* op, const char* name, const Tensor& t, at::IntArrayRef sizes,
                  const Tensor& like);
@@ -341,6 +353,8 @@ struct LayerArgs {
   std::vector<Tensor> norms;  // the cell's kNorms parameters beyond torch.nn's
   // [N] bool: where true, an episode starts at that row's step (reset_rows).
   OptionalTensor resets = std::nullopt;
+  // [K, N, H]: zoneout's weights of each step's new value, K = 1 (h) or 2 (h, c).
+  OptionalTensor zoneout = std::nullopt;
 };
 // A backward's gradients: grad_b_hh where its own (b_ih's otherwise serves both).
 struct Grads {
@@ -416,11 +430,12 @@ void impl_lstm_ops(torch::Library& m) {
          [](const Tensor& input, const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
             const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
             const OptionalTensor& b_hh, const OptionalTensor& w_hr, bool reverse,
-            bool keep_saved, const OptionalTensor& resets) -> LstmLayerOutputs {
-           const LayerForward f = layer_forward(
-               L, K,
-               {input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, {}, resets},
-               keep_saved);
+            bool keep_saved, const OptionalTensor& resets,
+            const OptionalTensor& zoneout) -> LstmLayerOutputs {
+           const LayerForward f = layer_forward(L, K,
+                                                {input, batch_sizes, hx, cx, w_ih, w_hh, b_ih,
+                                                 b_hh, w_hr, reverse, {}, resets, zoneout},
+                                                keep_saved);
            return {f.output, f.hy, f.cy, f.saved, f.cell_states, f.hidden_pre_proj};
          });
   m.impl("lstm_layer_backward",
@@ -429,11 +444,11 @@ void impl_lstm_ops(torch::Library& m) {
             const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& w_hr,
             const Tensor& output, const Tensor& gates, const Tensor& cell_states,
             const Tensor& hidden_pre_proj, bool reverse, std::array<bool, 7> mask,
-            const OptionalTensor& resets) -> LstmLayerGrads {
+            const OptionalTensor& resets, const OptionalTensor& zoneout) -> LstmLayerGrads {
            const Grads g = layer_backward(
                L, K, grad_output, grad_hy, grad_cy,
                {input, batch_sizes, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt, w_hr,
-                reverse, {}, resets},
+                reverse, {}, resets, zoneout},
                output, gates, cell_states, hidden_pre_proj,
                {mask[0], mask[1], mask[2], mask[3], mask[4], mask[5], false, mask[6]});
            return {g.input, g.hx, g.cx, g.w_ih, g.w_hh, g.b_ih, g.w_hr};
@@ -453,11 +468,12 @@ void impl_gru_ops(torch::Library& m) {
   m.impl("gru_layer",
          [](const Tensor& input, const Tensor& batch_sizes, const Tensor& hx, const Tensor& w_ih,
             const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh,
-            bool reverse, bool keep_saved, const OptionalTensor& resets) -> GruLayerOutputs {
+            bool reverse, bool keep_saved, const OptionalTensor& resets,
+            const OptionalTensor& zoneout) -> GruLayerOutputs {
            const LayerForward f = layer_forward(
                L, K,
                {input, batch_sizes, hx, Tensor(), w_ih, w_hh, b_ih, b_hh, std::nullopt, reverse,
-                {}, resets},
+                {}, resets, zoneout},
                keep_saved);
            return {f.output, f.hy, f.saved};
          });
@@ -465,11 +481,12 @@ void impl_gru_ops(torch::Library& m) {
          [](const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input,
             const Tensor& batch_sizes, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
             const Tensor& output, const Tensor& workspace, bool reverse,
-            std::array<bool, 6> mask, const OptionalTensor& resets) -> GruGrads {
+            std::array<bool, 6> mask, const OptionalTensor& resets,
+            const OptionalTensor& zoneout) -> GruGrads {
            const Grads g = layer_backward(
                L, K, grad_output, grad_hy, Tensor(),
                {input, batch_sizes, hx, Tensor(), w_ih, w_hh, std::nullopt, std::nullopt,
-                std::nullopt, reverse, {}, resets},
+                std::nullopt, reverse, {}, resets, zoneout},
                output, workspace, Tensor(), Tensor(),
                {mask[0], mask[1], false, mask[2], mask[3], mask[4], mask[5], false});
            return {g.input, g.hx, g.w_ih, g.w_hh, g.b_ih, g.b_hh};

@@ -7,6 +7,7 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/lerp.h>
 #include <ATen/ops/linear.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
@@ -137,6 +138,14 @@ Tensor entering(const Tensor& state, const Tensor& initial, const EpisodeStarts&
   return state.index_copy(0, starts[i], initial.index_select(0, starts[i]));
 }
 
+// The state carried on from a step: its new value `next`, or with zoneout (weights, a [N, H]
+// tensor a state) weights[k]'s blend of it with the state before (layer_common.cpp's zone_out).
+Tensor zone_out(const Tensor& before, const Tensor& next, const std::vector<Tensor>& weights,
+                size_t k, const SequenceStep& step) {
+  if (weights.empty()) return next;
+  return at::lerp(before, next, weights[k].narrow(0, step.offset, step.rows));
+}
+
 Tensor saved_or_empty(bool keep, std::vector<Tensor> per_step, bool reverse, const Tensor& like,
                       int64_t columns) {
   if (!keep) return like.new_empty({0, columns});
@@ -167,10 +176,12 @@ LstmLayerOutputs lstm_layer(const Tensor& input, const Tensor& batch_sizes, cons
                             const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
                             const OptionalTensor& b_ih, const OptionalTensor& b_hh,
                             const OptionalTensor& w_hr, bool reverse, bool keep_saved,
-                            const OptionalTensor& resets) {
+                            const OptionalTensor& resets, const OptionalTensor& zoneout) {
   const auto order = check_layer_args("lstm_layer", kLstmGates, input, readable(batch_sizes), hx,
                                       &cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
   const auto starts = episode_starts("lstm_layer", resets, input, order, reverse);
+  const auto weights = zoneout_weights("lstm_layer", zoneout, input, w_hh.size(0) / kLstmGates, 2,
+                                       w_hr.has_value());
   const Tensor x_side = at::linear(input, w_ih, b_ih);
   Tensor h = first_state(hx, order), c = first_state(cx, order);
   std::vector<Tensor> outputs, gates, cells, pre_proj, h_done, c_done;
@@ -179,11 +190,11 @@ LstmLayerOutputs lstm_layer(const Tensor& input, const Tensor& batch_sizes, cons
     h = entering(enter(h, hx, step.rows, h_done), hx, starts, i);
     c = entering(enter(c, cx, step.rows, c_done), cx, starts, i);
     auto cell = lstm_step(x_side.narrow(0, step.offset, step.rows), h, c, w_hh, b_hh);
-    h = w_hr ? at::linear(cell.hidden, *w_hr) : cell.hidden;
-    c = cell.cell;
+    h = w_hr ? at::linear(cell.hidden, *w_hr) : zone_out(h, cell.hidden, weights, 0, step);
+    c = zone_out(c, cell.cell, weights, 1, step);
     outputs.push_back(h);
     gates.push_back(cell.gates);
-    cells.push_back(cell.cell);
+    cells.push_back(c);
     if (w_hr) pre_proj.push_back(cell.hidden);
   }
   const int64_t hidden = w_hh.size(0) / kLstmGates;
@@ -197,10 +208,12 @@ LstmLayerOutputs lstm_layer(const Tensor& input, const Tensor& batch_sizes, cons
 GruLayerOutputs gru_layer(const Tensor& input, const Tensor& batch_sizes, const Tensor& hx,
                           const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
                           const OptionalTensor& b_hh, bool reverse, bool keep_saved,
-                          const OptionalTensor& resets) {
+                          const OptionalTensor& resets, const OptionalTensor& zoneout) {
   const auto order = check_layer_args("gru_layer", kGruGates, input, readable(batch_sizes), hx,
                                       nullptr, w_ih, w_hh, b_ih, b_hh, std::nullopt, reverse);
   const auto starts = episode_starts("gru_layer", resets, input, order, reverse);
+  const auto weights =
+      zoneout_weights("gru_layer", zoneout, input, w_hh.size(1), 1, false);
   const Tensor x_side = at::linear(input, w_ih, b_ih);
   Tensor h = first_state(hx, order);
   std::vector<Tensor> outputs, workspaces, h_done;
@@ -208,7 +221,7 @@ GruLayerOutputs gru_layer(const Tensor& input, const Tensor& batch_sizes, const 
     const SequenceStep& step = order[i];
     h = entering(enter(h, hx, step.rows, h_done), hx, starts, i);
     auto cell = gru_step(x_side.narrow(0, step.offset, step.rows), h, w_hh, b_hh);
-    h = cell.hidden;
+    h = zone_out(h, cell.hidden, weights, 0, step);
     outputs.push_back(h);
     workspaces.push_back(cell.workspace);
   }

@@ -23,11 +23,11 @@ LstmLayerOutputs lstm_layer(const Tensor& input, const Tensor& batch_sizes, cons
                             const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
                             const OptionalTensor& b_ih, const OptionalTensor& b_hh,
                             const OptionalTensor& w_hr, bool reverse, bool keep_saved,
-                            const OptionalTensor& resets);
+                            const OptionalTensor& resets, const OptionalTensor& zoneout);
 
 GruLayerOutputs gru_layer(const Tensor& input, const Tensor& batch_sizes, const Tensor& hx,
                           const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
                           const OptionalTensor& b_hh, bool reverse, bool keep_saved,
-                          const OptionalTensor& resets);
+                          const OptionalTensor& resets, const OptionalTensor& zoneout);
 
 }  // namespace fused_rnn::composite

@@ -74,8 +74,8 @@ TORCH_LIBRARY(fused_rnn, m) {
       "layernorm_lstm_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, "
       "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor ln_ih_weight, Tensor ln_ih_bias, Tensor "
       "ln_hh_weight, Tensor ln_hh_bias, Tensor ln_c_weight, Tensor ln_c_bias, bool reverse, bool "
-      "keep_saved=True, Tensor? resets=None) -> (Tensor output, Tensor hy, Tensor cy, Tensor "
-      "saved, Tensor cell_states)");
+      "keep_saved=True, Tensor? resets=None, Tensor? zoneout=None) -> (Tensor output, Tensor hy, "
+      "Tensor cy, Tensor saved, Tensor cell_states)");
   // Backpropagation through time for layernorm_lstm_layer; output_mask as
   // layernorm_lstm_cell_backward's.
   m.def(
@@ -83,26 +83,26 @@ TORCH_LIBRARY(fused_rnn, m) {
       "input, Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor "
       "ln_ih_weight, Tensor ln_ih_bias, Tensor ln_hh_weight, Tensor ln_hh_bias, Tensor "
       "ln_c_weight, Tensor ln_c_bias, Tensor output, Tensor saved, Tensor cell_states, bool "
-      "reverse, bool[12] output_mask, Tensor? resets=None) -> (Tensor grad_input, Tensor "
-      "grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, Tensor "
-      "grad_ln_ih_weight, Tensor grad_ln_ih_bias, Tensor grad_ln_hh_weight, Tensor "
-      "grad_ln_hh_bias, Tensor grad_ln_c_weight, Tensor grad_ln_c_bias)");
+      "reverse, bool[12] output_mask, Tensor? resets=None, Tensor? zoneout=None) -> (Tensor "
+      "grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor "
+      "grad_bias, Tensor grad_ln_ih_weight, Tensor grad_ln_ih_bias, Tensor grad_ln_hh_weight, "
+      "Tensor grad_ln_hh_bias, Tensor grad_ln_c_weight, Tensor grad_ln_c_bias)");
   // One layer-normalized GRU layer, laid out as gru_layer, with layernorm_gru_cell's norms.
   // Returns output [N,H], hy [B,H] and saved [N, 10H+2] (op-math dtype).
   m.def(
-      "layernorm_gru_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor w_ih, Tensor "
-      "w_hh, Tensor? b_ih, Tensor? b_hh, Tensor ln_ih_weight, Tensor ln_ih_bias, Tensor "
-      "ln_hh_weight, Tensor ln_hh_bias, bool reverse, bool keep_saved=True, Tensor? resets=None) "
-      "-> (Tensor output, Tensor hy, Tensor saved)");
+      "layernorm_gru_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, Tensor ln_ih_weight, Tensor ln_ih_bias, Tensor ln_hh_weight, "
+      "Tensor ln_hh_bias, bool reverse, bool keep_saved=True, Tensor? resets=None, Tensor? "
+      "zoneout=None) -> (Tensor output, Tensor hy, Tensor saved)");
   // Backpropagation through time for layernorm_gru_layer; output_mask as
   // layernorm_gru_cell_backward's.
   m.def(
       "layernorm_gru_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor "
-      "batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor ln_ih_weight, Tensor "
-      "ln_ih_bias, Tensor ln_hh_weight, Tensor ln_hh_bias, Tensor output, Tensor saved, bool "
-      "reverse, bool[10] output_mask, Tensor? resets=None) -> (Tensor grad_input, Tensor "
-      "grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor "
-      "grad_ln_ih_weight, Tensor grad_ln_ih_bias, Tensor grad_ln_hh_weight, Tensor "
+      "batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor ln_ih_weight, Tensor ln_ih_bias, "
+      "Tensor ln_hh_weight, Tensor ln_hh_bias, Tensor output, Tensor saved, bool reverse, "
+      "bool[10] output_mask, Tensor? resets=None, Tensor? zoneout=None) -> (Tensor grad_input, "
+      "Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, "
+      "Tensor grad_ln_ih_weight, Tensor grad_ln_ih_bias, Tensor grad_ln_hh_weight, Tensor "
       "grad_ln_hh_bias)");
 
   // One LSTM layer in one direction over a whole (packed) sequence. input [N,I]: the steps one
@@ -117,32 +117,37 @@ TORCH_LIBRARY(fused_rnn, m) {
   // records the call, whose backward needs them. resets [N] bool (a row per input row, on its
   // device): where true, an episode starts at that row's step: the state entering it is hx/cx's
   // row (in reverse, the state entering the step run after it), no gradient crossing; every
-  // layer op takes it, its backward too.
+  // layer op takes it, its backward too. zoneout [K,N,H] (input's dtype and device; K = 2: h's
+  // then c's; no projection): the weight of each step's new state per row and unit, the state
+  // carried on (and output) being zoneout * new + (1 - zoneout) * the state before (Krueger et
+  // al. 2016: 0/1 draws in training, 1 - p in evaluation); every layer op takes it (the GRU's:
+  // K = 1), its backward the same tensor.
   m.def(
       "lstm_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor "
       "w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, bool keep_saved=True, "
-      "Tensor? resets=None) -> (Tensor output, Tensor hy, Tensor cy, Tensor gates, Tensor "
-      "cell_states, Tensor hidden_pre_proj)");
+      "Tensor? resets=None, Tensor? zoneout=None) -> (Tensor output, Tensor hy, Tensor cy, Tensor "
+      "gates, Tensor cell_states, Tensor hidden_pre_proj)");
   // Backpropagation through time for lstm_layer. output_mask orders input, hx, cx, w_ih, w_hh,
   // bias (shared by b_ih and b_hh), w_hr.
   m.def(
       "lstm_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, "
       "Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor "
       "output, Tensor gates, Tensor cell_states, Tensor hidden_pre_proj, bool reverse, bool[7] "
-      "output_mask, Tensor? resets=None) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, "
-      "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, Tensor grad_w_hr)");
+      "output_mask, Tensor? resets=None, Tensor? zoneout=None) -> (Tensor grad_input, Tensor "
+      "grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, Tensor "
+      "grad_w_hr)");
   // One GRU layer in one direction over a whole (packed) sequence, laid out as for lstm_layer;
   // hx [B,H], w_ih [3H,I], w_hh [3H,H], biases [3H]. Returns output [N,H], hy [B,H] and the
   // workspace [N,4H] (r, z, n, h_n per step) for the backward; keep_saved as for lstm_layer.
   m.def(
       "gru_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? "
-      "b_ih, Tensor? b_hh, bool reverse, bool keep_saved=True, Tensor? resets=None) -> (Tensor "
-      "output, Tensor hy, Tensor workspace)");
+      "b_ih, Tensor? b_hh, bool reverse, bool keep_saved=True, Tensor? resets=None, Tensor? "
+      "zoneout=None) -> (Tensor output, Tensor hy, Tensor workspace)");
   // Backpropagation through time for gru_layer; output_mask orders input, hx, w_ih, w_hh, b_ih,
   // b_hh.
   m.def(
       "gru_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor batch_sizes, "
       "Tensor hx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, "
-      "bool[6] output_mask, Tensor? resets=None) -> (Tensor grad_input, Tensor grad_hx, Tensor "
-      "grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+      "bool[6] output_mask, Tensor? resets=None, Tensor? zoneout=None) -> (Tensor grad_input, "
+      "Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
 }

@@ -10,8 +10,10 @@
 #include "cell_ops.h"
 #include "layernorm_cell_ops.h"
 
+#include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/lerp.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/tensor.h>
@@ -180,11 +182,46 @@ EpisodeStarts reset_rows(const char* op, const OptionalTensor& resets, const Ten
   return result;
 }
 
+std::vector<Tensor> zoneout_weights(const char* op, const OptionalTensor& zoneout,
+                                    const Tensor& input, int64_t hidden, int64_t states,
+                                    bool projected) {
+  if (!zoneout.has_value()) return {};
+  const Tensor& z = *zoneout;
+  TORCH_CHECK(!projected, op, ": zoneout with a projection (w_hr) is not supported");
+  TORCH_CHECK(z.dim() == 3 && z.size(0) == states && z.size(1) == input.size(0) &&
+                  z.size(2) == hidden,
+              op, ": expected zoneout of shape [", states, ", ", input.size(0), ", ", hidden,
+              "] (the weight of each step's new ", states == 2 ? "h and c" : "h",
+              " per input row and unit), got ", z.sizes());
+  TORCH_CHECK(z.scalar_type() == input.scalar_type() && z.device() == input.device(), op,
+              ": expected zoneout to be ", input.scalar_type(), " on ", input.device(),
+              " (as input), got ", z.scalar_type(), " on ", z.device());
+  std::vector<Tensor> weights;
+  for (int64_t k = 0; k < states; ++k) weights.push_back(z.select(0, k));
+  return weights;
+}
+
 namespace {
 
 // `state` [rows, X] with the rows `index` taken from the initial state `init` [B, X] instead.
 Tensor restarted(const Tensor& state, const Tensor& init, const Tensor& index) {
   return state.index_copy(0, index, init.index_select(0, index));
+}
+
+// Zoneout (Krueger et al. 2016): the state a step carries on is weight * its new value + (1 -
+// weight) * the state before, per row and unit (0/1 draws in training, 1 - p in evaluation);
+// written over new_state, by torch's lerp, which is exact where the weight is 0 or 1.
+void zone_out(Tensor& new_state, const Tensor& before, const Tensor& weight) {
+  at::lerp_out(new_state, before, new_state, weight);
+}
+
+// The LSTM's c' of every step, from its saved gates (store_lstm_saved's blocks i, f, g, o) and
+// the state before it: where zoneout carried another state on, cell_states holds that one.
+template <typename Cell>
+Tensor rebuilt_cell_states(const Tensor& gates, const Tensor& c_before, int64_t hidden) {
+  static_assert(Cell::saved_columns(1) == kLstmSaved, "the LSTM's saved gates");
+  const auto block = [&](int64_t k) { return gates.narrow(1, k * hidden, hidden); };
+  return lstm_new_cell_state(block(0), block(1), block(2), c_before);
 }
 
 // The backward sums a cell's parameter gradients (add_parameter_sums) over groups of steps of
@@ -248,7 +285,10 @@ template <typename Cell>
 void time_loop(const LinearKernels& lin, const CellKernels<Cell>& k,
                const std::vector<SequenceStep>& order, int64_t batch, const SequenceTensors& t,
                const OptionalTensor& w_hr, const Tensor& pre_proj) {
-  if (!w_hr.has_value() && uniform_batch(order, batch) && k.sequence && k.sequence(t)) return;
+  if (!w_hr.has_value() && uniform_batch(order, batch) && t.zoneout.empty() && k.sequence &&
+      k.sequence(t)) {
+    return;
+  }
   const EpisodeStarts& starts = t.starts;
   const int64_t uses = static_cast<int64_t>(order.size());
   const bool saved_per_step = t.saved.size(0) == t.input_side.size(0);
@@ -274,6 +314,12 @@ void time_loop(const LinearKernels& lin, const CellKernels<Cell>& k,
     }
     st.saved = saved_per_step ? rows(t.saved, step) : first_rows(t.saved, step.rows);
     k.step(st);
+    if (!t.zoneout.empty()) {  // (no projection)
+      zone_out(st.h_out, st.h_prev, rows(t.zoneout[0], step));
+      if constexpr (Cell::kHasCellState) {
+        zone_out(st.c_out, st.c_prev, rows(t.zoneout[1], step));
+      }
+    }
     if (w_hr.has_value()) lin.step_linear(st.h_out, w_hr_p, rows(t.output, step), false);
   }
 }
@@ -310,6 +356,8 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
   const auto saved_options = input.options().dtype(saved_type<Cell>(input.scalar_type()));
   const EpisodeStarts starts =
       reset_rows(op_names<Cell>().layer.c_str(), a.resets, input, order, a.reverse);
+  const std::vector<Tensor> zoneout = zoneout_weights(
+      op_names<Cell>().layer.c_str(), a.zoneout, input, H, kCell ? 2 : 1, a.w_hr.has_value());
   const bool uniform = uniform_batch(order, B);
   Tensor output = at::empty({N, s.state}, input.options());
   const Tensor h0 = a.hx.contiguous(), c0 = contiguous_or_self(a.cx);
@@ -321,8 +369,9 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
     return kCell ? final_states(order, cell_states, c0) : Tensor();
   };
 
-  // The device's whole forward with the input side inside each step, where it has one.
-  if (!a.w_hr.has_value() && uniform && k.sequence_from_input) {
+  // The device's whole forward with the input side inside each step, where it has one (its
+  // kernels do not zone out).
+  if (!a.w_hr.has_value() && uniform && zoneout.empty() && k.sequence_from_input) {
     InputSequenceSaved saved;
     if (k.sequence_from_input(
             {input, a.w_ih, a.b_ih, b_hh, h0, c0, w_hh, output, keep_saved, a.reverse, starts},
@@ -344,8 +393,8 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
   // the backward does not read the projection: in inference, and in the training of a cell whose
   // saved values are its own (the GRU: B=128 H=256 forward+backward 0.95x -> 0.91x of torch.nn's
   // time, a fresh 39 MB buffer fewer; NOTES entry 27).
-  // (Episode starts: in one piece.)
-  if (!a.w_hr.has_value() && uniform && starts.empty() && chunk < steps &&
+  // (Episode starts, zoneout: in one piece.)
+  if (!a.w_hr.has_value() && uniform && starts.empty() && zoneout.empty() && chunk < steps &&
       (!keep_saved || !Cell::kPreActivationsSumSides)) {
     // Saved values of their own: all kept, or one step's rows, which every step overwrites.
     const Tensor saved = Cell::kPreActivationsSumSides
@@ -401,7 +450,7 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
       a.w_hr.has_value() ? at::empty({N, H}, input.options()) : not_kept(H, input);
   time_loop(lin, k, order, B,
             {x_side, h0, c0, w_hh, step_b_ih, step_b_hh, a.norms, output, cell_states, saved,
-             a.reverse, starts},
+             a.reverse, starts, zoneout},
             a.w_hr, pre_proj);
   const Tensor hy = final_states(order, output, h0), cy = final_cell_states(cell_states);
   if (!keep_saved) {
@@ -440,6 +489,12 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
   }
 
   const EpisodeStarts starts = reset_rows(op, a.resets, input, order, a.reverse);
+  // Zoneout: each state's weights of the new value, and of the state before (1 - weight), whose
+  // share of the state's gradient goes straight to the state before.
+  const std::vector<Tensor> zoneout =
+      zoneout_weights(op, a.zoneout, input, H, kCell ? 2 : 1, w_hr.has_value());
+  std::vector<Tensor> zoneout_kept;
+  for (const Tensor& weight : zoneout) zoneout_kept.push_back(1 - weight);
   // The state each step started from, [N, X]: the step before's, or the initial state's rows
   // where the step starts an episode (resets).
   const auto states_before = [&](const Tensor& states, const Tensor& init) {
@@ -459,6 +514,11 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
     return h_before;
   };
   if (Cell::kGateGradsReadHPrev) hidden_before();
+  // c' as the steps computed it, for gate gradients that read it.
+  Tensor cells_new = cells_c;
+  if constexpr (Cell::kGateGradsReadCellOut) {
+    if (!zoneout.empty()) cells_new = rebuilt_cell_states<Cell>(saved_c, c_before, H);
+  }
   // The pre-activations' gradients of the two sides (of the raw products where the cell
   // normalizes them), in the saved type.
   const Tensor grad_input_gates = at::empty({N, G * H}, grad_options);
@@ -485,7 +545,8 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
       w_hr.has_value() && mask.w_hr ? at::empty({N, s.state}, input.options()) : Tensor();
   // (A cell with parameters of its own sums their gradients step by step, in the loop below.)
   const bool whole_sequence =
-      Cell::kNorms == 0 && !w_hr.has_value() && uniform_batch(order, B) && k.backward_sequence &&
+      Cell::kNorms == 0 && !w_hr.has_value() && uniform_batch(order, B) && zoneout.empty() &&
+      k.backward_sequence &&
       k.backward_sequence({grad_out_c, saved_c, h_before, c_before, cells_c, a.w_hh, grad_h,
                            grad_c, grad_input_gates, grad_hidden_gates, a.reverse, starts,
                            grad_h_starts, grad_c_starts});
@@ -521,12 +582,22 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
         gg.grad_c = first_rows(grad_c, step.rows);
         gg.grad_c_prev = gg.grad_c;
         gg.c_prev = rows(c_before, step);
-        gg.c_out = rows(cells_c, step);
+        gg.c_out = rows(cells_new, step);
       }
       gg.grad_input_gates = rows(grad_input_gates, step);
       gg.grad_hidden_gates = Cell::kPreActivationsSumSides ? gg.grad_input_gates
                                                            : rows(grad_hidden_gates, step);
       if (Cell::kNorms > 0) gg.grad_pre = grad_pre.narrow(0, step.offset - group_row, step.rows);
+      // Zoneout: the share of the state's gradient that goes straight to the state before.
+      Tensor h_to_before, c_to_before;
+      if (!zoneout.empty()) {
+        h_to_before = gh * rows(zoneout_kept[0], step);
+        gh.mul_(rows(zoneout[0], step));
+        if constexpr (kCell) {
+          c_to_before = gg.grad_c * rows(zoneout_kept[1], step);
+          gg.grad_c.mul_(rows(zoneout[1], step));
+        }
+      }
       // gh becomes the direct part of the previous state's gradient, then gains W_hh's.
       if (Cell::kDirectStateGrad) gg.grad_h_direct = gh;
       k.gate_grads(gg);
@@ -540,6 +611,10 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
         }
       }
       lin.step_linear(gg.grad_hidden_gates, w_hh_t, gh, Cell::kDirectStateGrad);
+      if (!zoneout.empty()) {
+        gh.add_(h_to_before);
+        if constexpr (kCell) gg.grad_c.add_(c_to_before);
+      }
       if (!starts.empty() && starts[j].defined()) {
         // The state entering this step was the initial one for these rows.
         const Tensor& index = starts[j];

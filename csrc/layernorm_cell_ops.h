@@ -18,6 +18,8 @@ struct LayerNormLstmCell {
   static constexpr bool kPreActivationsSumSides = false;
   static constexpr int kInputSideBiases = 0;
   static constexpr bool kGateGradsReadHPrev = false;
+  // LN_c's backward reads the normalized c' it saved, not c'.
+  static constexpr bool kGateGradsReadCellOut = false;
   static constexpr bool kDirectStateGrad = false;
   static constexpr const char* kSavedName = "saved";
   // The normalized values and rstd set every gradient's scale: kept in the op-math type, and the
@@ -51,6 +53,7 @@ struct LayerNormGruCell {
   static constexpr bool kPreActivationsSumSides = false;
   static constexpr int kInputSideBiases = 0;
   static constexpr bool kGateGradsReadHPrev = true;
+  static constexpr bool kGateGradsReadCellOut = false;
   static constexpr bool kDirectStateGrad = true;
   static constexpr const char* kSavedName = "saved";
   static constexpr bool kSavedInOpMath = true;
@@ -113,11 +116,12 @@ void impl_layernorm_lstm_ops(torch::Library& m) {
             const OptionalTensor& b_hh, const Tensor& ln_ih_w, const Tensor& ln_ih_b,
             const Tensor& ln_hh_w, const Tensor& ln_hh_b, const Tensor& ln_c_w,
             const Tensor& ln_c_b, bool reverse, bool keep_saved,
-            const OptionalTensor& resets) -> LayerNormLstmLayerOutputs {
+            const OptionalTensor& resets,
+            const OptionalTensor& zoneout) -> LayerNormLstmLayerOutputs {
            const LayerForward f = layer_forward(
                L, K,
                {input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, std::nullopt, reverse,
-                {ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b}, resets},
+                {ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b}, resets, zoneout},
                keep_saved);
            return {f.output, f.hy, f.cy, f.saved, f.cell_states};
          });
@@ -128,12 +132,13 @@ void impl_layernorm_lstm_ops(torch::Library& m) {
             const Tensor& ln_ih_b, const Tensor& ln_hh_w, const Tensor& ln_hh_b,
             const Tensor& ln_c_w, const Tensor& ln_c_b, const Tensor& output,
             const Tensor& saved, const Tensor& cell_states, bool reverse,
-            std::array<bool, 12> mask, const OptionalTensor& resets) -> LayerNormLstmCellGrads {
+            std::array<bool, 12> mask, const OptionalTensor& resets,
+            const OptionalTensor& zoneout) -> LayerNormLstmCellGrads {
            const Grads g = layer_backward(
                L, K, grad_output, grad_hy, grad_cy,
                {input, batch_sizes, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt,
                 std::nullopt, reverse, {ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b},
-                resets},
+                resets, zoneout},
                output, saved, cell_states, Tensor(),
                {mask[0], mask[1], mask[2], mask[3], mask[4], mask[5], false, false,
                 {mask[6], mask[7], mask[8], mask[9], mask[10], mask[11]}});
@@ -173,11 +178,12 @@ void impl_layernorm_gru_ops(torch::Library& m) {
             const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh,
             const Tensor& ln_ih_w, const Tensor& ln_ih_b, const Tensor& ln_hh_w,
             const Tensor& ln_hh_b, bool reverse, bool keep_saved,
-            const OptionalTensor& resets) -> GruLayerOutputs {
+            const OptionalTensor& resets,
+            const OptionalTensor& zoneout) -> GruLayerOutputs {
            const LayerForward f = layer_forward(
                L, K,
                {input, batch_sizes, hx, Tensor(), w_ih, w_hh, b_ih, b_hh, std::nullopt, reverse,
-                {ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b}, resets},
+                {ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b}, resets, zoneout},
                keep_saved);
            return {f.output, f.hy, f.saved};
          });
@@ -186,11 +192,12 @@ void impl_layernorm_gru_ops(torch::Library& m) {
             const Tensor& batch_sizes, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
             const Tensor& ln_ih_w, const Tensor& ln_ih_b, const Tensor& ln_hh_w,
             const Tensor& ln_hh_b, const Tensor& output, const Tensor& saved, bool reverse,
-            std::array<bool, 10> mask, const OptionalTensor& resets) -> LayerNormGruGrads {
+            std::array<bool, 10> mask, const OptionalTensor& resets,
+            const OptionalTensor& zoneout) -> LayerNormGruGrads {
            const Grads g = layer_backward(
                L, K, grad_output, grad_hy, Tensor(),
                {input, batch_sizes, hx, Tensor(), w_ih, w_hh, std::nullopt, std::nullopt,
-                std::nullopt, reverse, {ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b}, resets},
+                std::nullopt, reverse, {ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b}, resets, zoneout},
                output, saved, Tensor(), Tensor(),
                {mask[0], mask[1], false, mask[2], mask[3], mask[4], mask[5], false,
                 {mask[6], mask[7], mask[8], mask[9]}});

@@ -9,7 +9,25 @@ import torch
 from . import ops  # noqa: F401  (registers the fake implementations and autograd)
 
 __all__ = ["gru", "gru_cell", "layernorm_gru", "layernorm_gru_cell", "layernorm_lstm",
-           "layernorm_lstm_cell", "lstm", "lstm_cell"]
+           "layernorm_lstm_cell", "lstm", "lstm_cell", "zone_out", "zoneout_weights"]
+
+
+def zoneout_weights(p, training, shape, like):
+    """Zoneout's (Krueger et al. 2016) weights of a step's new state, a tensor of `shape` in like's
+    dtype and device: in training, draws of Bernoulli(1 - p) from the device's generator (1 takes
+    the new value, 0 keeps the state before); in evaluation their expectation 1 - p (broadcast,
+    not stored). None where p = 0."""
+    if p == 0:
+        return None
+    if training:
+        return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1 - p)
+    return torch.full((1,) * len(shape), 1 - p, dtype=like.dtype, device=like.device).expand(shape)
+
+
+def zone_out(before, new, weight):
+    """The state carried on: weight * new + (1 - weight) * before (torch.lerp, as the layer ops:
+    exact where the weight is 0 or 1); new itself where weight is None."""
+    return new if weight is None else torch.lerp(before, new, weight)
 
 
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
@@ -87,7 +105,7 @@ def _run_layers(step_layer, data, states, groups, num_layers, bidirectional, dro
 
 
 def lstm(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, training,
-         bidirectional, proj_size=0, resets=None):
+         bidirectional, proj_size=0, resets=None, zoneout=0.0):
     """A multi-layer, optionally bidirectional LSTM over a packed sequence, as torch.nn.LSTM.
 
     data [N, I] and batch_sizes (int64, CPU) as in a PackedSequence (a padded [T, B, I] batch is
@@ -95,8 +113,10 @@ def lstm(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, t
     flat_weights in torch.nn.LSTM's order (its _flat_weights). resets: None, or a bool [N] (a row
     per row of data): where true, an episode starts at that row's step, in every layer: the state
     entering that step is the row's initial state (in the reverse direction, the state entering
-    the step before it in time), and no gradient crosses the boundary. Returns output [N, D*P],
-    h_n [L*D, B, P] and c_n [L*D, B, H].
+    the step before it in time), and no gradient crosses the boundary. zoneout: the probability
+    p that a unit of h, and independently of c, keeps its value at a step (zoneout_weights, drawn
+    per layer and direction; in evaluation each state moves by 1 - p of its change); not with
+    proj_size. Returns output [N, D*P], h_n [L*D, B, P] and c_n [L*D, B, H].
     """
     h0, c0 = hx
     groups = _layer_weights(flat_weights, num_layers, 2 if bidirectional else 1, has_biases,
@@ -105,7 +125,8 @@ def lstm(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, t
     def step_layer(x, state, weights, reverse):
         # keep_saved=False: the op's autograd keeps what a recorded call's backward needs.
         out, hy, cy, *_saved = torch.ops.fused_rnn.lstm_layer(
-            x, batch_sizes, *state, *weights, reverse, keep_saved=False, resets=resets)
+            x, batch_sizes, *state, *weights, reverse, keep_saved=False, resets=resets,
+            zoneout=_layer_zoneout(zoneout, training, 2, x, state[1]))
         return out, (hy, cy)
 
     output, finals = _run_layers(step_layer, data, list(zip(h0, c0)), groups, num_layers,
@@ -114,21 +135,28 @@ def lstm(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, t
 
 
 def gru(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, training,
-        bidirectional, resets=None):
+        bidirectional, resets=None, zoneout=0.0):
     """A multi-layer, optionally bidirectional GRU over a packed sequence, as torch.nn.GRU.
 
-    Arguments as for lstm, with hx = h0 [L*D, B, H]. Returns output [N, D*H] and h_n [L*D, B, H].
+    Arguments as for lstm (zoneout on h), with hx = h0 [L*D, B, H]. Returns output [N, D*H] and
+    h_n [L*D, B, H].
     """
     groups = _layer_weights(flat_weights, num_layers, 2 if bidirectional else 1, has_biases, False)
 
     def step_layer(x, state, weights, reverse):
         out, hy, _workspace = torch.ops.fused_rnn.gru_layer(
-            x, batch_sizes, state, *weights[:4], reverse, keep_saved=False, resets=resets)
+            x, batch_sizes, state, *weights[:4], reverse, keep_saved=False, resets=resets,
+            zoneout=_layer_zoneout(zoneout, training, 1, x, state))
         return out, hy
 
     output, finals = _run_layers(step_layer, data, list(hx), groups, num_layers,
                                  bidirectional, dropout, training)
     return output, torch.stack(finals)
+
+
+def _layer_zoneout(p, training, states, x, h0):
+    """A layer op's zoneout argument: weights [states, N, H] for its N rows x, H of h0 [B, H]."""
+    return zoneout_weights(p, training, (states, x.shape[0], h0.shape[-1]), x)
 
 
 def _keeps_saved(*tensors):
@@ -138,12 +166,12 @@ def _keeps_saved(*tensors):
 
 
 def layernorm_lstm(data, batch_sizes, hx, flat_weights, norms, has_biases, num_layers, dropout,
-                   training, bidirectional, resets=None):
+                   training, bidirectional, resets=None, zoneout=0.0):
     """A multi-layer, optionally bidirectional layer-normalized LSTM over a packed sequence.
 
     As lstm (no projection), plus norms: per (layer, direction), in lstm's order, the six
     layer-norm parameters (ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias, ln_c_weight,
-    ln_c_bias); resets as for lstm. Returns output [N, D*H], h_n and c_n [L*D, B, H].
+    ln_c_bias); resets and zoneout as for lstm. Returns output [N, D*H], h_n and c_n [L*D, B, H].
     """
     h0, c0 = hx
     groups = _layer_weights(flat_weights, num_layers, 2 if bidirectional else 1, has_biases, False)
@@ -152,7 +180,8 @@ def layernorm_lstm(data, batch_sizes, hx, flat_weights, norms, has_biases, num_l
     def step_layer(x, state, weights, reverse):
         keep = _keeps_saved(x, *state, *weights)
         out, hy, cy, _saved, _cells = torch.ops.fused_rnn.layernorm_lstm_layer(
-            x, batch_sizes, *state, *weights, reverse, keep_saved=keep, resets=resets)
+            x, batch_sizes, *state, *weights, reverse, keep_saved=keep, resets=resets,
+            zoneout=_layer_zoneout(zoneout, training, 2, x, state[1]))
         return out, (hy, cy)
 
     output, finals = _run_layers(step_layer, data, list(zip(h0, c0)), groups, num_layers,
@@ -161,17 +190,18 @@ def layernorm_lstm(data, batch_sizes, hx, flat_weights, norms, has_biases, num_l
 
 
 def layernorm_gru(data, batch_sizes, hx, flat_weights, norms, has_biases, num_layers, dropout,
-                  training, bidirectional, resets=None):
+                  training, bidirectional, resets=None, zoneout=0.0):
     """A multi-layer, optionally bidirectional layer-normalized GRU over a packed sequence: as
     gru, plus norms (per (layer, direction): ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias);
-    resets as for lstm. Returns output [N, D*H] and h_n [L*D, B, H]."""
+    resets and zoneout as for gru. Returns output [N, D*H] and h_n [L*D, B, H]."""
     groups = _layer_weights(flat_weights, num_layers, 2 if bidirectional else 1, has_biases, False)
     groups = [(*weights[:4], *group_norms) for weights, group_norms in zip(groups, norms)]
 
     def step_layer(x, state, weights, reverse):
         keep = _keeps_saved(x, state, *weights)
         out, hy, _saved = torch.ops.fused_rnn.layernorm_gru_layer(
-            x, batch_sizes, state, *weights, reverse, keep_saved=keep, resets=resets)
+            x, batch_sizes, state, *weights, reverse, keep_saved=keep, resets=resets,
+            zoneout=_layer_zoneout(zoneout, training, 1, x, state))
         return out, hy
 
     output, finals = _run_layers(step_layer, data, list(hx), groups, num_layers, bidirectional,

@@ -29,6 +29,31 @@ class _NotScriptable:
             f"which trace fused_rnn's ops; or torch.nn.{name} where TorchScript is required.")
 
 
+class _Zoneout:
+    """The `zoneout` constructor argument (Krueger et al. 2016): the probability p that a unit of
+    the carried state (h; the LSTMs' c too, with masks of its own) keeps its value at a step, per
+    step, row and unit, in training; evaluation moves each state by 1 - p of its change. 0 (the
+    class default, which modules convert() turns into ours keep) changes nothing."""
+
+    zoneout = 0.0
+
+    def _set_zoneout(self, zoneout):
+        name = type(self).__name__
+        if isinstance(zoneout, bool) or not isinstance(zoneout, (int, float)):
+            raise TypeError(f"{name}: expected zoneout to be a float, got "
+                            f"{type(zoneout).__name__}")
+        if not 0 <= zoneout <= 1:
+            raise ValueError(f"{name}: expected zoneout to be a probability in [0, 1], got "
+                             f"{zoneout}")
+        if zoneout and getattr(self, "proj_size", 0) > 0:
+            raise ValueError(f"{name}: zoneout is not supported with proj_size > 0")
+        self.zoneout = float(zoneout)
+
+    def extra_repr(self):
+        text = super().extra_repr()
+        return f"{text}, zoneout={self.zoneout}" if self.zoneout else text
+
+
 def _check_rank(cell: str, what: str, t: torch.Tensor) -> None:
     if t.dim() not in (1, 2):
         raise ValueError(f"{cell}: Expected {what} to be 1D or 2D, got {t.dim()}D instead")
@@ -51,6 +76,10 @@ def _lstm_cell_forward(cell, input, hx, step):
     elif not batched:
         hx = tuple(value.unsqueeze(0) for value in hx)
     hy, cy = step(input, hx)
+    weights = functional.zoneout_weights(cell.zoneout, cell.training, (2, *hy.shape), hy)
+    if weights is not None:
+        hy, cy = (functional.zone_out(hx[0], hy, weights[0]),
+                  functional.zone_out(hx[1], cy, weights[1]))
     if not batched:
         return hy.squeeze(0), cy.squeeze(0)
     return hy, cy
@@ -69,32 +98,45 @@ def _gru_cell_forward(cell, input, hx, step):
         hx = input.new_zeros(input.size(0), cell.hidden_size)
     elif not batched:
         hx = hx.unsqueeze(0)
-    hy = step(input, hx)
+    hy = functional.zone_out(
+        hx, step(input, hx), functional.zoneout_weights(cell.zoneout, cell.training, hx.shape, hx))
     return hy if batched else hy.squeeze(0)
 
 
-class LSTMCell(_NotScriptable, torch.nn.LSTMCell):
-    """torch.nn.LSTMCell computed by one fused op. Same arguments, parameters and results."""
+class LSTMCell(_NotScriptable, _Zoneout, torch.nn.LSTMCell):
+    """torch.nn.LSTMCell computed by one fused op. Same arguments, parameters and results; plus
+    zoneout (keyword; _Zoneout), on h and c, drawn per call."""
+
+    def __init__(self, *args, zoneout=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_zoneout(zoneout)
 
     def forward(self, input, hx=None):
         return _lstm_cell_forward(self, input, hx, lambda x, state: functional.lstm_cell(
             x, state, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh))
 
 
-class GRUCell(_NotScriptable, torch.nn.GRUCell):
-    """torch.nn.GRUCell computed by one fused op. Same arguments, parameters and results."""
+class GRUCell(_NotScriptable, _Zoneout, torch.nn.GRUCell):
+    """torch.nn.GRUCell computed by one fused op. Same arguments, parameters and results; plus
+    zoneout (keyword; _Zoneout), on h, drawn per call."""
+
+    def __init__(self, *args, zoneout=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_zoneout(zoneout)
 
     def forward(self, input, hx=None):
         return _gru_cell_forward(self, input, hx, lambda x, h: functional.gru_cell(
             x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh))
 
 
-class _LayerNormCellBase(_NotScriptable, torch.nn.modules.rnn.RNNCellBase):
+class _LayerNormCellBase(_NotScriptable, _Zoneout, torch.nn.modules.rnn.RNNCellBase):
     """torch.nn's cell parameters (weight_ih, weight_hh, bias_ih, bias_hh, initialized as
     torch.nn's) plus the layer norms' weights (ones) and biases (zeros): layernorm_ih_* and
-    layernorm_hh_* over the G*H gate rows of each product, and `extra_norms` more over H."""
+    layernorm_hh_* over the G*H gate rows of each product, and `extra_norms` more over H; and
+    zoneout (_Zoneout), drawn per call."""
 
-    def __init__(self, input_size, hidden_size, bias, num_chunks, extra_norms, device, dtype):
+    def __init__(self, input_size, hidden_size, bias, num_chunks, extra_norms, device, dtype,
+                 zoneout):
         self._norms = [("ih", num_chunks * hidden_size), ("hh", num_chunks * hidden_size)]
         self._norms += [(name, hidden_size) for name in extra_norms]
         super().__init__(input_size, hidden_size, bias, num_chunks, device=device, dtype=dtype)
@@ -103,6 +145,7 @@ class _LayerNormCellBase(_NotScriptable, torch.nn.modules.rnn.RNNCellBase):
             setattr(self, f"layernorm_{name}_weight",
                     torch.nn.Parameter(torch.ones(size, **factory)))
             setattr(self, f"layernorm_{name}_bias", torch.nn.Parameter(torch.zeros(size, **factory)))
+        self._set_zoneout(zoneout)
 
     def reset_parameters(self):
         super().reset_parameters()  # every parameter uniform, as torch.nn's cells
@@ -129,8 +172,9 @@ class LayerNormLSTMCell(_LayerNormCellBase):
     c' = sigmoid(f) c + sigmoid(i) tanh(g); h' = sigmoid(o) tanh(LN_c(c')).
     """
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, bias, 4, ["c"], device, dtype)
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 zoneout=0.0):
+        super().__init__(input_size, hidden_size, bias, 4, ["c"], device, dtype, zoneout)
 
     def forward(self, input, hx=None):
         return _lstm_cell_forward(self, input, hx, lambda x, state: functional.layernorm_lstm_cell(
@@ -147,8 +191,9 @@ class LayerNormGRUCell(_LayerNormCellBase):
     h' = (1 - z) n + z h.
     """
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, bias, 3, [], device, dtype)
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 zoneout=0.0):
+        super().__init__(input_size, hidden_size, bias, 3, [], device, dtype, zoneout)
 
     def forward(self, input, hx=None):
         return _gru_cell_forward(self, input, hx, lambda x, h: functional.layernorm_gru_cell(
@@ -244,16 +289,18 @@ def _sequence_forward(module, input, hx, lstm: bool, resets=None):
     return output, hidden
 
 
-class LSTM(_NotScriptable, torch.nn.RNNBase):
-    """torch.nn.LSTM computed by fused whole-sequence ops. Same arguments, parameters, results."""
+class LSTM(_NotScriptable, _Zoneout, torch.nn.RNNBase):
+    """torch.nn.LSTM computed by fused whole-sequence ops. Same arguments, parameters, results;
+    plus zoneout (keyword; _Zoneout), on h and c, not with proj_size."""
 
     # torch.nn.LSTM's own checks of the (h, c) state and its reordering for packed sequences.
     get_expected_cell_size = torch.nn.LSTM.get_expected_cell_size
     check_forward_args = torch.nn.LSTM.check_forward_args
     permute_hidden = torch.nn.LSTM.permute_hidden
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, zoneout=0.0, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
+        self._set_zoneout(zoneout)
 
     def forward(self, input, hx=None, *, resets=None):
         """torch.nn.LSTM's forward; resets (optional, bool, shaped as the input without its
@@ -268,17 +315,19 @@ class LSTM(_NotScriptable, torch.nn.RNNBase):
         output, h_n, c_n = functional.lstm(data, batch_sizes, hx, self._flat_weights, self.bias,
                                            self.num_layers, self.dropout, self.training,
                                            self.bidirectional, proj_size=self.proj_size,
-                                           resets=resets)
+                                           resets=resets, zoneout=self.zoneout)
         return output, (h_n, c_n)
 
 
-class GRU(_NotScriptable, torch.nn.RNNBase):
-    """torch.nn.GRU computed by fused whole-sequence ops. Same arguments, parameters, results."""
+class GRU(_NotScriptable, _Zoneout, torch.nn.RNNBase):
+    """torch.nn.GRU computed by fused whole-sequence ops. Same arguments, parameters, results;
+    plus zoneout (keyword; _Zoneout), on h."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, zoneout=0.0, **kwargs):
         if "proj_size" in kwargs:  # torch.nn.GRU's check and message
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
+        self._set_zoneout(zoneout)
 
     def forward(self, input, hx=None, *, resets=None):
         """torch.nn.GRU's forward; resets as for LSTM.forward."""
@@ -287,20 +336,21 @@ class GRU(_NotScriptable, torch.nn.RNNBase):
     def _run_layers(self, data, batch_sizes, hx, resets):
         return functional.gru(data, batch_sizes, hx, self._flat_weights, self.bias,
                               self.num_layers, self.dropout, self.training, self.bidirectional,
-                              resets=resets)
+                              resets=resets, zoneout=self.zoneout)
 
 
-class _LayerNormSequence(_NotScriptable, torch.nn.RNNBase):
+class _LayerNormSequence(_NotScriptable, _Zoneout, torch.nn.RNNBase):
     """torch.nn.LSTM's / GRU's constructor, parameters and call (no proj_size), plus per layer k
     (suffix _reverse for the reverse direction) the layer norms' weights (ones) and biases
     (zeros): layernorm_ih_*_l{k} and layernorm_hh_*_l{k} [G*H], and for the LSTM
-    layernorm_c_*_l{k} [H]."""
+    layernorm_c_*_l{k} [H]; and zoneout (_Zoneout)."""
 
     _mode = None
     _extra_norms = ()
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, **kwargs):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, zoneout=0.0,
+                 **kwargs):
         name = type(self).__name__
         if kwargs:
             raise TypeError(f"{name}.__init__() got unexpected keyword argument(s) "
@@ -322,6 +372,7 @@ class _LayerNormSequence(_NotScriptable, torch.nn.RNNBase):
                             param_name, torch.nn.Parameter(torch.full((size,), fill, **factory)))
                         group.append(param_name)
                 self._norms.append(group)
+        self._set_zoneout(zoneout)
 
     def reset_parameters(self):
         super().reset_parameters()  # every parameter uniform, as torch.nn's
@@ -352,7 +403,8 @@ class LayerNormLSTM(_LayerNormSequence):
     def _run_layers(self, data, batch_sizes, hx, resets):
         output, h_n, c_n = functional.layernorm_lstm(
             data, batch_sizes, hx, self._flat_weights, self._norm_groups(), self.bias,
-            self.num_layers, self.dropout, self.training, self.bidirectional, resets=resets)
+            self.num_layers, self.dropout, self.training, self.bidirectional, resets=resets,
+            zoneout=self.zoneout)
         return output, (h_n, c_n)
 
 
@@ -370,7 +422,7 @@ class LayerNormGRU(_LayerNormSequence):
         return functional.layernorm_gru(data, batch_sizes, hx, self._flat_weights,
                                         self._norm_groups(), self.bias, self.num_layers,
                                         self.dropout, self.training, self.bidirectional,
-                                        resets=resets)
+                                        resets=resets, zoneout=self.zoneout)
 
 
 _DROP_INS = {torch.nn.LSTM: LSTM, torch.nn.GRU: GRU, torch.nn.LSTMCell: LSTMCell,

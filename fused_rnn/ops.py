@@ -157,9 +157,9 @@ def _gru_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, workspace, output_ma
 
 @torch.library.register_fake("fused_rnn::lstm_layer")
 def _lstm_layer_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                     keep_saved=True, resets=None):
+                     keep_saved=True, resets=None, zoneout=None):
     _check_one_device("fused_rnn.lstm_layer", input=input, hx=hx, cx=cx, w_ih=w_ih, w_hh=w_hh,
-                      b_ih=b_ih, b_hh=b_hh, w_hr=w_hr, resets=resets)
+                      b_ih=b_ih, b_hh=b_hh, w_hr=w_hr, resets=resets, zoneout=zoneout)
     rows, batch = input.shape[0], hx.shape[0]
     hidden = w_hh.shape[0] // _LSTM_GATES
     state = w_hh.shape[1]
@@ -172,9 +172,9 @@ def _lstm_layer_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, r
 
 @torch.library.register_fake("fused_rnn::gru_layer")
 def _gru_layer_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, keep_saved=True,
-                    resets=None):
+                    resets=None, zoneout=None):
     _check_one_device("fused_rnn.gru_layer", input=input, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
-                      b_hh=b_hh, resets=resets)
+                      b_hh=b_hh, resets=resets, zoneout=zoneout)
     rows, batch, hidden = input.shape[0], hx.shape[0], w_hh.shape[1]
     return (input.new_empty(rows, hidden), input.new_empty(batch, hidden),
             input.new_empty(rows if keep_saved else 0, _GRU_SAVED_PER_UNIT * hidden))
@@ -183,7 +183,7 @@ def _gru_layer_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, kee
 @torch.library.register_fake("fused_rnn::lstm_layer_backward")
 def _lstm_layer_backward_fake(grad_output, grad_hy, grad_cy, input, batch_sizes, hx, cx, w_ih,
                               w_hh, w_hr, output, gates, cell_states, hidden_pre_proj, reverse,
-                              output_mask, resets=None):
+                              output_mask, resets=None, zoneout=None):
     return (_empty_like_if(output_mask[0], input), _empty_like_if(output_mask[1], hx),
             _empty_like_if(output_mask[2], cx), _empty_like_if(output_mask[3], w_ih),
             _empty_like_if(output_mask[4], w_hh),
@@ -194,7 +194,7 @@ def _lstm_layer_backward_fake(grad_output, grad_hy, grad_cy, input, batch_sizes,
 
 @torch.library.register_fake("fused_rnn::gru_layer_backward")
 def _gru_layer_backward_fake(grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh, output,
-                             workspace, reverse, output_mask, resets=None):
+                             workspace, reverse, output_mask, resets=None, zoneout=None):
     return _gru_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, workspace, output_mask)
 
 
@@ -257,11 +257,11 @@ def _layernorm_gru_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, ln_ih_weig
 @torch.library.register_fake("fused_rnn::layernorm_lstm_layer")
 def _layernorm_lstm_layer_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, ln_ih_weight,
                                ln_ih_bias, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias,
-                               reverse, keep_saved=True, resets=None):
+                               reverse, keep_saved=True, resets=None, zoneout=None):
     _check_one_device("fused_rnn.layernorm_lstm_layer", input=input, hx=hx, cx=cx, w_ih=w_ih,
                       w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, ln_ih_weight=ln_ih_weight,
                       ln_ih_bias=ln_ih_bias, ln_hh_weight=ln_hh_weight, ln_hh_bias=ln_hh_bias,
-                      ln_c_weight=ln_c_weight, ln_c_bias=ln_c_bias, resets=resets)
+                      ln_c_weight=ln_c_weight, ln_c_bias=ln_c_bias, resets=resets, zoneout=zoneout)
     rows, batch, hidden = input.shape[0], hx.shape[0], w_hh.shape[1]
     saved = rows if keep_saved else 0
     return (input.new_empty(rows, hidden), input.new_empty(batch, hidden),
@@ -275,7 +275,8 @@ def _layernorm_lstm_layer_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_h
 def _layernorm_lstm_layer_backward_fake(grad_output, grad_hy, grad_cy, input, batch_sizes, hx, cx,
                                         w_ih, w_hh, ln_ih_weight, ln_ih_bias, ln_hh_weight,
                                         ln_hh_bias, ln_c_weight, ln_c_bias, output, saved,
-                                        cell_states, reverse, output_mask, resets=None):
+                                        cell_states, reverse, output_mask, resets=None,
+                                        zoneout=None):
     return _layernorm_lstm_cell_backward_fake(grad_hy, grad_cy, input, hx, cx, w_ih, w_hh,
                                               ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias,
                                               ln_c_weight, ln_c_bias, saved, None, output_mask)
@@ -284,10 +285,11 @@ def _layernorm_lstm_layer_backward_fake(grad_output, grad_hy, grad_cy, input, ba
 @torch.library.register_fake("fused_rnn::layernorm_gru_layer")
 def _layernorm_gru_layer_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, ln_ih_weight,
                               ln_ih_bias, ln_hh_weight, ln_hh_bias, reverse, keep_saved=True,
-                              resets=None):
+                              resets=None, zoneout=None):
     _check_one_device("fused_rnn.layernorm_gru_layer", input=input, hx=hx, w_ih=w_ih, w_hh=w_hh,
                       b_ih=b_ih, b_hh=b_hh, ln_ih_weight=ln_ih_weight, ln_ih_bias=ln_ih_bias,
-                      ln_hh_weight=ln_hh_weight, ln_hh_bias=ln_hh_bias, resets=resets)
+                      ln_hh_weight=ln_hh_weight, ln_hh_bias=ln_hh_bias, resets=resets,
+                      zoneout=zoneout)
     rows, batch, hidden = input.shape[0], hx.shape[0], w_hh.shape[1]
     return (input.new_empty(rows, hidden), input.new_empty(batch, hidden),
             input.new_empty(rows if keep_saved else 0, _layernorm_saved_columns("gru", hidden),
@@ -297,7 +299,7 @@ def _layernorm_gru_layer_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, ln
 @torch.library.register_fake("fused_rnn::layernorm_gru_layer_backward")
 def _layernorm_gru_layer_backward_fake(grad_output, grad_hy, input, batch_sizes, hx, w_ih, w_hh,
                                        ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias, output,
-                                       saved, reverse, output_mask, resets=None):
+                                       saved, reverse, output_mask, resets=None, zoneout=None):
     return _layernorm_gru_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, ln_ih_weight,
                                              ln_ih_bias, ln_hh_weight, ln_hh_bias, saved,
                                              output_mask)
@@ -359,13 +361,14 @@ def _layernorm_gru_backward(ctx, grad_hy, _grad_saved):
 
 
 # The layers: inputs (input, batch_sizes, h0, [c0,] w_ih, w_hh, b_ih, b_hh, norms..., reverse,
-# keep_saved, resets; defaults filled in); the forward under autograd keeps what its backward needs
-# whatever keep_saved says.
+# keep_saved, resets, zoneout; defaults filled in); the forward under autograd keeps what its
+# backward needs whatever keep_saved says.
 def _layernorm_lstm_layer_setup_context(ctx, inputs, output):
-    input, batch_sizes, hx, cx, w_ih, w_hh, _b_ih, _b_hh, *norms, reverse, _keep, resets = inputs
+    (input, batch_sizes, hx, cx, w_ih, w_hh, _b_ih, _b_hh, *norms, reverse, _keep, resets,
+     zoneout) = inputs
     out, _hy, _cy, saved, cell_states = output
     ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, *norms, out, saved, cell_states,
-                          resets)
+                          resets, zoneout)
     ctx.reverse = reverse
     ctx.mark_non_differentiable(saved, cell_states)
     ctx.set_materialize_grads(False)
@@ -374,21 +377,22 @@ def _layernorm_lstm_layer_setup_context(ctx, inputs, output):
 def _layernorm_lstm_layer_backward(ctx, grad_output, grad_hy, grad_cy, _g_saved, _g_cells):
     _no_double_backward("layernorm_lstm_layer")
     input, batch_sizes, hx, cx, w_ih, w_hh, *rest = ctx.saved_tensors
-    norms, (out, saved, cell_states, resets) = rest[:6], rest[6:]
+    norms, (out, saved, cell_states, resets, zoneout) = rest[:6], rest[6:]
     need = list(ctx.needs_input_grad)
     need = [need[0], *need[2:14]]  # as the cell's: without batch_sizes, reverse, keep_saved
     grads = torch.ops.fused_rnn.layernorm_lstm_layer_backward(
         _or_zeros(grad_output, out), _or_zeros(grad_hy, hx), _or_zeros(grad_cy, cx), input,
         batch_sizes, hx, cx, w_ih, w_hh, *norms, out, saved, cell_states, ctx.reverse,
-        _lstm_mask(need), resets)
+        _lstm_mask(need), resets, zoneout)
     g = _lstm_grads(need, grads)
-    return (g[0], None, *g[1:], None, None, None)
+    return (g[0], None, *g[1:], None, None, None, None)
 
 
 def _layernorm_gru_layer_setup_context(ctx, inputs, output):
-    input, batch_sizes, hx, w_ih, w_hh, _b_ih, _b_hh, *norms, reverse, _keep, resets = inputs
+    (input, batch_sizes, hx, w_ih, w_hh, _b_ih, _b_hh, *norms, reverse, _keep, resets,
+     zoneout) = inputs
     out, _hy, saved = output
-    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, *norms, out, saved, resets)
+    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, *norms, out, saved, resets, zoneout)
     ctx.reverse = reverse
     ctx.mark_non_differentiable(saved)
     ctx.set_materialize_grads(False)
@@ -396,13 +400,13 @@ def _layernorm_gru_layer_setup_context(ctx, inputs, output):
 
 def _layernorm_gru_layer_backward(ctx, grad_output, grad_hy, _g_saved):
     _no_double_backward("layernorm_gru_layer")
-    input, batch_sizes, hx, w_ih, w_hh, *norms, out, saved, resets = ctx.saved_tensors
+    input, batch_sizes, hx, w_ih, w_hh, *norms, out, saved, resets, zoneout = ctx.saved_tensors
     need = list(ctx.needs_input_grad)
     mask = [need[0], need[2], *need[3:11]]
     grads = torch.ops.fused_rnn.layernorm_gru_layer_backward(
         _or_zeros(grad_output, out), _or_zeros(grad_hy, hx), input, batch_sizes, hx, w_ih, w_hh,
-        *norms, out, saved, ctx.reverse, mask, resets)
-    return (grads[0], None, *grads[1:], None, None, None)
+        *norms, out, saved, ctx.reverse, mask, resets, zoneout)
+    return (grads[0], None, *grads[1:], None, None, None, None)
 
 
 torch.library.register_autograd("fused_rnn::layernorm_lstm_cell", _layernorm_lstm_backward,

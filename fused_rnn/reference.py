@@ -8,7 +8,7 @@ tests and benchmarks can hold the kernels to it.
 import torch
 
 __all__ = ["gru_cell", "gru_cell_backward", "layer_norm", "layernorm_gru_cell",
-           "layernorm_lstm_cell", "lstm_cell", "lstm_cell_backward"]
+           "layernorm_lstm_cell", "lstm_cell", "lstm_cell_backward", "zoneout"]
 
 # The layer-normalized cells' epsilon, as torch.nn.functional.layer_norm's default.
 LAYER_NORM_EPS = 1e-5
@@ -116,3 +116,9 @@ def layernorm_gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln_ih_bi
     z = torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)
     return (1 - z) * n + z * hx
+
+
+def zoneout(before, new, weight):
+    """Zoneout (Krueger et al. 2016) of a carried state: weight * new + (1 - weight) * before, the
+    weight per row and unit (a 0/1 draw of Bernoulli(1 - p) in training, 1 - p in evaluation)."""
+    return weight * new + (1 - weight) * before
