@@ -145,7 +145,8 @@ struct SequenceTensors {
   bool reverse;
   EpisodeStarts starts = {};
   // Zoneout: per state (h, then c where the cell has one), [N, H] weights of each step's new
-  // value (layer_common.cpp). The whole-sequence kernels are not given a sequence with zoneout.
+  // value (cell_math.h's zoneout), contiguous; empty without. A whole-sequence kernel that does
+  // not zone out declines where it is not empty.
   std::vector<Tensor> zoneout = {};
 };
 
@@ -161,6 +162,7 @@ struct InputSequenceTensors {
   Tensor output;       // [N, H]
   bool keep_saved, reverse;
   EpisodeStarts starts = {};
+  std::vector<Tensor> zoneout = {};  // as SequenceTensors'
 };
 struct InputSequenceSaved {
   Tensor saved, cell_states;
@@ -174,13 +176,14 @@ struct BackwardSequenceTensors {
   Tensor grad_output;           // [N, H]
   Tensor saved;                 // [N, S*H]
   Tensor h_before;              // [N, H]: the state each step started from, kGateGradsReadHPrev
-  Tensor c_before, cell_states; // [N, H], cell state
+  Tensor c_before, cell_states; // [N, H], cell state: c' of each step as the cell computed it
   Tensor w_hh;
   Tensor grad_h, grad_c;
   Tensor grad_input_gates, grad_hidden_gates;  // [N, G*H] out (one tensor: sum of sides)
   bool reverse;
   EpisodeStarts starts = {};
   Tensor grad_h_starts = {}, grad_c_starts = {};
+  std::vector<Tensor> zoneout = {};  // as SequenceTensors'
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -105,6 +105,11 @@ TORCH_LIBRARY(fused_rnn, m) {
       "Tensor grad_ln_ih_weight, Tensor grad_ln_ih_bias, Tensor grad_ln_hh_weight, Tensor "
       "grad_ln_hh_bias)");
 
+  // Zoneout's training weights [size] in dtype: 1 with probability keep, else 0, independently per
+  // element, drawn from seed (an int64 scalar tensor the caller drew from torch's generator of
+  // the device); CPU only (csrc/cpu/zoneout_draws.cpp).
+  m.def("bernoulli_weights(Tensor seed, int[] size, float keep, ScalarType dtype) -> Tensor");
+
   // One LSTM layer in one direction over a whole (packed) sequence. input [N,I]: the steps one
   // after another, step t being batch_sizes[t] rows (batch_sizes: int64 on the CPU,
   // non-increasing, batch_sizes[0] = B); a padded [T,B,I] batch is batch_sizes = [B]*T. hx [B,P],

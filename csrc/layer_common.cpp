@@ -197,7 +197,7 @@ std::vector<Tensor> zoneout_weights(const char* op, const OptionalTensor& zoneou
               ": expected zoneout to be ", input.scalar_type(), " on ", input.device(),
               " (as input), got ", z.scalar_type(), " on ", z.device());
   std::vector<Tensor> weights;
-  for (int64_t k = 0; k < states; ++k) weights.push_back(z.select(0, k));
+  for (int64_t k = 0; k < states; ++k) weights.push_back(z.select(0, k).contiguous());
   return weights;
 }
 
@@ -285,10 +285,7 @@ template <typename Cell>
 void time_loop(const LinearKernels& lin, const CellKernels<Cell>& k,
                const std::vector<SequenceStep>& order, int64_t batch, const SequenceTensors& t,
                const OptionalTensor& w_hr, const Tensor& pre_proj) {
-  if (!w_hr.has_value() && uniform_batch(order, batch) && t.zoneout.empty() && k.sequence &&
-      k.sequence(t)) {
-    return;
-  }
+  if (!w_hr.has_value() && uniform_batch(order, batch) && k.sequence && k.sequence(t)) return;
   const EpisodeStarts& starts = t.starts;
   const int64_t uses = static_cast<int64_t>(order.size());
   const bool saved_per_step = t.saved.size(0) == t.input_side.size(0);
@@ -369,13 +366,12 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
     return kCell ? final_states(order, cell_states, c0) : Tensor();
   };
 
-  // The device's whole forward with the input side inside each step, where it has one (its
-  // kernels do not zone out).
-  if (!a.w_hr.has_value() && uniform && zoneout.empty() && k.sequence_from_input) {
+  // The device's whole forward with the input side inside each step, where it has one.
+  if (!a.w_hr.has_value() && uniform && k.sequence_from_input) {
     InputSequenceSaved saved;
-    if (k.sequence_from_input(
-            {input, a.w_ih, a.b_ih, b_hh, h0, c0, w_hh, output, keep_saved, a.reverse, starts},
-            saved)) {
+    if (k.sequence_from_input({input, a.w_ih, a.b_ih, b_hh, h0, c0, w_hh, output, keep_saved,
+                               a.reverse, starts, zoneout},
+                              saved)) {
       return {output,
               final_states(order, output, h0),
               final_cell_states(saved.cell_states),
@@ -393,8 +389,8 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
   // the backward does not read the projection: in inference, and in the training of a cell whose
   // saved values are its own (the GRU: B=128 H=256 forward+backward 0.95x -> 0.91x of torch.nn's
   // time, a fresh 39 MB buffer fewer; NOTES entry 27).
-  // (Episode starts, zoneout: in one piece.)
-  if (!a.w_hr.has_value() && uniform && starts.empty() && zoneout.empty() && chunk < steps &&
+  // (Episode starts: in one piece.)
+  if (!a.w_hr.has_value() && uniform && starts.empty() && chunk < steps &&
       (!keep_saved || !Cell::kPreActivationsSumSides)) {
     // Saved values of their own: all kept, or one step's rows, which every step overwrites.
     const Tensor saved = Cell::kPreActivationsSumSides
@@ -420,9 +416,13 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
                                  : keep_saved ? saved.narrow(0, first * B, n * B)
                                               : saved;
       const std::vector<SequenceStep> sub = uniform_steps(n, B, a.reverse);
+      std::vector<Tensor> chunk_zoneout;
+      for (const Tensor& weights : zoneout) {
+        chunk_zoneout.push_back(weights.narrow(0, first * B, n * B));
+      }
       time_loop(lin, k, sub, B,
                 {x_side, h, c, w_hh, step_b_ih, step_b_hh, a.norms, out, cells, chunk_saved,
-                 a.reverse},
+                 a.reverse, {}, chunk_zoneout},
                 std::nullopt, Tensor());
       h = rows(out, sub.back());
       if (kCell) c = rows(cells, sub.back());
@@ -545,11 +545,10 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
       w_hr.has_value() && mask.w_hr ? at::empty({N, s.state}, input.options()) : Tensor();
   // (A cell with parameters of its own sums their gradients step by step, in the loop below.)
   const bool whole_sequence =
-      Cell::kNorms == 0 && !w_hr.has_value() && uniform_batch(order, B) && zoneout.empty() &&
-      k.backward_sequence &&
-      k.backward_sequence({grad_out_c, saved_c, h_before, c_before, cells_c, a.w_hh, grad_h,
+      Cell::kNorms == 0 && !w_hr.has_value() && uniform_batch(order, B) && k.backward_sequence &&
+      k.backward_sequence({grad_out_c, saved_c, h_before, c_before, cells_new, a.w_hh, grad_h,
                            grad_c, grad_input_gates, grad_hidden_gates, a.reverse, starts,
-                           grad_h_starts, grad_c_starts});
+                           grad_h_starts, grad_c_starts, zoneout});
   if (!whole_sequence) {
     // grad_h of the previous step = grad_hidden_gates @ W_hh, i.e. linear with W_hh^T as the
     // weight (plus the direct part, where the cell has one).

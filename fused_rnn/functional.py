@@ -14,14 +14,18 @@ __all__ = ["gru", "gru_cell", "layernorm_gru", "layernorm_gru_cell", "layernorm_
 
 def zoneout_weights(p, training, shape, like):
     """Zoneout's (Krueger et al. 2016) weights of a step's new state, a tensor of `shape` in like's
-    dtype and device: in training, draws of Bernoulli(1 - p) from the device's generator (1 takes
-    the new value, 0 keeps the state before); in evaluation their expectation 1 - p (broadcast,
-    not stored). None where p = 0."""
+    dtype and device: in training, draws of Bernoulli(1 - p) (1 takes the new value, 0 keeps the
+    state before) from the device's generator (on the CPU, our bernoulli_weights from a seed it
+    draws); in evaluation their expectation 1 - p (broadcast, not stored). None where p = 0."""
     if p == 0:
         return None
-    if training:
-        return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1 - p)
-    return torch.full((1,) * len(shape), 1 - p, dtype=like.dtype, device=like.device).expand(shape)
+    if not training:
+        return torch.full((1,) * len(shape), 1 - p, dtype=like.dtype,
+                          device=like.device).expand(shape)
+    if like.device.type == "cpu":
+        seed = torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64)
+        return torch.ops.fused_rnn.bernoulli_weights(seed, list(shape), 1 - p, like.dtype)
+    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1 - p)
 
 
 def zone_out(before, new, weight):

@@ -155,6 +155,11 @@ def _gru_cell_backward_fake(grad_hy, input, hx, w_ih, w_hh, workspace, output_ma
             _empty_like_if(output_mask[5], w_hh, (w_hh.shape[0],)))
 
 
+@torch.library.register_fake("fused_rnn::bernoulli_weights")
+def _bernoulli_weights_fake(seed, size, keep, dtype):
+    return seed.new_empty(size, dtype=dtype)
+
+
 @torch.library.register_fake("fused_rnn::lstm_layer")
 def _lstm_layer_fake(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
                      keep_saved=True, resets=None, zoneout=None):

@@ -30,15 +30,17 @@ def gates(kind):
     return 4 if has_cell_state(kind) else 3
 
 
-def make_params(kind, dtype=torch.float64, device="cpu", seed=0):
-    """w_ih, w_hh, b_ih, b_hh and, for the layer-normalized kinds, their norms' parameters."""
+def make_params(kind, dtype=torch.float64, device="cpu", seed=0, input_size=INPUT, hidden=HIDDEN):
+    """w_ih, w_hh, b_ih, b_hh (weights of torch.nn's scale, 1 / sqrt(hidden): larger ones make a
+    long float32 recurrence chaotic) and, for the layer-normalized kinds, their norms'
+    parameters."""
     g = torch.Generator().manual_seed(seed)
-    rows = gates(kind) * HIDDEN
-    params = [torch.randn(rows, INPUT, generator=g) * 0.5,
-              torch.randn(rows, HIDDEN, generator=g) * 0.5,
+    rows, scale = gates(kind) * hidden, hidden ** -0.5
+    params = [torch.randn(rows, input_size, generator=g) * scale,
+              torch.randn(rows, hidden, generator=g) * scale,
               torch.randn(rows, generator=g) * 0.1, torch.randn(rows, generator=g) * 0.1]
     if kind.startswith("layernorm"):
-        sizes = [rows, rows] + ([HIDDEN] if has_cell_state(kind) else [])
+        sizes = [rows, rows] + ([hidden] if has_cell_state(kind) else [])
         for size in sizes:
             params += [1 + 0.1 * torch.randn(size, generator=g),
                        0.1 * torch.randn(size, generator=g)]
@@ -92,24 +94,25 @@ def call_op(kind, x, batch_sizes, h0, c0, params, weights, reverse, resets=None)
     return out[0], out[1], out[2] if c0 is not None else None
 
 
-def layer_inputs(kind, packed, dtype, device, weights_kind, seed=0):
+def layer_inputs(kind, packed, dtype, device, weights_kind, seed=0, steps=STEPS, batch=BATCH,
+                 input_size=INPUT, hidden=HIDDEN):
     """A batch (padded, or packed with lengths 7, 5, 5, 2), initial states, parameters and zoneout
     weights: 0/1 draws ("draws", p = 0.4) or the expectation ("expectation", 0.6 broadcast)."""
     g = torch.Generator().manual_seed(seed)
-    lengths = [STEPS, 5, 5, 2] if packed else [STEPS] * BATCH
-    batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(STEPS)])
+    lengths = [STEPS, 5, 5, 2] if packed else [steps] * batch
+    batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(steps)])
     rows = int(batch_sizes.sum())
-    x = torch.randn(rows, INPUT, generator=g)
-    h0 = torch.randn(BATCH, HIDDEN, generator=g) * 0.5
-    c0 = torch.randn(BATCH, HIDDEN, generator=g) * 0.5 if has_cell_state(kind) else None
+    x = torch.randn(rows, input_size, generator=g)
+    h0 = torch.randn(batch, hidden, generator=g) * 0.5
+    c0 = torch.randn(batch, hidden, generator=g) * 0.5 if has_cell_state(kind) else None
     states = 2 if has_cell_state(kind) else 1
     if weights_kind == "draws":
-        weights = (torch.rand(states, rows, HIDDEN, generator=g) >= 0.4).double()
+        weights = (torch.rand(states, rows, hidden, generator=g) >= 0.4).double()
     else:
-        weights = torch.full((1, 1, 1), 0.6, dtype=torch.float64).expand(states, rows, HIDDEN)
+        weights = torch.full((1, 1, 1), 0.6, dtype=torch.float64).expand(states, rows, hidden)
     to = dict(dtype=dtype, device=device)
     return (x.to(**to), batch_sizes, h0.to(**to), None if c0 is None else c0.to(**to),
-            make_params(kind, dtype, device, seed), weights.to(**to))
+            make_params(kind, dtype, device, seed, input_size, hidden), weights.to(**to))
 
 
 def results_and_grads(run, x, h0, c0, params, seed=1):
@@ -144,8 +147,12 @@ KIND_DTYPES = [(kind, dtype) for kind in KINDS for dtype in DTYPES
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("kind,dtype", KIND_DTYPES, ids=lambda v: str(v).replace("torch.", ""))
 def test_layer_op_matches_reference(kind, packed, reverse, weights_kind, dtype, device):
-    x, batch_sizes, h0, c0, params, weights = layer_inputs(kind, packed, dtype, device,
-                                                           weights_kind)
+    check_against_reference(kind, layer_inputs(kind, packed, dtype, device, weights_kind),
+                            reverse)
+
+
+def check_against_reference(kind, inputs, reverse):
+    x, batch_sizes, h0, c0, params, weights = inputs
 
     def ours(x, h0, c0, params):
         return call_op(kind, x, batch_sizes, h0, c0, params, weights, reverse)
@@ -161,6 +168,32 @@ def test_layer_op_matches_reference(kind, packed, reverse, weights_kind, dtype, 
         (["grad c0"] if c0 is not None else []) + [f"grad param {i}" for i in range(len(params))]
     for name, a, b, t in zip(names, got, want, truth):
         assert_near_truth(a.cpu(), b.cpu(), t.cpu(), name)
+
+
+# (steps, batch, input, hidden) and the CPU paths (cpu_layer_path's words) they take in float32
+# training: the fused whole-sequence forward on the input projection and its backward split by
+# units; the forward computing its input side in the step and the backward split by batch rows
+# (two threads); the GRU's input projection in chunks with the step-wise recurrence.
+# (The LSTM's training keeps its input projection whole, not in chunks.)
+FUSED_SHAPES = [("lstm", (12, 4, 5, 6), "sequence: the fused", "sequence:"),
+                ("gru", (12, 4, 5, 6), "sequence: the fused", "sequence:"),
+                ("lstm", (12, 40, 5, 6), "sequence from input", "batch split over"),
+                ("gru", (12, 40, 5, 6), "sequence from input", "batch split over"),
+                ("gru", (30, 200, 256, 256), "input projection in chunks", "per step")]
+
+
+@pytest.mark.parametrize("weights_kind", ["draws", "expectation"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("kind,shape,forward,backward", FUSED_SHAPES,
+                         ids=["lstm-units", "gru-units", "lstm-rows", "gru-rows", "gru-chunks"])
+def test_cpu_paths_zone_out(kind, shape, forward, backward, reverse, weights_kind):
+    steps, batch, input_size, hidden = shape
+    paths = fused_rnn.cpu_layer_path(kind.upper(), steps, batch, input_size, hidden, 0,
+                                     torch.float32, True)
+    assert forward in paths["forward"] and backward in paths["backward"], paths
+    inputs = layer_inputs(kind, False, torch.float32, "cpu", weights_kind, steps=steps,
+                          batch=batch, input_size=input_size, hidden=hidden)
+    check_against_reference(kind, inputs, reverse)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -22,6 +22,11 @@ Tensor pack_recurrent_weight(const Tensor& w_hh, int64_t gates) {
                      });
 }
 
+// Zoneout's weights of a step at unit u of its [B, H] grid (none: null).
+inline ZoneoutUnits<float> zoneout_units(const RecurrentStep& s, int64_t u) {
+  return {s.zoneout_h ? s.zoneout_h + u : nullptr, s.zoneout_c ? s.zoneout_c + u : nullptr};
+}
+
 void lstm_forward_recurrent(const RecurrentStep& s, int64_t begin, int64_t end) {
   const int64_t H = s.hidden;
   for_each_panel_task<kLstmGates>(
@@ -30,7 +35,8 @@ void lstm_forward_recurrent(const RecurrentStep& s, int64_t begin, int64_t end) 
         const int64_t j = block * kLanes, n = std::min(kLanes, H - j), u = b * H + j;
         float* gates_row = s.gates ? s.gates + b * kLstmGates * H : nullptr;
         lstm_units(s.x ? s.bias : gates_row, gates_row, a, s.c_prev + u, s.c_out + u,
-                   s.h_out + u, H, j, n);
+                   s.h_out + u, H, j, n, s.zoneout_h ? s.h_prev + u : nullptr,
+                   zoneout_units(s, u));
       },
       s.x, s.input, s.w_ih_packed);
 }
@@ -51,7 +57,7 @@ inline void gru_finish(const RecurrentStep& s, int64_t b, int64_t block,
   }
   const int64_t u = b * H + j;
   gru_units<float>(gx, gh, s.h_prev + u, s.h_out + u, s.workspace + b * kGruSaved * H, H,
-                   j, n);
+                   j, n, zoneout_units(s, u).h);
 }
 
 void gru_forward_recurrent(const RecurrentStep& s, int64_t begin, int64_t end) {
@@ -108,23 +114,26 @@ void for_each_task_pack(const BackwardStep& s, int64_t begin, int64_t end, const
   }
 }
 
+// With zoneout the LSTM's gate gradients leave in grad_h the part going straight to the state
+// before, which its product then adds to.
 void lstm_backward_gates(const BackwardStep& s, int64_t begin, int64_t end) {
   for_each_task_pack(s, begin, end, [&](int64_t b, int64_t j, int64_t n) {
     lstm_backward_units<float>(s.grad_h, s.grad_c, s.saved, s.state_before, s.c_new,
-                               s.grad_gates, s.grad_c, s.hidden, b, j, n);
+                               s.grad_gates, s.grad_c, s.hidden, b, j, n,
+                               {s.zoneout_h, s.zoneout_c}, s.grad_h);
   });
 }
 
 void gru_backward_gates(const BackwardStep& s, int64_t begin, int64_t end) {
   for_each_task_pack(s, begin, end, [&](int64_t b, int64_t j, int64_t n) {
     gru_backward_units<float>(s.grad_h, s.state_before, s.saved, s.grad_gates,
-                              s.grad_hidden_gates, s.grad_h, s.hidden, b, j, n);
+                              s.grad_hidden_gates, s.grad_h, s.hidden, b, j, n, s.zoneout_h);
   });
 }
 
 void lstm_backward_product(const BackwardStep& s, int64_t begin, int64_t end) {
   packed_product(s.grad_gates, s.rows, kLstmGates * s.hidden, s.w_packed, s.grad_h, s.hidden,
-                 false, begin, end);
+                 s.zoneout_h != nullptr, begin, end);
 }
 
 void gru_backward_product(const BackwardStep& s, int64_t begin, int64_t end) {

@@ -41,6 +41,10 @@ struct RecurrentStep {
   int64_t input;  // I
   const float* w_ih_packed;
   const float* bias;
+  // Zoneout (layer_common.cpp): the weights of the step's new h and c, [B, H] like h_out, or
+  // null; with them, h_prev's rows are [B, H] too (no projection).
+  const float* zoneout_h;
+  const float* zoneout_c;
 };
 
 // One step of a padded sequence's backward (float32; every pointer to contiguous rows), in the
@@ -58,6 +62,8 @@ struct BackwardStep {
   float* grad_c;               // LSTM: [B, H], in and out like grad_h
   float* grad_gates;           // LSTM: [B, 4H]; GRU: the input side [B, 3H]
   float* grad_hidden_gates;    // GRU: [B, 3H]
+  const float* zoneout_h;      // [B, H]: zoneout's weights of the step's new h, or null
+  const float* zoneout_c;      // LSTM: [B, H], of its new c, or null
 };
 
 // Accumulator packs a row of a GRU step that computes its input side (RecurrentStep::x): r, z,

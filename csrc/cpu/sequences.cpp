@@ -89,6 +89,8 @@ RecurrentStep at_step(const RecurrentStep& first, int64_t gates, int64_t t,
   if (s.x) s.x += t * first.rows * first.input;
   s.h_out += t * units;
   if (s.c_out) s.c_out += t * units;
+  if (s.zoneout_h) s.zoneout_h += t * units;
+  if (s.zoneout_c) s.zoneout_c += t * units;
   if (s.workspace && first.workspace_per_step) s.workspace += t * kGruSaved * units;
   if (prev >= 0) {
     s.h_prev = first.h_out + prev * units;
@@ -152,14 +154,21 @@ void run_recurrent_sequence(const RecurrentStep& first, bool with_input, int64_t
       [](int64_t, int64_t, int64_t) {});
 }
 
+// The first rows of zoneout's weights (SequenceTensors::zoneout; null without), per state.
+const float* zoneout_rows(const std::vector<Tensor>& zoneout, size_t state) {
+  return zoneout.size() > state ? zoneout[state].data_ptr<float>() : nullptr;
+}
+
 // The cell's own pointers of a sequence's first step: its cell state's (c0, cell_states), its
-// hidden bias where kept apart, and its saved rows where apart from the input side (a row per row
-// of all `rows` rows, or B rows that every step reuses). Appends to `written` the buffers of the
-// cell's that the steps write one step after another.
+// hidden bias where kept apart, its saved rows where apart from the input side (a row per row of
+// all `rows` rows, or B rows that every step reuses), and zoneout's weights. Appends to `written`
+// the buffers of the cell's that the steps write one step after another.
 template <typename Cell>
 void with_cell(RecurrentStep& first, const Tensor& c0, const Tensor& cell_states,
                const OptionalTensor& b_hh, const Tensor& saved, int64_t rows,
-               std::vector<Tensor>& written) {
+               const std::vector<Tensor>& zoneout, std::vector<Tensor>& written) {
+  first.zoneout_h = zoneout_rows(zoneout, 0);
+  first.zoneout_c = zoneout_rows(zoneout, 1);
   if constexpr (Cell::kHasCellState) {
     first.c_prev = c0.data_ptr<float>();
     first.c_out = cell_states.data_ptr<float>();
@@ -215,7 +224,8 @@ bool sequence_cpu(const SequenceTensors& t) {
   const Tensor packed = pointwise_kernels().pack_recurrent_weight(t.w_hh, Cell::kGates);
   RecurrentStep first = recurrent_step(t.h0, packed, t.input_side.data_ptr<float>(), t.output);
   std::vector<Tensor> written{t.output};
-  with_cell<Cell>(first, t.c0, t.cell_states, t.b_hh, t.saved, t.input_side.size(0), written);
+  with_cell<Cell>(first, t.c0, t.cell_states, t.b_hh, t.saved, t.input_side.size(0), t.zoneout,
+                  written);
   run_recurrent_sequence<Cell>(first, false, steps, t.reverse,
                                product_fmas(t.h0, Cell::kGates * t.h0.size(1)), written,
                                t.starts);
@@ -240,7 +250,7 @@ bool sequence_from_input_cpu(const InputSequenceTensors& t, InputSequenceSaved& 
       output);
   std::vector<Tensor> written{output};
   if (kSavedOverInput) written.push_back(out.saved);
-  with_cell<Cell>(first, t.c0, out.cell_states, t.b_hh, out.saved, N, written);
+  with_cell<Cell>(first, t.c0, out.cell_states, t.b_hh, out.saved, N, t.zoneout, written);
   input_side.into(first);
   run_recurrent_sequence<Cell>(
       first, true, N / B, t.reverse,
@@ -263,6 +273,8 @@ BackwardStep moved_on(BackwardStep s, int64_t gates, int64_t units) {
   if (s.c_new) s.c_new += units;
   s.grad_gates += gates * units;
   if (s.grad_hidden_gates) s.grad_hidden_gates += gates * units;
+  if (s.zoneout_h) s.zoneout_h += units;
+  if (s.zoneout_c) s.zoneout_c += units;
   return s;
 }
 
@@ -355,6 +367,8 @@ bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w
   first.grad_out = grad_output.data_ptr<float>();
   first.grad_h = grad_h.data_ptr<float>();
   first.w_packed = packed.data_ptr<float>();
+  first.zoneout_h = zoneout_rows(t.zoneout, 0);
+  first.zoneout_c = zoneout_rows(t.zoneout, 1);
   cell(first);
   const auto pointer = [](const Tensor& x) { return x.defined() ? x.data_ptr<float>() : nullptr; };
   const StartGradients starts{t.starts,          first.grad_h,  first.grad_c,

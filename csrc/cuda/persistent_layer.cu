@@ -225,15 +225,15 @@ std::string layer_path(int64_t gates, int64_t batch, int64_t hidden, int64_t ele
   return plan.runs ? "persistent" : "step-wise: " + plan.reason;
 }
 
-// (Episode starts: the step-wise loop restarts the rows.)
+// (Episode starts, zoneout: the step-wise loop restarts the rows and zones out.)
 bool lstm_sequence(const SequenceTensors& t) {
-  if (!t.starts.empty()) return false;
+  if (!t.starts.empty() || !t.zoneout.empty()) return false;
   return launch_sequence<LstmSequence>(t.input_side, t.h0, t.c0, t.w_hh, std::nullopt, t.output,
                                        t.cell_states, at::Tensor(), t.reverse);
 }
 
 bool gru_sequence(const SequenceTensors& t) {
-  if (!t.starts.empty()) return false;
+  if (!t.starts.empty() || !t.zoneout.empty()) return false;
   return launch_sequence<GruSequence>(t.input_side, t.h0, at::Tensor(), t.w_hh, t.b_hh, t.output,
                                       at::Tensor(), t.saved, t.reverse);
 }
