@@ -176,7 +176,9 @@ struct BackwardSequenceTensors {
   Tensor grad_output;           // [N, H]
   Tensor saved;                 // [N, S*H]
   Tensor h_before;              // [N, H]: the state each step started from, kGateGradsReadHPrev
-  Tensor c_before, cell_states; // [N, H], cell state: c' of each step as the cell computed it
+  Tensor c_before, cell_states; // [N, H], cell state (cell_states: the state carried on, c'
+                                // itself but where zoneout blended it, the kernel then
+                                // rebuilding c' from the saved gates)
   Tensor w_hh;
   Tensor grad_h, grad_c;
   Tensor grad_input_gates, grad_hidden_gates;  // [N, G*H] out (one tensor: sum of sides)

@@ -489,12 +489,9 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
   }
 
   const EpisodeStarts starts = reset_rows(op, a.resets, input, order, a.reverse);
-  // Zoneout: each state's weights of the new value, and of the state before (1 - weight), whose
-  // share of the state's gradient goes straight to the state before.
+  // Zoneout: each state's weights of the new value.
   const std::vector<Tensor> zoneout =
       zoneout_weights(op, a.zoneout, input, H, kCell ? 2 : 1, w_hr.has_value());
-  std::vector<Tensor> zoneout_kept;
-  for (const Tensor& weight : zoneout) zoneout_kept.push_back(1 - weight);
   // The state each step started from, [N, X]: the step before's, or the initial state's rows
   // where the step starts an episode (resets).
   const auto states_before = [&](const Tensor& states, const Tensor& init) {
@@ -514,11 +511,6 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
     return h_before;
   };
   if (Cell::kGateGradsReadHPrev) hidden_before();
-  // c' as the steps computed it, for gate gradients that read it.
-  Tensor cells_new = cells_c;
-  if constexpr (Cell::kGateGradsReadCellOut) {
-    if (!zoneout.empty()) cells_new = rebuilt_cell_states<Cell>(saved_c, c_before, H);
-  }
   // The pre-activations' gradients of the two sides (of the raw products where the cell
   // normalizes them), in the saved type.
   const Tensor grad_input_gates = at::empty({N, G * H}, grad_options);
@@ -546,7 +538,7 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
   // (A cell with parameters of its own sums their gradients step by step, in the loop below.)
   const bool whole_sequence =
       Cell::kNorms == 0 && !w_hr.has_value() && uniform_batch(order, B) && k.backward_sequence &&
-      k.backward_sequence({grad_out_c, saved_c, h_before, c_before, cells_new, a.w_hh, grad_h,
+      k.backward_sequence({grad_out_c, saved_c, h_before, c_before, cells_c, a.w_hh, grad_h,
                            grad_c, grad_input_gates, grad_hidden_gates, a.reverse, starts,
                            grad_h_starts, grad_c_starts, zoneout});
   if (!whole_sequence) {
@@ -559,6 +551,15 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
     // With a projection: the gradient of each step's h before it.
     const Tensor grad_pre_proj =
         w_hr.has_value() ? at::empty({B, H}, input.options()) : Tensor();
+    // Zoneout: each state's weights of the state before (1 - weight), whose share of the state's
+    // gradient goes straight to it; and c' as the steps computed it, for gate gradients that
+    // read it (cell_states holds the state carried on).
+    std::vector<Tensor> zoneout_kept;
+    for (const Tensor& weight : zoneout) zoneout_kept.push_back(1 - weight);
+    Tensor cells_new = cells_c;
+    if constexpr (Cell::kGateGradsReadCellOut) {
+      if (!zoneout.empty()) cells_new = rebuilt_cell_states<Cell>(saved_c, c_before, H);
+    }
     GateGradTensors gg;
     gg.norms = a.norms;
     for (int64_t j = static_cast<int64_t>(order.size()) - 1; j >= 0; --j) {

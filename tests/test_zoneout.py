@@ -425,3 +425,30 @@ def test_layer_op_rejects_bad_weights(kind):
         call_op(kind, x, batch_sizes, h0, c0, params, weights[:, 1:], False)
     with pytest.raises(RuntimeError, match="expected zoneout to be Double"):
         call_op(kind, x, batch_sizes, h0, c0, params, weights.float(), False)
+
+
+def test_cpu_draws():
+    """bernoulli_weights (the CPU's training weights): 0/1 at the rate asked, the two elements
+    that share a hash independent, the last of an odd count drawn, reproducible by seed, the
+    same pattern in every dtype; keep 0 and 1 exact."""
+    def draw(seed, keep, size=(3, 1001, 7), dtype=torch.float32):
+        return torch.ops.fused_rnn.bernoulli_weights(torch.tensor(seed), list(size), keep, dtype)
+
+    w = draw(11, 0.3).flatten()
+    assert set(w.unique().tolist()) == {0.0, 1.0}
+    # 21021 draws: a rate's standard deviation is about 0.003, a pair product's about 0.003.
+    for part in (w, w[0::2], w[1::2]):
+        assert abs(part.mean().item() - 0.3) < 0.015
+    assert abs((w[0:-1:2] * w[1::2]).mean().item() - 0.09) < 0.015
+    assert torch.equal(w, draw(11, 0.3).flatten())
+    assert not torch.equal(w, draw(12, 0.3).flatten())
+    for dtype in (torch.float64, torch.bfloat16, torch.float16):
+        assert torch.equal(draw(11, 0.3, dtype=dtype).flatten().float(), w)
+    odd = draw(5, 0.5, size=(1, 3))
+    assert odd.shape == (1, 3) and torch.equal(odd, draw(5, 0.5, size=(4,))[:3].view(1, 3))
+    assert torch.equal(draw(3, 0.0), torch.zeros(3, 1001, 7))
+    assert torch.equal(draw(3, 1.0), torch.ones(3, 1001, 7))
+    with pytest.raises(RuntimeError, match=r"expected keep in \[0, 1\], got 1.5"):
+        draw(3, 1.5)
+    with pytest.raises(RuntimeError, match="expected seed to be one int64 on the CPU"):
+        torch.ops.fused_rnn.bernoulli_weights(torch.tensor(1.0), [3], 0.5, torch.float32)

@@ -72,8 +72,9 @@ void lstm_forward(const StepTensors& t, const Tensor& gates_h, int64_t begin, in
 
 // The LSTM backward of the n units j.. of row b ([B, H] grids, [B, 4H] gate rows): writes their
 // gate gradients and grad_c_prev, which may alias grad_c. With zoneout (weights of [B, H], as
-// the forward's), grad_h and grad_c are the carried states' gradients, and grad_h_direct (which
-// may alias grad_h) receives the part of grad_h that goes straight to the state before.
+// the forward's), grad_h and grad_c are the carried states' gradients, grad_h_direct (which may
+// alias grad_h) receives the part of grad_h that goes straight to the state before, and c' is
+// rebuilt from the gates and c_prev (c_new, the carried state where zone.c, is not read).
 template <typename scalar_t>
 inline void lstm_backward_units(const scalar_t* grad_h, const scalar_t* grad_c,
                                 const scalar_t* gates, const scalar_t* c_prev,
@@ -88,9 +89,11 @@ inline void lstm_backward_units(const scalar_t* grad_h, const scalar_t* grad_c,
   ZoneoutGrad<Vec> dh{L::load(grad_h + u, n), Vec(0.0f)}, dc{L::load(grad_c + u, n), Vec(0.0f)};
   if (zone.h) dh = zoneout_backward(dh.next, L::load(zone.h + u, n));
   if (zone.c) dc = zoneout_backward(dc.next, L::load(zone.c + u, n));
-  const auto d = lstm_step_backward([&](int64_t k) { return L::load(row + k * H + j, n); },
-                                    L::load(c_prev + u, n), L::load(c_new + u, n), dh.next,
-                                    dc.next);
+  const auto gate = [&](int64_t k) { return L::load(row + k * H + j, n); };
+  const Vec c = L::load(c_prev + u, n);
+  const Vec c_out = zone.c ? lstm_new_cell_state(gate(0), gate(1), gate(2), c)
+                           : L::load(c_new + u, n);
+  const auto d = lstm_step_backward(gate, c, c_out, dh.next, dc.next);
   scalar_t* grow = grad_gates + b * kLstmGates * H;
   store_lstm_gate_grads(d, [&](int64_t g, const Vec& v) { L::store(grow + g * H + j, v, n); });
   L::store(grad_c_prev + u, zone.c ? d.c + dc.before : d.c, n);
