@@ -207,10 +207,11 @@ FUSED_RNN_HD void store_gru_gate_grads(const GruStepGrad<T>& d, const StoreInput
 // ---------------------------------------------------------------------------------------------
 // Zoneout (Krueger et al. 2016), on a state a cell carries (h; the LSTM's c): the state after a
 // step is weight * its new value + (1 - weight) * the state before, the weight per row and unit
-// (0/1 draws of Bernoulli(1 - p) in training, 1 - p in evaluation); exact where it is 0 or 1.
+// (0/1 draws of Bernoulli(1 - p) in training, 1 - p in evaluation); written so that it is exact
+// where the weight is 0 or 1, and without constants (T may be a tensor: the composite form).
 template <typename T>
-FUSED_RNN_HD T zoneout(T before, T next, T weight) {
-  return weight * next + (T(1.0f) - weight) * before;
+FUSED_RNN_HD T zoneout(const T& before, const T& next, const T& weight) {
+  return weight * next - (weight * before - before);
 }
 
 // Its backward: of the carried state's gradient, weight * it reaches the new value, the rest the
@@ -220,8 +221,9 @@ struct ZoneoutGrad {
   T next, before;
 };
 template <typename T>
-FUSED_RNN_HD ZoneoutGrad<T> zoneout_backward(T grad, T weight) {
-  return {weight * grad, (T(1.0f) - weight) * grad};
+FUSED_RNN_HD ZoneoutGrad<T> zoneout_backward(const T& grad, const T& weight) {
+  const T next = weight * grad;
+  return {next, grad - next};
 }
 
 }  // namespace fused_rnn

@@ -47,8 +47,6 @@ struct LstmCell {
   static constexpr bool kPreActivationsSumSides = true;
   // The backward's gate gradients read the state a step started from (h_prev).
   static constexpr bool kGateGradsReadHPrev = false;
-  // They read c' too (c_out), which zoneout replaces by the state carried on.
-  static constexpr bool kGateGradsReadCellOut = true;
   // h reaches h' only through W_hh (no direct part of grad h_prev).
   static constexpr bool kDirectStateGrad = false;
   // The ops' name for the saved values.
@@ -71,7 +69,6 @@ struct GruCell {
   // reaches h' directly too (z * h), so the gate gradients give a direct part of grad h_prev.
   static constexpr bool kPreActivationsSumSides = false;
   static constexpr bool kGateGradsReadHPrev = true;
-  static constexpr bool kGateGradsReadCellOut = false;
   static constexpr bool kDirectStateGrad = true;
   static constexpr const char* kSavedName = "workspace";
   static constexpr int kInputSideBiases = 1;  // b_ih
@@ -98,9 +95,15 @@ struct StepTensors {
   Tensor h_out;          // [B, H]: the cell's h (before an LSTM's projection)
   Tensor c_out;          // [B, H], cell state
   Tensor saved;          // [B, saved_columns(H)]; with kPreActivationsSumSides, input_side itself
+  // Zoneout: [B, H] weights of the new h and c (cell state), or undefined; with them h_out and
+  // c_out receive the states carried on (cell_math.h's zoneout), and h_prev is [B, H].
+  Tensor zoneout_h = {}, zoneout_c = {};
 };
 
-// One step's gate gradients (the pointwise backward).
+// One step's gate gradients (the pointwise backward). With zoneout, grad_h and grad_c are the
+// carried states' gradients, c_out the carried cell state (the cell rebuilds c' where it reads
+// it), and what goes straight to the state before joins grad_c_prev and grad_h_direct (which
+// every cell then writes).
 struct GateGradTensors {
   Tensor grad_h;             // [B, H]: the gradient of h_out
   Tensor grad_c;             // [B, H]: of c_out, cell state
@@ -111,10 +114,11 @@ struct GateGradTensors {
   Tensor grad_hidden_gates;  // [B, G*H] out: the hidden side's (grad_input_gates itself where
                              // kPreActivationsSumSides)
   Tensor grad_c_prev;        // [B, H] out, cell state; may be grad_c
-  Tensor grad_h_direct;      // [B, H] out, where kDirectStateGrad; may be grad_h
+  Tensor grad_h_direct;      // [B, H] out, where kDirectStateGrad or zoneout; may be grad_h
   at::ArrayRef<Tensor> norms;  // the cell's kNorms parameters
   Tensor grad_pre;           // [B, pre_grad_columns(H)] out, where kNorms: what the cell's
                              // parameter gradients sum over the rows (add_parameter_sums)
+  Tensor zoneout_h = {}, zoneout_c = {};  // the forward step's, or undefined
 };
 
 // A sequence's episode starts (reset_rows): per step in the order run, the rows whose state
@@ -145,8 +149,8 @@ struct SequenceTensors {
   bool reverse;
   EpisodeStarts starts = {};
   // Zoneout: per state (h, then c where the cell has one), [N, H] weights of each step's new
-  // value (cell_math.h's zoneout), contiguous; empty without. A whole-sequence kernel that does
-  // not zone out declines where it is not empty.
+  // value (StepTensors'), contiguous; empty without. A whole-sequence kernel that does not zone
+  // out declines where it is not empty.
   std::vector<Tensor> zoneout = {};
 };
 

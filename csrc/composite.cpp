@@ -7,7 +7,6 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/lerp.h>
 #include <ATen/ops/linear.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
@@ -139,11 +138,11 @@ Tensor entering(const Tensor& state, const Tensor& initial, const EpisodeStarts&
 }
 
 // The state carried on from a step: its new value `next`, or with zoneout (weights, a [N, H]
-// tensor a state) weights[k]'s blend of it with the state before (layer_common.cpp's zone_out).
+// tensor a state) cell_math.h's blend of it with the state before by weights[k].
 Tensor zone_out(const Tensor& before, const Tensor& next, const std::vector<Tensor>& weights,
                 size_t k, const SequenceStep& step) {
   if (weights.empty()) return next;
-  return at::lerp(before, next, weights[k].narrow(0, step.offset, step.rows));
+  return zoneout(before, next, weights[k].narrow(0, step.offset, step.rows));
 }
 
 Tensor saved_or_empty(bool keep, std::vector<Tensor> per_step, bool reverse, const Tensor& like,

@@ -10,10 +10,8 @@
 #include "cell_ops.h"
 #include "layernorm_cell_ops.h"
 
-#include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/lerp.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/tensor.h>
@@ -208,22 +206,6 @@ Tensor restarted(const Tensor& state, const Tensor& init, const Tensor& index) {
   return state.index_copy(0, index, init.index_select(0, index));
 }
 
-// Zoneout (Krueger et al. 2016): the state a step carries on is weight * its new value + (1 -
-// weight) * the state before, per row and unit (0/1 draws in training, 1 - p in evaluation);
-// written over new_state, by torch's lerp, which is exact where the weight is 0 or 1.
-void zone_out(Tensor& new_state, const Tensor& before, const Tensor& weight) {
-  at::lerp_out(new_state, before, new_state, weight);
-}
-
-// The LSTM's c' of every step, from its saved gates (store_lstm_saved's blocks i, f, g, o) and
-// the state before it: where zoneout carried another state on, cell_states holds that one.
-template <typename Cell>
-Tensor rebuilt_cell_states(const Tensor& gates, const Tensor& c_before, int64_t hidden) {
-  static_assert(Cell::saved_columns(1) == kLstmSaved, "the LSTM's saved gates");
-  const auto block = [&](int64_t k) { return gates.narrow(1, k * hidden, hidden); };
-  return lstm_new_cell_state(block(0), block(1), block(2), c_before);
-}
-
 // The backward sums a cell's parameter gradients (add_parameter_sums) over groups of steps of
 // about this many rows: a call per step of few rows costs more than its sums (LN-LSTM T=100 B=1
 // H=256 forward+backward in the suite: 4.35 ms summed step by step, 3.62 ms in groups; NOTES
@@ -310,13 +292,11 @@ void time_loop(const LinearKernels& lin, const CellKernels<Cell>& k,
       st.c_out = rows(t.cell_states, step);
     }
     st.saved = saved_per_step ? rows(t.saved, step) : first_rows(t.saved, step.rows);
-    k.step(st);
-    if (!t.zoneout.empty()) {  // (no projection)
-      zone_out(st.h_out, st.h_prev, rows(t.zoneout[0], step));
-      if constexpr (Cell::kHasCellState) {
-        zone_out(st.c_out, st.c_prev, rows(t.zoneout[1], step));
-      }
+    if (!t.zoneout.empty()) {
+      st.zoneout_h = rows(t.zoneout[0], step);
+      if constexpr (Cell::kHasCellState) st.zoneout_c = rows(t.zoneout[1], step);
     }
+    k.step(st);
     if (w_hr.has_value()) lin.step_linear(st.h_out, w_hr_p, rows(t.output, step), false);
   }
 }
@@ -551,15 +531,6 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
     // With a projection: the gradient of each step's h before it.
     const Tensor grad_pre_proj =
         w_hr.has_value() ? at::empty({B, H}, input.options()) : Tensor();
-    // Zoneout: each state's weights of the state before (1 - weight), whose share of the state's
-    // gradient goes straight to it; and c' as the steps computed it, for gate gradients that
-    // read it (cell_states holds the state carried on).
-    std::vector<Tensor> zoneout_kept;
-    for (const Tensor& weight : zoneout) zoneout_kept.push_back(1 - weight);
-    Tensor cells_new = cells_c;
-    if constexpr (Cell::kGateGradsReadCellOut) {
-      if (!zoneout.empty()) cells_new = rebuilt_cell_states<Cell>(saved_c, c_before, H);
-    }
     GateGradTensors gg;
     gg.norms = a.norms;
     for (int64_t j = static_cast<int64_t>(order.size()) - 1; j >= 0; --j) {
@@ -582,24 +553,19 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
         gg.grad_c = first_rows(grad_c, step.rows);
         gg.grad_c_prev = gg.grad_c;
         gg.c_prev = rows(c_before, step);
-        gg.c_out = rows(cells_new, step);
+        gg.c_out = rows(cells_c, step);
       }
       gg.grad_input_gates = rows(grad_input_gates, step);
       gg.grad_hidden_gates = Cell::kPreActivationsSumSides ? gg.grad_input_gates
                                                            : rows(grad_hidden_gates, step);
       if (Cell::kNorms > 0) gg.grad_pre = grad_pre.narrow(0, step.offset - group_row, step.rows);
-      // Zoneout: the share of the state's gradient that goes straight to the state before.
-      Tensor h_to_before, c_to_before;
       if (!zoneout.empty()) {
-        h_to_before = gh * rows(zoneout_kept[0], step);
-        gh.mul_(rows(zoneout[0], step));
-        if constexpr (kCell) {
-          c_to_before = gg.grad_c * rows(zoneout_kept[1], step);
-          gg.grad_c.mul_(rows(zoneout[1], step));
-        }
+        gg.zoneout_h = rows(zoneout[0], step);
+        if constexpr (kCell) gg.zoneout_c = rows(zoneout[1], step);
       }
       // gh becomes the direct part of the previous state's gradient, then gains W_hh's.
-      if (Cell::kDirectStateGrad) gg.grad_h_direct = gh;
+      const bool direct = Cell::kDirectStateGrad || !zoneout.empty();
+      if (direct) gg.grad_h_direct = gh;
       k.gate_grads(gg);
       if constexpr (Cell::kNorms > 0) {
         if (j == j0) {  // the group's last step run
@@ -610,11 +576,7 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
                                    saved_c.narrow(0, group_row, group_rows), H, parameter_sums);
         }
       }
-      lin.step_linear(gg.grad_hidden_gates, w_hh_t, gh, Cell::kDirectStateGrad);
-      if (!zoneout.empty()) {
-        gh.add_(h_to_before);
-        if constexpr (kCell) gg.grad_c.add_(c_to_before);
-      }
+      lin.step_linear(gg.grad_hidden_gates, w_hh_t, gh, direct);
       if (!starts.empty() && starts[j].defined()) {
         // The state entering this step was the initial one for these rows.
         const Tensor& index = starts[j];

@@ -18,8 +18,6 @@ struct LayerNormLstmCell {
   static constexpr bool kPreActivationsSumSides = false;
   static constexpr int kInputSideBiases = 0;
   static constexpr bool kGateGradsReadHPrev = false;
-  // LN_c's backward reads the normalized c' it saved, not c'.
-  static constexpr bool kGateGradsReadCellOut = false;
   static constexpr bool kDirectStateGrad = false;
   static constexpr const char* kSavedName = "saved";
   // The normalized values and rstd set every gradient's scale: kept in the op-math type, and the
@@ -53,7 +51,6 @@ struct LayerNormGruCell {
   static constexpr bool kPreActivationsSumSides = false;
   static constexpr int kInputSideBiases = 0;
   static constexpr bool kGateGradsReadHPrev = true;
-  static constexpr bool kGateGradsReadCellOut = false;
   static constexpr bool kDirectStateGrad = true;
   static constexpr const char* kSavedName = "saved";
   static constexpr bool kSavedInOpMath = true;

@@ -96,10 +96,11 @@ def call_op(kind, x, batch_sizes, h0, c0, params, weights, reverse, resets=None)
 
 def layer_inputs(kind, packed, dtype, device, weights_kind, seed=0, steps=STEPS, batch=BATCH,
                  input_size=INPUT, hidden=HIDDEN):
-    """A batch (padded, or packed with lengths 7, 5, 5, 2), initial states, parameters and zoneout
-    weights: 0/1 draws ("draws", p = 0.4) or the expectation ("expectation", 0.6 broadcast)."""
+    """A batch (padded, or packed with lengths T, T - 2, T - 2, 2), initial states, parameters and
+    zoneout weights: 0/1 draws ("draws", p = 0.4) or the expectation ("expectation", 0.6
+    broadcast)."""
     g = torch.Generator().manual_seed(seed)
-    lengths = [STEPS, 5, 5, 2] if packed else [steps] * batch
+    lengths = [steps, steps - 2, steps - 2, 2] if packed else [steps] * batch
     batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(steps)])
     rows = int(batch_sizes.sum())
     x = torch.randn(rows, input_size, generator=g)
@@ -194,6 +195,15 @@ def test_cpu_paths_zone_out(kind, shape, forward, backward, reverse, weights_kin
     inputs = layer_inputs(kind, False, torch.float32, "cpu", weights_kind, steps=steps,
                           batch=batch, input_size=input_size, hidden=hidden)
     check_against_reference(kind, inputs, reverse)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_packed_float32_steps_zone_out(kind, reverse):
+    """A packed batch of twelve steps in float32: step by step, each on the fused recurrent step
+    (W_hh packed for it), which zones out itself."""
+    check_against_reference(kind, layer_inputs(kind, True, torch.float32, "cpu", "draws",
+                                               steps=12), reverse)
 
 
 @pytest.mark.parametrize("kind", KINDS)

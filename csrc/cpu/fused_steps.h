@@ -24,7 +24,7 @@ Tensor pack_recurrent_weight(const Tensor& w_hh, int64_t gates) {
 
 // Zoneout's weights of a step at unit u of its [B, H] grid (none: null).
 inline ZoneoutUnits<float> zoneout_units(const RecurrentStep& s, int64_t u) {
-  return {s.zoneout_h ? s.zoneout_h + u : nullptr, s.zoneout_c ? s.zoneout_c + u : nullptr};
+  return ZoneoutUnits<float>{s.zoneout_h, s.zoneout_c}.at(u);
 }
 
 void lstm_forward_recurrent(const RecurrentStep& s, int64_t begin, int64_t end) {

@@ -13,12 +13,20 @@
 
 namespace fused_rnn::cpu::CPU_CAPABILITY {
 
-// Zoneout's weights of a step's new states at a row's unit (rows of [B, H] like h_out), or null
-// where the layer has none; with them, the states before (h_prev: the LSTM's too, no projection).
+// Zoneout's weights of a step's new h and c ([B, H] like h_out, from the first unit or from a
+// given one), or null where the layer has none.
 template <typename scalar_t>
 struct ZoneoutUnits {
   const scalar_t *h = nullptr, *c = nullptr;
+  ZoneoutUnits at(int64_t u) const { return {h ? h + u : nullptr, c ? c + u : nullptr}; }
 };
+
+// A step's (StepTensors::zoneout_h, zoneout_c; GateGradTensors').
+template <typename scalar_t>
+ZoneoutUnits<scalar_t> zoneout_units(const Tensor& h, const Tensor& c) {
+  return {h.defined() ? h.data_ptr<scalar_t>() : nullptr,
+          c.defined() ? c.data_ptr<scalar_t>() : nullptr};
+}
 
 // The state a step carries on: its new value, or zoneout's blend of it with `before` (cell_math.h)
 // where `weights` is not null (all at the row's unit).
@@ -59,13 +67,16 @@ void lstm_forward(const StepTensors& t, const Tensor& gates_h, int64_t begin, in
     const scalar_t* c_p = c_prev.data_ptr<scalar_t>();
     scalar_t* h_out_p = h_out.data_ptr<scalar_t>();
     scalar_t* c_out_p = c_out.data_ptr<scalar_t>();
+    const auto zone = zoneout_units<scalar_t>(t.zoneout_h, t.zoneout_c);
+    const scalar_t* h_p = zone.h ? t.h_prev.data_ptr<scalar_t>() : nullptr;  // [B, H] then
     for_each_pack<scalar_t>(H, begin, end, [&](int64_t b, int64_t j, int64_t n) {
       const scalar_t* hrow = gates_h_p + b * kLstmGates * H;
       typename L::Vec a_h[kLstmGates];
       for (int64_t g = 0; g < kLstmGates; ++g) a_h[g] = L::load(hrow + g * H + j, n);
       const int64_t u = b * H + j;
       scalar_t* row = gates_p + b * kLstmGates * H;
-      lstm_units(row, row, a_h, c_p + u, c_out_p + u, h_out_p + u, H, j, n);
+      lstm_units(row, row, a_h, c_p + u, c_out_p + u, h_out_p + u, H, j, n,
+                 h_p ? h_p + u : nullptr, zone.at(u));
     });
   });
 }
@@ -105,11 +116,13 @@ void lstm_backward(const GateGradTensors& t, int64_t begin, int64_t end) {
   const Tensor &c_new = t.c_out, &grad_gates = t.grad_input_gates, &grad_c_prev = t.grad_c_prev;
   const int64_t H = c_prev.size(1);
   FUSED_RNN_DISPATCH_FLOATING_TYPES(c_prev.scalar_type(), "lstm_backward_cpu", [&] {
+    const auto zone = zoneout_units<scalar_t>(t.zoneout_h, t.zoneout_c);
+    scalar_t* direct = zone.h ? t.grad_h_direct.data_ptr<scalar_t>() : nullptr;
     for_each_pack<scalar_t>(H, begin, end, [&](int64_t b, int64_t j, int64_t n) {
       lstm_backward_units(grad_h.data_ptr<scalar_t>(), grad_c.data_ptr<scalar_t>(),
                           gates.data_ptr<scalar_t>(), c_prev.data_ptr<scalar_t>(),
                           c_new.data_ptr<scalar_t>(), grad_gates.data_ptr<scalar_t>(),
-                          grad_c_prev.data_ptr<scalar_t>(), H, b, j, n);
+                          grad_c_prev.data_ptr<scalar_t>(), H, b, j, n, zone, direct);
     });
   });
 }
@@ -137,6 +150,7 @@ void gru_forward(const StepTensors& t, const Tensor& gh, int64_t begin, int64_t 
     const scalar_t* h_p = h_prev.data_ptr<scalar_t>();
     scalar_t* h_out_p = h_out.data_ptr<scalar_t>();
     scalar_t* ws_p = workspace.data_ptr<scalar_t>();
+    const auto zone = zoneout_units<scalar_t>(t.zoneout_h, Tensor());
     for_each_pack<scalar_t>(H, begin, end, [&](int64_t b, int64_t j, int64_t n) {
       const scalar_t* xrow = gx_p + b * kGruGates * H;
       const scalar_t* hrow = gh_p + b * kGruGates * H;
@@ -146,7 +160,8 @@ void gru_forward(const StepTensors& t, const Tensor& gh, int64_t begin, int64_t 
         a_h[g] = L::load(hrow + g * H + j, n);
       }
       const int64_t u = b * H + j;
-      gru_units(a_x, a_h, h_p + u, h_out_p + u, ws_p + b * kGruSaved * H, H, j, n);
+      gru_units(a_x, a_h, h_p + u, h_out_p + u, ws_p + b * kGruSaved * H, H, j, n,
+                zone.at(u).h);
     });
   });
 }
@@ -183,11 +198,12 @@ void gru_backward(const GateGradTensors& t, int64_t begin, int64_t end) {
   const Tensor& grad_h_direct = t.grad_h_direct;
   const int64_t H = h_prev.size(1);
   FUSED_RNN_DISPATCH_FLOATING_TYPES(h_prev.scalar_type(), "gru_backward_cpu", [&] {
+    const auto zone = zoneout_units<scalar_t>(t.zoneout_h, Tensor());
     for_each_pack<scalar_t>(H, begin, end, [&](int64_t b, int64_t j, int64_t n) {
       gru_backward_units(grad_h.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
                          workspace.data_ptr<scalar_t>(), grad_input_gates.data_ptr<scalar_t>(),
                          grad_hidden_gates.data_ptr<scalar_t>(),
-                         grad_h_direct.data_ptr<scalar_t>(), H, b, j, n);
+                         grad_h_direct.data_ptr<scalar_t>(), H, b, j, n, zone.h);
     });
   });
 }

@@ -37,6 +37,8 @@ void step_cpu(const StepTensors& t) {
       s.b_hh = t.b_hh.has_value() ? t.b_hh->data_ptr<float>() : nullptr;
       s.workspace = t.saved.data_ptr<float>();
     }
+    s.zoneout_h = t.zoneout_h.defined() ? t.zoneout_h.data_ptr<float>() : nullptr;
+    s.zoneout_c = t.zoneout_c.defined() ? t.zoneout_c.data_ptr<float>() : nullptr;
     over_panel_tasks(kernels.recurrent_tasks(s.rows, H, Cell::kGates),
                      product_fmas(t.h_prev, Cell::kGates * H),
                      [&](int64_t begin, int64_t end) { cell.forward_recurrent(s, begin, end); });

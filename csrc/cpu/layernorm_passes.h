@@ -76,6 +76,8 @@ void layernorm_lstm_forward(const StepTensors& t, const Tensor& h_proj, int64_t 
     scalar_t *hy = t.h_out.data_ptr<scalar_t>(), *cy = t.c_out.data_ptr<scalar_t>();
     acc_t* saved = t.saved.data_ptr<acc_t>();
     const int64_t columns = LayerNormLstmCell::saved_columns(H);
+    const auto zone = zoneout_units<scalar_t>(t.zoneout_h, t.zoneout_c);
+    const scalar_t* hp_prev = zone.h ? t.h_prev.data_ptr<scalar_t>() : nullptr;  // [B, H]
     for (int64_t b = begin; b < end; ++b) {
       acc_t* row = saved + b * columns;
       acc_t *gates = row, *x_hat_ih = row + G * H, *x_hat_hh = row + 2 * G * H;
@@ -107,7 +109,11 @@ void layernorm_lstm_forward(const StepTensors& t, const Tensor& h_proj, int64_t 
       for (int64_t j = 0; j < H; j += LA::kWidth) {
         const int64_t n = std::min(LA::kWidth, H - j);
         const Vec y = LA::load(c_hat + j, n) * LS::load(wc + j, n) + LS::load(bc + j, n);
-        LS::store(hy + b * H + j, layernorm_lstm_hidden(LA::load(gates + 3 * H + j, n), y), n);
+        const int64_t u = b * H + j;
+        const Vec h_new = layernorm_lstm_hidden(LA::load(gates + 3 * H + j, n), y);
+        LS::store(hy + u, zone.h ? carried(h_new, hp_prev + u, zone.h + u, n) : h_new, n);
+        // (cy holds c' until here.)
+        if (zone.c) LS::store(cy + u, carried(LS::load(cy + u, n), cp + u, zone.c + u, n), n);
       }
       rstd[0] = ih.rstd;
       rstd[1] = hh.rstd;
@@ -134,6 +140,7 @@ void layernorm_gru_forward(const StepTensors& t, const Tensor& h_proj, int64_t b
     scalar_t* hy = t.h_out.data_ptr<scalar_t>();
     acc_t* saved = t.saved.data_ptr<acc_t>();
     const int64_t columns = LayerNormGruCell::saved_columns(H);
+    const auto zone = zoneout_units<scalar_t>(t.zoneout_h, Tensor());
     for (int64_t b = begin; b < end; ++b) {
       acc_t* row = saved + b * columns;
       acc_t *x_hat_ih = row + kGruSaved * H, *x_hat_hh = x_hat_ih + G * H;
@@ -153,7 +160,8 @@ void layernorm_gru_forward(const StepTensors& t, const Tensor& h_proj, int64_t b
         const auto st = gru_step_forward(gx[0], gx[1], gx[2], gh[0], gh[1], gh[2],
                                          LS::load(h_p + b * H + j, n));
         store_gru_saved(st, [&](int64_t k, const Vec& v) { LA::store(row + k * H + j, v, n); });
-        LS::store(hy + b * H + j, st.h_new, n);
+        const int64_t u = b * H + j;
+        LS::store(hy + u, carried(st.h_new, h_p + u, zone.at(u).h, n), n);
       }
       rstd[0] = ih.rstd;
       rstd[1] = hh.rstd;
@@ -206,6 +214,15 @@ void layernorm_lstm_backward(const GateGradTensors& t, int64_t begin, int64_t en
     acc_t *dx = t.grad_input_gates.data_ptr<acc_t>(), *dhp = t.grad_hidden_gates.data_ptr<acc_t>();
     scalar_t* dc_prev = t.grad_c_prev.data_ptr<scalar_t>();
     const int64_t columns = LayerNormLstmCell::saved_columns(H);
+    const auto zone = zoneout_units<scalar_t>(t.zoneout_h, t.zoneout_c);
+    scalar_t* direct = zone.h ? t.grad_h_direct.data_ptr<scalar_t>() : nullptr;
+    // The gradients of a step's new h and c from the carried states' (zoneout: their share).
+    const auto new_state_grad = [&](const scalar_t* grad, const scalar_t* weights, int64_t u,
+                                    int64_t n) {
+      ZoneoutGrad<Vec> d{LS::load(grad + u, n), Vec(acc_t(0))};
+      if (weights) d = zoneout_backward(d.next, LS::load(weights + u, n));
+      return d;
+    };
     for (int64_t b = begin; b < end; ++b) {
       const acc_t* row = saved + b * columns;
       const acc_t *gates = row, *x_hat_ih = row + G * H, *x_hat_hh = row + 2 * G * H;
@@ -220,8 +237,11 @@ void layernorm_lstm_backward(const GateGradTensors& t, int64_t begin, int64_t en
         const int64_t n = std::min(LA::kWidth, H - j);
         const Vec w = LS::load(wc_p + j, n), c_hat_j = LA::load(c_hat + j, n);
         const Vec y = c_hat_j * w + LS::load(bc_p + j, n);
-        const auto out = layernorm_lstm_output_grad(LA::load(gates + 3 * H + j, n), y,
-                                                    LS::load(dh + b * H + j, n));
+        // grad_h_direct may be grad_h: these entries are read before they are written.
+        const auto grad_h = new_state_grad(dh, zone.h, b * H + j, n);
+        if (direct) LS::store(direct + b * H + j, grad_h.before, n);
+        const auto out =
+            layernorm_lstm_output_grad(LA::load(gates + 3 * H + j, n), y, grad_h.next);
         LA::store(dy + j, out.y, n);
         LA::store(d + 3 * H + j, out.a_o, n);
         const Vec dx_hat = out.y * w;
@@ -234,8 +254,9 @@ void layernorm_lstm_backward(const GateGradTensors& t, int64_t begin, int64_t en
       for (int64_t j = 0; j < H; j += LA::kWidth) {
         const int64_t n = std::min(LA::kWidth, H - j);
         // grad_c_prev may be grad_c: these entries are read before they are written.
+        const auto carried_c = new_state_grad(dc, zone.c, b * H + j, n);
         const Vec grad_c =
-            LS::load(dc + b * H + j, n) +
+            carried_c.next +
             layer_norm_input_grad(LA::load(dy + j, n) * LS::load(wc_p + j, n),
                                   LA::load(c_hat + j, n), Vec(rstd[2]), mean, mean_c_hat);
         const auto g = layernorm_lstm_cell_grad(LA::load(gates + j, n), LA::load(gates + H + j, n),
@@ -244,7 +265,7 @@ void layernorm_lstm_backward(const GateGradTensors& t, int64_t begin, int64_t en
         LA::store(d + j, g.a_i, n);
         LA::store(d + H + j, g.a_f, n);
         LA::store(d + 2 * H + j, g.a_g, n);
-        LS::store(dc_prev + b * H + j, g.c, n);
+        LS::store(dc_prev + b * H + j, g.c + carried_c.before, n);
       }
       layer_norm_backward_row(G * H, d, x_hat_ih, rstd[0], wi_p, dx + b * G * H);
       layer_norm_backward_row(G * H, d, x_hat_hh, rstd[1], wh_p, dhp + b * G * H);
@@ -264,19 +285,24 @@ void layernorm_gru_backward(const GateGradTensors& t, int64_t begin, int64_t end
     acc_t *dx = t.grad_input_gates.data_ptr<acc_t>(), *dhp = t.grad_hidden_gates.data_ptr<acc_t>();
     scalar_t* direct = t.grad_h_direct.data_ptr<scalar_t>();
     const int64_t columns = LayerNormGruCell::saved_columns(H);
+    const scalar_t* zoneout_h = zoneout_units<scalar_t>(t.zoneout_h, Tensor()).h;
     for (int64_t b = begin; b < end; ++b) {
       const acc_t* row = saved + b * columns;
       const acc_t *x_hat_ih = row + kGruSaved * H, *x_hat_hh = x_hat_ih + G * H;
       const acc_t* rstd = row + kLayerNormGruSavedPerUnit * H;
       acc_t *dgx = pre + b * 2 * G * H, *dgh = dgx + G * H;
       for (int64_t j = 0; j < H; ++j) {
-        // grad_h_direct may be grad_h: entry j is read before it is written.
+        // grad_h_direct may be grad_h: entry j is read before it is written. (Zoneout: the
+        // new h's share of the carried state's gradient, the rest straight to the one before.)
+        const int64_t u = b * H + j;
+        ZoneoutGrad<acc_t> grad_h{acc_t(dh[u]), acc_t(0)};
+        if (zoneout_h) grad_h = zoneout_backward(grad_h.next, acc_t(zoneout_h[u]));
         const auto d = gru_step_backward<acc_t>([&](int64_t k) { return row[k * H + j]; },
-                                                acc_t(h_p[b * H + j]), acc_t(dh[b * H + j]));
+                                                acc_t(h_p[u]), grad_h.next);
         store_gru_gate_grads(
             d, [&](int64_t g, acc_t v) { dgx[g * H + j] = v; },
             [&](int64_t g, acc_t v) { dgh[g * H + j] = v; });
-        direct[b * H + j] = static_cast<scalar_t>(d.h);
+        direct[u] = static_cast<scalar_t>(d.h + grad_h.before);
       }
       layer_norm_backward_row(G * H, dgx, x_hat_ih, rstd[0], wi_p, dx + b * G * H);
       layer_norm_backward_row(G * H, dgh, x_hat_hh, rstd[1], wh_p, dhp + b * G * H);

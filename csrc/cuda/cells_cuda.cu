@@ -46,6 +46,9 @@ struct CellParams {
   scalar_t* cy;           // [B, H] (LSTM only)
   scalar_t* saved;        // LSTM: gates [B, 4H] (may be xproj itself); GRU: workspace [B, 4H]
   int64_t batch, input_size, hidden, state_size;  // B, I, H, P (P = H but for LSTM projections)
+  // Zoneout's weights of the new h and c ([B, H]; P = H), or null: hy and cy receive the states
+  // carried on.
+  const scalar_t *zoneout_h, *zoneout_c;
 };
 
 // acc[g] += act[b, :] . w[g*H + j, :] for the block's tile, where (b, j) is this thread's unit.
@@ -102,11 +105,14 @@ struct LstmUpdate {
       a[g] = x[g] + load_bias(p.b_ih, g * H + j) + h[g] + load_bias(p.b_hh, g * H + j);
     }
     const int64_t u = b * H + j;
-    const auto st = lstm_step_forward<acc_t>(a[0], a[1], a[2], a[3], acc_t(p.cx[u]));
+    const acc_t c = acc_t(p.cx[u]);
+    const auto st = lstm_step_forward<acc_t>(a[0], a[1], a[2], a[3], c);
     scalar_t* saved = p.saved + b * kLstmSaved * H;
     store_lstm_saved(st, [&](int64_t k, acc_t v) { saved[k * H + j] = static_cast<scalar_t>(v); });
-    p.cy[u] = static_cast<scalar_t>(st.c_new);
-    p.hy[u] = static_cast<scalar_t>(st.h_new);
+    p.cy[u] = static_cast<scalar_t>(
+        p.zoneout_c ? zoneout(c, st.c_new, acc_t(p.zoneout_c[u])) : st.c_new);
+    p.hy[u] = static_cast<scalar_t>(
+        p.zoneout_h ? zoneout(acc_t(p.hx[u]), st.h_new, acc_t(p.zoneout_h[u])) : st.h_new);
   }
 };
 
@@ -123,11 +129,12 @@ struct GruUpdate {
       hb[g] = h[g] + load_bias(p.b_hh, g * H + j);
     }
     const int64_t u = b * H + j;  // a GRU's state is [B, H]: P = H
-    const auto st =
-        gru_step_forward<acc_t>(xb[0], xb[1], xb[2], hb[0], hb[1], hb[2], acc_t(p.hx[u]));
+    const acc_t h_prev = acc_t(p.hx[u]);
+    const auto st = gru_step_forward<acc_t>(xb[0], xb[1], xb[2], hb[0], hb[1], hb[2], h_prev);
     scalar_t* saved = p.saved + b * kGruSaved * H;
     store_gru_saved(st, [&](int64_t k, acc_t v) { saved[k * H + j] = static_cast<scalar_t>(v); });
-    p.hy[u] = static_cast<scalar_t>(st.h_new);
+    p.hy[u] = static_cast<scalar_t>(
+        p.zoneout_h ? zoneout(h_prev, st.h_new, acc_t(p.zoneout_h[u])) : st.h_new);
   }
 };
 
@@ -163,14 +170,20 @@ template <typename scalar_t>
 const scalar_t* data_or_null(const OptionalTensor& t) {
   return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
 }
+template <typename scalar_t>
+const scalar_t* data_or_null(const Tensor& t) {
+  return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
+}
 
 // Launches one step. input and w_ih, or xproj, give the input side (the other pair undefined);
-// cx and cy are undefined for the GRU. Every tensor is contiguous.
+// cx and cy are undefined for the GRU; zoneout_h and zoneout_c, where defined, the step's zoneout
+// weights (StepTensors'). Every tensor is contiguous.
 template <typename Update>
 void launch_cell_forward(const Tensor& input, const Tensor& w_ih, const Tensor& xproj,
                          const Tensor& hx, const Tensor& cx, const Tensor& w_hh,
                          const OptionalTensor& b_ih, const OptionalTensor& b_hh, const Tensor& hy,
-                         const Tensor& cy, const Tensor& saved) {
+                         const Tensor& cy, const Tensor& saved, const Tensor& zoneout_h = {},
+                         const Tensor& zoneout_c = {}) {
   const int64_t B = hy.size(0), H = hy.size(1);
   if (B == 0 || H == 0) return;
   const c10::cuda::CUDAGuard guard(hy.device());
@@ -195,6 +208,8 @@ void launch_cell_forward(const Tensor& input, const Tensor& w_ih, const Tensor& 
     p.input_size = input.defined() ? input.size(1) : 0;
     p.hidden = H;
     p.state_size = hx.size(1);
+    p.zoneout_h = data_or_null<scalar_t>(zoneout_h);
+    p.zoneout_c = data_or_null<scalar_t>(zoneout_c);
     const auto stream = at::cuda::getCurrentCUDAStream();
     if (xproj.defined()) {
       cell_forward_kernel<Update, scalar_t, true><<<grid, block, 0, stream>>>(p);
@@ -244,25 +259,43 @@ std::tuple<Tensor, Tensor> gru_cell_cuda(const Tensor& input, const Tensor& hx,
 
 constexpr int kPointwiseThreads = 256;
 
+// Zoneout (GateGradTensors): the new states' shares of the carried states' gradients (all of
+// them without, weights null).
+template <typename acc_t, typename scalar_t>
+__device__ ZoneoutGrad<acc_t> new_state_grad(const scalar_t* grad, const scalar_t* weights,
+                                             int64_t u) {
+  return weights ? zoneout_backward(acc_t(grad[u]), acc_t(weights[u]))
+                 : ZoneoutGrad<acc_t>{acc_t(grad[u]), acc_t(0)};
+}
+
+// With zoneout, c_new holds the carried state and c' is rebuilt from the gates; grad_h_direct
+// (which may be grad_h) receives the part of grad_h that goes straight to the state before.
 template <typename scalar_t>
 __global__ void lstm_gate_grads_kernel(const scalar_t* grad_h, const scalar_t* grad_c,
                                        const scalar_t* __restrict__ gates,
                                        const scalar_t* __restrict__ c_prev,
                                        const scalar_t* __restrict__ c_new,
                                        scalar_t* __restrict__ grad_gates, scalar_t* grad_c_prev,
-                                       int64_t batch, int64_t H) {
+                                       const scalar_t* __restrict__ zoneout_h,
+                                       const scalar_t* __restrict__ zoneout_c,
+                                       scalar_t* grad_h_direct, int64_t batch, int64_t H) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = batch * H;
   for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < n;
        u += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = u / H, j = u % H;
     const scalar_t* saved = gates + b * kLstmSaved * H;
-    const auto d = lstm_step_backward<acc_t>(
-        [&](int64_t k) { return acc_t(saved[k * H + j]); }, acc_t(c_prev[u]), acc_t(c_new[u]),
-        acc_t(grad_h[u]), acc_t(grad_c[u]));
+    const auto gate = [&](int64_t k) { return acc_t(saved[k * H + j]); };
+    const acc_t c = acc_t(c_prev[u]);
+    const auto dh = new_state_grad<acc_t>(grad_h, zoneout_h, u);
+    const auto dc = new_state_grad<acc_t>(grad_c, zoneout_c, u);
+    const acc_t c_out = zoneout_c ? lstm_new_cell_state(gate(0), gate(1), gate(2), c)
+                                  : acc_t(c_new[u]);
+    const auto d = lstm_step_backward<acc_t>(gate, c, c_out, dh.next, dc.next);
     scalar_t* grow = grad_gates + b * kLstmGates * H;
     store_lstm_gate_grads(d, [&](int64_t g, acc_t v) { grow[g * H + j] = static_cast<scalar_t>(v); });
-    grad_c_prev[u] = static_cast<scalar_t>(d.c);
+    grad_c_prev[u] = static_cast<scalar_t>(d.c + dc.before);
+    if (zoneout_h) grad_h_direct[u] = static_cast<scalar_t>(dh.before);
   }
 }
 
@@ -271,21 +304,24 @@ __global__ void gru_gate_grads_kernel(const scalar_t* grad_h, const scalar_t* __
                                       const scalar_t* __restrict__ workspace,
                                       scalar_t* __restrict__ grad_input_gates,
                                       scalar_t* __restrict__ grad_hidden_gates,
-                                      scalar_t* grad_h_direct, int64_t batch, int64_t H) {
+                                      scalar_t* grad_h_direct,
+                                      const scalar_t* __restrict__ zoneout_h, int64_t batch,
+                                      int64_t H) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = batch * H;
   for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < n;
        u += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = u / H, j = u % H;
     const scalar_t* ws = workspace + b * kGruSaved * H;
+    const auto dh = new_state_grad<acc_t>(grad_h, zoneout_h, u);
     const auto d = gru_step_backward<acc_t>([&](int64_t k) { return acc_t(ws[k * H + j]); },
-                                            acc_t(h_prev[u]), acc_t(grad_h[u]));
+                                            acc_t(h_prev[u]), dh.next);
     scalar_t* gi = grad_input_gates + b * kGruGates * H;
     scalar_t* gh = grad_hidden_gates + b * kGruGates * H;
     store_gru_gate_grads(
         d, [&](int64_t g, acc_t v) { gi[g * H + j] = static_cast<scalar_t>(v); },
         [&](int64_t g, acc_t v) { gh[g * H + j] = static_cast<scalar_t>(v); });
-    grad_h_direct[u] = static_cast<scalar_t>(d.h);
+    grad_h_direct[u] = static_cast<scalar_t>(d.h + dh.before);
   }
 }
 
@@ -308,7 +344,9 @@ void lstm_gate_grads_cuda(const GateGradTensors& t) {
         <<<pointwise_blocks(B * H), kPointwiseThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
             grad_h.data_ptr<scalar_t>(), grad_c.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
             c_prev.data_ptr<scalar_t>(), c_new.data_ptr<scalar_t>(),
-            grad_gates.data_ptr<scalar_t>(), grad_c_prev.data_ptr<scalar_t>(), B, H);
+            grad_gates.data_ptr<scalar_t>(), grad_c_prev.data_ptr<scalar_t>(),
+            data_or_null<scalar_t>(t.zoneout_h), data_or_null<scalar_t>(t.zoneout_c),
+            t.zoneout_h.defined() ? t.grad_h_direct.data_ptr<scalar_t>() : nullptr, B, H);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -325,19 +363,21 @@ void gru_gate_grads_cuda(const GateGradTensors& t) {
         <<<pointwise_blocks(B * H), kPointwiseThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
             grad_h.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
             workspace.data_ptr<scalar_t>(), grad_input_gates.data_ptr<scalar_t>(),
-            grad_hidden_gates.data_ptr<scalar_t>(), grad_h_direct.data_ptr<scalar_t>(), B, H);
+            grad_hidden_gates.data_ptr<scalar_t>(), grad_h_direct.data_ptr<scalar_t>(),
+            data_or_null<scalar_t>(t.zoneout_h), B, H);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 void lstm_step_cuda(const StepTensors& t) {
   launch_cell_forward<LstmUpdate>(Tensor(), Tensor(), t.input_side, t.h_prev, t.c_prev, t.w_hh,
-                                  std::nullopt, std::nullopt, t.h_out, t.c_out, t.saved);
+                                  std::nullopt, std::nullopt, t.h_out, t.c_out, t.saved,
+                                  t.zoneout_h, t.zoneout_c);
 }
 
 void gru_step_cuda(const StepTensors& t) {
   launch_cell_forward<GruUpdate>(Tensor(), Tensor(), t.input_side, t.h_prev, Tensor(), t.w_hh,
-                                 std::nullopt, t.b_hh, t.h_out, Tensor(), t.saved);
+                                 std::nullopt, t.b_hh, t.h_out, Tensor(), t.saved, t.zoneout_h);
 }
 
 Tensor prepare_linear_cuda(const Tensor& w, int64_t /*rows*/, int64_t /*uses*/) {

@@ -87,6 +87,8 @@ struct LstmForwardParams {
   scalar_t *h_out, *c_out;       // [B, H]
   acc_t* saved;                  // [B, 13H + 3]
   int64_t hidden;
+  // Zoneout (StepTensors'): its weights of the new h and c, and h_prev [B, H]; or null.
+  const scalar_t *zoneout_h = nullptr, *zoneout_c = nullptr, *h_prev = nullptr;
 };
 
 template <typename scalar_t>
@@ -131,7 +133,15 @@ __global__ void __launch_bounds__(kRowThreads)
   for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
     c_hat[j] = (c_hat[j] - c.mean) * c.rstd;
     const acc_t y = c_hat[j] * acc_t(p.wc[j]) + acc_t(p.bc[j]);
-    p.h_out[b * H + j] = static_cast<scalar_t>(layernorm_lstm_hidden(gates[3 * H + j], y));
+    const int64_t u = b * H + j;
+    const acc_t h_new = layernorm_lstm_hidden(gates[3 * H + j], y);
+    p.h_out[u] = static_cast<scalar_t>(
+        p.zoneout_h ? zoneout(acc_t(p.h_prev[u]), h_new, acc_t(p.zoneout_h[u])) : h_new);
+    // (c_out holds c' until here, written by this thread.)
+    if (p.zoneout_c) {
+      p.c_out[u] = static_cast<scalar_t>(
+          zoneout(acc_t(p.c_prev[u]), acc_t(p.c_out[u]), acc_t(p.zoneout_c[u])));
+    }
   }
   if (threadIdx.x == 0) {
     rstd[0] = ih.rstd;
@@ -150,7 +160,19 @@ struct LstmBackwardParams {
   acc_t *grad_x_proj, *grad_h_proj;          // [B, 4H]
   scalar_t* grad_c_prev;                     // [B, H], may be grad_c
   int64_t hidden;
+  // Zoneout (GateGradTensors'): its weights, and where the part of grad_h that goes straight
+  // to the state before goes (may be grad_h); or null.
+  const scalar_t *zoneout_h = nullptr, *zoneout_c = nullptr;
+  scalar_t* grad_h_direct = nullptr;
 };
+
+// The new states' shares of the carried states' gradients (zoneout; all of them without).
+template <typename acc_t, typename scalar_t>
+__device__ ZoneoutGrad<acc_t> new_state_grad(const scalar_t* grad, const scalar_t* weights,
+                                             int64_t u) {
+  return weights ? zoneout_backward(acc_t(grad[u]), acc_t(weights[u]))
+                 : ZoneoutGrad<acc_t>{acc_t(grad[u]), acc_t(0)};
+}
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kRowThreads)
@@ -167,7 +189,10 @@ __global__ void __launch_bounds__(kRowThreads)
   acc_t sum = acc_t(0), sum_c_hat = acc_t(0);
   for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
     const acc_t y = c_hat[j] * acc_t(p.wc[j]) + acc_t(p.bc[j]);
-    const auto out = layernorm_lstm_output_grad(gates[3 * H + j], y, acc_t(p.grad_h[b * H + j]));
+    // grad_h_direct may be grad_h: this thread reads entry j before it writes it.
+    const auto grad_h = new_state_grad<acc_t>(p.grad_h, p.zoneout_h, b * H + j);
+    if (p.zoneout_h) p.grad_h_direct[b * H + j] = static_cast<scalar_t>(grad_h.before);
+    const auto out = layernorm_lstm_output_grad(gates[3 * H + j], y, grad_h.next);
     dy[j] = out.y;
     d[3 * H + j] = out.a_o;
     const acc_t dx_hat = out.y * acc_t(p.wc[j]);
@@ -178,15 +203,15 @@ __global__ void __launch_bounds__(kRowThreads)
   const acc_t mean_c_hat = block_sum(sum_c_hat, scratch) / acc_t(H);
   for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
     // grad_c_prev may be grad_c: this thread reads entry j before it writes it.
-    const acc_t grad_c = acc_t(p.grad_c[b * H + j]) +
-                         layer_norm_input_grad(dy[j] * acc_t(p.wc[j]), c_hat[j], rstd[2], mean,
-                                               mean_c_hat);
+    const auto carried_c = new_state_grad<acc_t>(p.grad_c, p.zoneout_c, b * H + j);
+    const acc_t grad_c = carried_c.next + layer_norm_input_grad(dy[j] * acc_t(p.wc[j]), c_hat[j],
+                                                                rstd[2], mean, mean_c_hat);
     const auto g = layernorm_lstm_cell_grad(gates[j], gates[H + j], gates[2 * H + j],
                                             acc_t(p.c_prev[b * H + j]), grad_c);
     d[j] = g.a_i;
     d[H + j] = g.a_f;
     d[2 * H + j] = g.a_g;
-    p.grad_c_prev[b * H + j] = static_cast<scalar_t>(g.c);
+    p.grad_c_prev[b * H + j] = static_cast<scalar_t>(g.c + carried_c.before);
   }
   __syncthreads();
   block_layer_norm_backward(G * H, d, x_hat_ih, rstd[0], p.wi, p.grad_x_proj + b * G * H,
@@ -208,6 +233,7 @@ struct GruForwardParams {
   scalar_t* h_out;
   acc_t* saved;                  // [B, 10H + 2]
   int64_t hidden;
+  const scalar_t* zoneout_h = nullptr;  // zoneout's weights of the new h, or null
 };
 
 template <typename scalar_t>
@@ -239,7 +265,9 @@ __global__ void __launch_bounds__(kRowThreads)
     const auto st = gru_step_forward<acc_t>(gx(j), gx(H + j), gx(2 * H + j), gh(j), gh(H + j),
                                             gh(2 * H + j), acc_t(p.h_prev[b * H + j]));
     store_gru_saved(st, [&](int64_t k, acc_t v) { row[k * H + j] = v; });
-    p.h_out[b * H + j] = static_cast<scalar_t>(st.h_new);
+    const int64_t u = b * H + j;
+    p.h_out[u] = static_cast<scalar_t>(
+        p.zoneout_h ? zoneout(acc_t(p.h_prev[u]), st.h_new, acc_t(p.zoneout_h[u])) : st.h_new);
   }
   if (threadIdx.x == 0) {
     rstd[0] = ih.rstd;
@@ -257,6 +285,7 @@ struct GruBackwardParams {
   acc_t *grad_x_proj, *grad_h_proj;  // [B, 3H]
   scalar_t* grad_h_direct;           // [B, H], may be grad_h
   int64_t hidden;
+  const scalar_t* zoneout_h = nullptr;  // zoneout's weights of the new h, or null
 };
 
 template <typename scalar_t>
@@ -271,13 +300,13 @@ __global__ void __launch_bounds__(kRowThreads)
   acc_t *dgx = p.grad_pre + b * 2 * G * H, *dgh = dgx + G * H;
   for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
     // grad_h_direct may be grad_h: this thread reads entry j before it writes it.
+    const auto grad_h = new_state_grad<acc_t>(p.grad_h, p.zoneout_h, b * H + j);
     const auto d = gru_step_backward<acc_t>([&](int64_t k) { return row[k * H + j]; },
-                                            acc_t(p.h_prev[b * H + j]),
-                                            acc_t(p.grad_h[b * H + j]));
+                                            acc_t(p.h_prev[b * H + j]), grad_h.next);
     store_gru_gate_grads(
         d, [&](int64_t g, acc_t v) { dgx[g * H + j] = v; },
         [&](int64_t g, acc_t v) { dgh[g * H + j] = v; });
-    p.grad_h_direct[b * H + j] = static_cast<scalar_t>(d.h);
+    p.grad_h_direct[b * H + j] = static_cast<scalar_t>(d.h + grad_h.before);
   }
   __syncthreads();
   block_layer_norm_backward(G * H, dgx, x_hat_ih, rstd[0], p.wi, p.grad_x_proj + b * G * H,
@@ -319,12 +348,17 @@ void layernorm_lstm_step_cuda(const StepTensors& t) {
   const Tensor h_proj = at::mm(t.h_prev.to(t.saved.scalar_type()), t.w_hh.t());
   FUSED_RNN_DISPATCH_FLOATING_TYPES(t.h_out.scalar_type(), "layernorm_lstm_step_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const LstmForwardParams<scalar_t> p{
+    LstmForwardParams<scalar_t> p{
         t.input_side.data_ptr<acc_t>(), h_proj.data_ptr<acc_t>(), t.c_prev.data_ptr<scalar_t>(),
         data_or_null<scalar_t>(t.b_ih), data_or_null<scalar_t>(t.b_hh),
         n[0].data_ptr<scalar_t>(), n[1].data_ptr<scalar_t>(), n[2].data_ptr<scalar_t>(),
         n[3].data_ptr<scalar_t>(), n[4].data_ptr<scalar_t>(), n[5].data_ptr<scalar_t>(),
         t.h_out.data_ptr<scalar_t>(), t.c_out.data_ptr<scalar_t>(), t.saved.data_ptr<acc_t>(), H};
+    if (t.zoneout_h.defined()) {
+      p.zoneout_h = t.zoneout_h.data_ptr<scalar_t>();
+      p.zoneout_c = t.zoneout_c.data_ptr<scalar_t>();
+      p.h_prev = t.h_prev.data_ptr<scalar_t>();
+    }
     launch_rows(t.h_out, B, H, [&](dim3 grid, dim3 block, cudaStream_t stream) {
       layernorm_lstm_forward_kernel<scalar_t><<<grid, block, 0, stream>>>(p);
     });
@@ -336,12 +370,17 @@ void layernorm_lstm_gate_grads_cuda(const GateGradTensors& t) {
   const auto n = contiguous_norms<6>(t.norms);
   FUSED_RNN_DISPATCH_FLOATING_TYPES(t.grad_h.scalar_type(), "layernorm_lstm_gate_grads_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const LstmBackwardParams<scalar_t> p{
+    LstmBackwardParams<scalar_t> p{
         t.saved.data_ptr<acc_t>(), t.grad_h.data_ptr<scalar_t>(), t.grad_c.data_ptr<scalar_t>(),
         t.c_prev.data_ptr<scalar_t>(), n[0].data_ptr<scalar_t>(), n[2].data_ptr<scalar_t>(),
         n[4].data_ptr<scalar_t>(), n[5].data_ptr<scalar_t>(), t.grad_pre.data_ptr<acc_t>(),
         t.grad_input_gates.data_ptr<acc_t>(), t.grad_hidden_gates.data_ptr<acc_t>(),
         t.grad_c_prev.data_ptr<scalar_t>(), H};
+    if (t.zoneout_h.defined()) {
+      p.zoneout_h = t.zoneout_h.data_ptr<scalar_t>();
+      p.zoneout_c = t.zoneout_c.data_ptr<scalar_t>();
+      p.grad_h_direct = t.grad_h_direct.data_ptr<scalar_t>();
+    }
     launch_rows(t.grad_h, B, H, [&](dim3 grid, dim3 block, cudaStream_t stream) {
       layernorm_lstm_backward_kernel<scalar_t><<<grid, block, 0, stream>>>(p);
     });
@@ -354,11 +393,12 @@ void layernorm_gru_step_cuda(const StepTensors& t) {
   const Tensor h_proj = at::mm(t.h_prev.to(t.saved.scalar_type()), t.w_hh.t());
   FUSED_RNN_DISPATCH_FLOATING_TYPES(t.h_out.scalar_type(), "layernorm_gru_step_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const GruForwardParams<scalar_t> p{
+    GruForwardParams<scalar_t> p{
         t.input_side.data_ptr<acc_t>(), h_proj.data_ptr<acc_t>(), t.h_prev.data_ptr<scalar_t>(),
         data_or_null<scalar_t>(t.b_ih), data_or_null<scalar_t>(t.b_hh),
         n[0].data_ptr<scalar_t>(), n[1].data_ptr<scalar_t>(), n[2].data_ptr<scalar_t>(),
         n[3].data_ptr<scalar_t>(), t.h_out.data_ptr<scalar_t>(), t.saved.data_ptr<acc_t>(), H};
+    if (t.zoneout_h.defined()) p.zoneout_h = t.zoneout_h.data_ptr<scalar_t>();
     launch_rows(t.h_out, B, H, [&](dim3 grid, dim3 block, cudaStream_t stream) {
       layernorm_gru_forward_kernel<scalar_t><<<grid, block, 0, stream>>>(p);
     });
@@ -370,11 +410,12 @@ void layernorm_gru_gate_grads_cuda(const GateGradTensors& t) {
   const auto n = contiguous_norms<4>(t.norms);
   FUSED_RNN_DISPATCH_FLOATING_TYPES(t.grad_h.scalar_type(), "layernorm_gru_gate_grads_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const GruBackwardParams<scalar_t> p{
+    GruBackwardParams<scalar_t> p{
         t.saved.data_ptr<acc_t>(), t.grad_h.data_ptr<scalar_t>(), t.h_prev.data_ptr<scalar_t>(),
         n[0].data_ptr<scalar_t>(), n[2].data_ptr<scalar_t>(), t.grad_pre.data_ptr<acc_t>(),
         t.grad_input_gates.data_ptr<acc_t>(), t.grad_hidden_gates.data_ptr<acc_t>(),
         t.grad_h_direct.data_ptr<scalar_t>(), H};
+    if (t.zoneout_h.defined()) p.zoneout_h = t.zoneout_h.data_ptr<scalar_t>();
     launch_rows(t.grad_h, B, H, [&](dim3 grid, dim3 block, cudaStream_t stream) {
       layernorm_gru_backward_kernel<scalar_t><<<grid, block, 0, stream>>>(p);
     });
