@@ -462,3 +462,5 @@ def test_cpu_draws():
         draw(3, 1.5)
     with pytest.raises(RuntimeError, match="expected seed to be one int64 on the CPU"):
         torch.ops.fused_rnn.bernoulli_weights(torch.tensor(1.0), [3], 0.5, torch.float32)
+    torch.library.opcheck(torch.ops.fused_rnn.bernoulli_weights,
+                          (torch.tensor(9), [3, 5], 0.25, torch.float32))
