@@ -1,0 +1,217 @@
+// The per-step barrier of a persistent recurrent kernel, measured on the GPU at hand (issue 16's
+// design question): how long one step's "every block has written its h slice, now read them"
+// takes across all SMs with
+//   - a kernel launch per step (what the step-wise path pays),
+//   - cooperative groups' grid.sync() (the persistent forward today),
+//   - a flag barrier: each block publishes its step number with a release store and waits only
+//     for the flags it reads (all blocks, or a few neighbours), polling with acquire loads (each
+//     also invalidates L1: CCTL.IVALL in the SASS) or with relaxed loads and one acquire fence,
+//   - a thread-block cluster barrier (sm_90): cooperative groups' cluster.sync() (a GPU-scope
+//     MEMBAR before arriving, in the SASS), alone and with a value written into the next block's
+//     shared memory (distributed shared memory) before it; and the bare barrier.cluster with
+//     relaxed arrival (no memory ordering: the latency floor).
+// One block per SM, 256 threads, a few thousand steps per launch after a warm-up launch; prints
+// one markdown table of microseconds per step.
+//
+//   nvcc -O3 -std=c++17 -arch=sm_90a -o barriers barriers.cu && ./barriers [steps]
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <string>
+
+namespace cg = cooperative_groups;
+
+#define CHECK(call)                                                                    \
+  do {                                                                                 \
+    const cudaError_t status = (call);                                                 \
+    if (status != cudaSuccess) {                                                       \
+      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(status)); \
+      std::exit(1);                                                                    \
+    }                                                                                  \
+  } while (0)
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ void store_release(unsigned* p, unsigned v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ unsigned load_relaxed(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__global__ void empty_step() {}
+
+__global__ void grid_sync_steps(int steps) {
+  cg::grid_group grid = cg::this_grid();
+  for (int s = 0; s < steps; ++s) grid.sync();
+}
+
+// Block b waits for the flags of blocks b+1 .. b+wait_for (mod the grid; wait_for = the grid's
+// size: all of them, itself included), one thread a flag. flags start at 0. relaxed: poll with
+// relaxed loads, then one acquire fence (fence.acq_rel) once the flag is seen.
+__global__ void flag_steps(int steps, unsigned* flags, int wait_for, bool relaxed) {
+  const int blocks = gridDim.x, b = blockIdx.x;
+  for (int s = 1; s <= steps; ++s) {
+    __syncthreads();  // the block's writes of this step are done
+    if (threadIdx.x == 0) store_release(flags + b, static_cast<unsigned>(s));
+    for (int k = threadIdx.x; k < wait_for; k += blockDim.x) {
+      const unsigned* flag = flags + (b + 1 + k) % blocks;
+      if (relaxed) {
+        while (load_relaxed(flag) < static_cast<unsigned>(s)) {
+        }
+        asm volatile("fence.acq_rel.gpu;" ::: "memory");
+      } else {
+        while (load_acquire(flag) < static_cast<unsigned>(s)) {
+        }
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// The bare cluster barrier, relaxed arrival: no memory ordering, the barrier's own latency.
+__global__ void cluster_relaxed_steps(int steps) {
+  for (int s = 0; s < steps; ++s) {
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" :::
+                     "memory");
+  }
+}
+
+__global__ void cluster_steps(int steps, unsigned* sink, bool exchange) {
+  cg::cluster_group cluster = cg::this_cluster();
+  __shared__ unsigned slot;
+  if (threadIdx.x == 0) slot = 0;
+  cluster.sync();
+  const unsigned next = (cluster.block_rank() + 1) % cluster.num_blocks();
+  unsigned* remote = cluster.map_shared_rank(&slot, next);
+  for (int s = 1; s <= steps; ++s) {
+    if (exchange && threadIdx.x == 0) *remote = static_cast<unsigned>(s);
+    cluster.sync();
+  }
+  if (threadIdx.x == 0 && slot != static_cast<unsigned>(steps) && exchange) atomicAdd(sink, 1u);
+}
+
+// Microseconds per step of `launch` (which runs `steps` steps), after one warm-up call.
+float per_step_us(const std::function<void()>& launch, int steps) {
+  cudaEvent_t start, stop;
+  CHECK(cudaEventCreate(&start));
+  CHECK(cudaEventCreate(&stop));
+  launch();
+  CHECK(cudaDeviceSynchronize());
+  CHECK(cudaEventRecord(start));
+  launch();
+  CHECK(cudaEventRecord(stop));
+  CHECK(cudaEventSynchronize(stop));
+  CHECK(cudaGetLastError());
+  float ms = 0;
+  CHECK(cudaEventElapsedTime(&ms, start, stop));
+  CHECK(cudaEventDestroy(start));
+  CHECK(cudaEventDestroy(stop));
+  return 1000.0f * ms / steps;
+}
+
+void row(const std::string& method, int blocks, float us) {
+  std::printf("| %s | %d | %.3f |\n", method.c_str(), blocks, us);
+}
+
+int main(int argc, char** argv) {
+  const int steps = argc > 1 ? std::atoi(argv[1]) : 5000;
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, 0));
+  const int sms = prop.multiProcessorCount;
+  std::printf("%s, %d SMs, %d steps a launch, %d threads a block\n\n", prop.name, sms, steps,
+              kThreads);
+  std::printf("| barrier | blocks | us per step |\n|---|---|---|\n");
+
+  row("kernel launch per step", sms, per_step_us([&] {
+        for (int s = 0; s < steps; ++s) empty_step<<<sms, kThreads>>>();
+      }, steps));
+
+  row("grid.sync()", sms, per_step_us([&] {
+        int n = steps;
+        void* args[] = {&n};
+        CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(grid_sync_steps), sms, kThreads,
+                                          args));
+      }, steps));
+
+  unsigned* flags = nullptr;
+  CHECK(cudaMalloc(&flags, sms * sizeof(unsigned)));
+  for (bool relaxed : {false, true}) {
+    for (int wait_for : {sms, 8, 2}) {
+      const std::string name =
+          (wait_for == sms ? "flags, every block's" : "flags, " + std::to_string(wait_for) +
+                                                          " blocks'") +
+          (relaxed ? ", relaxed polls + one fence" : ", acquire polls");
+      row(name, sms, per_step_us([&] {
+            CHECK(cudaMemset(flags, 0, sms * sizeof(unsigned)));
+            int n = steps, w = wait_for;
+            bool r = relaxed;
+            void* args[] = {&n, &flags, &w, &r};
+            // Cooperative: every block resident at once, which spinning on flags needs.
+            CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(flag_steps), sms,
+                                              kThreads, args));
+          }, steps));
+    }
+  }
+  CHECK(cudaFree(flags));
+
+  unsigned* sink = nullptr;
+  CHECK(cudaMalloc(&sink, sizeof(unsigned)));
+  CHECK(cudaMemset(sink, 0, sizeof(unsigned)));
+  CHECK(cudaFuncSetAttribute(cluster_steps, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  CHECK(cudaFuncSetAttribute(cluster_relaxed_steps,
+                             cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  for (int size : {2, 4, 8, 16}) {
+    for (int variant : {0, 1, 2}) {  // cluster.sync(); with a DSMEM write; relaxed arrival
+      const bool exchange = variant == 1;
+      cudaLaunchConfig_t config = {};
+      config.gridDim = dim3(sms / size * size);
+      config.blockDim = dim3(kThreads);
+      cudaLaunchAttribute attribute;
+      attribute.id = cudaLaunchAttributeClusterDimension;
+      attribute.val.clusterDim.x = size;
+      attribute.val.clusterDim.y = 1;
+      attribute.val.clusterDim.z = 1;
+      config.attrs = &attribute;
+      config.numAttrs = 1;
+      int clusters = 0;
+      if (cudaOccupancyMaxActiveClusters(&clusters, cluster_steps, &config) != cudaSuccess ||
+          clusters == 0) {
+        cudaGetLastError();
+        std::printf("| clusters of %d: not launchable here | - | - |\n", size);
+        break;
+      }
+      const std::string clusters_of = "clusters of " + std::to_string(size);
+      const std::string name = variant == 2 ? "barrier.cluster relaxed, " + clusters_of
+                               : "cluster.sync(), " + clusters_of +
+                                     (exchange ? ", with a DSMEM write" : "");
+      row(name, static_cast<int>(config.gridDim.x), per_step_us([&] {
+            if (variant == 2) {
+              CHECK(cudaLaunchKernelEx(&config, cluster_relaxed_steps, steps));
+            } else {
+              CHECK(cudaLaunchKernelEx(&config, cluster_steps, steps, sink, exchange));
+            }
+          }, steps));
+    }
+  }
+  unsigned lost = 0;
+  CHECK(cudaMemcpy(&lost, sink, sizeof(unsigned), cudaMemcpyDeviceToHost));
+  CHECK(cudaFree(sink));
+  if (lost != 0) {
+    std::printf("\nDSMEM check failed in %u blocks\n", lost);
+    return 1;
+  }
+  return 0;
+}
