@@ -2,10 +2,11 @@
 # One run on the GPU machine (an offline H200 with torch, nvcc, ninja, pytest, matplotlib
 # preinstalled), under 10 minutes: build the CUDA extension, run the whole test suite on CUDA
 # (then the layer tests again with the persistent kernels switched on), measure the per-step
-# barriers the persistent kernels could use (benchmarks/gpu_micro/barriers.cu, seconds), run the
-# GPU benchmark preset for what is left of the time. Everything lands in the output folder given as
-# the argument (build.log, ptxas.txt, tests.log, tests-persistent.log, barriers.md, bench.log, the
-# results, summary.txt) and the results also in benchmarks/results/ (named by date and GPU).
+# barriers and a tensor-core recurrent step (benchmarks/gpu_micro, seconds), run the GPU benchmark
+# preset for what is left of the time. Everything lands in the output folder given as the argument
+# (build.log, ptxas.txt, tests.log, tests-persistent.log, barriers.md, recurrent_step.md,
+# bench.log, the results, summary.txt) and the results also in benchmarks/results/ (named by date
+# and GPU).
 #   bash benchmarks/run_gpu.sh OUT_DIR [suite.py arguments, e.g. --repeats N]
 # RUN_GPU_SECONDS (default 540) is the whole run's target; the suite gets what the build and the
 # tests leave of it (--budget-s).
@@ -60,13 +61,15 @@ summary "layer tests with --persistent-kernels: rc=$persistent_rc in $((SECONDS 
 $(tail -1 "$OUT/tests-persistent.log")"
 grep -E "^(FAILED|ERROR) " "$OUT/tests-persistent.log" >> "$OUT/summary.txt"
 
-start=$SECONDS
-nvcc -O3 -std=c++17 -arch=sm_90a -o "$OUT/barriers" benchmarks/gpu_micro/barriers.cu \
-  >"$OUT/barriers-build.log" 2>&1 && timeout 60 "$OUT/barriers" >"$OUT/barriers.md" 2>&1
-barriers_rc=$?
-summary "barriers: rc=$barriers_rc in $((SECONDS - start)) s"
-cat "$OUT/barriers.md" >> "$OUT/summary.txt" 2>/dev/null
-rm -f "$OUT/barriers"
+# The microbenchmarks that decide the persistent kernels' design (benchmarks/gpu_micro).
+for micro in barriers recurrent_step; do
+  start=$SECONDS
+  nvcc -O3 -std=c++17 -arch=sm_90a -o "$OUT/$micro" "benchmarks/gpu_micro/$micro.cu" \
+    >"$OUT/$micro-build.log" 2>&1 && timeout 60 "$OUT/$micro" >"$OUT/$micro.md" 2>&1
+  summary "$micro: rc=$? in $((SECONDS - start)) s"
+  cat "$OUT/$micro.md" >> "$OUT/summary.txt" 2>/dev/null
+  rm -f "$OUT/$micro"
+done
 
 start=$SECONDS
 budget=$(( TOTAL - (SECONDS - begin) - 60 ))
