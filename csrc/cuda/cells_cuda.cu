@@ -1,12 +1,14 @@
 // CUDA implementations: the cell forward ops, and the kernel tables (LinearKernels, CellKernels)
 // under the device-agnostic backward and layer ops of cell_ops.h.
 //
-// Forward: one launch per step. A block owns a tile of kTileUnits hidden units for kTileBatch batch
-// rows; it computes every gate row of those units (the products with w_ih, or the rows of an input
-// projection computed beforehand for a whole sequence, and with w_hh, through shared memory tiles),
-// adds the biases, applies the gate math of cell_math.h and writes the new state, so no gate
-// pre-activation ever reaches global memory. Backward: one fused pointwise launch for the gate
-// gradients; the matrix products around it are cuBLAS calls through ATen.
+// A cell op's forward: one launch. A block owns a tile of kTileUnits hidden units for kTileBatch
+// batch rows; it computes every gate row of those units (the products with w_ih and w_hh, through
+// shared memory tiles), adds the biases, applies the gate math of cell_math.h and writes the new
+// state, so no gate pre-activation reaches global memory. A layer's step (the step-wise path):
+// the hidden product on cuBLAS through ATen, then one pointwise launch for the gate math over the
+// input projection and that product (the tiled in-kernel product left most SMs idle at small
+// batches: ~50 us a step at B=1 H=512 on an H200, NOTES entry 15). Backward: one fused pointwise
+// launch for the gate gradients; the matrix products around it are cuBLAS calls through ATen.
 #include "../cell_math.h"
 #include "../cell_ops.h"
 #include "cuda_tables.h"
@@ -34,12 +36,13 @@ constexpr int kThreads = kTileUnits * kTileBatch;
 // Pointers and sizes of one cell step; every tensor is contiguous. Biases may be null.
 template <typename scalar_t>
 struct CellParams {
-  const scalar_t* input;  // [B, I], or null when xproj is given
-  const scalar_t* xproj;  // [B, G*H]: input projection, biases it holds included; or null
+  const scalar_t* input;  // [B, I] (a cell op), or null
+  const scalar_t* xproj;  // [B, G*H]: a layer step's input side, biases it holds included; or null
+  const scalar_t* hproj;  // [B, G*H]: a layer step's hidden product (no bias); or null
   const scalar_t* hx;     // [B, P]
   const scalar_t* cx;     // [B, H] (LSTM only)
-  const scalar_t* w_ih;   // [G*H, I], or null when xproj is given
-  const scalar_t* w_hh;   // [G*H, P]
+  const scalar_t* w_ih;   // [G*H, I] (a cell op), or null
+  const scalar_t* w_hh;   // [G*H, P] (a cell op), or null
   const scalar_t* b_ih;   // [G*H] or null
   const scalar_t* b_hh;   // [G*H] or null
   scalar_t* hy;           // [B, H]
@@ -138,9 +141,9 @@ struct GruUpdate {
   }
 };
 
-// Grid: x over batch tiles, y over unit tiles. Block: kTileUnits x kTileBatch threads.
-// kProjectedInput: the input side comes precomputed in p.xproj instead of from input x w_ih.
-template <typename Update, typename scalar_t, bool kProjectedInput>
+// A cell op's step. Grid: x over batch tiles, y over unit tiles. Block: kTileUnits x kTileBatch
+// threads.
+template <typename Update, typename scalar_t>
 __global__ void __launch_bounds__(kThreads) cell_forward_kernel(const CellParams<scalar_t> p) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int G = Update::kGates;
@@ -151,19 +154,42 @@ __global__ void __launch_bounds__(kThreads) cell_forward_kernel(const CellParams
   acc_t x[G], h[G];
 #pragma unroll
   for (int g = 0; g < G; ++g) x[g] = h[g] = acc_t(0);
-  if constexpr (kProjectedInput) {
-    // Read before any write: with the LSTM, saved may be xproj, and only this thread touches
-    // these entries.
-    if (in_range) {
-#pragma unroll
-      for (int g = 0; g < G; ++g) x[g] = static_cast<acc_t>(p.xproj[(b * G + g) * p.hidden + j]);
-    }
-  } else {
-    accumulate_gate_products<scalar_t, G>(p.input, p.w_ih, p.input_size, p.hidden, p.batch, b0,
-                                          j0, x);
-  }
+  accumulate_gate_products<scalar_t, G>(p.input, p.w_ih, p.input_size, p.hidden, p.batch, b0, j0,
+                                        x);
   accumulate_gate_products<scalar_t, G>(p.hx, p.w_hh, p.state_size, p.hidden, p.batch, b0, j0, h);
   if (in_range) Update::finish(p, b, j, x, h);
+}
+
+constexpr int kPointwiseThreads = 256;
+
+// A layer's step after its hidden product: one thread per unit (b, j), grid-stride, over p.xproj
+// and p.hproj. The LSTM's saved is xproj itself: each thread reads its entries before it writes
+// them.
+template <typename Update, typename scalar_t>
+__global__ void __launch_bounds__(kPointwiseThreads)
+    step_gates_kernel(const CellParams<scalar_t> p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int G = Update::kGates;
+  const int64_t n = p.batch * p.hidden;
+  for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < n;
+       u += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = u / p.hidden, j = u % p.hidden;
+    acc_t x[G], h[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      x[g] = static_cast<acc_t>(p.xproj[(b * G + g) * p.hidden + j]);
+      h[g] = static_cast<acc_t>(p.hproj[(b * G + g) * p.hidden + j]);
+    }
+    Update::finish(p, b, j, x, h);
+  }
+}
+
+// Enough blocks to fill the GPU several times over; the kernels stride over the rest.
+unsigned pointwise_blocks(int64_t units) {
+  const int64_t wanted = (units + kPointwiseThreads - 1) / kPointwiseThreads;
+  const int64_t cap =
+      static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min(wanted, cap)));
 }
 
 template <typename scalar_t>
@@ -175,15 +201,36 @@ const scalar_t* data_or_null(const Tensor& t) {
   return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
 }
 
-// Launches one step. input and w_ih, or xproj, give the input side (the other pair undefined);
-// cx and cy are undefined for the GRU; zoneout_h and zoneout_c, where defined, the step's zoneout
-// weights (StepTensors'). Every tensor is contiguous.
+// The step's tensors as the kernels take them: the states and biases (cx, cy, the LSTM's;
+// undefined for the GRU), the saved values, zoneout's weights (where defined); the products'
+// operands are the caller's to fill. Every tensor is contiguous.
+template <typename scalar_t>
+CellParams<scalar_t> cell_params(const Tensor& hx, const Tensor& cx, const OptionalTensor& b_ih,
+                                 const OptionalTensor& b_hh, const Tensor& hy, const Tensor& cy,
+                                 const Tensor& saved, const Tensor& zoneout_h,
+                                 const Tensor& zoneout_c) {
+  CellParams<scalar_t> p{};
+  p.hx = hx.data_ptr<scalar_t>();
+  p.cx = data_or_null<scalar_t>(cx);
+  p.b_ih = data_or_null<scalar_t>(b_ih);
+  p.b_hh = data_or_null<scalar_t>(b_hh);
+  p.hy = hy.data_ptr<scalar_t>();
+  p.cy = cy.defined() ? cy.data_ptr<scalar_t>() : nullptr;
+  p.saved = saved.data_ptr<scalar_t>();
+  p.batch = hy.size(0);
+  p.hidden = hy.size(1);
+  p.state_size = hx.size(1);
+  p.zoneout_h = data_or_null<scalar_t>(zoneout_h);
+  p.zoneout_c = data_or_null<scalar_t>(zoneout_c);
+  return p;
+}
+
+// A cell op's step: both products and the gate math in one launch.
 template <typename Update>
-void launch_cell_forward(const Tensor& input, const Tensor& w_ih, const Tensor& xproj,
-                         const Tensor& hx, const Tensor& cx, const Tensor& w_hh,
-                         const OptionalTensor& b_ih, const OptionalTensor& b_hh, const Tensor& hy,
-                         const Tensor& cy, const Tensor& saved, const Tensor& zoneout_h = {},
-                         const Tensor& zoneout_c = {}) {
+void launch_cell_forward(const Tensor& input, const Tensor& w_ih, const Tensor& hx,
+                         const Tensor& cx, const Tensor& w_hh, const OptionalTensor& b_ih,
+                         const OptionalTensor& b_hh, const Tensor& hy, const Tensor& cy,
+                         const Tensor& saved) {
   const int64_t B = hy.size(0), H = hy.size(1);
   if (B == 0 || H == 0) return;
   const c10::cuda::CUDAGuard guard(hy.device());
@@ -192,30 +239,34 @@ void launch_cell_forward(const Tensor& input, const Tensor& w_ih, const Tensor& 
   TORCH_CHECK(grid.y <= 65535, "fused_rnn: hidden size ", H, " exceeds the CUDA kernel's limit");
   const dim3 block(kTileUnits, kTileBatch);
   FUSED_RNN_DISPATCH_FLOATING_TYPES(hy.scalar_type(), "cell_forward_cuda", [&] {
-    CellParams<scalar_t> p;
-    p.input = input.defined() ? input.data_ptr<scalar_t>() : nullptr;
-    p.xproj = xproj.defined() ? xproj.data_ptr<scalar_t>() : nullptr;
-    p.hx = hx.data_ptr<scalar_t>();
-    p.cx = cx.defined() ? cx.data_ptr<scalar_t>() : nullptr;
-    p.w_ih = w_ih.defined() ? w_ih.data_ptr<scalar_t>() : nullptr;
+    CellParams<scalar_t> p =
+        cell_params<scalar_t>(hx, cx, b_ih, b_hh, hy, cy, saved, Tensor(), Tensor());
+    p.input = input.data_ptr<scalar_t>();
+    p.input_size = input.size(1);
+    p.w_ih = w_ih.data_ptr<scalar_t>();
     p.w_hh = w_hh.data_ptr<scalar_t>();
-    p.b_ih = data_or_null<scalar_t>(b_ih);
-    p.b_hh = data_or_null<scalar_t>(b_hh);
-    p.hy = hy.data_ptr<scalar_t>();
-    p.cy = cy.defined() ? cy.data_ptr<scalar_t>() : nullptr;
-    p.saved = saved.data_ptr<scalar_t>();
-    p.batch = B;
-    p.input_size = input.defined() ? input.size(1) : 0;
-    p.hidden = H;
-    p.state_size = hx.size(1);
-    p.zoneout_h = data_or_null<scalar_t>(zoneout_h);
-    p.zoneout_c = data_or_null<scalar_t>(zoneout_c);
-    const auto stream = at::cuda::getCurrentCUDAStream();
-    if (xproj.defined()) {
-      cell_forward_kernel<Update, scalar_t, true><<<grid, block, 0, stream>>>(p);
-    } else {
-      cell_forward_kernel<Update, scalar_t, false><<<grid, block, 0, stream>>>(p);
-    }
+    cell_forward_kernel<Update, scalar_t>
+        <<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// A layer's step (StepTensors): h_prev @ W_hh^T on cuBLAS (tensor cores for the half types; float32
+// as torch.backends.cuda.matmul says), then the gate math in one pointwise launch.
+template <typename Update>
+void launch_layer_step(const StepTensors& t) {
+  const int64_t B = t.h_out.size(0), H = t.h_out.size(1);
+  if (B == 0 || H == 0) return;
+  const c10::cuda::CUDAGuard guard(t.h_out.device());
+  const Tensor hidden = at::mm(t.h_prev, t.w_hh.t());
+  FUSED_RNN_DISPATCH_FLOATING_TYPES(t.h_out.scalar_type(), "layer_step_cuda", [&] {
+    CellParams<scalar_t> p = cell_params<scalar_t>(t.h_prev, t.c_prev, std::nullopt, t.b_hh,
+                                                   t.h_out, t.c_out, t.saved, t.zoneout_h,
+                                                   t.zoneout_c);
+    p.xproj = t.input_side.data_ptr<scalar_t>();
+    p.hproj = hidden.data_ptr<scalar_t>();
+    step_gates_kernel<Update, scalar_t>
+        <<<pointwise_blocks(B * H), kPointwiseThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -233,9 +284,9 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_cuda(const Tensor& input, const Ten
   Tensor hy = at::empty({s.batch, s.hidden}, input.options());
   Tensor cy = at::empty({s.batch, s.hidden}, input.options());
   Tensor gates = at::empty({s.batch, kLstmGates * s.hidden}, input.options());
-  launch_cell_forward<LstmUpdate>(input.contiguous(), w_ih.contiguous(), Tensor(), hx.contiguous(),
-                                cx.contiguous(), w_hh.contiguous(), contiguous_or_none(b_ih),
-                                contiguous_or_none(b_hh), hy, cy, gates);
+  launch_cell_forward<LstmUpdate>(input.contiguous(), w_ih.contiguous(), hx.contiguous(),
+                                  cx.contiguous(), w_hh.contiguous(), contiguous_or_none(b_ih),
+                                  contiguous_or_none(b_hh), hy, cy, gates);
   return {hy, cy, gates};
 }
 
@@ -246,9 +297,9 @@ std::tuple<Tensor, Tensor> gru_cell_cuda(const Tensor& input, const Tensor& hx,
                                               std::nullopt, w_ih, w_hh, b_ih, b_hh);
   Tensor hy = at::empty({s.batch, s.hidden}, input.options());
   Tensor workspace = at::empty({s.batch, kGruSaved * s.hidden}, input.options());
-  launch_cell_forward<GruUpdate>(input.contiguous(), w_ih.contiguous(), Tensor(), hx.contiguous(),
-                               Tensor(), w_hh.contiguous(), contiguous_or_none(b_ih),
-                               contiguous_or_none(b_hh), hy, Tensor(), workspace);
+  launch_cell_forward<GruUpdate>(input.contiguous(), w_ih.contiguous(), hx.contiguous(), Tensor(),
+                                 w_hh.contiguous(), contiguous_or_none(b_ih),
+                                 contiguous_or_none(b_hh), hy, Tensor(), workspace);
   return {hy, workspace};
 }
 
@@ -256,8 +307,6 @@ std::tuple<Tensor, Tensor> gru_cell_cuda(const Tensor& input, const Tensor& hx,
 // Backward pointwise passes: one thread per unit (b, j), grid-stride. The previous state's
 // gradient may be written over the incoming one (each thread reads its entry first), so those
 // pointers are not __restrict__.
-
-constexpr int kPointwiseThreads = 256;
 
 // Zoneout (GateGradTensors): the new states' shares of the carried states' gradients (all of
 // them without, weights null).
@@ -325,14 +374,6 @@ __global__ void gru_gate_grads_kernel(const scalar_t* grad_h, const scalar_t* __
   }
 }
 
-// Enough blocks to fill the GPU several times over; the kernels stride over the rest.
-unsigned pointwise_blocks(int64_t units) {
-  const int64_t wanted = (units + kPointwiseThreads - 1) / kPointwiseThreads;
-  const int64_t cap =
-      static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min(wanted, cap)));
-}
-
 void lstm_gate_grads_cuda(const GateGradTensors& t) {
   const Tensor &grad_h = t.grad_h, &grad_c = t.grad_c, &gates = t.saved, &c_prev = t.c_prev;
   const Tensor &c_new = t.c_out, &grad_gates = t.grad_input_gates, &grad_c_prev = t.grad_c_prev;
@@ -369,16 +410,9 @@ void gru_gate_grads_cuda(const GateGradTensors& t) {
   });
 }
 
-void lstm_step_cuda(const StepTensors& t) {
-  launch_cell_forward<LstmUpdate>(Tensor(), Tensor(), t.input_side, t.h_prev, t.c_prev, t.w_hh,
-                                  std::nullopt, std::nullopt, t.h_out, t.c_out, t.saved,
-                                  t.zoneout_h, t.zoneout_c);
-}
+void lstm_step_cuda(const StepTensors& t) { launch_layer_step<LstmUpdate>(t); }
 
-void gru_step_cuda(const StepTensors& t) {
-  launch_cell_forward<GruUpdate>(Tensor(), Tensor(), t.input_side, t.h_prev, Tensor(), t.w_hh,
-                                 std::nullopt, t.b_hh, t.h_out, Tensor(), t.saved, t.zoneout_h);
-}
+void gru_step_cuda(const StepTensors& t) { launch_layer_step<GruUpdate>(t); }
 
 Tensor prepare_linear_cuda(const Tensor& w, int64_t /*rows*/, int64_t /*uses*/) {
   return w.contiguous();
