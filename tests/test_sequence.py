@@ -437,3 +437,34 @@ def test_layer_op_rejects_bad_batch_sizes():
         layer(x, torch.tensor([2, 2, 1]), h, c, w_ih, w_hh, None, None, None, False)
     with pytest.raises(RuntimeError, match="1-D int64 tensor on the CPU"):
         layer(x, torch.tensor([3.0, 2.0]), h, c, w_ih, w_hh, None, None, None, False)
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_float32_products_follow_cudnns_tf32_flag(kind):
+    """torch.nn's float32 RNNs take TF32 tensor-core products where torch.backends.cudnn.allow_tf32
+    is True (its default; conftest turns it off for the other tests), and so do ours: with it on,
+    our outputs and gradients are as close to float64 as torch.nn's (the accuracy rule for large
+    problems), and they differ from full float32's by TF32's rounding."""
+    torch_cls, ours_cls = MODULES[kind]
+    torch.manual_seed(0)
+    theirs = torch_cls(256, 256, num_layers=2).cuda()
+    ours = ours_cls(256, 256, num_layers=2).cuda()
+    ours.load_state_dict(theirs.state_dict())
+    truth = copy.deepcopy(theirs).double()
+    x = torch.randn(50, 8, 256, device="cuda")
+
+    def output_and_grad(module, x, tf32):
+        x = x.detach().requires_grad_()
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32):
+            out = module(x)[0]
+            (grad,) = torch.autograd.grad(out.square().sum(), x)
+        return out.detach(), grad
+
+    want, want_grad = output_and_grad(truth, x.double(), False)
+    got, got_grad = output_and_grad(ours, x, True)
+    theirs_out, theirs_grad = output_and_grad(theirs, x, True)
+    assert_matches_torch(got, theirs_out, want, "output", against_truth=True)
+    assert_matches_torch(got_grad, theirs_grad, want_grad, "input gradient", against_truth=True)
+    full, _ = output_and_grad(ours, x, False)
+    assert (got - full).abs().max() > 1e-5

@@ -14,8 +14,10 @@
 #include "cuda_tables.h"
 #include "persistent_layer.h"
 
+#include <ATen/Context.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/Exceptions.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
@@ -24,6 +26,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <array>
 
 namespace fused_rnn {
 namespace {
@@ -251,14 +256,68 @@ void launch_cell_forward(const Tensor& input, const Tensor& w_ih, const Tensor& 
   });
 }
 
-// A layer's step (StepTensors): h_prev @ W_hh^T on cuBLAS (tensor cores for the half types; float32
-// as torch.backends.cuda.matmul says), then the gate math in one pointwise launch.
+// ---------------------------------------------------------------------------------------------
+// The products. Float32 follows torch.nn's rule for its RNNs: TF32 tensor cores where
+// torch.backends.cudnn.allow_tf32 is True (the default, cuDNN's), full float32 otherwise. at::mm
+// reads torch.backends.cuda.matmul's flag instead, so under cuDNN's those go to cuBLAS directly.
+bool tf32_products(const Tensor& t) {
+  return t.scalar_type() == at::kFloat && at::globalContext().allowTF32CuDNN();
+}
+
+// A matrix [R, C] as a cuBLAS operand of a column-major product: row-major as it lies (op N on
+// the column-major view, which is its transpose) or the transpose of a row-major one (op T);
+// copied row-major otherwise.
+struct BlasOperand {
+  Tensor t;
+  cublasOperation_t op;
+  int64_t ld;
+};
+BlasOperand blas_operand(const Tensor& x) {
+  const int64_t rows = std::max<int64_t>(1, x.size(0)), columns = std::max<int64_t>(1, x.size(1));
+  if (x.stride(1) == 1 && x.stride(0) >= columns) return {x, CUBLAS_OP_N, x.stride(0)};
+  if (x.stride(0) == 1 && x.stride(1) >= rows) return {x, CUBLAS_OP_T, x.stride(1)};
+  return {x.contiguous(), CUBLAS_OP_N, columns};
+}
+
+// out [M, N] (rows of stride out.stride(0), columns contiguous) = a [M, K] @ b [K, N] + beta *
+// out, float32 on TF32 tensor cores (float32 accumulation). Row-major out is the column-major
+// out^T = b^T a^T.
+void tf32_gemm(const Tensor& a, const Tensor& b, const Tensor& out, float beta) {
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    out.mul_(beta);
+    return;
+  }
+  TORCH_CHECK(std::max({M, N, K}) < (int64_t{1} << 31), "fused_rnn: product of ", M, "x", K, "x",
+              N, " exceeds cuBLAS's sizes");
+  const BlasOperand lhs = blas_operand(b), rhs = blas_operand(a);
+  const float alpha = 1.0f;
+  TORCH_CUDABLAS_CHECK(cublasGemmEx(
+      at::cuda::getCurrentCUDABlasHandle(), lhs.op, rhs.op, static_cast<int>(N),
+      static_cast<int>(M), static_cast<int>(K), &alpha, lhs.t.data_ptr<float>(), CUDA_R_32F,
+      static_cast<int>(lhs.ld), rhs.t.data_ptr<float>(), CUDA_R_32F, static_cast<int>(rhs.ld),
+      &beta, out.data_ptr<float>(), CUDA_R_32F, static_cast<int>(out.stride(0)),
+      CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT_TENSOR_OP));
+}
+
+// a @ b (+ add, broadcast to the product's shape), on the product rule above.
+Tensor product(const Tensor& a, const Tensor& b, const OptionalTensor& add = std::nullopt) {
+  if (!tf32_products(a)) return add.has_value() ? at::addmm(*add, a, b) : at::mm(a, b);
+  const std::array<int64_t, 2> shape{a.size(0), b.size(1)};
+  Tensor out = add.has_value() ? add->expand(shape).contiguous() : at::empty(shape, a.options());
+  tf32_gemm(a, b, out, add.has_value() ? 1.0f : 0.0f);
+  return out;
+}
+
+// A layer's step (StepTensors): h_prev @ W_hh^T on cuBLAS (tensor cores for the half types, and
+// for float32 by the rule above), then the gate math in one pointwise launch.
 template <typename Update>
 void launch_layer_step(const StepTensors& t) {
   const int64_t B = t.h_out.size(0), H = t.h_out.size(1);
   if (B == 0 || H == 0) return;
   const c10::cuda::CUDAGuard guard(t.h_out.device());
-  const Tensor hidden = at::mm(t.h_prev, t.w_hh.t());
+  const Tensor hidden = product(t.h_prev, t.w_hh.t());
   FUSED_RNN_DISPATCH_FLOATING_TYPES(t.h_out.scalar_type(), "layer_step_cuda", [&] {
     CellParams<scalar_t> p = cell_params<scalar_t>(t.h_prev, t.c_prev, std::nullopt, t.b_hh,
                                                    t.h_out, t.c_out, t.saved, t.zoneout_h,
@@ -421,8 +480,12 @@ Tensor prepare_linear_cuda(const Tensor& w, int64_t /*rows*/, int64_t /*uses*/) 
 void step_linear_cuda(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate) {
   if (x.scalar_type() != out.scalar_type()) {
     // The layer-normalized cells' gradients (float) into a half type's carried state.
-    const Tensor product = at::mm(x, w.t());
-    accumulate ? out.add_(product) : out.copy_(product);
+    const Tensor result = product(x, w.t());
+    accumulate ? out.add_(result) : out.copy_(result);
+    return;
+  }
+  if (tf32_products(x)) {
+    tf32_gemm(x, w.t(), out, accumulate ? 1.0f : 0.0f);
     return;
   }
   Tensor result = out;  // a view of the caller's buffer, written in place by cuBLAS
@@ -434,11 +497,11 @@ void step_linear_cuda(const Tensor& x, const Tensor& w, const Tensor& out, bool 
 }
 
 Tensor linear_cuda(const Tensor& x, const Tensor& w, const OptionalTensor& bias) {
-  return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
+  return product(x, w.t(), bias);
 }
 
 Tensor matmul_cuda(const Tensor& a, const Tensor& b, const OptionalTensor& add) {
-  return add.has_value() ? at::addmm(*add, a, b) : at::mm(a, b);
+  return product(a, b, add);
 }
 
 void add_row_sums_cuda(const Tensor& d, const Tensor& x, const Tensor& sums) {
