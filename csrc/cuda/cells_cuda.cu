@@ -285,8 +285,8 @@ BlasOperand blas_operand(const Tensor& x) {
 void tf32_gemm(const Tensor& a, const Tensor& b, const Tensor& out, float beta) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   if (M == 0 || N == 0) return;
-  if (K == 0) {
-    out.mul_(beta);
+  if (K == 0) {  // (an empty buffer may hold NaNs: zeroed, not scaled, where beta is 0)
+    beta == 0.0f ? out.zero_() : out.mul_(beta);
     return;
   }
   TORCH_CHECK(std::max({M, N, K}) < (int64_t{1} << 31), "fused_rnn: product of ", M, "x", K, "x",
