@@ -5,6 +5,7 @@
 // forward-mode AD, a backward with create_graph), the ops' composite form (composite.h) serves.
 #include "cell_ops.h"
 #include "composite.h"
+#include "layernorm_cell_ops.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -22,7 +23,7 @@ OptionalTensor or_none(const Tensor& t) { return t.defined() ? OptionalTensor(t)
 // Autograd numbers its input edges over the tensors actually given; absent optional tensors and
 // non-tensor arguments have none. Records, per argument, its edge (-1: none), so the backward can
 // ask needs_input_grad per argument.
-void record_edges(AutogradContext* ctx, std::initializer_list<bool> has_edge) {
+void record_edges(AutogradContext* ctx, const std::vector<bool>& has_edge) {
   std::vector<int64_t> edges;
   int64_t next = 0;
   for (bool present : has_edge) edges.push_back(present ? next++ : -1);
@@ -308,6 +309,120 @@ struct GruLayerFn : torch::autograd::Function<GruLayerFn> {
   }
 };
 
+// The layer-normalized layers (layernorm_cell_ops.h), one Function for both: its backward is not
+// itself differentiable (they have no composite form), so a backward asked for its own graph
+// fails at once, saying so. The op is called boxed: the two schemas differ in their states and
+// norms, a handful of arguments against a whole sequence's work. Arguments, flattened as
+// autograd numbers them: input, batch_sizes, the states (hx, and cx for the LSTM), w_ih, w_hh,
+// b_ih, b_hh, the norms, reverse, keep_saved, resets, zoneout.
+template <typename Cell>
+struct LayerNormLayerFn : torch::autograd::Function<LayerNormLayerFn<Cell>> {
+  static constexpr bool kCell = Cell::kHasCellState;
+  static constexpr size_t kStates = kCell ? 2 : 1;
+  static constexpr size_t kBiasesAt = 2 + kStates + 2, kNormsAt = kBiasesAt + 2;
+  static constexpr size_t kArgs = kNormsAt + Cell::kNorms + 4;
+
+  static const std::string& op_name(bool backward) {
+    static const std::string forward = std::string("fused_rnn::") + Cell::kName + "_layer";
+    static const std::string back = forward + "_backward";
+    return backward ? back : forward;
+  }
+
+  static variable_list forward(AutogradContext* ctx, const Tensor& input,
+                               const Tensor& batch_sizes, at::TensorList states,
+                               const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
+                               const OptionalTensor& b_hh, at::TensorList norms, bool reverse,
+                               bool keep_saved, const OptionalTensor& resets,
+                               const OptionalTensor& zoneout) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->set_materialize_grads(false);
+    std::vector<bool> edges(kArgs, true);
+    edges[kBiasesAt] = b_ih.has_value();
+    edges[kBiasesAt + 1] = b_hh.has_value();
+    edges[kArgs - 4] = edges[kArgs - 3] = false;  // reverse, keep_saved
+    edges[kArgs - 2] = resets.has_value();
+    edges[kArgs - 1] = zoneout.has_value();
+    record_edges(ctx, edges);
+    static const auto op =
+        c10::Dispatcher::singleton().findSchemaOrThrow(op_name(false).c_str(), "");
+    torch::jit::Stack stack{input, batch_sizes};
+    for (const Tensor& state : states) stack.emplace_back(state);
+    stack.insert(stack.end(), {w_ih, w_hh, b_ih, b_hh});
+    for (const Tensor& norm : norms) stack.emplace_back(norm);
+    stack.insert(stack.end(), {reverse, keep_saved, resets, zoneout});
+    op.callBoxed(&stack);
+    // output, hy, (cy,) saved, (cell_states)
+    variable_list out;
+    for (const c10::IValue& value : stack) out.push_back(value.toTensor());
+    const Tensor& saved = out[kCell ? 3 : 2];
+    const Tensor cells = kCell ? out[4] : Tensor();
+    std::vector<Tensor> to_save{input, batch_sizes};
+    to_save.insert(to_save.end(), states.begin(), states.end());
+    to_save.insert(to_save.end(), {w_ih, w_hh});
+    to_save.insert(to_save.end(), norms.begin(), norms.end());
+    to_save.insert(to_save.end(), {out[0], saved, cells, resets.value_or(Tensor()),
+                                   zoneout.value_or(Tensor())});
+    ctx->save_for_backward(to_save);
+    ctx->saved_data["reverse"] = reverse;
+    ctx->mark_non_differentiable(kCell ? variable_list{saved, cells} : variable_list{saved});
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK_NOT_IMPLEMENTED(
+        !at::GradMode::is_enabled(), op_name(false),
+        ": double backward (a backward with create_graph=True, as torch.func's grad and vjp run) "
+        "is not supported yet by the layer-normalized cells and layers");
+    const auto s = ctx->get_saved_variables();
+    auto need = [ctx](size_t arg) { return needs(ctx, arg); };
+    // Saved: input, batch_sizes, states, w_ih, w_hh, norms, output, saved, cell_states, resets,
+    // zoneout.
+    const size_t norms_at = 2 + kStates + 2, output_at = norms_at + Cell::kNorms;
+    static const auto op =
+        c10::Dispatcher::singleton().findSchemaOrThrow(op_name(true).c_str(), "");
+    torch::jit::Stack stack{or_zeros(grads[0], s[output_at]), or_zeros(grads[1], s[2])};
+    if (kCell) stack.emplace_back(or_zeros(grads[2], s[3]));
+    for (size_t k = 0; k < output_at; ++k) stack.emplace_back(s[k]);
+    stack.emplace_back(s[output_at]);      // output
+    stack.emplace_back(s[output_at + 1]);  // saved
+    if (kCell) stack.emplace_back(s[output_at + 2]);
+    stack.emplace_back(ctx->saved_data["reverse"].toBool());
+    // The backward op's output_mask: input, the states, w_ih, w_hh, the biases (the LSTM's one
+    // gradient serves both), the norms.
+    c10::List<bool> mask;
+    for (size_t arg = 0; arg < kBiasesAt; ++arg) {
+      if (arg != 1) mask.push_back(need(arg));  // (batch_sizes)
+    }
+    if (kCell) {
+      mask.push_back(need(kBiasesAt) || need(kBiasesAt + 1));
+    } else {
+      mask.push_back(need(kBiasesAt));
+      mask.push_back(need(kBiasesAt + 1));
+    }
+    for (size_t k = 0; k < Cell::kNorms; ++k) mask.push_back(need(kNormsAt + k));
+    stack.emplace_back(mask);
+    stack.emplace_back(or_none(s[output_at + 3]));  // resets
+    stack.emplace_back(or_none(s[output_at + 4]));  // zoneout
+    op.callBoxed(&stack);
+    // The gradients in the forward's argument order.
+    variable_list g(kArgs);
+    size_t next = 0;
+    for (size_t arg = 0; arg < kBiasesAt; ++arg) {
+      if (arg != 1) g[arg] = stack[next++].toTensor();
+    }
+    if (kCell) {
+      const Tensor bias = stack[next++].toTensor();
+      g[kBiasesAt] = need(kBiasesAt) ? bias : Tensor();
+      g[kBiasesAt + 1] = need(kBiasesAt + 1) ? bias : Tensor();
+    } else {
+      g[kBiasesAt] = stack[next++].toTensor();
+      g[kBiasesAt + 1] = stack[next++].toTensor();
+    }
+    for (size_t k = 0; k < Cell::kNorms; ++k) g[kNormsAt + k] = stack[next++].toTensor();
+    return g;
+  }
+};
+
 std::tuple<Tensor, Tensor, Tensor> lstm_cell_autograd(const Tensor& input, const Tensor& hx,
                                                       const Tensor& cx, const Tensor& w_ih,
                                                       const Tensor& w_hh,
@@ -364,6 +479,58 @@ GruLayerOutputs gru_layer_autograd(const Tensor& input, const Tensor& batch_size
   return {out[0], out[1], out[2]};
 }
 
+// Where no torch.func transform needs their gradients the layer-normalized layers run below
+// autograd (vmap's fallback included); a transform that does fails, saying so.
+template <typename Cell>
+variable_list layernorm_layer_autograd(const Tensor& input, const Tensor& batch_sizes,
+                                       at::TensorList states, const Tensor& w_ih,
+                                       const Tensor& w_hh, const OptionalTensor& b_ih,
+                                       const OptionalTensor& b_hh, at::TensorList norms,
+                                       bool reverse, bool keep_saved,
+                                       const OptionalTensor& resets,
+                                       const OptionalTensor& zoneout) {
+  std::vector<const Tensor*> tensors{&input, &w_ih, &w_hh};
+  for (const Tensor& t : states) tensors.push_back(&t);
+  for (const Tensor& t : norms) tensors.push_back(&t);
+  bool grad = at::GradMode::is_enabled() &&
+              std::any_of(tensors.begin(), tensors.end(),
+                          [](const Tensor* t) { return t->requires_grad(); });
+  grad = grad || (at::GradMode::is_enabled() &&
+                  ((b_ih.has_value() && b_ih->requires_grad()) ||
+                   (b_hh.has_value() && b_hh->requires_grad())));
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      !grad || !c10::impl::tls_is_dispatch_key_included(
+                   c10::DispatchKey::FuncTorchDynamicLayerFrontMode),
+      "fused_rnn.", Cell::kName, "_layer: torch.func's gradient transforms are not supported yet "
+      "by the layer-normalized layers");
+  // A recorded call keeps its saved tensors whatever the caller asked: its backward needs them.
+  return LayerNormLayerFn<Cell>::apply(input, batch_sizes, states, w_ih, w_hh, b_ih, b_hh, norms,
+                                       reverse, keep_saved || grad, resets, zoneout);
+}
+
+LayerNormLstmLayerOutputs layernorm_lstm_layer_autograd(
+    const Tensor& input, const Tensor& batch_sizes, const Tensor& hx, const Tensor& cx,
+    const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh,
+    const Tensor& ln_ih_w, const Tensor& ln_ih_b, const Tensor& ln_hh_w, const Tensor& ln_hh_b,
+    const Tensor& ln_c_w, const Tensor& ln_c_b, bool reverse, bool keep_saved,
+    const OptionalTensor& resets, const OptionalTensor& zoneout) {
+  const auto out = layernorm_layer_autograd<LayerNormLstmCell>(
+      input, batch_sizes, {hx, cx}, w_ih, w_hh, b_ih, b_hh,
+      {ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b}, reverse, keep_saved, resets, zoneout);
+  return {out[0], out[1], out[2], out[3], out[4]};
+}
+
+GruLayerOutputs layernorm_gru_layer_autograd(
+    const Tensor& input, const Tensor& batch_sizes, const Tensor& hx, const Tensor& w_ih,
+    const Tensor& w_hh, const OptionalTensor& b_ih, const OptionalTensor& b_hh,
+    const Tensor& ln_ih_w, const Tensor& ln_ih_b, const Tensor& ln_hh_w, const Tensor& ln_hh_b,
+    bool reverse, bool keep_saved, const OptionalTensor& resets, const OptionalTensor& zoneout) {
+  const auto out = layernorm_layer_autograd<LayerNormGruCell>(
+      input, batch_sizes, {hx}, w_ih, w_hh, b_ih, b_hh, {ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b},
+      reverse, keep_saved, resets, zoneout);
+  return {out[0], out[1], out[2]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fused_rnn, Autograd, m) {
@@ -371,6 +538,8 @@ TORCH_LIBRARY_IMPL(fused_rnn, Autograd, m) {
   m.impl("gru_cell", &gru_cell_autograd);
   m.impl("lstm_layer", &lstm_layer_autograd);
   m.impl("gru_layer", &gru_layer_autograd);
+  m.impl("layernorm_lstm_layer", &layernorm_lstm_layer_autograd);
+  m.impl("layernorm_gru_layer", &layernorm_gru_layer_autograd);
 }
 
 }  // namespace fused_rnn

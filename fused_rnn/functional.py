@@ -163,12 +163,6 @@ def _layer_zoneout(p, training, states, x, h0):
     return zoneout_weights(p, training, (states, x.shape[0], h0.shape[-1]), x)
 
 
-def _keeps_saved(*tensors):
-    """Whether autograd will record a layer-normalized layer op over these tensors (its autograd
-    is registered in Python, so the op itself must be told to keep what its backward reads)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def layernorm_lstm(data, batch_sizes, hx, flat_weights, norms, has_biases, num_layers, dropout,
                    training, bidirectional, resets=None, zoneout=0.0):
     """A multi-layer, optionally bidirectional layer-normalized LSTM over a packed sequence.
@@ -182,9 +176,8 @@ def layernorm_lstm(data, batch_sizes, hx, flat_weights, norms, has_biases, num_l
     groups = [(*weights[:4], *group_norms) for weights, group_norms in zip(groups, norms)]
 
     def step_layer(x, state, weights, reverse):
-        keep = _keeps_saved(x, *state, *weights)
         out, hy, cy, _saved, _cells = torch.ops.fused_rnn.layernorm_lstm_layer(
-            x, batch_sizes, *state, *weights, reverse, keep_saved=keep, resets=resets,
+            x, batch_sizes, *state, *weights, reverse, keep_saved=False, resets=resets,
             zoneout=_layer_zoneout(zoneout, training, 2, x, state[1]))
         return out, (hy, cy)
 
@@ -202,9 +195,8 @@ def layernorm_gru(data, batch_sizes, hx, flat_weights, norms, has_biases, num_la
     groups = [(*weights[:4], *group_norms) for weights, group_norms in zip(groups, norms)]
 
     def step_layer(x, state, weights, reverse):
-        keep = _keeps_saved(x, state, *weights)
         out, hy, _saved = torch.ops.fused_rnn.layernorm_gru_layer(
-            x, batch_sizes, state, *weights, reverse, keep_saved=keep, resets=resets,
+            x, batch_sizes, state, *weights, reverse, keep_saved=False, resets=resets,
             zoneout=_layer_zoneout(zoneout, training, 1, x, state))
         return out, hy
 

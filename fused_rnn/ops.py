@@ -310,9 +310,10 @@ def _layernorm_gru_layer_backward_fake(grad_output, grad_hy, input, batch_sizes,
                                              output_mask)
 
 
-# Their autograd, registered here (the plain cells' is in C++): the backward op computes only
-# what needs_input_grad asks for. Their backward is not itself differentiable yet (it has no
-# composite form): a backward asked for its own graph fails at once, saying so.
+# The layer-normalized cells' autograd, registered here (the plain cells' and every layer's is in
+# C++, csrc/autograd.cpp): the backward op computes only what needs_input_grad asks for. Their
+# backward is not itself differentiable yet (it has no composite form): a backward asked for its
+# own graph fails at once, saying so.
 def _no_double_backward(op):
     if torch.is_grad_enabled():
         raise NotImplementedError(
@@ -365,63 +366,10 @@ def _layernorm_gru_backward(ctx, grad_hy, _grad_saved):
         list(ctx.needs_input_grad)))
 
 
-# The layers: inputs (input, batch_sizes, h0, [c0,] w_ih, w_hh, b_ih, b_hh, norms..., reverse,
-# keep_saved, resets, zoneout; defaults filled in); the forward under autograd keeps what its
-# backward needs whatever keep_saved says.
-def _layernorm_lstm_layer_setup_context(ctx, inputs, output):
-    (input, batch_sizes, hx, cx, w_ih, w_hh, _b_ih, _b_hh, *norms, reverse, _keep, resets,
-     zoneout) = inputs
-    out, _hy, _cy, saved, cell_states = output
-    ctx.save_for_backward(input, batch_sizes, hx, cx, w_ih, w_hh, *norms, out, saved, cell_states,
-                          resets, zoneout)
-    ctx.reverse = reverse
-    ctx.mark_non_differentiable(saved, cell_states)
-    ctx.set_materialize_grads(False)
-
-
-def _layernorm_lstm_layer_backward(ctx, grad_output, grad_hy, grad_cy, _g_saved, _g_cells):
-    _no_double_backward("layernorm_lstm_layer")
-    input, batch_sizes, hx, cx, w_ih, w_hh, *rest = ctx.saved_tensors
-    norms, (out, saved, cell_states, resets, zoneout) = rest[:6], rest[6:]
-    need = list(ctx.needs_input_grad)
-    need = [need[0], *need[2:14]]  # as the cell's: without batch_sizes, reverse, keep_saved
-    grads = torch.ops.fused_rnn.layernorm_lstm_layer_backward(
-        _or_zeros(grad_output, out), _or_zeros(grad_hy, hx), _or_zeros(grad_cy, cx), input,
-        batch_sizes, hx, cx, w_ih, w_hh, *norms, out, saved, cell_states, ctx.reverse,
-        _lstm_mask(need), resets, zoneout)
-    g = _lstm_grads(need, grads)
-    return (g[0], None, *g[1:], None, None, None, None)
-
-
-def _layernorm_gru_layer_setup_context(ctx, inputs, output):
-    (input, batch_sizes, hx, w_ih, w_hh, _b_ih, _b_hh, *norms, reverse, _keep, resets,
-     zoneout) = inputs
-    out, _hy, saved = output
-    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, *norms, out, saved, resets, zoneout)
-    ctx.reverse = reverse
-    ctx.mark_non_differentiable(saved)
-    ctx.set_materialize_grads(False)
-
-
-def _layernorm_gru_layer_backward(ctx, grad_output, grad_hy, _g_saved):
-    _no_double_backward("layernorm_gru_layer")
-    input, batch_sizes, hx, w_ih, w_hh, *norms, out, saved, resets, zoneout = ctx.saved_tensors
-    need = list(ctx.needs_input_grad)
-    mask = [need[0], need[2], *need[3:11]]
-    grads = torch.ops.fused_rnn.layernorm_gru_layer_backward(
-        _or_zeros(grad_output, out), _or_zeros(grad_hy, hx), input, batch_sizes, hx, w_ih, w_hh,
-        *norms, out, saved, ctx.reverse, mask, resets, zoneout)
-    return (grads[0], None, *grads[1:], None, None, None, None)
-
-
 torch.library.register_autograd("fused_rnn::layernorm_lstm_cell", _layernorm_lstm_backward,
                                 setup_context=_layernorm_lstm_setup_context)
 torch.library.register_autograd("fused_rnn::layernorm_gru_cell", _layernorm_gru_backward,
                                 setup_context=_layernorm_gru_setup_context)
-torch.library.register_autograd("fused_rnn::layernorm_lstm_layer", _layernorm_lstm_layer_backward,
-                                setup_context=_layernorm_lstm_layer_setup_context)
-torch.library.register_autograd("fused_rnn::layernorm_gru_layer", _layernorm_gru_layer_backward,
-                                setup_context=_layernorm_gru_layer_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------

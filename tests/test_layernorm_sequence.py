@@ -263,3 +263,16 @@ def test_double_backward_says_it_is_not_supported(cls):
     (grad,) = torch.autograd.grad(module(x)[0].sum() if isinstance(out, tuple)
                                   else module(x).sum(), x)
     assert grad.shape == x.shape
+
+
+@pytest.mark.parametrize("kind", MODULES)
+def test_torch_func_gradients_say_they_are_not_supported(kind):
+    """torch.func's grad cannot see into the layers' C++ autograd and they have no composite form:
+    it fails at once, naming the op; vmap without gradients runs (the batching fallback)."""
+    module = MODULES[kind](3, 4)
+    x = torch.randn(5, 2, 3)
+    with pytest.raises(NotImplementedError, match=f"layernorm_{kind}_layer: torch.func"):
+        torch.func.grad(lambda x: module(x)[0].sum())(x)
+    with torch.no_grad():
+        batched = torch.func.vmap(lambda x: module(x)[0].sum())(torch.stack([x, 2 * x]))
+    torch.testing.assert_close(batched, torch.stack([module(x)[0].sum(), module(2 * x)[0].sum()]))
