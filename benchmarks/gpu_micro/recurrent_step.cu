@@ -12,20 +12,14 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "cuda_check.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
 
-#define CHECK(call)                                                                        \
-  do {                                                                                     \
-    const cudaError_t status = (call);                                                     \
-    if (status != cudaSuccess) {                                                           \
-      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(status)); \
-      std::exit(1);                                                                        \
-    }                                                                                      \
-  } while (0)
 
 constexpr int kBatch = 16, kHidden = 768, kRows = 4 * kHidden;  // B, H (= K), 4H
 constexpr int kHalfK = kHidden / 2, kKTiles = kHalfK / 16;       // a warp's K slice: 24 tiles
