@@ -29,9 +29,10 @@ def zoneout_weights(p, training, shape, like):
 
 
 def zone_out(before, new, weight):
-    """The state carried on: weight * new + (1 - weight) * before (torch.lerp, as the layer ops:
-    exact where the weight is 0 or 1); new itself where weight is None."""
-    return new if weight is None else torch.lerp(before, new, weight)
+    """The state carried on: weight * new + (1 - weight) * before, written as the kernels' one
+    formula (csrc/cell_math.h's zoneout: exact where the weight is 0 or 1); new itself where
+    weight is None."""
+    return new if weight is None else weight * new - (weight * before - before)
 
 
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
