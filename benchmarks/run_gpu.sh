@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One run on the GPU machine (an offline H200 with torch, nvcc, ninja, pytest, matplotlib
 # preinstalled), under 10 minutes: build the CUDA extension, run the whole test suite on CUDA
-# (then the layer tests again with the persistent kernels switched on), measure the per-step
-# barriers and a tensor-core recurrent step (benchmarks/gpu_micro, seconds), run the GPU benchmark
-# preset for what is left of the time. Everything lands in the output folder given as the argument
-# (build.log, ptxas.txt, tests.log, tests-persistent.log, barriers.md, recurrent_step.md,
-# bench.log, the results, summary.txt) and the results also in benchmarks/results/ (named by date
-# and GPU).
+# (then the layer tests again with the persistent kernels switched on), compute-sanitizer on the
+# tensor-core persistent kernel, measure the per-step barriers and a tensor-core recurrent step
+# (benchmarks/gpu_micro, seconds), run the GPU benchmark preset for what is left of the time.
+# Everything lands in the output folder given as the argument (build.log, ptxas.txt, tests.log,
+# tests-persistent.log, sanitizer-*.log, barriers.md, recurrent_step.md, bench.log, the results,
+# summary.txt) and the results also in benchmarks/results/ (named by date and GPU).
 #   bash benchmarks/run_gpu.sh OUT_DIR [suite.py arguments, e.g. --repeats N]
 # RUN_GPU_SECONDS (default 540) is the whole run's target; the suite gets what the build and the
 # tests leave of it (--budget-s).
@@ -60,6 +60,20 @@ persistent_rc=$?
 summary "layer tests with --persistent-kernels: rc=$persistent_rc in $((SECONDS - start)) s: \
 $(tail -1 "$OUT/tests-persistent.log")"
 grep -E "^(FAILED|ERROR) " "$OUT/tests-persistent.log" >> "$OUT/summary.txt"
+
+# compute-sanitizer on the tensor-core persistent kernel (unmeasured until this run): memcheck on
+# both cells and dtypes at H=48 B=9 (partial n-tiles), racecheck (shared memory) on the LSTM's.
+SANITIZER=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+for tool in memcheck racecheck; do
+  start=$SECONDS
+  select="tensor_core_kernel_matches and H48"
+  [ $tool = racecheck ] && select="$select and lstm"
+  timeout 90 "$SANITIZER" --tool $tool --error-exitcode 3 --kernel-name kns=tensor_core_layer \
+    python3 -m pytest -q -p no:cacheprovider tests/test_persistent.py -k "$select" \
+    >"$OUT/sanitizer-$tool.log" 2>&1
+  summary "compute-sanitizer $tool (tensor-core kernel): rc=$? in $((SECONDS - start)) s: \
+$(grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer-$tool.log" | tail -2 | tr '\n' ' ')"
+done
 
 # The microbenchmarks that decide the persistent kernels' design (benchmarks/gpu_micro).
 for micro in barriers recurrent_step; do

@@ -7,7 +7,12 @@
 // So all blocks must be resident at once (one per SM at most here) and each block's shared memory
 // must hold its W_hh slice, the previous h of the whole batch and, for the LSTM, its own units'
 // cell states.
+//
+// The tensor-core kernel (csrc/cuda/persistent_tensor_core.cuh) keeps W_hh in registers instead,
+// as mma.sync A fragments: plan_tensor_core_layer says whether it applies and how it tiles.
 #pragma once
+
+#include "cell_math.h"  // FUSED_RNN_HD
 
 #include <cstdint>
 #include <string>
@@ -46,6 +51,94 @@ inline PersistentPlan plan_persistent_layer(int64_t batch, int64_t hidden, int64
     return plan;
   }
   plan.runs = true;
+  return plan;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tensor-core persistent kernel. Block k owns the hidden units [16k, 16k + 16): the G gate rows
+// of W_hh for them, 16 G rows, as G tiles of 16 rows (mma.sync m16n8k16's M). Its warps split
+// those tiles' K = H columns kTensorCoreKSplits ways, each warp one tile and one K share held in
+// registers for the whole sequence, so a block has G * kTensorCoreKSplits warps. The previous h of
+// the batch is the B operand, the batch on N in tiles of 8 rows: every weight fragment serves
+// every batch row. The K shares' partial sums meet in shared memory, where the block's threads
+// finish the step with the cell math, one (unit, batch row) pair at a time.
+constexpr int64_t kTensorCoreUnits = 16;
+constexpr int64_t kTensorCoreKSplits = 4;
+// A warp's K share in k-tiles of 16 columns: 4 registers each, at most 16 (64 registers: H up
+// to 1024); the kernel is built for bounds of 4, 8, 12 and 16 and runs the smallest that holds it.
+constexpr int64_t kTensorCoreMaxKTiles = 16;
+// h rows in shared memory are padded by 8 elements so that the 8 rows one B fragment reads fall
+// in distinct banks; the partial sums' rows by 4 floats.
+constexpr int64_t kTensorCoreHPad = 8;
+constexpr int64_t kTensorCorePartPad = 4;
+
+// Which unit and gate row `row` (0..15) of tile `tile` (0..G-1) holds. Rows are gate-interleaved
+// in slots of 8: slot s = 2 * tile + row / 8 holds gate s % G of units 8 * (s / G) + 0..7, so a
+// block's two groups of 8 units each have all G gates within its G tiles.
+struct TileRow {
+  int unit;
+  int gate;
+};
+FUSED_RNN_HD TileRow tensor_core_tile_row(int gates, int tile, int row) {
+  const int slot = 2 * tile + row / 8;
+  return {8 * (slot / gates) + row % 8, slot % gates};
+}
+// The inverse: the block's row (16 * tile + row) of gate `gate` of its unit `unit`.
+FUSED_RNN_HD int tensor_core_block_row(int gates, int unit, int gate) {
+  const int slot = (unit / 8) * gates + gate;
+  return 16 * (slot / 2) + 8 * (slot % 2) + unit % 8;
+}
+
+struct TensorCorePlan {
+  bool runs;
+  std::string reason;    // why not, when it does not
+  int64_t blocks;        // H / 16, one per SM at most
+  int64_t threads;       // 32 * G * kTensorCoreKSplits
+  int64_t k_tiles;       // a warp's K share in k-tiles (the last warp's may be shorter)
+  int64_t k_tile_bound;  // the kernel built for it: k_tiles rounded up to a multiple of 4
+  int64_t batch_pad;     // the batch rounded up to whole n-tiles of 8
+  int64_t h_pitch;       // elements per h row in shared memory
+  int64_t part_pitch;    // floats per row of partial sums
+  int64_t shared_bytes;  // h [batch_pad][h_pitch] in the dtype, the partial sums
+                         // [K splits][16 G][part_pitch] in float, (LSTM) c [B][16] in float
+};
+
+// elem_bytes: 2 (float16, bfloat16) is what it runs; float32 (TF32) and float64 do not, yet.
+inline TensorCorePlan plan_tensor_core_layer(int64_t batch, int64_t hidden, int64_t gates,
+                                             int64_t elem_bytes, int64_t sm_count,
+                                             int64_t shared_limit) {
+  TensorCorePlan plan{false, "", 0, 0, 0, 0, 0, 0, 0, 0};
+  if (elem_bytes != 2) {
+    plan.reason = "tensor cores take float16 and bfloat16 only";
+    return plan;
+  }
+  if (batch < 1 || hidden < 1 || hidden % kTensorCoreUnits != 0) {
+    plan.reason = "the hidden size is not a positive multiple of 16";
+    return plan;
+  }
+  plan.blocks = hidden / kTensorCoreUnits;
+  plan.threads = 32 * gates * kTensorCoreKSplits;
+  plan.k_tiles = (hidden / 16 + kTensorCoreKSplits - 1) / kTensorCoreKSplits;
+  plan.k_tile_bound = (plan.k_tiles + 3) / 4 * 4;
+  plan.batch_pad = (batch + 7) / 8 * 8;
+  plan.h_pitch = hidden + kTensorCoreHPad;
+  plan.part_pitch = plan.batch_pad + kTensorCorePartPad;
+  plan.shared_bytes = plan.batch_pad * plan.h_pitch * elem_bytes +
+                      kTensorCoreKSplits * kTensorCoreUnits * gates * plan.part_pitch * 4 +
+                      (gates == 4 ? batch * kTensorCoreUnits * 4 : 0);
+  if (plan.blocks > sm_count) {
+    plan.reason = "the hidden size needs " + std::to_string(plan.blocks) +
+                  " blocks of 16 units, over the device's " + std::to_string(sm_count) + " SMs";
+  } else if (plan.k_tiles > kTensorCoreMaxKTiles) {
+    plan.reason = "a warp's share of W_hh does not fit in registers (hidden size over " +
+                  std::to_string(16 * kTensorCoreMaxKTiles * kTensorCoreKSplits) + ")";
+  } else if (plan.shared_bytes > shared_limit) {
+    plan.reason = "h of the batch and the partial sums need " +
+                  std::to_string(plan.shared_bytes) + " bytes of shared memory per block, over " +
+                  "the device's " + std::to_string(shared_limit);
+  } else {
+    plan.runs = true;
+  }
   return plan;
 }
 

@@ -7,6 +7,7 @@
 #include "cpu/linear.h"
 #include "cpu/path_choice.h"
 #include "cpu/pointwise.h"
+#include "mma_fragments.h"
 #include "persistent_plan.h"
 #ifdef FUSED_RNN_WITH_CUDA
 #include "cuda/persistent_layer.h"
@@ -75,6 +76,64 @@ PYBIND11_MODULE(_C, m) {
       },
       "The persistent CUDA layer kernel's plan for a shape on a device with sm_count SMs and "
       "shared_limit bytes of shared memory per block (persistent_plan.h).");
+  m.def(
+      "tensor_core_plan",
+      [](int64_t batch, int64_t hidden, int64_t gates, int64_t elem_bytes, int64_t sm_count,
+         int64_t shared_limit) {
+        const fused_rnn::TensorCorePlan plan = fused_rnn::plan_tensor_core_layer(
+            batch, hidden, gates, elem_bytes, sm_count, shared_limit);
+        py::dict d;
+        d["runs"] = plan.runs;
+        d["reason"] = plan.reason;
+        d["blocks"] = plan.blocks;
+        d["threads"] = plan.threads;
+        d["k_tiles"] = plan.k_tiles;
+        d["k_tile_bound"] = plan.k_tile_bound;
+        d["batch_pad"] = plan.batch_pad;
+        d["h_pitch"] = plan.h_pitch;
+        d["part_pitch"] = plan.part_pitch;
+        d["shared_bytes"] = plan.shared_bytes;
+        return d;
+      },
+      "The tensor-core persistent kernel's plan for a shape on a device with sm_count SMs and "
+      "shared_limit bytes of shared memory per block (persistent_plan.h).");
+  m.def(
+      "tensor_core_maps",
+      [](int64_t gates) {
+        using namespace fused_rnn;
+        py::list tile_rows, block_rows, a, b, c;
+        for (int tile = 0; tile < gates; ++tile) {
+          for (int row = 0; row < 16; ++row) {
+            const TileRow r = tensor_core_tile_row(static_cast<int>(gates), tile, row);
+            tile_rows.append(py::make_tuple(r.unit, r.gate));
+          }
+        }
+        for (int unit = 0; unit < 16; ++unit) {
+          for (int gate = 0; gate < gates; ++gate) {
+            block_rows.append(tensor_core_block_row(static_cast<int>(gates), unit, gate));
+          }
+        }
+        for (int lane = 0; lane < 32; ++lane) {
+          for (int r = 0; r < 4; ++r) {
+            a.append(py::make_tuple(mma::a_row(lane, r), mma::a_col(lane, r)));
+          }
+          for (int r = 0; r < 2; ++r) {
+            b.append(py::make_tuple(mma::b_row(lane, r), mma::b_col(lane)));
+          }
+          for (int i = 0; i < 4; ++i) {
+            c.append(py::make_tuple(mma::c_row(lane, i), mma::c_col(lane, i)));
+          }
+        }
+        py::dict d;
+        d["tile_rows"] = tile_rows;    // (unit, gate) of each block row 16 * tile + row
+        d["block_rows"] = block_rows;  // the block row of each (unit, gate), unit-major
+        d["a"] = a;                    // (row, column) of each lane's A registers, lane-major
+        d["b"] = b;
+        d["c"] = c;
+        return d;
+      },
+      "The tensor-core kernel's row interleaving for a cell of `gates` gates and mma.sync's "
+      "m16n8k16 fragment maps (persistent_plan.h, mma_fragments.h).");
   m.def(
       "set_persistent_kernels",
       [](bool enabled) {

@@ -1,11 +1,11 @@
-"""The persistent whole-sequence CUDA layer kernels: their plan (checked anywhere) and, on a GPU,
-parity with torch.nn with the kernels switched on."""
+"""The persistent whole-sequence CUDA layer kernels: their plans and the tensor-core kernel's
+index maps (checked anywhere) and, on a GPU, parity with torch.nn with the kernels switched on."""
 
 import pytest
 import torch
 
 import fused_rnn
-from conftest import CUDA_READY
+from conftest import CUDA_READY, Sizes
 from fused_rnn import _C
 from test_sequence import CONFIGS, check_against_torch, config_id
 
@@ -49,9 +49,110 @@ def test_plan_refuses_what_does_not_fit_and_says_why():
     assert not plan(0, 512)["runs"]
 
 
+# ---------------------------------------------------------------------------------------------
+# The tensor-core kernel (csrc/cuda/persistent_tensor_core.cuh): its plan and index maps.
+
+K_SPLITS = 4  # kTensorCoreKSplits (persistent_plan.h): warps sharing one tile's K
+
+
+def tensor_core_plan(batch, hidden, gates=4, elem_bytes=2, sm_count=H200["sm_count"],
+                     shared_limit=H200["shared_limit"]):
+    return _C.tensor_core_plan(batch, hidden, gates, elem_bytes, sm_count, shared_limit)
+
+
+@pytest.mark.parametrize("batch, hidden, gates", [
+    (16, 768, 4), (16, 768, 3),  # the long-sequence cases
+    (64, 512, 4), (64, 512, 3),  # fastrnns
+    (1, 256, 4), (8, 1024, 3),   # latency
+    (64, 1024, 4),
+])
+def test_tensor_core_plan_fits_the_benchmark_shapes_on_an_h200(batch, hidden, gates):
+    p = tensor_core_plan(batch, hidden, gates)
+    assert p["runs"], p["reason"]
+    assert p["blocks"] * 16 == hidden and p["blocks"] <= H200["sm_count"]
+    assert p["threads"] == 32 * gates * K_SPLITS
+    assert p["k_tiles"] * K_SPLITS * 16 >= hidden > (p["k_tiles"] - 1) * K_SPLITS * 16
+    assert p["k_tile_bound"] in (4, 8, 12, 16) and 0 <= p["k_tile_bound"] - p["k_tiles"] < 4
+    assert p["batch_pad"] % 8 == 0 and 0 <= p["batch_pad"] - batch < 8
+    h_bytes = p["batch_pad"] * p["h_pitch"] * 2
+    partial_bytes = K_SPLITS * 16 * gates * p["part_pitch"] * 4
+    assert p["shared_bytes"] == h_bytes + partial_bytes + (batch * 16 * 4 if gates == 4 else 0)
+    assert p["shared_bytes"] <= H200["shared_limit"]
+
+
+@pytest.mark.parametrize("kwargs, why", [
+    (dict(batch=16, hidden=768, elem_bytes=4), "float16 and bfloat16 only"),
+    (dict(batch=16, hidden=40), "multiple of 16"),
+    (dict(batch=0, hidden=64), "multiple of 16"),
+    (dict(batch=16, hidden=1040), "registers"),
+    (dict(batch=16, hidden=1024, sm_count=32), "64 blocks of 16 units, over the device's 32 SMs"),
+    (dict(batch=256, hidden=512), "shared memory"),
+])
+def test_tensor_core_plan_refuses_what_it_cannot_run_and_says_why(kwargs, why):
+    p = tensor_core_plan(**kwargs)
+    assert not p["runs"]
+    assert why in p["reason"]
+
+
+@pytest.mark.parametrize("gates", [3, 4])
+def test_tensor_core_rows_hold_every_gate_of_every_unit_once(gates):
+    maps = _C.tensor_core_maps(gates)
+    rows = maps["tile_rows"]
+    assert sorted(rows) == [(unit, gate) for unit in range(16) for gate in range(gates)]
+    for unit in range(16):
+        for gate in range(gates):
+            assert rows[maps["block_rows"][unit * gates + gate]] == (unit, gate)
+
+
+def test_mma_fragment_maps_cover_each_tile_once():
+    maps = _C.tensor_core_maps(4)
+    # A 16-bit register holds the element named and the next along K.
+    a = sorted((row, col + v) for row, col in maps["a"] for v in (0, 1))
+    b = sorted((row + v, col) for row, col in maps["b"] for v in (0, 1))
+    assert a == [(row, col) for row in range(16) for col in range(16)]
+    assert b == [(row, col) for row in range(16) for col in range(8)]
+    assert sorted(maps["c"]) == [(row, col) for row in range(16) for col in range(8)]
+
+
+@pytest.mark.parametrize("gates, hidden, batch", [(4, 48, 5), (3, 80, 9), (4, 16, 1), (3, 32, 16)])
+def test_tensor_core_indexing_replayed_on_the_cpu_gives_the_hidden_product(gates, hidden, batch):
+    """The kernel's indexing of W_hh, h and the partial sums, replayed with the plan and maps it
+    uses (an mma as a 16 x 16 by 16 x 8 product of the fragments' elements): every (row, unit,
+    gate) sum must come out as h @ W_hh^T."""
+    plan = tensor_core_plan(batch, hidden, gates)
+    maps = _C.tensor_core_maps(gates)
+    w = torch.randn(gates * hidden, hidden, dtype=torch.float64)
+    h = torch.zeros(plan["batch_pad"], hidden, dtype=torch.float64)
+    h[:batch] = torch.randn(batch, hidden, dtype=torch.float64)
+    want = h[:batch] @ w.T
+    for block in range(plan["blocks"]):
+        j0 = 16 * block
+        partial = torch.zeros(K_SPLITS, 16 * gates, plan["batch_pad"], dtype=torch.float64)
+        for warp in range(plan["threads"] // 32):
+            tile, split = warp % gates, warp // gates
+            k_tile0 = split * plan["k_tiles"]
+            for kt in range(min(plan["k_tiles"], hidden // 16 - k_tile0)):
+                k = 16 * (k_tile0 + kt)
+                a = torch.zeros(16, 16, dtype=torch.float64)
+                for row, col in maps["a"]:
+                    unit, gate = maps["tile_rows"][16 * tile + row]
+                    a[row, col:col + 2] = w[gate * hidden + j0 + unit, k + col:k + col + 2]
+                for nt in range(plan["batch_pad"] // 8):
+                    b = torch.zeros(16, 8, dtype=torch.float64)
+                    for row, col in maps["b"]:
+                        b[row:row + 2, col] = h[8 * nt + col, k + row:k + row + 2]
+                    d = a @ b
+                    for row, col in maps["c"]:
+                        partial[split, 16 * tile + row, 8 * nt + col] += d[row, col]
+        for unit in range(16):
+            for gate in range(gates):
+                got = partial[:, maps["block_rows"][unit * gates + gate], :batch].sum(0)
+                torch.testing.assert_close(got, want[:, gate * hidden + j0 + unit])
+
+
 def test_cuda_layer_path_names_the_path_and_checks_mode():
     path = fused_rnn.cuda_layer_path("LSTM", 64, 512)
-    assert path == "persistent" or path.startswith("step-wise: ")
+    assert path.startswith(("persistent (", "step-wise: ")), path
     with pytest.raises(ValueError, match="mode"):
         fused_rnn.cuda_layer_path("RNN", 64, 512)
 
@@ -73,8 +174,48 @@ PERSISTENT_CONFIGS = [c for c in CONFIGS if c[2] == "padded" and not c[1].get("p
 def test_persistent_kernels_match_torch_nn(cfg, dtype, persistent_on):
     kind, kw, mode, steps, given = cfg
     path = fused_rnn.cuda_layer_path(kind.upper(), 4, 6, dtype)
-    assert path == "persistent" or steps < 2, path
+    assert path.startswith("persistent (") or steps < 2, path
     check_against_torch(kind, kw, mode, steps, given, dtype, "cuda")
+
+
+# Hidden sizes for each of the kernel's k-tile bounds, partial K shares (272: the last warp holds 2
+# of 5 k-tiles; 16: three warps of four hold none), batches of one, several and partial n-tiles.
+TENSOR_CORE_SIZES = [
+    Sizes(input_size=5, hidden=16, batch=1),
+    Sizes(input_size=24, hidden=48, batch=9),
+    Sizes(input_size=7, hidden=272, batch=17),
+    Sizes(input_size=64, hidden=768, batch=16),
+]
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("sizes", TENSOR_CORE_SIZES, ids=lambda s: f"H{s.hidden}-B{s.batch}")
+def test_tensor_core_kernel_matches_torch_nn(kind, sizes, dtype, persistent_on):
+    path = fused_rnn.cuda_layer_path(kind.upper(), sizes.batch, sizes.hidden, dtype)
+    assert path == "persistent (tensor cores)", path
+    check_against_torch(kind, dict(num_layers=2, bidirectional=True), "padded", 11, True, dtype,
+                        "cuda", sizes=sizes)
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_tensor_core_kernel_at_the_largest_bound_matches_torch_nn(kind, persistent_on):
+    """H = 1024 (16 k-tiles a warp), B = 64 (eight n-tiles), one direction, given states."""
+    sizes = Sizes(input_size=32, hidden=1024, batch=64)
+    path = fused_rnn.cuda_layer_path(kind.upper(), sizes.batch, sizes.hidden, torch.bfloat16)
+    assert path == "persistent (tensor cores)", path
+    check_against_torch(kind, dict(batch_first=True), "padded", 6, True, torch.bfloat16, "cuda",
+                        sizes=sizes)
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
+def test_float32_and_odd_sizes_take_the_simt_kernel(persistent_on):
+    assert fused_rnn.cuda_layer_path("LSTM", 16, 768, torch.float32).startswith(
+        "persistent (SIMT; no tensor cores: tensor cores take float16 and bfloat16 only")
+    assert fused_rnn.cuda_layer_path("GRU", 4, 6, torch.bfloat16).startswith(
+        "persistent (SIMT; no tensor cores: the hidden size is not a positive multiple of 16")
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")

@@ -12,6 +12,7 @@
 #include "../cell_math.h"
 #include "../cell_ops.h"
 #include "cuda_tables.h"
+#include "kernel_helpers.cuh"
 #include "persistent_layer.h"
 
 #include <ATen/Context.h>
@@ -32,6 +33,9 @@
 
 namespace fused_rnn {
 namespace {
+
+using cuda::data_or_null;
+using cuda::new_state_grad;
 
 constexpr int kTileUnits = 32;  // threadIdx.x: one hidden unit per lane of a warp
 constexpr int kTileBatch = 8;   // threadIdx.y: one batch row per warp
@@ -197,15 +201,6 @@ unsigned pointwise_blocks(int64_t units) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min(wanted, cap)));
 }
 
-template <typename scalar_t>
-const scalar_t* data_or_null(const OptionalTensor& t) {
-  return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
-}
-template <typename scalar_t>
-const scalar_t* data_or_null(const Tensor& t) {
-  return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
-}
-
 // The step's tensors as the kernels take them: the states and biases (cx, cy, the LSTM's;
 // undefined for the GRU), the saved values, zoneout's weights (where defined); the products'
 // operands are the caller's to fill. Every tensor is contiguous.
@@ -366,15 +361,6 @@ std::tuple<Tensor, Tensor> gru_cell_cuda(const Tensor& input, const Tensor& hx,
 // Backward pointwise passes: one thread per unit (b, j), grid-stride. The previous state's
 // gradient may be written over the incoming one (each thread reads its entry first), so those
 // pointers are not __restrict__.
-
-// Zoneout (GateGradTensors): the new states' shares of the carried states' gradients (all of
-// them without, weights null).
-template <typename acc_t, typename scalar_t>
-__device__ ZoneoutGrad<acc_t> new_state_grad(const scalar_t* grad, const scalar_t* weights,
-                                             int64_t u) {
-  return weights ? zoneout_backward(acc_t(grad[u]), acc_t(weights[u]))
-                 : ZoneoutGrad<acc_t>{acc_t(grad[u]), acc_t(0)};
-}
 
 // With zoneout, c_new holds the carried state and c' is rebuilt from the gates; grad_h_direct
 // (which may be grad_h) receives the part of grad_h that goes straight to the state before.

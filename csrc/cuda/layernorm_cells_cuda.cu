@@ -8,6 +8,7 @@
 // tests/test_layernorm_cells.py and test_layernorm_sequence.py check it where a GPU is.
 #include "../layernorm_cell_ops.h"
 #include "cuda_tables.h"
+#include "kernel_helpers.cuh"
 
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -20,6 +21,9 @@
 
 namespace fused_rnn {
 namespace {
+
+using cuda::data_or_null;
+using cuda::new_state_grad;
 
 constexpr int kRowThreads = 256;
 constexpr int kWarps = kRowThreads / 32;
@@ -67,11 +71,6 @@ __device__ void block_layer_norm_backward(int64_t n, const acc_t* d, const acc_t
     grad_raw[k] =
         layer_norm_input_grad(d[k] * acc_t(weight[k]), x_hat[k], rstd, mean, mean_x_hat);
   }
-}
-
-template <typename T>
-const T* data_or_null(const OptionalTensor& t) {
-  return t.has_value() ? t->data_ptr<T>() : nullptr;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -165,14 +164,6 @@ struct LstmBackwardParams {
   const scalar_t *zoneout_h = nullptr, *zoneout_c = nullptr;
   scalar_t* grad_h_direct = nullptr;
 };
-
-// The new states' shares of the carried states' gradients (zoneout; all of them without).
-template <typename acc_t, typename scalar_t>
-__device__ ZoneoutGrad<acc_t> new_state_grad(const scalar_t* grad, const scalar_t* weights,
-                                             int64_t u) {
-  return weights ? zoneout_backward(acc_t(grad[u]), acc_t(weights[u]))
-                 : ZoneoutGrad<acc_t>{acc_t(grad[u]), acc_t(0)};
-}
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kRowThreads)

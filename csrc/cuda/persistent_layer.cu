@@ -1,22 +1,23 @@
-// Persistent whole-sequence forward kernels for the LSTM and GRU layers (see persistent_plan.h).
+// Persistent whole-sequence forward kernels for the LSTM and GRU layers (see persistent_plan.h):
+// the choice between them, and the SIMT kernel.
 //
-// One cooperative launch runs every step. Block k owns hidden units [k*U, (k+1)*U): it loads the
-// G gate rows of W_hh for them into shared memory once, then per step stages the previous h of the
-// whole batch in shared memory, computes its units' hidden-side products (one warp per (row,
-// unit) pair, the lanes splitting the reduction), finishes them with the gate math of
-// cell_math.h, writes h, the saved activations and (LSTM) c, and meets the other blocks at a
-// grid-wide barrier before the next step reads the new h. The LSTM's cell state of its units stays
-// in shared memory across steps. The results, saved tensors included, are those of the step-wise
-// path, so the backward is unchanged.
+// One cooperative launch runs every step. float16 and bfloat16 at hidden sizes that are multiples
+// of 16 take the tensor-core kernel (persistent_tensor_core.cuh: W_hh in registers as mma.sync
+// fragments). Everything else that fits takes the SIMT kernel here: block k owns hidden units
+// [k*U, (k+1)*U): it loads the G gate rows of W_hh for them into shared memory once, then per step
+// stages the previous h of the whole batch in shared memory, computes its units' hidden-side
+// products (one warp per (row, unit) pair, the lanes splitting the reduction), finishes them with
+// the cell's step (persistent_cells.cuh), and meets the other blocks at a grid-wide barrier before
+// the next step reads the new h. The LSTM's cell state of its units stays in shared memory.
 //
-// Off by default: measured once on an H200 (fast at batch 1, slow from batch 16: W_hh is re-read
-// from shared memory per batch row; benchmarks/NOTES.md entry 15). Next versions: tensor cores
-// (mma.sync) for the product, W_hh in registers reused across rows, a flag barrier instead of
-// grid.sync().
-#include "../cell_math.h"
+// Off by default: the SIMT kernel was measured once on an H200 (fast at batch 1, slow from batch
+// 16: W_hh is re-read from shared memory per batch row; benchmarks/NOTES.md entry 15); the
+// tensor-core kernel is not yet measured (entry 55).
 #include "../cell_ops.h"
 #include "../persistent_plan.h"
+#include "persistent_cells.cuh"
 #include "persistent_layer.h"
+#include "persistent_tensor_core.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -33,70 +34,6 @@ std::atomic<bool> g_persistent_enabled{false};
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-
-// Every tensor is contiguous; t indexes steps in sequence order (the reverse direction walks them
-// backwards, its "previous" step being t + 1).
-template <typename scalar_t>
-struct SequenceParams {
-  scalar_t* xproj;              // [T*B, G*H] input projection; the LSTM writes its gates here
-  const scalar_t* h0;           // [B, H]
-  const scalar_t* c0;           // [B, H] (LSTM)
-  const scalar_t* w_hh;         // [G*H, H]
-  const scalar_t* b_hh;         // [G*H] or null (GRU)
-  scalar_t* output;             // [T*B, H]
-  scalar_t* cell_states;        // [T*B, H] (LSTM)
-  scalar_t* workspace;          // [T*B, 4H] (GRU), or [B, 4H] reused by every step
-  bool workspace_per_step;
-  int64_t steps, batch, hidden, units;
-  bool reverse;
-};
-
-struct LstmSequence {
-  static constexpr int kGates = kLstmGates;
-  static constexpr bool kCarriesCell = true;
-  // The LSTM update of unit j of row b at step t; c is that unit's cell state, carried on chip.
-  template <typename scalar_t, typename acc_t>
-  __device__ static void finish(const SequenceParams<scalar_t>& p, int64_t t, int64_t b,
-                                int64_t j, const acc_t (&hidden_side)[kGates],
-                                const acc_t* /*h_prev*/, acc_t& c) {
-    const int64_t H = p.hidden, row = t * p.batch + b;
-    scalar_t* gates = p.xproj + row * kGates * H;
-    acc_t a[kGates];
-#pragma unroll
-    for (int g = 0; g < kGates; ++g) a[g] = static_cast<acc_t>(gates[g * H + j]) + hidden_side[g];
-    const auto s = lstm_step_forward<acc_t>(a[0], a[1], a[2], a[3], c);
-    // The activations go over the input side, whose row this unit has read.
-    store_lstm_saved(s, [&](int64_t k, acc_t v) { gates[k * H + j] = static_cast<scalar_t>(v); });
-    // Carry c as the step-wise path does: rounded to the dtype between steps.
-    const scalar_t c_new = static_cast<scalar_t>(s.c_new);
-    c = static_cast<acc_t>(c_new);
-    p.cell_states[row * H + j] = c_new;
-    p.output[row * H + j] = static_cast<scalar_t>(s.h_new);
-  }
-};
-
-struct GruSequence {
-  static constexpr int kGates = kGruGates;
-  static constexpr bool kCarriesCell = false;
-  template <typename scalar_t, typename acc_t>
-  __device__ static void finish(const SequenceParams<scalar_t>& p, int64_t t, int64_t b,
-                                int64_t j, const acc_t (&hidden_side)[kGates],
-                                const acc_t* h_prev, acc_t& /*c*/) {
-    const int64_t H = p.hidden, row = t * p.batch + b;
-    const scalar_t* x = p.xproj + row * kGates * H;
-    acc_t gh[kGates];
-#pragma unroll
-    for (int g = 0; g < kGates; ++g) {
-      gh[g] = hidden_side[g] + (p.b_hh ? static_cast<acc_t>(p.b_hh[g * H + j]) : acc_t(0));
-    }
-    const auto s = gru_step_forward<acc_t>(
-        static_cast<acc_t>(x[j]), static_cast<acc_t>(x[H + j]), static_cast<acc_t>(x[2 * H + j]),
-        gh[0], gh[1], gh[2], h_prev[b * H + j]);
-    scalar_t* ws = p.workspace + (p.workspace_per_step ? row : b) * kGruSaved * H;
-    store_gru_saved(s, [&](int64_t k, acc_t v) { ws[k * H + j] = static_cast<scalar_t>(v); });
-    p.output[row * H + j] = static_cast<scalar_t>(s.h_new);
-  }
-};
 
 template <typename Cell, typename scalar_t>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -153,10 +90,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       if (lane == 0) {
         if constexpr (Cell::kCarriesCell) {
-          Cell::finish(p, t, b, j0 + u, acc, s_h, s_c[b * U + u]);
+          Cell::finish(p, t, b, j0 + u, acc, s_h[b * H + j0 + u], s_c[b * U + u]);
         } else {
           acc_t no_cell = acc_t(0);
-          Cell::finish(p, t, b, j0 + u, acc, s_h, no_cell);
+          Cell::finish(p, t, b, j0 + u, acc, s_h[b * H + j0 + u], no_cell);
         }
       }
     }
@@ -177,6 +114,52 @@ PersistentPlan plan_for(int64_t gates, int64_t batch, int64_t hidden, int64_t el
                                static_cast<int64_t>(prop->sharedMemPerBlockOptin));
 }
 
+TensorCorePlan tensor_core_plan_for(int64_t gates, int64_t batch, int64_t hidden,
+                                    int64_t elem_bytes, int64_t device) {
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device);
+  if (!prop->cooperativeLaunch) {
+    return {false, "the device has no cooperative launch", 0, 0, 0, 0, 0, 0, 0, 0};
+  }
+  if (prop->major < 8) {
+    return {false, "mma.sync of 16-bit types needs sm_80 or later", 0, 0, 0, 0, 0, 0, 0, 0};
+  }
+  return plan_tensor_core_layer(batch, hidden, gates, elem_bytes, prop->multiProcessorCount,
+                                static_cast<int64_t>(prop->sharedMemPerBlockOptin));
+}
+
+template <typename scalar_t>
+SequenceParams<scalar_t> sequence_params(const at::Tensor& xproj, const at::Tensor& h0,
+                                         const at::Tensor& c0, const at::Tensor& w_hh,
+                                         const std::optional<at::Tensor>& b_hh,
+                                         const at::Tensor& output, const at::Tensor& cell_states,
+                                         const at::Tensor& workspace, int64_t steps,
+                                         int64_t units, bool reverse) {
+  return {xproj.data_ptr<scalar_t>(),
+          h0.data_ptr<scalar_t>(),
+          c0.defined() ? c0.data_ptr<scalar_t>() : nullptr,
+          w_hh.data_ptr<scalar_t>(),
+          b_hh.has_value() ? b_hh->data_ptr<scalar_t>() : nullptr,
+          output.data_ptr<scalar_t>(),
+          cell_states.defined() ? cell_states.data_ptr<scalar_t>() : nullptr,
+          workspace.defined() ? workspace.data_ptr<scalar_t>() : nullptr,
+          workspace.defined() && workspace.size(0) == xproj.size(0),
+          steps,
+          h0.size(0),
+          h0.size(1),
+          units,
+          reverse};
+}
+
+// The tensor-core kernel reads h 16 bytes and W_hh 4 bytes at a time: tensors that are views at
+// odd offsets take the SIMT kernel.
+bool aligned_for_tensor_cores(const at::Tensor& h0, const at::Tensor& output,
+                              const at::Tensor& w_hh) {
+  const auto address = [](const at::Tensor& t) {
+    return reinterpret_cast<uintptr_t>(t.data_ptr());
+  };
+  return address(h0) % 16 == 0 && address(output) % 16 == 0 && address(w_hh) % 4 == 0;
+}
+
 template <typename Cell>
 bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Tensor& c0,
                      const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hh,
@@ -187,25 +170,28 @@ bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Te
   const int64_t steps = B == 0 ? 0 : xproj.size(0) / B;
   if (steps < 2) return false;
   const bool is_double = xproj.scalar_type() == at::kDouble;
-  const PersistentPlan plan = plan_for(Cell::kGates, B, H, xproj.element_size(),
-                                       is_double ? 8 : 4, xproj.get_device());
-  if (!plan.runs) return false;
+  const int64_t device = xproj.get_device();
+  const PersistentPlan plan =
+      plan_for(Cell::kGates, B, H, xproj.element_size(), is_double ? 8 : 4, device);
+  const TensorCorePlan tensor_core_plan =
+      tensor_core_plan_for(Cell::kGates, B, H, xproj.element_size(), device);
+  const bool tensor_cores = tensor_core_plan.runs && aligned_for_tensor_cores(h0, output, w_hh);
+  if (!plan.runs && !tensor_cores) return false;
   const c10::cuda::CUDAGuard guard(xproj.device());
   FUSED_RNN_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "persistent_layer", [&] {
-    SequenceParams<scalar_t> p{xproj.data_ptr<scalar_t>(),
-                               h0.data_ptr<scalar_t>(),
-                               c0.defined() ? c0.data_ptr<scalar_t>() : nullptr,
-                               w_hh.data_ptr<scalar_t>(),
-                               b_hh.has_value() ? b_hh->data_ptr<scalar_t>() : nullptr,
-                               output.data_ptr<scalar_t>(),
-                               cell_states.defined() ? cell_states.data_ptr<scalar_t>() : nullptr,
-                               workspace.defined() ? workspace.data_ptr<scalar_t>() : nullptr,
-                               workspace.defined() && workspace.size(0) == xproj.size(0),
-                               steps, B, H, plan.units, reverse};
+    const SequenceParams<scalar_t> p = sequence_params<scalar_t>(
+        xproj, h0, c0, w_hh, b_hh, output, cell_states, workspace, steps, plan.units, reverse);
+    if constexpr (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) {
+      if (tensor_cores) {
+        launch_tensor_core_layer<Cell, scalar_t>(p, tensor_core_plan);
+        return;
+      }
+    }
     auto* kernel = &persistent_layer_kernel<Cell, scalar_t>;
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(plan.shared_bytes)));
-    void* args[] = {&p};
+    SequenceParams<scalar_t> params = p;
+    void* args[] = {&params};
     C10_CUDA_CHECK(cudaLaunchCooperativeKernel(
         reinterpret_cast<const void*>(kernel), dim3(plan.blocks), dim3(kThreads), args,
         plan.shared_bytes, at::cuda::getCurrentCUDAStream()));
@@ -221,8 +207,12 @@ bool persistent_enabled() { return g_persistent_enabled; }
 std::string layer_path(int64_t gates, int64_t batch, int64_t hidden, int64_t elem_bytes,
                        int64_t acc_bytes, int64_t device) {
   if (!persistent_enabled()) return "step-wise: persistent kernels are off";
+  const TensorCorePlan tensor_core_plan =
+      tensor_core_plan_for(gates, batch, hidden, elem_bytes, device);
   const PersistentPlan plan = plan_for(gates, batch, hidden, elem_bytes, acc_bytes, device);
-  return plan.runs ? "persistent" : "step-wise: " + plan.reason;
+  if (tensor_core_plan.runs) return "persistent (tensor cores)";
+  if (plan.runs) return "persistent (SIMT; no tensor cores: " + tensor_core_plan.reason + ")";
+  return "step-wise: " + plan.reason;
 }
 
 // (Episode starts, zoneout: the step-wise loop restarts the rows and zones out.)

@@ -1,0 +1,78 @@
+// What the persistent kernels (persistent_layer.cu: SIMT; persistent_tensor_core.cuh: tensor
+// cores) share: the sequence's tensors as pointers, and how a step of each cell finishes one
+// (row, unit) pair from its hidden-side sums with the gate math of cell_math.h. The results, saved
+// tensors included, are those of the step-wise path, so the backward is unchanged.
+#pragma once
+
+#include "../cell_math.h"
+
+#include <cstdint>
+
+namespace fused_rnn::cuda {
+
+// Every tensor is contiguous; t indexes steps in sequence order (the reverse direction walks them
+// backwards, its "previous" step being t + 1).
+template <typename scalar_t>
+struct SequenceParams {
+  scalar_t* xproj;              // [T*B, G*H] input projection; the LSTM writes its gates here
+  const scalar_t* h0;           // [B, H]
+  const scalar_t* c0;           // [B, H] (LSTM)
+  const scalar_t* w_hh;         // [G*H, H]
+  const scalar_t* b_hh;         // [G*H] or null (GRU)
+  scalar_t* output;             // [T*B, H]
+  scalar_t* cell_states;        // [T*B, H] (LSTM)
+  scalar_t* workspace;          // [T*B, 4H] (GRU), or [B, 4H] reused by every step
+  bool workspace_per_step;
+  int64_t steps, batch, hidden, units;
+  bool reverse;
+};
+
+struct LstmSequence {
+  static constexpr int kGates = kLstmGates;
+  static constexpr bool kCarriesCell = true;
+  // The LSTM update of unit j of row b at step t, whose previous h is h_prev; c is that unit's
+  // cell state, carried on chip.
+  template <typename scalar_t, typename acc_t>
+  __device__ static void finish(const SequenceParams<scalar_t>& p, int64_t t, int64_t b,
+                                int64_t j, const acc_t (&hidden_side)[kGates],
+                                acc_t /*h_prev*/, acc_t& c) {
+    const int64_t H = p.hidden, row = t * p.batch + b;
+    scalar_t* gates = p.xproj + row * kGates * H;
+    acc_t a[kGates];
+#pragma unroll
+    for (int g = 0; g < kGates; ++g) a[g] = static_cast<acc_t>(gates[g * H + j]) + hidden_side[g];
+    const auto s = lstm_step_forward<acc_t>(a[0], a[1], a[2], a[3], c);
+    // The activations go over the input side, whose row this unit has read.
+    store_lstm_saved(s, [&](int64_t k, acc_t v) { gates[k * H + j] = static_cast<scalar_t>(v); });
+    // Carry c as the step-wise path does: rounded to the dtype between steps.
+    const scalar_t c_new = static_cast<scalar_t>(s.c_new);
+    c = static_cast<acc_t>(c_new);
+    p.cell_states[row * H + j] = c_new;
+    p.output[row * H + j] = static_cast<scalar_t>(s.h_new);
+  }
+};
+
+struct GruSequence {
+  static constexpr int kGates = kGruGates;
+  static constexpr bool kCarriesCell = false;
+  template <typename scalar_t, typename acc_t>
+  __device__ static void finish(const SequenceParams<scalar_t>& p, int64_t t, int64_t b,
+                                int64_t j, const acc_t (&hidden_side)[kGates],
+                                acc_t h_prev, acc_t& /*c*/) {
+    const int64_t H = p.hidden, row = t * p.batch + b;
+    const scalar_t* x = p.xproj + row * kGates * H;
+    acc_t gh[kGates];
+#pragma unroll
+    for (int g = 0; g < kGates; ++g) {
+      gh[g] = hidden_side[g] + (p.b_hh ? static_cast<acc_t>(p.b_hh[g * H + j]) : acc_t(0));
+    }
+    const auto s = gru_step_forward<acc_t>(
+        static_cast<acc_t>(x[j]), static_cast<acc_t>(x[H + j]), static_cast<acc_t>(x[2 * H + j]),
+        gh[0], gh[1], gh[2], h_prev);
+    scalar_t* ws = p.workspace + (p.workspace_per_step ? row : b) * kGruSaved * H;
+    store_gru_saved(s, [&](int64_t k, acc_t v) { ws[k * H + j] = static_cast<scalar_t>(v); });
+    p.output[row * H + j] = static_cast<scalar_t>(s.h_new);
+  }
+};
+
+}  // namespace fused_rnn::cuda

@@ -1,0 +1,214 @@
+// The tensor-core persistent forward of the LSTM and GRU layers: one cooperative launch runs every
+// step, each block keeping its share of W_hh in registers as mma.sync A fragments for the whole
+// sequence (tiling and shared-memory layout: plan_tensor_core_layer, persistent_plan.h).
+//
+// Per step a block (i) stages the previous h of the whole batch from L2 into shared memory,
+// (ii) has each warp multiply its tile of gate rows by its K share of h on tensor cores (float
+// accumulation), n-tile by n-tile, writing the partial sums to shared memory, (iii) sums the K
+// shares of each (unit, batch row) pair and finishes it with the cell's gate math
+// (persistent_cells.cuh), and (iv) meets the other blocks at a grid-wide barrier before the next
+// step reads the h it wrote. The LSTM's cell states of its units stay in shared memory.
+// Included by one instantiation file per dtype; persistent_layer.cu chooses and calls it.
+#pragma once
+
+#include "../mma_fragments.h"
+#include "persistent_tensor_core.h"
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <cooperative_groups.h>
+
+namespace fused_rnn::cuda {
+
+// D += A B for one m16n8k16 tile, float accumulation (sm_80 and later; the plan requires it).
+template <typename scalar_t>
+__device__ __forceinline__ void mma_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                            uint32_t b1);
+
+template <>
+__device__ __forceinline__ void mma_16x8x16<c10::BFloat16>(float (&d)[4], const uint32_t (&a)[4],
+                                                           uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  __trap();
+#endif
+}
+
+template <>
+__device__ __forceinline__ void mma_16x8x16<c10::Half>(float (&d)[4], const uint32_t (&a)[4],
+                                                       uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  __trap();
+#endif
+}
+
+// Two consecutive 16-bit elements (4-byte aligned: even offsets of 4-byte aligned rows).
+template <typename scalar_t>
+__device__ __forceinline__ uint32_t pair_at(const scalar_t* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+
+// The plan's sizes the kernel reads at run time.
+struct TensorCoreTiling {
+  int k_tiles, batch_pad, h_pitch, part_pitch;
+};
+
+template <typename Cell, typename scalar_t, int kKTileBound>
+__global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
+    tensor_core_layer_kernel(const SequenceParams<scalar_t> p, const TensorCoreTiling tiling) {
+  constexpr int G = Cell::kGates, kSplits = kTensorCoreKSplits, kUnits = kTensorCoreUnits;
+  constexpr int kThreads = 32 * G * kSplits;
+  extern __shared__ __align__(16) unsigned char shared[];
+  const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch);
+  const int pitch = tiling.h_pitch, part_pitch = tiling.part_pitch;
+  const int n_tiles = tiling.batch_pad / 8;
+  scalar_t* s_h = reinterpret_cast<scalar_t*>(shared);            // [batch_pad][pitch]
+  float* s_part = reinterpret_cast<float*>(s_h + tiling.batch_pad * pitch);
+  float* s_c = s_part + kSplits * G * kUnits * part_pitch;        // [B][kUnits] (LSTM)
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int tile = warp % G, split = warp / G;
+  const int j0 = blockIdx.x * kUnits;
+  const int k_tile0 = split * tiling.k_tiles;
+  const int k_tile_count = min(tiling.k_tiles, H / 16 - k_tile0);  // <= 0: this warp adds zeros
+
+  // This warp's tile of W_hh over its K share, for every step.
+  uint32_t a[kKTileBound][4];
+#pragma unroll
+  for (int kt = 0; kt < kKTileBound; ++kt) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const TileRow row = tensor_core_tile_row(G, tile, mma::a_row(lane, r));
+      const int64_t w_row = static_cast<int64_t>(row.gate) * H + j0 + row.unit;
+      a[kt][r] = kt < k_tile_count
+                     ? pair_at(p.w_hh + w_row * H + 16 * (k_tile0 + kt) + mma::a_col(lane, r))
+                     : 0u;
+    }
+  }
+  // The padding rows of h stay zero; their columns of the products are never read.
+  for (int e = B * pitch + tid; e < tiling.batch_pad * pitch; e += kThreads) {
+    s_h[e] = scalar_t(0.0f);
+  }
+  if constexpr (Cell::kCarriesCell) {
+    for (int e = tid; e < B * kUnits; e += kThreads) {
+      s_c[e] = static_cast<float>(p.c0[(e / kUnits) * H + j0 + e % kUnits]);
+    }
+  }
+
+  cooperative_groups::grid_group grid = cooperative_groups::this_grid();
+  for (int64_t i = 0; i < p.steps; ++i) {
+    const int64_t t = p.reverse ? p.steps - 1 - i : i;
+    const scalar_t* h_prev = i == 0 ? p.h0 : p.output + (p.reverse ? t + 1 : t - 1) * B * H;
+    // (i) h, 8 elements (16 bytes) at a time, through L2: other SMs wrote it.
+    for (int e = tid; e < B * H / 8; e += kThreads) {
+      const int b = e / (H / 8), k = 8 * (e % (H / 8));
+      *reinterpret_cast<uint4*>(s_h + b * pitch + k) =
+          __ldcg(reinterpret_cast<const uint4*>(h_prev + static_cast<int64_t>(b) * H + k));
+    }
+    __syncthreads();
+
+    // (ii) Two n-tiles at a time: two independent accumulator chains.
+    for (int nt0 = 0; nt0 < n_tiles; nt0 += 2) {
+      const bool second = nt0 + 1 < n_tiles;
+      float acc[2][4] = {};
+#pragma unroll
+      for (int kt = 0; kt < kKTileBound; ++kt) {
+        if (kt < k_tile_count) {
+          const int k = 16 * (k_tile0 + kt);
+#pragma unroll
+          for (int n = 0; n < 2; ++n) {
+            if (n == 0 || second) {
+              const scalar_t* column = s_h + (8 * (nt0 + n) + mma::b_col(lane)) * pitch + k;
+              mma_16x8x16<scalar_t>(acc[n], a[kt], pair_at(column + mma::b_row(lane, 0)),
+                                    pair_at(column + mma::b_row(lane, 1)));
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+        if (n == 0 || second) {
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            const int row = (split * G + tile) * 16 + mma::c_row(lane, c);
+            s_part[row * part_pitch + 8 * (nt0 + n) + mma::c_col(lane, c)] = acc[n][c];
+          }
+        }
+      }
+    }
+    __syncthreads();
+
+    // (iii) Consecutive threads take consecutive units of a row: the stores of h, c and the
+    // saved activations coalesce.
+    for (int e = tid; e < B * kUnits; e += kThreads) {
+      const int b = e / kUnits, u = e % kUnits;
+      float hidden_side[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const int row = tensor_core_block_row(G, u, g);
+        float sum = 0.0f;
+#pragma unroll
+        for (int s = 0; s < kSplits; ++s) sum += s_part[(s * G * 16 + row) * part_pitch + b];
+        hidden_side[g] = sum;
+      }
+      const float h_prev_value = static_cast<float>(s_h[b * pitch + j0 + u]);
+      if constexpr (Cell::kCarriesCell) {
+        Cell::finish(p, t, b, j0 + u, hidden_side, h_prev_value, s_c[e]);
+      } else {
+        float no_cell = 0.0f;
+        Cell::finish(p, t, b, j0 + u, hidden_side, h_prev_value, no_cell);
+      }
+    }
+    // (iv) Every block's h of this step is written and visible before any block stages it; the
+    // barrier also keeps s_h and s_part until this block's threads are done with them.
+    grid.sync();
+  }
+}
+
+template <typename Cell, typename scalar_t, int kKTileBound>
+void launch_bounded(const SequenceParams<scalar_t>& p, const TensorCorePlan& plan) {
+  auto* kernel = &tensor_core_layer_kernel<Cell, scalar_t, kKTileBound>;
+  const int shared_bytes = static_cast<int>(plan.shared_bytes);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      shared_bytes));
+  int blocks_per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &blocks_per_sm, kernel, static_cast<int>(plan.threads), shared_bytes));
+  TORCH_CHECK(blocks_per_sm >= 1, "fused_rnn: the tensor-core persistent kernel (", plan.threads,
+              " threads, ", shared_bytes, " bytes of shared memory) does not fit on an SM");
+  SequenceParams<scalar_t> params = p;
+  TensorCoreTiling tiling{static_cast<int>(plan.k_tiles), static_cast<int>(plan.batch_pad),
+                          static_cast<int>(plan.h_pitch), static_cast<int>(plan.part_pitch)};
+  void* args[] = {&params, &tiling};
+  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(
+      reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(plan.blocks)),
+      dim3(static_cast<unsigned>(plan.threads)), args, plan.shared_bytes,
+      at::cuda::getCurrentCUDAStream()));
+}
+
+template <typename Cell, typename scalar_t>
+void launch_tensor_core_layer(const SequenceParams<scalar_t>& p, const TensorCorePlan& plan) {
+  static_assert(kTensorCoreMaxKTiles == 16, "one case per bound below");
+  switch (plan.k_tile_bound) {
+    case 4: return launch_bounded<Cell, scalar_t, 4>(p, plan);
+    case 8: return launch_bounded<Cell, scalar_t, 8>(p, plan);
+    case 12: return launch_bounded<Cell, scalar_t, 12>(p, plan);
+    case 16: return launch_bounded<Cell, scalar_t, 16>(p, plan);
+    default:
+      TORCH_CHECK(false, "fused_rnn: no tensor-core kernel for ", plan.k_tile_bound, " k-tiles");
+  }
+}
+
+}  // namespace fused_rnn::cuda

@@ -1,0 +1,16 @@
+// The tensor-core persistent forward (persistent_tensor_core.cuh), as persistent_layer.cu calls it:
+// built once per dtype (persistent_tensor_core_half.cu, persistent_tensor_core_bfloat16.cu).
+#pragma once
+
+#include "../persistent_plan.h"
+#include "persistent_cells.cuh"
+
+namespace fused_rnn::cuda {
+
+// Runs the whole forward time loop of one layer in one cooperative launch on the current stream,
+// tiled as `plan` says (plan.runs). Cell: LstmSequence or GruSequence; scalar_t: c10::Half or
+// c10::BFloat16.
+template <typename Cell, typename scalar_t>
+void launch_tensor_core_layer(const SequenceParams<scalar_t>& p, const TensorCorePlan& plan);
+
+}  // namespace fused_rnn::cuda

@@ -1,0 +1,23 @@
+// Where the values of mma.sync.m16n8k16's operands sit (row.col, 16-bit inputs, float
+// accumulators; PTX ISA, "Matrix fragments for mma.m16n8k16"): for lane = 4 * group + quad, which
+// element of the tile register r (or accumulator i) of that lane holds. A 16-bit register holds
+// two elements: the one named and the next along K (A: next column; B: next row).
+// Pure functions, so the CPU tests check that they cover each tile exactly once; the tensor-core
+// kernels and benchmarks/gpu_micro/recurrent_step.cu index their fragments with them.
+#pragma once
+
+#include "cell_math.h"  // FUSED_RNN_HD
+
+namespace fused_rnn::mma {
+
+// A: 16 x 16 (M x K), row-major; 4 registers.
+FUSED_RNN_HD int a_row(int lane, int r) { return lane / 4 + 8 * (r & 1); }
+FUSED_RNN_HD int a_col(int lane, int r) { return 2 * (lane % 4) + 8 * (r >> 1); }
+// B: 16 x 8 (K x N); 2 registers; the lane's column (N) is its group.
+FUSED_RNN_HD int b_row(int lane, int r) { return 2 * (lane % 4) + 8 * r; }
+FUSED_RNN_HD int b_col(int lane) { return lane / 4; }
+// C and D: 16 x 8 (M x N) floats; 4 accumulators.
+FUSED_RNN_HD int c_row(int lane, int i) { return lane / 4 + 8 * (i >> 1); }
+FUSED_RNN_HD int c_col(int lane, int i) { return 2 * (lane % 4) + (i & 1); }
+
+}  // namespace fused_rnn::mma
