@@ -157,13 +157,13 @@ def build_fused_rnn(case):
     return _module_runner(case, module)
 
 
-def build_fused_rnn_persistent(case):
+def build_fused_rnn_persistent(case, barrier="flags"):
     """fused_rnn's layer with the persistent whole-sequence CUDA forward switched on for its runs
-    (the backward is the step-wise one either way)."""
+    (the backward is the step-wise one either way); barrier: the tensor-core kernel's."""
     run = build_fused_rnn(case)
 
     def run_persistent(x, states):
-        fused_rnn.use_persistent_kernels(True)
+        fused_rnn.use_persistent_kernels(True, barrier=barrier)
         try:
             return run(x, states)
         finally:
@@ -241,6 +241,11 @@ IMPLEMENTATIONS = {
     "fused_rnn": (build_fused_rnn, lambda case: True),
     "fused persistent": (build_fused_rnn_persistent,
                          lambda case: case.op == "layer" and case.device == "cuda" and _plain(case)),
+    # The tensor-core kernel's other barrier (float16, bfloat16), measured beside the default.
+    "fused persistent grid.sync": (
+        lambda case: build_fused_rnn_persistent(case, barrier="grid"),
+        lambda case: case.op == "layer" and case.device == "cuda" and _plain(case)
+        and case.dtype in (torch.float16, torch.bfloat16)),
     "torch.nn": (build_torch_nn, lambda case: True),
     "nn cell loop": (build_nn_cell_loop,
                      lambda case: case.op == "layer" and _python_loop_dtype(case) and _plain(case)),

@@ -145,6 +145,16 @@ PYBIND11_MODULE(_C, m) {
       },
       "Switches the persistent CUDA layer kernels on or off (off by default).");
   m.def(
+      "set_persistent_barrier",
+      [](const std::string& barrier) {
+#ifdef FUSED_RNN_WITH_CUDA
+        fused_rnn::cuda::set_persistent_barrier(barrier);
+#else
+        (void)barrier;
+#endif
+      },
+      "How the tensor-core persistent kernel waits for each step: \"flags\" or \"grid\".");
+  m.def(
       "cpu_layer_path",
       [](int64_t gates, int64_t steps, int64_t batch, int64_t input, int64_t hidden, int64_t proj,
          int64_t elem_bytes, bool keep_saved) {

@@ -50,15 +50,23 @@ def empty_cpu_cache() -> None:
 _GATES = {"LSTM": 4, "GRU": 3}
 
 
-def use_persistent_kernels(enabled: bool = True) -> None:
+def use_persistent_kernels(enabled: bool = True, barrier: str = "flags") -> None:
     """Switches the persistent whole-sequence CUDA layer kernels on or off.
 
-    Off by default: on an H200 they beat cuDNN's forward 3-4x at batch 1 but lose from batch 16
-    up (benchmarks/NOTES.md entry 15), and cuda_layer_path does not yet choose by that. Where on, a
-    CUDA LSTM or GRU layer whose shape suits them (cuda_layer_path) runs its forward time loop
-    in one launch; everything else, the backward included, is unchanged.
+    Off by default: on an H200 the SIMT kernel beats cuDNN's forward 3-4x at batch 1 but loses
+    from batch 16 up (benchmarks/NOTES.md entry 15); the tensor-core kernel (float16, bfloat16) is
+    not yet measured (entry 55). Where on, a CUDA LSTM or GRU layer whose shape suits them
+    (cuda_layer_path) runs its forward time loop in one launch; everything else, the backward
+    included, is unchanged.
+
+    barrier: how the tensor-core kernel's blocks wait for each step's h: "flags" (each group of
+    warps for the blocks whose h it reads) or "grid" (grid.sync(): every block for the slowest).
     """
+    if barrier not in ("flags", "grid"):
+        raise ValueError("use_persistent_kernels: expected barrier 'flags' or 'grid', got "
+                         f"{barrier!r}")
     _C.set_persistent_kernels(bool(enabled))
+    _C.set_persistent_barrier(barrier)
 
 
 def cpu_layer_path(mode: str, steps: int, batch: int, input_size: int, hidden_size: int,

@@ -157,6 +157,11 @@ def test_cuda_layer_path_names_the_path_and_checks_mode():
         fused_rnn.cuda_layer_path("RNN", 64, 512)
 
 
+def test_persistent_barrier_is_checked():
+    with pytest.raises(ValueError, match="barrier 'flags' or 'grid', got 'spin'"):
+        fused_rnn.use_persistent_kernels(False, barrier="spin")
+
+
 @pytest.fixture
 def persistent_on(request):
     fused_rnn.use_persistent_kernels(True)
@@ -191,8 +196,11 @@ TENSOR_CORE_SIZES = [
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-@pytest.mark.parametrize("sizes", TENSOR_CORE_SIZES, ids=lambda s: f"H{s.hidden}-B{s.batch}")
-def test_tensor_core_kernel_matches_torch_nn(kind, sizes, dtype, persistent_on):
+@pytest.mark.parametrize("sizes, barrier", [(s, "flags") for s in TENSOR_CORE_SIZES] + [
+    (TENSOR_CORE_SIZES[2], "grid")], ids=lambda v: f"H{v.hidden}-B{v.batch}" if isinstance(
+        v, Sizes) else v)
+def test_tensor_core_kernel_matches_torch_nn(kind, sizes, barrier, dtype, persistent_on):
+    fused_rnn.use_persistent_kernels(True, barrier=barrier)
     path = fused_rnn.cuda_layer_path(kind.upper(), sizes.batch, sizes.hidden, dtype)
     assert path == "persistent (tensor cores)", path
     check_against_torch(kind, dict(num_layers=2, bidirectional=True), "padded", 11, True, dtype,

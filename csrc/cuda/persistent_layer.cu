@@ -22,6 +22,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cooperative_groups.h>
 
@@ -31,6 +32,7 @@ namespace fused_rnn::cuda {
 namespace {
 
 std::atomic<bool> g_persistent_enabled{false};
+std::atomic<bool> g_flag_barrier{true};
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
@@ -183,7 +185,11 @@ bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Te
         xproj, h0, c0, w_hh, b_hh, output, cell_states, workspace, steps, plan.units, reverse);
     if constexpr (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) {
       if (tensor_cores) {
-        launch_tensor_core_layer<Cell, scalar_t>(p, tensor_core_plan);
+        const bool flag_barrier = g_flag_barrier;
+        const at::Tensor flags =
+            flag_barrier ? at::zeros({tensor_core_plan.blocks}, xproj.options().dtype(at::kInt))
+                         : at::Tensor();
+        launch_tensor_core_layer<Cell, scalar_t>(p, tensor_core_plan, flag_barrier, flags);
         return;
       }
     }
@@ -203,6 +209,14 @@ bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Te
 
 void set_persistent_enabled(bool enabled) { g_persistent_enabled = enabled; }
 bool persistent_enabled() { return g_persistent_enabled; }
+
+void set_persistent_barrier(const std::string& barrier) {
+  TORCH_CHECK(barrier == "flags" || barrier == "grid",
+              "fused_rnn: expected the persistent barrier \"flags\" or \"grid\", got \"", barrier,
+              "\"");
+  g_flag_barrier = barrier == "flags";
+}
+std::string persistent_barrier() { return g_flag_barrier ? "flags" : "grid"; }
 
 std::string layer_path(int64_t gates, int64_t batch, int64_t hidden, int64_t elem_bytes,
                        int64_t acc_bytes, int64_t device) {

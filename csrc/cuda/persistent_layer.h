@@ -12,6 +12,11 @@ namespace fused_rnn::cuda {
 void set_persistent_enabled(bool enabled);
 bool persistent_enabled();
 
+// How the tensor-core kernel's blocks wait for each step's h (persistent_tensor_core.cuh):
+// "flags" (each group of warps for its producers; the default) or "grid" (grid.sync()).
+void set_persistent_barrier(const std::string& barrier);
+std::string persistent_barrier();
+
 // Which forward path a layer of this shape runs on CUDA device `device` (a uniform batch, no
 // projection), for a dtype of elem_bytes with accumulation in acc_bytes: "persistent", or
 // "step-wise: <why>".

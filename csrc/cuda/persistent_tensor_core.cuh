@@ -6,8 +6,18 @@
 // (ii) has each warp multiply its tile of gate rows by its K share of h on tensor cores (float
 // accumulation), n-tile by n-tile, writing the partial sums to shared memory, (iii) sums the K
 // shares of each (unit, batch row) pair and finishes it with the cell's gate math
-// (persistent_cells.cuh), and (iv) meets the other blocks at a grid-wide barrier before the next
-// step reads the h it wrote. The LSTM's cell states of its units stay in shared memory.
+// (persistent_cells.cuh), and (iv) publishes the h it wrote. The LSTM's cell states of its units
+// stay in shared memory.
+//
+// Two ways to wait for h (PersistentBarrier, chosen at run time so both can be measured):
+// - kGrid: grid.sync() after (iii), every block waiting for the slowest.
+// - kFlags: block k owns units [16k, 16k+16), which are k-tile k of every K share, so the warps
+//   sharing a K share (a group of G warps) need h from just the blocks of their k-tiles. Each
+//   block publishes a step by a release store of its flag (steps done); each group polls its
+//   producers' flags with acquire loads, stages its own columns of h and meets at a named barrier
+//   of its G warps, so groups start as soon as their producers are done and no block writes a
+//   shared counter. Nothing is overwritten that a slower block still reads: each step's h has its
+//   own rows of the output.
 // Included by one instantiation file per dtype; persistent_layer.cu chooses and calls it.
 #pragma once
 
@@ -61,14 +71,42 @@ __device__ __forceinline__ uint32_t pair_at(const scalar_t* p) {
   return *reinterpret_cast<const uint32_t*>(p);
 }
 
+enum class PersistentBarrier { kGrid, kFlags };
+
+// A release store of a step count by one thread, after the block's writes (a __syncthreads()
+// before it orders them first: release is cumulative), and the acquire load that polls it (PTX
+// memory model, gpu scope; the waiting threads meet the poller at a barrier after it).
+__device__ __forceinline__ void publish_steps(unsigned* flag, unsigned steps) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(flag), "r"(steps) : "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ unsigned published_steps(const unsigned* flag) {
+  unsigned steps = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(steps) : "l"(flag) : "memory");
+#else
+  __trap();
+#endif
+  return steps;
+}
+// bar.sync on barrier `id` (1-15; 0 is __syncthreads()) for `threads` threads, whole warps.
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
 // The plan's sizes the kernel reads at run time.
 struct TensorCoreTiling {
   int k_tiles, batch_pad, h_pitch, part_pitch;
 };
 
-template <typename Cell, typename scalar_t, int kKTileBound>
+// flags: one per block, zero at launch (kFlags).
+template <typename Cell, typename scalar_t, int kKTileBound, PersistentBarrier kBarrier>
 __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
-    tensor_core_layer_kernel(const SequenceParams<scalar_t> p, const TensorCoreTiling tiling) {
+    tensor_core_layer_kernel(const SequenceParams<scalar_t> p, const TensorCoreTiling tiling,
+                             unsigned* flags) {
   constexpr int G = Cell::kGates, kSplits = kTensorCoreKSplits, kUnits = kTensorCoreUnits;
   constexpr int kThreads = 32 * G * kSplits;
   extern __shared__ __align__(16) unsigned char shared[];
@@ -106,18 +144,38 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
       s_c[e] = static_cast<float>(p.c0[(e / kUnits) * H + j0 + e % kUnits]);
     }
   }
+  __syncthreads();  // (the flag barrier's groups meet only at their own barriers before (ii))
 
-  cooperative_groups::grid_group grid = cooperative_groups::this_grid();
   for (int64_t i = 0; i < p.steps; ++i) {
     const int64_t t = p.reverse ? p.steps - 1 - i : i;
     const scalar_t* h_prev = i == 0 ? p.h0 : p.output + (p.reverse ? t + 1 : t - 1) * B * H;
-    // (i) h, 8 elements (16 bytes) at a time, through L2: other SMs wrote it.
-    for (int e = tid; e < B * H / 8; e += kThreads) {
-      const int b = e / (H / 8), k = 8 * (e % (H / 8));
-      *reinterpret_cast<uint4*>(s_h + b * pitch + k) =
-          __ldcg(reinterpret_cast<const uint4*>(h_prev + static_cast<int64_t>(b) * H + k));
+    // (i) h, 8 elements (16 bytes) at a time, through L2: other SMs wrote it. With flags, each
+    // group of warps sharing a K share waits for its producers and stages its own columns.
+    if constexpr (kBarrier == PersistentBarrier::kFlags) {
+      const int group_threads = 32 * G, group_tid = tid - split * group_threads;
+      if (i > 0 && tile == 0) {
+        for (int q = k_tile0 + lane; q < k_tile0 + k_tile_count; q += 32) {
+          while (published_steps(flags + q) < static_cast<unsigned>(i)) {
+          }
+        }
+        __syncwarp();
+      }
+      named_barrier(1 + split, group_threads);
+      const int vectors = 2 * max(k_tile_count, 0);  // 16 columns: two vectors of 8
+      for (int e = group_tid; e < B * vectors; e += group_threads) {
+        const int b = e / vectors, k = 16 * k_tile0 + 8 * (e % vectors);
+        *reinterpret_cast<uint4*>(s_h + b * pitch + k) =
+            __ldcg(reinterpret_cast<const uint4*>(h_prev + static_cast<int64_t>(b) * H + k));
+      }
+      named_barrier(1 + split, group_threads);
+    } else {
+      for (int e = tid; e < B * H / 8; e += kThreads) {
+        const int b = e / (H / 8), k = 8 * (e % (H / 8));
+        *reinterpret_cast<uint4*>(s_h + b * pitch + k) =
+            __ldcg(reinterpret_cast<const uint4*>(h_prev + static_cast<int64_t>(b) * H + k));
+      }
+      __syncthreads();
     }
-    __syncthreads();
 
     // (ii) Two n-tiles at a time: two independent accumulator chains.
     for (int nt0 = 0; nt0 < n_tiles; nt0 += 2) {
@@ -173,13 +231,19 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
     }
     // (iv) Every block's h of this step is written and visible before any block stages it; the
     // barrier also keeps s_h and s_part until this block's threads are done with them.
-    grid.sync();
+    if constexpr (kBarrier == PersistentBarrier::kFlags) {
+      __syncthreads();
+      if (tid == 0) publish_steps(flags + blockIdx.x, static_cast<unsigned>(i + 1));
+    } else {
+      cooperative_groups::this_grid().sync();
+    }
   }
 }
 
-template <typename Cell, typename scalar_t, int kKTileBound>
-void launch_bounded(const SequenceParams<scalar_t>& p, const TensorCorePlan& plan) {
-  auto* kernel = &tensor_core_layer_kernel<Cell, scalar_t, kKTileBound>;
+template <typename Cell, typename scalar_t, int kKTileBound, PersistentBarrier kBarrier>
+void launch_bounded(const SequenceParams<scalar_t>& p, const TensorCorePlan& plan,
+                    unsigned* flags) {
+  auto* kernel = &tensor_core_layer_kernel<Cell, scalar_t, kKTileBound, kBarrier>;
   const int shared_bytes = static_cast<int>(plan.shared_bytes);
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       shared_bytes));
@@ -191,23 +255,35 @@ void launch_bounded(const SequenceParams<scalar_t>& p, const TensorCorePlan& pla
   SequenceParams<scalar_t> params = p;
   TensorCoreTiling tiling{static_cast<int>(plan.k_tiles), static_cast<int>(plan.batch_pad),
                           static_cast<int>(plan.h_pitch), static_cast<int>(plan.part_pitch)};
-  void* args[] = {&params, &tiling};
+  void* args[] = {&params, &tiling, &flags};
   C10_CUDA_CHECK(cudaLaunchCooperativeKernel(
       reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(plan.blocks)),
       dim3(static_cast<unsigned>(plan.threads)), args, plan.shared_bytes,
       at::cuda::getCurrentCUDAStream()));
 }
 
-template <typename Cell, typename scalar_t>
-void launch_tensor_core_layer(const SequenceParams<scalar_t>& p, const TensorCorePlan& plan) {
+template <typename Cell, typename scalar_t, PersistentBarrier kBarrier>
+void launch_with_barrier(const SequenceParams<scalar_t>& p, const TensorCorePlan& plan,
+                         unsigned* flags) {
   static_assert(kTensorCoreMaxKTiles == 16, "one case per bound below");
   switch (plan.k_tile_bound) {
-    case 4: return launch_bounded<Cell, scalar_t, 4>(p, plan);
-    case 8: return launch_bounded<Cell, scalar_t, 8>(p, plan);
-    case 12: return launch_bounded<Cell, scalar_t, 12>(p, plan);
-    case 16: return launch_bounded<Cell, scalar_t, 16>(p, plan);
+    case 4: return launch_bounded<Cell, scalar_t, 4, kBarrier>(p, plan, flags);
+    case 8: return launch_bounded<Cell, scalar_t, 8, kBarrier>(p, plan, flags);
+    case 12: return launch_bounded<Cell, scalar_t, 12, kBarrier>(p, plan, flags);
+    case 16: return launch_bounded<Cell, scalar_t, 16, kBarrier>(p, plan, flags);
     default:
       TORCH_CHECK(false, "fused_rnn: no tensor-core kernel for ", plan.k_tile_bound, " k-tiles");
+  }
+}
+
+template <typename Cell, typename scalar_t>
+void launch_tensor_core_layer(const SequenceParams<scalar_t>& p, const TensorCorePlan& plan,
+                              bool flag_barrier, const at::Tensor& flags) {
+  if (flag_barrier) {
+    launch_with_barrier<Cell, scalar_t, PersistentBarrier::kFlags>(
+        p, plan, reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>()));
+  } else {
+    launch_with_barrier<Cell, scalar_t, PersistentBarrier::kGrid>(p, plan, nullptr);
   }
 }
 

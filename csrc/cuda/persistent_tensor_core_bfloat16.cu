@@ -3,7 +3,7 @@
 
 namespace fused_rnn::cuda {
 template void launch_tensor_core_layer<LstmSequence, c10::BFloat16>(
-    const SequenceParams<c10::BFloat16>&, const TensorCorePlan&);
+    const SequenceParams<c10::BFloat16>&, const TensorCorePlan&, bool, const at::Tensor&);
 template void launch_tensor_core_layer<GruSequence, c10::BFloat16>(
-    const SequenceParams<c10::BFloat16>&, const TensorCorePlan&);
+    const SequenceParams<c10::BFloat16>&, const TensorCorePlan&, bool, const at::Tensor&);
 }  // namespace fused_rnn::cuda
