@@ -64,12 +64,14 @@ inline PersistentPlan plan_persistent_layer(int64_t batch, int64_t hidden, int64
 // finish the step with the cell math, one (unit, batch row) pair at a time.
 constexpr int64_t kTensorCoreUnits = 16;
 constexpr int64_t kTensorCoreKSplits = 4;
-// A warp's K share in k-tiles of 16 columns: 4 registers each, at most 16 (64 registers: H up
-// to 1024); the kernel is built for bounds of 4, 8, 12 and 16 and runs the smallest that holds it.
-constexpr int64_t kTensorCoreMaxKTiles = 16;
-// h rows in shared memory are padded by 8 elements so that the 8 rows one B fragment reads fall
-// in distinct banks; the partial sums' rows by 4 floats.
-constexpr int64_t kTensorCoreHPad = 8;
+// A warp's K share in k-tiles of 16 columns takes 2 * elem_bytes registers a k-tile (16-bit: 4,
+// one m16n8k16 A fragment; float32 as TF32: 8, two m16n8k8 ones), at most
+// kTensorCoreWeightRegisters: 16 k-tiles (H up to 1024) in 16 bits, 8 (H up to 512) in float32.
+// The kernel is built for bounds of 4, 8, 12 and 16 k-tiles and runs the smallest that holds it.
+constexpr int64_t kTensorCoreWeightRegisters = 64;
+// h rows in shared memory are padded by 16 bytes so that the 8 rows one B fragment reads fall in
+// distinct banks; the partial sums' rows by 4 floats.
+constexpr int64_t kTensorCoreHPadBytes = 16;
 constexpr int64_t kTensorCorePartPad = 4;
 
 // Which unit and gate row `row` (0..15) of tile `tile` (0..G-1) holds. Rows are gate-interleaved
@@ -97,19 +99,25 @@ struct TensorCorePlan {
   int64_t k_tiles;       // a warp's K share in k-tiles (the last warp's may be shorter)
   int64_t k_tile_bound;  // the kernel built for it: k_tiles rounded up to a multiple of 4
   int64_t batch_pad;     // the batch rounded up to whole n-tiles of 8
-  int64_t h_pitch;       // elements per h row in shared memory
+  int64_t h_pitch;       // elements per h row in shared memory (float32: TF32-rounded floats)
   int64_t part_pitch;    // floats per row of partial sums
   int64_t shared_bytes;  // h [batch_pad][h_pitch] in the dtype, the partial sums
                          // [K splits][16 G][part_pitch] in float, (LSTM) c [B][16] in float
 };
 
-// elem_bytes: 2 (float16, bfloat16) is what it runs; float32 (TF32) and float64 do not, yet.
+// elem_bytes: 2 (float16, bfloat16) or 4 (float32, as TF32 where tf32 is allowed: cuDNN's rule,
+// torch.backends.cudnn.allow_tf32); float64 stays on the SIMT kernel.
 inline TensorCorePlan plan_tensor_core_layer(int64_t batch, int64_t hidden, int64_t gates,
-                                             int64_t elem_bytes, int64_t sm_count,
+                                             int64_t elem_bytes, bool tf32, int64_t sm_count,
                                              int64_t shared_limit) {
   TensorCorePlan plan{false, "", 0, 0, 0, 0, 0, 0, 0, 0};
-  if (elem_bytes != 2) {
-    plan.reason = "tensor cores take float16 and bfloat16 only";
+  if (elem_bytes != 2 && elem_bytes != 4) {
+    plan.reason = "tensor cores take float16, bfloat16 and float32 (as TF32) only";
+    return plan;
+  }
+  if (elem_bytes == 4 && !tf32) {
+    plan.reason = "float32 takes tensor cores only as TF32, which torch.backends.cudnn.allow_tf32 "
+                  "forbids";
     return plan;
   }
   if (batch < 1 || hidden < 1 || hidden % kTensorCoreUnits != 0) {
@@ -121,7 +129,7 @@ inline TensorCorePlan plan_tensor_core_layer(int64_t batch, int64_t hidden, int6
   plan.k_tiles = (hidden / 16 + kTensorCoreKSplits - 1) / kTensorCoreKSplits;
   plan.k_tile_bound = (plan.k_tiles + 3) / 4 * 4;
   plan.batch_pad = (batch + 7) / 8 * 8;
-  plan.h_pitch = hidden + kTensorCoreHPad;
+  plan.h_pitch = hidden + kTensorCoreHPadBytes / elem_bytes;
   plan.part_pitch = plan.batch_pad + kTensorCorePartPad;
   plan.shared_bytes = plan.batch_pad * plan.h_pitch * elem_bytes +
                       kTensorCoreKSplits * kTensorCoreUnits * gates * plan.part_pitch * 4 +
@@ -129,9 +137,11 @@ inline TensorCorePlan plan_tensor_core_layer(int64_t batch, int64_t hidden, int6
   if (plan.blocks > sm_count) {
     plan.reason = "the hidden size needs " + std::to_string(plan.blocks) +
                   " blocks of 16 units, over the device's " + std::to_string(sm_count) + " SMs";
-  } else if (plan.k_tiles > kTensorCoreMaxKTiles) {
+  } else if (plan.k_tiles > kTensorCoreWeightRegisters / (2 * elem_bytes)) {
     plan.reason = "a warp's share of W_hh does not fit in registers (hidden size over " +
-                  std::to_string(16 * kTensorCoreMaxKTiles * kTensorCoreKSplits) + ")";
+                  std::to_string(16 * kTensorCoreWeightRegisters / (2 * elem_bytes) *
+                                 kTensorCoreKSplits) +
+                  " in this dtype)";
   } else if (plan.shared_bytes > shared_limit) {
     plan.reason = "h of the batch and the partial sums need " +
                   std::to_string(plan.shared_bytes) + " bytes of shared memory per block, over " +

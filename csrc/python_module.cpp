@@ -78,10 +78,10 @@ PYBIND11_MODULE(_C, m) {
       "shared_limit bytes of shared memory per block (persistent_plan.h).");
   m.def(
       "tensor_core_plan",
-      [](int64_t batch, int64_t hidden, int64_t gates, int64_t elem_bytes, int64_t sm_count,
-         int64_t shared_limit) {
+      [](int64_t batch, int64_t hidden, int64_t gates, int64_t elem_bytes, bool tf32,
+         int64_t sm_count, int64_t shared_limit) {
         const fused_rnn::TensorCorePlan plan = fused_rnn::plan_tensor_core_layer(
-            batch, hidden, gates, elem_bytes, sm_count, shared_limit);
+            batch, hidden, gates, elem_bytes, tf32, sm_count, shared_limit);
         py::dict d;
         d["runs"] = plan.runs;
         d["reason"] = plan.reason;
@@ -96,12 +96,13 @@ PYBIND11_MODULE(_C, m) {
         return d;
       },
       "The tensor-core persistent kernel's plan for a shape on a device with sm_count SMs and "
-      "shared_limit bytes of shared memory per block (persistent_plan.h).");
+      "shared_limit bytes of shared memory per block, float32 as TF32 where tf32 "
+      "(persistent_plan.h).");
   m.def(
       "tensor_core_maps",
       [](int64_t gates) {
         using namespace fused_rnn;
-        py::list tile_rows, block_rows, a, b, c;
+        py::list tile_rows, block_rows, a, b, c, tf32_a, tf32_b;
         for (int tile = 0; tile < gates; ++tile) {
           for (int row = 0; row < 16; ++row) {
             const TileRow r = tensor_core_tile_row(static_cast<int>(gates), tile, row);
@@ -123,6 +124,12 @@ PYBIND11_MODULE(_C, m) {
           for (int i = 0; i < 4; ++i) {
             c.append(py::make_tuple(mma::c_row(lane, i), mma::c_col(lane, i)));
           }
+          for (int r = 0; r < 8; ++r) {
+            tf32_a.append(py::make_tuple(mma::a_row(lane, r), mma::tf32_a_col(lane, r)));
+          }
+          for (int r = 0; r < 4; ++r) {
+            tf32_b.append(py::make_tuple(mma::tf32_b_row(lane, r), mma::b_col(lane)));
+          }
         }
         py::dict d;
         d["tile_rows"] = tile_rows;    // (unit, gate) of each block row 16 * tile + row
@@ -130,10 +137,12 @@ PYBIND11_MODULE(_C, m) {
         d["a"] = a;                    // (row, column) of each lane's A registers, lane-major
         d["b"] = b;
         d["c"] = c;
+        d["tf32_a"] = tf32_a;          // a k-tile of TF32 (two m16n8k8), one element a register
+        d["tf32_b"] = tf32_b;
         return d;
       },
       "The tensor-core kernel's row interleaving for a cell of `gates` gates and mma.sync's "
-      "m16n8k16 fragment maps (persistent_plan.h, mma_fragments.h).");
+      "fragment maps, m16n8k16 and TF32's k-tile (persistent_plan.h, mma_fragments.h).");
   m.def(
       "set_persistent_kernels",
       [](bool enabled) {

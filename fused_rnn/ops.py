@@ -54,8 +54,8 @@ def use_persistent_kernels(enabled: bool = True, barrier: str = "flags") -> None
     """Switches the persistent whole-sequence CUDA layer kernels on or off.
 
     Off by default: on an H200 the SIMT kernel beats cuDNN's forward 3-4x at batch 1 but loses
-    from batch 16 up (benchmarks/NOTES.md entry 15); the tensor-core kernel (float16, bfloat16) is
-    not yet measured (entry 55). Where on, a CUDA LSTM or GRU layer whose shape suits them
+    from batch 16 up (benchmarks/NOTES.md entry 15); the tensor-core kernel (float16, bfloat16,
+    float32 as TF32 where torch.backends.cudnn.allow_tf32) is not yet measured (entry 55). Where on, a CUDA LSTM or GRU layer whose shape suits them
     (cuda_layer_path) runs its forward time loop in one launch; everything else, the backward
     included, is unchanged.
 
@@ -99,8 +99,9 @@ def cuda_layer_path(mode: str, batch: int, hidden_size: int, dtype: torch.dtype 
     """Which forward path a fused_rnn LSTM or GRU layer takes on CUDA.
 
     For a padded batch (every step runs `batch` rows) without projection; packed sequences of
-    varying lengths and LSTM projections always run step-wise. Returns "persistent", or
-    "step-wise: " and the reason.
+    varying lengths and LSTM projections always run step-wise. Returns "persistent (tensor
+    cores)", "persistent (SIMT; no tensor cores: " and why, or "step-wise: " and why. float32's
+    choice follows torch.backends.cudnn.allow_tf32 as it is when asked.
     """
     if mode not in _GATES:
         raise ValueError(f"cuda_layer_path: expected mode 'LSTM' or 'GRU', got {mode!r}")

@@ -1,11 +1,13 @@
 """The persistent whole-sequence CUDA layer kernels: their plans and the tensor-core kernel's
 index maps (checked anywhere) and, on a GPU, parity with torch.nn with the kernels switched on."""
 
+import copy
+
 import pytest
 import torch
 
 import fused_rnn
-from conftest import CUDA_READY, Sizes
+from conftest import CUDA_READY, Sizes, assert_matches_torch
 from fused_rnn import _C
 from test_sequence import CONFIGS, check_against_torch, config_id
 
@@ -55,36 +57,41 @@ def test_plan_refuses_what_does_not_fit_and_says_why():
 K_SPLITS = 4  # kTensorCoreKSplits (persistent_plan.h): warps sharing one tile's K
 
 
-def tensor_core_plan(batch, hidden, gates=4, elem_bytes=2, sm_count=H200["sm_count"],
+def tensor_core_plan(batch, hidden, gates=4, elem_bytes=2, tf32=True, sm_count=H200["sm_count"],
                      shared_limit=H200["shared_limit"]):
-    return _C.tensor_core_plan(batch, hidden, gates, elem_bytes, sm_count, shared_limit)
+    return _C.tensor_core_plan(batch, hidden, gates, elem_bytes, tf32, sm_count, shared_limit)
 
 
-@pytest.mark.parametrize("batch, hidden, gates", [
-    (16, 768, 4), (16, 768, 3),  # the long-sequence cases
-    (64, 512, 4), (64, 512, 3),  # fastrnns
-    (1, 256, 4), (8, 1024, 3),   # latency
-    (64, 1024, 4),
+@pytest.mark.parametrize("batch, hidden, gates, elem_bytes", [
+    (16, 768, 4, 2), (16, 768, 3, 2),  # the long-sequence cases
+    (64, 512, 4, 2), (64, 512, 3, 2),  # fastrnns
+    (1, 256, 4, 2), (8, 1024, 3, 2),   # latency
+    (64, 1024, 4, 2),
+    (64, 512, 4, 4), (64, 512, 3, 4), (8, 256, 4, 4),  # float32 as TF32
 ])
-def test_tensor_core_plan_fits_the_benchmark_shapes_on_an_h200(batch, hidden, gates):
-    p = tensor_core_plan(batch, hidden, gates)
+def test_tensor_core_plan_fits_the_benchmark_shapes_on_an_h200(batch, hidden, gates, elem_bytes):
+    p = tensor_core_plan(batch, hidden, gates, elem_bytes)
     assert p["runs"], p["reason"]
     assert p["blocks"] * 16 == hidden and p["blocks"] <= H200["sm_count"]
     assert p["threads"] == 32 * gates * K_SPLITS
     assert p["k_tiles"] * K_SPLITS * 16 >= hidden > (p["k_tiles"] - 1) * K_SPLITS * 16
     assert p["k_tile_bound"] in (4, 8, 12, 16) and 0 <= p["k_tile_bound"] - p["k_tiles"] < 4
+    assert p["k_tile_bound"] * 2 * elem_bytes <= 64  # weight registers a thread
     assert p["batch_pad"] % 8 == 0 and 0 <= p["batch_pad"] - batch < 8
-    h_bytes = p["batch_pad"] * p["h_pitch"] * 2
+    assert p["h_pitch"] * elem_bytes == hidden * elem_bytes + 16
+    h_bytes = p["batch_pad"] * p["h_pitch"] * elem_bytes
     partial_bytes = K_SPLITS * 16 * gates * p["part_pitch"] * 4
     assert p["shared_bytes"] == h_bytes + partial_bytes + (batch * 16 * 4 if gates == 4 else 0)
     assert p["shared_bytes"] <= H200["shared_limit"]
 
 
 @pytest.mark.parametrize("kwargs, why", [
-    (dict(batch=16, hidden=768, elem_bytes=4), "float16 and bfloat16 only"),
+    (dict(batch=16, hidden=768, elem_bytes=8), "float16, bfloat16 and float32 (as TF32) only"),
+    (dict(batch=16, hidden=512, elem_bytes=4, tf32=False), "allow_tf32 forbids"),
     (dict(batch=16, hidden=40), "multiple of 16"),
     (dict(batch=0, hidden=64), "multiple of 16"),
-    (dict(batch=16, hidden=1040), "registers"),
+    (dict(batch=16, hidden=1040), "registers (hidden size over 1024 in this dtype)"),
+    (dict(batch=16, hidden=768, elem_bytes=4), "registers (hidden size over 512 in this dtype)"),
     (dict(batch=16, hidden=1024, sm_count=32), "64 blocks of 16 units, over the device's 32 SMs"),
     (dict(batch=256, hidden=512), "shared memory"),
 ])
@@ -104,22 +111,31 @@ def test_tensor_core_rows_hold_every_gate_of_every_unit_once(gates):
             assert rows[maps["block_rows"][unit * gates + gate]] == (unit, gate)
 
 
-def test_mma_fragment_maps_cover_each_tile_once():
+# A k-tile's fragments per format: (A's map, B's map, elements a register holds along K).
+FORMATS = {"16-bit": ("a", "b", 2), "tf32": ("tf32_a", "tf32_b", 1)}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_mma_fragment_maps_cover_each_tile_once(fmt):
     maps = _C.tensor_core_maps(4)
-    # A 16-bit register holds the element named and the next along K.
-    a = sorted((row, col + v) for row, col in maps["a"] for v in (0, 1))
-    b = sorted((row + v, col) for row, col in maps["b"] for v in (0, 1))
+    a_key, b_key, width = FORMATS[fmt]
+    # A register holds the element named and, in 16 bits, the next along K.
+    a = sorted((row, col + v) for row, col in maps[a_key] for v in range(width))
+    b = sorted((row + v, col) for row, col in maps[b_key] for v in range(width))
     assert a == [(row, col) for row in range(16) for col in range(16)]
     assert b == [(row, col) for row in range(16) for col in range(8)]
     assert sorted(maps["c"]) == [(row, col) for row in range(16) for col in range(8)]
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("gates, hidden, batch", [(4, 48, 5), (3, 80, 9), (4, 16, 1), (3, 32, 16)])
-def test_tensor_core_indexing_replayed_on_the_cpu_gives_the_hidden_product(gates, hidden, batch):
+def test_tensor_core_indexing_replayed_on_the_cpu_gives_the_hidden_product(gates, hidden, batch,
+                                                                         fmt):
     """The kernel's indexing of W_hh, h and the partial sums, replayed with the plan and maps it
-    uses (an mma as a 16 x 16 by 16 x 8 product of the fragments' elements): every (row, unit,
-    gate) sum must come out as h @ W_hh^T."""
-    plan = tensor_core_plan(batch, hidden, gates)
+    uses (a k-tile's mma as a 16 x 16 by 16 x 8 product of the fragments' elements): every
+    (row, unit, gate) sum must come out as h @ W_hh^T."""
+    a_key, b_key, width = FORMATS[fmt]
+    plan = tensor_core_plan(batch, hidden, gates, elem_bytes=4 if fmt == "tf32" else 2)
     maps = _C.tensor_core_maps(gates)
     w = torch.randn(gates * hidden, hidden, dtype=torch.float64)
     h = torch.zeros(plan["batch_pad"], hidden, dtype=torch.float64)
@@ -134,13 +150,13 @@ def test_tensor_core_indexing_replayed_on_the_cpu_gives_the_hidden_product(gates
             for kt in range(min(plan["k_tiles"], hidden // 16 - k_tile0)):
                 k = 16 * (k_tile0 + kt)
                 a = torch.zeros(16, 16, dtype=torch.float64)
-                for row, col in maps["a"]:
+                for row, col in maps[a_key]:
                     unit, gate = maps["tile_rows"][16 * tile + row]
-                    a[row, col:col + 2] = w[gate * hidden + j0 + unit, k + col:k + col + 2]
+                    a[row, col:col + width] = w[gate * hidden + j0 + unit, k + col:k + col + width]
                 for nt in range(plan["batch_pad"] // 8):
                     b = torch.zeros(16, 8, dtype=torch.float64)
-                    for row, col in maps["b"]:
-                        b[row:row + 2, col] = h[8 * nt + col, k + row:k + row + 2]
+                    for row, col in maps[b_key]:
+                        b[row:row + width, col] = h[8 * nt + col, k + row:k + row + width]
                     d = a @ b
                     for row, col in maps["c"]:
                         partial[split, 16 * tile + row, 8 * nt + col] += d[row, col]
@@ -219,9 +235,33 @@ def test_tensor_core_kernel_at_the_largest_bound_matches_torch_nn(kind, persiste
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
-def test_float32_and_odd_sizes_take_the_simt_kernel(persistent_on):
-    assert fused_rnn.cuda_layer_path("LSTM", 16, 768, torch.float32).startswith(
-        "persistent (SIMT; no tensor cores: tensor cores take float16 and bfloat16 only")
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_tensor_core_kernel_in_float32_follows_cudnns_tf32_flag(kind, persistent_on):
+    """float32 runs as TF32 on the tensor-core kernel where torch.backends.cudnn.allow_tf32 (as
+    cuDNN does; conftest turns it off for the other tests): as close to float64 as torch.nn's
+    TF32 run (the accuracy rule for large problems), and apart from full float32 by TF32's
+    rounding; with the flag off, the SIMT kernel."""
+    torch_cls, ours_cls = getattr(torch.nn, kind.upper()), getattr(fused_rnn, kind.upper())
+    torch.manual_seed(0)
+    theirs = torch_cls(64, 256).cuda()
+    ours = ours_cls(64, 256).cuda()
+    ours.load_state_dict(theirs.state_dict())
+    truth = copy.deepcopy(theirs).double()
+    x = torch.randn(40, 8, 64, device="cuda")
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):
+        assert fused_rnn.cuda_layer_path(kind.upper(), 8, 256) == "persistent (tensor cores)"
+        got, theirs_out = ours(x)[0], theirs(x)[0]
+    want = truth(x.double())[0]
+    assert_matches_torch(got, theirs_out, want, "output", against_truth=True)
+    full = ours(x)[0]
+    assert fused_rnn.cuda_layer_path(kind.upper(), 8, 256).startswith("persistent (SIMT; ")
+    assert (got - full).abs().max() > 1e-5
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
+def test_float64_and_odd_sizes_take_the_simt_kernel(persistent_on):
+    assert fused_rnn.cuda_layer_path("LSTM", 16, 768, torch.float64).startswith(
+        "persistent (SIMT; no tensor cores: tensor cores take float16, bfloat16 and float32")
     assert fused_rnn.cuda_layer_path("GRU", 4, 6, torch.bfloat16).startswith(
         "persistent (SIMT; no tensor cores: the hidden size is not a positive multiple of 16")
 

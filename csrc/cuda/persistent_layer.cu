@@ -1,9 +1,9 @@
 // Persistent whole-sequence forward kernels for the LSTM and GRU layers (see persistent_plan.h):
 // the choice between them, and the SIMT kernel.
 //
-// One cooperative launch runs every step. float16 and bfloat16 at hidden sizes that are multiples
-// of 16 take the tensor-core kernel (persistent_tensor_core.cuh: W_hh in registers as mma.sync
-// fragments). Everything else that fits takes the SIMT kernel here: block k owns hidden units
+// One cooperative launch runs every step. float16, bfloat16 and (as TF32, where
+// torch.backends.cudnn.allow_tf32) float32 at hidden sizes that are multiples of 16 take the
+// tensor-core kernel (persistent_tensor_core.cuh: W_hh in registers as mma.sync fragments). Everything else that fits takes the SIMT kernel here: block k owns hidden units
 // [k*U, (k+1)*U): it loads the G gate rows of W_hh for them into shared memory once, then per step
 // stages the previous h of the whole batch in shared memory, computes its units' hidden-side
 // products (one warp per (row, unit) pair, the lanes splitting the reduction), finishes them with
@@ -19,6 +19,7 @@
 #include "persistent_layer.h"
 #include "persistent_tensor_core.h"
 
+#include <ATen/Context.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -116,6 +117,7 @@ PersistentPlan plan_for(int64_t gates, int64_t batch, int64_t hidden, int64_t el
                                static_cast<int64_t>(prop->sharedMemPerBlockOptin));
 }
 
+// float32 runs as TF32 where torch.nn's cuDNN would (torch.backends.cudnn.allow_tf32).
 TensorCorePlan tensor_core_plan_for(int64_t gates, int64_t batch, int64_t hidden,
                                     int64_t elem_bytes, int64_t device) {
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device);
@@ -125,7 +127,9 @@ TensorCorePlan tensor_core_plan_for(int64_t gates, int64_t batch, int64_t hidden
   if (prop->major < 8) {
     return {false, "mma.sync of 16-bit types needs sm_80 or later", 0, 0, 0, 0, 0, 0, 0, 0};
   }
-  return plan_tensor_core_layer(batch, hidden, gates, elem_bytes, prop->multiProcessorCount,
+  return plan_tensor_core_layer(batch, hidden, gates, elem_bytes,
+                                at::globalContext().allowTF32CuDNN(),
+                                prop->multiProcessorCount,
                                 static_cast<int64_t>(prop->sharedMemPerBlockOptin));
 }
 
@@ -183,7 +187,7 @@ bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Te
   FUSED_RNN_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "persistent_layer", [&] {
     const SequenceParams<scalar_t> p = sequence_params<scalar_t>(
         xproj, h0, c0, w_hh, b_hh, output, cell_states, workspace, steps, plan.units, reverse);
-    if constexpr (std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>) {
+    if constexpr (!std::is_same_v<scalar_t, double>) {
       if (tensor_cores) {
         const bool flag_barrier = g_flag_barrier;
         const at::Tensor flags =

@@ -32,44 +32,97 @@
 
 namespace fused_rnn::cuda {
 
-// D += A B for one m16n8k16 tile, float accumulation (sm_80 and later; the plan requires it).
+// How a warp's operands of one k-tile (16 columns of K) sit in registers and are multiplied, per
+// dtype: kARegs registers of W_hh (A; rows mma::a_row, columns a_col), kBRegs of h (B; rows
+// b_row, column mma::b_col), and the mma.sync instructions (float accumulation; sm_80 and later,
+// which the plan requires).
 template <typename scalar_t>
-__device__ __forceinline__ void mma_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                            uint32_t b1);
+struct TileFormat;
+
+// 16-bit inputs: one m16n8k16 a k-tile, each register a pair of elements along K.
+template <typename scalar_t>
+struct PairFormat {
+  static constexpr int kARegs = 4, kBRegs = 2;
+  __device__ static int a_col(int lane, int r) { return mma::a_col(lane, r); }
+  __device__ static int b_row(int lane, int r) { return mma::b_row(lane, r); }
+  // (4-byte aligned: even offsets of 4-byte aligned rows.)
+  __device__ static uint32_t load_a(const scalar_t* p) {
+    return *reinterpret_cast<const uint32_t*>(p);
+  }
+  __device__ static uint32_t load_b(const scalar_t* p) { return load_a(p); }
+  __device__ static uint4 staged(uint4 v) { return v; }
+};
 
 template <>
-__device__ __forceinline__ void mma_16x8x16<c10::BFloat16>(float (&d)[4], const uint32_t (&a)[4],
-                                                           uint32_t b0, uint32_t b1) {
+struct TileFormat<c10::BFloat16> : PairFormat<c10::BFloat16> {
+  __device__ static void mma(float (&d)[4], const uint32_t* a, const uint32_t* b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #else
-  __trap();
+    __trap();
 #endif
-}
+  }
+};
 
 template <>
-__device__ __forceinline__ void mma_16x8x16<c10::Half>(float (&d)[4], const uint32_t (&a)[4],
-                                                       uint32_t b0, uint32_t b1) {
+struct TileFormat<c10::Half> : PairFormat<c10::Half> {
+  __device__ static void mma(float (&d)[4], const uint32_t* a, const uint32_t* b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #else
-  __trap();
+    __trap();
 #endif
-}
+  }
+};
 
-// Two consecutive 16-bit elements (4-byte aligned: even offsets of 4-byte aligned rows).
-template <typename scalar_t>
-__device__ __forceinline__ uint32_t pair_at(const scalar_t* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
-}
+// float32 as TF32 (rounded to nearest, as cuBLAS rounds): two m16n8k8 a k-tile, one element a
+// register. W_hh is rounded as it is loaded, h as it is staged.
+template <>
+struct TileFormat<float> {
+  static constexpr int kARegs = 8, kBRegs = 4;
+  __device__ static int a_col(int lane, int r) { return mma::tf32_a_col(lane, r); }
+  __device__ static int b_row(int lane, int r) { return mma::tf32_b_row(lane, r); }
+  __device__ static uint32_t to_tf32(float x) {
+    uint32_t y = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(y) : "f"(x));
+#else
+    __trap();
+#endif
+    return y;
+  }
+  __device__ static uint32_t load_a(const float* p) { return to_tf32(*p); }
+  __device__ static uint32_t load_b(const float* p) {
+    return *reinterpret_cast<const uint32_t*>(p);
+  }
+  __device__ static uint4 staged(uint4 v) {
+    return {to_tf32(__uint_as_float(v.x)), to_tf32(__uint_as_float(v.y)),
+            to_tf32(__uint_as_float(v.z)), to_tf32(__uint_as_float(v.w))};
+  }
+  __device__ static void mma(float (&d)[4], const uint32_t* a, const uint32_t* b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      asm volatile(
+          "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
+          "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+          : "r"(a[4 * half]), "r"(a[4 * half + 1]), "r"(a[4 * half + 2]), "r"(a[4 * half + 3]),
+            "r"(b[2 * half]), "r"(b[2 * half + 1]));
+    }
+#else
+    __trap();
+#endif
+  }
+};
 
 enum class PersistentBarrier { kGrid, kFlags };
 
@@ -107,8 +160,10 @@ template <typename Cell, typename scalar_t, int kKTileBound, PersistentBarrier k
 __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
     tensor_core_layer_kernel(const SequenceParams<scalar_t> p, const TensorCoreTiling tiling,
                              unsigned* flags) {
+  using Format = TileFormat<scalar_t>;
   constexpr int G = Cell::kGates, kSplits = kTensorCoreKSplits, kUnits = kTensorCoreUnits;
   constexpr int kThreads = 32 * G * kSplits;
+  constexpr int kPerVector = 16 / sizeof(scalar_t);  // h is staged 16 bytes at a time
   extern __shared__ __align__(16) unsigned char shared[];
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch);
   const int pitch = tiling.h_pitch, part_pitch = tiling.part_pitch;
@@ -123,16 +178,16 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
   const int k_tile_count = min(tiling.k_tiles, H / 16 - k_tile0);  // <= 0: this warp adds zeros
 
   // This warp's tile of W_hh over its K share, for every step.
-  uint32_t a[kKTileBound][4];
+  uint32_t a[kKTileBound][Format::kARegs];
 #pragma unroll
   for (int kt = 0; kt < kKTileBound; ++kt) {
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
+    for (int r = 0; r < Format::kARegs; ++r) {
       const TileRow row = tensor_core_tile_row(G, tile, mma::a_row(lane, r));
       const int64_t w_row = static_cast<int64_t>(row.gate) * H + j0 + row.unit;
-      a[kt][r] = kt < k_tile_count
-                     ? pair_at(p.w_hh + w_row * H + 16 * (k_tile0 + kt) + mma::a_col(lane, r))
-                     : 0u;
+      a[kt][r] = kt < k_tile_count ? Format::load_a(p.w_hh + w_row * H + 16 * (k_tile0 + kt) +
+                                                    Format::a_col(lane, r))
+                                   : 0u;
     }
   }
   // The padding rows of h stay zero; their columns of the products are never read.
@@ -161,18 +216,19 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
         __syncwarp();
       }
       named_barrier(1 + split, group_threads);
-      const int vectors = 2 * max(k_tile_count, 0);  // 16 columns: two vectors of 8
+      const int vectors = 16 / kPerVector * max(k_tile_count, 0);
       for (int e = group_tid; e < B * vectors; e += group_threads) {
-        const int b = e / vectors, k = 16 * k_tile0 + 8 * (e % vectors);
-        *reinterpret_cast<uint4*>(s_h + b * pitch + k) =
-            __ldcg(reinterpret_cast<const uint4*>(h_prev + static_cast<int64_t>(b) * H + k));
+        const int b = e / vectors, k = 16 * k_tile0 + kPerVector * (e % vectors);
+        *reinterpret_cast<uint4*>(s_h + b * pitch + k) = Format::staged(
+            __ldcg(reinterpret_cast<const uint4*>(h_prev + static_cast<int64_t>(b) * H + k)));
       }
       named_barrier(1 + split, group_threads);
     } else {
-      for (int e = tid; e < B * H / 8; e += kThreads) {
-        const int b = e / (H / 8), k = 8 * (e % (H / 8));
-        *reinterpret_cast<uint4*>(s_h + b * pitch + k) =
-            __ldcg(reinterpret_cast<const uint4*>(h_prev + static_cast<int64_t>(b) * H + k));
+      const int vectors = H / kPerVector;
+      for (int e = tid; e < B * vectors; e += kThreads) {
+        const int b = e / vectors, k = kPerVector * (e % vectors);
+        *reinterpret_cast<uint4*>(s_h + b * pitch + k) = Format::staged(
+            __ldcg(reinterpret_cast<const uint4*>(h_prev + static_cast<int64_t>(b) * H + k)));
       }
       __syncthreads();
     }
@@ -189,8 +245,12 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
           for (int n = 0; n < 2; ++n) {
             if (n == 0 || second) {
               const scalar_t* column = s_h + (8 * (nt0 + n) + mma::b_col(lane)) * pitch + k;
-              mma_16x8x16<scalar_t>(acc[n], a[kt], pair_at(column + mma::b_row(lane, 0)),
-                                    pair_at(column + mma::b_row(lane, 1)));
+              uint32_t b[Format::kBRegs];
+#pragma unroll
+              for (int r = 0; r < Format::kBRegs; ++r) {
+                b[r] = Format::load_b(column + Format::b_row(lane, r));
+              }
+              Format::mma(acc[n], a[kt], b);
             }
           }
         }
@@ -221,7 +281,9 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
         for (int s = 0; s < kSplits; ++s) sum += s_part[(s * G * 16 + row) * part_pitch + b];
         hidden_side[g] = sum;
       }
-      const float h_prev_value = static_cast<float>(s_h[b * pitch + j0 + u]);
+      // (From global memory, not s_h, which holds TF32-rounded floats: this block's own units,
+      // written by this SM, or h0.)
+      const float h_prev_value = static_cast<float>(h_prev[static_cast<int64_t>(b) * H + j0 + u]);
       if constexpr (Cell::kCarriesCell) {
         Cell::finish(p, t, b, j0 + u, hidden_side, h_prev_value, s_c[e]);
       } else {
@@ -265,15 +327,20 @@ void launch_bounded(const SequenceParams<scalar_t>& p, const TensorCorePlan& pla
 template <typename Cell, typename scalar_t, PersistentBarrier kBarrier>
 void launch_with_barrier(const SequenceParams<scalar_t>& p, const TensorCorePlan& plan,
                          unsigned* flags) {
-  static_assert(kTensorCoreMaxKTiles == 16, "one case per bound below");
+  // The bounds the dtype's registers allow (plan_tensor_core_layer's limit).
+  constexpr int kMaxBound = kTensorCoreWeightRegisters / TileFormat<scalar_t>::kARegs;
+  static_assert(kMaxBound == 8 || kMaxBound == 16, "one case per bound below");
   switch (plan.k_tile_bound) {
     case 4: return launch_bounded<Cell, scalar_t, 4, kBarrier>(p, plan, flags);
     case 8: return launch_bounded<Cell, scalar_t, 8, kBarrier>(p, plan, flags);
-    case 12: return launch_bounded<Cell, scalar_t, 12, kBarrier>(p, plan, flags);
-    case 16: return launch_bounded<Cell, scalar_t, 16, kBarrier>(p, plan, flags);
-    default:
-      TORCH_CHECK(false, "fused_rnn: no tensor-core kernel for ", plan.k_tile_bound, " k-tiles");
   }
+  if constexpr (kMaxBound == 16) {
+    switch (plan.k_tile_bound) {
+      case 12: return launch_bounded<Cell, scalar_t, 12, kBarrier>(p, plan, flags);
+      case 16: return launch_bounded<Cell, scalar_t, 16, kBarrier>(p, plan, flags);
+    }
+  }
+  TORCH_CHECK(false, "fused_rnn: no tensor-core kernel for ", plan.k_tile_bound, " k-tiles");
 }
 
 template <typename Cell, typename scalar_t>
