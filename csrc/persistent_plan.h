@@ -55,20 +55,27 @@ inline PersistentPlan plan_persistent_layer(int64_t batch, int64_t hidden, int64
 }
 
 // ---------------------------------------------------------------------------------------------
-// The tensor-core persistent kernel. Block k owns the hidden units [16k, 16k + 16): the G gate rows
-// of W_hh for them, 16 G rows, as G tiles of 16 rows (mma.sync m16n8k16's M). Its warps split
-// those tiles' K = H columns kTensorCoreKSplits ways, each warp one tile and one K share held in
-// registers for the whole sequence, so a block has G * kTensorCoreKSplits warps. The previous h of
-// the batch is the B operand, the batch on N in tiles of 8 rows: every weight fragment serves
-// every batch row. The K shares' partial sums meet in shared memory, where the block's threads
-// finish the step with the cell math, one (unit, batch row) pair at a time.
+// The tensor-core persistent kernels. Block k owns the hidden units [16k, 16k + 16).
+// Forward: the G gate rows of W_hh for them, 16 G rows, as G tiles of 16 rows (mma.sync's M).
+// Its warps split those tiles' K = H columns kTensorCoreKSplits ways, each warp one tile and one
+// K share held in registers for the whole sequence, so a block has G * kTensorCoreKSplits warps.
+// The previous h of the batch is the B operand, the batch on N in tiles of 8 rows: every weight
+// fragment serves every batch row. The K shares' partial sums meet in shared memory, where the
+// block's threads finish the step with the cell math, one (unit, batch row) pair at a time.
+// Backward: the gradient of its units' h before a step is W_hh^T's 16 rows for them (M) times the
+// step's hidden-side gate gradients (K = G H columns, B operand read through L2), K split over
+// kTensorCoreBackwardWarps warps: 384 threads leave each 168 registers (the LSTM's forward, at
+// 512, has 128), room for the B fragments loaded from L2 and the backward step's math.
 constexpr int64_t kTensorCoreUnits = 16;
 constexpr int64_t kTensorCoreKSplits = 4;
 // A warp's K share in k-tiles of 16 columns takes 2 * elem_bytes registers a k-tile (16-bit: 4,
 // one m16n8k16 A fragment; float32 as TF32: 8, two m16n8k8 ones), at most
-// kTensorCoreWeightRegisters: 16 k-tiles (H up to 1024) in 16 bits, 8 (H up to 512) in float32.
-// The kernel is built for bounds of 4, 8, 12 and 16 k-tiles and runs the smallest that holds it.
+// kTensorCoreWeightRegisters in the forward: 16 k-tiles (H up to 1024) in 16 bits, 8 (H up to
+// 512) in float32; kTensorCoreBackwardWeightRegisters in the backward. The kernels are built for
+// every bound of k-tiles that is a multiple of 4 up to that, and run the smallest that holds it.
 constexpr int64_t kTensorCoreWeightRegisters = 64;
+constexpr int64_t kTensorCoreBackwardWarps = 12;
+constexpr int64_t kTensorCoreBackwardWeightRegisters = 64;
 // h rows in shared memory are padded by 16 bytes so that the 8 rows one B fragment reads fall in
 // distinct banks; the partial sums' rows by 4 floats.
 constexpr int64_t kTensorCoreHPadBytes = 16;
@@ -95,21 +102,24 @@ struct TensorCorePlan {
   bool runs;
   std::string reason;    // why not, when it does not
   int64_t blocks;        // H / 16, one per SM at most
-  int64_t threads;       // 32 * G * kTensorCoreKSplits
+  int64_t threads;       // 32 warps: G * kTensorCoreKSplits, kTensorCoreBackwardWarps
   int64_t k_tiles;       // a warp's K share in k-tiles (the last warp's may be shorter)
   int64_t k_tile_bound;  // the kernel built for it: k_tiles rounded up to a multiple of 4
-  int64_t batch_pad;     // the batch rounded up to whole n-tiles of 8
+  int64_t batch_pad;     // the batch rounded up to whole pairs of n-tiles of 8
   int64_t h_pitch;       // elements per h row in shared memory (float32: TF32-rounded floats)
   int64_t part_pitch;    // floats per row of partial sums
-  int64_t shared_bytes;  // h [batch_pad][h_pitch] in the dtype, the partial sums
-                         // [K splits][16 G][part_pitch] in float, (LSTM) c [B][16] in float
+  int64_t shared_bytes;  // forward: h [batch_pad][h_pitch] in the dtype; both: the partial sums
+                         // [warps][16][part_pitch] in float; then the carried state's
+                         // values [B][16] in float: forward (LSTM) c; backward h's gradient
+                         // and (LSTM) c's
 };
 
 // elem_bytes: 2 (float16, bfloat16) or 4 (float32, as TF32 where tf32 is allowed: cuDNN's rule,
-// torch.backends.cudnn.allow_tf32); float64 stays on the SIMT kernel.
+// torch.backends.cudnn.allow_tf32); float64 stays on the SIMT kernel (forward) or step-wise.
+// backward: the backward kernel's plan.
 inline TensorCorePlan plan_tensor_core_layer(int64_t batch, int64_t hidden, int64_t gates,
                                              int64_t elem_bytes, bool tf32, int64_t sm_count,
-                                             int64_t shared_limit) {
+                                             int64_t shared_limit, bool backward = false) {
   TensorCorePlan plan{false, "", 0, 0, 0, 0, 0, 0, 0, 0};
   if (elem_bytes != 2 && elem_bytes != 4) {
     plan.reason = "tensor cores take float16, bfloat16 and float32 (as TF32) only";
@@ -125,27 +135,33 @@ inline TensorCorePlan plan_tensor_core_layer(int64_t batch, int64_t hidden, int6
     return plan;
   }
   plan.blocks = hidden / kTensorCoreUnits;
-  plan.threads = 32 * gates * kTensorCoreKSplits;
-  plan.k_tiles = (hidden / 16 + kTensorCoreKSplits - 1) / kTensorCoreKSplits;
+  const int64_t warps = backward ? kTensorCoreBackwardWarps : gates * kTensorCoreKSplits;
+  const int64_t k_tiles_shared = backward ? gates * hidden / 16 : hidden / 16;
+  const int64_t shares = backward ? warps : kTensorCoreKSplits;
+  const int64_t register_budget =
+      backward ? kTensorCoreBackwardWeightRegisters : kTensorCoreWeightRegisters;
+  plan.threads = 32 * warps;
+  plan.k_tiles = (k_tiles_shared + shares - 1) / shares;
   plan.k_tile_bound = (plan.k_tiles + 3) / 4 * 4;
-  plan.batch_pad = (batch + 7) / 8 * 8;
+  plan.batch_pad = (batch + 15) / 16 * 16;
   plan.h_pitch = hidden + kTensorCoreHPadBytes / elem_bytes;
   plan.part_pitch = plan.batch_pad + kTensorCorePartPad;
-  plan.shared_bytes = plan.batch_pad * plan.h_pitch * elem_bytes +
-                      kTensorCoreKSplits * kTensorCoreUnits * gates * plan.part_pitch * 4 +
-                      (gates == 4 ? batch * kTensorCoreUnits * 4 : 0);
+  const int64_t partial_bytes = warps * kTensorCoreUnits * plan.part_pitch * 4;
+  const int64_t carried = backward ? (gates == 4 ? 2 : 1) : (gates == 4 ? 1 : 0);
+  plan.shared_bytes = (backward ? 0 : plan.batch_pad * plan.h_pitch * elem_bytes) +
+                      partial_bytes + carried * batch * kTensorCoreUnits * 4;
   if (plan.blocks > sm_count) {
     plan.reason = "the hidden size needs " + std::to_string(plan.blocks) +
                   " blocks of 16 units, over the device's " + std::to_string(sm_count) + " SMs";
-  } else if (plan.k_tiles > kTensorCoreWeightRegisters / (2 * elem_bytes)) {
-    plan.reason = "a warp's share of W_hh does not fit in registers (hidden size over " +
-                  std::to_string(16 * kTensorCoreWeightRegisters / (2 * elem_bytes) *
-                                 kTensorCoreKSplits) +
-                  " in this dtype)";
+  } else if (plan.k_tile_bound * 2 * elem_bytes > register_budget) {
+    plan.reason = "a warp's share of W_hh does not fit in registers (" +
+                  std::to_string(plan.k_tile_bound * 2 * elem_bytes) + " of them, over " +
+                  std::to_string(register_budget) + ")";
   } else if (plan.shared_bytes > shared_limit) {
-    plan.reason = "h of the batch and the partial sums need " +
-                  std::to_string(plan.shared_bytes) + " bytes of shared memory per block, over " +
-                  "the device's " + std::to_string(shared_limit);
+    plan.reason = std::string(backward ? "" : "h of the batch and ") + "the partial sums need " +
+                  std::to_string(plan.shared_bytes) +
+                  " bytes of shared memory per block, over the device's " +
+                  std::to_string(shared_limit);
   } else {
     plan.runs = true;
   }

@@ -79,9 +79,9 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "tensor_core_plan",
       [](int64_t batch, int64_t hidden, int64_t gates, int64_t elem_bytes, bool tf32,
-         int64_t sm_count, int64_t shared_limit) {
+         int64_t sm_count, int64_t shared_limit, bool backward) {
         const fused_rnn::TensorCorePlan plan = fused_rnn::plan_tensor_core_layer(
-            batch, hidden, gates, elem_bytes, tf32, sm_count, shared_limit);
+            batch, hidden, gates, elem_bytes, tf32, sm_count, shared_limit, backward);
         py::dict d;
         d["runs"] = plan.runs;
         d["reason"] = plan.reason;
@@ -95,9 +95,9 @@ PYBIND11_MODULE(_C, m) {
         d["shared_bytes"] = plan.shared_bytes;
         return d;
       },
-      "The tensor-core persistent kernel's plan for a shape on a device with sm_count SMs and "
-      "shared_limit bytes of shared memory per block, float32 as TF32 where tf32 "
-      "(persistent_plan.h).");
+      "The tensor-core persistent forward's (backward's) plan for a shape on a device with "
+      "sm_count SMs and shared_limit bytes of shared memory per block, float32 as TF32 where "
+      "tf32 (persistent_plan.h).");
   m.def(
       "tensor_core_maps",
       [](int64_t gates) {
@@ -182,13 +182,15 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "cuda_layer_path",
       [](int64_t gates, int64_t batch, int64_t hidden, int64_t elem_bytes, int64_t acc_bytes,
-         int64_t device) -> std::string {
+         int64_t device, bool backward) -> std::string {
 #ifdef FUSED_RNN_WITH_CUDA
-        return fused_rnn::cuda::layer_path(gates, batch, hidden, elem_bytes, acc_bytes, device);
+        return fused_rnn::cuda::layer_path(gates, batch, hidden, elem_bytes, acc_bytes, device,
+                                           backward);
 #else
         (void)gates, (void)batch, (void)hidden, (void)elem_bytes, (void)acc_bytes, (void)device;
+        (void)backward;
         return "step-wise: built without the CUDA kernels";
 #endif
       },
-      "Which forward path a CUDA layer of this shape takes: \"persistent\" or \"step-wise: why\".");
+      "Which forward (backward) path a CUDA layer of this shape takes, in words.");
 }

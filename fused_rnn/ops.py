@@ -95,13 +95,14 @@ def cpu_layer_path(mode: str, steps: int, batch: int, input_size: int, hidden_si
 
 
 def cuda_layer_path(mode: str, batch: int, hidden_size: int, dtype: torch.dtype = torch.float32,
-                    device=None) -> str:
-    """Which forward path a fused_rnn LSTM or GRU layer takes on CUDA.
+                    device=None, backward: bool = False) -> str:
+    """Which forward (with backward=True: backward) path a fused_rnn LSTM or GRU layer takes on
+    CUDA.
 
     For a padded batch (every step runs `batch` rows) without projection; packed sequences of
     varying lengths and LSTM projections always run step-wise. Returns "persistent (tensor
-    cores)", "persistent (SIMT; no tensor cores: " and why, or "step-wise: " and why. float32's
-    choice follows torch.backends.cudnn.allow_tf32 as it is when asked.
+    cores)", "persistent (SIMT; no tensor cores: " and why (forward only), or "step-wise: " and
+    why. float32's choice follows torch.backends.cudnn.allow_tf32 as it is when asked.
     """
     if mode not in _GATES:
         raise ValueError(f"cuda_layer_path: expected mode 'LSTM' or 'GRU', got {mode!r}")
@@ -110,7 +111,8 @@ def cuda_layer_path(mode: str, batch: int, hidden_size: int, dtype: torch.dtype 
     device = torch.device("cuda" if device is None else device)
     index = device.index if device.index is not None else torch.cuda.current_device()
     acc_bytes = 8 if dtype == torch.float64 else 4
-    return _C.cuda_layer_path(_GATES[mode], batch, hidden_size, dtype.itemsize, acc_bytes, index)
+    return _C.cuda_layer_path(_GATES[mode], batch, hidden_size, dtype.itemsize, acc_bytes, index,
+                              bool(backward))
 
 
 def _check_one_device(op: str, **tensors) -> None:

@@ -57,9 +57,13 @@ def test_plan_refuses_what_does_not_fit_and_says_why():
 K_SPLITS = 4  # kTensorCoreKSplits (persistent_plan.h): warps sharing one tile's K
 
 
+BACKWARD_WARPS = 12  # kTensorCoreBackwardWarps
+
+
 def tensor_core_plan(batch, hidden, gates=4, elem_bytes=2, tf32=True, sm_count=H200["sm_count"],
-                     shared_limit=H200["shared_limit"]):
-    return _C.tensor_core_plan(batch, hidden, gates, elem_bytes, tf32, sm_count, shared_limit)
+                     shared_limit=H200["shared_limit"], backward=False):
+    return _C.tensor_core_plan(batch, hidden, gates, elem_bytes, tf32, sm_count, shared_limit,
+                               backward)
 
 
 @pytest.mark.parametrize("batch, hidden, gates, elem_bytes", [
@@ -77,7 +81,7 @@ def test_tensor_core_plan_fits_the_benchmark_shapes_on_an_h200(batch, hidden, ga
     assert p["k_tiles"] * K_SPLITS * 16 >= hidden > (p["k_tiles"] - 1) * K_SPLITS * 16
     assert p["k_tile_bound"] in (4, 8, 12, 16) and 0 <= p["k_tile_bound"] - p["k_tiles"] < 4
     assert p["k_tile_bound"] * 2 * elem_bytes <= 64  # weight registers a thread
-    assert p["batch_pad"] % 8 == 0 and 0 <= p["batch_pad"] - batch < 8
+    assert p["batch_pad"] % 16 == 0 and 0 <= p["batch_pad"] - batch < 16
     assert p["h_pitch"] * elem_bytes == hidden * elem_bytes + 16
     h_bytes = p["batch_pad"] * p["h_pitch"] * elem_bytes
     partial_bytes = K_SPLITS * 16 * gates * p["part_pitch"] * 4
@@ -85,13 +89,41 @@ def test_tensor_core_plan_fits_the_benchmark_shapes_on_an_h200(batch, hidden, ga
     assert p["shared_bytes"] <= H200["shared_limit"]
 
 
+@pytest.mark.parametrize("batch, hidden, gates, elem_bytes", [
+    (16, 768, 4, 2), (16, 768, 3, 2), (64, 512, 4, 2), (64, 512, 3, 2), (1, 256, 4, 2),
+    (8, 1024, 3, 2), (64, 256, 4, 4), (64, 512, 3, 4), (256, 512, 4, 2),
+])
+def test_tensor_core_backward_plan_fits_the_benchmark_shapes_on_an_h200(batch, hidden, gates,
+                                                                         elem_bytes):
+    p = tensor_core_plan(batch, hidden, gates, elem_bytes, backward=True)
+    assert p["runs"], p["reason"]
+    assert p["blocks"] * 16 == hidden and p["threads"] == 32 * BACKWARD_WARPS
+    k_tiles = gates * hidden // 16  # of the gate gradients' columns
+    assert p["k_tiles"] * BACKWARD_WARPS >= k_tiles > (p["k_tiles"] - 1) * BACKWARD_WARPS
+    assert p["k_tile_bound"] * 2 * elem_bytes <= 64
+    partial_bytes = BACKWARD_WARPS * 16 * p["part_pitch"] * 4
+    carried = 2 if gates == 4 else 1  # h's gradient, and c's
+    assert p["shared_bytes"] == partial_bytes + carried * batch * 16 * 4 <= H200["shared_limit"]
+
+
+@pytest.mark.parametrize("kwargs, why", [
+    (dict(batch=16, hidden=1024, gates=4), "registers (96 of them, over 64)"),
+    (dict(batch=16, hidden=512, elem_bytes=4), "registers (96 of them, over 64)"),
+    (dict(batch=512, hidden=512), "the partial sums need"),
+])
+def test_tensor_core_backward_plan_refuses_what_it_cannot_run_and_says_why(kwargs, why):
+    p = tensor_core_plan(**kwargs, backward=True)
+    assert not p["runs"]
+    assert why in p["reason"]
+
+
 @pytest.mark.parametrize("kwargs, why", [
     (dict(batch=16, hidden=768, elem_bytes=8), "float16, bfloat16 and float32 (as TF32) only"),
     (dict(batch=16, hidden=512, elem_bytes=4, tf32=False), "allow_tf32 forbids"),
     (dict(batch=16, hidden=40), "multiple of 16"),
     (dict(batch=0, hidden=64), "multiple of 16"),
-    (dict(batch=16, hidden=1040), "registers (hidden size over 1024 in this dtype)"),
-    (dict(batch=16, hidden=768, elem_bytes=4), "registers (hidden size over 512 in this dtype)"),
+    (dict(batch=16, hidden=1040), "registers (80 of them, over 64)"),
+    (dict(batch=16, hidden=768, elem_bytes=4), "registers (96 of them, over 64)"),
     (dict(batch=16, hidden=1024, sm_count=32), "64 blocks of 16 units, over the device's 32 SMs"),
     (dict(batch=256, hidden=512), "shared memory"),
 ])
@@ -166,6 +198,41 @@ def test_tensor_core_indexing_replayed_on_the_cpu_gives_the_hidden_product(gates
                 torch.testing.assert_close(got, want[:, gate * hidden + j0 + unit])
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("gates, hidden, batch", [(4, 48, 5), (3, 80, 17), (4, 16, 1)])
+def test_tensor_core_backward_indexing_replayed_on_the_cpu_gives_the_state_gradient(
+        gates, hidden, batch, fmt):
+    """The backward kernel's indexing replayed likewise: W_hh^T's rows for a block's units (A,
+    pairs along K a row of W_hh apart), the gate gradients (B, [batch, G H]), the warps' partial
+    sums: each unit's sum must come out as grad_gates @ W_hh."""
+    a_key, b_key, width = FORMATS[fmt]
+    plan = tensor_core_plan(batch, hidden, gates, elem_bytes=4 if fmt == "tf32" else 2,
+                            backward=True)
+    maps = _C.tensor_core_maps(gates)
+    w = torch.randn(gates * hidden, hidden, dtype=torch.float64)
+    grads = torch.zeros(plan["batch_pad"], gates * hidden, dtype=torch.float64)
+    grads[:batch] = torch.randn(batch, gates * hidden, dtype=torch.float64)
+    want = grads[:batch] @ w
+    for block in range(plan["blocks"]):
+        j0 = 16 * block
+        partial = torch.zeros(BACKWARD_WARPS, 16, plan["batch_pad"], dtype=torch.float64)
+        for warp in range(BACKWARD_WARPS):
+            k_tile0 = warp * plan["k_tiles"]
+            for kt in range(min(plan["k_tiles"], gates * hidden // 16 - k_tile0)):
+                k = 16 * (k_tile0 + kt)
+                a = torch.zeros(16, 16, dtype=torch.float64)
+                for row, col in maps[a_key]:
+                    a[row, col:col + width] = w[k + col:k + col + width, j0 + row]
+                for nt in range(plan["batch_pad"] // 8):
+                    b = torch.zeros(16, 8, dtype=torch.float64)
+                    for row, col in maps[b_key]:
+                        b[row:row + width, col] = grads[8 * nt + col, k + row:k + row + width]
+                    d = a @ b
+                    for row, col in maps["c"]:
+                        partial[warp, row, 8 * nt + col] += d[row, col]
+        torch.testing.assert_close(partial.sum(0)[:, :batch].T, want[:, j0:j0 + 16])
+
+
 def test_cuda_layer_path_names_the_path_and_checks_mode():
     path = fused_rnn.cuda_layer_path("LSTM", 64, 512)
     assert path.startswith(("persistent (", "step-wise: ")), path
@@ -217,8 +284,10 @@ TENSOR_CORE_SIZES = [
         v, Sizes) else v)
 def test_tensor_core_kernel_matches_torch_nn(kind, sizes, barrier, dtype, persistent_on):
     fused_rnn.use_persistent_kernels(True, barrier=barrier)
-    path = fused_rnn.cuda_layer_path(kind.upper(), sizes.batch, sizes.hidden, dtype)
-    assert path == "persistent (tensor cores)", path
+    for backward in (False, True):
+        path = fused_rnn.cuda_layer_path(kind.upper(), sizes.batch, sizes.hidden, dtype,
+                                         backward=backward)
+        assert path == "persistent (tensor cores)", (backward, path)
     check_against_torch(kind, dict(num_layers=2, bidirectional=True), "padded", 11, True, dtype,
                         "cuda", sizes=sizes)
 
@@ -226,10 +295,17 @@ def test_tensor_core_kernel_matches_torch_nn(kind, sizes, barrier, dtype, persis
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_tensor_core_kernel_at_the_largest_bound_matches_torch_nn(kind, persistent_on):
-    """H = 1024 (16 k-tiles a warp), B = 64 (eight n-tiles), one direction, given states."""
+    """H = 1024 (16 k-tiles a warp forward; the GRU's backward too, the LSTM's backward runs
+    step-wise), B = 64 (eight n-tiles), one direction, given states."""
     sizes = Sizes(input_size=32, hidden=1024, batch=64)
     path = fused_rnn.cuda_layer_path(kind.upper(), sizes.batch, sizes.hidden, torch.bfloat16)
     assert path == "persistent (tensor cores)", path
+    backward = fused_rnn.cuda_layer_path(kind.upper(), sizes.batch, sizes.hidden, torch.bfloat16,
+                                         backward=True)
+    if kind == "gru":
+        assert backward == "persistent (tensor cores)", backward
+    else:
+        assert backward.startswith("step-wise: a warp's share of W_hh does not fit"), backward
     check_against_torch(kind, dict(batch_first=True), "padded", 6, True, torch.bfloat16, "cuda",
                         sizes=sizes)
 
@@ -248,12 +324,22 @@ def test_tensor_core_kernel_in_float32_follows_cudnns_tf32_flag(kind, persistent
     ours.load_state_dict(theirs.state_dict())
     truth = copy.deepcopy(theirs).double()
     x = torch.randn(40, 8, 64, device="cuda")
+    x.requires_grad_()
+
+    def output_and_grad(module, x):
+        out = module(x)[0]
+        return out.detach(), torch.autograd.grad(out.square().sum(), x)[0]
+
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):
-        assert fused_rnn.cuda_layer_path(kind.upper(), 8, 256) == "persistent (tensor cores)"
-        got, theirs_out = ours(x)[0], theirs(x)[0]
-    want = truth(x.double())[0]
+        for backward in (False, True):
+            path = fused_rnn.cuda_layer_path(kind.upper(), 8, 256, backward=backward)
+            assert path == "persistent (tensor cores)", (backward, path)
+        got, got_grad = output_and_grad(ours, x)
+        theirs_out, theirs_grad = output_and_grad(theirs, x)
+    want, want_grad = output_and_grad(truth, x.double())
     assert_matches_torch(got, theirs_out, want, "output", against_truth=True)
-    full = ours(x)[0]
+    assert_matches_torch(got_grad, theirs_grad, want_grad, "input gradient", against_truth=True)
+    full = ours(x)[0].detach()
     assert fused_rnn.cuda_layer_path(kind.upper(), 8, 256).startswith("persistent (SIMT; ")
     assert (got - full).abs().max() > 1e-5
 

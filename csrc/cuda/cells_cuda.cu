@@ -517,7 +517,7 @@ constexpr CellKernels<LstmCell> kCudaLstm{
     .gate_grads = &lstm_gate_grads_cuda,
     .sequence = &cuda::lstm_sequence,
     .sequence_from_input = nullptr,
-    .backward_sequence = nullptr,
+    .backward_sequence = &cuda::lstm_backward_sequence,
 };
 
 constexpr CellKernels<GruCell> kCudaGru{
@@ -526,7 +526,7 @@ constexpr CellKernels<GruCell> kCudaGru{
     .gate_grads = &gru_gate_grads_cuda,
     .sequence = &cuda::gru_sequence,
     .sequence_from_input = nullptr,
-    .backward_sequence = nullptr,
+    .backward_sequence = &cuda::gru_backward_sequence,
 };
 
 }  // namespace

@@ -1,7 +1,9 @@
 // What the persistent kernels (persistent_layer.cu: SIMT; persistent_tensor_core.cuh: tensor
 // cores) share: the sequence's tensors as pointers, and how a step of each cell finishes one
 // (row, unit) pair from its hidden-side sums with the gate math of cell_math.h. The results, saved
-// tensors included, are those of the step-wise path, so the backward is unchanged.
+// tensors included, are those of the step-wise path, so the backward is unchanged. The backward's
+// likewise (persistent_tensor_core_backward.cuh): the gate gradients of one (row, unit) pair of a
+// step from the gradient of its h, written as the step-wise backward writes them.
 #pragma once
 
 #include "../cell_math.h"
@@ -24,6 +26,23 @@ struct SequenceParams {
   scalar_t* workspace;          // [T*B, 4H] (GRU), or [B, 4H] reused by every step
   bool workspace_per_step;
   int64_t steps, batch, hidden, units;
+  bool reverse;
+};
+
+// The backward's tensors (BackwardSequenceTensors), contiguous; rows t * batch + b.
+template <typename scalar_t>
+struct BackwardSequenceParams {
+  const scalar_t* grad_output;  // [T*B, H]
+  const scalar_t* saved;        // [T*B, S*H]
+  const scalar_t* h_before;     // [T*B, H] (GRU)
+  const scalar_t* c_before;     // [T*B, H] (LSTM)
+  const scalar_t* cell_states;  // [T*B, H] (LSTM)
+  const scalar_t* w_hh;         // [G*H, H]
+  scalar_t* grad_h;             // [B, H]: in, the final h's gradient; out, the initial h's
+  scalar_t* grad_c;             // [B, H] likewise (LSTM)
+  scalar_t* grad_input_gates;   // [T*B, G*H] out; the LSTM's hidden side too
+  scalar_t* grad_hidden_gates;  // [T*B, G*H] out (GRU)
+  int64_t steps, batch, hidden;
   bool reverse;
 };
 
@@ -50,6 +69,25 @@ struct LstmSequence {
     p.cell_states[row * H + j] = c_new;
     p.output[row * H + j] = static_cast<scalar_t>(s.h_new);
   }
+  // The gate gradients of unit j of row b at step t from grad_h, the gradient of its h'; carried_c
+  // comes in as the gradient of c' and leaves as c's, carried_h leaves as the part of h's gradient
+  // that does not go through W_hh (none).
+  template <typename scalar_t>
+  __device__ static void finish_backward(const BackwardSequenceParams<scalar_t>& p, int64_t t,
+                                         int64_t b, int64_t j, float grad_h, float& carried_h,
+                                         float& carried_c) {
+    const int64_t H = p.hidden, row = t * p.batch + b;
+    const scalar_t* saved = p.saved + row * kLstmSaved * H;
+    const auto d = lstm_step_backward<float>(
+        [&](int64_t k) { return static_cast<float>(saved[k * H + j]); },
+        static_cast<float>(p.c_before[row * H + j]), static_cast<float>(p.cell_states[row * H + j]),
+        grad_h, carried_c);
+    scalar_t* grads = p.grad_input_gates + row * kGates * H;
+    store_lstm_gate_grads(d,
+                          [&](int64_t g, float v) { grads[g * H + j] = static_cast<scalar_t>(v); });
+    carried_h = 0.0f;
+    carried_c = d.c;
+  }
 };
 
 struct GruSequence {
@@ -72,6 +110,23 @@ struct GruSequence {
     scalar_t* ws = p.workspace + (p.workspace_per_step ? row : b) * kGruSaved * H;
     store_gru_saved(s, [&](int64_t k, acc_t v) { ws[k * H + j] = static_cast<scalar_t>(v); });
     p.output[row * H + j] = static_cast<scalar_t>(s.h_new);
+  }
+  // As LstmSequence's: carried_h leaves as the part of h's gradient through z * h.
+  template <typename scalar_t>
+  __device__ static void finish_backward(const BackwardSequenceParams<scalar_t>& p, int64_t t,
+                                         int64_t b, int64_t j, float grad_h, float& carried_h,
+                                         float& /*carried_c*/) {
+    const int64_t H = p.hidden, row = t * p.batch + b;
+    const scalar_t* saved = p.saved + row * kGruSaved * H;
+    const auto d = gru_step_backward<float>(
+        [&](int64_t k) { return static_cast<float>(saved[k * H + j]); },
+        static_cast<float>(p.h_before[row * H + j]), grad_h);
+    scalar_t* input_grads = p.grad_input_gates + row * kGates * H;
+    scalar_t* hidden_grads = p.grad_hidden_gates + row * kGates * H;
+    store_gru_gate_grads(
+        d, [&](int64_t g, float v) { input_grads[g * H + j] = static_cast<scalar_t>(v); },
+        [&](int64_t g, float v) { hidden_grads[g * H + j] = static_cast<scalar_t>(v); });
+    carried_h = d.h;
   }
 };
 

@@ -1,18 +1,20 @@
-// Persistent whole-sequence forward kernels for the LSTM and GRU layers (see persistent_plan.h):
-// the choice between them, and the SIMT kernel.
+// Persistent whole-sequence kernels for the LSTM and GRU layers (see persistent_plan.h): the
+// choice between them, and the SIMT forward kernel.
 //
 // One cooperative launch runs every step. float16, bfloat16 and (as TF32, where
 // torch.backends.cudnn.allow_tf32) float32 at hidden sizes that are multiples of 16 take the
-// tensor-core kernel (persistent_tensor_core.cuh: W_hh in registers as mma.sync fragments). Everything else that fits takes the SIMT kernel here: block k owns hidden units
-// [k*U, (k+1)*U): it loads the G gate rows of W_hh for them into shared memory once, then per step
-// stages the previous h of the whole batch in shared memory, computes its units' hidden-side
-// products (one warp per (row, unit) pair, the lanes splitting the reduction), finishes them with
-// the cell's step (persistent_cells.cuh), and meets the other blocks at a grid-wide barrier before
-// the next step reads the new h. The LSTM's cell state of its units stays in shared memory.
+// tensor-core kernels (persistent_tensor_core.cuh, persistent_tensor_core_backward.cuh: W_hh in
+// registers as mma.sync fragments), forward and backward. Any other forward that fits takes the
+// SIMT kernel here: block k owns hidden units [k*U, (k+1)*U): it loads the G gate rows of W_hh
+// for them into shared memory once, then per step stages the previous h of the whole batch in
+// shared memory, computes its units' hidden-side products (one warp per (row, unit) pair, the
+// lanes splitting the reduction), finishes them with the cell's step (persistent_cells.cuh), and
+// meets the other blocks at a grid-wide barrier before the next step reads the new h. The LSTM's
+// cell state of its units stays in shared memory.
 //
 // Off by default: the SIMT kernel was measured once on an H200 (fast at batch 1, slow from batch
 // 16: W_hh is re-read from shared memory per batch row; benchmarks/NOTES.md entry 15); the
-// tensor-core kernel is not yet measured (entry 55).
+// tensor-core kernels are not yet measured (entries 55, 56).
 #include "../cell_ops.h"
 #include "../persistent_plan.h"
 #include "persistent_cells.cuh"
@@ -22,8 +24,8 @@
 #include <ATen/Context.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
 #include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cooperative_groups.h>
 
@@ -119,7 +121,7 @@ PersistentPlan plan_for(int64_t gates, int64_t batch, int64_t hidden, int64_t el
 
 // float32 runs as TF32 where torch.nn's cuDNN would (torch.backends.cudnn.allow_tf32).
 TensorCorePlan tensor_core_plan_for(int64_t gates, int64_t batch, int64_t hidden,
-                                    int64_t elem_bytes, int64_t device) {
+                                    int64_t elem_bytes, int64_t device, bool backward = false) {
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device);
   if (!prop->cooperativeLaunch) {
     return {false, "the device has no cooperative launch", 0, 0, 0, 0, 0, 0, 0, 0};
@@ -130,7 +132,7 @@ TensorCorePlan tensor_core_plan_for(int64_t gates, int64_t batch, int64_t hidden
   return plan_tensor_core_layer(batch, hidden, gates, elem_bytes,
                                 at::globalContext().allowTF32CuDNN(),
                                 prop->multiProcessorCount,
-                                static_cast<int64_t>(prop->sharedMemPerBlockOptin));
+                                static_cast<int64_t>(prop->sharedMemPerBlockOptin), backward);
 }
 
 template <typename scalar_t>
@@ -166,6 +168,11 @@ bool aligned_for_tensor_cores(const at::Tensor& h0, const at::Tensor& output,
   return address(h0) % 16 == 0 && address(output) % 16 == 0 && address(w_hh) % 4 == 0;
 }
 
+// The flag barrier's step counts, one per block, zero (an empty tensor for grid.sync()).
+at::Tensor barrier_flags(bool flag_barrier, const TensorCorePlan& plan, const at::Tensor& like) {
+  return flag_barrier ? at::zeros({plan.blocks}, like.options().dtype(at::kInt)) : at::Tensor();
+}
+
 template <typename Cell>
 bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Tensor& c0,
                      const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hh,
@@ -190,10 +197,8 @@ bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Te
     if constexpr (!std::is_same_v<scalar_t, double>) {
       if (tensor_cores) {
         const bool flag_barrier = g_flag_barrier;
-        const at::Tensor flags =
-            flag_barrier ? at::zeros({tensor_core_plan.blocks}, xproj.options().dtype(at::kInt))
-                         : at::Tensor();
-        launch_tensor_core_layer<Cell, scalar_t>(p, tensor_core_plan, flag_barrier, flags);
+        launch_tensor_core_layer<Cell, scalar_t>(p, tensor_core_plan, flag_barrier,
+                                                 barrier_flags(flag_barrier, tensor_core_plan, xproj));
         return;
       }
     }
@@ -205,6 +210,38 @@ bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Te
     C10_CUDA_CHECK(cudaLaunchCooperativeKernel(
         reinterpret_cast<const void*>(kernel), dim3(plan.blocks), dim3(kThreads), args,
         plan.shared_bytes, at::cuda::getCurrentCUDAStream()));
+  });
+  return true;
+}
+
+// The whole backward time loop on the tensor-core kernel, where it applies (float32 only as TF32;
+// no episode starts, no zoneout: the step-wise loop handles those).
+template <typename Cell>
+bool launch_backward(const BackwardSequenceTensors& t) {
+  if (!persistent_enabled() || !t.starts.empty() || !t.zoneout.empty()) return false;
+  const int64_t B = t.grad_h.size(0), H = t.grad_h.size(1);
+  const int64_t steps = B == 0 ? 0 : t.grad_output.size(0) / B;
+  if (steps < 2 || t.grad_output.scalar_type() == at::kDouble) return false;
+  const TensorCorePlan plan = tensor_core_plan_for(Cell::kGates, B, H, t.grad_output.element_size(),
+                                                   t.grad_output.get_device(), true);
+  if (!plan.runs) return false;
+  const at::Tensor w_hh = t.w_hh.contiguous();
+  const c10::cuda::CUDAGuard guard(t.grad_output.device());
+  FUSED_RNN_DISPATCH_FLOATING_TYPES(t.grad_output.scalar_type(), "persistent_backward", [&] {
+    if constexpr (!std::is_same_v<scalar_t, double>) {
+      const auto data = [](const at::Tensor& x) {
+        return x.defined() ? x.data_ptr<scalar_t>() : nullptr;
+      };
+      const BackwardSequenceParams<scalar_t> p{
+          data(t.grad_output), data(t.saved),   data(t.h_before),
+          data(t.c_before),    data(t.cell_states), data(w_hh),
+          data(t.grad_h),      data(t.grad_c),  data(t.grad_input_gates),
+          data(t.grad_hidden_gates), steps,     B,
+          H,                   t.reverse};
+      const bool flag_barrier = g_flag_barrier;
+      launch_tensor_core_backward<Cell, scalar_t>(p, plan, flag_barrier,
+                                                  barrier_flags(flag_barrier, plan, w_hh));
+    }
   });
   return true;
 }
@@ -223,10 +260,14 @@ void set_persistent_barrier(const std::string& barrier) {
 std::string persistent_barrier() { return g_flag_barrier ? "flags" : "grid"; }
 
 std::string layer_path(int64_t gates, int64_t batch, int64_t hidden, int64_t elem_bytes,
-                       int64_t acc_bytes, int64_t device) {
+                       int64_t acc_bytes, int64_t device, bool backward) {
   if (!persistent_enabled()) return "step-wise: persistent kernels are off";
   const TensorCorePlan tensor_core_plan =
-      tensor_core_plan_for(gates, batch, hidden, elem_bytes, device);
+      tensor_core_plan_for(gates, batch, hidden, elem_bytes, device, backward);
+  if (backward) {
+    return tensor_core_plan.runs ? "persistent (tensor cores)"
+                                 : "step-wise: " + tensor_core_plan.reason;
+  }
   const PersistentPlan plan = plan_for(gates, batch, hidden, elem_bytes, acc_bytes, device);
   if (tensor_core_plan.runs) return "persistent (tensor cores)";
   if (plan.runs) return "persistent (SIMT; no tensor cores: " + tensor_core_plan.reason + ")";
@@ -244,6 +285,14 @@ bool gru_sequence(const SequenceTensors& t) {
   if (!t.starts.empty() || !t.zoneout.empty()) return false;
   return launch_sequence<GruSequence>(t.input_side, t.h0, at::Tensor(), t.w_hh, t.b_hh, t.output,
                                       at::Tensor(), t.saved, t.reverse);
+}
+
+bool lstm_backward_sequence(const BackwardSequenceTensors& t) {
+  return launch_backward<LstmSequence>(t);
+}
+
+bool gru_backward_sequence(const BackwardSequenceTensors& t) {
+  return launch_backward<GruSequence>(t);
 }
 
 }  // namespace fused_rnn::cuda

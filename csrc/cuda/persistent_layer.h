@@ -17,16 +17,22 @@ bool persistent_enabled();
 void set_persistent_barrier(const std::string& barrier);
 std::string persistent_barrier();
 
-// Which forward path a layer of this shape runs on CUDA device `device` (a uniform batch, no
-// projection), for a dtype of elem_bytes with accumulation in acc_bytes: "persistent", or
-// "step-wise: <why>".
+// Which forward (backward) path a layer of this shape runs on CUDA device `device` (a uniform
+// batch, no projection), for a dtype of elem_bytes with accumulation in acc_bytes: "persistent
+// (tensor cores)", "persistent (SIMT; no tensor cores: <why>)" (forward), or "step-wise: <why>".
 std::string layer_path(int64_t gates, int64_t batch, int64_t hidden, int64_t elem_bytes,
-                       int64_t acc_bytes, int64_t device);
+                       int64_t acc_bytes, int64_t device, bool backward);
 
 // Run the whole forward time loop of one layer in one launch and return true, where the path is
 // "persistent"; else return false and touch nothing (CellKernels::sequence; tensors as
 // SequenceTensors documents them).
 bool lstm_sequence(const SequenceTensors& t);
 bool gru_sequence(const SequenceTensors& t);
+
+// Run the whole backward time loop of one layer in one launch and return true, where the
+// backward path is "persistent (tensor cores)"; else return false and touch nothing
+// (CellKernels::backward_sequence; tensors as BackwardSequenceTensors documents them).
+bool lstm_backward_sequence(const BackwardSequenceTensors& t);
+bool gru_backward_sequence(const BackwardSequenceTensors& t);
 
 }  // namespace fused_rnn::cuda

@@ -21,139 +21,12 @@
 // Included by one instantiation file per dtype; persistent_layer.cu chooses and calls it.
 #pragma once
 
-#include "../mma_fragments.h"
 #include "persistent_tensor_core.h"
+#include "tensor_core_tiles.cuh"
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 #include <cooperative_groups.h>
 
 namespace fused_rnn::cuda {
-
-// How a warp's operands of one k-tile (16 columns of K) sit in registers and are multiplied, per
-// dtype: kARegs registers of W_hh (A; rows mma::a_row, columns a_col), kBRegs of h (B; rows
-// b_row, column mma::b_col), and the mma.sync instructions (float accumulation; sm_80 and later,
-// which the plan requires).
-template <typename scalar_t>
-struct TileFormat;
-
-// 16-bit inputs: one m16n8k16 a k-tile, each register a pair of elements along K.
-template <typename scalar_t>
-struct PairFormat {
-  static constexpr int kARegs = 4, kBRegs = 2;
-  __device__ static int a_col(int lane, int r) { return mma::a_col(lane, r); }
-  __device__ static int b_row(int lane, int r) { return mma::b_row(lane, r); }
-  // (4-byte aligned: even offsets of 4-byte aligned rows.)
-  __device__ static uint32_t load_a(const scalar_t* p) {
-    return *reinterpret_cast<const uint32_t*>(p);
-  }
-  __device__ static uint32_t load_b(const scalar_t* p) { return load_a(p); }
-  __device__ static uint4 staged(uint4 v) { return v; }
-};
-
-template <>
-struct TileFormat<c10::BFloat16> : PairFormat<c10::BFloat16> {
-  __device__ static void mma(float (&d)[4], const uint32_t* a, const uint32_t* b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-    __trap();
-#endif
-  }
-};
-
-template <>
-struct TileFormat<c10::Half> : PairFormat<c10::Half> {
-  __device__ static void mma(float (&d)[4], const uint32_t* a, const uint32_t* b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-    __trap();
-#endif
-  }
-};
-
-// float32 as TF32 (rounded to nearest, as cuBLAS rounds): two m16n8k8 a k-tile, one element a
-// register. W_hh is rounded as it is loaded, h as it is staged.
-template <>
-struct TileFormat<float> {
-  static constexpr int kARegs = 8, kBRegs = 4;
-  __device__ static int a_col(int lane, int r) { return mma::tf32_a_col(lane, r); }
-  __device__ static int b_row(int lane, int r) { return mma::tf32_b_row(lane, r); }
-  __device__ static uint32_t to_tf32(float x) {
-    uint32_t y = 0;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(y) : "f"(x));
-#else
-    __trap();
-#endif
-    return y;
-  }
-  __device__ static uint32_t load_a(const float* p) { return to_tf32(*p); }
-  __device__ static uint32_t load_b(const float* p) {
-    return *reinterpret_cast<const uint32_t*>(p);
-  }
-  __device__ static uint4 staged(uint4 v) {
-    return {to_tf32(__uint_as_float(v.x)), to_tf32(__uint_as_float(v.y)),
-            to_tf32(__uint_as_float(v.z)), to_tf32(__uint_as_float(v.w))};
-  }
-  __device__ static void mma(float (&d)[4], const uint32_t* a, const uint32_t* b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      asm volatile(
-          "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
-          "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-          : "r"(a[4 * half]), "r"(a[4 * half + 1]), "r"(a[4 * half + 2]), "r"(a[4 * half + 3]),
-            "r"(b[2 * half]), "r"(b[2 * half + 1]));
-    }
-#else
-    __trap();
-#endif
-  }
-};
-
-enum class PersistentBarrier { kGrid, kFlags };
-
-// A release store of a step count by one thread, after the block's writes (a __syncthreads()
-// before it orders them first: release is cumulative), and the acquire load that polls it (PTX
-// memory model, gpu scope; the waiting threads meet the poller at a barrier after it).
-__device__ __forceinline__ void publish_steps(unsigned* flag, unsigned steps) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(flag), "r"(steps) : "memory");
-#else
-  __trap();
-#endif
-}
-__device__ __forceinline__ unsigned published_steps(const unsigned* flag) {
-  unsigned steps = 0;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(steps) : "l"(flag) : "memory");
-#else
-  __trap();
-#endif
-  return steps;
-}
-// bar.sync on barrier `id` (1-15; 0 is __syncthreads()) for `threads` threads, whole warps.
-__device__ __forceinline__ void named_barrier(int id, int threads) {
-  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
-
-// The plan's sizes the kernel reads at run time.
-struct TensorCoreTiling {
-  int k_tiles, batch_pad, h_pitch, part_pitch;
-};
 
 // flags: one per block, zero at launch (kFlags).
 template <typename Cell, typename scalar_t, int kKTileBound, PersistentBarrier kBarrier>
@@ -186,7 +59,8 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
       const TileRow row = tensor_core_tile_row(G, tile, mma::a_row(lane, r));
       const int64_t w_row = static_cast<int64_t>(row.gate) * H + j0 + row.unit;
       a[kt][r] = kt < k_tile_count ? Format::load_a(p.w_hh + w_row * H + 16 * (k_tile0 + kt) +
-                                                    Format::a_col(lane, r))
+                                                        Format::a_col(lane, r),
+                                                    1)
                                    : 0u;
     }
   }
@@ -216,53 +90,53 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
         __syncwarp();
       }
       named_barrier(1 + split, group_threads);
+      const scalar_t* h_ready = launder(h_prev);
       const int vectors = 16 / kPerVector * max(k_tile_count, 0);
       for (int e = group_tid; e < B * vectors; e += group_threads) {
         const int b = e / vectors, k = 16 * k_tile0 + kPerVector * (e % vectors);
         *reinterpret_cast<uint4*>(s_h + b * pitch + k) = Format::staged(
-            __ldcg(reinterpret_cast<const uint4*>(h_prev + static_cast<int64_t>(b) * H + k)));
+            load_l2(reinterpret_cast<const uint4*>(h_ready + static_cast<int64_t>(b) * H + k)));
       }
       named_barrier(1 + split, group_threads);
     } else {
+      const scalar_t* h_ready = launder(h_prev);  // (after the last step's grid.sync())
       const int vectors = H / kPerVector;
       for (int e = tid; e < B * vectors; e += kThreads) {
         const int b = e / vectors, k = kPerVector * (e % vectors);
         *reinterpret_cast<uint4*>(s_h + b * pitch + k) = Format::staged(
-            __ldcg(reinterpret_cast<const uint4*>(h_prev + static_cast<int64_t>(b) * H + k)));
+            load_l2(reinterpret_cast<const uint4*>(h_ready + static_cast<int64_t>(b) * H + k)));
       }
       __syncthreads();
     }
 
-    // (ii) Two n-tiles at a time: two independent accumulator chains.
+    // (ii) Two n-tiles at a time (batch_pad is a multiple of 16): two independent accumulator
+    // chains. No branches around the k-tiles, so that the compiler can schedule their loads
+    // freely: beyond this warp's share (zero weights) a clamped column is read and replaced by
+    // zero (the columns past h's rows hold other data).
     for (int nt0 = 0; nt0 < n_tiles; nt0 += 2) {
-      const bool second = nt0 + 1 < n_tiles;
       float acc[2][4] = {};
 #pragma unroll
       for (int kt = 0; kt < kKTileBound; ++kt) {
-        if (kt < k_tile_count) {
-          const int k = 16 * (k_tile0 + kt);
+        const bool valid = kt < k_tile_count;
+        const int k = valid ? 16 * (k_tile0 + kt) : 0;
 #pragma unroll
-          for (int n = 0; n < 2; ++n) {
-            if (n == 0 || second) {
-              const scalar_t* column = s_h + (8 * (nt0 + n) + mma::b_col(lane)) * pitch + k;
-              uint32_t b[Format::kBRegs];
+        for (int n = 0; n < 2; ++n) {
+          const scalar_t* column = s_h + (8 * (nt0 + n) + mma::b_col(lane)) * pitch + k;
+          uint32_t b[Format::kBRegs];
 #pragma unroll
-              for (int r = 0; r < Format::kBRegs; ++r) {
-                b[r] = Format::load_b(column + Format::b_row(lane, r));
-              }
-              Format::mma(acc[n], a[kt], b);
-            }
+          for (int r = 0; r < Format::kBRegs; ++r) {
+            const uint32_t value = Format::load_b(column + Format::b_row(lane, r));
+            b[r] = valid ? value : 0u;
           }
+          Format::mma(acc[n], a[kt], b);
         }
       }
 #pragma unroll
       for (int n = 0; n < 2; ++n) {
-        if (n == 0 || second) {
 #pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const int row = (split * G + tile) * 16 + mma::c_row(lane, c);
-            s_part[row * part_pitch + 8 * (nt0 + n) + mma::c_col(lane, c)] = acc[n][c];
-          }
+        for (int c = 0; c < 4; ++c) {
+          const int row = (split * G + tile) * 16 + mma::c_row(lane, c);
+          s_part[row * part_pitch + 8 * (nt0 + n) + mma::c_col(lane, c)] = acc[n][c];
         }
       }
     }
@@ -302,56 +176,24 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
   }
 }
 
-template <typename Cell, typename scalar_t, int kKTileBound, PersistentBarrier kBarrier>
-void launch_bounded(const SequenceParams<scalar_t>& p, const TensorCorePlan& plan,
-                    unsigned* flags) {
-  auto* kernel = &tensor_core_layer_kernel<Cell, scalar_t, kKTileBound, kBarrier>;
-  const int shared_bytes = static_cast<int>(plan.shared_bytes);
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      shared_bytes));
-  int blocks_per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &blocks_per_sm, kernel, static_cast<int>(plan.threads), shared_bytes));
-  TORCH_CHECK(blocks_per_sm >= 1, "fused_rnn: the tensor-core persistent kernel (", plan.threads,
-              " threads, ", shared_bytes, " bytes of shared memory) does not fit on an SM");
-  SequenceParams<scalar_t> params = p;
-  TensorCoreTiling tiling{static_cast<int>(plan.k_tiles), static_cast<int>(plan.batch_pad),
-                          static_cast<int>(plan.h_pitch), static_cast<int>(plan.part_pitch)};
-  void* args[] = {&params, &tiling, &flags};
-  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(
-      reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(plan.blocks)),
-      dim3(static_cast<unsigned>(plan.threads)), args, plan.shared_bytes,
-      at::cuda::getCurrentCUDAStream()));
-}
-
-template <typename Cell, typename scalar_t, PersistentBarrier kBarrier>
-void launch_with_barrier(const SequenceParams<scalar_t>& p, const TensorCorePlan& plan,
-                         unsigned* flags) {
-  // The bounds the dtype's registers allow (plan_tensor_core_layer's limit).
-  constexpr int kMaxBound = kTensorCoreWeightRegisters / TileFormat<scalar_t>::kARegs;
-  static_assert(kMaxBound == 8 || kMaxBound == 16, "one case per bound below");
-  switch (plan.k_tile_bound) {
-    case 4: return launch_bounded<Cell, scalar_t, 4, kBarrier>(p, plan, flags);
-    case 8: return launch_bounded<Cell, scalar_t, 8, kBarrier>(p, plan, flags);
-  }
-  if constexpr (kMaxBound == 16) {
-    switch (plan.k_tile_bound) {
-      case 12: return launch_bounded<Cell, scalar_t, 12, kBarrier>(p, plan, flags);
-      case 16: return launch_bounded<Cell, scalar_t, 16, kBarrier>(p, plan, flags);
-    }
-  }
-  TORCH_CHECK(false, "fused_rnn: no tensor-core kernel for ", plan.k_tile_bound, " k-tiles");
-}
-
 template <typename Cell, typename scalar_t>
 void launch_tensor_core_layer(const SequenceParams<scalar_t>& p, const TensorCorePlan& plan,
                               bool flag_barrier, const at::Tensor& flags) {
-  if (flag_barrier) {
-    launch_with_barrier<Cell, scalar_t, PersistentBarrier::kFlags>(
-        p, plan, reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>()));
-  } else {
-    launch_with_barrier<Cell, scalar_t, PersistentBarrier::kGrid>(p, plan, nullptr);
-  }
+  const TensorCoreTiling tiling{static_cast<int>(plan.k_tiles), static_cast<int>(plan.batch_pad),
+                                static_cast<int>(plan.h_pitch), static_cast<int>(plan.part_pitch)};
+  unsigned* flag_data =
+      flag_barrier ? reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>()) : nullptr;
+  with_k_tile_bound<scalar_t, kTensorCoreWeightRegisters>(plan.k_tile_bound, [&](auto bound) {
+    constexpr int kBound = decltype(bound)::value;
+    constexpr auto kFlags = PersistentBarrier::kFlags, kGrid = PersistentBarrier::kGrid;
+    if (flag_barrier) {
+      launch_persistent(&tensor_core_layer_kernel<Cell, scalar_t, kBound, kFlags>, plan, p,
+                        tiling, flag_data);
+    } else {
+      launch_persistent(&tensor_core_layer_kernel<Cell, scalar_t, kBound, kGrid>, plan, p, tiling,
+                        flag_data);
+    }
+  });
 }
 
 }  // namespace fused_rnn::cuda

@@ -1,5 +1,6 @@
-// The tensor-core persistent forward (persistent_tensor_core.cuh), as persistent_layer.cu calls it:
-// built once per dtype (persistent_tensor_core_{half,bfloat16,float}.cu).
+// The tensor-core persistent forward (persistent_tensor_core.cuh) and backward
+// (persistent_tensor_core_backward.cuh), as persistent_layer.cu calls them: built once per dtype
+// (persistent_tensor_core_{half,bfloat16,float}.cu).
 #pragma once
 
 #include "../persistent_plan.h"
@@ -16,5 +17,11 @@ namespace fused_rnn::cuda {
 template <typename Cell, typename scalar_t>
 void launch_tensor_core_layer(const SequenceParams<scalar_t>& p, const TensorCorePlan& plan,
                               bool flag_barrier, const at::Tensor& flags);
+
+// The whole backward time loop likewise (plan: the backward's).
+template <typename Cell, typename scalar_t>
+void launch_tensor_core_backward(const BackwardSequenceParams<scalar_t>& p,
+                                 const TensorCorePlan& plan, bool flag_barrier,
+                                 const at::Tensor& flags);
 
 }  // namespace fused_rnn::cuda

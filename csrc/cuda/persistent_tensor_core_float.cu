@@ -1,10 +1,15 @@
-// The tensor-core persistent forward for float32 as TF32 (its own file: the dtypes compile in
-// parallel).
+// The tensor-core persistent forward and backward for float32, as TF32 (a file per dtype:
+// they compile in parallel).
 #include "persistent_tensor_core.cuh"
+#include "persistent_tensor_core_backward.cuh"
 
 namespace fused_rnn::cuda {
 template void launch_tensor_core_layer<LstmSequence, float>(
     const SequenceParams<float>&, const TensorCorePlan&, bool, const at::Tensor&);
 template void launch_tensor_core_layer<GruSequence, float>(
     const SequenceParams<float>&, const TensorCorePlan&, bool, const at::Tensor&);
+template void launch_tensor_core_backward<LstmSequence, float>(
+    const BackwardSequenceParams<float>&, const TensorCorePlan&, bool, const at::Tensor&);
+template void launch_tensor_core_backward<GruSequence, float>(
+    const BackwardSequenceParams<float>&, const TensorCorePlan&, bool, const at::Tensor&);
 }  // namespace fused_rnn::cuda

@@ -1,0 +1,163 @@
+// The tensor-core persistent backward of the LSTM and GRU layers (BackwardSequenceTensors): one
+// cooperative launch runs the whole backward time loop, each block keeping W_hh^T's rows for its
+// 16 units in registers as mma.sync A fragments (plan_tensor_core_layer, backward).
+//
+// Steps run last first. Per step a block (i) multiplies its W_hh^T rows by the hidden-side gate
+// gradients of the step run before (all G H columns, split over its warps; the B operand read
+// through L2, where the other blocks wrote it), the partial sums meeting in shared memory, so
+// that each (unit, batch row) pair has the gradient of its h' = that product + the part carried
+// past W_hh + the output's gradient; (ii) finishes the pairs with the cell's backward step
+// (persistent_cells.cuh), writing the step's gate gradients; (iii) publishes them. After the
+// last step, one more product gives the initial state's gradient. The weight and input
+// gradients stay single GEMMs over all steps afterwards (layer_common.cpp).
+//
+// The barrier is the forward's (tensor_core_tiles.cuh): with flags, each warp waits only for the
+// blocks whose units its K share covers (a k-tile of 16 gate-gradient columns is one block's
+// units in one gate) and reads their columns itself, so a __syncwarp() orders its loads.
+// Included by one instantiation file per dtype; persistent_layer.cu chooses and calls it.
+#pragma once
+
+#include "persistent_tensor_core.h"
+#include "tensor_core_tiles.cuh"
+
+#include <cooperative_groups.h>
+
+namespace fused_rnn::cuda {
+
+template <typename Cell, typename scalar_t, int kKTileBound, PersistentBarrier kBarrier>
+__global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
+    tensor_core_backward_kernel(const BackwardSequenceParams<scalar_t> p,
+                                const TensorCoreTiling tiling, unsigned* flags) {
+  using Format = TileFormat<scalar_t>;
+  constexpr int G = Cell::kGates, kWarps = kTensorCoreBackwardWarps, kUnits = kTensorCoreUnits;
+  constexpr int kThreads = 32 * kWarps;
+  extern __shared__ __align__(16) unsigned char shared[];
+  const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), columns = G * H;
+  const int part_pitch = tiling.part_pitch, n_tiles = tiling.batch_pad / 8;
+  float* s_part = reinterpret_cast<float*>(shared);     // [kWarps][kUnits][part_pitch]
+  float* s_carried_h = s_part + kWarps * kUnits * part_pitch;  // [B][kUnits]
+  float* s_carried_c = s_carried_h + B * kUnits;               // [B][kUnits] (LSTM)
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int j0 = blockIdx.x * kUnits;
+  const int k_tile0 = warp * tiling.k_tiles;
+  const int k_tile_count = min(tiling.k_tiles, columns / 16 - k_tile0);  // <= 0: adds zeros
+  // The step-before gradients' hidden side: the LSTM's pre-activations sum both sides.
+  const scalar_t* hidden_grads = Cell::kCarriesCell ? p.grad_input_gates : p.grad_hidden_gates;
+
+  // W_hh^T's rows j0..j0+15 over this warp's K share: element (u, k) is W_hh[k][j0 + u], the next
+  // along K a row of W_hh further.
+  uint32_t a[kKTileBound][Format::kARegs];
+#pragma unroll
+  for (int kt = 0; kt < kKTileBound; ++kt) {
+#pragma unroll
+    for (int r = 0; r < Format::kARegs; ++r) {
+      const int64_t k = 16 * (k_tile0 + kt) + Format::a_col(lane, r);
+      a[kt][r] = kt < k_tile_count
+                     ? Format::load_a(p.w_hh + k * H + j0 + mma::a_row(lane, r), H)
+                     : 0u;
+    }
+  }
+  for (int e = tid; e < B * kUnits; e += kThreads) {
+    const int64_t at = static_cast<int64_t>(e / kUnits) * H + j0 + e % kUnits;
+    s_carried_h[e] = static_cast<float>(p.grad_h[at]);
+    if constexpr (Cell::kCarriesCell) s_carried_c[e] = static_cast<float>(p.grad_c[at]);
+  }
+  __syncthreads();
+
+  // Iteration i < steps runs step t; i == steps only the initial state's product.
+  for (int64_t i = 0; i <= p.steps; ++i) {
+    // (i) The product with the gate gradients of the step run before (none before the first).
+    if (i > 0) {
+      if constexpr (kBarrier == PersistentBarrier::kFlags) {
+        if (lane < k_tile_count) {
+          const unsigned* flag = flags + (k_tile0 + lane) % (H / 16);
+          while (published_steps(flag) < static_cast<unsigned>(i)) {
+          }
+        }
+        __syncwarp();
+      }
+      const int64_t t_before = p.reverse ? i - 1 : p.steps - i;
+      const scalar_t* grads = launder(hidden_grads + t_before * B * columns);
+      // An n-tile at a time, its B fragments from L2. No branches around the k-tiles, so that the
+      // compiler can issue their loads together: beyond this warp's share (zero weights) and
+      // past the batch, a clamped address is read and the value replaced by zero.
+      for (int nt = 0; nt < n_tiles; ++nt) {
+        const int b = 8 * nt + mma::b_col(lane);
+        const scalar_t* row = grads + static_cast<int64_t>(b < B ? b : 0) * columns;
+        float acc[4] = {};
+#pragma unroll
+        for (int kt = 0; kt < kKTileBound; ++kt) {
+          const bool valid = kt < k_tile_count && b < B;
+          const scalar_t* column = row + (kt < k_tile_count ? 16 * (k_tile0 + kt) : 0);
+          uint32_t frag[Format::kBRegs];
+#pragma unroll
+          for (int r = 0; r < Format::kBRegs; ++r) {
+            const uint32_t value = Format::load_b_global(column + Format::b_row(lane, r));
+            frag[r] = valid ? value : 0u;
+          }
+          Format::mma(acc, a[kt], frag);
+        }
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int unit_row = warp * kUnits + mma::c_row(lane, c);
+          s_part[unit_row * part_pitch + 8 * nt + mma::c_col(lane, c)] = acc[c];
+        }
+      }
+      __syncthreads();
+    }
+
+    // (ii) Each pair's gradient of h' (of h0 after the last step), then the step's backward.
+    for (int e = tid; e < B * kUnits; e += kThreads) {
+      const int b = e / kUnits, u = e % kUnits;
+      float grad_h = s_carried_h[e];
+      if (i > 0) {
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) grad_h += s_part[(w * kUnits + u) * part_pitch + b];
+      }
+      const int64_t at = static_cast<int64_t>(b) * H + j0 + u;
+      if (i == p.steps) {
+        p.grad_h[at] = static_cast<scalar_t>(grad_h);
+        if constexpr (Cell::kCarriesCell) p.grad_c[at] = static_cast<scalar_t>(s_carried_c[e]);
+        continue;
+      }
+      const int64_t t = p.reverse ? i : p.steps - 1 - i;
+      grad_h += static_cast<float>(p.grad_output[t * B * H + at]);
+      float no_cell = 0.0f;
+      Cell::finish_backward(p, t, b, j0 + u, grad_h, s_carried_h[e],
+                            Cell::kCarriesCell ? s_carried_c[e] : no_cell);
+    }
+    if (i == p.steps) break;
+    // (iii) This step's gate gradients are written and visible before any block reads them; the
+    // barrier also keeps s_part until this block's threads are done with it.
+    if constexpr (kBarrier == PersistentBarrier::kFlags) {
+      __syncthreads();
+      if (tid == 0) publish_steps(flags + blockIdx.x, static_cast<unsigned>(i + 1));
+    } else {
+      cooperative_groups::this_grid().sync();
+    }
+  }
+}
+
+template <typename Cell, typename scalar_t>
+void launch_tensor_core_backward(const BackwardSequenceParams<scalar_t>& p,
+                                 const TensorCorePlan& plan, bool flag_barrier,
+                                 const at::Tensor& flags) {
+  const TensorCoreTiling tiling{static_cast<int>(plan.k_tiles), static_cast<int>(plan.batch_pad),
+                                static_cast<int>(plan.h_pitch), static_cast<int>(plan.part_pitch)};
+  unsigned* flag_data =
+      flag_barrier ? reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>()) : nullptr;
+  constexpr int64_t kBudget = kTensorCoreBackwardWeightRegisters;
+  with_k_tile_bound<scalar_t, kBudget>(plan.k_tile_bound, [&](auto bound) {
+    constexpr int kBound = decltype(bound)::value;
+    constexpr auto kFlags = PersistentBarrier::kFlags, kGrid = PersistentBarrier::kGrid;
+    if (flag_barrier) {
+      launch_persistent(&tensor_core_backward_kernel<Cell, scalar_t, kBound, kFlags>, plan, p,
+                        tiling, flag_data);
+    } else {
+      launch_persistent(&tensor_core_backward_kernel<Cell, scalar_t, kBound, kGrid>, plan, p,
+                        tiling, flag_data);
+    }
+  });
+}
+
+}  // namespace fused_rnn::cuda

@@ -1,0 +1,212 @@
+// What the tensor-core persistent kernels (persistent_tensor_core.cuh: forward;
+// persistent_tensor_core_backward.cuh: backward) share: how a dtype's operands sit in mma.sync
+// fragments (TileFormat), and the two barriers between steps.
+#pragma once
+
+#include "../mma_fragments.h"
+#include "../persistent_plan.h"
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace fused_rnn::cuda {
+
+// Loads through L2 (ld.global.cg: data other SMs wrote in this launch) that the compiler may
+// schedule freely, batching them ahead of the mma that use them (__ldcg is volatile, which pins
+// each load next to its use and serializes their latency). Being free to move, they must take
+// their address from launder() after the barrier that orders them, or they could move above it.
+template <typename T>
+__device__ __forceinline__ T* launder(T* p) {
+  asm volatile("" : "+l"(p)::"memory");
+  return p;
+}
+__device__ __forceinline__ uint32_t load_l2(const uint32_t* p) {
+  uint32_t v;
+  asm("ld.global.cg.b32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint4 load_l2(const uint4* p) {
+  uint4 v;
+  asm("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+// How a warp's operands of one k-tile (16 columns of K) sit in registers and are multiplied, per
+// dtype: kARegs registers of W_hh (A; rows mma::a_row, columns a_col), kBRegs of h or of the gate
+// gradients (B; rows b_row, column mma::b_col), and the mma.sync instructions (float
+// accumulation; sm_80 and later, which the plan requires).
+template <typename scalar_t>
+struct TileFormat;
+
+// 16-bit inputs: one m16n8k16 a k-tile, each register a pair of elements along K.
+template <typename scalar_t>
+struct PairFormat {
+  static constexpr int kARegs = 4, kBRegs = 2;
+  __device__ static int a_col(int lane, int r) { return mma::a_col(lane, r); }
+  __device__ static int b_row(int lane, int r) { return mma::b_row(lane, r); }
+  // A register of W_hh: the elements at p and p + stride (the next along K), low half first.
+  __device__ static uint32_t load_a(const scalar_t* p, int64_t stride) {
+    return static_cast<uint32_t>(p[0].x) | static_cast<uint32_t>(p[stride].x) << 16;
+  }
+  // A register of B from shared memory (staged) or, through L2 (load_l2), from global memory:
+  // the pair at p (4-byte aligned: even offsets of 4-byte aligned rows).
+  __device__ static uint32_t load_b(const scalar_t* p) {
+    return *reinterpret_cast<const uint32_t*>(p);
+  }
+  __device__ static uint32_t load_b_global(const scalar_t* p) {
+    return load_l2(reinterpret_cast<const uint32_t*>(p));
+  }
+  __device__ static uint4 staged(uint4 v) { return v; }
+};
+
+template <>
+struct TileFormat<c10::BFloat16> : PairFormat<c10::BFloat16> {
+  __device__ static void mma(float (&d)[4], const uint32_t* a, const uint32_t* b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+  }
+};
+
+template <>
+struct TileFormat<c10::Half> : PairFormat<c10::Half> {
+  __device__ static void mma(float (&d)[4], const uint32_t* a, const uint32_t* b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+  }
+};
+
+// float32 as TF32 (rounded to nearest, as cuBLAS rounds): two m16n8k8 a k-tile, one element a
+// register. W_hh is rounded as it is loaded, B as it is staged or loaded.
+template <>
+struct TileFormat<float> {
+  static constexpr int kARegs = 8, kBRegs = 4;
+  __device__ static int a_col(int lane, int r) { return mma::tf32_a_col(lane, r); }
+  __device__ static int b_row(int lane, int r) { return mma::tf32_b_row(lane, r); }
+  __device__ static uint32_t to_tf32(float x) {
+    uint32_t y = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(y) : "f"(x));
+#else
+    __trap();
+#endif
+    return y;
+  }
+  __device__ static uint32_t load_a(const float* p, int64_t /*stride*/) { return to_tf32(*p); }
+  __device__ static uint32_t load_b(const float* p) {
+    return *reinterpret_cast<const uint32_t*>(p);
+  }
+  __device__ static uint32_t load_b_global(const float* p) {
+    return to_tf32(__uint_as_float(load_l2(reinterpret_cast<const uint32_t*>(p))));
+  }
+  __device__ static uint4 staged(uint4 v) {
+    return {to_tf32(__uint_as_float(v.x)), to_tf32(__uint_as_float(v.y)),
+            to_tf32(__uint_as_float(v.z)), to_tf32(__uint_as_float(v.w))};
+  }
+  __device__ static void mma(float (&d)[4], const uint32_t* a, const uint32_t* b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      asm volatile(
+          "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
+          "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+          : "r"(a[4 * half]), "r"(a[4 * half + 1]), "r"(a[4 * half + 2]), "r"(a[4 * half + 3]),
+            "r"(b[2 * half]), "r"(b[2 * half + 1]));
+    }
+#else
+    __trap();
+#endif
+  }
+};
+
+enum class PersistentBarrier { kGrid, kFlags };
+
+// A release store of a step count by one thread, after the block's writes (a __syncthreads()
+// before it orders them first: release is cumulative), and the acquire load that polls it (PTX
+// memory model, gpu scope; the waiting threads meet the poller at a barrier after it).
+__device__ __forceinline__ void publish_steps(unsigned* flag, unsigned steps) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(flag), "r"(steps) : "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ unsigned published_steps(const unsigned* flag) {
+  unsigned steps = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(steps) : "l"(flag) : "memory");
+#else
+  __trap();
+#endif
+  return steps;
+}
+// bar.sync on barrier `id` (1-15; 0 is __syncthreads()) for `threads` threads, whole warps.
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+// The plan's sizes the kernel reads at run time.
+struct TensorCoreTiling {
+  int k_tiles, batch_pad, h_pitch, part_pitch;
+};
+
+// Calls launch(std::integral_constant<int, bound>()) for the k-tile bound the plan chose, among
+// the multiples of 4 that kRegisterBudget registers of the dtype's A fragments allow (the
+// plan's limit): the kernels built.
+template <int kBound, int kMaxBound, typename Launch>
+void with_bound_from(int64_t bound, const Launch& launch) {
+  if (bound == kBound) return launch(std::integral_constant<int, kBound>());
+  if constexpr (kBound + 4 <= kMaxBound) {
+    with_bound_from<kBound + 4, kMaxBound>(bound, launch);
+  } else {
+    TORCH_CHECK(false, "fused_rnn: no tensor-core kernel for ", bound, " k-tiles");
+  }
+}
+template <typename scalar_t, int64_t kRegisterBudget, typename Launch>
+void with_k_tile_bound(int64_t bound, const Launch& launch) {
+  with_bound_from<4, kRegisterBudget / TileFormat<scalar_t>::kARegs>(bound, launch);
+}
+
+// One cooperative launch of kernel(args...) on the current stream, its grid, block and shared
+// memory as the plan says.
+template <typename... KernelParams, typename... Args>
+void launch_persistent(void (*kernel)(KernelParams...), const TensorCorePlan& plan,
+                       Args... args) {
+  const int shared_bytes = static_cast<int>(plan.shared_bytes);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      shared_bytes));
+  int blocks_per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &blocks_per_sm, kernel, static_cast<int>(plan.threads), shared_bytes));
+  TORCH_CHECK(blocks_per_sm >= 1, "fused_rnn: a tensor-core persistent kernel (", plan.threads,
+              " threads, ", shared_bytes, " bytes of shared memory) does not fit on an SM");
+  void* pointers[] = {static_cast<void*>(&args)...};
+  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(
+      reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(plan.blocks)),
+      dim3(static_cast<unsigned>(plan.threads)), pointers, plan.shared_bytes,
+      c10::cuda::getCurrentCUDAStream()));
+}
+
+}  // namespace fused_rnn::cuda
