@@ -177,23 +177,15 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
 }
 
 template <typename Cell, typename scalar_t>
-void launch_tensor_core_layer(const SequenceParams<scalar_t>& p, const TensorCorePlan& plan,
-                              bool flag_barrier, const at::Tensor& flags) {
-  const TensorCoreTiling tiling{static_cast<int>(plan.k_tiles), static_cast<int>(plan.batch_pad),
-                                static_cast<int>(plan.h_pitch), static_cast<int>(plan.part_pitch)};
-  unsigned* flag_data =
-      flag_barrier ? reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>()) : nullptr;
-  with_k_tile_bound<scalar_t, kTensorCoreWeightRegisters>(plan.k_tile_bound, [&](auto bound) {
+void launch_tensor_core_layer(const SequenceParams<scalar_t>& p,
+                              const TensorCorePlan& plan, bool flag_barrier,
+                              const at::Tensor& flags) {
+  const auto kernel_for = [](auto bound, auto barrier) {
     constexpr int kBound = decltype(bound)::value;
-    constexpr auto kFlags = PersistentBarrier::kFlags, kGrid = PersistentBarrier::kGrid;
-    if (flag_barrier) {
-      launch_persistent(&tensor_core_layer_kernel<Cell, scalar_t, kBound, kFlags>, plan, p,
-                        tiling, flag_data);
-    } else {
-      launch_persistent(&tensor_core_layer_kernel<Cell, scalar_t, kBound, kGrid>, plan, p, tiling,
-                        flag_data);
-    }
-  });
+    return &tensor_core_layer_kernel<Cell, scalar_t, kBound, decltype(barrier)::value>;
+  };
+  constexpr int64_t kBudget = kTensorCoreWeightRegisters;
+  launch_tensor_core<scalar_t, kBudget>(kernel_for, p, plan, flag_barrier, flags);
 }
 
 }  // namespace fused_rnn::cuda

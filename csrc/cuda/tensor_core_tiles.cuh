@@ -6,6 +6,7 @@
 #include "../mma_fragments.h"
 #include "../persistent_plan.h"
 
+#include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/BFloat16.h>
@@ -207,6 +208,27 @@ void launch_persistent(void (*kernel)(KernelParams...), const TensorCorePlan& pl
       reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(plan.blocks)),
       dim3(static_cast<unsigned>(plan.threads)), pointers, plan.shared_bytes,
       c10::cuda::getCurrentCUDAStream()));
+}
+
+// Launches the kernel kernel_for(bound, barrier) returns for the plan's k-tile bound (among those
+// kRegisterBudget allows) and the barrier asked for, with params, the plan's tiling and the flags
+// (int32 [plan.blocks], zeros; unused by grid.sync()).
+template <typename scalar_t, int64_t kRegisterBudget, typename KernelFor, typename Params>
+void launch_tensor_core(const KernelFor& kernel_for, const Params& params,
+                        const TensorCorePlan& plan, bool flag_barrier, const at::Tensor& flags) {
+  const TensorCoreTiling tiling{static_cast<int>(plan.k_tiles), static_cast<int>(plan.batch_pad),
+                                static_cast<int>(plan.h_pitch), static_cast<int>(plan.part_pitch)};
+  unsigned* flag_data =
+      flag_barrier ? reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>()) : nullptr;
+  using Flags = std::integral_constant<PersistentBarrier, PersistentBarrier::kFlags>;
+  using Grid = std::integral_constant<PersistentBarrier, PersistentBarrier::kGrid>;
+  with_k_tile_bound<scalar_t, kRegisterBudget>(plan.k_tile_bound, [&](auto bound) {
+    if (flag_barrier) {
+      launch_persistent(kernel_for(bound, Flags()), plan, params, tiling, flag_data);
+    } else {
+      launch_persistent(kernel_for(bound, Grid()), plan, params, tiling, flag_data);
+    }
+  });
 }
 
 }  // namespace fused_rnn::cuda
