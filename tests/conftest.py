@@ -29,11 +29,25 @@ DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 def pytest_addoption(parser):
     parser.addoption("--persistent-kernels", action="store_true",
                      help="run every test with the persistent CUDA layer kernels switched on")
+    parser.addoption("--skip-cpu-cases", action="store_true",
+                     help="leave out the cases parametrized with device 'cpu' (a GPU run whose "
+                          "time goes to the CUDA cases; the CPU's are CI's)")
 
 
 def pytest_configure(config):
     if config.getoption("--persistent-kernels"):
         fused_rnn.use_persistent_kernels(True)
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--skip-cpu-cases"):
+        return
+    keep, drop = [], []
+    for item in items:
+        on_cpu = getattr(item, "callspec", None) and item.callspec.params.get("device") == "cpu"
+        (drop if on_cpu else keep).append(item)
+    config.hook.pytest_deselected(items=drop)
+    items[:] = keep
 
 
 def native_rnn():
