@@ -69,12 +69,13 @@ run_tests tests-persistent "$(allot 75 260)" tests/test_persistent.py
 persistent_rc=$?
 
 # compute-sanitizer on the tensor-core kernels: memcheck on both cells and dtypes at H=48 B=9
-# (partial n-tiles), racecheck (shared memory) on the LSTM's; forward and backward.
+# (partial n-tiles), padded and packed, racecheck (shared memory) on the LSTM's; forward and
+# backward.
 SANITIZER=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 for tool in memcheck racecheck; do
   start=$SECONDS
-  select="tensor_core_kernel_matches and H48"
-  [ $tool = racecheck ] && select="$select and lstm"
+  select="tensor_core_kernel_matches and H48 or take_packed and unsorted and flags"
+  [ $tool = racecheck ] && select="tensor_core_kernel_matches and H48 and lstm"
   timeout "$(allot 60 180)" "$SANITIZER" --tool $tool --error-exitcode 3 \
     --kernel-name kns=tensor_core_ \
     python3 -m pytest -q -p no:cacheprovider tests/test_persistent.py -k "$select" \

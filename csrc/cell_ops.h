@@ -134,6 +134,12 @@ struct EpisodeStarts {
   const Tensor& operator[](size_t i) const { return steps[i]; }
 };
 
+// One step of a layer's (packed) sequence.
+struct SequenceStep {
+  int64_t offset;  // first row of the step in the packed [N, *] tensors
+  int64_t rows;    // batch_sizes[t]
+};
+
 // A layer's whole forward, for one uniform batch of B rows a step and no projection: the rows of
 // all T steps one after another, N = T*B.
 struct SequenceTensors {
@@ -152,6 +158,10 @@ struct SequenceTensors {
   // value (StepTensors'), contiguous; empty without. A whole-sequence kernel that does not zone
   // out declines where it is not empty.
   std::vector<Tensor> zoneout = {};
+  // Where the steps' batch sizes differ (packed sequences of several lengths): the steps in the
+  // order the forward runs them (check_layer_args'); empty for a padded batch (B rows a step).
+  // A whole-sequence kernel that takes padded batches only declines where it is not empty.
+  std::vector<SequenceStep> packed_steps = {};
 };
 
 // The same with the input side computed inside each step (x_t @ W_ih^T beside h @ W_hh^T), so no
@@ -172,10 +182,11 @@ struct InputSequenceSaved {
   Tensor saved, cell_states;
 };
 
-// A layer's whole backward time loop, for one uniform batch and no projection. grad_h (and
-// grad_c) [B, H] come in holding the final state's gradients and leave holding the initial
-// state's; w_hh as the op got it. With episode starts, the gradients of the states entering a
-// step from the initial state are added to grad_h_starts (grad_c_starts) [B, H] instead.
+// A layer's whole backward time loop, without projection. grad_h (and grad_c) [B, H] come in
+// holding the final state's gradients and leave holding the initial state's (each row's own,
+// where the sequences' lengths differ: packed_steps); w_hh as the op got it. With episode starts,
+// the gradients of the states entering a step from the initial state are added to grad_h_starts
+// (grad_c_starts) [B, H] instead.
 struct BackwardSequenceTensors {
   Tensor grad_output;           // [N, H]
   Tensor saved;                 // [N, S*H]
@@ -190,6 +201,7 @@ struct BackwardSequenceTensors {
   EpisodeStarts starts = {};
   Tensor grad_h_starts = {}, grad_c_starts = {};
   std::vector<Tensor> zoneout = {};  // as SequenceTensors'
+  std::vector<SequenceStep> packed_steps = {};  // as SequenceTensors' (the forward's order)
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -269,12 +281,6 @@ CellSizes check_cell_forward_args(const char* op, int64_t gates, const Tensor& i
                                   const Tensor& hx, const OptionalTensor& cx, const Tensor& w_ih,
                                   const Tensor& w_hh, const OptionalTensor& b_ih,
                                   const OptionalTensor& b_hh);
-
-// One step of a layer's (packed) sequence.
-struct SequenceStep {
-  int64_t offset;  // first row of the step in the packed [N, *] tensors
-  int64_t rows;    // batch_sizes[t]
-};
 
 // Checks a layer op's arguments as the layer ops do (batch_sizes included; `cx` is given for the
 // LSTM only) and returns its steps in the order the forward runs them (last first in reverse).

@@ -267,7 +267,15 @@ template <typename Cell>
 void time_loop(const LinearKernels& lin, const CellKernels<Cell>& k,
                const std::vector<SequenceStep>& order, int64_t batch, const SequenceTensors& t,
                const OptionalTensor& w_hr, const Tensor& pre_proj) {
-  if (!w_hr.has_value() && uniform_batch(order, batch) && k.sequence && k.sequence(t)) return;
+  if (!w_hr.has_value() && k.sequence) {
+    if (uniform_batch(order, batch)) {
+      if (k.sequence(t)) return;
+    } else {
+      SequenceTensors packed = t;
+      packed.packed_steps = order;
+      if (k.sequence(packed)) return;
+    }
+  }
   const EpisodeStarts& starts = t.starts;
   const int64_t uses = static_cast<int64_t>(order.size());
   const bool saved_per_step = t.saved.size(0) == t.input_side.size(0);
@@ -517,10 +525,11 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
       w_hr.has_value() && mask.w_hr ? at::empty({N, s.state}, input.options()) : Tensor();
   // (A cell with parameters of its own sums their gradients step by step, in the loop below.)
   const bool whole_sequence =
-      Cell::kNorms == 0 && !w_hr.has_value() && uniform_batch(order, B) && k.backward_sequence &&
+      Cell::kNorms == 0 && !w_hr.has_value() && k.backward_sequence &&
       k.backward_sequence({grad_out_c, saved_c, h_before, c_before, cells_c, a.w_hh, grad_h,
                            grad_c, grad_input_gates, grad_hidden_gates, a.reverse, starts,
-                           grad_h_starts, grad_c_starts, zoneout});
+                           grad_h_starts, grad_c_starts, zoneout,
+                           uniform_batch(order, B) ? std::vector<SequenceStep>() : order});
   if (!whole_sequence) {
     // grad_h of the previous step = grad_hidden_gates @ W_hh, i.e. linear with W_hh^T as the
     // weight (plus the direct part, where the cell has one).

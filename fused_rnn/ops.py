@@ -100,9 +100,10 @@ def cuda_layer_path(mode: str, batch: int, hidden_size: int, dtype: torch.dtype 
     CUDA.
 
     For a padded batch (every step runs `batch` rows) without projection; packed sequences of
-    varying lengths and LSTM projections always run step-wise. Returns "persistent (tensor
-    cores)", "persistent (SIMT; no tensor cores: " and why (forward only), or "step-wise: " and
-    why. float32's choice follows torch.backends.cudnn.allow_tf32 as it is when asked.
+    several lengths take the tensor-core kernels where their largest batch would (the SIMT one
+    not), LSTM projections always run step-wise. Returns "persistent (tensor cores)",
+    "persistent (SIMT; no tensor cores: " and why (forward only), or "step-wise: " and why.
+    float32's choice follows torch.backends.cudnn.allow_tf32 as it is when asked.
     """
     if mode not in _GATES:
         raise ValueError(f"cuda_layer_path: expected mode 'LSTM' or 'GRU', got {mode!r}")

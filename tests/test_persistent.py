@@ -266,6 +266,19 @@ def test_persistent_kernels_match_torch_nn(cfg, dtype, persistent_on):
     check_against_torch(kind, kw, mode, steps, given, dtype, "cuda")
 
 
+def cuda_kernels_run(fn):
+    """The names of the CUDA kernels fn() launches."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        fn()
+        torch.cuda.synchronize()
+    return {event.name for event in profile.events()}
+
+
+def ran_tensor_core_kernels(names):
+    return {kernel for kernel in ("tensor_core_layer_kernel", "tensor_core_backward_kernel")
+            if any(kernel in name for name in names)}
+
+
 # Hidden sizes for each of the kernel's k-tile bounds, partial K shares (272: the last warp holds 2
 # of 5 k-tiles; 16: three warps of four hold none), batches of one, several and partial n-tiles.
 TENSOR_CORE_SIZES = [
@@ -288,8 +301,30 @@ def test_tensor_core_kernel_matches_torch_nn(kind, sizes, barrier, dtype, persis
         path = fused_rnn.cuda_layer_path(kind.upper(), sizes.batch, sizes.hidden, dtype,
                                          backward=backward)
         assert path == "persistent (tensor cores)", (backward, path)
-    check_against_torch(kind, dict(num_layers=2, bidirectional=True), "padded", 11, True, dtype,
-                        "cuda", sizes=sizes)
+    names = cuda_kernels_run(lambda: check_against_torch(
+        kind, dict(num_layers=2, bidirectional=True), "padded", 11, True, dtype, "cuda",
+        sizes=sizes))
+    assert ran_tensor_core_kernels(names) == {"tensor_core_layer_kernel",
+                                              "tensor_core_backward_kernel"}
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("mode", ["packed", "unsorted"])
+@pytest.mark.parametrize("barrier", ["flags", "grid"])
+def test_tensor_core_kernels_take_packed_sequences(kind, mode, barrier, dtype, persistent_on):
+    """Sequences of several lengths: the batch shrinks step by step forward and grows in the
+    reverse direction (rows starting from h0 and c0 mid-run), each row's final state is its own
+    last step's, and in the backward each row's gradients enter at its last step and leave for
+    its initial state at its first."""
+    fused_rnn.use_persistent_kernels(True, barrier=barrier)
+    sizes = Sizes(input_size=24, hidden=48, batch=9, lengths=(11, 3, 11, 1, 7, 11, 5, 8, 2))
+    names = cuda_kernels_run(lambda: check_against_torch(
+        kind, dict(num_layers=2, bidirectional=True), mode, 11, True, dtype, "cuda",
+        sizes=sizes))
+    assert ran_tensor_core_kernels(names) == {"tensor_core_layer_kernel",
+                                              "tensor_core_backward_kernel"}
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")

@@ -218,7 +218,8 @@ struct InputSide {
 template <typename Cell>
 bool sequence_cpu(const SequenceTensors& t) {
   const int64_t B = t.h0.size(0), steps = B == 0 ? 0 : t.input_side.size(0) / B;
-  if (t.input_side.scalar_type() != at::kFloat || !panels_pay_off(t.w_hh, B, steps)) {
+  if (!t.packed_steps.empty() || t.input_side.scalar_type() != at::kFloat ||
+      !panels_pay_off(t.w_hh, B, steps)) {
     return false;
   }
   const Tensor packed = pointwise_kernels().pack_recurrent_weight(t.w_hh, Cell::kGates);
@@ -406,6 +407,7 @@ bool backward_sequence(int64_t gates, const Tensor& grad_output, const Tensor& w
 
 template <typename Cell>
 bool backward_sequence_cpu(const BackwardSequenceTensors& t) {
+  if (!t.packed_steps.empty()) return false;  // (padded batches only)
   const CellPointwise<Cell>& cell = cell_kernels<Cell>(pointwise_kernels());
   std::vector<Tensor> written{t.grad_input_gates};
   if (!Cell::kPreActivationsSumSides) written.push_back(t.grad_hidden_gates);

@@ -27,7 +27,19 @@ struct SequenceParams {
   bool workspace_per_step;
   int64_t steps, batch, hidden, units;
   bool reverse;
+  const int* packed_steps;      // [steps][2] (first row, rows) in run order, or null (padded)
 };
+
+// Step i of the forward's run order: from the packed table where given (sequences of several
+// lengths), else a padded batch's (t * batch onwards; the reverse direction runs t backwards).
+struct RunStep {
+  int64_t offset, rows;
+};
+__device__ __forceinline__ RunStep run_step(const int* packed_steps, int64_t i, int64_t steps,
+                                            int64_t batch, bool reverse) {
+  if (packed_steps) return {packed_steps[2 * i], packed_steps[2 * i + 1]};
+  return {(reverse ? steps - 1 - i : i) * batch, batch};
+}
 
 // The backward's tensors (BackwardSequenceTensors), contiguous; rows t * batch + b.
 template <typename scalar_t>
@@ -44,18 +56,19 @@ struct BackwardSequenceParams {
   scalar_t* grad_hidden_gates;  // [T*B, G*H] out (GRU)
   int64_t steps, batch, hidden;
   bool reverse;
+  const int* packed_steps;      // as SequenceParams' (the forward's run order)
 };
 
 struct LstmSequence {
   static constexpr int kGates = kLstmGates;
   static constexpr bool kCarriesCell = true;
-  // The LSTM update of unit j of row b at step t, whose previous h is h_prev; c is that unit's
-  // cell state, carried on chip.
+  // The LSTM update of unit j of packed row `row` (batch row b), whose previous h is h_prev; c
+  // is that unit's cell state, carried on chip.
   template <typename scalar_t, typename acc_t>
-  __device__ static void finish(const SequenceParams<scalar_t>& p, int64_t t, int64_t b,
+  __device__ static void finish(const SequenceParams<scalar_t>& p, int64_t row, int64_t /*b*/,
                                 int64_t j, const acc_t (&hidden_side)[kGates],
                                 acc_t /*h_prev*/, acc_t& c) {
-    const int64_t H = p.hidden, row = t * p.batch + b;
+    const int64_t H = p.hidden;
     scalar_t* gates = p.xproj + row * kGates * H;
     acc_t a[kGates];
 #pragma unroll
@@ -69,14 +82,14 @@ struct LstmSequence {
     p.cell_states[row * H + j] = c_new;
     p.output[row * H + j] = static_cast<scalar_t>(s.h_new);
   }
-  // The gate gradients of unit j of row b at step t from grad_h, the gradient of its h'; carried_c
-  // comes in as the gradient of c' and leaves as c's, carried_h leaves as the part of h's gradient
-  // that does not go through W_hh (none).
+  // The gate gradients of unit j of packed row `row` from grad_h, the gradient of its h';
+  // carried_c comes in as the gradient of c' and leaves as c's, carried_h leaves as the part of
+  // h's gradient that does not go through W_hh (none).
   template <typename scalar_t>
-  __device__ static void finish_backward(const BackwardSequenceParams<scalar_t>& p, int64_t t,
-                                         int64_t b, int64_t j, float grad_h, float& carried_h,
+  __device__ static void finish_backward(const BackwardSequenceParams<scalar_t>& p, int64_t row,
+                                         int64_t j, float grad_h, float& carried_h,
                                          float& carried_c) {
-    const int64_t H = p.hidden, row = t * p.batch + b;
+    const int64_t H = p.hidden;
     const scalar_t* saved = p.saved + row * kLstmSaved * H;
     const auto d = lstm_step_backward<float>(
         [&](int64_t k) { return static_cast<float>(saved[k * H + j]); },
@@ -94,10 +107,10 @@ struct GruSequence {
   static constexpr int kGates = kGruGates;
   static constexpr bool kCarriesCell = false;
   template <typename scalar_t, typename acc_t>
-  __device__ static void finish(const SequenceParams<scalar_t>& p, int64_t t, int64_t b,
+  __device__ static void finish(const SequenceParams<scalar_t>& p, int64_t row, int64_t b,
                                 int64_t j, const acc_t (&hidden_side)[kGates],
                                 acc_t h_prev, acc_t& /*c*/) {
-    const int64_t H = p.hidden, row = t * p.batch + b;
+    const int64_t H = p.hidden;
     const scalar_t* x = p.xproj + row * kGates * H;
     acc_t gh[kGates];
 #pragma unroll
@@ -113,10 +126,10 @@ struct GruSequence {
   }
   // As LstmSequence's: carried_h leaves as the part of h's gradient through z * h.
   template <typename scalar_t>
-  __device__ static void finish_backward(const BackwardSequenceParams<scalar_t>& p, int64_t t,
-                                         int64_t b, int64_t j, float grad_h, float& carried_h,
+  __device__ static void finish_backward(const BackwardSequenceParams<scalar_t>& p, int64_t row,
+                                         int64_t j, float grad_h, float& carried_h,
                                          float& /*carried_c*/) {
-    const int64_t H = p.hidden, row = t * p.batch + b;
+    const int64_t H = p.hidden;
     const scalar_t* saved = p.saved + row * kGruSaved * H;
     const auto d = gru_step_backward<float>(
         [&](int64_t k) { return static_cast<float>(saved[k * H + j]); },

@@ -24,8 +24,10 @@
 #include <ATen/Context.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cooperative_groups.h>
 
@@ -95,10 +97,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       if (lane == 0) {
         if constexpr (Cell::kCarriesCell) {
-          Cell::finish(p, t, b, j0 + u, acc, s_h[b * H + j0 + u], s_c[b * U + u]);
+          Cell::finish(p, t * B + b, b, j0 + u, acc, s_h[b * H + j0 + u], s_c[b * U + u]);
         } else {
           acc_t no_cell = acc_t(0);
-          Cell::finish(p, t, b, j0 + u, acc, s_h[b * H + j0 + u], no_cell);
+          Cell::finish(p, t * B + b, b, j0 + u, acc, s_h[b * H + j0 + u], no_cell);
         }
       }
     }
@@ -141,7 +143,8 @@ SequenceParams<scalar_t> sequence_params(const at::Tensor& xproj, const at::Tens
                                          const std::optional<at::Tensor>& b_hh,
                                          const at::Tensor& output, const at::Tensor& cell_states,
                                          const at::Tensor& workspace, int64_t steps,
-                                         int64_t units, bool reverse) {
+                                         int64_t units, bool reverse,
+                                         const at::Tensor& packed_table) {
   return {xproj.data_ptr<scalar_t>(),
           h0.data_ptr<scalar_t>(),
           c0.defined() ? c0.data_ptr<scalar_t>() : nullptr,
@@ -155,7 +158,8 @@ SequenceParams<scalar_t> sequence_params(const at::Tensor& xproj, const at::Tens
           h0.size(0),
           h0.size(1),
           units,
-          reverse};
+          reverse,
+          packed_table.defined() ? packed_table.data_ptr<int>() : nullptr};
 }
 
 // The tensor-core kernel reads h 16 bytes and W_hh 4 bytes at a time: tensors that are views at
@@ -168,19 +172,41 @@ bool aligned_for_tensor_cores(const at::Tensor& h0, const at::Tensor& output,
   return address(h0) % 16 == 0 && address(output) % 16 == 0 && address(w_hh) % 4 == 0;
 }
 
+// Packed sequences' steps (SequenceTensors::packed_steps) as the kernels read them: [steps][2]
+// (first row, rows) on the device; an empty tensor for a padded batch. False where the table
+// cannot be made: a copy from the host while a CUDA graph is being captured.
+bool packed_table(const std::vector<SequenceStep>& packed, const at::Tensor& like,
+                  at::Tensor& table) {
+  if (packed.empty()) return true;
+  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
+    return false;
+  }
+  at::Tensor host = at::empty({static_cast<int64_t>(packed.size()), 2}, at::kInt);
+  int* data = host.data_ptr<int>();
+  for (size_t i = 0; i < packed.size(); ++i) {
+    data[2 * i] = static_cast<int>(packed[i].offset);
+    data[2 * i + 1] = static_cast<int>(packed[i].rows);
+  }
+  table = host.to(like.device());
+  return true;
+}
+
 // The flag barrier's step counts, one per block, zero (an empty tensor for grid.sync()).
 at::Tensor barrier_flags(bool flag_barrier, const TensorCorePlan& plan, const at::Tensor& like) {
   return flag_barrier ? at::zeros({plan.blocks}, like.options().dtype(at::kInt)) : at::Tensor();
 }
 
+// (Packed sequences of several lengths: the tensor-core kernel only.)
 template <typename Cell>
 bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Tensor& c0,
                      const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hh,
                      const at::Tensor& output, const at::Tensor& cell_states,
-                     const at::Tensor& workspace, bool reverse) {
+                     const at::Tensor& workspace, bool reverse,
+                     const std::vector<SequenceStep>& packed) {
   if (!persistent_enabled()) return false;
   const int64_t B = h0.size(0), H = h0.size(1);
-  const int64_t steps = B == 0 ? 0 : xproj.size(0) / B;
+  const int64_t steps =
+      !packed.empty() ? static_cast<int64_t>(packed.size()) : B == 0 ? 0 : xproj.size(0) / B;
   if (steps < 2) return false;
   const bool is_double = xproj.scalar_type() == at::kDouble;
   const int64_t device = xproj.get_device();
@@ -189,16 +215,19 @@ bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Te
   const TensorCorePlan tensor_core_plan =
       tensor_core_plan_for(Cell::kGates, B, H, xproj.element_size(), device);
   const bool tensor_cores = tensor_core_plan.runs && aligned_for_tensor_cores(h0, output, w_hh);
-  if (!plan.runs && !tensor_cores) return false;
+  if (!tensor_cores && (!plan.runs || !packed.empty())) return false;
   const c10::cuda::CUDAGuard guard(xproj.device());
+  at::Tensor table;
+  if (!packed_table(packed, xproj, table)) return false;
   FUSED_RNN_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "persistent_layer", [&] {
-    const SequenceParams<scalar_t> p = sequence_params<scalar_t>(
-        xproj, h0, c0, w_hh, b_hh, output, cell_states, workspace, steps, plan.units, reverse);
+    const SequenceParams<scalar_t> p =
+        sequence_params<scalar_t>(xproj, h0, c0, w_hh, b_hh, output, cell_states, workspace,
+                                  steps, plan.units, reverse, table);
     if constexpr (!std::is_same_v<scalar_t, double>) {
       if (tensor_cores) {
         const bool flag_barrier = g_flag_barrier;
-        launch_tensor_core_layer<Cell, scalar_t>(p, tensor_core_plan, flag_barrier,
-                                                 barrier_flags(flag_barrier, tensor_core_plan, xproj));
+        const at::Tensor flags = barrier_flags(flag_barrier, tensor_core_plan, xproj);
+        launch_tensor_core_layer<Cell, scalar_t>(p, tensor_core_plan, flag_barrier, flags);
         return;
       }
     }
@@ -220,24 +249,37 @@ template <typename Cell>
 bool launch_backward(const BackwardSequenceTensors& t) {
   if (!persistent_enabled() || !t.starts.empty() || !t.zoneout.empty()) return false;
   const int64_t B = t.grad_h.size(0), H = t.grad_h.size(1);
-  const int64_t steps = B == 0 ? 0 : t.grad_output.size(0) / B;
+  const int64_t steps = !t.packed_steps.empty() ? static_cast<int64_t>(t.packed_steps.size())
+                        : B == 0                 ? 0
+                                                 : t.grad_output.size(0) / B;
   if (steps < 2 || t.grad_output.scalar_type() == at::kDouble) return false;
   const TensorCorePlan plan = tensor_core_plan_for(Cell::kGates, B, H, t.grad_output.element_size(),
                                                    t.grad_output.get_device(), true);
   if (!plan.runs) return false;
   const at::Tensor w_hh = t.w_hh.contiguous();
   const c10::cuda::CUDAGuard guard(t.grad_output.device());
+  at::Tensor table;
+  if (!packed_table(t.packed_steps, w_hh, table)) return false;
   FUSED_RNN_DISPATCH_FLOATING_TYPES(t.grad_output.scalar_type(), "persistent_backward", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {
       const auto data = [](const at::Tensor& x) {
         return x.defined() ? x.data_ptr<scalar_t>() : nullptr;
       };
-      const BackwardSequenceParams<scalar_t> p{
-          data(t.grad_output), data(t.saved),   data(t.h_before),
-          data(t.c_before),    data(t.cell_states), data(w_hh),
-          data(t.grad_h),      data(t.grad_c),  data(t.grad_input_gates),
-          data(t.grad_hidden_gates), steps,     B,
-          H,                   t.reverse};
+      const BackwardSequenceParams<scalar_t> p{data(t.grad_output),
+                                               data(t.saved),
+                                               data(t.h_before),
+                                               data(t.c_before),
+                                               data(t.cell_states),
+                                               data(w_hh),
+                                               data(t.grad_h),
+                                               data(t.grad_c),
+                                               data(t.grad_input_gates),
+                                               data(t.grad_hidden_gates),
+                                               steps,
+                                               B,
+                                               H,
+                                               t.reverse,
+                                               table.defined() ? table.data_ptr<int>() : nullptr};
       const bool flag_barrier = g_flag_barrier;
       launch_tensor_core_backward<Cell, scalar_t>(p, plan, flag_barrier,
                                                   barrier_flags(flag_barrier, plan, w_hh));
@@ -278,13 +320,13 @@ std::string layer_path(int64_t gates, int64_t batch, int64_t hidden, int64_t ele
 bool lstm_sequence(const SequenceTensors& t) {
   if (!t.starts.empty() || !t.zoneout.empty()) return false;
   return launch_sequence<LstmSequence>(t.input_side, t.h0, t.c0, t.w_hh, std::nullopt, t.output,
-                                       t.cell_states, at::Tensor(), t.reverse);
+                                       t.cell_states, at::Tensor(), t.reverse, t.packed_steps);
 }
 
 bool gru_sequence(const SequenceTensors& t) {
   if (!t.starts.empty() || !t.zoneout.empty()) return false;
   return launch_sequence<GruSequence>(t.input_side, t.h0, at::Tensor(), t.w_hh, t.b_hh, t.output,
-                                      at::Tensor(), t.saved, t.reverse);
+                                      at::Tensor(), t.saved, t.reverse, t.packed_steps);
 }
 
 bool lstm_backward_sequence(const BackwardSequenceTensors& t) {

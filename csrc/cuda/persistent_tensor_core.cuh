@@ -68,18 +68,22 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
   for (int e = B * pitch + tid; e < tiling.batch_pad * pitch; e += kThreads) {
     s_h[e] = scalar_t(0.0f);
   }
-  if constexpr (Cell::kCarriesCell) {
-    for (int e = tid; e < B * kUnits; e += kThreads) {
-      s_c[e] = static_cast<float>(p.c0[(e / kUnits) * H + j0 + e % kUnits]);
-    }
-  }
   __syncthreads();  // (the flag barrier's groups meet only at their own barriers before (ii))
 
   for (int64_t i = 0; i < p.steps; ++i) {
-    const int64_t t = p.reverse ? p.steps - 1 - i : i;
-    const scalar_t* h_prev = i == 0 ? p.h0 : p.output + (p.reverse ? t + 1 : t - 1) * B * H;
-    // (i) h, 8 elements (16 bytes) at a time, through L2: other SMs wrote it. With flags, each
-    // group of warps sharing a K share waits for its producers and stages its own columns.
+    // This step's rows, and the step before's: a row it ran continues from there, the others
+    // start from h0 and c0 (every row at the first step; packed sequences in the reverse
+    // direction, whose batch grows, later too).
+    const RunStep step = run_step(p.packed_steps, i, p.steps, B, p.reverse);
+    const RunStep before =
+        i == 0 ? RunStep{0, 0} : run_step(p.packed_steps, i - 1, p.steps, B, p.reverse);
+    const auto h_prev = [&](const scalar_t* output, int b) {
+      return b < before.rows ? output + (before.offset + b) * H
+                             : p.h0 + static_cast<int64_t>(b) * H;
+    };
+    // (i) h, 16 bytes at a time, through L2: other SMs wrote it. With flags, each group of warps
+    // sharing a K share waits for its producers and stages its own columns. (Rows past the
+    // step's keep what they held, finite: their products are not read.)
     if constexpr (kBarrier == PersistentBarrier::kFlags) {
       const int group_threads = 32 * G, group_tid = tid - split * group_threads;
       if (i > 0 && tile == 0) {
@@ -90,21 +94,21 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
         __syncwarp();
       }
       named_barrier(1 + split, group_threads);
-      const scalar_t* h_ready = launder(h_prev);
+      const scalar_t* output = launder(p.output);
       const int vectors = 16 / kPerVector * max(k_tile_count, 0);
-      for (int e = group_tid; e < B * vectors; e += group_threads) {
+      for (int e = group_tid; e < step.rows * vectors; e += group_threads) {
         const int b = e / vectors, k = 16 * k_tile0 + kPerVector * (e % vectors);
-        *reinterpret_cast<uint4*>(s_h + b * pitch + k) = Format::staged(
-            load_l2(reinterpret_cast<const uint4*>(h_ready + static_cast<int64_t>(b) * H + k)));
+        *reinterpret_cast<uint4*>(s_h + b * pitch + k) =
+            Format::staged(load_l2(reinterpret_cast<const uint4*>(h_prev(output, b) + k)));
       }
       named_barrier(1 + split, group_threads);
     } else {
-      const scalar_t* h_ready = launder(h_prev);  // (after the last step's grid.sync())
+      const scalar_t* output = launder(p.output);  // (after the last step's grid.sync())
       const int vectors = H / kPerVector;
-      for (int e = tid; e < B * vectors; e += kThreads) {
+      for (int e = tid; e < step.rows * vectors; e += kThreads) {
         const int b = e / vectors, k = kPerVector * (e % vectors);
-        *reinterpret_cast<uint4*>(s_h + b * pitch + k) = Format::staged(
-            load_l2(reinterpret_cast<const uint4*>(h_ready + static_cast<int64_t>(b) * H + k)));
+        *reinterpret_cast<uint4*>(s_h + b * pitch + k) =
+            Format::staged(load_l2(reinterpret_cast<const uint4*>(h_prev(output, b) + k)));
       }
       __syncthreads();
     }
@@ -144,7 +148,7 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
 
     // (iii) Consecutive threads take consecutive units of a row: the stores of h, c and the
     // saved activations coalesce.
-    for (int e = tid; e < B * kUnits; e += kThreads) {
+    for (int e = tid; e < step.rows * kUnits; e += kThreads) {
       const int b = e / kUnits, u = e % kUnits;
       float hidden_side[G];
 #pragma unroll
@@ -157,12 +161,15 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
       }
       // (From global memory, not s_h, which holds TF32-rounded floats: this block's own units,
       // written by this SM, or h0.)
-      const float h_prev_value = static_cast<float>(h_prev[static_cast<int64_t>(b) * H + j0 + u]);
+      const float h_prev_value = static_cast<float>(h_prev(p.output, b)[j0 + u]);
       if constexpr (Cell::kCarriesCell) {
-        Cell::finish(p, t, b, j0 + u, hidden_side, h_prev_value, s_c[e]);
+        if (b >= before.rows) {
+          s_c[e] = static_cast<float>(p.c0[static_cast<int64_t>(b) * H + j0 + u]);
+        }
+        Cell::finish(p, step.offset + b, b, j0 + u, hidden_side, h_prev_value, s_c[e]);
       } else {
         float no_cell = 0.0f;
-        Cell::finish(p, t, b, j0 + u, hidden_side, h_prev_value, no_cell);
+        Cell::finish(p, step.offset + b, b, j0 + u, hidden_side, h_prev_value, no_cell);
       }
     }
     // (iv) Every block's h of this step is written and visible before any block stages it; the

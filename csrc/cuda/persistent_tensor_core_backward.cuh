@@ -64,8 +64,17 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
   }
   __syncthreads();
 
-  // Iteration i < steps runs step t; i == steps only the initial state's product.
+  // Iteration i < steps runs the forward's step steps - 1 - i (run order); i == steps only the
+  // initial states' product. A row the step before (the forward's next) did not run has no
+  // product: its sequence ends at this step (its carried gradient is its final h's), or, in the
+  // reverse direction of packed sequences, it ended before, its carried gradient being its
+  // initial state's, complete once the product of the step where it started is added.
   for (int64_t i = 0; i <= p.steps; ++i) {
+    const RunStep step = i == p.steps ? RunStep{0, 0}
+                                      : run_step(p.packed_steps, p.steps - 1 - i, p.steps, B,
+                                                 p.reverse);
+    const RunStep before =
+        i == 0 ? RunStep{0, 0} : run_step(p.packed_steps, p.steps - i, p.steps, B, p.reverse);
     // (i) The product with the gate gradients of the step run before (none before the first).
     if (i > 0) {
       if constexpr (kBarrier == PersistentBarrier::kFlags) {
@@ -76,18 +85,18 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
         }
         __syncwarp();
       }
-      const int64_t t_before = p.reverse ? i - 1 : p.steps - i;
-      const scalar_t* grads = launder(hidden_grads + t_before * B * columns);
+      const scalar_t* grads = launder(hidden_grads) + before.offset * columns;
       // An n-tile at a time, its B fragments from L2. No branches around the k-tiles, so that the
       // compiler can issue their loads together: beyond this warp's share (zero weights) and
-      // past the batch, a clamped address is read and the value replaced by zero.
+      // past the step's rows, a clamped address is read and the value replaced by zero.
       for (int nt = 0; nt < n_tiles; ++nt) {
         const int b = 8 * nt + mma::b_col(lane);
-        const scalar_t* row = grads + static_cast<int64_t>(b < B ? b : 0) * columns;
+        const bool row_ran = b < before.rows;
+        const scalar_t* row = grads + static_cast<int64_t>(row_ran ? b : 0) * columns;
         float acc[4] = {};
 #pragma unroll
         for (int kt = 0; kt < kKTileBound; ++kt) {
-          const bool valid = kt < k_tile_count && b < B;
+          const bool valid = kt < k_tile_count && row_ran;
           const scalar_t* column = row + (kt < k_tile_count ? 16 * (k_tile0 + kt) : 0);
           uint32_t frag[Format::kBRegs];
 #pragma unroll
@@ -106,7 +115,8 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
       __syncthreads();
     }
 
-    // (ii) Each pair's gradient of h' (of h0 after the last step), then the step's backward.
+    // (ii) Each pair's gradient of h': the step's rows run their backward step, the others
+    // carry it (after the last step: the initial states' gradients).
     for (int e = tid; e < B * kUnits; e += kThreads) {
       const int b = e / kUnits, u = e % kUnits;
       float grad_h = s_carried_h[e];
@@ -115,16 +125,19 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
         for (int w = 0; w < kWarps; ++w) grad_h += s_part[(w * kUnits + u) * part_pitch + b];
       }
       const int64_t at = static_cast<int64_t>(b) * H + j0 + u;
-      if (i == p.steps) {
-        p.grad_h[at] = static_cast<scalar_t>(grad_h);
-        if constexpr (Cell::kCarriesCell) p.grad_c[at] = static_cast<scalar_t>(s_carried_c[e]);
-        continue;
+      if (b < step.rows) {
+        const int64_t row = step.offset + b;
+        grad_h += static_cast<float>(p.grad_output[row * H + j0 + u]);
+        float no_cell = 0.0f;
+        Cell::finish_backward(p, row, j0 + u, grad_h, s_carried_h[e],
+                              Cell::kCarriesCell ? s_carried_c[e] : no_cell);
+      } else {
+        s_carried_h[e] = grad_h;
       }
-      const int64_t t = p.reverse ? i : p.steps - 1 - i;
-      grad_h += static_cast<float>(p.grad_output[t * B * H + at]);
-      float no_cell = 0.0f;
-      Cell::finish_backward(p, t, b, j0 + u, grad_h, s_carried_h[e],
-                            Cell::kCarriesCell ? s_carried_c[e] : no_cell);
+      if (i == p.steps) {
+        p.grad_h[at] = static_cast<scalar_t>(s_carried_h[e]);
+        if constexpr (Cell::kCarriesCell) p.grad_c[at] = static_cast<scalar_t>(s_carried_c[e]);
+      }
     }
     if (i == p.steps) break;
     // (iii) This step's gate gradients are written and visible before any block reads them; the
