@@ -64,11 +64,6 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
                                    : 0u;
     }
   }
-  // The padding rows of h stay zero; their columns of the products are never read.
-  for (int e = B * pitch + tid; e < tiling.batch_pad * pitch; e += kThreads) {
-    s_h[e] = scalar_t(0.0f);
-  }
-  __syncthreads();  // (the flag barrier's groups meet only at their own barriers before (ii))
 
   for (int64_t i = 0; i < p.steps; ++i) {
     // This step's rows, and the step before's: a row it ran continues from there, the others
@@ -82,8 +77,9 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
                              : p.h0 + static_cast<int64_t>(b) * H;
     };
     // (i) h, 16 bytes at a time, through L2: other SMs wrote it. With flags, each group of warps
-    // sharing a K share waits for its producers and stages its own columns. (Rows past the
-    // step's keep what they held, finite: their products are not read.)
+    // sharing a K share waits for its producers and stages its own columns. (The rows past the
+    // step's, padding included, keep whatever they hold: a batch row's products depend on its
+    // own column of B only, and theirs are not read.)
     if constexpr (kBarrier == PersistentBarrier::kFlags) {
       const int group_threads = 32 * G, group_tid = tid - split * group_threads;
       if (i > 0 && tile == 0) {
