@@ -1,6 +1,6 @@
 // What the tensor-core persistent kernels (persistent_tensor_core.cuh: forward;
-// persistent_tensor_core_backward.cuh: backward) share: how a dtype's operands sit in mma.sync
-// fragments (TileFormat), and the two barriers between steps.
+// persistent_tensor_core_backward.cuh: backward) share: loads through L2, how a dtype's operands
+// sit in mma.sync fragments (TileFormat), the two barriers between steps, and their launch.
 #pragma once
 
 #include "../mma_fragments.h"
