@@ -236,6 +236,8 @@ def test_tensor_core_backward_indexing_replayed_on_the_cpu_gives_the_state_gradi
 def test_cuda_layer_path_names_the_path_and_checks_mode():
     path = fused_rnn.cuda_layer_path("LSTM", 64, 512)
     assert path.startswith(("persistent (", "step-wise: ")), path
+    backward = fused_rnn.cuda_layer_path("GRU", 64, 512, torch.bfloat16, backward=True)
+    assert backward == "persistent (tensor cores)" or backward.startswith("step-wise: "), backward
     with pytest.raises(ValueError, match="mode"):
         fused_rnn.cuda_layer_path("RNN", 64, 512)
 

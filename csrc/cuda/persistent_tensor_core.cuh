@@ -24,7 +24,6 @@
 #include "persistent_tensor_core.h"
 #include "tensor_core_tiles.cuh"
 
-#include <cooperative_groups.h>
 
 namespace fused_rnn::cuda {
 
@@ -170,12 +169,7 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
     }
     // (iv) Every block's h of this step is written and visible before any block stages it; the
     // barrier also keeps s_h and s_part until this block's threads are done with them.
-    if constexpr (kBarrier == PersistentBarrier::kFlags) {
-      __syncthreads();
-      if (tid == 0) publish_steps(flags + blockIdx.x, static_cast<unsigned>(i + 1));
-    } else {
-      cooperative_groups::this_grid().sync();
-    }
+    end_step<kBarrier>(flags, i);
   }
 }
 

@@ -20,7 +20,6 @@
 #include "persistent_tensor_core.h"
 #include "tensor_core_tiles.cuh"
 
-#include <cooperative_groups.h>
 
 namespace fused_rnn::cuda {
 
@@ -142,12 +141,7 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
     if (i == p.steps) break;
     // (iii) This step's gate gradients are written and visible before any block reads them; the
     // barrier also keeps s_part until this block's threads are done with it.
-    if constexpr (kBarrier == PersistentBarrier::kFlags) {
-      __syncthreads();
-      if (tid == 0) publish_steps(flags + blockIdx.x, static_cast<unsigned>(i + 1));
-    } else {
-      cooperative_groups::this_grid().sync();
-    }
+    end_step<kBarrier>(flags, i);
   }
 }
 

@@ -13,6 +13,8 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
+#include <cooperative_groups.h>
+
 #include <cstdint>
 #include <type_traits>
 
@@ -163,6 +165,19 @@ __device__ __forceinline__ unsigned published_steps(const unsigned* flag) {
 #endif
   return steps;
 }
+// The end of a block's step i (from 0), after its writes: they are published (flags: a release
+// of the block's step count once all its threads are done) or every block meets (grid.sync()).
+// Either way the block's threads are done with its shared memory.
+template <PersistentBarrier kBarrier>
+__device__ __forceinline__ void end_step(unsigned* flags, int64_t i) {
+  if constexpr (kBarrier == PersistentBarrier::kFlags) {
+    __syncthreads();
+    if (threadIdx.x == 0) publish_steps(flags + blockIdx.x, static_cast<unsigned>(i + 1));
+  } else {
+    cooperative_groups::this_grid().sync();
+  }
+}
+
 // bar.sync on barrier `id` (1-15; 0 is __syncthreads()) for `threads` threads, whole warps.
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
