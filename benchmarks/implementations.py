@@ -157,13 +157,13 @@ def build_fused_rnn(case):
     return _module_runner(case, module)
 
 
-def build_fused_rnn_persistent(case, barrier="flags"):
-    """fused_rnn's layer with the persistent whole-sequence CUDA forward switched on for its runs
-    (the backward is the step-wise one either way); barrier: the tensor-core kernel's."""
+def build_fused_rnn_persistent(case, barrier="flags", cluster_split=None):
+    """fused_rnn's layer with the persistent whole-sequence CUDA kernels (forward and backward)
+    switched on for its runs; barrier and cluster_split: the tensor-core kernels'."""
     run = build_fused_rnn(case)
 
     def run_persistent(x, states):
-        fused_rnn.use_persistent_kernels(True, barrier=barrier)
+        fused_rnn.use_persistent_kernels(True, barrier=barrier, cluster_split=cluster_split)
         try:
             return run(x, states)
         finally:
@@ -244,6 +244,11 @@ IMPLEMENTATIONS = {
     # The tensor-core kernel's other barrier (float16, bfloat16), measured beside the default.
     "fused persistent grid.sync": (
         lambda case: build_fused_rnn_persistent(case, barrier="grid"),
+        lambda case: case.op == "layer" and case.device == "cuda" and _plain(case)
+        and case.dtype in (torch.float16, torch.bfloat16)),
+    # Each group of 16 units on a cluster of two SMs where one SM would do (float16, bfloat16).
+    "fused persistent clusters": (
+        lambda case: build_fused_rnn_persistent(case, cluster_split=2),
         lambda case: case.op == "layer" and case.device == "cuda" and _plain(case)
         and case.dtype in (torch.float16, torch.bfloat16)),
     "torch.nn": (build_torch_nn, lambda case: True),

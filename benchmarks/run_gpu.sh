@@ -41,6 +41,9 @@ summary "build: rc=$build_rc in $((SECONDS - start)) s"
 [ $build_rc -eq 0 ] || { tail -40 "$OUT/build.log"; exit 1; }
 python3 .ci/ptxas_summary.py "$OUT/build.log" > "$OUT/ptxas.txt"
 python3 -c "import fused_rnn, json; print(json.dumps(fused_rnn.build_info()))" | tee -a "$OUT/summary.txt"
+# The device as the tensor-core plans see it (the CPU tests assume 66 clusters of 2 on an H200).
+python3 -c "from fused_rnn import _C; print('tensor-core device:', _C.tensor_core_device(0))" \
+  2>&1 | tee -a "$OUT/summary.txt"
 
 # The CUDA tests are independent: spread them over workers where pytest-xdist is there. A test
 # that hangs is stopped (pytest-timeout, where there) and so is a whole pass (timeout). Each worker
@@ -69,12 +72,14 @@ run_tests tests-persistent "$(allot 75 260)" tests/test_persistent.py
 persistent_rc=$?
 
 # compute-sanitizer on the tensor-core kernels: memcheck on both cells and dtypes at H=48 B=9
-# (partial n-tiles), padded and packed, racecheck (shared memory) on the LSTM's; forward and
+# (partial n-tiles), one block or a cluster of two a group, padded and packed, and at H=272 on
+# clusters (both blocks holding k-tiles); racecheck (shared memory) on the LSTM's; forward and
 # backward.
 SANITIZER=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 for tool in memcheck racecheck; do
   start=$SECONDS
-  select="tensor_core_kernel_matches and H48 or take_packed and unsorted and flags"
+  select="tensor_core_kernel_matches and H48 or take_packed and unsorted and flags \
+or tensor_core_kernel_matches and H272 and split2 and bfloat16"
   [ $tool = racecheck ] && select="tensor_core_kernel_matches and H48 and lstm"
   timeout "$(allot 60 180)" "$SANITIZER" --tool $tool --error-exitcode 3 \
     --kernel-name kns=tensor_core_ \

@@ -14,6 +14,7 @@
 
 #include "cell_math.h"  // FUSED_RNN_HD
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -55,29 +56,39 @@ inline PersistentPlan plan_persistent_layer(int64_t batch, int64_t hidden, int64
 }
 
 // ---------------------------------------------------------------------------------------------
-// The tensor-core persistent kernels. Block k owns the hidden units [16k, 16k + 16).
+// The tensor-core persistent kernels. A group of `cluster_split` blocks (S: 1, or 2 as one
+// thread-block cluster, sm_90) owns the hidden units [16k, 16k + 16) as group k, blocks S k to
+// S k + S - 1.
 // Forward: the G gate rows of W_hh for them, 16 G rows, as G tiles of 16 rows (mma.sync's M).
-// Its warps split those tiles' K = H columns kTensorCoreKSplits ways, each warp one tile and one
-// K share held in registers for the whole sequence, so a block has G * kTensorCoreKSplits warps.
+// The group's warps split those tiles' K = H columns S * kTensorCoreKSplits ways, each warp one
+// tile and one K share held in registers for the whole sequence, so a block has
+// G * kTensorCoreKSplits warps and the blocks of a group hold consecutive K ranges.
 // The previous h of the batch is the B operand, the batch on N in tiles of 8 rows: every weight
-// fragment serves every batch row. The K shares' partial sums meet in shared memory, where the
-// block's threads finish the step with the cell math, one (unit, batch row) pair at a time.
+// fragment serves every batch row. The K shares' partial sums meet in shared memory (of the
+// cluster: a block reads its peer's through distributed shared memory), where the threads finish
+// the step with the cell math, one (unit, batch row) pair at a time, block r of a group taking the
+// rows b with b % S == r.
 // Backward: the gradient of its units' h before a step is W_hh^T's 16 rows for them (M) times the
 // step's hidden-side gate gradients (K = G H columns, B operand read through L2), K split over
-// kTensorCoreBackwardWarps warps: 384 threads leave each 168 registers (the LSTM's forward, at
-// 512, has 128), room for the B fragments loaded from L2 and the backward step's math.
+// the group's S * kTensorCoreBackwardWarps warps: 384 threads a block leave each 168 registers
+// (the LSTM's forward, at 512, has 128), room for the B fragments loaded from L2 and the backward
+// step's math.
+// Splitting a group over a cluster halves each block's share of W_hh, for what one SM's registers
+// cannot hold (float32 beyond H = 512, the LSTM's backward beyond 768), at the cost of a cluster
+// barrier and remote reads of the partial sums each step.
 constexpr int64_t kTensorCoreUnits = 16;
 constexpr int64_t kTensorCoreKSplits = 4;
+constexpr int64_t kTensorCoreMaxClusterSplit = 2;
 // A warp's K share in k-tiles of 16 columns takes 2 * elem_bytes registers a k-tile (16-bit: 4,
 // one m16n8k16 A fragment; float32 as TF32: 8, two m16n8k8 ones), at most
-// kTensorCoreWeightRegisters in the forward: 16 k-tiles (H up to 1024) in 16 bits, 8 (H up to
-// 512) in float32; kTensorCoreBackwardWeightRegisters in the backward. The kernels are built for
+// kTensorCoreWeightRegisters in the forward: 16 k-tiles in 16 bits, 8 in float32 (H up to 1024
+// and 512 unsplit); kTensorCoreBackwardWeightRegisters in the backward. The kernels are built for
 // every bound of k-tiles that is a multiple of 4 up to that, and run the smallest that holds it.
 constexpr int64_t kTensorCoreWeightRegisters = 64;
 constexpr int64_t kTensorCoreBackwardWarps = 12;
 constexpr int64_t kTensorCoreBackwardWeightRegisters = 64;
 // h rows in shared memory are padded by 16 bytes so that the 8 rows one B fragment reads fall in
-// distinct banks; the partial sums' rows by 4 floats.
+// distinct banks (a row's K range is a multiple of 32 bytes); the partial sums' rows by 4 floats.
 constexpr int64_t kTensorCoreHPadBytes = 16;
 constexpr int64_t kTensorCorePartPad = 4;
 
@@ -100,27 +111,85 @@ FUSED_RNN_HD int tensor_core_block_row(int gates, int unit, int gate) {
 
 struct TensorCorePlan {
   bool runs;
-  std::string reason;    // why not, when it does not
-  int64_t blocks;        // H / 16, one per SM at most
-  int64_t threads;       // 32 warps: G * kTensorCoreKSplits, kTensorCoreBackwardWarps
-  int64_t k_tiles;       // a warp's K share in k-tiles (the last warp's may be shorter)
-  int64_t k_tile_bound;  // the kernel built for it: k_tiles rounded up to a multiple of 4
-  int64_t batch_pad;     // the batch rounded up to whole pairs of n-tiles of 8
-  int64_t h_pitch;       // elements per h row in shared memory (float32: TF32-rounded floats)
-  int64_t part_pitch;    // floats per row of partial sums
-  int64_t shared_bytes;  // forward: h [batch_pad][h_pitch] in the dtype; both: the partial sums
-                         // [warps][16][part_pitch] in float; then the carried state's
-                         // values [B][16] in float: forward (LSTM) c; backward h's gradient
-                         // and (LSTM) c's
+  std::string reason;     // why not, when it does not
+  int64_t cluster_split;  // S: blocks a group of 16 units (a thread-block cluster where 2)
+  int64_t blocks;         // S H / 16, one per SM at most
+  int64_t threads;        // 32 warps: G * kTensorCoreKSplits, kTensorCoreBackwardWarps
+  int64_t k_tiles;        // a warp's K share in k-tiles (the last warps' may be shorter)
+  int64_t k_tile_bound;   // the kernel built for it: k_tiles rounded up to a multiple of 4
+  int64_t batch_pad;      // the batch rounded up to whole pairs of n-tiles of 8
+  int64_t h_pitch;        // elements per h row in shared memory: the block's K range and the
+                          // pad (float32: TF32-rounded floats)
+  int64_t part_pitch;     // floats per row of partial sums
+  int64_t shared_bytes;   // forward: h [batch_pad][h_pitch] in the dtype; both: the partial sums
+                          // [warps][16][part_pitch] in float; then the carried state's
+                          // values [B][16] in float: forward (LSTM) c; backward h's gradient
+                          // and (LSTM) c's
 };
+
+// What a tensor-core plan needs to know of the device.
+struct TensorCoreDevice {
+  int64_t sm_count;
+  int64_t shared_limit;   // bytes of shared memory a block may have (opt-in)
+  int64_t cluster_pairs;  // clusters of 2 blocks, one an SM, resident at once; 0: no clusters
+};
+
+// One cluster split's plan (plan_tensor_core_layer chooses among them).
+inline TensorCorePlan plan_tensor_core_split(int64_t batch, int64_t hidden, int64_t gates,
+                                             int64_t elem_bytes, const TensorCoreDevice& device,
+                                             bool backward, int64_t split) {
+  TensorCorePlan plan{false, "", split, 0, 0, 0, 0, 0, 0, 0, 0};
+  const int64_t groups = hidden / kTensorCoreUnits;
+  plan.blocks = split * groups;
+  const int64_t warps = backward ? kTensorCoreBackwardWarps : gates * kTensorCoreKSplits;
+  const int64_t k_tiles_shared = backward ? gates * hidden / 16 : hidden / 16;
+  const int64_t shares = split * (backward ? warps : kTensorCoreKSplits);
+  const int64_t register_budget =
+      backward ? kTensorCoreBackwardWeightRegisters : kTensorCoreWeightRegisters;
+  plan.threads = 32 * warps;
+  plan.k_tiles = (k_tiles_shared + shares - 1) / shares;
+  plan.k_tile_bound = (plan.k_tiles + 3) / 4 * 4;
+  plan.batch_pad = (batch + 15) / 16 * 16;
+  const int64_t block_columns = std::min(16 * kTensorCoreKSplits * plan.k_tiles, hidden);
+  plan.h_pitch = block_columns + kTensorCoreHPadBytes / elem_bytes;
+  plan.part_pitch = plan.batch_pad + kTensorCorePartPad;
+  const int64_t partial_bytes = warps * kTensorCoreUnits * plan.part_pitch * 4;
+  const int64_t carried = backward ? (gates == 4 ? 2 : 1) : (gates == 4 ? 1 : 0);
+  plan.shared_bytes = (backward ? 0 : plan.batch_pad * plan.h_pitch * elem_bytes) +
+                      partial_bytes + carried * batch * kTensorCoreUnits * 4;
+  if (plan.blocks > device.sm_count) {
+    plan.reason = "the hidden size needs " + std::to_string(plan.blocks) + " blocks (" +
+                  std::to_string(split) + " a group of 16 units), over the device's " +
+                  std::to_string(device.sm_count) + " SMs";
+  } else if (split > 1 && groups > device.cluster_pairs) {
+    plan.reason = "the hidden size needs " + std::to_string(groups) +
+                  " clusters of 2 blocks, over the " + std::to_string(device.cluster_pairs) +
+                  " the device runs at once";
+  } else if (plan.k_tile_bound * 2 * elem_bytes > register_budget) {
+    plan.reason = "a warp's share of W_hh does not fit in registers (" +
+                  std::to_string(plan.k_tile_bound * 2 * elem_bytes) + " of them, over " +
+                  std::to_string(register_budget) + ", " + std::to_string(split) +
+                  (split == 1 ? " block" : " blocks") + " a group of 16 units)";
+  } else if (plan.shared_bytes > device.shared_limit) {
+    plan.reason = std::string(backward ? "" : "h of the batch and ") + "the partial sums need " +
+                  std::to_string(plan.shared_bytes) +
+                  " bytes of shared memory per block, over the device's " +
+                  std::to_string(device.shared_limit);
+  } else {
+    plan.runs = true;
+  }
+  return plan;
+}
 
 // elem_bytes: 2 (float16, bfloat16) or 4 (float32, as TF32 where tf32 is allowed: cuDNN's rule,
 // torch.backends.cudnn.allow_tf32); float64 stays on the SIMT kernel (forward) or step-wise.
-// backward: the backward kernel's plan.
+// backward: the backward kernel's plan. cluster_split: 0 takes one block a group where that
+// runs, else a cluster of 2 (where the device has clusters); 1 or 2 asks for that split.
 inline TensorCorePlan plan_tensor_core_layer(int64_t batch, int64_t hidden, int64_t gates,
-                                             int64_t elem_bytes, bool tf32, int64_t sm_count,
-                                             int64_t shared_limit, bool backward = false) {
-  TensorCorePlan plan{false, "", 0, 0, 0, 0, 0, 0, 0, 0};
+                                             int64_t elem_bytes, bool tf32,
+                                             const TensorCoreDevice& device,
+                                             bool backward = false, int64_t cluster_split = 0) {
+  TensorCorePlan plan{false, "", 0, 0, 0, 0, 0, 0, 0, 0, 0};
   if (elem_bytes != 2 && elem_bytes != 4) {
     plan.reason = "tensor cores take float16, bfloat16 and float32 (as TF32) only";
     return plan;
@@ -134,37 +203,25 @@ inline TensorCorePlan plan_tensor_core_layer(int64_t batch, int64_t hidden, int6
     plan.reason = "the hidden size is not a positive multiple of 16";
     return plan;
   }
-  plan.blocks = hidden / kTensorCoreUnits;
-  const int64_t warps = backward ? kTensorCoreBackwardWarps : gates * kTensorCoreKSplits;
-  const int64_t k_tiles_shared = backward ? gates * hidden / 16 : hidden / 16;
-  const int64_t shares = backward ? warps : kTensorCoreKSplits;
-  const int64_t register_budget =
-      backward ? kTensorCoreBackwardWeightRegisters : kTensorCoreWeightRegisters;
-  plan.threads = 32 * warps;
-  plan.k_tiles = (k_tiles_shared + shares - 1) / shares;
-  plan.k_tile_bound = (plan.k_tiles + 3) / 4 * 4;
-  plan.batch_pad = (batch + 15) / 16 * 16;
-  plan.h_pitch = hidden + kTensorCoreHPadBytes / elem_bytes;
-  plan.part_pitch = plan.batch_pad + kTensorCorePartPad;
-  const int64_t partial_bytes = warps * kTensorCoreUnits * plan.part_pitch * 4;
-  const int64_t carried = backward ? (gates == 4 ? 2 : 1) : (gates == 4 ? 1 : 0);
-  plan.shared_bytes = (backward ? 0 : plan.batch_pad * plan.h_pitch * elem_bytes) +
-                      partial_bytes + carried * batch * kTensorCoreUnits * 4;
-  if (plan.blocks > sm_count) {
-    plan.reason = "the hidden size needs " + std::to_string(plan.blocks) +
-                  " blocks of 16 units, over the device's " + std::to_string(sm_count) + " SMs";
-  } else if (plan.k_tile_bound * 2 * elem_bytes > register_budget) {
-    plan.reason = "a warp's share of W_hh does not fit in registers (" +
-                  std::to_string(plan.k_tile_bound * 2 * elem_bytes) + " of them, over " +
-                  std::to_string(register_budget) + ")";
-  } else if (plan.shared_bytes > shared_limit) {
-    plan.reason = std::string(backward ? "" : "h of the batch and ") + "the partial sums need " +
-                  std::to_string(plan.shared_bytes) +
-                  " bytes of shared memory per block, over the device's " +
-                  std::to_string(shared_limit);
-  } else {
-    plan.runs = true;
+  if (cluster_split < 0 || cluster_split > kTensorCoreMaxClusterSplit) {
+    plan.reason = "the cluster split asked for is " + std::to_string(cluster_split) +
+                  ", not 1 or 2";
+    return plan;
   }
+  if (cluster_split > 1 && device.cluster_pairs == 0) {
+    plan.reason = "a cluster split needs thread-block clusters (sm_90 or later)";
+    return plan;
+  }
+  if (cluster_split > 0) {
+    return plan_tensor_core_split(batch, hidden, gates, elem_bytes, device, backward,
+                                  cluster_split);
+  }
+  plan = plan_tensor_core_split(batch, hidden, gates, elem_bytes, device, backward, 1);
+  if (plan.runs || device.cluster_pairs == 0) return plan;
+  const TensorCorePlan split = plan_tensor_core_split(batch, hidden, gates, elem_bytes, device,
+                                                      backward, kTensorCoreMaxClusterSplit);
+  if (split.runs) return split;
+  plan.reason += "; split over a cluster: " + split.reason;
   return plan;
 }
 

@@ -79,12 +79,15 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "tensor_core_plan",
       [](int64_t batch, int64_t hidden, int64_t gates, int64_t elem_bytes, bool tf32,
-         int64_t sm_count, int64_t shared_limit, bool backward) {
+         int64_t sm_count, int64_t shared_limit, int64_t cluster_pairs, bool backward,
+         int64_t cluster_split) {
         const fused_rnn::TensorCorePlan plan = fused_rnn::plan_tensor_core_layer(
-            batch, hidden, gates, elem_bytes, tf32, sm_count, shared_limit, backward);
+            batch, hidden, gates, elem_bytes, tf32, {sm_count, shared_limit, cluster_pairs},
+            backward, cluster_split);
         py::dict d;
         d["runs"] = plan.runs;
         d["reason"] = plan.reason;
+        d["cluster_split"] = plan.cluster_split;
         d["blocks"] = plan.blocks;
         d["threads"] = plan.threads;
         d["k_tiles"] = plan.k_tiles;
@@ -96,8 +99,9 @@ PYBIND11_MODULE(_C, m) {
         return d;
       },
       "The tensor-core persistent forward's (backward's) plan for a shape on a device with "
-      "sm_count SMs and shared_limit bytes of shared memory per block, float32 as TF32 where "
-      "tf32 (persistent_plan.h).");
+      "sm_count SMs, shared_limit bytes of shared memory per block and room for cluster_pairs "
+      "clusters of 2 blocks, float32 as TF32 where tf32; cluster_split 0 (chosen), 1 or 2 "
+      "(persistent_plan.h).");
   m.def(
       "tensor_core_maps",
       [](int64_t gates) {
@@ -163,6 +167,32 @@ PYBIND11_MODULE(_C, m) {
 #endif
       },
       "How the tensor-core persistent kernel waits for each step: \"flags\" or \"grid\".");
+  m.def(
+      "set_persistent_cluster_split",
+      [](int64_t split) {
+#ifdef FUSED_RNN_WITH_CUDA
+        fused_rnn::cuda::set_persistent_cluster_split(split);
+#else
+        (void)split;
+#endif
+      },
+      "Blocks a group of 16 units of the tensor-core persistent kernels: 0 (chosen), 1 or 2.");
+  m.def(
+      "tensor_core_device",
+      [](int64_t device) {
+        py::dict d;
+#ifdef FUSED_RNN_WITH_CUDA
+        const fused_rnn::TensorCoreDevice limits = fused_rnn::cuda::tensor_core_device(device);
+        d["sm_count"] = limits.sm_count;
+        d["shared_limit"] = limits.shared_limit;
+        d["cluster_pairs"] = limits.cluster_pairs;
+#else
+        (void)device;
+        TORCH_CHECK(false, "fused_rnn: built without the CUDA kernels");
+#endif
+        return d;
+      },
+      "What the tensor-core plans know of CUDA device `device` (persistent_plan.h).");
   m.def(
       "cpu_layer_path",
       [](int64_t gates, int64_t steps, int64_t batch, int64_t input, int64_t hidden, int64_t proj,

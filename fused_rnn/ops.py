@@ -50,23 +50,32 @@ def empty_cpu_cache() -> None:
 _GATES = {"LSTM": 4, "GRU": 3}
 
 
-def use_persistent_kernels(enabled: bool = True, barrier: str = "flags") -> None:
+def use_persistent_kernels(enabled: bool = True, barrier: str = "flags",
+                           cluster_split: int | None = None) -> None:
     """Switches the persistent whole-sequence CUDA layer kernels on or off.
 
     Off by default: on an H200 the SIMT kernel beats cuDNN's forward 3-4x at batch 1 but loses
-    from batch 16 up (benchmarks/NOTES.md entry 15); the tensor-core kernel (float16, bfloat16,
-    float32 as TF32 where torch.backends.cudnn.allow_tf32) is not yet measured (entry 55). Where on, a CUDA LSTM or GRU layer whose shape suits them
-    (cuda_layer_path) runs its forward time loop in one launch; everything else, the backward
-    included, is unchanged.
+    from batch 16 up (benchmarks/NOTES.md entry 15); the tensor-core kernels (float16, bfloat16,
+    float32 as TF32 where torch.backends.cudnn.allow_tf32) are not yet measured (entries 55-58).
+    Where on, a CUDA LSTM or GRU layer whose shape suits them (cuda_layer_path) runs its forward
+    and backward time loops in one launch each.
 
-    barrier: how the tensor-core kernel's blocks wait for each step's h: "flags" (each group of
+    barrier: how the tensor-core kernels' blocks wait for each step's h: "flags" (each group of
     warps for the blocks whose h it reads) or "grid" (grid.sync(): every block for the slowest).
+    cluster_split: blocks sharing each 16 hidden units' weights in the tensor-core kernels: None
+    takes one block where the weights fit an SM's registers and a thread-block cluster of 2
+    (sm_90) where they do not; 1 or 2 asks for that (a shape it does not suit runs step-wise).
     """
     if barrier not in ("flags", "grid"):
         raise ValueError("use_persistent_kernels: expected barrier 'flags' or 'grid', got "
                          f"{barrier!r}")
+    if cluster_split is not None and (type(cluster_split) is not int
+                                      or cluster_split not in (1, 2)):
+        raise ValueError("use_persistent_kernels: expected cluster_split None, 1 or 2, got "
+                         f"{cluster_split!r}")
     _C.set_persistent_kernels(bool(enabled))
     _C.set_persistent_barrier(barrier)
+    _C.set_persistent_cluster_split(cluster_split or 0)
 
 
 def cpu_layer_path(mode: str, steps: int, batch: int, input_size: int, hidden_size: int,
@@ -102,7 +111,8 @@ def cuda_layer_path(mode: str, batch: int, hidden_size: int, dtype: torch.dtype 
     For a padded batch (every step runs `batch` rows) without projection; packed sequences of
     several lengths take the tensor-core kernels where their largest batch would (the SIMT one
     not), LSTM projections always run step-wise. Returns "persistent (tensor cores)",
-    "persistent (SIMT; no tensor cores: " and why (forward only), or "step-wise: " and why.
+    "persistent (tensor cores, clusters of 2)" (each 16 hidden units' weights split over two
+    SMs), "persistent (SIMT; no tensor cores: " and why (forward only), or "step-wise: " and why.
     float32's choice follows torch.backends.cudnn.allow_tf32 as it is when asked.
     """
     if mode not in _GATES:

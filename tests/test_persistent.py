@@ -59,56 +59,95 @@ K_SPLITS = 4  # kTensorCoreKSplits (persistent_plan.h): warps sharing one tile's
 
 BACKWARD_WARPS = 12  # kTensorCoreBackwardWarps
 
+# Clusters of 2 blocks an H200 runs at once: its 132 SMs in pairs (what
+# _C.tensor_core_device() measures on the GPU; benchmarks/run_gpu.sh prints it).
+H200_CLUSTER_PAIRS = 66
+
 
 def tensor_core_plan(batch, hidden, gates=4, elem_bytes=2, tf32=True, sm_count=H200["sm_count"],
-                     shared_limit=H200["shared_limit"], backward=False):
+                     shared_limit=H200["shared_limit"], cluster_pairs=H200_CLUSTER_PAIRS,
+                     backward=False, cluster_split=0):
     return _C.tensor_core_plan(batch, hidden, gates, elem_bytes, tf32, sm_count, shared_limit,
-                               backward)
+                               cluster_pairs, backward, cluster_split)
 
 
-@pytest.mark.parametrize("batch, hidden, gates, elem_bytes", [
-    (16, 768, 4, 2), (16, 768, 3, 2),  # the long-sequence cases
-    (64, 512, 4, 2), (64, 512, 3, 2),  # fastrnns
-    (1, 256, 4, 2), (8, 1024, 3, 2),   # latency
-    (64, 1024, 4, 2),
-    (64, 512, 4, 4), (64, 512, 3, 4), (8, 256, 4, 4),  # float32 as TF32
-])
-def test_tensor_core_plan_fits_the_benchmark_shapes_on_an_h200(batch, hidden, gates, elem_bytes):
-    p = tensor_core_plan(batch, hidden, gates, elem_bytes)
+def check_tensor_core_plan(p, batch, hidden, gates, elem_bytes, backward):
+    """What every plan that runs must hold (persistent_plan.h)."""
     assert p["runs"], p["reason"]
-    assert p["blocks"] * 16 == hidden and p["blocks"] <= H200["sm_count"]
-    assert p["threads"] == 32 * gates * K_SPLITS
-    assert p["k_tiles"] * K_SPLITS * 16 >= hidden > (p["k_tiles"] - 1) * K_SPLITS * 16
+    split = p["cluster_split"]
+    assert p["blocks"] == split * hidden // 16 <= H200["sm_count"]
+    assert split == 1 or hidden // 16 <= H200_CLUSTER_PAIRS
+    warps = BACKWARD_WARPS if backward else gates * K_SPLITS
+    assert p["threads"] == 32 * warps
+    k_tiles = gates * hidden // 16 if backward else hidden // 16
+    shares = split * (BACKWARD_WARPS if backward else K_SPLITS)
+    assert p["k_tiles"] * shares >= k_tiles > (p["k_tiles"] - 1) * shares
     assert p["k_tile_bound"] in (4, 8, 12, 16) and 0 <= p["k_tile_bound"] - p["k_tiles"] < 4
     assert p["k_tile_bound"] * 2 * elem_bytes <= 64  # weight registers a thread
     assert p["batch_pad"] % 16 == 0 and 0 <= p["batch_pad"] - batch < 16
-    assert p["h_pitch"] * elem_bytes == hidden * elem_bytes + 16
-    h_bytes = p["batch_pad"] * p["h_pitch"] * elem_bytes
-    partial_bytes = K_SPLITS * 16 * gates * p["part_pitch"] * 4
-    assert p["shared_bytes"] == h_bytes + partial_bytes + (batch * 16 * 4 if gates == 4 else 0)
+    partial_bytes = warps * 16 * p["part_pitch"] * 4
+    if backward:
+        carried = 2 if gates == 4 else 1  # h's gradient, and c's
+        assert p["shared_bytes"] == partial_bytes + carried * batch * 16 * 4
+    else:
+        # h's rows hold a block's K range, the widest block's
+        block_columns = min(16 * K_SPLITS * p["k_tiles"], hidden)
+        assert p["h_pitch"] * elem_bytes == block_columns * elem_bytes + 16
+        h_bytes = p["batch_pad"] * p["h_pitch"] * elem_bytes
+        c_bytes = batch * 16 * 4 if gates == 4 else 0
+        assert p["shared_bytes"] == h_bytes + partial_bytes + c_bytes
     assert p["shared_bytes"] <= H200["shared_limit"]
 
 
-@pytest.mark.parametrize("batch, hidden, gates, elem_bytes", [
-    (16, 768, 4, 2), (16, 768, 3, 2), (64, 512, 4, 2), (64, 512, 3, 2), (1, 256, 4, 2),
-    (8, 1024, 3, 2), (64, 256, 4, 4), (64, 512, 3, 4), (256, 512, 4, 2),
+@pytest.mark.parametrize("batch, hidden, gates, elem_bytes, split", [
+    (16, 768, 4, 2, 1), (16, 768, 3, 2, 1),  # the long-sequence cases
+    (64, 512, 4, 2, 1), (64, 512, 3, 2, 1),  # fastrnns
+    (1, 256, 4, 2, 1), (8, 1024, 3, 2, 1),   # latency
+    (64, 1024, 4, 2, 1),
+    (64, 512, 4, 4, 1), (64, 512, 3, 4, 1), (8, 256, 4, 4, 1),  # float32 as TF32
+    (16, 768, 4, 4, 2), (16, 768, 3, 4, 2), (64, 1024, 4, 4, 2), (8, 1024, 3, 4, 2),
+    (16, 1040, 4, 2, 2),
+])
+def test_tensor_core_plan_fits_the_benchmark_shapes_on_an_h200(batch, hidden, gates, elem_bytes,
+                                                               split):
+    """One block a group of 16 units where its weights fit, else a cluster of 2."""
+    p = tensor_core_plan(batch, hidden, gates, elem_bytes)
+    check_tensor_core_plan(p, batch, hidden, gates, elem_bytes, backward=False)
+    assert p["cluster_split"] == split
+
+
+@pytest.mark.parametrize("batch, hidden, gates, elem_bytes, split", [
+    (16, 768, 4, 2, 1), (16, 768, 3, 2, 1), (64, 512, 4, 2, 1), (64, 512, 3, 2, 1),
+    (1, 256, 4, 2, 1), (8, 1024, 3, 2, 1), (64, 256, 4, 4, 1), (64, 512, 3, 4, 1),
+    (256, 512, 4, 2, 1),
+    (16, 1024, 4, 2, 2), (64, 512, 4, 4, 2), (16, 768, 4, 4, 2), (8, 1024, 3, 4, 2),
 ])
 def test_tensor_core_backward_plan_fits_the_benchmark_shapes_on_an_h200(batch, hidden, gates,
-                                                                         elem_bytes):
+                                                                         elem_bytes, split):
     p = tensor_core_plan(batch, hidden, gates, elem_bytes, backward=True)
-    assert p["runs"], p["reason"]
-    assert p["blocks"] * 16 == hidden and p["threads"] == 32 * BACKWARD_WARPS
-    k_tiles = gates * hidden // 16  # of the gate gradients' columns
-    assert p["k_tiles"] * BACKWARD_WARPS >= k_tiles > (p["k_tiles"] - 1) * BACKWARD_WARPS
-    assert p["k_tile_bound"] * 2 * elem_bytes <= 64
-    partial_bytes = BACKWARD_WARPS * 16 * p["part_pitch"] * 4
-    carried = 2 if gates == 4 else 1  # h's gradient, and c's
-    assert p["shared_bytes"] == partial_bytes + carried * batch * 16 * 4 <= H200["shared_limit"]
+    check_tensor_core_plan(p, batch, hidden, gates, elem_bytes, backward=True)
+    assert p["cluster_split"] == split
+
+
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize("batch, hidden, gates, elem_bytes", [
+    (1, 16, 4, 2), (9, 48, 3, 2), (16, 512, 4, 2), (17, 272, 3, 4)])
+def test_tensor_core_plan_takes_a_cluster_split_asked_for(batch, hidden, gates, elem_bytes,
+                                                          backward):
+    for split in (1, 2):
+        p = tensor_core_plan(batch, hidden, gates, elem_bytes, backward=backward,
+                             cluster_split=split)
+        check_tensor_core_plan(p, batch, hidden, gates, elem_bytes, backward)
+        assert p["cluster_split"] == split
 
 
 @pytest.mark.parametrize("kwargs, why", [
-    (dict(batch=16, hidden=1024, gates=4), "registers (96 of them, over 64)"),
-    (dict(batch=16, hidden=512, elem_bytes=4), "registers (96 of them, over 64)"),
+    (dict(batch=16, hidden=1024, gates=4, cluster_pairs=0),
+     "registers (96 of them, over 64, 1 block a group"),
+    (dict(batch=16, hidden=1024, gates=4, elem_bytes=4),
+     "registers (96 of them, over 64, 2 blocks a group"),
+    (dict(batch=16, hidden=512, elem_bytes=4, cluster_split=1),
+     "registers (96 of them, over 64, 1 block a group"),
     (dict(batch=512, hidden=512), "the partial sums need"),
 ])
 def test_tensor_core_backward_plan_refuses_what_it_cannot_run_and_says_why(kwargs, why):
@@ -122,10 +161,17 @@ def test_tensor_core_backward_plan_refuses_what_it_cannot_run_and_says_why(kwarg
     (dict(batch=16, hidden=512, elem_bytes=4, tf32=False), "allow_tf32 forbids"),
     (dict(batch=16, hidden=40), "multiple of 16"),
     (dict(batch=0, hidden=64), "multiple of 16"),
-    (dict(batch=16, hidden=1040), "registers (80 of them, over 64)"),
-    (dict(batch=16, hidden=768, elem_bytes=4), "registers (96 of them, over 64)"),
-    (dict(batch=16, hidden=1024, sm_count=32), "64 blocks of 16 units, over the device's 32 SMs"),
+    (dict(batch=16, hidden=1040, cluster_pairs=0), "registers (80 of them, over 64, 1 block"),
+    (dict(batch=16, hidden=768, elem_bytes=4, cluster_split=1), "registers (96 of them, over 64"),
+    (dict(batch=16, hidden=1024, elem_bytes=4, cluster_pairs=60),
+     "needs 64 clusters of 2 blocks, over the 60 the device runs at once"),
+    (dict(batch=16, hidden=1024, sm_count=32),
+     "64 blocks (1 a group of 16 units), over the device's 32 SMs"),
+    (dict(batch=16, hidden=2048), "registers (128 of them, over 64, 1 block a group of 16 "
+     "units); split over a cluster: the hidden size needs 256 blocks (2 a group"),
     (dict(batch=256, hidden=512), "shared memory"),
+    (dict(batch=16, hidden=64, cluster_split=2, cluster_pairs=0), "needs thread-block clusters"),
+    (dict(batch=16, hidden=64, cluster_split=3), "the cluster split asked for is 3, not 1 or 2"),
 ])
 def test_tensor_core_plan_refuses_what_it_cannot_run_and_says_why(kwargs, why):
     p = tensor_core_plan(**kwargs)
@@ -159,78 +205,143 @@ def test_mma_fragment_maps_cover_each_tile_once(fmt):
     assert sorted(maps["c"]) == [(row, col) for row in range(16) for col in range(8)]
 
 
+def a_fragment(a_map, width, values):
+    """A 16 x 16 A tile as the threads' registers hold it: values(row, col) gives the `width`
+    elements from (row, col) along K."""
+    a = torch.zeros(16, 16, dtype=torch.float64)
+    for row, col in a_map:
+        a[row, col:col + width] = values(row, col)
+    return a
+
+
+def b_fragment(b_map, width, values):
+    """A 16 x 8 B tile likewise, `width` elements from (row, col) down K."""
+    b = torch.zeros(16, 8, dtype=torch.float64)
+    for row, col in b_map:
+        b[row:row + width, col] = values(row, col)
+    return b
+
+
+def row_gate_unit(maps, tile, row, hidden):
+    """W_hh's row (less the group's first unit) for row `row` of gate tile `tile`."""
+    unit, gate = maps["tile_rows"][16 * tile + row]
+    return gate * hidden + unit
+
+
+@pytest.mark.parametrize("split", [1, 2])
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("gates, hidden, batch", [(4, 48, 5), (3, 80, 9), (4, 16, 1), (3, 32, 16)])
+@pytest.mark.parametrize("gates, hidden, batch", [(4, 48, 5), (3, 80, 9), (4, 16, 1), (3, 32, 16),
+                                                  (4, 272, 3)])
 def test_tensor_core_indexing_replayed_on_the_cpu_gives_the_hidden_product(gates, hidden, batch,
-                                                                         fmt):
-    """The kernel's indexing of W_hh, h and the partial sums, replayed with the plan and maps it
-    uses (a k-tile's mma as a 16 x 16 by 16 x 8 product of the fragments' elements): every
-    (row, unit, gate) sum must come out as h @ W_hh^T."""
+                                                                         fmt, split):
+    """The kernel's indexing of W_hh, h (staged: each block's K range), the partial sums and the
+    pairs each block finishes, replayed with the plan and maps it uses (a k-tile's mma as a
+    16 x 16 by 16 x 8 product of the fragments' elements): every (row, unit, gate) sum must come
+    out as h @ W_hh^T, each pair finished by one block of its group, and each K share's flags
+    must be those of the blocks that write its columns of h."""
     a_key, b_key, width = FORMATS[fmt]
-    plan = tensor_core_plan(batch, hidden, gates, elem_bytes=4 if fmt == "tf32" else 2)
+    plan = tensor_core_plan(batch, hidden, gates, elem_bytes=4 if fmt == "tf32" else 2,
+                            cluster_split=split)
+    assert plan["runs"], plan["reason"]
+    pad = plan["h_pitch"] - min(16 * K_SPLITS * plan["k_tiles"], hidden)
     maps = _C.tensor_core_maps(gates)
     w = torch.randn(gates * hidden, hidden, dtype=torch.float64)
     h = torch.zeros(plan["batch_pad"], hidden, dtype=torch.float64)
     h[:batch] = torch.randn(batch, hidden, dtype=torch.float64)
     want = h[:batch] @ w.T
-    for block in range(plan["blocks"]):
-        j0 = 16 * block
-        partial = torch.zeros(K_SPLITS, 16 * gates, plan["batch_pad"], dtype=torch.float64)
-        for warp in range(plan["threads"] // 32):
-            tile, split = warp % gates, warp // gates
-            k_tile0 = split * plan["k_tiles"]
-            for kt in range(min(plan["k_tiles"], hidden // 16 - k_tile0)):
-                k = 16 * (k_tile0 + kt)
-                a = torch.zeros(16, 16, dtype=torch.float64)
-                for row, col in maps[a_key]:
-                    unit, gate = maps["tile_rows"][16 * tile + row]
-                    a[row, col:col + width] = w[gate * hidden + j0 + unit, k + col:k + col + width]
-                for nt in range(plan["batch_pad"] // 8):
-                    b = torch.zeros(16, 8, dtype=torch.float64)
-                    for row, col in maps[b_key]:
-                        b[row:row + width, col] = h[8 * nt + col, k + row:k + row + width]
-                    d = a @ b
-                    for row, col in maps["c"]:
-                        partial[split, 16 * tile + row, 8 * nt + col] += d[row, col]
-        for unit in range(16):
-            for gate in range(gates):
-                got = partial[:, maps["block_rows"][unit * gates + gate], :batch].sum(0)
-                torch.testing.assert_close(got, want[:, gate * hidden + j0 + unit])
+    for group in range(hidden // 16):
+        j0 = 16 * group
+        # partial[rank]: the block's shared memory, which its peers read.
+        partial = torch.zeros(split, K_SPLITS, 16 * gates, plan["batch_pad"], dtype=torch.float64)
+        finished = torch.zeros(batch, 16, dtype=torch.int64)
+        for rank in range(split):
+            block_k0 = 16 * rank * K_SPLITS * plan["k_tiles"]
+            block_columns = max(0, min(16 * K_SPLITS * plan["k_tiles"], hidden - block_k0))
+            s_h = h[:, block_k0:block_k0 + block_columns]
+            assert block_columns <= plan["h_pitch"] - pad
+            for warp in range(plan["threads"] // 32):
+                tile, share = warp % gates, warp // gates
+                k_tile0 = (rank * K_SPLITS + share) * plan["k_tiles"]
+                count = min(plan["k_tiles"], hidden // 16 - k_tile0)
+                waited = set(range(split * k_tile0, split * (k_tile0 + max(count, 0))))
+                writers = {split * (k // 16) + r for k in range(16 * k_tile0, 16 * (k_tile0 + count))
+                           for r in range(split)}
+                assert waited == writers
+                for kt in range(count):
+                    k = 16 * (k_tile0 + kt)
+                    a = a_fragment(maps[a_key], width, lambda row, col: w[
+                        row_gate_unit(maps, tile, row, hidden) + j0, k + col:k + col + width])
+                    for nt in range(plan["batch_pad"] // 8):
+
+                        def staged_h(row, col):
+                            at = k - block_k0 + row
+                            assert 0 <= at and at + width <= block_columns
+                            return s_h[8 * nt + col, at:at + width]
+
+                        d = a @ b_fragment(maps[b_key], width, staged_h)
+                        for row, col in maps["c"]:
+                            partial[rank, share, 16 * tile + row, 8 * nt + col] += d[row, col]
+        # (The cluster barrier: every block's partial sums are written.)
+        for rank in range(split):
+            rows = (batch - rank + split - 1) // split
+            for e in range(rows * 16):
+                row, unit = e // 16 * split + rank, e % 16
+                finished[row, unit] += 1
+                for gate in range(gates):
+                    got = partial[:, :, maps["block_rows"][unit * gates + gate], row].sum()
+                    torch.testing.assert_close(got, want[row, gate * hidden + j0 + unit])
+        assert (finished == 1).all()
 
 
+@pytest.mark.parametrize("split", [1, 2])
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("gates, hidden, batch", [(4, 48, 5), (3, 80, 17), (4, 16, 1)])
 def test_tensor_core_backward_indexing_replayed_on_the_cpu_gives_the_state_gradient(
-        gates, hidden, batch, fmt):
-    """The backward kernel's indexing replayed likewise: W_hh^T's rows for a block's units (A,
+        gates, hidden, batch, fmt, split):
+    """The backward kernel's indexing replayed likewise: W_hh^T's rows for a group's units (A,
     pairs along K a row of W_hh apart), the gate gradients (B, [batch, G H]), the warps' partial
-    sums: each unit's sum must come out as grad_gates @ W_hh."""
+    sums, the pairs each block carries: each unit's sum must come out as grad_gates @ W_hh, and
+    each warp's flags must be those of the blocks that write its columns of the gradients."""
     a_key, b_key, width = FORMATS[fmt]
     plan = tensor_core_plan(batch, hidden, gates, elem_bytes=4 if fmt == "tf32" else 2,
-                            backward=True)
+                            backward=True, cluster_split=split)
+    assert plan["runs"], plan["reason"]
     maps = _C.tensor_core_maps(gates)
+    groups = hidden // 16
     w = torch.randn(gates * hidden, hidden, dtype=torch.float64)
     grads = torch.zeros(plan["batch_pad"], gates * hidden, dtype=torch.float64)
     grads[:batch] = torch.randn(batch, gates * hidden, dtype=torch.float64)
     want = grads[:batch] @ w
-    for block in range(plan["blocks"]):
-        j0 = 16 * block
-        partial = torch.zeros(BACKWARD_WARPS, 16, plan["batch_pad"], dtype=torch.float64)
-        for warp in range(BACKWARD_WARPS):
-            k_tile0 = warp * plan["k_tiles"]
-            for kt in range(min(plan["k_tiles"], gates * hidden // 16 - k_tile0)):
-                k = 16 * (k_tile0 + kt)
-                a = torch.zeros(16, 16, dtype=torch.float64)
-                for row, col in maps[a_key]:
-                    a[row, col:col + width] = w[k + col:k + col + width, j0 + row]
-                for nt in range(plan["batch_pad"] // 8):
-                    b = torch.zeros(16, 8, dtype=torch.float64)
-                    for row, col in maps[b_key]:
-                        b[row:row + width, col] = grads[8 * nt + col, k + row:k + row + width]
-                    d = a @ b
-                    for row, col in maps["c"]:
-                        partial[warp, row, 8 * nt + col] += d[row, col]
-        torch.testing.assert_close(partial.sum(0)[:, :batch].T, want[:, j0:j0 + 16])
+    for group in range(groups):
+        j0 = 16 * group
+        partial = torch.zeros(split, BACKWARD_WARPS, 16, plan["batch_pad"], dtype=torch.float64)
+        got = torch.full((batch, 16), float("nan"), dtype=torch.float64)
+        for rank in range(split):
+            for warp in range(BACKWARD_WARPS):
+                k_tile0 = (rank * BACKWARD_WARPS + warp) * plan["k_tiles"]
+                count = min(plan["k_tiles"], gates * hidden // 16 - k_tile0)
+                waited = {(k_tile0 + e // split) % groups * split + e % split
+                          for e in range(split * max(count, 0))}
+                writers = {split * ((c % hidden) // 16) + r
+                           for c in range(16 * k_tile0, 16 * (k_tile0 + count))
+                           for r in range(split)}
+                assert waited == writers
+                for kt in range(count):
+                    k = 16 * (k_tile0 + kt)
+                    a = a_fragment(maps[a_key], width,
+                                   lambda row, col: w[k + col:k + col + width, j0 + row])
+                    for nt in range(plan["batch_pad"] // 8):
+                        d = a @ b_fragment(maps[b_key], width, lambda row, col: grads[
+                            8 * nt + col, k + row:k + row + width])
+                        for row, col in maps["c"]:
+                            partial[rank, warp, row, 8 * nt + col] += d[row, col]
+        for rank in range(split):
+            pairs = (batch - rank + split - 1) // split * 16
+            for e in range(pairs):
+                row, unit = e // 16 * split + rank, e % 16
+                assert got[row, unit].isnan()  # one block carries each pair
+                got[row, unit] = partial[:, :, unit, row].sum()
+        torch.testing.assert_close(got, want[:, j0:j0 + 16])
 
 
 def test_cuda_layer_path_names_the_path_and_checks_mode():
@@ -242,9 +353,12 @@ def test_cuda_layer_path_names_the_path_and_checks_mode():
         fused_rnn.cuda_layer_path("RNN", 64, 512)
 
 
-def test_persistent_barrier_is_checked():
+def test_persistent_barrier_and_cluster_split_are_checked():
     with pytest.raises(ValueError, match="barrier 'flags' or 'grid', got 'spin'"):
         fused_rnn.use_persistent_kernels(False, barrier="spin")
+    for split in (0, 3, True, 2.0):
+        with pytest.raises(ValueError, match=f"cluster_split None, 1 or 2, got {split!r}"):
+            fused_rnn.use_persistent_kernels(False, cluster_split=split)
 
 
 @pytest.fixture
@@ -291,18 +405,24 @@ TENSOR_CORE_SIZES = [
 ]
 
 
+TENSOR_CORE_PATHS = {1: "persistent (tensor cores)", 2: "persistent (tensor cores, clusters of 2)"}
+
+
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-@pytest.mark.parametrize("sizes, barrier", [(s, "flags") for s in TENSOR_CORE_SIZES] + [
-    (TENSOR_CORE_SIZES[2], "grid")], ids=lambda v: f"H{v.hidden}-B{v.batch}" if isinstance(
-        v, Sizes) else v)
-def test_tensor_core_kernel_matches_torch_nn(kind, sizes, barrier, dtype, persistent_on):
-    fused_rnn.use_persistent_kernels(True, barrier=barrier)
+@pytest.mark.parametrize("sizes, barrier, split", [(s, "flags", 1) for s in TENSOR_CORE_SIZES] + [
+    (TENSOR_CORE_SIZES[2], "grid", 1)] + [(s, "flags", 2) for s in TENSOR_CORE_SIZES] + [
+    (TENSOR_CORE_SIZES[2], "grid", 2)], ids=lambda v: f"H{v.hidden}-B{v.batch}" if isinstance(
+        v, Sizes) else f"split{v}" if isinstance(v, int) else v)
+def test_tensor_core_kernel_matches_torch_nn(kind, sizes, barrier, split, dtype, persistent_on):
+    """Both kernels, each barrier, one block or a cluster of two a group of 16 units (H = 16 and
+    48: the second block of a cluster holds no k-tile)."""
+    fused_rnn.use_persistent_kernels(True, barrier=barrier, cluster_split=split)
     for backward in (False, True):
         path = fused_rnn.cuda_layer_path(kind.upper(), sizes.batch, sizes.hidden, dtype,
                                          backward=backward)
-        assert path == "persistent (tensor cores)", (backward, path)
+        assert path == TENSOR_CORE_PATHS[split], (backward, path)
     names = cuda_kernels_run(lambda: check_against_torch(
         kind, dict(num_layers=2, bidirectional=True), "padded", 11, True, dtype, "cuda",
         sizes=sizes))
@@ -314,13 +434,14 @@ def test_tensor_core_kernel_matches_torch_nn(kind, sizes, barrier, dtype, persis
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("mode", ["packed", "unsorted"])
-@pytest.mark.parametrize("barrier", ["flags", "grid"])
-def test_tensor_core_kernels_take_packed_sequences(kind, mode, barrier, dtype, persistent_on):
+@pytest.mark.parametrize("barrier, split", [("flags", 1), ("grid", 1), ("flags", 2)])
+def test_tensor_core_kernels_take_packed_sequences(kind, mode, barrier, split, dtype,
+                                                   persistent_on):
     """Sequences of several lengths: the batch shrinks step by step forward and grows in the
     reverse direction (rows starting from h0 and c0 mid-run), each row's final state is its own
     last step's, and in the backward each row's gradients enter at its last step and leave for
     its initial state at its first."""
-    fused_rnn.use_persistent_kernels(True, barrier=barrier)
+    fused_rnn.use_persistent_kernels(True, barrier=barrier, cluster_split=split)
     sizes = Sizes(input_size=24, hidden=48, batch=9, lengths=(11, 3, 11, 1, 7, 11, 5, 8, 2))
     names = cuda_kernels_run(lambda: check_against_torch(
         kind, dict(num_layers=2, bidirectional=True), mode, 11, True, dtype, "cuda",
@@ -332,52 +453,62 @@ def test_tensor_core_kernels_take_packed_sequences(kind, mode, barrier, dtype, p
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_tensor_core_kernel_at_the_largest_bound_matches_torch_nn(kind, persistent_on):
-    """H = 1024 (16 k-tiles a warp forward; the GRU's backward too, the LSTM's backward runs
-    step-wise), B = 64 (eight n-tiles), one direction, given states."""
+    """H = 1024 (16 k-tiles a warp forward; the GRU's backward too, the LSTM's backward on
+    clusters of 2), B = 64 (eight n-tiles), one direction, given states."""
     sizes = Sizes(input_size=32, hidden=1024, batch=64)
     path = fused_rnn.cuda_layer_path(kind.upper(), sizes.batch, sizes.hidden, torch.bfloat16)
-    assert path == "persistent (tensor cores)", path
+    assert path == TENSOR_CORE_PATHS[1], path
     backward = fused_rnn.cuda_layer_path(kind.upper(), sizes.batch, sizes.hidden, torch.bfloat16,
                                          backward=True)
-    if kind == "gru":
-        assert backward == "persistent (tensor cores)", backward
-    else:
-        assert backward.startswith("step-wise: a warp's share of W_hh does not fit"), backward
-    check_against_torch(kind, dict(batch_first=True), "padded", 6, True, torch.bfloat16, "cuda",
-                        sizes=sizes)
+    assert backward == TENSOR_CORE_PATHS[2 if kind == "lstm" else 1], backward
+    names = cuda_kernels_run(lambda: check_against_torch(
+        kind, dict(batch_first=True), "padded", 6, True, torch.bfloat16, "cuda", sizes=sizes))
+    assert ran_tensor_core_kernels(names) == {"tensor_core_layer_kernel",
+                                              "tensor_core_backward_kernel"}
+
+
+def cuda_modules_and_truth(kind, input_size, hidden):
+    """torch.nn's layer on the GPU, ours with its weights, and torch.nn's in float64 (the truth)."""
+    torch.manual_seed(0)
+    theirs = getattr(torch.nn, kind.upper())(input_size, hidden).cuda()
+    ours = getattr(fused_rnn, kind.upper())(input_size, hidden).cuda()
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours, copy.deepcopy(theirs).double()
+
+
+def output_and_grad(module, x):
+    out = module(x)[0]
+    return out.detach(), torch.autograd.grad(out.square().sum(), x)[0]
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_tensor_core_kernel_in_float32_follows_cudnns_tf32_flag(kind, persistent_on):
-    """float32 runs as TF32 on the tensor-core kernel where torch.backends.cudnn.allow_tf32 (as
+@pytest.mark.parametrize("steps, batch, hidden, path", [(40, 8, 256, TENSOR_CORE_PATHS[1]),
+                                                        (30, 16, 768, TENSOR_CORE_PATHS[2])])
+def test_tensor_core_kernels_in_float32_follow_cudnns_tf32_flag(kind, steps, batch, hidden, path,
+                                                                 persistent_on):
+    """float32 runs as TF32 on the tensor-core kernels where torch.backends.cudnn.allow_tf32 (as
     cuDNN does; conftest turns it off for the other tests): as close to float64 as torch.nn's
     TF32 run (the accuracy rule for large problems), and apart from full float32 by TF32's
-    rounding; with the flag off, the SIMT kernel."""
-    torch_cls, ours_cls = getattr(torch.nn, kind.upper()), getattr(fused_rnn, kind.upper())
-    torch.manual_seed(0)
-    theirs = torch_cls(64, 256).cuda()
-    ours = ours_cls(64, 256).cuda()
-    ours.load_state_dict(theirs.state_dict())
-    truth = copy.deepcopy(theirs).double()
-    x = torch.randn(40, 8, 64, device="cuda")
-    x.requires_grad_()
-
-    def output_and_grad(module, x):
-        out = module(x)[0]
-        return out.detach(), torch.autograd.grad(out.square().sum(), x)[0]
-
+    rounding; with the flag off, the SIMT kernel. At H = 768 (the long-sequence shape) a block's
+    share of W_hh is over its registers, so both kernels split each group of units over a
+    cluster of two."""
+    theirs, ours, truth = cuda_modules_and_truth(kind, 64, hidden)
+    x = torch.randn(steps, batch, 64, device="cuda", requires_grad=True)
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):
         for backward in (False, True):
-            path = fused_rnn.cuda_layer_path(kind.upper(), 8, 256, backward=backward)
-            assert path == "persistent (tensor cores)", (backward, path)
+            got_path = fused_rnn.cuda_layer_path(kind.upper(), batch, hidden, backward=backward)
+            assert got_path == path, (backward, got_path)
+        names = cuda_kernels_run(lambda: output_and_grad(ours, x))
         got, got_grad = output_and_grad(ours, x)
         theirs_out, theirs_grad = output_and_grad(theirs, x)
+    assert ran_tensor_core_kernels(names) == {"tensor_core_layer_kernel",
+                                              "tensor_core_backward_kernel"}
     want, want_grad = output_and_grad(truth, x.double())
     assert_matches_torch(got, theirs_out, want, "output", against_truth=True)
     assert_matches_torch(got_grad, theirs_grad, want_grad, "input gradient", against_truth=True)
     full = ours(x)[0].detach()
-    assert fused_rnn.cuda_layer_path(kind.upper(), 8, 256).startswith("persistent (SIMT; ")
+    assert fused_rnn.cuda_layer_path(kind.upper(), batch, hidden).startswith("persistent (SIMT; ")
     assert (got - full).abs().max() > 1e-5
 
 

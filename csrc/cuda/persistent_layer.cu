@@ -38,6 +38,7 @@ namespace {
 
 std::atomic<bool> g_persistent_enabled{false};
 std::atomic<bool> g_flag_barrier{true};
+std::atomic<int64_t> g_cluster_split{0};
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
@@ -121,20 +122,67 @@ PersistentPlan plan_for(int64_t gates, int64_t batch, int64_t hidden, int64_t el
                                static_cast<int64_t>(prop->sharedMemPerBlockOptin));
 }
 
+// An empty kernel whose clusters of 2 blocks the occupancy query counts.
+__global__ void cluster_probe_kernel() {}
+
+// Clusters of 2 blocks, one an SM, resident at once on `device` (0 before sm_90): the tensor-core
+// kernels' registers and shared memory keep them to one block an SM, and so does the probe's
+// shared memory.
+int64_t measure_cluster_pairs(int64_t device) {
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device);
+  if (prop->major < 9) return 0;
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  const int shared_bytes = static_cast<int>(prop->sharedMemPerBlockOptin);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(&cluster_probe_kernel,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, shared_bytes));
+  cudaLaunchAttribute cluster{};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = 2;
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(2 * prop->multiProcessorCount));
+  config.blockDim = dim3(static_cast<unsigned>(32 * kTensorCoreBackwardWarps));
+  config.dynamicSmemBytes = static_cast<size_t>(shared_bytes);
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  int clusters = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, &cluster_probe_kernel, &config));
+  return clusters;
+}
+
+}  // namespace
+
+TensorCoreDevice tensor_core_device(int64_t device) {
+  constexpr int kDevices = 64;
+  static std::atomic<int64_t> pairs[kDevices];  // + 1: zero is "not measured yet"
+  TORCH_CHECK(device >= 0 && device < kDevices, "fused_rnn: CUDA device index ", device,
+              " out of range");
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device);
+  int64_t known = pairs[device].load();
+  if (known == 0) {
+    known = measure_cluster_pairs(device) + 1;
+    pairs[device] = known;
+  }
+  return {prop->multiProcessorCount, static_cast<int64_t>(prop->sharedMemPerBlockOptin),
+          known - 1};
+}
+
+namespace {
+
 // float32 runs as TF32 where torch.nn's cuDNN would (torch.backends.cudnn.allow_tf32).
 TensorCorePlan tensor_core_plan_for(int64_t gates, int64_t batch, int64_t hidden,
                                     int64_t elem_bytes, int64_t device, bool backward = false) {
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device);
   if (!prop->cooperativeLaunch) {
-    return {false, "the device has no cooperative launch", 0, 0, 0, 0, 0, 0, 0, 0};
+    return {false, "the device has no cooperative launch", 0, 0, 0, 0, 0, 0, 0, 0, 0};
   }
   if (prop->major < 8) {
-    return {false, "mma.sync of 16-bit types needs sm_80 or later", 0, 0, 0, 0, 0, 0, 0, 0};
+    return {false, "mma.sync of 16-bit types needs sm_80 or later", 0, 0, 0, 0, 0, 0, 0, 0, 0};
   }
   return plan_tensor_core_layer(batch, hidden, gates, elem_bytes,
-                                at::globalContext().allowTF32CuDNN(),
-                                prop->multiProcessorCount,
-                                static_cast<int64_t>(prop->sharedMemPerBlockOptin), backward);
+                                at::globalContext().allowTF32CuDNN(), tensor_core_device(device),
+                                backward, g_cluster_split);
 }
 
 template <typename scalar_t>
@@ -301,17 +349,25 @@ void set_persistent_barrier(const std::string& barrier) {
 }
 std::string persistent_barrier() { return g_flag_barrier ? "flags" : "grid"; }
 
+void set_persistent_cluster_split(int64_t split) {
+  TORCH_CHECK(split >= 0 && split <= kTensorCoreMaxClusterSplit,
+              "fused_rnn: expected the cluster split 0 (chosen), 1 or 2, got ", split);
+  g_cluster_split = split;
+}
+
 std::string layer_path(int64_t gates, int64_t batch, int64_t hidden, int64_t elem_bytes,
                        int64_t acc_bytes, int64_t device, bool backward) {
   if (!persistent_enabled()) return "step-wise: persistent kernels are off";
   const TensorCorePlan tensor_core_plan =
       tensor_core_plan_for(gates, batch, hidden, elem_bytes, device, backward);
+  const std::string tensor_cores = tensor_core_plan.cluster_split > 1
+                                       ? "persistent (tensor cores, clusters of 2)"
+                                       : "persistent (tensor cores)";
   if (backward) {
-    return tensor_core_plan.runs ? "persistent (tensor cores)"
-                                 : "step-wise: " + tensor_core_plan.reason;
+    return tensor_core_plan.runs ? tensor_cores : "step-wise: " + tensor_core_plan.reason;
   }
   const PersistentPlan plan = plan_for(gates, batch, hidden, elem_bytes, acc_bytes, device);
-  if (tensor_core_plan.runs) return "persistent (tensor cores)";
+  if (tensor_core_plan.runs) return tensor_cores;
   if (plan.runs) return "persistent (SIMT; no tensor cores: " + tensor_core_plan.reason + ")";
   return "step-wise: " + plan.reason;
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "../cell_ops.h"
+#include "../persistent_plan.h"
 
 #include <string>
 
@@ -17,9 +18,17 @@ bool persistent_enabled();
 void set_persistent_barrier(const std::string& barrier);
 std::string persistent_barrier();
 
+// Blocks a group of 16 units of the tensor-core kernels (persistent_plan.h): 0 (the default)
+// chooses, 1 or 2 asks for that split (tests and benchmarks; a plan that cannot take it says so).
+void set_persistent_cluster_split(int64_t split);
+
+// What the tensor-core plans know of CUDA device `device` (its cluster room measured once).
+TensorCoreDevice tensor_core_device(int64_t device);
+
 // Which forward (backward) path a layer of this shape runs on CUDA device `device` (a uniform
 // batch, no projection), for a dtype of elem_bytes with accumulation in acc_bytes: "persistent
-// (tensor cores)", "persistent (SIMT; no tensor cores: <why>)" (forward), or "step-wise: <why>".
+// (tensor cores)", "persistent (tensor cores, clusters of 2)", "persistent (SIMT; no tensor
+// cores: <why>)" (forward), or "step-wise: <why>".
 std::string layer_path(int64_t gates, int64_t batch, int64_t hidden, int64_t elem_bytes,
                        int64_t acc_bytes, int64_t device, bool backward);
 

@@ -27,8 +27,10 @@
 
 namespace fused_rnn::cuda {
 
-// flags: one per block, zero at launch (kFlags).
-template <typename Cell, typename scalar_t, int kKTileBound, PersistentBarrier kBarrier>
+// flags: one per block, zero at launch (kFlags). kSplit: blocks a group of 16 units (a cluster
+// where 2).
+template <typename Cell, typename scalar_t, int kKTileBound, PersistentBarrier kBarrier,
+          int kSplit>
 __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
     tensor_core_layer_kernel(const SequenceParams<scalar_t> p, const TensorCoreTiling tiling,
                              unsigned* flags) {
@@ -45,9 +47,16 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
   float* s_c = s_part + kSplits * G * kUnits * part_pitch;        // [B][kUnits] (LSTM)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int tile = warp % G, split = warp / G;
-  const int j0 = blockIdx.x * kUnits;
-  const int k_tile0 = split * tiling.k_tiles;
+  // This block's place in its group: rank r holds the K shares r kSplits.. and finishes the
+  // batch rows b with b % kSplit == r.
+  const int rank = blockIdx.x % kSplit;
+  const int j0 = blockIdx.x / kSplit * kUnits;
+  const int block_k_tile0 = rank * kSplits * tiling.k_tiles;
+  const int k_tile0 = block_k_tile0 + split * tiling.k_tiles;
   const int k_tile_count = min(tiling.k_tiles, H / 16 - k_tile0);  // <= 0: this warp adds zeros
+  // s_h's columns: the block's K range (empty for a peer beyond a small H).
+  const int block_k0 = 16 * block_k_tile0;
+  const int block_columns = max(0, min(16 * kSplits * tiling.k_tiles, H - block_k0));
 
   // This warp's tile of W_hh over its K share, for every step.
   uint32_t a[kKTileBound][Format::kARegs];
@@ -75,14 +84,15 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
       return b < before.rows ? output + (before.offset + b) * H
                              : p.h0 + static_cast<int64_t>(b) * H;
     };
-    // (i) h, 16 bytes at a time, through L2: other SMs wrote it. With flags, each group of warps
-    // sharing a K share waits for its producers and stages its own columns. (The rows past the
-    // step's, padding included, keep whatever they hold: a batch row's products depend on its
-    // own column of B only, and theirs are not read.)
+    // (i) h of the block's K range, 16 bytes at a time, through L2: other SMs wrote it. With
+    // flags, each group of warps sharing a K share waits for its producers (every block of their
+    // groups) and stages its own columns. (The rows past the step's, padding included, keep
+    // whatever they hold: a batch row's products depend on its own column of B only, and theirs
+    // are not read.)
     if constexpr (kBarrier == PersistentBarrier::kFlags) {
       const int group_threads = 32 * G, group_tid = tid - split * group_threads;
       if (i > 0 && tile == 0) {
-        for (int q = k_tile0 + lane; q < k_tile0 + k_tile_count; q += 32) {
+        for (int q = kSplit * k_tile0 + lane; q < kSplit * (k_tile0 + k_tile_count); q += 32) {
           while (published_steps(flags + q) < static_cast<unsigned>(i)) {
           }
         }
@@ -93,16 +103,16 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
       const int vectors = 16 / kPerVector * max(k_tile_count, 0);
       for (int e = group_tid; e < step.rows * vectors; e += group_threads) {
         const int b = e / vectors, k = 16 * k_tile0 + kPerVector * (e % vectors);
-        *reinterpret_cast<uint4*>(s_h + b * pitch + k) =
+        *reinterpret_cast<uint4*>(s_h + b * pitch + k - block_k0) =
             Format::staged(load_l2(reinterpret_cast<const uint4*>(h_prev(output, b) + k)));
       }
       named_barrier(1 + split, group_threads);
     } else {
       const scalar_t* output = launder(p.output);  // (after the last step's grid.sync())
-      const int vectors = H / kPerVector;
+      const int vectors = block_columns / kPerVector;
       for (int e = tid; e < step.rows * vectors; e += kThreads) {
-        const int b = e / vectors, k = kPerVector * (e % vectors);
-        *reinterpret_cast<uint4*>(s_h + b * pitch + k) =
+        const int b = e / vectors, k = block_k0 + kPerVector * (e % vectors);
+        *reinterpret_cast<uint4*>(s_h + b * pitch + k - block_k0) =
             Format::staged(load_l2(reinterpret_cast<const uint4*>(h_prev(output, b) + k)));
       }
       __syncthreads();
@@ -111,13 +121,15 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
     // (ii) Two n-tiles at a time (batch_pad is a multiple of 16): two independent accumulator
     // chains. No branches around the k-tiles, so that the compiler can schedule their loads
     // freely: beyond this warp's share (zero weights) a clamped column is read and replaced by
-    // zero (the columns past h's rows hold other data).
+    // zero (the columns past h's rows hold other data). In a cluster, the peer block must be done
+    // reading the last step's partial sums before they are overwritten.
+    if (kSplit > 1 && i > 0) cluster_wait();
     for (int nt0 = 0; nt0 < n_tiles; nt0 += 2) {
       float acc[2][4] = {};
 #pragma unroll
       for (int kt = 0; kt < kKTileBound; ++kt) {
         const bool valid = kt < k_tile_count;
-        const int k = valid ? 16 * (k_tile0 + kt) : 0;
+        const int k = valid ? 16 * (k_tile0 + kt) - block_k0 : 0;
 #pragma unroll
         for (int n = 0; n < 2; ++n) {
           const scalar_t* column = s_h + (8 * (nt0 + n) + mma::b_col(lane)) * pitch + k;
@@ -139,23 +151,33 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
         }
       }
     }
-    __syncthreads();
+    if constexpr (kSplit > 1) {
+      cluster_arrive();  // (every block's partial sums, read below, written)
+      cluster_wait();
+    } else {
+      __syncthreads();
+    }
 
     // (iii) Consecutive threads take consecutive units of a row: the stores of h, c and the
-    // saved activations coalesce.
-    for (int e = tid; e < step.rows * kUnits; e += kThreads) {
-      const int b = e / kUnits, u = e % kUnits;
+    // saved activations coalesce. Pair e of this block is unit e % 16 of its row e / 16.
+    const int rows = (static_cast<int>(step.rows) - rank + kSplit - 1) / kSplit;
+    for (int e = tid; e < rows * kUnits; e += kThreads) {
+      const int b = e / kUnits * kSplit + rank, u = e % kUnits;
       float hidden_side[G];
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         const int row = tensor_core_block_row(G, u, g);
         float sum = 0.0f;
 #pragma unroll
-        for (int s = 0; s < kSplits; ++s) sum += s_part[(s * G * 16 + row) * part_pitch + b];
+        for (int q = 0; q < kSplit; ++q) {
+          const float* part = kSplit > 1 ? cluster_peer(s_part, q) : s_part;
+#pragma unroll
+          for (int s = 0; s < kSplits; ++s) sum += part[(s * G * 16 + row) * part_pitch + b];
+        }
         hidden_side[g] = sum;
       }
-      // (From global memory, not s_h, which holds TF32-rounded floats: this block's own units,
-      // written by this SM, or h0.)
+      // (From global memory, not s_h, which holds TF32-rounded floats and part of K: this
+      // block's own pairs, written by this SM, or h0.)
       const float h_prev_value = static_cast<float>(h_prev(p.output, b)[j0 + u]);
       if constexpr (Cell::kCarriesCell) {
         if (b >= before.rows) {
@@ -167,19 +189,22 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
         Cell::finish(p, step.offset + b, b, j0 + u, hidden_side, h_prev_value, no_cell);
       }
     }
+    if constexpr (kSplit > 1) cluster_arrive();  // (done reading the peer's partial sums)
     // (iv) Every block's h of this step is written and visible before any block stages it; the
     // barrier also keeps s_h and s_part until this block's threads are done with them.
     end_step<kBarrier>(flags, i);
   }
+  // A block's shared memory must outlive its peer's reads of it.
+  if constexpr (kSplit > 1) cluster_wait();
 }
 
 template <typename Cell, typename scalar_t>
 void launch_tensor_core_layer(const SequenceParams<scalar_t>& p,
                               const TensorCorePlan& plan, bool flag_barrier,
                               const at::Tensor& flags) {
-  const auto kernel_for = [](auto bound, auto barrier) {
-    constexpr int kBound = decltype(bound)::value;
-    return &tensor_core_layer_kernel<Cell, scalar_t, kBound, decltype(barrier)::value>;
+  const auto kernel_for = [](auto bound, auto barrier, auto split) {
+    return &tensor_core_layer_kernel<Cell, scalar_t, decltype(bound)::value,
+                                     decltype(barrier)::value, decltype(split)::value>;
   };
   constexpr int64_t kBudget = kTensorCoreWeightRegisters;
   launch_tensor_core<scalar_t, kBudget>(kernel_for, p, plan, flag_barrier, flags);

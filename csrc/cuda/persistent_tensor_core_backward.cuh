@@ -23,7 +23,9 @@
 
 namespace fused_rnn::cuda {
 
-template <typename Cell, typename scalar_t, int kKTileBound, PersistentBarrier kBarrier>
+// kSplit: blocks a group of 16 units (a cluster where 2).
+template <typename Cell, typename scalar_t, int kKTileBound, PersistentBarrier kBarrier,
+          int kSplit>
 __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
     tensor_core_backward_kernel(const BackwardSequenceParams<scalar_t> p,
                                 const TensorCoreTiling tiling, unsigned* flags) {
@@ -32,14 +34,20 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
   constexpr int kThreads = 32 * kWarps;
   extern __shared__ __align__(16) unsigned char shared[];
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), columns = G * H;
+  const int groups = H / kUnits;
   const int part_pitch = tiling.part_pitch, n_tiles = tiling.batch_pad / 8;
   float* s_part = reinterpret_cast<float*>(shared);     // [kWarps][kUnits][part_pitch]
   float* s_carried_h = s_part + kWarps * kUnits * part_pitch;  // [B][kUnits]
   float* s_carried_c = s_carried_h + B * kUnits;               // [B][kUnits] (LSTM)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int j0 = blockIdx.x * kUnits;
-  const int k_tile0 = warp * tiling.k_tiles;
+  // This block's place in its group: rank r holds the K shares r kWarps.. and carries the batch
+  // rows b with b % kSplit == r; pair e of this block is unit e % 16 of row e / 16 * kSplit + r.
+  const int rank = blockIdx.x % kSplit;
+  const int j0 = blockIdx.x / kSplit * kUnits;
+  const int k_tile0 = (rank * kWarps + warp) * tiling.k_tiles;
   const int k_tile_count = min(tiling.k_tiles, columns / 16 - k_tile0);  // <= 0: adds zeros
+  const int pairs = (B - rank + kSplit - 1) / kSplit * kUnits;
+  const auto pair_row = [&](int e) { return e / kUnits * kSplit + rank; };
   // The step-before gradients' hidden side: the LSTM's pre-activations sum both sides.
   const scalar_t* hidden_grads = Cell::kCarriesCell ? p.grad_input_gates : p.grad_hidden_gates;
 
@@ -56,8 +64,8 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
                      : 0u;
     }
   }
-  for (int e = tid; e < B * kUnits; e += kThreads) {
-    const int64_t at = static_cast<int64_t>(e / kUnits) * H + j0 + e % kUnits;
+  for (int e = tid; e < pairs; e += kThreads) {
+    const int64_t at = static_cast<int64_t>(pair_row(e)) * H + j0 + e % kUnits;
     s_carried_h[e] = static_cast<float>(p.grad_h[at]);
     if constexpr (Cell::kCarriesCell) s_carried_c[e] = static_cast<float>(p.grad_c[at]);
   }
@@ -77,14 +85,19 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
     // (i) The product with the gate gradients of the step run before (none before the first).
     if (i > 0) {
       if constexpr (kBarrier == PersistentBarrier::kFlags) {
-        if (lane < k_tile_count) {
-          const unsigned* flag = flags + (k_tile0 + lane) % (H / 16);
+        // A k-tile of 16 gate-gradient columns is one gate of group q % groups: every block of
+        // that group wrote some of its rows.
+        for (int e = lane; e < kSplit * max(k_tile_count, 0); e += 32) {
+          const unsigned* flag = flags + (k_tile0 + e / kSplit) % groups * kSplit + e % kSplit;
           while (published_steps(flag) < static_cast<unsigned>(i)) {
           }
         }
         __syncwarp();
       }
       const scalar_t* grads = launder(hidden_grads) + before.offset * columns;
+      // In a cluster, the peer block must be done reading the last product's partial sums
+      // before they are overwritten.
+      if (kSplit > 1 && i > 1) cluster_wait();
       // An n-tile at a time, its B fragments from L2. No branches around the k-tiles, so that the
       // compiler can issue their loads together: beyond this warp's share (zero weights) and
       // past the step's rows, a clamped address is read and the value replaced by zero.
@@ -111,17 +124,26 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
           s_part[unit_row * part_pitch + 8 * nt + mma::c_col(lane, c)] = acc[c];
         }
       }
-      __syncthreads();
+      if constexpr (kSplit > 1) {
+        cluster_arrive();  // (every block's partial sums, read below, written)
+        cluster_wait();
+      } else {
+        __syncthreads();
+      }
     }
 
     // (ii) Each pair's gradient of h': the step's rows run their backward step, the others
     // carry it (after the last step: the initial states' gradients).
-    for (int e = tid; e < B * kUnits; e += kThreads) {
-      const int b = e / kUnits, u = e % kUnits;
+    for (int e = tid; e < pairs; e += kThreads) {
+      const int b = pair_row(e), u = e % kUnits;
       float grad_h = s_carried_h[e];
       if (i > 0) {
 #pragma unroll
-        for (int w = 0; w < kWarps; ++w) grad_h += s_part[(w * kUnits + u) * part_pitch + b];
+        for (int q = 0; q < kSplit; ++q) {
+          const float* part = kSplit > 1 ? cluster_peer(s_part, q) : s_part;
+#pragma unroll
+          for (int w = 0; w < kWarps; ++w) grad_h += part[(w * kUnits + u) * part_pitch + b];
+        }
       }
       const int64_t at = static_cast<int64_t>(b) * H + j0 + u;
       if (b < step.rows) {
@@ -138,20 +160,23 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
         if constexpr (Cell::kCarriesCell) p.grad_c[at] = static_cast<scalar_t>(s_carried_c[e]);
       }
     }
+    if (kSplit > 1 && i > 0) cluster_arrive();  // (done reading the peer's partial sums)
     if (i == p.steps) break;
     // (iii) This step's gate gradients are written and visible before any block reads them; the
     // barrier also keeps s_part until this block's threads are done with it.
     end_step<kBarrier>(flags, i);
   }
+  // A block's shared memory must outlive its peer's reads of it.
+  if constexpr (kSplit > 1) cluster_wait();
 }
 
 template <typename Cell, typename scalar_t>
 void launch_tensor_core_backward(const BackwardSequenceParams<scalar_t>& p,
                                  const TensorCorePlan& plan, bool flag_barrier,
                                  const at::Tensor& flags) {
-  const auto kernel_for = [](auto bound, auto barrier) {
-    constexpr int kBound = decltype(bound)::value;
-    return &tensor_core_backward_kernel<Cell, scalar_t, kBound, decltype(barrier)::value>;
+  const auto kernel_for = [](auto bound, auto barrier, auto split) {
+    return &tensor_core_backward_kernel<Cell, scalar_t, decltype(bound)::value,
+                                        decltype(barrier)::value, decltype(split)::value>;
   };
   constexpr int64_t kBudget = kTensorCoreBackwardWeightRegisters;
   launch_tensor_core<scalar_t, kBudget>(kernel_for, p, plan, flag_barrier, flags);

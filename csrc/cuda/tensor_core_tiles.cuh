@@ -1,6 +1,7 @@
 // What the tensor-core persistent kernels (persistent_tensor_core.cuh: forward;
 // persistent_tensor_core_backward.cuh: backward) share: loads through L2, how a dtype's operands
-// sit in mma.sync fragments (TileFormat), the two barriers between steps, and their launch.
+// sit in mma.sync fragments (TileFormat), the two barriers between steps, the cluster barrier and
+// distributed shared memory, and their launch.
 #pragma once
 
 #include "../mma_fragments.h"
@@ -178,6 +179,35 @@ __device__ __forceinline__ void end_step(unsigned* flags, int64_t i) {
   }
 }
 
+// Thread-block clusters (sm_90): the barrier every thread of a cluster's blocks meets at, in its
+// two halves (arrive releases this thread's writes, wait acquires everyone's; a thread alternates
+// them), and a peer block's address of a shared-memory location (distributed shared memory, read
+// by plain loads).
+__device__ __forceinline__ void cluster_arrive() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#else
+  __trap();
+#endif
+}
+template <typename T>
+__device__ __forceinline__ const T* cluster_peer(const T* p, unsigned rank) {
+  uint64_t peer = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm("mapa.u64 %0, %1, %2;" : "=l"(peer) : "l"(reinterpret_cast<uint64_t>(p)), "r"(rank));
+#else
+  __trap();
+#endif
+  return reinterpret_cast<const T*>(peer);
+}
+
 // bar.sync on barrier `id` (1-15; 0 is __syncthreads()) for `threads` threads, whole warps.
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
@@ -205,29 +235,53 @@ void with_k_tile_bound(int64_t bound, const Launch& launch) {
   with_bound_from<4, kRegisterBudget / TileFormat<scalar_t>::kARegs>(bound, launch);
 }
 
-// One cooperative launch of kernel(args...) on the current stream, its grid, block and shared
-// memory as the plan says.
+// One cooperative launch of kernel(args...) on the current stream, its grid, block, shared
+// memory and clusters (plan.cluster_split blocks; none where 1) as the plan says.
 template <typename... KernelParams, typename... Args>
 void launch_persistent(void (*kernel)(KernelParams...), const TensorCorePlan& plan,
                        Args... args) {
   const int shared_bytes = static_cast<int>(plan.shared_bytes);
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       shared_bytes));
-  int blocks_per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &blocks_per_sm, kernel, static_cast<int>(plan.threads), shared_bytes));
-  TORCH_CHECK(blocks_per_sm >= 1, "fused_rnn: a tensor-core persistent kernel (", plan.threads,
-              " threads, ", shared_bytes, " bytes of shared memory) does not fit on an SM");
+  cudaLaunchAttribute attributes[2] = {};
+  attributes[0].id = cudaLaunchAttributeCooperative;
+  attributes[0].val.cooperative = 1;
+  attributes[1].id = cudaLaunchAttributeClusterDimension;
+  attributes[1].val.clusterDim.x = static_cast<unsigned>(plan.cluster_split);
+  attributes[1].val.clusterDim.y = 1;
+  attributes[1].val.clusterDim.z = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(plan.blocks));
+  config.blockDim = dim3(static_cast<unsigned>(plan.threads));
+  config.dynamicSmemBytes = static_cast<size_t>(shared_bytes);
+  config.stream = c10::cuda::getCurrentCUDAStream();
+  config.attrs = attributes;
+  config.numAttrs = plan.cluster_split > 1 ? 2 : 1;
+  // Every block must be resident at once (the plan counted one an SM, or one cluster a pair).
+  int resident = 0;
+  if (plan.cluster_split > 1) {
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, kernel, &config));
+    resident *= static_cast<int>(plan.cluster_split);
+  } else {
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &resident, kernel, static_cast<int>(plan.threads), shared_bytes));
+    int device = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    int sm_count = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+    resident *= sm_count;
+  }
+  TORCH_CHECK(resident >= plan.blocks, "fused_rnn: a tensor-core persistent kernel (",
+              plan.blocks, " blocks of ", plan.threads, " threads, ", shared_bytes,
+              " bytes of shared memory, clusters of ", plan.cluster_split, ") fits only ",
+              resident, " blocks on the device at once");
   void* pointers[] = {static_cast<void*>(&args)...};
-  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(
-      reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(plan.blocks)),
-      dim3(static_cast<unsigned>(plan.threads)), pointers, plan.shared_bytes,
-      c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(kernel), pointers));
 }
 
-// Launches the kernel kernel_for(bound, barrier) returns for the plan's k-tile bound (among those
-// kRegisterBudget allows) and the barrier asked for, with params, the plan's tiling and the flags
-// (int32 [plan.blocks], zeros; unused by grid.sync()).
+// Launches the kernel kernel_for(bound, barrier, split) returns for the plan's k-tile bound (among
+// those kRegisterBudget allows), the barrier asked for and the plan's cluster split, with params,
+// the plan's tiling and the flags (int32 [plan.blocks], zeros; unused by grid.sync()).
 template <typename scalar_t, int64_t kRegisterBudget, typename KernelFor, typename Params>
 void launch_tensor_core(const KernelFor& kernel_for, const Params& params,
                         const TensorCorePlan& plan, bool flag_barrier, const at::Tensor& flags) {
@@ -237,11 +291,20 @@ void launch_tensor_core(const KernelFor& kernel_for, const Params& params,
       flag_barrier ? reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>()) : nullptr;
   using Flags = std::integral_constant<PersistentBarrier, PersistentBarrier::kFlags>;
   using Grid = std::integral_constant<PersistentBarrier, PersistentBarrier::kGrid>;
-  with_k_tile_bound<scalar_t, kRegisterBudget>(plan.k_tile_bound, [&](auto bound) {
+  const auto launch = [&](auto bound, auto split) {
     if (flag_barrier) {
-      launch_persistent(kernel_for(bound, Flags()), plan, params, tiling, flag_data);
+      launch_persistent(kernel_for(bound, Flags(), split), plan, params, tiling, flag_data);
     } else {
-      launch_persistent(kernel_for(bound, Grid()), plan, params, tiling, flag_data);
+      launch_persistent(kernel_for(bound, Grid(), split), plan, params, tiling, flag_data);
+    }
+  };
+  with_k_tile_bound<scalar_t, kRegisterBudget>(plan.k_tile_bound, [&](auto bound) {
+    TORCH_CHECK(plan.cluster_split == 1 || plan.cluster_split == 2,
+                "fused_rnn: no tensor-core kernel for a cluster split of ", plan.cluster_split);
+    if (plan.cluster_split == 2) {
+      launch(bound, std::integral_constant<int, 2>());
+    } else {
+      launch(bound, std::integral_constant<int, 1>());
     }
   });
 }
