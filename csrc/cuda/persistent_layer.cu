@@ -4,7 +4,8 @@
 // One cooperative launch runs every step. float16, bfloat16 and (as TF32, where
 // torch.backends.cudnn.allow_tf32) float32 at hidden sizes that are multiples of 16 take the
 // tensor-core kernels (persistent_tensor_core.cuh, persistent_tensor_core_backward.cuh: W_hh in
-// registers as mma.sync fragments), forward and backward. Any other forward that fits takes the
+// registers as mma.sync fragments; a cluster of two blocks per group of units where one block
+// cannot hold its share), forward and backward. Any other forward that fits takes the
 // SIMT kernel here: block k owns hidden units [k*U, (k+1)*U): it loads the G gate rows of W_hh
 // for them into shared memory once, then per step stages the previous h of the whole batch in
 // shared memory, computes its units' hidden-side products (one warp per (row, unit) pair, the
@@ -14,7 +15,7 @@
 //
 // Off by default: the SIMT kernel was measured once on an H200 (fast at batch 1, slow from batch
 // 16: W_hh is re-read from shared memory per batch row; benchmarks/NOTES.md entry 15); the
-// tensor-core kernels are not yet measured (entries 55, 56).
+// tensor-core kernels are not yet measured (entries 55-58).
 #include "../cell_ops.h"
 #include "../persistent_plan.h"
 #include "persistent_cells.cuh"

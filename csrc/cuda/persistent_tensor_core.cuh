@@ -18,6 +18,10 @@
 //   of its G warps, so groups start as soon as their producers are done and no block writes a
 //   shared counter. Nothing is overwritten that a slower block still reads: each step's h has its
 //   own rows of the output.
+// Where one block cannot hold a group's share of W_hh (float32 at H 768 and 1024), a thread-block
+// cluster of kSplit = 2 blocks owns the group: each keeps half of K, the two read each other's
+// partial sums through distributed shared memory after a cluster barrier, and rank r finishes the
+// batch rows b with b % 2 == r (plan_tensor_core_split, persistent_plan.h; NOTES.md entry 58).
 // Included by one instantiation file per dtype; persistent_layer.cu chooses and calls it.
 #pragma once
 

@@ -13,7 +13,9 @@
 //
 // The barrier is the forward's (tensor_core_tiles.cuh): with flags, each warp waits only for the
 // blocks whose units its K share covers (a k-tile of 16 gate-gradient columns is one block's
-// units in one gate) and reads their columns itself, so a __syncwarp() orders its loads.
+// units in one gate) and reads their columns itself, so a __syncwarp() orders its loads. Where one
+// block cannot hold its share (float32: the LSTM at H 512 and 768, the GRU at 768 and 1024;
+// 16-bit LSTM at H 1024), a cluster of two blocks splits it as the forward's does.
 // Included by one instantiation file per dtype; persistent_layer.cu chooses and calls it.
 #pragma once
 
