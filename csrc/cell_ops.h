@@ -231,6 +231,9 @@ struct LinearKernels {
   // reused; 0: the whole sequence's projection at once. (A layer whose steps compute their input
   // side themselves, sequence_from_input, has none to chunk.)
   int64_t projection_chunk_bytes;
+  // An uninitialised buffer for a layer's saved values or gate gradients, fresh every call: on
+  // the CPU, a freed block of the same size where the block cache holds one (cpu/block_cache.h).
+  Tensor (*empty_buffer)(at::IntArrayRef sizes, const at::TensorOptions& options);
 };
 
 // The kernels of one cell kind on a device. The whole-sequence entries may be null; where not,

@@ -383,7 +383,7 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
     // Saved values of their own: all kept, or one step's rows, which every step overwrites.
     const Tensor saved = Cell::kPreActivationsSumSides
                              ? Tensor()
-                             : at::empty({keep_saved ? N : B, S}, saved_options);
+                             : lin.empty_buffer({keep_saved ? N : B, S}, saved_options);
     // Cell states: all kept, or those of two chunks at a time (a chunk starts from the one
     // before it).
     const Tensor all_cells =
@@ -432,7 +432,7 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
   // benchmarks/NOTES.md entry 16) one step's rows, which every step overwrites.
   const Tensor saved = Cell::kPreActivationsSumSides
                            ? x_side
-                           : at::empty({keep_saved ? N : B, S}, saved_options);
+                           : lin.empty_buffer({keep_saved ? N : B, S}, saved_options);
   // With a projection, h before it, which the backward needs.
   const Tensor pre_proj =
       a.w_hr.has_value() ? at::empty({N, H}, input.options()) : not_kept(H, input);
@@ -501,10 +501,10 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
   if (Cell::kGateGradsReadHPrev) hidden_before();
   // The pre-activations' gradients of the two sides (of the raw products where the cell
   // normalizes them), in the saved type.
-  const Tensor grad_input_gates = at::empty({N, G * H}, grad_options);
+  const Tensor grad_input_gates = lin.empty_buffer({N, G * H}, grad_options);
   const Tensor grad_hidden_gates = Cell::kPreActivationsSumSides
                                        ? grad_input_gates
-                                       : at::empty({N, G * H}, grad_options);
+                                       : lin.empty_buffer({N, G * H}, grad_options);
   // Where the cell has parameters beyond torch.nn's: what their gradients sum over the rows,
   // kept for a group of `group` consecutive steps (grad_pre), and those sums.
   const int64_t group = std::max<int64_t>(1, kParameterSumRows / std::max<int64_t>(B, 1));

@@ -32,11 +32,12 @@ def build_info() -> dict:
 
 
 def cpu_cache_bytes() -> int:
-    """Bytes of freed CPU memory fused_rnn holds for reuse (at most 64 MB).
+    """Bytes of freed CPU memory fused_rnn holds for reuse (at most 512 MB).
 
     The CPU backward writes its products' fresh outputs of 256 KB and more (above all the weight
-    gradients, new tensors every call) into blocks freed by earlier ones of the same size, so
-    their pages need not be mapped and faulted in again (benchmarks/NOTES.md entry 37). Like
+    gradients, new tensors every call), and the layers their saved values and gate gradients,
+    into blocks freed by earlier ones of the same size, so their pages need not be mapped and
+    faulted in again (benchmarks/NOTES.md entries 37 and 59). Like
     torch.cuda.memory_reserved(), this counts memory held but not in use.
     """
     return _C.cpu_cache_bytes()

@@ -1,6 +1,7 @@
 """How the CPU kernels meet fresh memory: two threads writing a fresh buffer must not fault its
-pages in twice over (benchmarks/NOTES.md entry 33), and the backward's weight gradients reuse
-freed blocks instead of fresh memory (the block cache, entry 37).
+pages in twice over (benchmarks/NOTES.md entry 33), and the backward's weight gradients and the
+layers' saved values and gate gradients reuse freed blocks instead of fresh memory (the block
+cache, entries 37 and 59).
 
 glibc maps large buffers afresh and the kernel faults their pages in on first write; the step
 kernels split their outputs by column blocks, so without care both threads fault the same page at
@@ -28,7 +29,9 @@ SCRIPT = textwrap.dedent("""
     kind, op, blocks = sys.argv[1:4]
     torch.manual_seed(0)
     if op == "layer":
-        module = (fused_rnn.LSTM if kind == "lstm" else fused_rnn.GRU)(256, 256)
+        layers = {"lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU,
+                  "layernorm_lstm": fused_rnn.LayerNormLSTM}
+        module = layers[kind](256, 256)
         module.requires_grad_(False)  # the weight gradients are oneDNN's (docstring)
         x = torch.randn(20, 64, 256, requires_grad=True)
         def call():
@@ -81,6 +84,18 @@ def test_two_threads_fault_fresh_pages_in_once(kind, op):
 
 @needs_glibc
 @needs_two_threads
+def test_layer_saved_values_and_gate_gradients_reuse_freed_blocks():
+    # The layer-normalized LSTM's saved values (1280 rows of 13 * 256 + 3 floats: 4164 pages)
+    # and its two gate gradients ([1280, 1024] floats: 1280 pages each) come from held blocks.
+    fresh, cached = (faults_per_call("layernorm_lstm", "layer", blocks) for blocks in
+                     ("fresh", "cached"))
+    saved_pages = 1280 * (13 * 256 + 3) * 4 // 4096
+    for threads in range(2):
+        assert fresh[threads] - cached[threads] > 0.9 * (saved_pages + 2 * 1280), (fresh, cached)
+
+
+@needs_glibc
+@needs_two_threads
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_cell_weight_gradients_reuse_freed_blocks(kind):
     # Fresh, the two weight gradients alone are 1536-2048 pages a call (as test above).
@@ -111,11 +126,16 @@ def test_a_gradient_in_use_is_never_written_again():
     assert gradients(cell, x)[1].data_ptr() == w_hh_block
 
 
-def test_the_cache_holds_at_most_64_mb_and_empties():
+def test_the_cache_holds_at_most_512_mb_and_empties():
     torch.manual_seed(0)
-    for hidden in (1024, 1000, 960, 900):  # 16 MB weight gradients, three more sizes near it
-        gradients(fused_rnn.LSTMCell(hidden, hidden), torch.randn(1, hidden))
-        assert fused_rnn.cpu_cache_bytes() <= 64 << 20
-    assert fused_rnn.cpu_cache_bytes() > 48 << 20
+    fused_rnn.empty_cpu_cache()
+    # A layer's saved values and gate gradients: 2 * 102400 rows of 13 * 32 + 3 floats and
+    # [102400, 128] floats, ~440 MB a call, in blocks of sizes that differ between the calls.
+    layer = fused_rnn.LayerNormLSTM(8, 32)
+    for steps in (400, 399, 398):
+        x = torch.randn(steps, 256, 8, requires_grad=True)
+        layer(x)[0].sum().backward()
+        assert fused_rnn.cpu_cache_bytes() <= 512 << 20
+    assert fused_rnn.cpu_cache_bytes() > 384 << 20
     fused_rnn.empty_cpu_cache()
     assert fused_rnn.cpu_cache_bytes() == 0

@@ -16,8 +16,9 @@ namespace {
 
 // Smaller blocks come from glibc's heap, which keeps them mapped.
 constexpr size_t kMinCachedBytes = size_t{256} << 10;
-// Enough for the two weight gradients of an LSTM cell up to H = I = 1024 (2 x 16 MB).
-constexpr size_t kMaxHeldBytes = size_t{64} << 20;
+// Enough for the saved values and gate gradients of a layer-normalized LSTM layer at T=50 B=64
+// H=512 in both directions (2 x 138 MB), with the weight gradients beside them.
+constexpr size_t kMaxHeldBytes = size_t{512} << 20;
 
 struct Block {
   void* data;

@@ -1,8 +1,10 @@
-// A small cache of freed CPU blocks for the fresh outputs of the backward's products, above all
-// the weight gradients: a cell backward makes two new [G*H, I] tensors every call, and glibc
-// hands blocks of that size back to the system and maps them afresh, so their pages fault in
-// again (about 1.5 us a page on this VM, more than a small cell's products take: NOTES entry 37).
-// Freed blocks are held, up to kMaxHeldBytes in all, for the next output of the same size.
+// A cache of freed CPU blocks for the fresh buffers of every call: the outputs of the backward's
+// products, above all the weight gradients (a cell backward makes two new [G*H, I] tensors every
+// call), and the layers' saved values and gate gradients (LinearKernels::empty_buffer, tens to
+// hundreds of MB). glibc hands blocks of these sizes back to the system and maps them afresh, so
+// their pages fault in again, about 1.5 us a page on this VM: more than a small cell's products
+// take (NOTES entry 37), a third of a layer-normalized LSTM's training forward (entry 59). Freed
+// blocks are held, up to kMaxHeldBytes in all, for the next buffer of the same size.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -72,6 +72,10 @@ Tensor onednn_weight_gradient(const Tensor& grad_t, const Tensor& x) {
 
 }  // namespace
 
+Tensor empty_buffer_cpu(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return empty_from_block_cache(sizes, options);
+}
+
 bool onednn_available() { return onednn().available(); }
 
 bool cpu_has_avx512() {
@@ -256,6 +260,7 @@ extern const LinearKernels kCpuLinear{
     .step_linear = &step_linear_cpu,
     .add_row_sums = &add_row_sums_cpu,
     .projection_chunk_bytes = kProjectionChunkBytes,
+    .empty_buffer = &empty_buffer_cpu,
 };
 
 }  // namespace fused_rnn::cpu

@@ -52,5 +52,6 @@ Tensor matmul_cpu(const Tensor& a, const Tensor& b, const OptionalTensor& add);
 Tensor prepare_step_weight_cpu(const Tensor& w, int64_t rows, int64_t uses);
 void step_linear_cpu(const Tensor& x, const Tensor& w, const Tensor& out, bool accumulate);
 void add_row_sums_cpu(const Tensor& d, const Tensor& x, const Tensor& sums);
+Tensor empty_buffer_cpu(at::IntArrayRef sizes, const at::TensorOptions& options);
 
 }  // namespace fused_rnn::cpu

@@ -490,6 +490,10 @@ Tensor matmul_cuda(const Tensor& a, const Tensor& b, const OptionalTensor& add) 
   return product(a, b, add);
 }
 
+Tensor empty_buffer_cuda(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return at::empty(sizes, options);
+}
+
 void add_row_sums_cuda(const Tensor& d, const Tensor& x, const Tensor& sums) {
   sums[0].add_(at::sum(d, 0));
   sums[1].add_(at::sum(at::mul(d, x), 0));
@@ -507,6 +511,7 @@ extern const LinearKernels kCudaLinear{
     .add_row_sums = &add_row_sums_cuda,
     // The caching allocator reuses its blocks: the whole sequence's projection at once.
     .projection_chunk_bytes = 0,
+    .empty_buffer = &empty_buffer_cuda,
 };
 
 namespace {
