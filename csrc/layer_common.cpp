@@ -387,7 +387,7 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
     // Cell states: all kept, or those of two chunks at a time (a chunk starts from the one
     // before it).
     const Tensor all_cells =
-        kCell && keep_saved ? at::empty({N, H}, input.options()) : Tensor();
+        kCell && keep_saved ? lin.empty_buffer({N, H}, input.options()) : Tensor();
     const Tensor cell_slots[2] = {
         kCell && !keep_saved ? at::empty({chunk * B, H}, input.options()) : Tensor(),
         kCell && !keep_saved ? at::empty({chunk * B, H}, input.options()) : Tensor()};
@@ -428,7 +428,7 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
 
   // One product for the input side of every step; each step then reads its rows.
   const Tensor x_side = input_projection(lin, in_saved_type<Cell>(input), w_ih, bias);
-  const Tensor cell_states = kCell ? at::empty({N, H}, input.options()) : Tensor();
+  const Tensor cell_states = kCell ? lin.empty_buffer({N, H}, input.options()) : Tensor();
   // Saved over the input side, or apart: a row per step's row where kept, else (at large
   // batches writing, and first touching, the whole of it costs a quarter of the GRU's forward;
   // benchmarks/NOTES.md entry 16) one step's rows, which every step overwrites.

@@ -16,8 +16,8 @@ namespace {
 
 // Smaller blocks come from glibc's heap, which keeps them mapped.
 constexpr size_t kMinCachedBytes = size_t{256} << 10;
-// Enough for the saved values and gate gradients of a layer-normalized LSTM layer at T=50 B=64
-// H=512 in both directions (2 x 138 MB), with the weight gradients beside them.
+// Enough for the saved values (cell states among them) and gate gradients of a layer-normalized
+// LSTM layer at T=50 B=64 H=512 in both directions (2 x 145 MB), the weight gradients beside them.
 constexpr size_t kMaxHeldBytes = size_t{512} << 20;
 
 struct Block {

@@ -244,8 +244,8 @@ bool sequence_from_input_cpu(const InputSequenceTensors& t, InputSequenceSaved& 
   // Saved values written where the input side would be are written only where kept; those
   // apart from it, into B rows that every step reuses where not kept.
   const int64_t saved_rows = t.keep_saved ? N : kSavedOverInput ? 0 : B;
-  out.saved = at::empty({saved_rows, Cell::kSaved * H}, input.options());
-  if (Cell::kHasCellState) out.cell_states = at::empty({N, H}, input.options());
+  out.saved = empty_buffer_cpu({saved_rows, Cell::kSaved * H}, input.options());
+  if (Cell::kHasCellState) out.cell_states = empty_buffer_cpu({N, H}, input.options());
   RecurrentStep first = recurrent_step(
       h0, w_hh_packed, kSavedOverInput && t.keep_saved ? out.saved.data_ptr<float>() : nullptr,
       output);
