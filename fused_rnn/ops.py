@@ -118,10 +118,20 @@ def cuda_layer_path(mode: str, batch: int, hidden_size: int, dtype: torch.dtype 
     """
     if mode not in _GATES:
         raise ValueError(f"cuda_layer_path: expected mode 'LSTM' or 'GRU', got {mode!r}")
+    for name, value in {"batch": batch, "hidden_size": hidden_size}.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"cuda_layer_path: expected {name} to be a positive int, got {value!r}")
+    if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise ValueError(f"cuda_layer_path: expected a floating dtype fused_rnn supports, got {dtype}")
+    device = torch.device("cuda" if device is None else device)
+    if device.type != "cuda":
+        raise ValueError(f"cuda_layer_path: expected a CUDA device, got {device}")
     if not torch.cuda.is_available():
         return "step-wise: no CUDA device"
-    device = torch.device("cuda" if device is None else device)
     index = device.index if device.index is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"cuda_layer_path: expected a CUDA device index below "
+                         f"{torch.cuda.device_count()}, got {index}")
     acc_bytes = 8 if dtype == torch.float64 else 4
     return _C.cuda_layer_path(_GATES[mode], batch, hidden_size, dtype.itemsize, acc_bytes, index,
                               bool(backward))

@@ -353,6 +353,30 @@ def test_cuda_layer_path_names_the_path_and_checks_mode():
         fused_rnn.cuda_layer_path("RNN", 64, 512)
 
 
+@pytest.mark.parametrize("args,kwargs,match", [
+    (("LSTM", 0, 512), {}, "batch to be a positive int, got 0"),
+    (("GRU", 8, -1), {}, "hidden_size to be a positive int, got -1"),
+    (("GRU", 8, 64.0), {}, "hidden_size to be a positive int, got 64.0"),
+    (("LSTM", 8, 64), {"dtype": torch.int32}, "floating dtype"),
+    (("LSTM", 8, 64), {"device": "cpu"}, "expected a CUDA device, got cpu"),
+])
+def test_cuda_layer_path_checks_its_arguments(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fused_rnn.cuda_layer_path(*args, **kwargs)
+
+
+def test_a_device_index_past_the_last_is_a_clear_error():
+    past = torch.cuda.device_count()
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match=f"index below {past}, got {past}"):
+            fused_rnn.cuda_layer_path("LSTM", 8, 64, device=f"cuda:{past}")
+    # The plans' device query: with no GPU (a CUDA build on a CPU machine), index 0 is past it.
+    built = "CUDA device index in \\[0, {0}\\), got {0}".format(past)
+    with pytest.raises(RuntimeError, match=built if fused_rnn.build_info()["cuda"] else
+                       "built without the CUDA kernels"):
+        fused_rnn._C.tensor_core_device(past)
+
+
 def test_persistent_barrier_and_cluster_split_are_checked():
     with pytest.raises(ValueError, match="barrier 'flags' or 'grid', got 'spin'"):
         fused_rnn.use_persistent_kernels(False, barrier="spin")

@@ -157,8 +157,9 @@ int64_t measure_cluster_pairs(int64_t device) {
 TensorCoreDevice tensor_core_device(int64_t device) {
   constexpr int kDevices = 64;
   static std::atomic<int64_t> pairs[kDevices];  // + 1: zero is "not measured yet"
-  TORCH_CHECK(device >= 0 && device < kDevices, "fused_rnn: CUDA device index ", device,
-              " out of range");
+  const int64_t devices = std::min<int64_t>(kDevices, at::cuda::device_count());
+  TORCH_CHECK(device >= 0 && device < devices, "fused_rnn: expected a CUDA device index in [0, ",
+              devices, "), got ", device);
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device);
   int64_t known = pairs[device].load();
   if (known == 0) {
