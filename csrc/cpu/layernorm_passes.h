@@ -1,8 +1,8 @@
 // The layer-normalized cells' passes over a step's rows (CellPointwise<LayerNormLstmCell> and
-// <LayerNormGruCell>, pointwise.h): the forward on lane packs (both layer norms, the gate math
-// with this ISA's exp and tanh, LN_c), the backward per unit. Each covers the rows [begin, end);
-// values are computed, and saved, in the op-math type. Compiled per instruction set: included
-// only by pointwise_kernels.h (which see).
+// <LayerNormGruCell>, pointwise.h), forward and backward, on lane packs: both layer norms, the
+// gate math with this ISA's exp and tanh, LN_c. Each covers the rows [begin, end); values are
+// computed, and saved, in the op-math type. Compiled per instruction set: included only by
+// pointwise_kernels.h (which see).
 #pragma once
 
 #ifndef CPU_CAPABILITY
@@ -278,6 +278,9 @@ void layernorm_gru_backward(const GateGradTensors& t, int64_t begin, int64_t end
   const Tensor wi = t.norms[0].contiguous(), wh = t.norms[2].contiguous();
   FUSED_RNN_DISPATCH_FLOATING_TYPES(t.grad_h.scalar_type(), "layernorm_gru_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    using LS = Lanes<scalar_t>;
+    using LA = Lanes<acc_t>;
+    using Vec = typename LA::Vec;
     const acc_t* saved = t.saved.data_ptr<acc_t>();
     const scalar_t *dh = t.grad_h.data_ptr<scalar_t>(), *h_p = t.h_prev.data_ptr<scalar_t>();
     const scalar_t *wi_p = wi.data_ptr<scalar_t>(), *wh_p = wh.data_ptr<scalar_t>();
@@ -291,18 +294,21 @@ void layernorm_gru_backward(const GateGradTensors& t, int64_t begin, int64_t end
       const acc_t *x_hat_ih = row + kGruSaved * H, *x_hat_hh = x_hat_ih + G * H;
       const acc_t* rstd = row + kLayerNormGruSavedPerUnit * H;
       acc_t *dgx = pre + b * 2 * G * H, *dgh = dgx + G * H;
-      for (int64_t j = 0; j < H; ++j) {
-        // grad_h_direct may be grad_h: entry j is read before it is written. (Zoneout: the
-        // new h's share of the carried state's gradient, the rest straight to the one before.)
+      for (int64_t j = 0; j < H; j += LA::kWidth) {
+        const int64_t n = std::min(LA::kWidth, H - j);
+        // grad_h_direct may be grad_h: these entries are read before they are written.
+        // (Zoneout: the new h's share of the carried state's gradient, the rest straight to the
+        // one before.)
         const int64_t u = b * H + j;
-        ZoneoutGrad<acc_t> grad_h{acc_t(dh[u]), acc_t(0)};
-        if (zoneout_h) grad_h = zoneout_backward(grad_h.next, acc_t(zoneout_h[u]));
-        const auto d = gru_step_backward<acc_t>([&](int64_t k) { return row[k * H + j]; },
-                                                acc_t(h_p[u]), grad_h.next);
+        ZoneoutGrad<Vec> grad_h{LS::load(dh + u, n), Vec(acc_t(0))};
+        if (zoneout_h) grad_h = zoneout_backward(grad_h.next, LS::load(zoneout_h + u, n));
+        const auto d = gru_step_backward<Vec>(
+            [&](int64_t k) { return LA::load(row + k * H + j, n); }, LS::load(h_p + u, n),
+            grad_h.next);
         store_gru_gate_grads(
-            d, [&](int64_t g, acc_t v) { dgx[g * H + j] = v; },
-            [&](int64_t g, acc_t v) { dgh[g * H + j] = v; });
-        direct[u] = static_cast<scalar_t>(d.h + grad_h.before);
+            d, [&](int64_t g, const Vec& v) { LA::store(dgx + g * H + j, v, n); },
+            [&](int64_t g, const Vec& v) { LA::store(dgh + g * H + j, v, n); });
+        LS::store(direct + u, d.h + grad_h.before, n);
       }
       layer_norm_backward_row(G * H, dgx, x_hat_ih, rstd[0], wi_p, dx + b * G * H);
       layer_norm_backward_row(G * H, dgh, x_hat_hh, rstd[1], wh_p, dhp + b * G * H);
