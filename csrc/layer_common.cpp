@@ -394,7 +394,8 @@ LayerForward layer_forward(const LinearKernels& lin, const CellKernels<Cell>& k,
     Tensor h = h0, c = c0;
     int slot = 0;
     // W_ih readied once for every chunk (on the CPU, packed once: 0.6 ms a pack at H=512).
-    const Tensor w_ih_ready = lin.prepare_linear(w_ih, chunk * B, (steps + chunk - 1) / chunk);
+    const int64_t chunks = (steps + chunk - 1) / chunk;
+    const Tensor w_ih_ready = lin.prepare_linear(w_ih, chunk * B, chunks);
     over_chunks(steps, chunk, a.reverse, [&](int64_t first, int64_t n) {
       const Tensor x_side =
           lin.linear(in_saved_type<Cell>(input.narrow(0, first * B, n * B)), w_ih_ready, bias);

@@ -79,6 +79,17 @@ def use_persistent_kernels(enabled: bool = True, barrier: str = "flags",
     _C.set_persistent_cluster_split(cluster_split or 0)
 
 
+def _check_layer_path_args(fn: str, mode: str, dtype: torch.dtype, **sizes) -> None:
+    """The arguments cpu_layer_path and cuda_layer_path share: mode, positive int sizes, dtype."""
+    if mode not in _GATES:
+        raise ValueError(f"{fn}: expected mode 'LSTM' or 'GRU', got {mode!r}")
+    for name, value in sizes.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{fn}: expected {name} to be a positive int, got {value!r}")
+    if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise ValueError(f"{fn}: expected a floating dtype fused_rnn supports, got {dtype}")
+
+
 def cpu_layer_path(mode: str, steps: int, batch: int, input_size: int, hidden_size: int,
                    proj_size: int = 0, dtype: torch.dtype = torch.float32,
                    training: bool = False) -> dict:
@@ -89,17 +100,11 @@ def cpu_layer_path(mode: str, steps: int, batch: int, input_size: int, hidden_si
     Returns {"forward": ..., "backward": ...}, each the path in words, as the CPU's choices
     (csrc/cpu/path_choice.h) take it at ATen's present thread count.
     """
-    if mode not in _GATES:
-        raise ValueError(f"cpu_layer_path: expected mode 'LSTM' or 'GRU', got {mode!r}")
-    sizes = {"steps": steps, "batch": batch, "input_size": input_size, "hidden_size": hidden_size}
-    for name, value in sizes.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"cpu_layer_path: expected {name} to be a positive int, got {value!r}")
+    _check_layer_path_args("cpu_layer_path", mode, dtype, steps=steps, batch=batch,
+                           input_size=input_size, hidden_size=hidden_size)
     if not isinstance(proj_size, int) or proj_size < 0 or (proj_size and mode != "LSTM"):
         raise ValueError("cpu_layer_path: expected proj_size to be an int >= 0 (an LSTM's only), "
                          f"got {proj_size!r} for {mode}")
-    if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-        raise ValueError(f"cpu_layer_path: expected a floating dtype fused_rnn supports, got {dtype}")
     return _C.cpu_layer_path(_GATES[mode], steps, batch, input_size, hidden_size, proj_size,
                              dtype.itemsize, bool(training))
 
@@ -116,13 +121,7 @@ def cuda_layer_path(mode: str, batch: int, hidden_size: int, dtype: torch.dtype 
     SMs), "persistent (SIMT; no tensor cores: " and why (forward only), or "step-wise: " and why.
     float32's choice follows torch.backends.cudnn.allow_tf32 as it is when asked.
     """
-    if mode not in _GATES:
-        raise ValueError(f"cuda_layer_path: expected mode 'LSTM' or 'GRU', got {mode!r}")
-    for name, value in {"batch": batch, "hidden_size": hidden_size}.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"cuda_layer_path: expected {name} to be a positive int, got {value!r}")
-    if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-        raise ValueError(f"cuda_layer_path: expected a floating dtype fused_rnn supports, got {dtype}")
+    _check_layer_path_args("cuda_layer_path", mode, dtype, batch=batch, hidden_size=hidden_size)
     device = torch.device("cuda" if device is None else device)
     if device.type != "cuda":
         raise ValueError(f"cuda_layer_path: expected a CUDA device, got {device}")
