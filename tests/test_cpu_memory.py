@@ -87,11 +87,12 @@ def test_two_threads_fault_fresh_pages_in_once(kind, op):
 def test_layer_saved_values_and_gate_gradients_reuse_freed_blocks():
     # The layer-normalized LSTM's saved values (1280 rows of 13 * 256 + 3 floats: 4164 pages)
     # and its two gate gradients ([1280, 1024] floats: 1280 pages each) come from held blocks.
-    fresh, cached = (faults_per_call("layernorm_lstm", "layer", blocks) for blocks in
-                     ("fresh", "cached"))
+    # Counted on one thread: on two, the fresh count also moves with how often both threads
+    # fault the same page (the test above), by more than a thousand faults on a loaded machine.
+    (fresh, _), (cached, _) = (faults_per_call("layernorm_lstm", "layer", blocks) for blocks in
+                               ("fresh", "cached"))
     saved_pages = 1280 * (13 * 256 + 3) * 4 // 4096
-    for threads in range(2):
-        assert fresh[threads] - cached[threads] > 0.9 * (saved_pages + 2 * 1280), (fresh, cached)
+    assert fresh - cached > 0.9 * (saved_pages + 2 * 1280), (fresh, cached)
 
 
 @needs_glibc
