@@ -33,6 +33,7 @@
 #include <cooperative_groups.h>
 
 #include <atomic>
+#include <mutex>
 
 namespace fused_rnn::cuda {
 namespace {
@@ -156,18 +157,17 @@ int64_t measure_cluster_pairs(int64_t device) {
 
 TensorCoreDevice tensor_core_device(int64_t device) {
   constexpr int kDevices = 64;
-  static std::atomic<int64_t> pairs[kDevices];  // + 1: zero is "not measured yet"
+  // Measured once a device (a launch configuration query), on its first use.
+  static std::once_flag measured[kDevices];
+  static int64_t cluster_pairs[kDevices];
   const int64_t devices = std::min<int64_t>(kDevices, at::cuda::device_count());
   TORCH_CHECK(device >= 0 && device < devices, "fused_rnn: expected a CUDA device index in [0, ",
               devices, "), got ", device);
+  std::call_once(measured[device],
+                 [device] { cluster_pairs[device] = measure_cluster_pairs(device); });
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device);
-  int64_t known = pairs[device].load();
-  if (known == 0) {
-    known = measure_cluster_pairs(device) + 1;
-    pairs[device] = known;
-  }
   return {prop->multiProcessorCount, static_cast<int64_t>(prop->sharedMemPerBlockOptin),
-          known - 1};
+          cluster_pairs[device]};
 }
 
 namespace {

@@ -17,6 +17,9 @@
 #include <cooperative_groups.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 
 namespace fused_rnn::cuda {
@@ -235,6 +238,36 @@ void with_k_tile_bound(int64_t bound, const Launch& launch) {
   with_bound_from<4, kRegisterBudget / TileFormat<scalar_t>::kARegs>(bound, launch);
 }
 
+// Blocks of `kernel` resident at once on the current device with `config` (clusters of
+// `cluster_split` blocks where more than 1), asked of the driver once per kernel, device and
+// launch shape: the occupancy queries take host time on every layer call otherwise, and their
+// answer depends on nothing else.
+inline int resident_blocks(const void* kernel, const cudaLaunchConfig_t& config,
+                           int64_t cluster_split) {
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  using Key = std::tuple<const void*, int, unsigned, size_t, int64_t>;
+  static std::mutex mutex;
+  static std::map<Key, int> known;
+  const Key key{kernel, device, config.blockDim.x, config.dynamicSmemBytes, cluster_split};
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto found = known.find(key);
+  if (found != known.end()) return found->second;
+  int resident = 0;
+  if (cluster_split > 1) {
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, kernel, &config));
+    resident *= static_cast<int>(cluster_split);
+  } else {
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &resident, kernel, static_cast<int>(config.blockDim.x), config.dynamicSmemBytes));
+    int sm_count = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+    resident *= sm_count;
+  }
+  known.emplace(key, resident);
+  return resident;
+}
+
 // One cooperative launch of kernel(args...) on the current stream, its grid, block, shared
 // memory and clusters (plan.cluster_split blocks; none where 1) as the plan says.
 template <typename... KernelParams, typename... Args>
@@ -258,19 +291,8 @@ void launch_persistent(void (*kernel)(KernelParams...), const TensorCorePlan& pl
   config.attrs = attributes;
   config.numAttrs = plan.cluster_split > 1 ? 2 : 1;
   // Every block must be resident at once (the plan counted one an SM, or one cluster a pair).
-  int resident = 0;
-  if (plan.cluster_split > 1) {
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, kernel, &config));
-    resident *= static_cast<int>(plan.cluster_split);
-  } else {
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &resident, kernel, static_cast<int>(plan.threads), shared_bytes));
-    int device = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&device));
-    int sm_count = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
-    resident *= sm_count;
-  }
+  const int resident =
+      resident_blocks(reinterpret_cast<const void*>(kernel), config, plan.cluster_split);
   TORCH_CHECK(resident >= plan.blocks, "fused_rnn: a tensor-core persistent kernel (",
               plan.blocks, " blocks of ", plan.threads, " threads, ", shared_bytes,
               " bytes of shared memory, clusters of ", plan.cluster_split, ") fits only ",
