@@ -5,10 +5,11 @@
 # backward, both barriers, each path asserted); compute-sanitizer memcheck and racecheck on the
 # tensor-core kernels; the barrier and tensor-core step microbenchmarks (benchmarks/gpu_micro);
 # the headline layers against torch.nn (suite.py --preset headline); the whole test suite's CUDA
-# cases, then the layer tests again with the persistent kernels switched on; the GPU benchmark
-# preset for what is left of the time. Everything lands in the output folder given as the argument
-# (build.log, ptxas.txt, tests-persistent.log, sanitizer-*.log, barriers.md, recurrent_step.md,
-# headline.log, tests.log, tests-persistent-on.log, bench.log, the results, summary.txt) and the
+# cases, then the layer tests again with the persistent kernels switched on; the GPU issue's
+# target cases (suite.py --preset targets) for what is left of the time, and their verdict
+# (gpu_targets.py). Everything lands in the output folder given as the argument (build.log,
+# ptxas.txt, tests-persistent.log, sanitizer-*.log, barriers.md, recurrent_step.md, headline.log,
+# tests.log, tests-persistent-on.log, bench.log, targets.md, the results, summary.txt) and the
 # results also in benchmarks/results/ (named by date, preset and GPU).
 #   bash benchmarks/run_gpu.sh OUT_DIR [suite.py arguments for the last step, e.g. --repeats N]
 # RUN_GPU_SECONDS (default 540) is the whole run's target; each step after the build gets at most
@@ -118,9 +119,11 @@ persistent_on_rc=$?
 start=$SECONDS
 budget=$(allot 600 20)
 if [ "$budget" -gt 30 ]; then
-  timeout $(( budget + 60 )) python3 benchmarks/suite.py --preset gpu --device cuda \
+  timeout $(( budget + 60 )) python3 benchmarks/suite.py --preset targets --device cuda \
     --out "$OUT" --budget-s "$budget" "$@" >"$OUT/bench.log" 2>&1
-  summary "benchmarks (gpu preset): rc=$? in $((SECONDS - start)) s"
+  summary "benchmarks (targets preset): rc=$? in $((SECONDS - start)) s"
+  python3 benchmarks/gpu_targets.py "$OUT"/*-targets-*.json >"$OUT/targets.md" 2>&1
+  cat "$OUT/targets.md" >> "$OUT/summary.txt"
 fi
 cat "$OUT/summary.txt"
 exit $(( persistent_rc != 0 || tests_rc != 0 || persistent_on_rc != 0 ))

@@ -1,10 +1,11 @@
 """The benchmark suite: fused_rnn against torch.nn (and a loop over torch.nn's cells, and the
 pure-PyTorch reference), side by side in one process, on every device present.
 
-    python3 benchmarks/suite.py [--preset quick|cpu|gpu|headline] [--device cpu|cuda|all]
-                                [--out DIR]
+    python3 benchmarks/suite.py [--preset quick|cpu|gpu|headline|targets]
+                                [--device cpu|cuda|all] [--out DIR]
 
-(headline: the GPU issue's headline layers only, against torch.nn, for a short GPU run.)
+(headline: the GPU issue's headline layers only, against torch.nn, for a short GPU run;
+targets: every shape of the GPU issue's targets, whose verdict gpu_targets.py gives.)
 
 Method. Every implementation of a case runs from the same random weights and inputs. Its results
 are first checked with the project's accuracy rule (fused_rnn.accuracy), in its form for large
@@ -39,9 +40,11 @@ import fused_rnn
 from fused_rnn.accuracy import accuracy_problem, near_truth_problem
 
 try:
+    from gpu_targets import target_shapes, targeted
     from implementations import (IMPLEMENTATIONS, LAYER_NORM_KINDS, Case, build_truth,
                                  make_inputs)
 except ImportError:  # imported as benchmarks.suite
+    from .gpu_targets import target_shapes, targeted
     from .implementations import (IMPLEMENTATIONS, LAYER_NORM_KINDS, Case, build_truth,
                                   make_inputs)
 
@@ -57,6 +60,8 @@ def _shapes(preset):
     if preset == "quick":
         return [("cell", 1, 8, 256, 256, "cell small"), ("cell", 1, 64, 512, 512, "cell fastrnns"),
                 ("layer", 50, 64, 512, 512, "fastrnns T=50"), ("layer", 100, 1, 256, 256, "latency")]
+    if preset == "targets":  # every shape of the GPU issue's targets (gpu_targets.py)
+        return [(*shape, "targets") for shape in target_shapes()]
     if preset == "headline":  # the GPU issue's headline layers, for a short GPU run
         return [fastrnns, long_small_batch, ("layer", 100, 8, 512, 512, "latency"),
                 ("layer", 100, 1, 512, 512, "latency")]
@@ -78,6 +83,9 @@ def cases(preset, device):
         for kind in kinds:
             for backward in (False, True):
                 for dtype in dtypes:
+                    if preset == "targets" and not targeted(op, kind, steps, batch, input_size,
+                                                            hidden, str(dtype)[len("torch."):]):
+                        continue
                     yield label, Case(op, kind, backward, steps, batch, input_size, hidden, dtype,
                                       device)
 
@@ -150,9 +158,10 @@ def _calls_per_sample(case, run, inputs, clock):
     return max(1, min(1000, math.ceil(MIN_CPU_SAMPLE_S / _time_once(case, run, inputs, 1, clock))))
 
 
-# Implementations a preset leaves out: the headline preset's GPU run has no time for the Python
-# loops.
-PRESET_SKIPS = {"headline": {"nn cell loop", "reference"}}
+# Implementations a preset leaves out: the GPU runs of the headline and targets presets have no
+# time for the Python loops.
+PRESET_SKIPS = {"headline": {"nn cell loop", "reference"},
+                "targets": {"nn cell loop", "reference"}}
 
 
 def measure(case, repeats, warmup=2, clock=time.perf_counter, skip=()):
@@ -322,7 +331,8 @@ def run(preset, devices, repeats, out_dirs, budget_s=None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="quick", choices=["quick", "cpu", "gpu", "headline"])
+    parser.add_argument("--preset", default="quick",
+                        choices=["quick", "cpu", "gpu", "headline", "targets"])
     parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     parser.add_argument("--repeats", type=int, default=None,
                         help="rounds per case (default: 5 quick, 15 otherwise)")

@@ -96,3 +96,59 @@ def test_a_spent_time_budget_stops_the_suite_and_the_report_says_so(tmp_path, ca
     (report,) = tmp_path.glob("*-quick-cpu.json")
     assert json.loads(report.read_text())["meta"]["cases_not_run"] == cases
     assert f"{cases} case(s) of the preset not run" in report.with_suffix(".md").read_text()
+
+
+def test_the_targets_preset_runs_every_target_case_and_no_other():
+    from gpu_targets import TARGETS
+    run = {(c.op, c.kind, c.steps, c.batch, c.input_size, c.hidden, str(c.dtype)[6:], c.backward)
+           for _, c in suite.cases("targets", "cuda")}
+    wanted = {(t.op, kind, *shape, dtype, backward) for t in TARGETS for kind in t.kinds
+              for shape in t.shapes for dtype in t.dtypes for backward in (False, True)}
+    assert run == wanted
+    assert suite.PRESET_SKIPS["targets"] == {"nn cell loop", "reference"}
+
+
+def _target_rows(ratio=1.0, peak=(10.0, 10.0)):
+    """Suite rows of fused_rnn and torch.nn for every target case, fused_rnn at `ratio` of its
+    target's limit, training peaks (fused_rnn's, torch.nn's) in MB."""
+    from gpu_targets import TARGETS
+    rows = []
+    for t in TARGETS:
+        for kind in t.kinds:
+            for steps, batch, input_size, hidden in t.shapes:
+                for dtype in t.dtypes:
+                    for pass_, limit in (("fwd", t.forward), ("fwd+bwd", t.forward_backward)):
+                        case = dict(op=t.op, kind=kind, pass_=pass_, steps=steps, batch=batch,
+                                    input_size=input_size, hidden=hidden, dtype=dtype,
+                                    correct=True)
+                        for name, r, mb in (("fused_rnn", ratio * limit, peak[0]),
+                                            ("torch.nn", 1.0, peak[1])):
+                            row = dict(case, implementation=name, ratio_to_torch_nn=r)
+                            if pass_ == "fwd+bwd":
+                                row["peak_mb"] = mb
+                            rows.append(row)
+    return rows
+
+
+def test_targets_hold_at_their_limits_and_not_above():
+    from gpu_targets import report, verdicts
+    assert all(v["holds"] for v in verdicts(_target_rows(1.0)))
+    assert not any(v["holds"] for v in verdicts(_target_rows(1.01)))
+    lines = report(_target_rows(1.0, peak=(10.0, 10.0)))
+    assert not any(line.endswith("| no |") for line in lines)
+    assert any("none above it" in line for line in lines)
+
+
+def test_a_target_with_a_case_missing_wrong_or_over_does_not_hold():
+    from gpu_targets import report, verdicts
+    rows = _target_rows(0.5, peak=(12.0, 10.0))
+    fastrnns_fwd = [r for r in rows if r["implementation"] == "fused_rnn" and r["steps"] == 100
+                    and r["batch"] == 64 and r["pass_"] == "fwd"]
+    rows.remove(next(r for r in fastrnns_fwd if r["dtype"] == "float32"))
+    next(r for r in fastrnns_fwd if r["dtype"] == "bfloat16")["correct"] = False
+    next(r for r in fastrnns_fwd if r["dtype"] == "float16")["ratio_to_torch_nn"] = 1.2
+    failing = {(v["target"], v["dtype"], v["pass_"]) for v in verdicts(rows) if not v["holds"]}
+    assert failing == {("fastrnns", d, "fwd") for d in ("float32", "bfloat16", "float16")}
+    lines = report(rows)
+    assert "| fastrnns | float32 | fwd | 1 of 2 |" in "\n".join(lines)
+    assert any("above it in" in line and "12.0 vs 10.0 MB" in line for line in lines)
