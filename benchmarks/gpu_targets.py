@@ -7,8 +7,8 @@ TARGETS is the one list of the target shapes: suite.py's "targets" preset runs e
 (`suite.py --preset targets --device cuda`; run_gpu.sh does). For every target, dtype and pass
 this prints the worst ratio of fused_rnn's default path to torch.nn's time over the target's
 cases (medians of interleaved rounds, as the suite reports them), its limit and whether it
-holds; a case not measured, or measured wrong, keeps a target from holding. Then training's peak
-memory against torch.nn's, and the targets the suite does not measure yet.
+holds; a case not measured, or measured wrong, keeps a target from holding. Then the persistent
+forward's growth from B=1 to B=64 at H=768, and training's peak memory against torch.nn's.
 """
 
 import json
@@ -24,14 +24,23 @@ class Target:
     kinds: tuple
     dtypes: tuple
     forward: float          # the largest ratio to torch.nn's time that holds, forward
-    forward_backward: float
+    forward_backward: float  # and forward+backward (None: not a target)
+    settings: tuple = ()    # the cases' settings beyond the default (Case's fields), as pairs
 
 
+_FASTRNNS = ((100, 64, 512, 512),)
+_ALL_DTYPES = ("float32", "bfloat16", "float16")
 _LATENCY = tuple((100, b, h, h) for b in (1, 4, 8) for h in (256, 512, 1024))
 _CELLS = tuple((1, b, h, h) for b in (1, 8, 64) for h in (256, 512, 1024))
 TARGETS = (
-    Target("fastrnns", "layer", ((100, 64, 512, 512),), ("lstm", "gru"),
-           ("float32", "bfloat16", "float16"), 1.0, 1.0),
+    Target("fastrnns", "layer", _FASTRNNS, ("lstm", "gru"), _ALL_DTYPES, 1.0, 1.0),
+    Target("fastrnns, 2 layers", "layer", _FASTRNNS, ("lstm", "gru"), _ALL_DTYPES, 1.0, 1.0,
+           (("layers", 2),)),
+    Target("fastrnns, bidirectional", "layer", _FASTRNNS, ("lstm", "gru"), _ALL_DTYPES, 1.0, 1.0,
+           (("bidirectional", True),)),
+    # torch.backends.cudnn.allow_tf32 off: both sides in full float32 (the issue's pair).
+    Target("fastrnns, TF32 off", "layer", _FASTRNNS, ("lstm", "gru"), ("float32",), 1.0, 1.0,
+           (("tf32", False),)),
     Target("FlashRNN's LSTM", "layer", ((1024, 16, 768, 768),), ("lstm",),
            ("float16", "bfloat16", "float32"), 0.5, 0.8),
     Target("GRU T=1024 B=16 H=768", "layer", ((1024, 16, 768, 768),), ("gru",),
@@ -40,34 +49,55 @@ TARGETS = (
     Target("large", "layer", ((100, 256, 512, 512), (50, 64, 2048, 2048)), ("lstm", "gru"),
            ("float32", "bfloat16"), 1.0, 1.0),
     Target("cells", "cell", _CELLS, ("lstm", "gru"), ("float32", "bfloat16"), 0.67, 1.0),
+    Target("packed", "layer", _FASTRNNS, ("lstm", "gru"), ("float32", "bfloat16"), 0.8, 0.8,
+           (("packed", True),)),
 )
-NOT_MEASURED = (
-    "fastrnns with 2 layers and bidirectional",
-    "packed sequences (lengths uniform in [T/2, T]) at the fastrnns shape",
-    "float32 with torch.backends.cudnn.allow_tf32 off (both sides full float32)",
-    "the persistent forward's time per step from B=1 to B=64 at H=768 (less than 2x)",
-)
+# The persistent forward's time per step may grow less than this from its first shape (B=1) to
+# its second (B=64), on fused_rnn's persistent kernels ("fused persistent").
+GROWTH = Target("persistent forward, B=1 -> B=64 at H=768", "layer",
+                ((100, 1, 768, 768), (100, 64, 768, 768)), ("lstm", "gru"),
+                ("bfloat16", "float32"), 2.0, None)
+
+
+# Case's settings of a layer at their defaults: one layer, one direction, a padded batch, TF32
+# allowed (torch.nn's own default).
+_DEFAULT_SETTINGS = dict(layers=1, bidirectional=False, packed=False, tf32=True)
 
 
 def target_shapes():
-    """(op, T, B, I, H) of every target, each once, in the order of TARGETS."""
+    """(op, T, B, I, H, settings as a dict) of every target, each once, in the order of TARGETS
+    (GROWTH last)."""
     shapes = []
-    for target in TARGETS:
+    for target in TARGETS + (GROWTH,):
         for shape in target.shapes:
-            if (target.op, *shape) not in shapes:
-                shapes.append((target.op, *shape))
+            if (target.op, *shape, dict(target.settings)) not in shapes:
+                shapes.append((target.op, *shape, dict(target.settings)))
     return shapes
 
 
-def targeted(op, kind, steps, batch, input_size, hidden, dtype):
-    """Whether a case (dtype by name, "bfloat16") is one of a target's."""
-    return any(op == t.op and kind in t.kinds and dtype in t.dtypes
-               and (steps, batch, input_size, hidden) in t.shapes for t in TARGETS)
+def targeted(case):
+    """Whether a suite Case is one of a target's."""
+    dtype = str(case.dtype).replace("torch.", "")
+    settings = {name: getattr(case, name) for name in ("layers", "bidirectional", "packed",
+                                                       "tf32")}
+    for t in TARGETS + (GROWTH,):
+        limit = t.forward_backward if case.backward else t.forward
+        if (limit is not None and case.op == t.op and case.kind in t.kinds and dtype in t.dtypes
+                and (case.steps, case.batch, case.input_size, case.hidden) in t.shapes
+                and settings == dict(_DEFAULT_SETTINGS, **dict(t.settings))):
+            return True
+    return False
+
+
+def _settings_key(pairs):
+    """A target's or row's settings, in full, as a key."""
+    return tuple(sorted(dict(_DEFAULT_SETTINGS, **dict(pairs)).items()))
 
 
 def _case_key(row):
+    settings = {k: row[k] for k in _DEFAULT_SETTINGS if k in row}  # (older runs: none)
     return (row["op"], row["kind"], row["pass_"], row["steps"], row["batch"], row["input_size"],
-            row["hidden"], row["dtype"])
+            row["hidden"], row["dtype"], _settings_key(settings))
 
 
 def verdicts(rows):
@@ -78,7 +108,7 @@ def verdicts(rows):
     for target in TARGETS:
         for dtype in target.dtypes:
             for pass_, limit in (("fwd", target.forward), ("fwd+bwd", target.forward_backward)):
-                keys = [(target.op, kind, pass_, *shape, dtype)
+                keys = [(target.op, kind, pass_, *shape, dtype, _settings_key(target.settings))
                         for kind in target.kinds for shape in target.shapes]
                 found = [ours[k] for k in keys if k in ours]
                 wrong = [r for r in found if not r["correct"]]
@@ -90,6 +120,24 @@ def verdicts(rows):
                     worst_case=_describe(worst) if worst else None,
                     holds=bool(found) and len(found) == len(keys) and not wrong
                     and worst["ratio_to_torch_nn"] <= limit))
+    return result
+
+
+def growth_verdicts(rows):
+    """GROWTH per kind and dtype: the persistent forward's time at its second shape over its
+    first (one T, so per step as well), and `holds`."""
+    persistent = {_case_key(r): r for r in rows if r["implementation"] == "fused persistent"}
+    result = []
+    for kind in GROWTH.kinds:
+        for dtype in GROWTH.dtypes:
+            small, large = (persistent.get((GROWTH.op, kind, "fwd", *shape, dtype,
+                                            _settings_key(())))
+                            for shape in GROWTH.shapes)
+            measured = small is not None and large is not None
+            growth = large["median_s"] / small["median_s"] if measured else None
+            result.append(dict(kind=kind, dtype=dtype, growth=growth, limit=GROWTH.forward,
+                               holds=measured and small["correct"] and large["correct"]
+                               and growth < GROWTH.forward))
     return result
 
 
@@ -105,7 +153,17 @@ def peak_memory(rows):
 
 
 def _describe(row):
-    return (f"{row['kind']} {row['op']} T={row['steps']} B={row['batch']} H={row['hidden']}")
+    variant = f" {row['variant']}" if row.get("variant") else ""
+    return f"{row['kind']} {row['op']}{variant} T={row['steps']} B={row['batch']} H={row['hidden']}"
+
+
+def _describe_key(key):
+    op, kind, pass_, steps, batch, _, hidden, dtype, settings = key
+    changed = [f"{k}={v}" for k, v in settings if _DEFAULT_SETTINGS[k] != v]
+    return " ".join([kind, op, *changed, pass_, f"T={steps} B={batch} H={hidden}", dtype])
+
+
+_WORST_SHOWN = 5  # training cases named where the peak memory is over torch.nn's
 
 
 def report(rows):
@@ -117,14 +175,18 @@ def report(rows):
         worst = "-" if v["worst_ratio"] is None else f"{v['worst_ratio']:.2f}x ({v['worst_case']})"
         lines.append(f"| {v['target']} | {v['dtype']} | {v['pass_']} | {cases} | {worst} | "
                      f"<= {v['limit']}x | {'yes' if v['holds'] else 'no'} |")
+    for v in growth_verdicts(rows):
+        growth = "not measured" if v["growth"] is None else f"{v['growth']:.2f}x"
+        lines.append(f"| {GROWTH.name} | {v['dtype']} | fwd | {v['kind']} | {growth} | "
+                     f"< {v['limit']}x | {'yes' if v['holds'] else 'no'} |")
     compared = peak_memory(rows)
     over = [(key, ours, theirs) for key, ours, theirs in compared if ours > theirs]
     lines.append("")
+    over.sort(key=lambda o: o[1] / max(o[2], 1e-9), reverse=True)
     lines.append(f"Training peak memory, {len(compared)} cases against torch.nn's: " + (
-        "none above it" if not over else "above it in " + "; ".join(
-            f"{' '.join(map(str, key))} ({ours:.1f} vs {theirs:.1f} MB)"
-            for key, ours, theirs in over)) + ".")
-    lines.append("Not measured by the suite: " + "; ".join(NOT_MEASURED) + ".")
+        "none above it" if not over else f"above it in {len(over)}, the most in " + "; ".join(
+            f"{_describe_key(key)} ({ours:.1f} vs {theirs:.1f} MB)"
+            for key, ours, theirs in over[:_WORST_SHOWN])) + ".")
     return lines
 
 

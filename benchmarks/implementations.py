@@ -6,6 +6,7 @@ closure that runs the case once and returns its results (outputs, then gradients
 suite can time it and check it against torch.nn in the same run.
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -40,23 +41,49 @@ class Case:
     hidden: int
     dtype: torch.dtype
     device: str
+    # A layer case's module and input beyond one layer, one direction, a padded batch: its
+    # layers, both directions, the sequences packed (lengths uniform in [T/2, T], `lengths`),
+    # and whether float32 may take TF32 (torch.backends.cudnn.allow_tf32, for both sides).
+    layers: int = 1
+    bidirectional: bool = False
+    packed: bool = False
+    tf32: bool = True
+
+    @property
+    def variant(self):
+        """The case's settings beyond the default ones, in words ("" where none)."""
+        return " ".join(([f"{self.layers} layers"] if self.layers > 1 else []) +
+                        (["bidirectional"] if self.bidirectional else []) +
+                        (["packed"] if self.packed else []) + ([] if self.tf32 else ["TF32 off"]))
 
     @property
     def name(self):
         dtype = str(self.dtype).replace("torch.", "")
         shape = f"T={self.steps} B={self.batch} I={self.input_size} H={self.hidden}"
-        return f"{self.kind} {self.op} {'fwd+bwd' if self.backward else 'fwd'} {shape} {dtype}"
+        op = f"{self.op} {self.variant}" if self.variant else self.op
+        return f"{self.kind} {op} {'fwd+bwd' if self.backward else 'fwd'} {shape} {dtype}"
+
+    @property
+    def directions(self):
+        return 2 if self.bidirectional else 1
+
+    def lengths(self):
+        """A packed case's sequence lengths, uniform in [T/2, T] (the same on every call)."""
+        generator = torch.Generator().manual_seed(0)
+        return torch.randint(self.steps // 2, self.steps + 1, (self.batch,), generator=generator)
 
     @property
     def flops(self):
-        """Matrix-product FLOPs: 2 * T * B * (I + H) * G * H forward; the backward twice that."""
-        forward = 2 * self.steps * self.batch * (self.input_size + self.hidden) * \
-            GATES[self.kind] * self.hidden
+        """Matrix-product FLOPs: 2 * tokens * (I + H) * G * H forward per layer and direction
+        (a layer above the first takes the D H outputs below it); the backward twice that."""
+        inputs = [self.input_size] + [self.directions * self.hidden] * (self.layers - 1)
+        forward = sum(2 * self.tokens * (i + self.hidden) * GATES[self.kind] * self.hidden
+                      for i in inputs) * self.directions
         return forward * (3 if self.backward else 1)
 
     @property
     def tokens(self):
-        return self.steps * self.batch
+        return int(self.lengths().sum()) if self.packed else self.steps * self.batch
 
     @property
     def plain_kind(self):
@@ -77,12 +104,20 @@ def _weights_module(case):
         cls = OUR_CELLS[case.kind] if case.op == "cell" else OUR_LAYERS[case.kind]
     else:
         cls = TORCH_CELLS[case.kind] if case.op == "cell" else TORCH_LAYERS[case.kind]
-    module = cls(case.input_size, case.hidden, device=case.device, dtype=torch.float32)
+    module = cls(case.input_size, case.hidden, device=case.device, dtype=torch.float32,
+                 **_layer_settings(case))
     with torch.no_grad():
         for name, p in module.named_parameters():
             if name.startswith("layernorm"):
                 p.copy_(torch.randn_like(p) * 0.5 + (1.0 if "_weight" in name else 0.0))
     return module.to(case.dtype)
+
+
+def _layer_settings(case):
+    """A layer module's constructor arguments beyond the sizes (none for a cell)."""
+    if case.op == "cell":
+        return {}
+    return dict(num_layers=case.layers, bidirectional=case.bidirectional)
 
 
 def make_inputs(case, seed=1):
@@ -92,25 +127,38 @@ def make_inputs(case, seed=1):
     def rand(*shape):
         return torch.randn(*shape, generator=gen, device=case.device, dtype=case.dtype)
 
-    lead = (case.batch,) if case.op == "cell" else (1, case.batch)
+    lead = (case.batch,) if case.op == "cell" else (case.layers * case.directions, case.batch)
     x = rand(case.batch, case.input_size) if case.op == "cell" else \
         rand(case.steps, case.batch, case.input_size)
     states = [rand(*lead, case.hidden) for _ in range(2 if case.has_cell_state else 1)]
     return x, states
 
 
+@contextlib.contextmanager
+def _tf32(allowed):
+    """torch.backends.cudnn.allow_tf32 as `allowed` (torch.nn's cuDNN and fused_rnn follow it)."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+
+
 def _runner(case, forward, params):
     """A closure running forward(x, states) on given inputs; with backward, it also returns the
     gradients of the input, the states and `params` for a fixed random output weighting."""
     def run(x, states):
-        if not case.backward:
-            with torch.no_grad():
-                return list(forward(x, states))
-        x = x.detach().requires_grad_()
-        states = [s.detach().requires_grad_() for s in states]
-        outs = list(forward(x, states))
-        loss = sum((o * (1.0 + 0.01 * k)).sum() for k, o in enumerate(outs))
-        return [o.detach() for o in outs] + list(torch.autograd.grad(loss, [x, *states, *params]))
+        with _tf32(case.tf32):
+            if not case.backward:
+                with torch.no_grad():
+                    return list(forward(x, states))
+            x = x.detach().requires_grad_()
+            states = [s.detach().requires_grad_() for s in states]
+            outs = list(forward(x, states))
+            loss = sum((o * (1.0 + 0.01 * k)).sum() for k, o in enumerate(outs))
+            return [o.detach() for o in outs] + list(
+                torch.autograd.grad(loss, [x, *states, *params]))
     return run
 
 
@@ -119,12 +167,19 @@ def _state_arg(case, states):
 
 
 def _module_runner(case, module):
-    """The runner of a torch.nn-style module: a cell's (h', c'), or a layer's output and states."""
+    """The runner of a torch.nn-style module: a cell's (h', c'), or a layer's output (a packed
+    case's packed values) and states."""
+    lengths = case.lengths() if case.packed else None
+
     def forward(x, states):
+        if lengths is not None:
+            x = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
         result = module(x, _state_arg(case, states))
         if case.op == "cell":
             return result if isinstance(result, tuple) else (result,)
         output, hidden = result
+        if lengths is not None:
+            output = output.data
         return (output, *(hidden if isinstance(hidden, tuple) else (hidden,)))
     return _runner(case, forward, list(module.parameters()))
 
@@ -137,7 +192,7 @@ def build_torch_nn(case):
         kind = case.plain_kind
         cls = TORCH_CELLS[kind] if case.op == "cell" else TORCH_LAYERS[kind]
         return _module_runner(case, cls(case.input_size, case.hidden, device=case.device,
-                                        dtype=case.dtype))
+                                        dtype=case.dtype, **_layer_settings(case)))
     return _module_runner(case, _weights_module(case))
 
 
@@ -152,7 +207,8 @@ def build_truth(case):
 
 def build_fused_rnn(case):
     cls = OUR_CELLS[case.kind] if case.op == "cell" else OUR_LAYERS[case.kind]
-    module = cls(case.input_size, case.hidden, device=case.device, dtype=case.dtype)
+    module = cls(case.input_size, case.hidden, device=case.device, dtype=case.dtype,
+                 **_layer_settings(case))
     module.load_state_dict(_weights_module(case).state_dict())
     return _module_runner(case, module)
 
@@ -236,6 +292,11 @@ def _plain(case):
     return case.kind not in LAYER_NORM_KINDS
 
 
+def _one_padded_layer(case):
+    """The Python loops run one layer, one direction, over a padded batch."""
+    return case.layers == 1 and not case.bidirectional and not case.packed
+
+
 # name -> (builder, applies to the case)
 IMPLEMENTATIONS = {
     "fused_rnn": (build_fused_rnn, lambda case: True),
@@ -253,6 +314,8 @@ IMPLEMENTATIONS = {
         and case.dtype in (torch.float16, torch.bfloat16)),
     "torch.nn": (build_torch_nn, lambda case: True),
     "nn cell loop": (build_nn_cell_loop,
-                     lambda case: case.op == "layer" and _python_loop_dtype(case) and _plain(case)),
-    "reference": (build_reference, lambda case: _python_loop_dtype(case) or not _plain(case)),
+                     lambda case: case.op == "layer" and _python_loop_dtype(case) and _plain(case)
+                     and _one_padded_layer(case)),
+    "reference": (build_reference, lambda case: (_python_loop_dtype(case) or not _plain(case))
+                  and _one_padded_layer(case)),
 }

@@ -54,14 +54,15 @@ MIN_CPU_SAMPLE_S = 0.005
 
 
 def _shapes(preset):
-    """(op, T, B, I, H, label) per preset."""
+    """(op, T, B, I, H, label[, settings]) per preset; settings: Case's fields beyond the default
+    ones, as a dict."""
     fastrnns = ("layer", 100, 64, 512, 512, "fastrnns")
     long_small_batch = ("layer", 1024, 16, 768, 768, "long")
     if preset == "quick":
         return [("cell", 1, 8, 256, 256, "cell small"), ("cell", 1, 64, 512, 512, "cell fastrnns"),
                 ("layer", 50, 64, 512, 512, "fastrnns T=50"), ("layer", 100, 1, 256, 256, "latency")]
     if preset == "targets":  # every shape of the GPU issue's targets (gpu_targets.py)
-        return [(*shape, "targets") for shape in target_shapes()]
+        return [(*shape, "targets", settings) for *shape, settings in target_shapes()]
     if preset == "headline":  # the GPU issue's headline layers, for a short GPU run
         return [fastrnns, long_small_batch, ("layer", 100, 8, 512, 512, "latency"),
                 ("layer", 100, 1, 512, 512, "latency")]
@@ -79,15 +80,14 @@ def cases(preset, device):
     dtypes = [torch.float32] + ([torch.bfloat16, torch.float16] if device == "cuda" else [])
     # The layer-normalized cells on the CPU only until their CUDA kernels have passed on a GPU.
     kinds = ("lstm", "gru") + (tuple(LAYER_NORM_KINDS) if device == "cpu" else ())
-    for op, steps, batch, input_size, hidden, label in _shapes(preset):
+    for op, steps, batch, input_size, hidden, label, *settings in _shapes(preset):
         for kind in kinds:
             for backward in (False, True):
                 for dtype in dtypes:
-                    if preset == "targets" and not targeted(op, kind, steps, batch, input_size,
-                                                            hidden, str(dtype)[len("torch."):]):
-                        continue
-                    yield label, Case(op, kind, backward, steps, batch, input_size, hidden, dtype,
-                                      device)
+                    case = Case(op, kind, backward, steps, batch, input_size, hidden, dtype,
+                                device, **(settings[0] if settings else {}))
+                    if preset != "targets" or targeted(case):
+                        yield label, case
 
 
 def _check(case, runners, inputs):
@@ -194,6 +194,8 @@ def measure(case, repeats, warmup=2, clock=time.perf_counter, skip=()):
                    pass_="fwd+bwd" if case.backward else "fwd", steps=case.steps,
                    batch=case.batch, input_size=case.input_size, hidden=case.hidden,
                    dtype=str(case.dtype).replace("torch.", ""), device=case.device,
+                   layers=case.layers, bidirectional=case.bidirectional, packed=case.packed,
+                   tf32=case.tf32, variant=case.variant,
                    median_s=median, ratio_to_torch_nn=statistics.median(ratios[name]),
                    tokens_per_s=case.tokens / median, gflops=case.flops / median / 1e9,
                    correct=verdicts[name] is None, problem=verdicts[name],
@@ -216,9 +218,15 @@ def device_tag(device):
     return "cpu"
 
 
+def _op(row):
+    """A row's op and its case's settings beyond the default ones (rows of older runs have
+    none)."""
+    return f"{row['op']} {row['variant']}" if row.get("variant") else row["op"]
+
+
 def _format_row(label, row):
     memory = row.get("peak_mb", row.get("saved_for_backward_mb"))
-    return (f"{label:<14} {row['kind']:<4} {row['op']:<5} {row['pass_']:<7} "
+    return (f"{label:<14} {row['kind']:<4} {_op(row):<5} {row['pass_']:<7} "
             f"T={row['steps']:<4} B={row['batch']:<3} H={row['hidden']:<4} {row['dtype']:<8} "
             f"{row['implementation']:<16} {row['median_s'] * 1e3:10.3f} ms "
             f"{row['ratio_to_torch_nn']:6.2f}x {row['tokens_per_s']:12.0f} tok/s "
@@ -240,7 +248,7 @@ def write_markdown(path, meta, rows):
     for row in rows:
         memory = row.get("peak_mb", row.get("saved_for_backward_mb"))
         lines.append(
-            f"| {row['label']} | {row['kind']} {row['op']} | {row['pass_']} | {row['steps']} | "
+            f"| {row['label']} | {row['kind']} {_op(row)} | {row['pass_']} | {row['steps']} | "
             f"{row['batch']} | {row['input_size']} | {row['hidden']} | {row['dtype']} | "
             f"{row['implementation']} | {row['median_s'] * 1e3:.3f} | "
             f"{row['ratio_to_torch_nn']:.2f} | {row['tokens_per_s']:.0f} | {row['gflops']:.1f} | "

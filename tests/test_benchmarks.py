@@ -98,52 +98,112 @@ def test_a_spent_time_budget_stops_the_suite_and_the_report_says_so(tmp_path, ca
     assert f"{cases} case(s) of the preset not run" in report.with_suffix(".md").read_text()
 
 
+@pytest.mark.parametrize("settings", [dict(layers=2), dict(bidirectional=True),
+                                      dict(packed=True), dict(layers=2, bidirectional=True,
+                                                              packed=True)])
+def test_layer_settings_are_measured_and_checked(settings):
+    case = Case("layer", "lstm", True, 6, 3, 4, 5, torch.float32, "cpu", **settings)
+    rows = suite.measure(case, repeats=1, warmup=0)
+    assert [r["implementation"] for r in rows] == ["fused_rnn", "torch.nn"]  # no Python loops
+    for row in rows:
+        assert row["correct"], row["problem"]
+        assert row["variant"] == case.variant != ""
+        assert {k: row[k] for k in settings} == settings
+    if case.packed:
+        assert case.tokens == int(case.lengths().sum()) < 6 * 3
+        assert ((case.lengths() >= 3) & (case.lengths() <= 6)).all()
+    plain = Case("layer", "lstm", True, 6, 3, 4, 5, torch.float32, "cpu")
+    layers, directions = settings.get("layers", 1), 2 if settings.get("bidirectional") else 1
+    upper = (directions * 5 + 5) / (4 + 5)  # a layer above the first takes D H inputs
+    expected = plain.flops * directions * (1 + (layers - 1) * upper) * case.tokens / plain.tokens
+    assert case.flops == pytest.approx(expected)
+
+
+def test_a_wrong_packed_implementation_is_flagged(monkeypatch):
+    """The packed case's results are the packed outputs: a wrong one among them fails."""
+    import implementations
+    build = implementations.IMPLEMENTATIONS["fused_rnn"][0]
+
+    def wrong(case):
+        run = build(case)
+        return lambda x, states: [r * 1.01 if k == 0 else r
+                                  for k, r in enumerate(run(x, states))]
+    monkeypatch.setitem(implementations.IMPLEMENTATIONS, "fused_rnn",
+                        (wrong, implementations.IMPLEMENTATIONS["fused_rnn"][1]))
+    case = Case("layer", "gru", False, 6, 3, 4, 5, torch.float32, "cpu", packed=True)
+    rows = {r["implementation"]: r for r in suite.measure(case, repeats=1, warmup=0)}
+    assert not rows["fused_rnn"]["correct"] and rows["torch.nn"]["correct"]
+
+
+def _all_targets():
+    from gpu_targets import GROWTH, TARGETS
+    return TARGETS + (GROWTH,)
+
+
 def test_the_targets_preset_runs_every_target_case_and_no_other():
-    from gpu_targets import TARGETS
-    run = {(c.op, c.kind, c.steps, c.batch, c.input_size, c.hidden, str(c.dtype)[6:], c.backward)
-           for _, c in suite.cases("targets", "cuda")}
-    wanted = {(t.op, kind, *shape, dtype, backward) for t in TARGETS for kind in t.kinds
-              for shape in t.shapes for dtype in t.dtypes for backward in (False, True)}
+    run = {(c.op, c.kind, c.steps, c.batch, c.input_size, c.hidden, str(c.dtype)[6:],
+            c.backward, c.variant) for _, c in suite.cases("targets", "cuda")}
+    wanted = set()
+    for t in _all_targets():
+        variant = Case(t.op, "lstm", False, 1, 1, 1, 1, torch.float32, "cuda",
+                       **dict(t.settings)).variant
+        for backward, limit in ((False, t.forward), (True, t.forward_backward)):
+            if limit is not None:
+                wanted |= {(t.op, kind, *shape, dtype, backward, variant) for kind in t.kinds
+                           for shape in t.shapes for dtype in t.dtypes}
     assert run == wanted
     assert suite.PRESET_SKIPS["targets"] == {"nn cell loop", "reference"}
 
 
-def _target_rows(ratio=1.0, peak=(10.0, 10.0)):
+def _target_rows(ratio=1.0, peak=(10.0, 10.0), growth=1.5):
     """Suite rows of fused_rnn and torch.nn for every target case, fused_rnn at `ratio` of its
-    target's limit, training peaks (fused_rnn's, torch.nn's) in MB."""
-    from gpu_targets import TARGETS
+    target's limit, training peaks (fused_rnn's, torch.nn's) in MB; and the persistent rows of
+    GROWTH's cases, the second shape `growth` times the first's time."""
+    from gpu_targets import GROWTH, TARGETS
     rows = []
     for t in TARGETS:
+        settings = dict(dict(layers=1, bidirectional=False, packed=False, tf32=True),
+                        **dict(t.settings))
         for kind in t.kinds:
             for steps, batch, input_size, hidden in t.shapes:
                 for dtype in t.dtypes:
                     for pass_, limit in (("fwd", t.forward), ("fwd+bwd", t.forward_backward)):
                         case = dict(op=t.op, kind=kind, pass_=pass_, steps=steps, batch=batch,
                                     input_size=input_size, hidden=hidden, dtype=dtype,
-                                    correct=True)
+                                    correct=True, **settings)
                         for name, r, mb in (("fused_rnn", ratio * limit, peak[0]),
                                             ("torch.nn", 1.0, peak[1])):
                             row = dict(case, implementation=name, ratio_to_torch_nn=r)
                             if pass_ == "fwd+bwd":
                                 row["peak_mb"] = mb
                             rows.append(row)
+    for kind in GROWTH.kinds:
+        for dtype in GROWTH.dtypes:
+            for (steps, batch, input_size, hidden), time in zip(GROWTH.shapes, (1e-3, growth * 1e-3)):
+                rows.append(dict(op="layer", kind=kind, pass_="fwd", steps=steps, batch=batch,
+                                 input_size=input_size, hidden=hidden, dtype=dtype, correct=True,
+                                 implementation="fused persistent", median_s=time,
+                                 ratio_to_torch_nn=0.5))
     return rows
 
 
 def test_targets_hold_at_their_limits_and_not_above():
-    from gpu_targets import report, verdicts
+    from gpu_targets import growth_verdicts, report, verdicts
     assert all(v["holds"] for v in verdicts(_target_rows(1.0)))
+    assert all(v["holds"] for v in growth_verdicts(_target_rows(1.0)))
     assert not any(v["holds"] for v in verdicts(_target_rows(1.01)))
+    assert not any(v["holds"] for v in growth_verdicts(_target_rows(1.0, growth=2.0)))
     lines = report(_target_rows(1.0, peak=(10.0, 10.0)))
     assert not any(line.endswith("| no |") for line in lines)
     assert any("none above it" in line for line in lines)
 
 
 def test_a_target_with_a_case_missing_wrong_or_over_does_not_hold():
-    from gpu_targets import report, verdicts
+    from gpu_targets import growth_verdicts, report, verdicts
     rows = _target_rows(0.5, peak=(12.0, 10.0))
     fastrnns_fwd = [r for r in rows if r["implementation"] == "fused_rnn" and r["steps"] == 100
-                    and r["batch"] == 64 and r["pass_"] == "fwd"]
+                    and r["batch"] == 64 and r["pass_"] == "fwd" and r["layers"] == 1
+                    and not r["bidirectional"] and not r["packed"] and r["tf32"]]
     rows.remove(next(r for r in fastrnns_fwd if r["dtype"] == "float32"))
     next(r for r in fastrnns_fwd if r["dtype"] == "bfloat16")["correct"] = False
     next(r for r in fastrnns_fwd if r["dtype"] == "float16")["ratio_to_torch_nn"] = 1.2
@@ -152,3 +212,20 @@ def test_a_target_with_a_case_missing_wrong_or_over_does_not_hold():
     lines = report(rows)
     assert "| fastrnns | float32 | fwd | 1 of 2 |" in "\n".join(lines)
     assert any("above it in" in line and "12.0 vs 10.0 MB" in line for line in lines)
+    rows = [r for r in rows if not (r["implementation"] == "fused persistent"
+                                    and r["batch"] == 64 and r["kind"] == "gru")]
+    assert {(v["kind"], v["holds"]) for v in growth_verdicts(rows)} == {("lstm", True),
+                                                                      ("gru", False)}
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_a_case_runs_under_its_tf32_setting_and_restores_it(tf32):
+    import implementations
+    case = Case("layer", "lstm", False, 2, 1, 2, 2, torch.float32, "cpu", tf32=tf32)
+    seen = []
+    run = implementations._runner(case, lambda x, states: seen.append(
+        torch.backends.cudnn.allow_tf32) or [x], [])
+    before = torch.backends.cudnn.allow_tf32
+    run(torch.zeros(2, 1, 2), [])
+    assert seen == [tf32] and torch.backends.cudnn.allow_tf32 == before
+    assert (case.variant == "TF32 off") != tf32
