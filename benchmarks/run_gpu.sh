@@ -13,7 +13,10 @@
 # results also in benchmarks/results/ (named by date, preset and GPU).
 #   bash benchmarks/run_gpu.sh OUT_DIR [suite.py arguments for the last step, e.g. --repeats N]
 # RUN_GPU_SECONDS (default 540) is the whole run's target; each step after the build gets at most
-# what is left of it, less what the steps after it are owed.
+# what is left of it, less what the steps after it are owed. The targets preset (228 cases) gets
+# what the tests leave, often nothing on a first run: a second call on the warm machine runs it
+# alone, e.g. python3 benchmarks/suite.py --preset targets --device cuda --repeats 5 --out OUT &&
+# python3 benchmarks/gpu_targets.py OUT/*-targets-*.json
 set -uo pipefail
 OUT=${1:?usage: run_gpu.sh OUT_DIR [suite.py arguments]}
 shift
