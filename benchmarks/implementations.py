@@ -223,7 +223,7 @@ def build_fused_rnn_persistent(case, barrier="flags", cluster_split=None):
         try:
             return run(x, states)
         finally:
-            fused_rnn.use_persistent_kernels(False)
+            fused_rnn.use_persistent_kernels(None)
     return run_persistent
 
 

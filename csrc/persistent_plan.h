@@ -55,6 +55,20 @@ inline PersistentPlan plan_persistent_layer(int64_t batch, int64_t hidden, int64
   return plan;
 }
 
+// Where the SIMT persistent forward runs without use_persistent_kernels(True): where an H200
+// measured it faster than cuDNN (NOTES entry 15: batch 1, H 256-1024, float32, bfloat16 and
+// float16, 0.21-0.42x of cuDNN's forward time; at H=128 cuDNN was faster in float32 and float16,
+// and from batch 16 the kernel loses). Elsewhere the default is step-wise until the tensor-core
+// kernels are measured (NOTES entry 61).
+constexpr int64_t kMeasuredPersistentMaxBatch = 1;
+constexpr int64_t kMeasuredPersistentMinHidden = 256;
+constexpr int64_t kMeasuredPersistentMaxHidden = 1024;
+inline bool persistent_measured_faster(int64_t batch, int64_t hidden, int64_t elem_bytes) {
+  return batch >= 1 && batch <= kMeasuredPersistentMaxBatch &&
+         hidden >= kMeasuredPersistentMinHidden && hidden <= kMeasuredPersistentMaxHidden &&
+         elem_bytes <= 4;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The tensor-core persistent kernels. A group of `cluster_split` blocks (S: 1, or 2 as one
 // thread-block cluster, sm_90) owns the hidden units [16k, 16k + 16) as group k, blocks S k to

@@ -149,14 +149,25 @@ PYBIND11_MODULE(_C, m) {
       "fragment maps, m16n8k16 and TF32's k-tile (persistent_plan.h, mma_fragments.h).");
   m.def(
       "set_persistent_kernels",
-      [](bool enabled) {
+      [](const std::string& mode) {
+        TORCH_CHECK(mode == "measured" || mode == "on" || mode == "off",
+                    "fused_rnn: expected the persistent mode \"measured\", \"on\" or \"off\", "
+                    "got \"", mode, "\"");
 #ifdef FUSED_RNN_WITH_CUDA
-        fused_rnn::cuda::set_persistent_enabled(enabled);
-#else
-        (void)enabled;
+        using fused_rnn::cuda::PersistentMode;
+        fused_rnn::cuda::set_persistent_mode(mode == "on"    ? PersistentMode::kOn
+                                             : mode == "off" ? PersistentMode::kOff
+                                                             : PersistentMode::kMeasured);
 #endif
       },
-      "Switches the persistent CUDA layer kernels on or off (off by default).");
+      "When the persistent CUDA layer kernels run: \"measured\" (the default: the SIMT forward "
+      "where measured faster than cuDNN), \"on\" (wherever they apply) or \"off\".");
+  m.def(
+      "persistent_measured_faster",
+      [](int64_t batch, int64_t hidden, int64_t elem_bytes) {
+        return fused_rnn::persistent_measured_faster(batch, hidden, elem_bytes);
+      },
+      "Whether the SIMT persistent forward runs by default for this shape (persistent_plan.h).");
   m.def(
       "set_persistent_barrier",
       [](const std::string& barrier) {

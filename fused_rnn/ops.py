@@ -51,15 +51,17 @@ def empty_cpu_cache() -> None:
 _GATES = {"LSTM": 4, "GRU": 3}
 
 
-def use_persistent_kernels(enabled: bool = True, barrier: str = "flags",
+def use_persistent_kernels(enabled: bool | None = True, barrier: str = "flags",
                            cluster_split: int | None = None) -> None:
-    """Switches the persistent whole-sequence CUDA layer kernels on or off.
+    """Chooses when the persistent whole-sequence CUDA layer kernels run.
 
-    Off by default: on an H200 the SIMT kernel beats cuDNN's forward 3-4x at batch 1 but loses
-    from batch 16 up (benchmarks/NOTES.md entry 15); the tensor-core kernels (float16, bfloat16,
-    float32 as TF32 where torch.backends.cudnn.allow_tf32) are not yet measured (entries 55-58).
-    Where on, a CUDA LSTM or GRU layer whose shape suits them (cuda_layer_path) runs its forward
-    and backward time loops in one launch each.
+    enabled: True, wherever a layer's shape suits them (cuda_layer_path): its forward and
+    backward time loops in one launch each, on the tensor-core kernels (float16, bfloat16,
+    float32 as TF32 where torch.backends.cudnn.allow_tf32; not yet measured, benchmarks/NOTES.md
+    entries 55-58) or else the SIMT forward; False, never; None (the default), only the SIMT
+    forward where an H200 measured it faster than cuDNN's (batch 1, hidden 256-1024, not float64:
+    0.21-0.42x of its time, NOTES entries 15 and 61; from batch 16 it loses), every other layer
+    step by step.
 
     barrier: how the tensor-core kernels' blocks wait for each step's h: "flags" (each group of
     warps for the blocks whose h it reads) or "grid" (grid.sync(): every block for the slowest).
@@ -67,6 +69,9 @@ def use_persistent_kernels(enabled: bool = True, barrier: str = "flags",
     takes one block where the weights fit an SM's registers and a thread-block cluster of 2
     (sm_90) where they do not; 1 or 2 asks for that (a shape it does not suit runs step-wise).
     """
+    if not (enabled is None or isinstance(enabled, bool)):
+        raise ValueError("use_persistent_kernels: expected enabled True, False or None, got "
+                         f"{enabled!r}")
     if barrier not in ("flags", "grid"):
         raise ValueError("use_persistent_kernels: expected barrier 'flags' or 'grid', got "
                          f"{barrier!r}")
@@ -74,7 +79,7 @@ def use_persistent_kernels(enabled: bool = True, barrier: str = "flags",
                                       or cluster_split not in (1, 2)):
         raise ValueError("use_persistent_kernels: expected cluster_split None, 1 or 2, got "
                          f"{cluster_split!r}")
-    _C.set_persistent_kernels(bool(enabled))
+    _C.set_persistent_kernels({True: "on", False: "off", None: "measured"}[enabled])
     _C.set_persistent_barrier(barrier)
     _C.set_persistent_cluster_split(cluster_split or 0)
 
@@ -118,7 +123,9 @@ def cuda_layer_path(mode: str, batch: int, hidden_size: int, dtype: torch.dtype 
     several lengths take the tensor-core kernels where their largest batch would (the SIMT one
     not), LSTM projections always run step-wise. Returns "persistent (tensor cores)",
     "persistent (tensor cores, clusters of 2)" (each 16 hidden units' weights split over two
-    SMs), "persistent (SIMT; no tensor cores: " and why (forward only), or "step-wise: " and why.
+    SMs), "persistent (SIMT; no tensor cores: " and why (forward only), "persistent (SIMT;
+    measured faster than cuDNN here)" (the default's choice, forward only), or "step-wise: " and
+    why, as use_persistent_kernels last chose.
     float32's choice follows torch.backends.cudnn.allow_tf32 as it is when asked.
     """
     _check_layer_path_args("cuda_layer_path", mode, dtype, batch=batch, hidden_size=hidden_size)

@@ -42,7 +42,7 @@ def batch(seed):
 def persistent(request):
     fused_rnn.use_persistent_kernels(request.param)
     yield request.param
-    fused_rnn.use_persistent_kernels(False)
+    fused_rnn.use_persistent_kernels(None)
 
 
 def test_a_captured_training_step_replays_the_eager_step(persistent):

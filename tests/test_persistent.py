@@ -389,7 +389,8 @@ def test_persistent_barrier_and_cluster_split_are_checked():
 def persistent_on(request):
     fused_rnn.use_persistent_kernels(True)
     yield
-    fused_rnn.use_persistent_kernels(request.config.getoption("--persistent-kernels"))
+    fused_rnn.use_persistent_kernels(True if request.config.getoption("--persistent-kernels")
+                                     else None)
 
 
 # The configurations the persistent path takes: padded batches without projection.
@@ -544,8 +545,52 @@ def test_float64_and_odd_sizes_take_the_simt_kernel(persistent_on):
         "persistent (SIMT; no tensor cores: the hidden size is not a positive multiple of 16")
 
 
+def test_the_default_takes_the_persistent_forward_only_where_measured_faster():
+    """persistent_plan.h's table: batch 1, hidden 256-1024, float32 and the half types."""
+    faster = _C.persistent_measured_faster
+    assert all(faster(1, h, e) for h in (256, 512, 1024) for e in (2, 4))
+    assert not any([faster(2, 512, 4), faster(16, 512, 2), faster(1, 240, 4), faster(1, 1040, 2),
+                    faster(1, 512, 8), faster(0, 512, 4)])
+
+
+def test_use_persistent_kernels_takes_true_false_or_none():
+    for enabled in (1, "on", 0.0):
+        with pytest.raises(ValueError, match=f"enabled True, False or None, got {enabled!r}"):
+            fused_rnn.use_persistent_kernels(enabled)
+    with pytest.raises(RuntimeError, match='expected the persistent mode "measured", "on" or '
+                                           '"off", got "sometimes"'):
+        _C.set_persistent_kernels("sometimes")
+
+
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
-def test_persistent_kernels_are_off_by_default(request):
+def test_the_default_path_is_the_measured_one(request):
     if request.config.getoption("--persistent-kernels"):
-        pytest.skip("this run switched them on (--persistent-kernels)")
-    assert fused_rnn.cuda_layer_path("LSTM", 4, 6) == "step-wise: persistent kernels are off"
+        pytest.skip("this run switched them on everywhere (--persistent-kernels)")
+    assert fused_rnn.cuda_layer_path("LSTM", 4, 512).startswith(
+        "step-wise: the persistent forward runs by default only where measured faster")
+    assert fused_rnn.cuda_layer_path("GRU", 1, 512, torch.float64).startswith("step-wise: ")
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert fused_rnn.cuda_layer_path("LSTM", 1, 512, dtype) == \
+            "persistent (SIMT; measured faster than cuDNN here)"
+    assert fused_rnn.cuda_layer_path("LSTM", 1, 512, backward=True).startswith(
+        "step-wise: the persistent backward is not yet measured")
+    fused_rnn.use_persistent_kernels(False)
+    try:
+        assert fused_rnn.cuda_layer_path("LSTM", 1, 512) == "step-wise: persistent kernels are off"
+    finally:
+        fused_rnn.use_persistent_kernels(None)
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_the_default_runs_the_simt_forward_at_batch_1_and_matches_torch_nn(kind, dtype, request):
+    """Inference and training (the forward persistent, the backward step by step), both
+    directions, one sequence of H = 256."""
+    if request.config.getoption("--persistent-kernels"):
+        pytest.skip("this run switched them on everywhere (--persistent-kernels)")
+    sizes = Sizes(input_size=24, hidden=256, batch=1)
+    names = cuda_kernels_run(lambda: check_against_torch(
+        kind, dict(bidirectional=True), "padded", 9, True, dtype, "cuda", sizes=sizes))
+    assert any("persistent_layer_kernel" in name for name in names), names
+    assert not ran_tensor_core_kernels(names)

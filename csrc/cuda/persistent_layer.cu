@@ -13,9 +13,10 @@
 // meets the other blocks at a grid-wide barrier before the next step reads the new h. The LSTM's
 // cell state of its units stays in shared memory.
 //
-// Off by default: the SIMT kernel was measured once on an H200 (fast at batch 1, slow from batch
-// 16: W_hh is re-read from shared memory per batch row; benchmarks/NOTES.md entry 15); the
-// tensor-core kernels are not yet measured (entries 55-58).
+// By default (PersistentMode::kMeasured) only the SIMT forward runs, where an H200 measured it
+// faster than cuDNN (batch 1; slow from batch 16: W_hh is re-read from shared memory per batch
+// row; benchmarks/NOTES.md entries 15 and 61); the tensor-core kernels are not yet measured
+// (entries 55-58) and run where use_persistent_kernels(True) asks.
 #include "../cell_ops.h"
 #include "../persistent_plan.h"
 #include "persistent_cells.cuh"
@@ -38,7 +39,7 @@
 namespace fused_rnn::cuda {
 namespace {
 
-std::atomic<bool> g_persistent_enabled{false};
+std::atomic<PersistentMode> g_persistent_mode{PersistentMode::kMeasured};
 std::atomic<bool> g_flag_barrier{true};
 std::atomic<int64_t> g_cluster_split{0};
 
@@ -253,18 +254,25 @@ bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Te
                      const at::Tensor& output, const at::Tensor& cell_states,
                      const at::Tensor& workspace, bool reverse,
                      const std::vector<SequenceStep>& packed) {
-  if (!persistent_enabled()) return false;
+  const PersistentMode mode = persistent_mode();
+  if (mode == PersistentMode::kOff) return false;
   const int64_t B = h0.size(0), H = h0.size(1);
   const int64_t steps =
       !packed.empty() ? static_cast<int64_t>(packed.size()) : B == 0 ? 0 : xproj.size(0) / B;
   if (steps < 2) return false;
+  const bool measured_only = mode == PersistentMode::kMeasured;
+  if (measured_only &&
+      (!packed.empty() || !persistent_measured_faster(B, H, xproj.element_size()))) {
+    return false;
+  }
   const bool is_double = xproj.scalar_type() == at::kDouble;
   const int64_t device = xproj.get_device();
   const PersistentPlan plan =
       plan_for(Cell::kGates, B, H, xproj.element_size(), is_double ? 8 : 4, device);
   const TensorCorePlan tensor_core_plan =
       tensor_core_plan_for(Cell::kGates, B, H, xproj.element_size(), device);
-  const bool tensor_cores = tensor_core_plan.runs && aligned_for_tensor_cores(h0, output, w_hh);
+  const bool tensor_cores =
+      !measured_only && tensor_core_plan.runs && aligned_for_tensor_cores(h0, output, w_hh);
   if (!tensor_cores && (!plan.runs || !packed.empty())) return false;
   const c10::cuda::CUDAGuard guard(xproj.device());
   at::Tensor table;
@@ -297,7 +305,9 @@ bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Te
 // no episode starts, no zoneout: the step-wise loop handles those).
 template <typename Cell>
 bool launch_backward(const BackwardSequenceTensors& t) {
-  if (!persistent_enabled() || !t.starts.empty() || !t.zoneout.empty()) return false;
+  if (persistent_mode() != PersistentMode::kOn || !t.starts.empty() || !t.zoneout.empty()) {
+    return false;
+  }
   const int64_t B = t.grad_h.size(0), H = t.grad_h.size(1);
   const int64_t steps = !t.packed_steps.empty() ? static_cast<int64_t>(t.packed_steps.size())
                         : B == 0                 ? 0
@@ -340,8 +350,8 @@ bool launch_backward(const BackwardSequenceTensors& t) {
 
 }  // namespace
 
-void set_persistent_enabled(bool enabled) { g_persistent_enabled = enabled; }
-bool persistent_enabled() { return g_persistent_enabled; }
+void set_persistent_mode(PersistentMode mode) { g_persistent_mode = mode; }
+PersistentMode persistent_mode() { return g_persistent_mode; }
 
 void set_persistent_barrier(const std::string& barrier) {
   TORCH_CHECK(barrier == "flags" || barrier == "grid",
@@ -359,7 +369,19 @@ void set_persistent_cluster_split(int64_t split) {
 
 std::string layer_path(int64_t gates, int64_t batch, int64_t hidden, int64_t elem_bytes,
                        int64_t acc_bytes, int64_t device, bool backward) {
-  if (!persistent_enabled()) return "step-wise: persistent kernels are off";
+  const PersistentMode mode = persistent_mode();
+  if (mode == PersistentMode::kOff) return "step-wise: persistent kernels are off";
+  if (mode == PersistentMode::kMeasured) {
+    const std::string opt_in = "; use_persistent_kernels(True) takes them wherever they apply";
+    if (backward) return "step-wise: the persistent backward is not yet measured" + opt_in;
+    if (!persistent_measured_faster(batch, hidden, elem_bytes)) {
+      return "step-wise: the persistent forward runs by default only where measured faster "
+             "than cuDNN (batch 1, hidden 256-1024, not float64)" + opt_in;
+    }
+    const PersistentPlan plan = plan_for(gates, batch, hidden, elem_bytes, acc_bytes, device);
+    return plan.runs ? "persistent (SIMT; measured faster than cuDNN here)"
+                     : "step-wise: " + plan.reason;
+  }
   const TensorCorePlan tensor_core_plan =
       tensor_core_plan_for(gates, batch, hidden, elem_bytes, device, backward);
   const std::string tensor_cores = tensor_core_plan.cluster_split > 1

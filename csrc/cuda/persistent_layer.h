@@ -9,9 +9,12 @@
 
 namespace fused_rnn::cuda {
 
-// Off by default until the kernels are measured on a GPU (benchmarks/NOTES.md).
-void set_persistent_enabled(bool enabled);
-bool persistent_enabled();
+// When the persistent kernels run: kMeasured (the default) only the SIMT forward, where it was
+// measured faster than cuDNN (persistent_measured_faster); kOn wherever they apply (the
+// tensor-core forward and backward first); kOff never.
+enum class PersistentMode { kMeasured, kOn, kOff };
+void set_persistent_mode(PersistentMode mode);
+PersistentMode persistent_mode();
 
 // How the tensor-core kernel's blocks wait for each step's h (persistent_tensor_core.cuh):
 // "flags" (each group of warps for its producers; the default) or "grid" (grid.sync()).
