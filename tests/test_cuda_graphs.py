@@ -11,15 +11,15 @@ import fused_rnn
 from conftest import CUDA_READY
 
 pytestmark = pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
-T, BATCH, FEATURES, HIDDEN, CLASSES = 9, 8, 16, 32, 5
+T, FEATURES, CLASSES = 9, 16, 5
 
 
 class Tagger(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, hidden):
         super().__init__()
-        self.lstm = fused_rnn.LSTM(FEATURES, HIDDEN, num_layers=2, bidirectional=True)
-        self.gru = fused_rnn.GRU(2 * HIDDEN, HIDDEN)
-        self.head = torch.nn.Linear(HIDDEN, CLASSES)
+        self.lstm = fused_rnn.LSTM(FEATURES, hidden, num_layers=2, bidirectional=True)
+        self.gru = fused_rnn.GRU(2 * hidden, hidden)
+        self.head = torch.nn.Linear(hidden, CLASSES)
 
     def forward(self, x):
         return self.head(self.gru(self.lstm(x)[0])[0])
@@ -32,26 +32,34 @@ def training_step(model, optimizer, x, y):
     return loss
 
 
-def batch(seed):
+def batch(seed, size):
     gen = torch.Generator(device="cuda").manual_seed(seed)
-    return (torch.randn(T, BATCH, FEATURES, device="cuda", generator=gen),
-            torch.randint(0, CLASSES, (T, BATCH), device="cuda", generator=gen))
+    return (torch.randn(T, size, FEATURES, device="cuda", generator=gen),
+            torch.randint(0, CLASSES, (T, size), device="cuda", generator=gen))
 
 
-@pytest.fixture(params=[False, True], ids=["step-wise", "persistent"])
-def persistent(request):
-    fused_rnn.use_persistent_kernels(request.param)
-    yield request.param
+# (use_persistent_kernels, batch, hidden): forced step-wise; the persistent kernels wherever they
+# apply; the default, whose SIMT persistent forward runs at batch 1 from H = 256.
+SETTINGS = {"step-wise": (False, 8, 32), "persistent": (True, 8, 32),
+            "default at batch 1": (None, 1, 256)}
+
+
+@pytest.fixture(params=list(SETTINGS.values()), ids=list(SETTINGS))
+def setting(request):
+    enabled, size, hidden = request.param
+    fused_rnn.use_persistent_kernels(enabled)
+    yield size, hidden
     fused_rnn.use_persistent_kernels(None)
 
 
-def test_a_captured_training_step_replays_the_eager_step(persistent):
+def test_a_captured_training_step_replays_the_eager_step(setting):
+    size, hidden = setting
     torch.manual_seed(0)
-    model = Tagger().cuda()
+    model = Tagger(hidden).cuda()
     eager = copy.deepcopy(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     eager_optimizer = torch.optim.SGD(eager.parameters(), lr=0.1)
-    static_x, static_y = batch(0)
+    static_x, static_y = batch(0, size)
 
     # Warm-up on a side stream, as torch.cuda.graph requires; the eager copy takes the same steps.
     side = torch.cuda.Stream()
@@ -71,7 +79,7 @@ def test_a_captured_training_step_replays_the_eager_step(persistent):
         static_loss = training_step(model, optimizer, static_x, static_y)
 
     for seed in range(1, 4):
-        x, y = batch(seed)
+        x, y = batch(seed, size)
         static_x.copy_(x)
         static_y.copy_(y)
         graph.replay()
