@@ -56,12 +56,13 @@ inline PersistentPlan plan_persistent_layer(int64_t batch, int64_t hidden, int64
 }
 
 // Where the SIMT persistent forward runs without use_persistent_kernels(True): where an H200
-// measured it faster than cuDNN (NOTES entry 15: batch 1, H 256-1024, float32, bfloat16 and
-// float16, 0.21-0.42x of cuDNN's forward time; at H=128 cuDNN was faster in float32 and float16,
-// and from batch 16 the kernel loses). Elsewhere the default is step-wise until the tensor-core
-// kernels are measured (NOTES entry 61).
+// measured it faster than the step-wise path (NOTES entry 15: batch 1, H 128-1024, float32,
+// bfloat16 and float16, 0.05-0.27x of its time; 0.21-0.42x of cuDNN's from H=256, and at H=128
+// 0.21x in bfloat16, 1.1-2.1x in float32 and float16; from batch 16 the kernel loses to the
+// step-wise path too). Elsewhere the default is step-wise until the tensor-core kernels are
+// measured (NOTES entry 61).
 constexpr int64_t kMeasuredPersistentMaxBatch = 1;
-constexpr int64_t kMeasuredPersistentMinHidden = 256;
+constexpr int64_t kMeasuredPersistentMinHidden = 128;
 constexpr int64_t kMeasuredPersistentMaxHidden = 1024;
 inline bool persistent_measured_faster(int64_t batch, int64_t hidden, int64_t elem_bytes) {
   return batch >= 1 && batch <= kMeasuredPersistentMaxBatch &&

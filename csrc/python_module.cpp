@@ -161,7 +161,7 @@ PYBIND11_MODULE(_C, m) {
 #endif
       },
       "When the persistent CUDA layer kernels run: \"measured\" (the default: the SIMT forward "
-      "where measured faster than cuDNN), \"on\" (wherever they apply) or \"off\".");
+      "where measured faster), \"on\" (wherever they apply) or \"off\".");
   m.def(
       "persistent_measured_faster",
       [](int64_t batch, int64_t hidden, int64_t elem_bytes) {

@@ -39,7 +39,7 @@ def batch(seed, size):
 
 
 # (use_persistent_kernels, batch, hidden): forced step-wise; the persistent kernels wherever they
-# apply; the default, whose SIMT persistent forward runs at batch 1 from H = 256.
+# apply; the default, whose SIMT persistent forward runs at batch 1 from H = 128.
 SETTINGS = {"step-wise": (False, 8, 32), "persistent": (True, 8, 32),
             "default at batch 1": (None, 1, 256)}
 

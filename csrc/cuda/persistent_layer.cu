@@ -14,8 +14,8 @@
 // cell state of its units stays in shared memory.
 //
 // By default (PersistentMode::kMeasured) only the SIMT forward runs, where an H200 measured it
-// faster than cuDNN (batch 1; slow from batch 16: W_hh is re-read from shared memory per batch
-// row; benchmarks/NOTES.md entries 15 and 61); the tensor-core kernels are not yet measured
+// faster than the step-wise path (batch 1; slow from batch 16: W_hh is re-read from shared memory
+// per batch row; benchmarks/NOTES.md entries 15 and 61); the tensor-core kernels are not yet measured
 // (entries 55-58) and run where use_persistent_kernels(True) asks.
 #include "../cell_ops.h"
 #include "../persistent_plan.h"
@@ -376,11 +376,10 @@ std::string layer_path(int64_t gates, int64_t batch, int64_t hidden, int64_t ele
     if (backward) return "step-wise: the persistent backward is not yet measured" + opt_in;
     if (!persistent_measured_faster(batch, hidden, elem_bytes)) {
       return "step-wise: the persistent forward runs by default only where measured faster "
-             "than cuDNN (batch 1, hidden 256-1024, not float64)" + opt_in;
+             "(batch 1, hidden 128-1024, not float64)" + opt_in;
     }
     const PersistentPlan plan = plan_for(gates, batch, hidden, elem_bytes, acc_bytes, device);
-    return plan.runs ? "persistent (SIMT; measured faster than cuDNN here)"
-                     : "step-wise: " + plan.reason;
+    return plan.runs ? "persistent (SIMT; measured faster at batch 1)" : "step-wise: " + plan.reason;
   }
   const TensorCorePlan tensor_core_plan =
       tensor_core_plan_for(gates, batch, hidden, elem_bytes, device, backward);

@@ -10,7 +10,7 @@
 namespace fused_rnn::cuda {
 
 // When the persistent kernels run: kMeasured (the default) only the SIMT forward, where it was
-// measured faster than cuDNN (persistent_measured_faster); kOn wherever they apply (the
+// measured faster than the step-wise path (persistent_measured_faster); kOn wherever they apply (the
 // tensor-core forward and backward first); kOff never.
 enum class PersistentMode { kMeasured, kOn, kOff };
 void set_persistent_mode(PersistentMode mode);
