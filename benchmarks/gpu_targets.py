@@ -24,7 +24,7 @@ class Target:
     kinds: tuple
     dtypes: tuple
     forward: float          # the largest ratio to torch.nn's time that holds, forward
-    forward_backward: float  # and forward+backward (None: not a target)
+    forward_backward: float | None  # and forward+backward (None: not a target)
     settings: tuple = ()    # the cases' settings beyond the default (Case's fields), as pairs
 
 
@@ -78,13 +78,12 @@ def target_shapes():
 def targeted(case):
     """Whether a suite Case is one of a target's."""
     dtype = str(case.dtype).replace("torch.", "")
-    settings = {name: getattr(case, name) for name in ("layers", "bidirectional", "packed",
-                                                       "tf32")}
+    settings = _settings_key({name: getattr(case, name) for name in _DEFAULT_SETTINGS})
     for t in TARGETS + (GROWTH,):
         limit = t.forward_backward if case.backward else t.forward
         if (limit is not None and case.op == t.op and case.kind in t.kinds and dtype in t.dtypes
                 and (case.steps, case.batch, case.input_size, case.hidden) in t.shapes
-                and settings == dict(_DEFAULT_SETTINGS, **dict(t.settings))):
+                and settings == _settings_key(t.settings)):
             return True
     return False
 

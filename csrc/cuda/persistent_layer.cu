@@ -269,10 +269,13 @@ bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Te
   const int64_t device = xproj.get_device();
   const PersistentPlan plan =
       plan_for(Cell::kGates, B, H, xproj.element_size(), is_double ? 8 : 4, device);
-  const TensorCorePlan tensor_core_plan =
-      tensor_core_plan_for(Cell::kGates, B, H, xproj.element_size(), device);
+  // (The default mode takes the SIMT kernel only: the tensor-core ones are not yet measured.)
+  TensorCorePlan tensor_core_plan{};
+  if (!measured_only) {
+    tensor_core_plan = tensor_core_plan_for(Cell::kGates, B, H, xproj.element_size(), device);
+  }
   const bool tensor_cores =
-      !measured_only && tensor_core_plan.runs && aligned_for_tensor_cores(h0, output, w_hh);
+      tensor_core_plan.runs && aligned_for_tensor_cores(h0, output, w_hh);
   if (!tensor_cores && (!plan.runs || !packed.empty())) return false;
   const c10::cuda::CUDAGuard guard(xproj.device());
   at::Tensor table;
