@@ -15,7 +15,9 @@
 #include "cell_math.h"  // FUSED_RNN_HD
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <iterator>
 #include <string>
 
 namespace fused_rnn {
@@ -55,19 +57,67 @@ inline PersistentPlan plan_persistent_layer(int64_t batch, int64_t hidden, int64
   return plan;
 }
 
-// Where the SIMT persistent forward runs without use_persistent_kernels(True): where an H200
-// measured it faster than the step-wise path (NOTES entry 15: batch 1, H 128-1024, float32,
-// bfloat16 and float16, 0.05-0.27x of its time; 0.21-0.42x of cuDNN's from H=256, and at H=128
-// 0.21x in bfloat16, 1.1-2.1x in float32 and float16; from batch 16 the kernel loses to the
-// step-wise path too). Elsewhere the default is step-wise until the tensor-core kernels are
-// measured (NOTES entry 61).
-constexpr int64_t kMeasuredPersistentMaxBatch = 1;
-constexpr int64_t kMeasuredPersistentMinHidden = 128;
-constexpr int64_t kMeasuredPersistentMaxHidden = 1024;
-inline bool persistent_measured_faster(int64_t batch, int64_t hidden, int64_t elem_bytes) {
-  return batch >= 1 && batch <= kMeasuredPersistentMaxBatch &&
-         hidden >= kMeasuredPersistentMinHidden && hidden <= kMeasuredPersistentMaxHidden &&
-         elem_bytes <= 4;
+// ---------------------------------------------------------------------------------------------
+// The default's choice between the CUDA layer's paths: measured, not modelled. A table of points
+// (csrc/measured_paths.h, written by benchmarks/path_table.py from a sweep on the GPU) gives, for
+// a cell kind, a dtype size and a direction (forward or backward), at a batch and hidden size,
+// the paths in the order of their measured time. A layer takes the table's point nearest its
+// shape (batch first, then hidden, each by ratio) and runs the first path of its order that
+// applies to it; outside the span of batches and hidden sizes measured, and for float64, it runs
+// step by step.
+enum class CudaPath : uint8_t { kStepwise, kSimt, kTensorCores };
+
+struct MeasuredPoint {
+  int gates;        // 4 (LSTM) or 3 (GRU)
+  int elem_bytes;   // 2 (float16, bfloat16) or 4 (float32, measured with TF32 allowed)
+  bool backward;
+  int64_t batch;
+  int64_t hidden;
+  CudaPath order[3];  // fastest first; step-wise, which every shape can run, ends it
+};
+
+// log2(a / b) squared, the distance between two sizes.
+inline double size_distance(int64_t a, int64_t b) {
+  const double d = std::log2(static_cast<double>(a) / static_cast<double>(b));
+  return d * d;
+}
+
+// The point of `points` nearest to (batch, hidden) among those of the same gates, elem_bytes and
+// direction: the nearest measured batch, then the nearest hidden size measured at it (ties to
+// the smaller size); null outside the measured span of either, or where none was measured.
+inline const MeasuredPoint* nearest_measured_point(const MeasuredPoint* points, size_t count,
+                                                   int gates, int elem_bytes, bool backward,
+                                                   int64_t batch, int64_t hidden) {
+  const auto same_kind = [&](const MeasuredPoint& p) {
+    return p.gates == gates && p.elem_bytes == elem_bytes && p.backward == backward;
+  };
+  // Of the sizes `best` (0: none yet) and `candidate`, the one nearer to `want`.
+  const auto nearest = [](int64_t want, int64_t best, int64_t candidate) {
+    if (best == 0) return candidate;
+    const double d = size_distance(want, candidate), d_best = size_distance(want, best);
+    return d < d_best || (d == d_best && candidate < best) ? candidate : best;
+  };
+  int64_t min_batch = 0, max_batch = 0, min_hidden = 0, max_hidden = 0, near_batch = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const MeasuredPoint& p = points[i];
+    if (!same_kind(p)) continue;
+    min_batch = min_batch == 0 ? p.batch : std::min(min_batch, p.batch);
+    max_batch = std::max(max_batch, p.batch);
+    min_hidden = min_hidden == 0 ? p.hidden : std::min(min_hidden, p.hidden);
+    max_hidden = std::max(max_hidden, p.hidden);
+    if (batch >= 1) near_batch = nearest(batch, near_batch, p.batch);
+  }
+  if (near_batch == 0 || batch < min_batch || batch > max_batch || hidden < min_hidden ||
+      hidden > max_hidden) {
+    return nullptr;
+  }
+  const MeasuredPoint* found = nullptr;
+  for (size_t i = 0; i < count; ++i) {
+    const MeasuredPoint& p = points[i];
+    if (!same_kind(p) || p.batch != near_batch) continue;
+    if (found == nullptr || nearest(hidden, found->hidden, p.hidden) != found->hidden) found = &p;
+  }
+  return found;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -238,6 +288,19 @@ inline TensorCorePlan plan_tensor_core_layer(int64_t batch, int64_t hidden, int6
   if (split.runs) return split;
   plan.reason += "; split over a cluster: " + split.reason;
   return plan;
+}
+
+}  // namespace fused_rnn
+
+#include "measured_paths.h"  // kMeasuredPaths, the table the default reads
+
+namespace fused_rnn {
+
+// The measured point for a layer of this shape (nearest_measured_point over kMeasuredPaths).
+inline const MeasuredPoint* measured_point(int gates, int elem_bytes, bool backward, int64_t batch,
+                                           int64_t hidden) {
+  return nearest_measured_point(kMeasuredPaths, std::size(kMeasuredPaths), gates, elem_bytes,
+                                backward, batch, hidden);
 }
 
 }  // namespace fused_rnn

@@ -13,6 +13,11 @@
 #include "cuda/persistent_layer.h"
 #endif
 
+#include <algorithm>
+#include <iterator>
+#include <tuple>
+#include <vector>
+
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -150,24 +155,67 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "set_persistent_kernels",
       [](const std::string& mode) {
-        TORCH_CHECK(mode == "measured" || mode == "on" || mode == "off",
-                    "fused_rnn: expected the persistent mode \"measured\", \"on\" or \"off\", "
-                    "got \"", mode, "\"");
+        TORCH_CHECK(mode == "measured" || mode == "on" || mode == "simt" || mode == "off",
+                    "fused_rnn: expected the persistent mode \"measured\", \"on\", \"simt\" or "
+                    "\"off\", got \"", mode, "\"");
 #ifdef FUSED_RNN_WITH_CUDA
         using fused_rnn::cuda::PersistentMode;
-        fused_rnn::cuda::set_persistent_mode(mode == "on"    ? PersistentMode::kOn
-                                             : mode == "off" ? PersistentMode::kOff
-                                                             : PersistentMode::kMeasured);
+        fused_rnn::cuda::set_persistent_mode(mode == "on"     ? PersistentMode::kOn
+                                             : mode == "simt" ? PersistentMode::kSimt
+                                             : mode == "off"  ? PersistentMode::kOff
+                                                              : PersistentMode::kMeasured);
 #endif
       },
-      "When the persistent CUDA layer kernels run: \"measured\" (the default: the SIMT forward "
-      "where measured faster), \"on\" (wherever they apply) or \"off\".");
+      "When the persistent CUDA layer kernels run: \"measured\" (the default: where the table "
+      "of measured paths puts them first), \"on\" (wherever they apply), \"simt\" (the SIMT "
+      "forward wherever it fits) or \"off\".");
   m.def(
-      "persistent_measured_faster",
-      [](int64_t batch, int64_t hidden, int64_t elem_bytes) {
-        return fused_rnn::persistent_measured_faster(batch, hidden, elem_bytes);
+      "measured_point",
+      [](const std::vector<std::tuple<int, int, bool, int64_t, int64_t, std::vector<std::string>>>&
+             table,
+         int gates, int elem_bytes, bool backward, int64_t batch, int64_t hidden) {
+        using fused_rnn::CudaPath;
+        const std::pair<CudaPath, const char*> names[] = {{CudaPath::kTensorCores, "tensor cores"},
+                                                          {CudaPath::kSimt, "SIMT"},
+                                                          {CudaPath::kStepwise, "step-wise"}};
+        std::vector<fused_rnn::MeasuredPoint> points;
+        for (const auto& [g, e, bwd, b, h, order] : table) {
+          TORCH_CHECK(order.size() == 3, "fused_rnn: expected an order of 3 paths, got ",
+                      order.size());
+          fused_rnn::MeasuredPoint p{g, e, bwd, b, h, {}};
+          for (size_t k = 0; k < 3; ++k) {
+            const auto* named = std::find_if(std::begin(names), std::end(names),
+                                             [&](const auto& n) { return order[k] == n.second; });
+            TORCH_CHECK(named != std::end(names), "fused_rnn: unknown path \"", order[k], "\"");
+            p.order[k] = named->first;
+          }
+          points.push_back(p);
+        }
+        const fused_rnn::MeasuredPoint* found =
+            table.empty() ? fused_rnn::measured_point(gates, elem_bytes, backward, batch, hidden)
+                          : fused_rnn::nearest_measured_point(points.data(), points.size(), gates,
+                                                              elem_bytes, backward, batch, hidden);
+        py::object result = py::none();
+        if (found != nullptr) {
+          py::list order;
+          for (const CudaPath path : found->order) {
+            for (const auto& [p, name] : names) {
+              if (p == path) order.append(name);
+            }
+          }
+          py::dict d;
+          d["batch"] = found->batch;
+          d["hidden"] = found->hidden;
+          d["order"] = order;
+          result = d;
+        }
+        return result;
       },
-      "Whether the SIMT persistent forward runs by default for this shape (persistent_plan.h).");
+      "The measured point nearest a layer's shape (persistent_plan.h: nearest_measured_point) in "
+      "`table` [(gates, elem_bytes, backward, batch, hidden, [3 paths])], or in the default's "
+      "table (csrc/measured_paths.h) where `table` is empty: {batch, hidden, order}, the paths "
+      "\"tensor cores\", \"SIMT\", \"step-wise\" fastest first; None where nothing near it "
+      "was measured.");
   m.def(
       "set_persistent_barrier",
       [](const std::string& barrier) {

@@ -58,10 +58,12 @@ def use_persistent_kernels(enabled: bool | None = True, barrier: str = "flags",
     enabled: True, wherever a layer's shape suits them (cuda_layer_path): its forward and
     backward time loops in one launch each, on the tensor-core kernels (float16, bfloat16,
     float32 as TF32 where torch.backends.cudnn.allow_tf32; not yet measured, benchmarks/NOTES.md
-    entries 55-58) or else the SIMT forward; False, never; None (the default), only the SIMT
-    forward where an H200 measured it faster than the step-wise path (batch 1, hidden 128-1024,
-    not float64: 0.05-0.27x of its time, and from H=256 0.21-0.42x of cuDNN's; NOTES entries 15
-    and 61; from batch 16 it loses), every other layer step by step.
+    entries 55-58) or else the SIMT forward; False, never; None (the default), the path measured
+    fastest near the layer's shape, from the table of measured paths (csrc/measured_paths.h,
+    written by benchmarks/path_table.py from a sweep on the GPU; NOTES entry 62). So far it
+    holds the SIMT forward at batch 1 (the LSTM at hidden 128-1024, the GRU at 128-512, not
+    float64: 0.05-0.27x of the step-wise time, and from H=256 0.21-0.42x of cuDNN's; NOTES
+    entries 15 and 61); every other layer runs step by step.
 
     barrier: how the tensor-core kernels' blocks wait for each step's h: "flags" (each group of
     warps for the blocks whose h it reads) or "grid" (grid.sync(): every block for the slowest).
@@ -123,9 +125,9 @@ def cuda_layer_path(mode: str, batch: int, hidden_size: int, dtype: torch.dtype 
     several lengths take the tensor-core kernels where their largest batch would (the SIMT one
     not), LSTM projections always run step-wise. Returns "persistent (tensor cores)",
     "persistent (tensor cores, clusters of 2)" (each 16 hidden units' weights split over two
-    SMs), "persistent (SIMT; no tensor cores: " and why (forward only), "persistent (SIMT;
-    measured faster at batch 1)" (the default's choice, forward only), or "step-wise: " and why,
-    as use_persistent_kernels last chose.
+    SMs), "persistent (SIMT; no tensor cores: " and why (forward only), or "step-wise: " and why,
+    as use_persistent_kernels last chose; by default each names the measured point behind the
+    choice, e.g. "persistent (SIMT; measured fastest at batch 1, hidden 512)".
     float32's choice follows torch.backends.cudnn.allow_tf32 as it is when asked.
     """
     _check_layer_path_args("cuda_layer_path", mode, dtype, batch=batch, hidden_size=hidden_size)

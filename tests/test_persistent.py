@@ -545,20 +545,61 @@ def test_float64_and_odd_sizes_take_the_simt_kernel(persistent_on):
         "persistent (SIMT; no tensor cores: the hidden size is not a positive multiple of 16")
 
 
-def test_the_default_takes_the_persistent_forward_only_where_measured_faster():
-    """persistent_plan.h's table: batch 1, hidden 128-1024, float32 and the half types."""
-    faster = _C.persistent_measured_faster
-    assert all(faster(1, h, e) for h in (128, 256, 512, 1024) for e in (2, 4))
-    assert not any([faster(2, 512, 4), faster(16, 512, 2), faster(1, 112, 4), faster(1, 1040, 2),
-                    faster(1, 512, 8), faster(0, 512, 4)])
+STEP, SIMT, TC = "step-wise", "SIMT", "tensor cores"
+
+
+def test_the_default_table_holds_the_simt_forward_at_batch_1():
+    """csrc/measured_paths.h as measured so far (NOTES entries 15 and 61): the SIMT forward at
+    batch 1, the LSTM at hidden 128-1024 and the GRU at 128-512, 16-bit and float32."""
+    def point(gates, elem_bytes, batch, hidden, backward=False):
+        return _C.measured_point([], gates, elem_bytes, backward, batch, hidden)
+    for gates, top in ((4, 1024), (3, 512)):
+        for elem_bytes in (2, 4):
+            for hidden in (128, 200, 512, top):
+                assert point(gates, elem_bytes, 1, hidden)["order"][0] == SIMT
+            assert point(gates, elem_bytes, 1, 112) is None  # below the span measured
+            assert point(gates, elem_bytes, 1, top + 16) is None  # above it
+            assert point(gates, elem_bytes, 2, 512) is None
+            assert point(gates, elem_bytes, 1, 512, backward=True) is None
+    assert point(4, 8, 1, 512) is None  # float64: not measured
+    assert point(4, 2, 1, 700) == {"batch": 1, "hidden": 512, "order": [SIMT, STEP, STEP]}
+
+
+# A table of the shape a sweep writes (benchmarks/path_table.py): LSTM 16-bit forward.
+GRID = [(4, 2, False, b, h, [TC if b >= 16 else SIMT, STEP, STEP])
+        for b in (1, 4, 16, 64) for h in (256, 512, 1024)]
+
+
+@pytest.mark.parametrize("batch, hidden, want", [
+    (1, 256, (1, 256)), (4, 1024, (4, 1024)),   # on the grid
+    (2, 384, (1, 512)),    # batch 2 is as near 1 as 4 (by ratio): the smaller; 384 nearer 512
+    (3, 360, (4, 256)),    # 3 nearer 4; 360 nearer 256
+    (8, 700, (4, 512)),    # 8 as near 4 as 16: the smaller; 700 nearer 512
+    (9, 1000, (16, 1024)),
+    (64, 256, (64, 256)),
+])
+def test_a_shape_takes_the_nearest_measured_point(batch, hidden, want):
+    got = _C.measured_point(GRID, 4, 2, False, batch, hidden)
+    assert (got["batch"], got["hidden"]) == want
+    assert got["order"][0] == (TC if want[0] >= 16 else SIMT)
+
+
+def test_nothing_measured_near_a_shape_gives_no_point():
+    for batch, hidden in ((65, 512), (4, 255), (4, 1025)):  # past the span measured
+        assert _C.measured_point(GRID, 4, 2, False, batch, hidden) is None
+    assert _C.measured_point(GRID, 3, 2, False, 4, 512) is None   # the GRU: not in the table
+    assert _C.measured_point(GRID, 4, 4, False, 4, 512) is None   # float32: neither
+    assert _C.measured_point(GRID, 4, 2, True, 4, 512) is None    # nor the backward
+    with pytest.raises(RuntimeError, match='unknown path "cuDNN"'):
+        _C.measured_point([(4, 2, False, 1, 256, [STEP, "cuDNN", STEP])], 4, 2, False, 1, 256)
 
 
 def test_use_persistent_kernels_takes_true_false_or_none():
     for enabled in (1, "on", 0.0):
         with pytest.raises(ValueError, match=f"enabled True, False or None, got {enabled!r}"):
             fused_rnn.use_persistent_kernels(enabled)
-    with pytest.raises(RuntimeError, match='expected the persistent mode "measured", "on" or '
-                                           '"off", got "sometimes"'):
+    with pytest.raises(RuntimeError, match='expected the persistent mode "measured", "on", '
+                                           '"simt" or "off", got "sometimes"'):
         _C.set_persistent_kernels("sometimes")
 
 
@@ -567,18 +608,41 @@ def test_the_default_path_is_the_measured_one(request):
     if request.config.getoption("--persistent-kernels"):
         pytest.skip("this run switched them on everywhere (--persistent-kernels)")
     assert fused_rnn.cuda_layer_path("LSTM", 4, 512).startswith(
-        "step-wise: the persistent forward runs by default only where measured faster")
+        "step-wise: the persistent kernels run by default only where measured faster, and "
+        "nothing near this shape was measured")
     assert fused_rnn.cuda_layer_path("GRU", 1, 512, torch.float64).startswith("step-wise: ")
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        assert fused_rnn.cuda_layer_path("LSTM", 1, 512, dtype) == \
-            "persistent (SIMT; measured faster at batch 1)"
+        assert fused_rnn.cuda_layer_path("LSTM", 1, 600, dtype) == \
+            "persistent (SIMT; measured fastest at batch 1, hidden 512)"
     assert fused_rnn.cuda_layer_path("LSTM", 1, 512, backward=True).startswith(
-        "step-wise: the persistent backward is not yet measured")
+        "step-wise: the persistent kernels run by default only where measured faster")
     fused_rnn.use_persistent_kernels(False)
     try:
         assert fused_rnn.cuda_layer_path("LSTM", 1, 512) == "step-wise: persistent kernels are off"
     finally:
         fused_rnn.use_persistent_kernels(None)
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_the_simt_mode_forces_the_simt_forward_and_matches_torch_nn(kind, request):
+    """The mode benchmarks/path_table.py measures the SIMT kernel in: its forward wherever it
+    fits (here at batch 9, where the tensor-core kernels would run), the backward step by step."""
+    if request.config.getoption("--persistent-kernels"):
+        pytest.skip("this run switched them on everywhere (--persistent-kernels)")
+    sizes = Sizes(input_size=24, hidden=64, batch=9)
+    _C.set_persistent_kernels("simt")
+    try:
+        assert fused_rnn.cuda_layer_path(kind.upper(), 9, 64, torch.bfloat16) == \
+            "persistent (SIMT)"
+        assert fused_rnn.cuda_layer_path(kind.upper(), 9, 64, backward=True) == \
+            "step-wise: the SIMT kernel runs the forward only"
+        names = cuda_kernels_run(lambda: check_against_torch(
+            kind, {}, "padded", 7, True, torch.bfloat16, "cuda", sizes=sizes))
+    finally:
+        fused_rnn.use_persistent_kernels(None)
+    assert any("persistent_layer_kernel" in name for name in names), names
+    assert not ran_tensor_core_kernels(names)
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")

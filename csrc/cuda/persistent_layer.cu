@@ -13,10 +13,11 @@
 // meets the other blocks at a grid-wide barrier before the next step reads the new h. The LSTM's
 // cell state of its units stays in shared memory.
 //
-// By default (PersistentMode::kMeasured) only the SIMT forward runs, where an H200 measured it
-// faster than the step-wise path (batch 1; slow from batch 16: W_hh is re-read from shared memory
-// per batch row; benchmarks/NOTES.md entries 15 and 61); the tensor-core kernels are not yet measured
-// (entries 55-58) and run where use_persistent_kernels(True) asks.
+// By default (PersistentMode::kMeasured) a layer takes the path measured fastest near its shape
+// (persistent_plan.h: the table csrc/measured_paths.h, from a sweep on the GPU; so far only the
+// SIMT forward at batch 1, benchmarks/NOTES.md entries 15 and 61); the other modes force paths
+// for tests and benchmarks. choose_path makes the choice, for the launches and for
+// fused_rnn.cuda_layer_path alike.
 #include "../cell_ops.h"
 #include "../persistent_plan.h"
 #include "persistent_cells.cuh"
@@ -33,6 +34,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <cooperative_groups.h>
 
+#include <array>
 #include <atomic>
 #include <mutex>
 
@@ -247,51 +249,113 @@ at::Tensor barrier_flags(bool flag_barrier, const TensorCorePlan& plan, const at
   return flag_barrier ? at::zeros({plan.blocks}, like.options().dtype(at::kInt)) : at::Tensor();
 }
 
-// (Packed sequences of several lengths: the tensor-core kernel only.)
+// The paths a layer tries in the present mode, in order (the first that applies runs; step-wise
+// ends every order), and in the default mode the measured point that ordered them (null where
+// nothing near the shape was measured: step-wise).
+struct PathOrder {
+  std::array<CudaPath, 3> paths;
+  const MeasuredPoint* point;
+};
+PathOrder path_order(int64_t gates, int64_t batch, int64_t hidden, int64_t elem_bytes,
+                     bool backward) {
+  constexpr CudaPath kStep = CudaPath::kStepwise;
+  switch (persistent_mode()) {
+    case PersistentMode::kOn:
+      return {{CudaPath::kTensorCores, CudaPath::kSimt, kStep}, nullptr};
+    case PersistentMode::kSimt:
+      return {{CudaPath::kSimt, kStep, kStep}, nullptr};
+    case PersistentMode::kOff:
+      return {{kStep, kStep, kStep}, nullptr};
+    case PersistentMode::kMeasured:
+      break;
+  }
+  const MeasuredPoint* point =
+      elem_bytes > 4 ? nullptr
+                     : measured_point(static_cast<int>(gates), static_cast<int>(elem_bytes),
+                                      backward, batch, hidden);
+  if (point == nullptr) return {{kStep, kStep, kStep}, nullptr};
+  return {{point->order[0], point->order[1], point->order[2]}, point};
+}
+
+// A layer's path: the first of path_order's that applies to the shape, with its plan; where that
+// is step-wise, why (the last path tried that did not apply, or the mode).
+struct PathChoice {
+  CudaPath path = CudaPath::kStepwise;
+  TensorCorePlan tensor_core{};
+  PersistentPlan simt{};
+  const MeasuredPoint* point = nullptr;
+  std::string why_not;  // the last path tried that does not apply: why
+};
+// packed: sequences of several lengths (the SIMT kernel runs a uniform batch only); aligned:
+// whether the tensors suit the tensor-core kernel's loads (aligned_for_tensor_cores).
+PathChoice choose_path(int64_t gates, int64_t batch, int64_t hidden, int64_t elem_bytes,
+                       int64_t acc_bytes, int64_t device, bool backward, bool packed,
+                       bool aligned) {
+  const PathOrder order = path_order(gates, batch, hidden, elem_bytes, backward);
+  PathChoice choice;
+  choice.point = order.point;
+  for (const CudaPath path : order.paths) {
+    if (path == CudaPath::kStepwise) break;
+    if (path == CudaPath::kTensorCores) {
+      choice.tensor_core = tensor_core_plan_for(gates, batch, hidden, elem_bytes, device, backward);
+      if (choice.tensor_core.runs && aligned) {
+        choice.path = path;
+        return choice;
+      }
+      choice.why_not = choice.tensor_core.runs
+                           ? "tensors at offsets the tensor-core kernel cannot load"
+                           : choice.tensor_core.reason;
+    } else if (backward) {
+      choice.why_not = "the SIMT kernel runs the forward only";
+    } else {
+      if (packed) {
+        choice.why_not = "the SIMT kernel runs a uniform batch only";
+        continue;
+      }
+      choice.simt = plan_for(gates, batch, hidden, elem_bytes, acc_bytes, device);
+      if (choice.simt.runs) {
+        choice.path = path;
+        return choice;
+      }
+      choice.why_not = choice.simt.reason;
+    }
+  }
+  return choice;
+}
+
 template <typename Cell>
 bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Tensor& c0,
                      const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hh,
                      const at::Tensor& output, const at::Tensor& cell_states,
                      const at::Tensor& workspace, bool reverse,
                      const std::vector<SequenceStep>& packed) {
-  const PersistentMode mode = persistent_mode();
-  if (mode == PersistentMode::kOff) return false;
+  if (persistent_mode() == PersistentMode::kOff) return false;
   const int64_t B = h0.size(0), H = h0.size(1);
   const int64_t steps =
       !packed.empty() ? static_cast<int64_t>(packed.size()) : B == 0 ? 0 : xproj.size(0) / B;
   if (steps < 2) return false;
-  const bool measured_only = mode == PersistentMode::kMeasured;
-  if (measured_only &&
-      (!packed.empty() || !persistent_measured_faster(B, H, xproj.element_size()))) {
-    return false;
-  }
-  const bool is_double = xproj.scalar_type() == at::kDouble;
   const int64_t device = xproj.get_device();
-  const PersistentPlan plan =
-      plan_for(Cell::kGates, B, H, xproj.element_size(), is_double ? 8 : 4, device);
-  // (The default mode takes the SIMT kernel only: the tensor-core ones are not yet measured.)
-  TensorCorePlan tensor_core_plan{};
-  if (!measured_only) {
-    tensor_core_plan = tensor_core_plan_for(Cell::kGates, B, H, xproj.element_size(), device);
-  }
-  const bool tensor_cores =
-      tensor_core_plan.runs && aligned_for_tensor_cores(h0, output, w_hh);
-  if (!tensor_cores && (!plan.runs || !packed.empty())) return false;
+  const PathChoice choice =
+      choose_path(Cell::kGates, B, H, xproj.element_size(),
+                  xproj.scalar_type() == at::kDouble ? 8 : 4, device, false, !packed.empty(),
+                  aligned_for_tensor_cores(h0, output, w_hh));
+  if (choice.path == CudaPath::kStepwise) return false;
   const c10::cuda::CUDAGuard guard(xproj.device());
   at::Tensor table;
   if (!packed_table(packed, xproj, table)) return false;
   FUSED_RNN_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "persistent_layer", [&] {
     const SequenceParams<scalar_t> p =
         sequence_params<scalar_t>(xproj, h0, c0, w_hh, b_hh, output, cell_states, workspace,
-                                  steps, plan.units, reverse, table);
+                                  steps, choice.simt.units, reverse, table);
     if constexpr (!std::is_same_v<scalar_t, double>) {
-      if (tensor_cores) {
+      if (choice.path == CudaPath::kTensorCores) {
         const bool flag_barrier = g_flag_barrier;
-        const at::Tensor flags = barrier_flags(flag_barrier, tensor_core_plan, xproj);
-        launch_tensor_core_layer<Cell, scalar_t>(p, tensor_core_plan, flag_barrier, flags);
+        const at::Tensor flags = barrier_flags(flag_barrier, choice.tensor_core, xproj);
+        launch_tensor_core_layer<Cell, scalar_t>(p, choice.tensor_core, flag_barrier, flags);
         return;
       }
     }
+    const PersistentPlan& plan = choice.simt;
     auto* kernel = &persistent_layer_kernel<Cell, scalar_t>;
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(plan.shared_bytes)));
@@ -308,7 +372,7 @@ bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Te
 // no episode starts, no zoneout: the step-wise loop handles those).
 template <typename Cell>
 bool launch_backward(const BackwardSequenceTensors& t) {
-  if (persistent_mode() != PersistentMode::kOn || !t.starts.empty() || !t.zoneout.empty()) {
+  if (persistent_mode() == PersistentMode::kOff || !t.starts.empty() || !t.zoneout.empty()) {
     return false;
   }
   const int64_t B = t.grad_h.size(0), H = t.grad_h.size(1);
@@ -316,9 +380,11 @@ bool launch_backward(const BackwardSequenceTensors& t) {
                         : B == 0                 ? 0
                                                  : t.grad_output.size(0) / B;
   if (steps < 2 || t.grad_output.scalar_type() == at::kDouble) return false;
-  const TensorCorePlan plan = tensor_core_plan_for(Cell::kGates, B, H, t.grad_output.element_size(),
-                                                   t.grad_output.get_device(), true);
-  if (!plan.runs) return false;
+  const PathChoice choice =
+      choose_path(Cell::kGates, B, H, t.grad_output.element_size(), 4,
+                  t.grad_output.get_device(), true, !t.packed_steps.empty(), true);
+  if (choice.path != CudaPath::kTensorCores) return false;
+  const TensorCorePlan& plan = choice.tensor_core;
   const at::Tensor w_hh = t.w_hh.contiguous();
   const c10::cuda::CUDAGuard guard(t.grad_output.device());
   at::Tensor table;
@@ -374,28 +440,39 @@ std::string layer_path(int64_t gates, int64_t batch, int64_t hidden, int64_t ele
                        int64_t acc_bytes, int64_t device, bool backward) {
   const PersistentMode mode = persistent_mode();
   if (mode == PersistentMode::kOff) return "step-wise: persistent kernels are off";
+  const PathChoice choice =
+      choose_path(gates, batch, hidden, elem_bytes, acc_bytes, device, backward, false, true);
+  // Why this path, after its name: in the default mode, the measured point that ordered the
+  // paths.
+  std::string measured;
   if (mode == PersistentMode::kMeasured) {
-    const std::string opt_in = "; use_persistent_kernels(True) takes them wherever they apply";
-    if (backward) return "step-wise: the persistent backward is not yet measured" + opt_in;
-    if (!persistent_measured_faster(batch, hidden, elem_bytes)) {
-      return "step-wise: the persistent forward runs by default only where measured faster "
-             "(batch 1, hidden 128-1024, not float64)" + opt_in;
+    if (choice.point == nullptr) {
+      return "step-wise: the persistent kernels run by default only where measured faster, and "
+             "nothing near this shape was measured; use_persistent_kernels(True) takes them "
+             "wherever they apply";
     }
-    const PersistentPlan plan = plan_for(gates, batch, hidden, elem_bytes, acc_bytes, device);
-    return plan.runs ? "persistent (SIMT; measured faster at batch 1)" : "step-wise: " + plan.reason;
+    measured = "at batch " + std::to_string(choice.point->batch) + ", hidden " +
+               std::to_string(choice.point->hidden);
   }
-  const TensorCorePlan tensor_core_plan =
-      tensor_core_plan_for(gates, batch, hidden, elem_bytes, device, backward);
-  const std::string tensor_cores = tensor_core_plan.cluster_split > 1
-                                       ? "persistent (tensor cores, clusters of 2)"
-                                       : "persistent (tensor cores)";
-  if (backward) {
-    return tensor_core_plan.runs ? tensor_cores : "step-wise: " + tensor_core_plan.reason;
+  const std::string why = measured.empty() ? "" : "measured fastest " + measured;
+  switch (choice.path) {
+    case CudaPath::kTensorCores: {
+      const std::string name = choice.tensor_core.cluster_split > 1
+                                   ? "persistent (tensor cores, clusters of 2"
+                                   : "persistent (tensor cores";
+      return name + (why.empty() ? ")" : "; " + why + ")");
+    }
+    case CudaPath::kSimt:
+      if (mode == PersistentMode::kOn) {
+        return "persistent (SIMT; no tensor cores: " + choice.why_not + ")";
+      }
+      return why.empty() ? "persistent (SIMT)" : "persistent (SIMT; " + why + ")";
+    case CudaPath::kStepwise:
+      break;
   }
-  const PersistentPlan plan = plan_for(gates, batch, hidden, elem_bytes, acc_bytes, device);
-  if (tensor_core_plan.runs) return tensor_cores;
-  if (plan.runs) return "persistent (SIMT; no tensor cores: " + tensor_core_plan.reason + ")";
-  return "step-wise: " + plan.reason;
+  if (choice.why_not.empty()) return "step-wise: " + why;
+  return "step-wise: " + choice.why_not +
+         (measured.empty() ? "" : " (the paths ordered as measured " + measured + ")");
 }
 
 // (Episode starts, zoneout: the step-wise loop restarts the rows and zones out.)

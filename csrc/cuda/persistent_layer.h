@@ -9,10 +9,11 @@
 
 namespace fused_rnn::cuda {
 
-// When the persistent kernels run: kMeasured (the default) only the SIMT forward, where it was
-// measured faster than the step-wise path (persistent_measured_faster); kOn wherever they apply (the
-// tensor-core forward and backward first); kOff never.
-enum class PersistentMode { kMeasured, kOn, kOff };
+// When the persistent kernels run: kMeasured (the default) where the table of measured paths puts
+// them first (persistent_plan.h: measured_point); kOn wherever they apply (the tensor-core
+// forward and backward first, else the SIMT forward); kSimt the SIMT forward wherever it fits
+// (benchmarks: the paths measured one by one); kOff never.
+enum class PersistentMode { kMeasured, kOn, kSimt, kOff };
 void set_persistent_mode(PersistentMode mode);
 PersistentMode persistent_mode();
 
@@ -30,8 +31,8 @@ TensorCoreDevice tensor_core_device(int64_t device);
 
 // Which forward (backward) path a layer of this shape runs on CUDA device `device` (a uniform
 // batch, no projection), for a dtype of elem_bytes with accumulation in acc_bytes: "persistent
-// (tensor cores)", "persistent (tensor cores, clusters of 2)", "persistent (SIMT; no tensor
-// cores: <why>)" (forward), or "step-wise: <why>".
+// (tensor cores", "persistent (tensor cores, clusters of 2", "persistent (SIMT" (forward), each
+// followed by why (the measured point in the default mode), or "step-wise: <why>".
 std::string layer_path(int64_t gates, int64_t batch, int64_t hidden, int64_t elem_bytes,
                        int64_t acc_bytes, int64_t device, bool backward);
 
