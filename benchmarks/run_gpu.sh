@@ -3,7 +3,9 @@
 # preinstalled), under 10 minutes, the most telling steps first so that a run cut short still
 # has them: build the CUDA extension; the persistent kernels' tests (tensor-core forward and
 # backward, both barriers, each path asserted); compute-sanitizer memcheck and racecheck on the
-# tensor-core kernels; the barrier and tensor-core step microbenchmarks (benchmarks/gpu_micro);
+# tensor-core kernels; every path of the layers timed over batch and hidden sizes, and the table
+# of measured paths for the default from it (path_table.py: paths.log, the sweep's results,
+# measured_paths.h); the barrier and tensor-core step microbenchmarks (benchmarks/gpu_micro);
 # the headline layers against torch.nn (suite.py --preset headline); the whole test suite's CUDA
 # cases, then the layer tests again with the persistent kernels switched on; the GPU issue's
 # target cases (suite.py --preset targets) for what is left of the time, and their verdict
@@ -92,6 +94,18 @@ or tensor_core_kernel_matches and H272 and split2 and bfloat16"
   summary "compute-sanitizer $tool (tensor-core kernels): rc=$? in $((SECONDS - start)) s: \
 $(grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer-$tool.log" | tail -2 | tr '\n' ' ')"
 done
+
+# Every path of the CUDA layers timed over batch and hidden sizes (path_table.py sweep), and the
+# table of measured paths the default would read from it (measured_paths.h here: copy it to
+# csrc/ to make it the default, then rebuild and rerun the CUDA tests).
+start=$SECONDS
+budget=$(allot 150 200)
+timeout $(( budget + 60 )) python3 benchmarks/path_table.py sweep --out "$OUT" \
+  --budget-s "$budget" >"$OUT/paths.log" 2>&1
+summary "path sweep: rc=$? in $((SECONDS - start)) s: $(tail -1 "$OUT/paths.log")"
+python3 benchmarks/path_table.py header "$OUT"/*-paths-*.json >"$OUT/measured_paths.h" 2>&1
+summary "measured_paths.h: $(grep -c "{CudaPath::kTensorCores\|{CudaPath::kSimt" \
+"$OUT/measured_paths.h") point(s) with a persistent path first"
 
 # The microbenchmarks that decide the persistent kernels' design (benchmarks/gpu_micro).
 for micro in barriers recurrent_step; do

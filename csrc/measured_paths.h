@@ -3,9 +3,9 @@
 // the paths fastest first. Written by benchmarks/path_table.py; rerun it with a new sweep rather
 // than editing by hand.
 // Source: the H200 run of 2026-11-26 (benchmarks/results/2026-11-26-gpu-h200.json, NOTES entries
-// 15 and 61): the SIMT persistent forward against the step-wise path at batch 1, T=100-256,
-// 0.05-0.27x of its time in float32, bfloat16 and float16 (the LSTM at H 128-1024, the GRU at
-// 128-512); no other path measured yet.
+// 15 and 61): the SIMT persistent forward against the step-wise path of then at batch 1,
+// T=100-256, 0.05-0.27x of its time in float32, bfloat16 and float16 (the LSTM at H 128-1024,
+// the GRU at 128-512); no other path measured yet
 #pragma once
 
 namespace fused_rnn {

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+import path_table  # noqa: E402
 import suite  # noqa: E402
+from fused_rnn import _C  # noqa: E402
 from implementations import Case  # noqa: E402
 
 
@@ -229,3 +231,105 @@ def test_a_case_runs_under_its_tf32_setting_and_restores_it(tf32):
     run(torch.zeros(2, 1, 2), [])
     assert seen == [tf32] and torch.backends.cudnn.allow_tf32 == before
     assert (case.variant == "TF32 off") != tf32
+
+
+# ---------------------------------------------------------------------------------------------
+# path_table.py: the CUDA default's table of measured paths, from a sweep's rows.
+
+
+def _sweep_row(kind, batch, hidden, path, ms, direction="forward", sane=True):
+    return dict(kind=kind, dtype="bfloat16", elem_bytes=2, batch=batch, hidden=hidden, steps=64,
+                direction=direction, path=path, mode="", median_s=ms * 1e-3, difference=0.0,
+                sane=sane)
+
+
+def test_the_table_orders_the_paths_measured_at_each_point():
+    rows = [
+        # A clear win for both persistent paths, the tensor cores first.
+        _sweep_row("lstm", 16, 768, "step-wise", 10.0), _sweep_row("lstm", 16, 768, "SIMT", 6.0),
+        _sweep_row("lstm", 16, 768, "tensor cores", 2.0),
+        # Within the margin of the step-wise time: a tie, which goes to step-wise.
+        _sweep_row("lstm", 64, 768, "step-wise", 10.0),
+        _sweep_row("lstm", 64, 768, "tensor cores", 9.8),
+        # Fastest but wrong: never in the table.
+        _sweep_row("gru", 1, 256, "step-wise", 4.0), _sweep_row("gru", 1, 256, "SIMT", 0.5,
+                                                                 sane=False),
+        # The backward, a point of its own.
+        _sweep_row("gru", 1, 256, "step-wise", 8.0, "backward"),
+        _sweep_row("gru", 1, 256, "tensor cores", 3.0, "backward"),
+        # No step-wise time (a run cut short): no point.
+        _sweep_row("gru", 8, 256, "SIMT", 1.0),
+    ]
+    step, simt, tc = "step-wise", "SIMT", "tensor cores"
+    assert path_table.table_points(rows) == [
+        (3, 2, False, 1, 256, [step, step, step]),
+        (3, 2, True, 1, 256, [tc, step, step]),
+        (4, 2, False, 16, 768, [tc, simt, step]),
+        (4, 2, False, 64, 768, [step, step, step]),
+    ]
+
+
+def test_the_header_reads_back_and_names_its_source():
+    points = [(4, 2, False, 16, 768, ["tensor cores", "SIMT", "step-wise"]),
+              (3, 4, True, 256, 2048, ["step-wise"] * 3)]
+    source = "a sweep " + "of many words " * 12
+    text = path_table.header_text(points, source)
+    assert all(len(line) <= 100 for line in text.splitlines())
+    assert path_table.parse_header(text) == points
+    assert path_table.header_source(text) == source.strip()
+
+
+def test_the_committed_table_is_the_generators_and_the_build_reads_it():
+    text = path_table.HEADER.read_text()
+    points = path_table.parse_header(text)
+    assert points, "csrc/measured_paths.h holds no point"
+    assert path_table.header_text(points, path_table.header_source(text)) == text
+    for gates, elem_bytes, backward, batch, hidden, order in points:
+        assert _C.measured_point([], gates, elem_bytes, backward, batch, hidden) == \
+            dict(batch=batch, hidden=hidden, order=order)
+
+
+@pytest.mark.parametrize("description, path", [
+    ("persistent (tensor cores)", "tensor cores"),
+    ("persistent (tensor cores, clusters of 2; measured fastest at batch 16, hidden 768)",
+     "tensor cores"),
+    ("persistent (SIMT; no tensor cores: the hidden size is not a positive multiple of 16)",
+     "SIMT"),
+    ("persistent (SIMT)", "SIMT"),
+    ("step-wise: persistent kernels are off", "step-wise"),
+])
+def test_path_of_reads_cuda_layer_path(description, path):
+    assert path_table.path_of(description) == path
+    with pytest.raises(ValueError, match="not a path description"):
+        path_table.path_of("cuDNN")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_the_sweep_measures_a_shape_forward_and_backward(kind):
+    """The sweep's own code, on the CPU's one path (the GPU run times every path)."""
+    rows = path_table.measure_shape(kind, "float32", 3, 8, 5, 2, device="cpu")
+    assert [(r["direction"], r["path"]) for r in rows] == [("forward", "step-wise"),
+                                                           ("backward", "step-wise")]
+    for r in rows:
+        assert r["median_s"] > 0 and r["sane"] and r["difference"] == 0
+        assert (r["kind"], r["elem_bytes"], r["batch"], r["hidden"]) == (kind, 4, 3, 8)
+    assert path_table.table_points(rows) == [
+        (path_table.GATES[kind], 4, backward, 3, 8, ["step-wise"] * 3)
+        for backward in (False, True)]
+
+
+def test_a_sweeps_report_gives_the_header(tmp_path, capsys):
+    rows = path_table.measure_shape("gru", "bfloat16", 2, 8, 4, 2, device="cpu")
+    meta = dict(date="2026-12-02", device_name="CPU", commit="abc1234", steps=4, rounds=2,
+                shapes_not_run=1)
+    path_table._write(tmp_path / "sweep", meta, rows)
+    assert json.loads((tmp_path / "sweep.json").read_text())["rows"] == rows
+    report = (tmp_path / "sweep.md").read_text()
+    assert "| gru | bfloat16 | 2 | 8 | backward | step-wise |" in report
+    assert "1 shape(s) not run" in report
+    assert path_table.main(["header", str(tmp_path / "sweep.json")]) == 0
+    text = capsys.readouterr().out
+    assert path_table.parse_header(text) == [(3, 2, False, 2, 8, ["step-wise"] * 3),
+                                             (3, 2, True, 2, 8, ["step-wise"] * 3)]
+    assert path_table.header_source(text) == \
+        "benchmarks/results/sweep.json (CPU, 2026-12-02, commit abc1234, T=4)"
