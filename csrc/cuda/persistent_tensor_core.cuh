@@ -123,25 +123,26 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
     }
 
     // (ii) Two n-tiles at a time (batch_pad is a multiple of 16): two independent accumulator
-    // chains. No branches around the k-tiles, so that the compiler can schedule their loads
-    // freely: beyond this warp's share (zero weights) a clamped column is read and replaced by
-    // zero (the columns past h's rows hold other data). In a cluster, the peer block must be done
-    // reading the last step's partial sums before they are overwritten.
+    // chains. Each row's k-tiles at fixed offsets from this warp's share of it (immediate
+    // offsets: per-k-tile addresses held across the loop spilled); beyond the share (zero
+    // weights; the columns past h's rows hold other data) the loads are predicated off, giving
+    // zero. In a cluster, the peer block must be done reading the last step's partial sums
+    // before they are overwritten.
     if (kSplit > 1 && i > 0) cluster_wait();
     for (int nt0 = 0; nt0 < n_tiles; nt0 += 2) {
       float acc[2][4] = {};
 #pragma unroll
       for (int kt = 0; kt < kKTileBound; ++kt) {
-        const bool valid = kt < k_tile_count;
-        const int k = valid ? 16 * (k_tile0 + kt) - block_k0 : 0;
 #pragma unroll
         for (int n = 0; n < 2; ++n) {
-          const scalar_t* column = s_h + (8 * (nt0 + n) + mma::b_col(lane)) * pitch + k;
-          uint32_t b[Format::kBRegs];
+          const scalar_t* share =
+              s_h + (8 * (nt0 + n) + mma::b_col(lane)) * pitch + 16 * k_tile0 - block_k0;
+          uint32_t b[Format::kBRegs] = {};
+          if (kt < k_tile_count) {
 #pragma unroll
-          for (int r = 0; r < Format::kBRegs; ++r) {
-            const uint32_t value = Format::load_b(column + Format::b_row(lane, r));
-            b[r] = valid ? value : 0u;
+            for (int r = 0; r < Format::kBRegs; ++r) {
+              b[r] = Format::load_b(share + 16 * kt + Format::b_row(lane, r));
+            }
           }
           Format::mma(acc[n], a[kt], b);
         }

@@ -100,23 +100,24 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
       // In a cluster, the peer block must be done reading the last product's partial sums
       // before they are overwritten.
       if (kSplit > 1 && i > 1) cluster_wait();
-      // An n-tile at a time, its B fragments from L2. No branches around the k-tiles, so that the
-      // compiler can issue their loads together: beyond this warp's share (zero weights) and
-      // past the step's rows, a clamped address is read and the value replaced by zero.
+      // An n-tile at a time, its B fragments from L2: this warp's K share of a row of gate
+      // gradients, k-tile kt at a fixed offset from the share's start (one address a row, the
+      // k-tiles' offsets immediate: per-k-tile addresses held across the loop spilled). Loads
+      // beyond the share (zero weights) or past the step's rows are predicated off, giving zero.
       for (int nt = 0; nt < n_tiles; ++nt) {
         const int b = 8 * nt + mma::b_col(lane);
         const bool row_ran = b < before.rows;
-        const scalar_t* row = grads + static_cast<int64_t>(row_ran ? b : 0) * columns;
+        const scalar_t* share =
+            grads + static_cast<int64_t>(row_ran ? b : 0) * columns + 16 * k_tile0;
         float acc[4] = {};
 #pragma unroll
         for (int kt = 0; kt < kKTileBound; ++kt) {
-          const bool valid = kt < k_tile_count && row_ran;
-          const scalar_t* column = row + (kt < k_tile_count ? 16 * (k_tile0 + kt) : 0);
-          uint32_t frag[Format::kBRegs];
+          uint32_t frag[Format::kBRegs] = {};
+          if (kt < k_tile_count && row_ran) {
 #pragma unroll
-          for (int r = 0; r < Format::kBRegs; ++r) {
-            const uint32_t value = Format::load_b_global(column + Format::b_row(lane, r));
-            frag[r] = valid ? value : 0u;
+            for (int r = 0; r < Format::kBRegs; ++r) {
+              frag[r] = Format::load_b_global(share + 16 * kt + Format::b_row(lane, r));
+            }
           }
           Format::mma(acc, a[kt], frag);
         }
