@@ -49,7 +49,7 @@ LAYERS = {"lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU}
 # bfloat16).
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-HIDDENS = (128, 256, 384, 512, 768, 1024, 1536, 2048)
+HIDDENS = (128, 256, 512, 768, 1024, 2048)
 STEPS = 64
 ROUNDS = 5
 # The paths by the words fused_rnn.cuda_layer_path starts with, and the C++ names of the table.
@@ -183,10 +183,12 @@ def sweep(out_dirs, steps, rounds, budget_s):
     stems = [d / f"{meta['date']}-paths-{tag}" for d in out_dirs]
     rows = []
     started = time.monotonic()
-    for kind in GATES:
-        for dtype_name in DTYPES:
-            for batch in BATCHES:
-                for hidden in HIDDENS:
+    # Batches outermost: a run cut short by its budget leaves out the largest, beyond whose
+    # measured span the default stays step-wise.
+    for batch in BATCHES:
+        for hidden in HIDDENS:
+            for kind in GATES:
+                for dtype_name in DTYPES:
                     if budget_s is not None and time.monotonic() - started >= budget_s:
                         meta["shapes_not_run"] += 1
                         continue
@@ -196,8 +198,8 @@ def sweep(out_dirs, steps, rounds, budget_s):
                                     f"{r['direction']} {r['path']}: {r['median_s'] * 1e3:.3f} ms"
                                     f"{'' if r['sane'] else ' WRONG'}" for r in shape_rows),
                           flush=True)
-            for stem in stems:  # after each kind and dtype: a run cut short keeps its rows
-                _write(stem, meta, rows)
+        for stem in stems:  # after each batch: a run cut short keeps its rows
+            _write(stem, meta, rows)
     for stem in stems:
         _write(stem, meta, rows)
         print(f"results: {stem}.json / .md")
@@ -253,10 +255,10 @@ def table_points(rows):
 
 
 HEADER_INTRO = """\
-// The CUDA layer's measured paths, the table the default reads (persistent_plan.h:
-// nearest_measured_point): per cell kind (gates), dtype size, direction, batch and hidden size,
-// the paths fastest first. Written by benchmarks/path_table.py; rerun it with a new sweep rather
-// than editing by hand."""
+// The CUDA layer's measured paths, the table the default reads (through default_paths.h, which
+// includes it after the types it fills): per cell kind (gates), dtype size, direction, batch and
+// hidden size, the paths fastest first. Written by benchmarks/path_table.py; rerun it with a new
+// sweep rather than editing by hand."""
 
 
 def header_text(points, source):

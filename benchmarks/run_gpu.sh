@@ -2,30 +2,33 @@
 # One run on the GPU machine (an offline H200 with torch, nvcc, ninja, pytest, matplotlib
 # preinstalled), under 10 minutes, the most telling steps first so that a run cut short still
 # has them: build the CUDA extension; the persistent kernels' tests (tensor-core forward and
-# backward, both barriers, each path asserted); compute-sanitizer memcheck and racecheck on the
-# tensor-core kernels; every path of the layers timed over batch and hidden sizes, and the table
-# of measured paths for the default from it (path_table.py: paths.log, the sweep's results,
-# measured_paths.h); the barrier and tensor-core step microbenchmarks (benchmarks/gpu_micro);
-# the headline layers against torch.nn (suite.py --preset headline); the whole test suite's CUDA
-# cases, then the layer tests again with the persistent kernels switched on; the GPU issue's
-# target cases (suite.py --preset targets) for what is left of the time, and their verdict
-# (gpu_targets.py). Everything lands in the output folder given as the argument (build.log,
-# ptxas.txt, tests-persistent.log, sanitizer-*.log, barriers.md, recurrent_step.md, headline.log,
-# tests.log, tests-persistent-on.log, bench.log, targets.md, the results, summary.txt) and the
-# results also in benchmarks/results/ (named by date, preset and GPU).
+# backward, both barriers, each path forced and asserted); compute-sanitizer memcheck and
+# racecheck on the tensor-core kernels; every path of the layers timed over batch and hidden
+# sizes, the table of measured paths written from it and built in as the default
+# (path_table.py; APPLY_MEASURED_PATHS=0 keeps the committed one); the whole test suite's CUDA
+# cases under that default; the headline layers against torch.nn (suite.py --preset headline);
+# the barrier and tensor-core step microbenchmarks (benchmarks/gpu_micro); the layer tests again
+# with the persistent kernels switched on; the GPU issue's target cases (suite.py --preset
+# targets) for what is left of the time, and their verdict (gpu_targets.py). Everything lands in
+# the output folder given as the argument (build.log, ptxas.txt, tests-persistent.log,
+# sanitizer-*.log, paths.log, *-paths-*.json/md, measured_paths.h, rebuild.log, tests.log,
+# headline.log, barriers.md, recurrent_step.md, tests-persistent-on.log, bench.log, targets.md,
+# the results, summary.txt) and the results also in benchmarks/results/ (named by date, preset
+# and GPU).
 #   bash benchmarks/run_gpu.sh OUT_DIR [suite.py arguments for the last step, e.g. --repeats N]
-# RUN_GPU_SECONDS (default 540) is the whole run's target; each step after the build gets at most
+# RUN_GPU_SECONDS (default 570) is the whole run's target; each step after the build gets at most
 # what is left of it, less what the steps after it are owed. The targets preset (228 cases) gets
-# what the tests leave, often nothing on a first run: a second call on the warm machine runs it
-# alone, e.g. python3 benchmarks/suite.py --preset targets --device cuda --repeats 5 --out OUT &&
-# python3 benchmarks/gpu_targets.py OUT/*-targets-*.json
+# what the tests leave, often nothing on a first run: a second call on the warm machine (within
+# its idle time, so the extension built with the measured paths is still there) runs it alone,
+# e.g. python3 benchmarks/suite.py --preset targets --device cuda --repeats 5 --budget-s 150
+# --out OUT && python3 benchmarks/gpu_targets.py OUT/*-targets-*.json
 set -uo pipefail
 OUT=${1:?usage: run_gpu.sh OUT_DIR [suite.py arguments]}
 shift
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
-TOTAL=${RUN_GPU_SECONDS:-540}
+TOTAL=${RUN_GPU_SECONDS:-570}
 begin=$SECONDS
 # Seconds a step may take: at most $1, and no more than what is left less $2 (owed to later
 # steps); at least 10.
@@ -74,7 +77,7 @@ run_tests() {  # name, seconds, pytest arguments...
 }
 
 # The persistent kernels' own tests (the tensor-core kernels were written without a GPU).
-run_tests tests-persistent "$(allot 75 260)" tests/test_persistent.py
+run_tests tests-persistent "$(allot 70 330)" tests/test_persistent.py
 persistent_rc=$?
 
 # compute-sanitizer on the tensor-core kernels: memcheck on both cells and dtypes at H=48 B=9
@@ -87,7 +90,7 @@ for tool in memcheck racecheck; do
   select="tensor_core_kernel_matches and H48 or take_packed and unsorted and flags \
 or tensor_core_kernel_matches and H272 and split2 and bfloat16"
   [ $tool = racecheck ] && select="tensor_core_kernel_matches and H48 and lstm"
-  timeout "$(allot 60 180)" "$SANITIZER" --tool $tool --error-exitcode 3 \
+  timeout "$(allot 50 250)" "$SANITIZER" --tool $tool --error-exitcode 3 \
     --kernel-name kns=tensor_core_ \
     python3 -m pytest -q -p no:cacheprovider tests/test_persistent.py -k "$select" \
     >"$OUT/sanitizer-$tool.log" 2>&1
@@ -96,39 +99,64 @@ $(grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer-$tool.log" | tail -2 | t
 done
 
 # Every path of the CUDA layers timed over batch and hidden sizes (path_table.py sweep), and the
-# table of measured paths the default would read from it (measured_paths.h here: copy it to
-# csrc/ to make it the default, then rebuild and rerun the CUDA tests).
+# table of measured paths the default reads, written from it (measured_paths.h) and, unless
+# APPLY_MEASURED_PATHS=0, built in: the steps after this one run the default it gives (the
+# session then commits that header to csrc/ with the sweep's results). A failed rebuild puts the
+# committed table back.
 start=$SECONDS
-budget=$(allot 150 200)
+budget=$(allot 110 200)
 timeout $(( budget + 60 )) python3 benchmarks/path_table.py sweep --out "$OUT" \
   --budget-s "$budget" >"$OUT/paths.log" 2>&1
 summary "path sweep: rc=$? in $((SECONDS - start)) s: $(tail -1 "$OUT/paths.log")"
-python3 benchmarks/path_table.py header "$OUT"/*-paths-*.json >"$OUT/measured_paths.h" 2>&1
-summary "measured_paths.h: $(grep -c "{CudaPath::kTensorCores\|{CudaPath::kSimt" \
+if python3 benchmarks/path_table.py header "$OUT"/*-paths-*.json >"$OUT/measured_paths.h" \
+    2>"$OUT/measured_paths.err"; then
+  summary "measured_paths.h: $(grep -c "{CudaPath::kTensorCores\|{CudaPath::kSimt" \
 "$OUT/measured_paths.h") point(s) with a persistent path first"
+  if [ "${APPLY_MEASURED_PATHS:-1}" != 0 ]; then
+    start=$SECONDS
+    cp csrc/measured_paths.h "$OUT/measured_paths.committed.h"
+    cp "$OUT/measured_paths.h" csrc/measured_paths.h
+    rebuild() {
+      TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+        python3 setup.py -q build_ext --inplace >>"$OUT/rebuild.log" 2>&1
+    }
+    if rebuild; then
+      summary "default: this run's measured paths, rebuilt in $((SECONDS - start)) s"
+    else
+      cp "$OUT/measured_paths.committed.h" csrc/measured_paths.h
+      rebuild
+      summary "default: the rebuild with this run's measured paths FAILED (rebuild.log); the \
+committed table again (rc=$?)"
+    fi
+  fi
+else
+  summary "measured_paths.h: not written ($(tail -1 "$OUT/measured_paths.err"))"
+fi
 
-# The microbenchmarks that decide the persistent kernels' design (benchmarks/gpu_micro).
-for micro in barriers recurrent_step; do
-  start=$SECONDS
-  nvcc -O3 -std=c++17 -arch=sm_90a -o "$OUT/$micro" "benchmarks/gpu_micro/$micro.cu" \
-    >"$OUT/$micro-build.log" 2>&1 && timeout 40 "$OUT/$micro" >"$OUT/$micro.md" 2>&1
-  summary "$micro: rc=$? in $((SECONDS - start)) s"
-  cat "$OUT/$micro.md" >> "$OUT/summary.txt" 2>/dev/null
-  rm -f "$OUT/$micro"
-done
+# The whole suite's CUDA cases under that default (CI runs the CPU's).
+run_tests tests "$(allot 150 60)" --skip-cpu-cases tests
+tests_rc=$?
 
-# The headline layers: step-wise, persistent (flags and grid.sync) and torch.nn, every dtype.
+# The headline layers: step-wise, persistent (flags and grid.sync), the default and torch.nn,
+# every dtype.
 start=$SECONDS
-budget=$(allot 100 80)
+budget=$(allot 60 20)
 timeout $(( budget + 60 )) python3 benchmarks/suite.py --preset headline --device cuda \
   --repeats 5 --out "$OUT" --budget-s "$budget" >"$OUT/headline.log" 2>&1
 summary "headline benchmarks: rc=$? in $((SECONDS - start)) s"
 grep -E "fused_rnn|fused persistent|torch.nn |time budget" "$OUT/headline.log" >> "$OUT/summary.txt"
 
-# The whole suite's CUDA cases (CI runs the CPU's), then the layer tests with the persistent
-# kernels switched on.
-run_tests tests "$(allot 200 30)" --skip-cpu-cases tests
-tests_rc=$?
+# The microbenchmarks behind the persistent kernels' design (benchmarks/gpu_micro).
+for micro in barriers recurrent_step; do
+  start=$SECONDS
+  nvcc -O3 -std=c++17 -arch=sm_90a -o "$OUT/$micro" "benchmarks/gpu_micro/$micro.cu" \
+    >"$OUT/$micro-build.log" 2>&1 && timeout "$(allot 30 10)" "$OUT/$micro" >"$OUT/$micro.md" 2>&1
+  summary "$micro: rc=$? in $((SECONDS - start)) s"
+  cat "$OUT/$micro.md" >> "$OUT/summary.txt" 2>/dev/null
+  rm -f "$OUT/$micro"
+done
+
+# The layer tests with the persistent kernels switched on.
 run_tests tests-persistent-on "$(allot 120 10)" --skip-cpu-cases --persistent-kernels \
   tests/test_sequence.py tests/test_modules.py
 persistent_on_rc=$?

@@ -17,7 +17,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <iterator>
 #include <string>
 
 namespace fused_rnn {
@@ -59,12 +58,12 @@ inline PersistentPlan plan_persistent_layer(int64_t batch, int64_t hidden, int64
 
 // ---------------------------------------------------------------------------------------------
 // The default's choice between the CUDA layer's paths: measured, not modelled. A table of points
-// (csrc/measured_paths.h, written by benchmarks/path_table.py from a sweep on the GPU) gives, for
-// a cell kind, a dtype size and a direction (forward or backward), at a batch and hidden size,
-// the paths in the order of their measured time. A layer takes the table's point nearest its
-// shape (batch first, then hidden, each by ratio) and runs the first path of its order that
-// applies to it; outside the span of batches and hidden sizes measured, and for float64, it runs
-// step by step.
+// (csrc/measured_paths.h, written by benchmarks/path_table.py from a sweep on the GPU; read
+// through default_paths.h) gives, for a cell kind, a dtype size and a direction (forward or
+// backward), at a batch and hidden size, the paths in the order of their measured time. A layer
+// takes the table's point nearest its shape (batch first, then hidden, each by ratio) and runs
+// the first path of its order that applies to it; outside the span of batches and hidden sizes
+// measured, and for float64, it runs step by step.
 enum class CudaPath : uint8_t { kStepwise, kSimt, kTensorCores };
 
 struct MeasuredPoint {
@@ -288,19 +287,6 @@ inline TensorCorePlan plan_tensor_core_layer(int64_t batch, int64_t hidden, int6
   if (split.runs) return split;
   plan.reason += "; split over a cluster: " + split.reason;
   return plan;
-}
-
-}  // namespace fused_rnn
-
-#include "measured_paths.h"  // kMeasuredPaths, the table the default reads
-
-namespace fused_rnn {
-
-// The measured point for a layer of this shape (nearest_measured_point over kMeasuredPaths).
-inline const MeasuredPoint* measured_point(int gates, int elem_bytes, bool backward, int64_t batch,
-                                           int64_t hidden) {
-  return nearest_measured_point(kMeasuredPaths, std::size(kMeasuredPaths), gates, elem_bytes,
-                                backward, batch, hidden);
 }
 
 }  // namespace fused_rnn

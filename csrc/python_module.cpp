@@ -7,6 +7,7 @@
 #include "cpu/linear.h"
 #include "cpu/path_choice.h"
 #include "cpu/pointwise.h"
+#include "default_paths.h"
 #include "mma_fragments.h"
 #include "persistent_plan.h"
 #ifdef FUSED_RNN_WITH_CUDA

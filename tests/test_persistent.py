@@ -603,19 +603,53 @@ def test_use_persistent_kernels_takes_true_false_or_none():
         _C.set_persistent_kernels("sometimes")
 
 
+def path_named(description):
+    """The path a cuda_layer_path description names (as benchmarks/path_table.py reads it)."""
+    for prefix, path in (("step-wise", STEP), ("persistent (tensor cores", TC),
+                         ("persistent (SIMT", SIMT)):
+        if description.startswith(prefix):
+            return path
+    raise AssertionError(f"not a path description: {description!r}")
+
+
+def default_path(kind, batch, hidden, dtype, backward=False):
+    """The path the default takes for this shape by the table (csrc/measured_paths.h): the first
+    of the measured point's order that applies, as the forced modes report what applies; and the
+    point (None where nothing near was measured)."""
+    elem_bytes = torch.tensor([], dtype=dtype).element_size()
+    point = _C.measured_point([], {"LSTM": 4, "GRU": 3}[kind], elem_bytes, backward, batch, hidden)
+    if point is None or dtype == torch.float64:
+        return STEP, None
+    applies = {STEP: True}
+    for mode, path in (("on", TC), ("simt", SIMT)):
+        _C.set_persistent_kernels(mode)
+        applies[path] = path_named(fused_rnn.cuda_layer_path(kind, batch, hidden, dtype,
+                                                             backward=backward)) == path
+    fused_rnn.use_persistent_kernels(None)
+    return next(path for path in point["order"] if applies[path]), point
+
+
+# Shapes on both sides of the table's span: batch 1 to 64, hidden 256 to 1024.
+DEFAULT_SHAPES = [("LSTM", 1, 512), ("GRU", 1, 256), ("LSTM", 4, 512), ("GRU", 16, 768),
+                  ("LSTM", 64, 512), ("GRU", 1, 1024)]
+
+
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
 def test_the_default_path_is_the_measured_one(request):
     if request.config.getoption("--persistent-kernels"):
         pytest.skip("this run switched them on everywhere (--persistent-kernels)")
-    assert fused_rnn.cuda_layer_path("LSTM", 4, 512).startswith(
-        "step-wise: the persistent kernels run by default only where measured faster, and "
-        "nothing near this shape was measured")
-    assert fused_rnn.cuda_layer_path("GRU", 1, 512, torch.float64).startswith("step-wise: ")
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        assert fused_rnn.cuda_layer_path("LSTM", 1, 600, dtype) == \
-            "persistent (SIMT; measured fastest at batch 1, hidden 512)"
-    assert fused_rnn.cuda_layer_path("LSTM", 1, 512, backward=True).startswith(
-        "step-wise: the persistent kernels run by default only where measured faster")
+    for kind, batch, hidden in DEFAULT_SHAPES:
+        for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            for backward in (False, True):
+                want, point = default_path(kind, batch, hidden, dtype, backward)
+                got = fused_rnn.cuda_layer_path(kind, batch, hidden, dtype, backward=backward)
+                assert path_named(got) == want, (kind, batch, hidden, dtype, backward, got)
+                if point is None:
+                    assert got.startswith("step-wise: the persistent kernels run by default "
+                                          "only where measured faster, and nothing near this "
+                                          "shape was measured"), got
+                else:
+                    assert f"at batch {point['batch']}, hidden {point['hidden']}" in got, got
     fused_rnn.use_persistent_kernels(False)
     try:
         assert fused_rnn.cuda_layer_path("LSTM", 1, 512) == "step-wise: persistent kernels are off"
@@ -646,15 +680,21 @@ def test_the_simt_mode_forces_the_simt_forward_and_matches_torch_nn(kind, reques
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
+@pytest.mark.parametrize("batch", [1, 16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_the_default_runs_the_simt_forward_at_batch_1_and_matches_torch_nn(kind, dtype, request):
-    """Inference and training (the forward persistent, the backward step by step), both
-    directions, one sequence of H = 256."""
+def test_the_default_runs_the_paths_it_names_and_matches_torch_nn(kind, batch, dtype, request):
+    """Inference and training, both directions, H = 256: the kernels the profiler sees are those
+    of the paths cuda_layer_path names for the default (the table's: at batch 1 so far the SIMT
+    forward and the step-wise backward)."""
     if request.config.getoption("--persistent-kernels"):
         pytest.skip("this run switched them on everywhere (--persistent-kernels)")
-    sizes = Sizes(input_size=24, hidden=256, batch=1)
+    forward, _ = default_path(kind.upper(), batch, 256, dtype)
+    backward, _ = default_path(kind.upper(), batch, 256, dtype, backward=True)
+    sizes = Sizes(input_size=24, hidden=256, batch=batch)
     names = cuda_kernels_run(lambda: check_against_torch(
         kind, dict(bidirectional=True), "padded", 9, True, dtype, "cuda", sizes=sizes))
-    assert any("persistent_layer_kernel" in name for name in names), names
-    assert not ran_tensor_core_kernels(names)
+    assert any("persistent_layer_kernel" in name for name in names) == (forward == SIMT), names
+    assert ran_tensor_core_kernels(names) == (
+        {"tensor_core_layer_kernel"} if forward == TC else set()) | (
+        {"tensor_core_backward_kernel"} if backward == TC else set())

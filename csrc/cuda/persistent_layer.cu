@@ -14,11 +14,12 @@
 // cell state of its units stays in shared memory.
 //
 // By default (PersistentMode::kMeasured) a layer takes the path measured fastest near its shape
-// (persistent_plan.h: the table csrc/measured_paths.h, from a sweep on the GPU; so far only the
+// (default_paths.h: the table csrc/measured_paths.h, from a sweep on the GPU; so far only the
 // SIMT forward at batch 1, benchmarks/NOTES.md entries 15 and 61); the other modes force paths
 // for tests and benchmarks. choose_path makes the choice, for the launches and for
 // fused_rnn.cuda_layer_path alike.
 #include "../cell_ops.h"
+#include "../default_paths.h"
 #include "../persistent_plan.h"
 #include "persistent_cells.cuh"
 #include "persistent_layer.h"
