@@ -126,8 +126,8 @@ def measure_shape(kind, dtype_name, batch, hidden, steps, rounds, device="cuda")
     x = torch.randn(steps, batch, hidden, device=device, dtype=dtype, requires_grad=True)
     params = [x, *layer.parameters()]
     rows = []
-    base = dict(kind=kind, dtype=dtype_name, elem_bytes=torch.tensor([], dtype=dtype).element_size(),
-                batch=batch, hidden=hidden, steps=steps)
+    base = dict(kind=kind, dtype=dtype_name, elem_bytes=dtype.itemsize, batch=batch,
+                hidden=hidden, steps=steps)
     try:
         # Forward, inference.
         modes = _modes_by_path(kind, batch, hidden, dtype, False, device)

@@ -10,8 +10,10 @@ CELLS = {
     "lstm": (torch.nn.LSTMCell, fused_rnn.LSTMCell),
     "gru": (torch.nn.GRUCell, fused_rnn.GRUCell),
 }
-# (B, I, H): empty and single batches, sizes that are not multiples of 8 or 32, H up to 1024.
-SHAPES = [(0, 5, 7), (1, 1, 1), (1, 13, 17), (3, 37, 53), (8, 64, 96), (2, 30, 1024)]
+# (B, I, H): empty and single batches, sizes that are not multiples of 8 or 32, H up to 1024;
+# on CUDA the last takes the tiled kernel, the others a warp per unit (at most 152 SMs).
+SHAPES = [(0, 5, 7), (1, 1, 1), (1, 13, 17), (3, 37, 53), (8, 64, 96), (2, 30, 1024),
+          (64, 40, 600)]
 
 
 def make_cells(kind, input_size, hidden, bias, dtype, device, seed=0):
@@ -180,6 +182,26 @@ def test_nan_and_inf_propagate_as_in_torch_nn(kind, device):
         assert torch.equal(a.isnan(), b.isnan())
         assert a.isnan().any()
         torch.testing.assert_close(a, b, equal_nan=True, **TOLERANCES[torch.float32])
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
+@pytest.mark.parametrize("kind", CELLS)
+def test_cuda_cell_step_takes_a_warp_per_unit_where_the_tiles_leave_sms_idle(kind):
+    """B/8 x H/32 tiles against the SM count: a warp per unit at B=9 H=512 (32 tiles), the tiled
+    kernel at B=64 H=600 (152 tiles) on a GPU of at most 152 SMs."""
+    if torch.cuda.get_device_properties(0).multi_processor_count > 152:
+        pytest.skip("more SMs than the tiles of the larger shape")
+    for (batch, input_size, hidden), kernel in (((9, 30, 512), "cell_forward_unit_kernel"),
+                                                ((64, 40, 600), "cell_forward_kernel<")):
+        _, cell, _ = make_cells(kind, input_size, hidden, True, torch.float32, "cuda")
+        x = torch.randn(batch, input_size, device="cuda")
+        state = make_state(kind, batch, hidden, torch.float32, "cuda")
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            with torch.no_grad():
+                cell(x, state)
+            torch.cuda.synchronize()
+        names = [e.name for e in prof.events() if "cell_forward" in e.name]
+        assert len(names) == 1 and kernel in names[0], names
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")

@@ -616,8 +616,8 @@ def default_path(kind, batch, hidden, dtype, backward=False):
     """The path the default takes for this shape by the table (csrc/measured_paths.h): the first
     of the measured point's order that applies, as the forced modes report what applies; and the
     point (None where nothing near was measured)."""
-    elem_bytes = torch.tensor([], dtype=dtype).element_size()
-    point = _C.measured_point([], {"LSTM": 4, "GRU": 3}[kind], elem_bytes, backward, batch, hidden)
+    point = _C.measured_point([], {"LSTM": 4, "GRU": 3}[kind], dtype.itemsize, backward, batch,
+                              hidden)
     if point is None or dtype == torch.float64:
         return STEP, None
     applies = {STEP: True}

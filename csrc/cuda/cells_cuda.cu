@@ -4,11 +4,13 @@
 // A cell op's forward: one launch. A block owns a tile of kTileUnits hidden units for kTileBatch
 // batch rows; it computes every gate row of those units (the products with w_ih and w_hh, through
 // shared memory tiles), adds the biases, applies the gate math of cell_math.h and writes the new
-// state, so no gate pre-activation reaches global memory. A layer's step (the step-wise path):
-// the hidden product on cuBLAS through ATen, then one pointwise launch for the gate math over the
-// input projection and that product (the tiled in-kernel product left most SMs idle at small
-// batches: ~50 us a step at B=1 H=512 on an H200, NOTES entry 15). Backward: one fused pointwise
-// launch for the gate gradients; the matrix products around it are cuBLAS calls through ATen.
+// state, so no gate pre-activation reaches global memory. Where those tiles would be fewer than
+// the SMs (small batches), a warp per hidden unit does the same for all the batch's rows. A
+// layer's step (the step-wise path): the hidden product on cuBLAS through ATen, then one
+// pointwise launch for the gate math over the input projection and that product (the tiled
+// in-kernel product left most SMs idle at small batches: ~50 us a step at B=1 H=512 on an H200,
+// NOTES entry 15). Backward: one fused pointwise launch for the gate gradients; the matrix
+// products around it are cuBLAS calls through ATen.
 #include "../cell_math.h"
 #include "../cell_ops.h"
 #include "cuda_tables.h"
@@ -150,6 +152,80 @@ struct GruUpdate {
   }
 };
 
+// A cell op's step at small batches: a warp per hidden unit, its lanes splitting K (coalesced
+// reads of the unit's G rows of each weight, once per kUnitRowsPerPass batch rows), the sums
+// reduced across the warp, lane r finishing row r of the pass. H warps keep the GPU's SMs busy
+// where the tiled kernel's few blocks (B/8 x H/32) would leave most of them idle (at B=1 H=512:
+// 16 blocks, each streaming 512 KB of weights through shared memory; NOTES entry 63).
+constexpr int kUnitRowsPerPass = 8;
+
+// acc[r][g] += act[b0 + r, :] . w[g*H + j, :] for the pass's rows r < rows, this lane's share of
+// K (the warp's lanes sum to the whole).
+template <typename scalar_t, int G, typename acc_t = at::opmath_type<scalar_t>>
+__device__ __forceinline__ void unit_products(const scalar_t* __restrict__ act,
+                                              const scalar_t* __restrict__ w, int64_t K,
+                                              int64_t H, int64_t j, int64_t b0, int rows,
+                                              acc_t (&acc)[kUnitRowsPerPass][G]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll 2
+  for (int64_t k = lane; k < K; k += 32) {
+    acc_t weight[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) weight[g] = static_cast<acc_t>(w[(g * H + j) * K + k]);
+#pragma unroll
+    for (int r = 0; r < kUnitRowsPerPass; ++r) {
+      if (r < rows) {
+        const acc_t a = static_cast<acc_t>(act[(b0 + r) * K + k]);
+#pragma unroll
+        for (int g = 0; g < G; ++g) acc[r][g] += a * weight[g];
+      }
+    }
+  }
+}
+
+// The warp's partial sums of rows r < rows, summed over its lanes (every lane gets the sums).
+template <typename acc_t, int G>
+__device__ __forceinline__ void warp_sums(acc_t (&acc)[kUnitRowsPerPass][G], int rows) {
+#pragma unroll
+  for (int r = 0; r < kUnitRowsPerPass; ++r) {
+    if (r < rows) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+#pragma unroll
+        for (int offset = 16; offset > 0; offset /= 2) {
+          acc[r][g] += __shfl_xor_sync(0xffffffffu, acc[r][g], offset);
+        }
+      }
+    }
+  }
+}
+
+template <typename Update, typename scalar_t>
+__global__ void __launch_bounds__(kThreads) cell_forward_unit_kernel(const CellParams<scalar_t> p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int G = Update::kGates;
+  const int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (j >= p.hidden) return;  // (a whole warp)
+  const int lane = threadIdx.x % 32;
+  for (int64_t b0 = 0; b0 < p.batch; b0 += kUnitRowsPerPass) {
+    const int rows = static_cast<int>(std::min<int64_t>(kUnitRowsPerPass, p.batch - b0));
+    acc_t x[kUnitRowsPerPass][G], h[kUnitRowsPerPass][G];
+#pragma unroll
+    for (int r = 0; r < kUnitRowsPerPass; ++r) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) x[r][g] = h[r][g] = acc_t(0);
+    }
+    unit_products<scalar_t, G>(p.input, p.w_ih, p.input_size, p.hidden, j, b0, rows, x);
+    unit_products<scalar_t, G>(p.hx, p.w_hh, p.state_size, p.hidden, j, b0, rows, h);
+    warp_sums<acc_t, G>(x, rows);
+    warp_sums<acc_t, G>(h, rows);
+#pragma unroll
+    for (int r = 0; r < kUnitRowsPerPass; ++r) {
+      if (r < rows && lane == r) Update::finish(p, b0 + r, j, x[r], h[r]);
+    }
+  }
+}
+
 // A cell op's step. Grid: x over batch tiles, y over unit tiles. Block: kTileUnits x kTileBatch
 // threads.
 template <typename Update, typename scalar_t>
@@ -225,6 +301,14 @@ CellParams<scalar_t> cell_params(const Tensor& hx, const Tensor& cx, const Optio
   return p;
 }
 
+// Whether a cell op's step takes a warp per unit (cell_forward_unit_kernel) rather than the
+// tiled kernel: where the tiles would be fewer than the SMs.
+bool cell_step_takes_unit_warps(int64_t batch, int64_t hidden, int64_t sm_count) {
+  const int64_t tiles =
+      (batch + kTileBatch - 1) / kTileBatch * ((hidden + kTileUnits - 1) / kTileUnits);
+  return tiles < sm_count;
+}
+
 // A cell op's step: both products and the gate math in one launch.
 template <typename Update>
 void launch_cell_forward(const Tensor& input, const Tensor& w_ih, const Tensor& hx,
@@ -234,10 +318,12 @@ void launch_cell_forward(const Tensor& input, const Tensor& w_ih, const Tensor& 
   const int64_t B = hy.size(0), H = hy.size(1);
   if (B == 0 || H == 0) return;
   const c10::cuda::CUDAGuard guard(hy.device());
+  const int64_t sm_count = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const bool unit_warps = cell_step_takes_unit_warps(B, H, sm_count);
   const dim3 grid(static_cast<unsigned>((B + kTileBatch - 1) / kTileBatch),
                   static_cast<unsigned>((H + kTileUnits - 1) / kTileUnits));
-  TORCH_CHECK(grid.y <= 65535, "fused_rnn: hidden size ", H, " exceeds the CUDA kernel's limit");
-  const dim3 block(kTileUnits, kTileBatch);
+  TORCH_CHECK(unit_warps || grid.y <= 65535, "fused_rnn: hidden size ", H,
+              " exceeds the CUDA kernel's limit");
   FUSED_RNN_DISPATCH_FLOATING_TYPES(hy.scalar_type(), "cell_forward_cuda", [&] {
     CellParams<scalar_t> p =
         cell_params<scalar_t>(hx, cx, b_ih, b_hh, hy, cy, saved, Tensor(), Tensor());
@@ -245,8 +331,14 @@ void launch_cell_forward(const Tensor& input, const Tensor& w_ih, const Tensor& 
     p.input_size = input.size(1);
     p.w_ih = w_ih.data_ptr<scalar_t>();
     p.w_hh = w_hh.data_ptr<scalar_t>();
-    cell_forward_kernel<Update, scalar_t>
-        <<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+    if (unit_warps) {
+      const auto blocks = static_cast<unsigned>((H * 32 + kThreads - 1) / kThreads);
+      cell_forward_unit_kernel<Update, scalar_t>
+          <<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+    } else {
+      cell_forward_kernel<Update, scalar_t>
+          <<<grid, dim3(kTileUnits, kTileBatch), 0, at::cuda::getCurrentCUDAStream()>>>(p);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
