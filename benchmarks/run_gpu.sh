@@ -1,54 +1,68 @@
 #!/usr/bin/env bash
-# One run on the GPU machine (an offline H200 with torch, nvcc, ninja, pytest, matplotlib
-# preinstalled), under 10 minutes, the most telling steps first so that a run cut short still
-# has them: build the CUDA extension; the persistent kernels' tests (tensor-core forward and
-# backward, both barriers, each path forced and asserted); compute-sanitizer memcheck and
-# racecheck on the tensor-core kernels; every path of the layers timed over batch and hidden
-# sizes, the table of measured paths written from it and built in as the default
-# (path_table.py; APPLY_MEASURED_PATHS=0 keeps the committed one); the whole test suite's CUDA
-# cases under that default; the headline layers against torch.nn (suite.py --preset headline);
-# the barrier and tensor-core step microbenchmarks (benchmarks/gpu_micro); the layer tests again
-# with the persistent kernels switched on; the GPU issue's target cases (suite.py --preset
-# targets) for what is left of the time, and their verdict (gpu_targets.py). Everything lands in
-# the output folder given as the argument (build.log, ptxas.txt, tests-persistent.log,
-# sanitizer-*.log, paths.log, *-paths-*.json/md, measured_paths.h, rebuild.log, tests.log,
-# headline.log, barriers.md, recurrent_step.md, tests-persistent-on.log, bench.log, targets.md,
-# the results, summary.txt) and the results also in benchmarks/results/ (named by date, preset
-# and GPU).
-#   bash benchmarks/run_gpu.sh OUT_DIR [suite.py arguments for the last step, e.g. --repeats N]
-# RUN_GPU_SECONDS (default 570) is the whole run's target; each step after the build gets at most
-# what is left of it, less what the steps after it are owed. The targets preset (228 cases) gets
-# what the tests leave, often nothing on a first run: a second call on the warm machine (within
-# its idle time, so the extension built with the measured paths is still there) runs it alone,
-# e.g. python3 benchmarks/suite.py --preset targets --device cuda --repeats 5 --budget-s 150
-# --out OUT && python3 benchmarks/gpu_targets.py OUT/*-targets-*.json
+# The GPU machine's runs (an offline H200 with torch, nvcc, ninja, pytest, matplotlib
+# preinstalled), in two calls on one warm machine, the most telling steps first so that a call cut
+# short still has them.
+#   bash benchmarks/run_gpu.sh OUT_DIR            the first call, under 8 minutes:
+#     build the CUDA extension; the persistent kernels' tests (tensor-core forward and backward,
+#     both barriers, each path forced and asserted); compute-sanitizer memcheck on the tensor-core
+#     kernels; every path of the layers timed over batch and hidden sizes, the table of measured
+#     paths written from it and built in as the default (path_table.py; APPLY_MEASURED_PATHS=0
+#     keeps the committed one), and the default's tests under it; the headline layers against
+#     torch.nn (suite.py --preset headline).
+#   RUN_GPU_PART=2 bash benchmarks/run_gpu.sh OUT_DIR [suite.py arguments]
+#     the second call, on the machine the first left warm (its extension, with the measured
+#     paths, still built; built again where it is not): the whole test suite's CUDA cases; the
+#     GPU issue's target cases (suite.py --preset targets) and their verdict (gpu_targets.py);
+#     compute-sanitizer racecheck; the layer tests with the persistent kernels switched on; the
+#     barrier and tensor-core step microbenchmarks (gpu_micro).
+# Everything lands in the output folder (build.log, ptxas.txt, tests-persistent.log,
+# sanitizer-*.log, paths.log, *-paths-*.json/md, measured_paths.h, rebuild.log,
+# tests-default.log, headline.log; tests.log, bench.log, targets.md, tests-persistent-on.log,
+# barriers.md, recurrent_step.md; the results; summary.txt) and the suite's results also in
+# benchmarks/results/ (named by date, preset and GPU). RUN_GPU_SECONDS (default 480 for the first
+# call, 220 for the second) is the call's target; each step after the build gets at most what is
+# left of it, less what the steps after it are owed, and a step left less than 20 s is skipped.
 set -uo pipefail
-OUT=${1:?usage: run_gpu.sh OUT_DIR [suite.py arguments]}
+OUT=${1:?usage: [RUN_GPU_PART=2] run_gpu.sh OUT_DIR [suite.py arguments]}
 shift
+PART=${RUN_GPU_PART:-1}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
-TOTAL=${RUN_GPU_SECONDS:-570}
+TOTAL=${RUN_GPU_SECONDS:-$([ "$PART" = 2 ] && echo 220 || echo 480)}
 begin=$SECONDS
 # Seconds a step may take: at most $1, and no more than what is left less $2 (owed to later
-# steps); at least 10.
+# steps).
 allot() {
   local left=$(( TOTAL - (SECONDS - begin) - $2 ))
-  local s=$(( left < $1 ? left : $1 ))
-  echo $(( s > 10 ? s : 10 ))
+  echo $(( left < $1 ? left : $1 ))
+}
+# Whether a step given $1 seconds runs (else it is skipped and said so: $2 names it).
+worth() {
+  [ "$1" -ge 20 ] && return 0
+  summary "$2: skipped, $1 s left"
+  return 1
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
-summary "GPU: $(tail -1 "$OUT/gpu.txt")"
+summary "GPU: $(tail -1 "$OUT/gpu.txt") (part $PART)"
 
-start=$SECONDS
-TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" FUSED_RNN_PTXAS_VERBOSE=1 \
-  MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-  python3 -m pip install -v --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
-build_rc=$?
-summary "build: rc=$build_rc in $((SECONDS - start)) s"
-[ $build_rc -eq 0 ] || { tail -40 "$OUT/build.log"; exit 1; }
-python3 .ci/ptxas_summary.py "$OUT/build.log" > "$OUT/ptxas.txt"
+build() {
+  local start=$SECONDS
+  TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" FUSED_RNN_PTXAS_VERBOSE=1 \
+    MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+    python3 -m pip install -v --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
+  local rc=$?
+  summary "build: rc=$rc in $((SECONDS - start)) s"
+  [ $rc -eq 0 ] || { tail -40 "$OUT/build.log"; exit 1; }
+  python3 .ci/ptxas_summary.py "$OUT/build.log" > "$OUT/ptxas.txt"
+}
+if [ "$PART" = 2 ]; then
+  python3 -c "import fused_rnn, sys; sys.exit(not fused_rnn.build_info()['cuda'])" 2>/dev/null \
+    || build
+else
+  build
+fi
 python3 -c "import fused_rnn, json; print(json.dumps(fused_rnn.build_info()))" | tee -a "$OUT/summary.txt"
 # The device as the tensor-core plans see it (the CPU tests assume 66 clusters of 2 on an H200).
 python3 -c "from fused_rnn import _C; print('tensor-core device:', _C.tensor_core_device(0))" \
@@ -65,110 +79,140 @@ if python3 -c "import xdist" 2>/dev/null; then
   TEST_THREADS=$(( $(nproc) / 8 > 1 ? $(nproc) / 8 : 1 ))
 fi
 python3 -c "import pytest_timeout" 2>/dev/null && PARALLEL+=(--timeout 90)
+failed=0
 run_tests() {  # name, seconds, pytest arguments...
   local name=$1 seconds=$2 start=$SECONDS
   shift 2
+  worth "$seconds" "$name" || return 0
   OMP_NUM_THREADS=$TEST_THREADS timeout "$seconds" python3 -m pytest -rfE -p no:cacheprovider \
     "${PARALLEL[@]}" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
   summary "$name: rc=$rc in $((SECONDS - start)) s: $(tail -1 "$OUT/$name.log")"
   grep -E "^(FAILED|ERROR) " "$OUT/$name.log" >> "$OUT/summary.txt"
-  return $rc
+  [ $rc -eq 0 ] || failed=1
 }
 
-# The persistent kernels' own tests (the tensor-core kernels were written without a GPU).
-run_tests tests-persistent "$(allot 70 330)" tests/test_persistent.py
-persistent_rc=$?
+part1() {
+  # The persistent kernels' own tests (the tensor-core kernels were written without a GPU).
+  run_tests tests-persistent "$(allot 70 250)" tests/test_persistent.py
 
-# compute-sanitizer on the tensor-core kernels: memcheck on both cells and dtypes at H=48 B=9
-# (partial n-tiles), one block or a cluster of two a group, padded and packed, and at H=272 on
-# clusters (both blocks holding k-tiles); racecheck (shared memory) on the LSTM's; forward and
-# backward.
-SANITIZER=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-for tool in memcheck racecheck; do
+  sanitize memcheck "$(allot 45 200)"
+
+  # Every path of the CUDA layers timed over batch and hidden sizes (path_table.py sweep), and
+  # the table of measured paths the default reads, written from it (measured_paths.h) and, unless
+  # APPLY_MEASURED_PATHS=0, built in: the steps after this one run the default it gives (the
+  # session then commits that header to csrc/ with the sweep's results). A failed rebuild puts
+  # the committed table back.
   start=$SECONDS
+  seconds=$(allot 90 110)
+  if worth "$seconds" "path sweep"; then
+    timeout $(( seconds + 60 )) python3 benchmarks/path_table.py sweep --out "$OUT" \
+      --budget-s "$seconds" >"$OUT/paths.log" 2>&1
+    summary "path sweep: rc=$? in $((SECONDS - start)) s: $(tail -1 "$OUT/paths.log")"
+    if python3 benchmarks/path_table.py header "$OUT"/*-paths-*.json >"$OUT/measured_paths.h" \
+        2>"$OUT/measured_paths.err"; then
+      summary "measured_paths.h: $(grep -c "{CudaPath::kTensorCores\|{CudaPath::kSimt" \
+"$OUT/measured_paths.h") point(s) with a persistent path first"
+      [ "${APPLY_MEASURED_PATHS:-1}" != 0 ] && apply_measured_paths
+    else
+      summary "measured_paths.h: not written ($(tail -1 "$OUT/measured_paths.err"))"
+    fi
+  fi
+
+  # The default's tests under that table (its paths named and run, CUDA graphs).
+  run_tests tests-default "$(allot 40 60)" tests/test_persistent.py -k default \
+    tests/test_cuda_graphs.py
+
+  # The headline layers: step-wise, persistent (flags and grid.sync), the default and torch.nn,
+  # every dtype.
+  start=$SECONDS
+  seconds=$(allot 90 0)
+  if worth "$seconds" "headline benchmarks"; then
+    timeout $(( seconds + 30 )) python3 benchmarks/suite.py --preset headline --device cuda \
+      --repeats 5 --out "$OUT" --budget-s "$(( seconds - 15 ))" >"$OUT/headline.log" 2>&1
+    summary "headline benchmarks: rc=$? in $((SECONDS - start)) s"
+    grep -E "fused_rnn|fused persistent|torch.nn |time budget" "$OUT/headline.log" \
+      >> "$OUT/summary.txt"
+  fi
+}
+
+# The sweep's table in csrc/ and the extension rebuilt with it (incremental: only its two readers,
+# default_paths.h's, recompile).
+apply_measured_paths() {
+  local start=$SECONDS
+  cp csrc/measured_paths.h "$OUT/measured_paths.committed.h"
+  cp "$OUT/measured_paths.h" csrc/measured_paths.h
+  rebuild() {
+    TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+      python3 setup.py -q build_ext --inplace >>"$OUT/rebuild.log" 2>&1
+  }
+  if rebuild; then
+    summary "default: this run's measured paths, rebuilt in $((SECONDS - start)) s"
+  else
+    cp "$OUT/measured_paths.committed.h" csrc/measured_paths.h
+    rebuild
+    summary "default: the rebuild with this run's measured paths FAILED (rebuild.log); the \
+committed table again (rc=$?)"
+    failed=1
+  fi
+}
+
+# compute-sanitizer on the tensor-core kernels for at most $2 seconds: memcheck ($1) on both cells
+# and dtypes at H=48 B=9 (partial n-tiles), one block or a cluster of two a group, padded and
+# packed, and at H=272 on clusters (both blocks holding k-tiles); racecheck (shared memory) on the
+# LSTM's; forward and backward.
+sanitize() {
+  local tool=$1 seconds=$2 start=$SECONDS sanitizer select
+  worth "$seconds" "compute-sanitizer $tool" || return 0
+  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   select="tensor_core_kernel_matches and H48 or take_packed and unsorted and flags \
 or tensor_core_kernel_matches and H272 and split2 and bfloat16"
-  [ $tool = racecheck ] && select="tensor_core_kernel_matches and H48 and lstm"
-  timeout "$(allot 50 250)" "$SANITIZER" --tool $tool --error-exitcode 3 \
+  [ "$tool" = racecheck ] && select="tensor_core_kernel_matches and H48 and lstm"
+  timeout "$seconds" "$sanitizer" --tool "$tool" --error-exitcode 3 \
     --kernel-name kns=tensor_core_ \
     python3 -m pytest -q -p no:cacheprovider tests/test_persistent.py -k "$select" \
     >"$OUT/sanitizer-$tool.log" 2>&1
-  summary "compute-sanitizer $tool (tensor-core kernels): rc=$? in $((SECONDS - start)) s: \
+  local rc=$?
+  [ $rc -eq 0 ] || failed=1
+  summary "compute-sanitizer $tool (tensor-core kernels): rc=$rc in $((SECONDS - start)) s: \
 $(grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer-$tool.log" | tail -2 | tr '\n' ' ')"
-done
+}
 
-# Every path of the CUDA layers timed over batch and hidden sizes (path_table.py sweep), and the
-# table of measured paths the default reads, written from it (measured_paths.h) and, unless
-# APPLY_MEASURED_PATHS=0, built in: the steps after this one run the default it gives (the
-# session then commits that header to csrc/ with the sweep's results). A failed rebuild puts the
-# committed table back.
-start=$SECONDS
-budget=$(allot 110 200)
-timeout $(( budget + 60 )) python3 benchmarks/path_table.py sweep --out "$OUT" \
-  --budget-s "$budget" >"$OUT/paths.log" 2>&1
-summary "path sweep: rc=$? in $((SECONDS - start)) s: $(tail -1 "$OUT/paths.log")"
-if python3 benchmarks/path_table.py header "$OUT"/*-paths-*.json >"$OUT/measured_paths.h" \
-    2>"$OUT/measured_paths.err"; then
-  summary "measured_paths.h: $(grep -c "{CudaPath::kTensorCores\|{CudaPath::kSimt" \
-"$OUT/measured_paths.h") point(s) with a persistent path first"
-  if [ "${APPLY_MEASURED_PATHS:-1}" != 0 ]; then
-    start=$SECONDS
-    cp csrc/measured_paths.h "$OUT/measured_paths.committed.h"
-    cp "$OUT/measured_paths.h" csrc/measured_paths.h
-    rebuild() {
-      TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-        python3 setup.py -q build_ext --inplace >>"$OUT/rebuild.log" 2>&1
-    }
-    if rebuild; then
-      summary "default: this run's measured paths, rebuilt in $((SECONDS - start)) s"
-    else
-      cp "$OUT/measured_paths.committed.h" csrc/measured_paths.h
-      rebuild
-      summary "default: the rebuild with this run's measured paths FAILED (rebuild.log); the \
-committed table again (rc=$?)"
-    fi
-  fi
-else
-  summary "measured_paths.h: not written ($(tail -1 "$OUT/measured_paths.err"))"
-fi
+part2() {
+  local start seconds micro
+  # The whole suite's CUDA cases under the default the first call built (CI runs the CPU's).
+  run_tests tests "$(allot 120 80)" --skip-cpu-cases tests
 
-# The whole suite's CUDA cases under that default (CI runs the CPU's).
-run_tests tests "$(allot 150 60)" --skip-cpu-cases tests
-tests_rc=$?
-
-# The headline layers: step-wise, persistent (flags and grid.sync), the default and torch.nn,
-# every dtype.
-start=$SECONDS
-budget=$(allot 60 20)
-timeout $(( budget + 60 )) python3 benchmarks/suite.py --preset headline --device cuda \
-  --repeats 5 --out "$OUT" --budget-s "$budget" >"$OUT/headline.log" 2>&1
-summary "headline benchmarks: rc=$? in $((SECONDS - start)) s"
-grep -E "fused_rnn|fused persistent|torch.nn |time budget" "$OUT/headline.log" >> "$OUT/summary.txt"
-
-# The microbenchmarks behind the persistent kernels' design (benchmarks/gpu_micro).
-for micro in barriers recurrent_step; do
+  # The GPU issue's targets and their verdict.
   start=$SECONDS
-  nvcc -O3 -std=c++17 -arch=sm_90a -o "$OUT/$micro" "benchmarks/gpu_micro/$micro.cu" \
-    >"$OUT/$micro-build.log" 2>&1 && timeout "$(allot 30 10)" "$OUT/$micro" >"$OUT/$micro.md" 2>&1
-  summary "$micro: rc=$? in $((SECONDS - start)) s"
-  cat "$OUT/$micro.md" >> "$OUT/summary.txt" 2>/dev/null
-  rm -f "$OUT/$micro"
-done
+  seconds=$(allot 150 20)
+  if worth "$seconds" "benchmarks (targets preset)"; then
+    timeout $(( seconds + 30 )) python3 benchmarks/suite.py --preset targets --device cuda \
+      --repeats 5 --out "$OUT" --budget-s "$(( seconds - 15 ))" "$@" >"$OUT/bench.log" 2>&1
+    summary "benchmarks (targets preset): rc=$? in $((SECONDS - start)) s"
+    python3 benchmarks/gpu_targets.py "$OUT"/*-targets-*.json >"$OUT/targets.md" 2>&1
+    cat "$OUT/targets.md" >> "$OUT/summary.txt"
+  fi
 
-# The layer tests with the persistent kernels switched on.
-run_tests tests-persistent-on "$(allot 120 10)" --skip-cpu-cases --persistent-kernels \
-  tests/test_sequence.py tests/test_modules.py
-persistent_on_rc=$?
+  sanitize racecheck "$(allot 30 0)"
 
-start=$SECONDS
-budget=$(allot 600 20)
-if [ "$budget" -gt 30 ]; then
-  timeout $(( budget + 60 )) python3 benchmarks/suite.py --preset targets --device cuda \
-    --out "$OUT" --budget-s "$budget" "$@" >"$OUT/bench.log" 2>&1
-  summary "benchmarks (targets preset): rc=$? in $((SECONDS - start)) s"
-  python3 benchmarks/gpu_targets.py "$OUT"/*-targets-*.json >"$OUT/targets.md" 2>&1
-  cat "$OUT/targets.md" >> "$OUT/summary.txt"
-fi
+  # The layer tests with the persistent kernels switched on.
+  run_tests tests-persistent-on "$(allot 60 0)" --skip-cpu-cases --persistent-kernels \
+    tests/test_sequence.py tests/test_modules.py
+
+  # The microbenchmarks behind the persistent kernels' design (benchmarks/gpu_micro).
+  for micro in barriers recurrent_step; do
+    start=$SECONDS
+    seconds=$(allot 30 0)
+    worth "$seconds" "$micro" || continue
+    nvcc -O3 -std=c++17 -arch=sm_90a -o "$OUT/$micro" "benchmarks/gpu_micro/$micro.cu" \
+      >"$OUT/$micro-build.log" 2>&1 && timeout "$seconds" "$OUT/$micro" >"$OUT/$micro.md" 2>&1
+    summary "$micro: rc=$? in $((SECONDS - start)) s"
+    cat "$OUT/$micro.md" >> "$OUT/summary.txt" 2>/dev/null
+    rm -f "$OUT/$micro"
+  done
+}
+
+if [ "$PART" = 2 ]; then part2 "$@"; else part1; fi
 cat "$OUT/summary.txt"
-exit $(( persistent_rc != 0 || tests_rc != 0 || persistent_on_rc != 0 ))
+exit $failed

@@ -289,6 +289,24 @@ def test_the_committed_table_is_the_generators_and_the_build_reads_it():
             dict(batch=batch, hidden=hidden, order=order)
 
 
+def test_the_committed_table_gives_nothing_outside_what_it_measured():
+    """Whatever the table holds (a sweep rewrites it): past each kind's measured span of batches
+    and hidden sizes, for a kind it does not hold, and in float64, no point (step-wise)."""
+    points = path_table.parse_header(path_table.HEADER.read_text())
+    kinds = {(g, e, bwd) for g, e, bwd, *_ in points}
+    for gates, elem_bytes, backward in kinds:
+        mine = [p for p in points if p[:3] == (gates, elem_bytes, backward)]
+        batches, hiddens = [p[3] for p in mine], [p[4] for p in mine]
+        inside = (min(batches), min(hiddens))
+        assert _C.measured_point([], gates, elem_bytes, backward, *inside) is not None
+        for batch, hidden in ((max(batches) + 1, inside[1]), (inside[0], min(hiddens) - 1),
+                              (inside[0], max(hiddens) + 1)):
+            assert _C.measured_point([], gates, elem_bytes, backward, batch, hidden) is None
+        assert _C.measured_point([], gates, 8, backward, *inside) is None
+    for gates, elem_bytes, backward in {(4, 2, True), (3, 4, False)} - kinds:
+        assert _C.measured_point([], gates, elem_bytes, backward, 1, 512) is None
+
+
 @pytest.mark.parametrize("description, path", [
     ("persistent (tensor cores)", "tensor cores"),
     ("persistent (tensor cores, clusters of 2; measured fastest at batch 16, hidden 768)",

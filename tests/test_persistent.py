@@ -548,23 +548,6 @@ def test_float64_and_odd_sizes_take_the_simt_kernel(persistent_on):
 STEP, SIMT, TC = "step-wise", "SIMT", "tensor cores"
 
 
-def test_the_default_table_holds_the_simt_forward_at_batch_1():
-    """csrc/measured_paths.h as measured so far (NOTES entries 15 and 61): the SIMT forward at
-    batch 1, the LSTM at hidden 128-1024 and the GRU at 128-512, 16-bit and float32."""
-    def point(gates, elem_bytes, batch, hidden, backward=False):
-        return _C.measured_point([], gates, elem_bytes, backward, batch, hidden)
-    for gates, top in ((4, 1024), (3, 512)):
-        for elem_bytes in (2, 4):
-            for hidden in (128, 200, 512, top):
-                assert point(gates, elem_bytes, 1, hidden)["order"][0] == SIMT
-            assert point(gates, elem_bytes, 1, 112) is None  # below the span measured
-            assert point(gates, elem_bytes, 1, top + 16) is None  # above it
-            assert point(gates, elem_bytes, 2, 512) is None
-            assert point(gates, elem_bytes, 1, 512, backward=True) is None
-    assert point(4, 8, 1, 512) is None  # float64: not measured
-    assert point(4, 2, 1, 700) == {"batch": 1, "hidden": 512, "order": [SIMT, STEP, STEP]}
-
-
 # A table of the shape a sweep writes (benchmarks/path_table.py): LSTM 16-bit forward.
 GRID = [(4, 2, False, b, h, [TC if b >= 16 else SIMT, STEP, STEP])
         for b in (1, 4, 16, 64) for h in (256, 512, 1024)]
