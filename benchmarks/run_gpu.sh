@@ -10,8 +10,9 @@
 #     keeps the committed one), and the default's tests under it; the headline layers against
 #     torch.nn (suite.py --preset headline).
 #   RUN_GPU_PART=2 bash benchmarks/run_gpu.sh OUT_DIR [suite.py arguments]
-#     the second call, on the machine the first left warm (its extension, with the measured
-#     paths, still built; built again where it is not): the whole test suite's CUDA cases; the
+#     the second call, on the machine the first left warm (its build brought up to the working
+#     tree: copy the first call's measured_paths.h to csrc/ first; built afresh on a new
+#     machine): the whole test suite's CUDA cases; the
 #     GPU issue's target cases (suite.py --preset targets) and their verdict (gpu_targets.py);
 #     compute-sanitizer racecheck; the layer tests with the persistent kernels switched on; the
 #     barrier and tensor-core step microbenchmarks (gpu_micro).
@@ -47,19 +48,32 @@ worth() {
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 summary "GPU: $(tail -1 "$OUT/gpu.txt") (part $PART)"
 
+# Built in place (not by pip install -e, whose editable build compiles in a temporary folder, so
+# that a later rebuild would start over): the objects stay in build/ for ninja, and the package
+# is imported from the repository (PYTHONPATH).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 build() {
   local start=$SECONDS
   TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" FUSED_RNN_PTXAS_VERBOSE=1 \
     MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-    python3 -m pip install -v --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
+    python3 setup.py build_ext --inplace >"$OUT/build.log" 2>&1
   local rc=$?
   summary "build: rc=$rc in $((SECONDS - start)) s"
   [ $rc -eq 0 ] || { tail -40 "$OUT/build.log"; exit 1; }
   python3 .ci/ptxas_summary.py "$OUT/build.log" > "$OUT/ptxas.txt"
 }
-if [ "$PART" = 2 ]; then
-  python3 -c "import fused_rnn, sys; sys.exit(not fused_rnn.build_info()['cuda'])" 2>/dev/null \
-    || build
+# Incremental (ninja): after a change of csrc/measured_paths.h only its two readers recompile.
+rebuild() {
+  TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+    python3 setup.py -q build_ext --inplace >>"$OUT/rebuild.log" 2>&1
+}
+if [ "$PART" = 2 ] && \
+    python3 -c "import fused_rnn, sys; sys.exit(not fused_rnn.build_info()['cuda'])" 2>/dev/null; then
+  # The first call's build, brought up to this working tree (its csrc/measured_paths.h: copy the
+  # first call's table there before this call to keep the default it measured).
+  start=$SECONDS
+  rebuild || { summary "rebuild: FAILED (rebuild.log)"; tail -40 "$OUT/rebuild.log"; exit 1; }
+  summary "rebuild: in $((SECONDS - start)) s"
 else
   build
 fi
@@ -136,16 +150,11 @@ part1() {
   fi
 }
 
-# The sweep's table in csrc/ and the extension rebuilt with it (incremental: only its two readers,
-# default_paths.h's, recompile).
+# The sweep's table in csrc/ and the extension rebuilt with it.
 apply_measured_paths() {
   local start=$SECONDS
   cp csrc/measured_paths.h "$OUT/measured_paths.committed.h"
   cp "$OUT/measured_paths.h" csrc/measured_paths.h
-  rebuild() {
-    TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-      python3 setup.py -q build_ext --inplace >>"$OUT/rebuild.log" 2>&1
-  }
   if rebuild; then
     summary "default: this run's measured paths, rebuilt in $((SECONDS - start)) s"
   else
