@@ -229,7 +229,7 @@ __global__ void __launch_bounds__(kThreads) cell_forward_unit_kernel(const CellP
 // A cell op's step. Grid: x over batch tiles, y over unit tiles. Block: kTileUnits x kTileBatch
 // threads.
 template <typename Update, typename scalar_t>
-__global__ void __launch_bounds__(kThreads) cell_forward_kernel(const CellParams<scalar_t> p) {
+__global__ void __launch_bounds__(kThreads, 2) cell_forward_kernel(const CellParams<scalar_t> p) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int G = Update::kGates;
   const int64_t b0 = static_cast<int64_t>(blockIdx.x) * kTileBatch;

@@ -306,8 +306,8 @@ PathChoice choose_path(int64_t gates, int64_t batch, int64_t hidden, int64_t ele
       choice.why_not = choice.tensor_core.runs
                            ? "tensors at offsets the tensor-core kernel cannot load"
                            : choice.tensor_core.reason;
-    } else if (backward) {
-      choice.why_not = "the SIMT kernel runs the forward only";
+    } else if (backward) {  // (a tensor-core path tried before says why not first)
+      if (choice.why_not.empty()) choice.why_not = "the SIMT kernel runs the forward only";
     } else {
       if (packed) {
         choice.why_not = "the SIMT kernel runs a uniform batch only";
