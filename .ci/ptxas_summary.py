@@ -3,8 +3,9 @@ memory, spills.
 
     python3 .ci/ptxas_summary.py BUILD_LOG [--no-spills REGEX]
 
---no-spills: exit with status 1 where a kernel whose name matches REGEX spills (the persistent
-kernels keep their weights in registers for the whole sequence: a spill there is a defect).
+--no-spills: exit with status 1 where a kernel whose name matches REGEX spills (CI: every kernel;
+the persistent ones keep their weights in registers for the whole sequence, where a spill costs
+every step).
 """
 
 import argparse
