@@ -417,6 +417,115 @@ void launch_layer_step(const StepTensors& t) {
   });
 }
 
+// cuBLAS's element type, compute type and scale type for a dtype's products (float32 on TF32
+// tensor cores where tf32_products says so).
+template <typename scalar_t>
+struct BlasTypes;
+template <>
+struct BlasTypes<float> {
+  using Scale = float;
+  static constexpr cudaDataType_t kData = CUDA_R_32F;
+  static cublasComputeType_t compute(bool tf32) {
+    return tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  }
+};
+template <>
+struct BlasTypes<double> {
+  using Scale = double;
+  static constexpr cudaDataType_t kData = CUDA_R_64F;
+  static cublasComputeType_t compute(bool) { return CUBLAS_COMPUTE_64F; }
+};
+template <>
+struct BlasTypes<c10::Half> {
+  using Scale = float;
+  static constexpr cudaDataType_t kData = CUDA_R_16F;
+  static cublasComputeType_t compute(bool) { return CUBLAS_COMPUTE_32F; }
+};
+template <>
+struct BlasTypes<c10::BFloat16> {
+  using Scale = float;
+  static constexpr cudaDataType_t kData = CUDA_R_16BF;
+  static cublasComputeType_t compute(bool) { return CUBLAS_COMPUTE_32F; }
+};
+
+// out [M, N] = a [M, K] @ w^T for w [N, K], every matrix row-major and dense. (Row-major out is
+// the column-major out^T = w a^T: w's column-major view is w^T, taken transposed.)
+template <typename scalar_t>
+void gemm_rows(cublasHandle_t handle, cublasComputeType_t compute, const scalar_t* a,
+               const scalar_t* w, scalar_t* out, int M, int N, int K) {
+  using Types = BlasTypes<scalar_t>;
+  const typename Types::Scale alpha = 1, beta = 0;
+  TORCH_CUDABLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w,
+                                    Types::kData, K, a, Types::kData, K, &beta, out, Types::kData,
+                                    N, compute, CUBLAS_GEMM_DEFAULT_TENSOR_OP));
+}
+
+// A layer's step-wise forward over a padded batch (SequenceTensors; no episode starts, no
+// zoneout: those take the step loop of layer_common.cpp) in one host loop over raw pointers:
+// each step is launch_layer_step's cuBLAS product into one buffer and pointwise launch, without
+// the views and the product's tensor that the generic loop makes for every step, whose host
+// time paces the small layers (NOTES entry 64).
+template <typename Update>
+bool stepwise_sequence(const SequenceTensors& t) {
+  if (!t.starts.empty() || !t.zoneout.empty() || !t.packed_steps.empty()) return false;
+  const int64_t B = t.h0.size(0), H = t.h0.size(1), N = t.input_side.size(0);
+  constexpr int64_t G = Update::kGates;
+  const bool cell = t.cell_states.defined();
+  const bool dense = t.input_side.is_contiguous() && t.h0.is_contiguous() &&
+                     t.w_hh.is_contiguous() && t.output.is_contiguous() &&
+                     t.saved.is_contiguous() && (!cell || t.c0.is_contiguous()) &&
+                     (!cell || t.cell_states.is_contiguous());
+  if (B == 0 || H == 0 || N % B != 0 || !dense || t.output.size(1) != H ||
+      std::max(B, G * H) >= (int64_t{1} << 31)) {
+    return false;
+  }
+  const int64_t steps = N / B, S = t.saved.size(1);
+  const bool saved_per_step = t.saved.size(0) == N;
+  const c10::cuda::CUDAGuard guard(t.output.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
+  const Tensor hidden = at::empty({B, G * H}, t.output.options());
+  const unsigned blocks = pointwise_blocks(B * H);
+  FUSED_RNN_DISPATCH_FLOATING_TYPES(t.output.scalar_type(), "stepwise_sequence_cuda", [&] {
+    const cublasComputeType_t compute =
+        BlasTypes<scalar_t>::compute(tf32_products(t.output));
+    const auto at_step = [](const Tensor& x, int64_t step, int64_t rows) {
+      return x.data_ptr<scalar_t>() + step * rows * x.size(1);
+    };
+    // (The sizes from h0; the state and saved pointers are set for each step.)
+    CellParams<scalar_t> p = cell_params<scalar_t>(t.h0, t.c0, std::nullopt, t.b_hh, t.h0, t.c0,
+                                                   t.saved, Tensor(), Tensor());
+    scalar_t* const product = hidden.data_ptr<scalar_t>();
+    p.hproj = product;
+    for (int64_t i = 0; i < steps; ++i) {
+      const int64_t step = t.reverse ? steps - 1 - i : i;
+      const int64_t before = t.reverse ? step + 1 : step - 1;  // (the step run before)
+      p.hx = i == 0 ? t.h0.data_ptr<scalar_t>() : at_step(t.output, before, B);
+      gemm_rows<scalar_t>(handle, compute, p.hx, t.w_hh.data_ptr<scalar_t>(), product,
+                          static_cast<int>(B), static_cast<int>(G * H), static_cast<int>(H));
+      if (cell) {
+        p.cx = i == 0 ? t.c0.data_ptr<scalar_t>() : at_step(t.cell_states, before, B);
+        p.cy = at_step(t.cell_states, step, B);
+      }
+      p.hy = at_step(t.output, step, B);
+      p.xproj = at_step(t.input_side, step, B);
+      p.saved = t.saved.data_ptr<scalar_t>() + (saved_per_step ? step * B * S : 0);
+      step_gates_kernel<Update, scalar_t><<<blocks, kPointwiseThreads, 0, stream>>>(p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return true;
+}
+
+// The whole-sequence forwards (CellKernels::sequence): the persistent kernels where they are
+// chosen (persistent_layer.cu), else the step-wise loop above.
+bool lstm_sequence_cuda(const SequenceTensors& t) {
+  return cuda::lstm_sequence(t) || stepwise_sequence<LstmUpdate>(t);
+}
+bool gru_sequence_cuda(const SequenceTensors& t) {
+  return cuda::gru_sequence(t) || stepwise_sequence<GruUpdate>(t);
+}
+
 OptionalTensor contiguous_or_none(const OptionalTensor& t) {
   return t.has_value() ? OptionalTensor(t->contiguous()) : std::nullopt;
 }
@@ -612,7 +721,7 @@ constexpr CellKernels<LstmCell> kCudaLstm{
     .prepare_recurrent = &prepare_linear_cuda,
     .step = &lstm_step_cuda,
     .gate_grads = &lstm_gate_grads_cuda,
-    .sequence = &cuda::lstm_sequence,
+    .sequence = &lstm_sequence_cuda,
     .sequence_from_input = nullptr,
     .backward_sequence = &cuda::lstm_backward_sequence,
 };
@@ -621,7 +730,7 @@ constexpr CellKernels<GruCell> kCudaGru{
     .prepare_recurrent = &prepare_linear_cuda,
     .step = &gru_step_cuda,
     .gate_grads = &gru_gate_grads_cuda,
-    .sequence = &cuda::gru_sequence,
+    .sequence = &gru_sequence_cuda,
     .sequence_from_input = nullptr,
     .backward_sequence = &cuda::gru_backward_sequence,
 };
