@@ -9,8 +9,10 @@
 // layer's step (the step-wise path): the hidden product on cuBLAS through ATen, then one
 // pointwise launch for the gate math over the input projection and that product (the tiled
 // in-kernel product left most SMs idle at small batches: ~50 us a step at B=1 H=512 on an H200,
-// NOTES entry 15). Backward: one fused pointwise launch for the gate gradients; the matrix
-// products around it are cuBLAS calls through ATen.
+// NOTES entry 15); over a padded batch, the whole time loop on raw pointers and cuBLAS directly
+// (stepwise_sequence). Backward: one fused pointwise launch for the gate gradients; the matrix
+// products around it are cuBLAS calls (directly in the padded batch's loop,
+// stepwise_backward_sequence; through ATen otherwise).
 #include "../cell_math.h"
 #include "../cell_ops.h"
 #include "cuda_tables.h"
@@ -448,16 +450,19 @@ struct BlasTypes<c10::BFloat16> {
   static cublasComputeType_t compute(bool) { return CUBLAS_COMPUTE_32F; }
 };
 
-// out [M, N] = a [M, K] @ w^T for w [N, K], every matrix row-major and dense. (Row-major out is
-// the column-major out^T = w a^T: w's column-major view is w^T, taken transposed.)
+// out [M, N] = a [M, K] @ w^T for w [N, K] (w_rows_are_n), or a @ w for w [K, N]; plus out
+// itself where accumulate. Every matrix row-major and dense. (Row-major out is the column-major
+// out^T = w^T a^T, w's column-major view being w^T in the first case, taken transposed.)
 template <typename scalar_t>
 void gemm_rows(cublasHandle_t handle, cublasComputeType_t compute, const scalar_t* a,
-               const scalar_t* w, scalar_t* out, int M, int N, int K) {
+               const scalar_t* w, scalar_t* out, int M, int N, int K, bool w_rows_are_n,
+               bool accumulate) {
   using Types = BlasTypes<scalar_t>;
-  const typename Types::Scale alpha = 1, beta = 0;
-  TORCH_CUDABLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &alpha, w,
-                                    Types::kData, K, a, Types::kData, K, &beta, out, Types::kData,
-                                    N, compute, CUBLAS_GEMM_DEFAULT_TENSOR_OP));
+  const typename Types::Scale alpha = 1, beta = accumulate ? 1 : 0;
+  TORCH_CUDABLAS_CHECK(cublasGemmEx(handle, w_rows_are_n ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                    CUBLAS_OP_N, N, M, K, &alpha, w, Types::kData,
+                                    w_rows_are_n ? K : N, a, Types::kData, K, &beta, out,
+                                    Types::kData, N, compute, CUBLAS_GEMM_DEFAULT_TENSOR_OP));
 }
 
 // A layer's step-wise forward over a padded batch (SequenceTensors; no episode starts, no
@@ -502,7 +507,8 @@ bool stepwise_sequence(const SequenceTensors& t) {
       const int64_t before = t.reverse ? step + 1 : step - 1;  // (the step run before)
       p.hx = i == 0 ? t.h0.data_ptr<scalar_t>() : at_step(t.output, before, B);
       gemm_rows<scalar_t>(handle, compute, p.hx, t.w_hh.data_ptr<scalar_t>(), product,
-                          static_cast<int>(B), static_cast<int>(G * H), static_cast<int>(H));
+                          static_cast<int>(B), static_cast<int>(G * H), static_cast<int>(H),
+                          true, false);
       if (cell) {
         p.cx = i == 0 ? t.c0.data_ptr<scalar_t>() : at_step(t.cell_states, before, B);
         p.cy = at_step(t.cell_states, step, B);
@@ -565,8 +571,11 @@ std::tuple<Tensor, Tensor> gru_cell_cuda(const Tensor& input, const Tensor& hx,
 
 // With zoneout, c_new holds the carried state and c' is rebuilt from the gates; grad_h_direct
 // (which may be grad_h) receives the part of grad_h that goes straight to the state before.
+// grad_out (or null): the step's output gradient, added to grad_h here.
 template <typename scalar_t>
-__global__ void lstm_gate_grads_kernel(const scalar_t* grad_h, const scalar_t* grad_c,
+__global__ void lstm_gate_grads_kernel(const scalar_t* grad_h,
+                                       const scalar_t* __restrict__ grad_out,
+                                       const scalar_t* grad_c,
                                        const scalar_t* __restrict__ gates,
                                        const scalar_t* __restrict__ c_prev,
                                        const scalar_t* __restrict__ c_new,
@@ -582,7 +591,7 @@ __global__ void lstm_gate_grads_kernel(const scalar_t* grad_h, const scalar_t* g
     const scalar_t* saved = gates + b * kLstmSaved * H;
     const auto gate = [&](int64_t k) { return acc_t(saved[k * H + j]); };
     const acc_t c = acc_t(c_prev[u]);
-    const auto dh = new_state_grad<acc_t>(grad_h, zoneout_h, u);
+    const auto dh = new_state_grad<acc_t>(grad_h, zoneout_h, u, grad_out);
     const auto dc = new_state_grad<acc_t>(grad_c, zoneout_c, u);
     const acc_t c_out = zoneout_c ? lstm_new_cell_state(gate(0), gate(1), gate(2), c)
                                   : acc_t(c_new[u]);
@@ -595,7 +604,9 @@ __global__ void lstm_gate_grads_kernel(const scalar_t* grad_h, const scalar_t* g
 }
 
 template <typename scalar_t>
-__global__ void gru_gate_grads_kernel(const scalar_t* grad_h, const scalar_t* __restrict__ h_prev,
+__global__ void gru_gate_grads_kernel(const scalar_t* grad_h,
+                                      const scalar_t* __restrict__ grad_out,
+                                      const scalar_t* __restrict__ h_prev,
                                       const scalar_t* __restrict__ workspace,
                                       scalar_t* __restrict__ grad_input_gates,
                                       scalar_t* __restrict__ grad_hidden_gates,
@@ -608,7 +619,7 @@ __global__ void gru_gate_grads_kernel(const scalar_t* grad_h, const scalar_t* __
        u += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = u / H, j = u % H;
     const scalar_t* ws = workspace + b * kGruSaved * H;
-    const auto dh = new_state_grad<acc_t>(grad_h, zoneout_h, u);
+    const auto dh = new_state_grad<acc_t>(grad_h, zoneout_h, u, grad_out);
     const auto d = gru_step_backward<acc_t>([&](int64_t k) { return acc_t(ws[k * H + j]); },
                                             acc_t(h_prev[u]), dh.next);
     scalar_t* gi = grad_input_gates + b * kGruGates * H;
@@ -629,7 +640,8 @@ void lstm_gate_grads_cuda(const GateGradTensors& t) {
   FUSED_RNN_DISPATCH_FLOATING_TYPES(c_new.scalar_type(), "lstm_gate_grads_cuda", [&] {
     lstm_gate_grads_kernel<scalar_t>
         <<<pointwise_blocks(B * H), kPointwiseThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            grad_h.data_ptr<scalar_t>(), grad_c.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
+            grad_h.data_ptr<scalar_t>(), nullptr, grad_c.data_ptr<scalar_t>(),
+            gates.data_ptr<scalar_t>(),
             c_prev.data_ptr<scalar_t>(), c_new.data_ptr<scalar_t>(),
             grad_gates.data_ptr<scalar_t>(), grad_c_prev.data_ptr<scalar_t>(),
             data_or_null<scalar_t>(t.zoneout_h), data_or_null<scalar_t>(t.zoneout_c),
@@ -648,12 +660,77 @@ void gru_gate_grads_cuda(const GateGradTensors& t) {
   FUSED_RNN_DISPATCH_FLOATING_TYPES(h_prev.scalar_type(), "gru_gate_grads_cuda", [&] {
     gru_gate_grads_kernel<scalar_t>
         <<<pointwise_blocks(B * H), kPointwiseThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            grad_h.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
+            grad_h.data_ptr<scalar_t>(), nullptr, h_prev.data_ptr<scalar_t>(),
             workspace.data_ptr<scalar_t>(), grad_input_gates.data_ptr<scalar_t>(),
             grad_hidden_gates.data_ptr<scalar_t>(), grad_h_direct.data_ptr<scalar_t>(),
             data_or_null<scalar_t>(t.zoneout_h), B, H);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+// A layer's step-wise backward over a padded batch (BackwardSequenceTensors; no resets, no
+// zoneout: those take layer_common.cpp's step loop) in one host loop over raw pointers, as
+// stepwise_sequence is the forward's: per step, last first, the gate-gradient launch (adding the
+// step's output gradient itself) and cuBLAS's product carrying the state's gradient to the step
+// before (the LSTM's written over it; the GRU's added to the direct part the launch wrote).
+template <typename Update>
+bool stepwise_backward_sequence(const BackwardSequenceTensors& t) {
+  if (!t.starts.empty() || !t.zoneout.empty() || !t.packed_steps.empty()) return false;
+  constexpr bool kLstm = Update::kGates == kLstmGates;
+  constexpr int64_t G = Update::kGates;
+  const int64_t B = t.grad_h.size(0), H = t.grad_h.size(1), N = t.grad_output.size(0);
+  const Tensor& state_before = kLstm ? t.c_before : t.h_before;
+  const auto dense = [](const Tensor& x) { return x.defined() && x.is_contiguous(); };
+  const bool all_dense = dense(t.grad_output) && dense(t.saved) && dense(t.w_hh) &&
+                         dense(t.grad_h) && dense(t.grad_input_gates) &&
+                         dense(t.grad_hidden_gates) && dense(state_before) &&
+                         (!kLstm || (dense(t.cell_states) && dense(t.grad_c)));
+  if (B == 0 || H == 0 || N % B != 0 || !all_dense || t.grad_output.size(1) != H ||
+      std::max(B, G * H) >= (int64_t{1} << 31)) {
+    return false;
+  }
+  const int64_t steps = N / B;
+  const c10::cuda::CUDAGuard guard(t.grad_h.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
+  const unsigned blocks = pointwise_blocks(B * H);
+  FUSED_RNN_DISPATCH_FLOATING_TYPES(t.grad_h.scalar_type(), "stepwise_backward_cuda", [&] {
+    const cublasComputeType_t compute =
+        BlasTypes<scalar_t>::compute(tf32_products(t.grad_h));
+    const auto rows = [&](const Tensor& x, int64_t step) {
+      return x.data_ptr<scalar_t>() + step * B * x.size(1);
+    };
+    scalar_t* const grad_h = t.grad_h.data_ptr<scalar_t>();
+    for (int64_t i = steps - 1; i >= 0; --i) {  // (i: the forward's run order)
+      const int64_t step = t.reverse ? steps - 1 - i : i;
+      scalar_t* const hidden_grads = rows(t.grad_hidden_gates, step);
+      if constexpr (kLstm) {
+        scalar_t* const grad_c = t.grad_c.data_ptr<scalar_t>();
+        lstm_gate_grads_kernel<scalar_t><<<blocks, kPointwiseThreads, 0, stream>>>(
+            grad_h, rows(t.grad_output, step), grad_c, rows(t.saved, step),
+            rows(t.c_before, step), rows(t.cell_states, step), hidden_grads, grad_c, nullptr,
+            nullptr, nullptr, B, H);
+      } else {
+        gru_gate_grads_kernel<scalar_t><<<blocks, kPointwiseThreads, 0, stream>>>(
+            grad_h, rows(t.grad_output, step), rows(t.h_before, step), rows(t.saved, step),
+            rows(t.grad_input_gates, step), hidden_grads, grad_h, nullptr, B, H);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      gemm_rows<scalar_t>(handle, compute, hidden_grads, t.w_hh.data_ptr<scalar_t>(), grad_h,
+                          static_cast<int>(B), static_cast<int>(H), static_cast<int>(G * H),
+                          false, !kLstm);
+    }
+  });
+  return true;
+}
+
+// The whole-sequence backwards (CellKernels::backward_sequence): the tensor-core kernel where it
+// is chosen (persistent_layer.cu), else the step-wise loop above.
+bool lstm_backward_sequence_cuda(const BackwardSequenceTensors& t) {
+  return cuda::lstm_backward_sequence(t) || stepwise_backward_sequence<LstmUpdate>(t);
+}
+bool gru_backward_sequence_cuda(const BackwardSequenceTensors& t) {
+  return cuda::gru_backward_sequence(t) || stepwise_backward_sequence<GruUpdate>(t);
 }
 
 void lstm_step_cuda(const StepTensors& t) { launch_layer_step<LstmUpdate>(t); }
@@ -723,7 +800,7 @@ constexpr CellKernels<LstmCell> kCudaLstm{
     .gate_grads = &lstm_gate_grads_cuda,
     .sequence = &lstm_sequence_cuda,
     .sequence_from_input = nullptr,
-    .backward_sequence = &cuda::lstm_backward_sequence,
+    .backward_sequence = &lstm_backward_sequence_cuda,
 };
 
 constexpr CellKernels<GruCell> kCudaGru{
@@ -732,7 +809,7 @@ constexpr CellKernels<GruCell> kCudaGru{
     .gate_grads = &gru_gate_grads_cuda,
     .sequence = &gru_sequence_cuda,
     .sequence_from_input = nullptr,
-    .backward_sequence = &cuda::gru_backward_sequence,
+    .backward_sequence = &gru_backward_sequence_cuda,
 };
 
 }  // namespace
