@@ -117,57 +117,54 @@ def _modes_by_path(kind, batch, hidden, dtype, backward, device):
     return found
 
 
+def _measure_paths(modes, run, rounds, device):
+    """{path: (median seconds, results)} of run() under each mode of `modes` ({path: mode}), the
+    modes taking turns, their order rotating every round; the first round warms up."""
+    times = {path: [] for path in modes}
+    results = {}
+    for r in range(rounds + 1):
+        order = list(modes)[r % len(modes):] + list(modes)[:r % len(modes)]
+        for path in order:
+            _C.set_persistent_kernels(modes[path])
+            seconds, results[path] = _timed(run, device)
+            if r:
+                times[path].append(seconds)
+    return {path: (statistics.median(times[path]), results[path]) for path in modes}
+
+
 def measure_shape(kind, dtype_name, batch, hidden, steps, rounds, device="cuda"):
-    """The rows of one shape: forward and backward times per path, each sanity-checked (on a
-    device other than CUDA: its one path, to test this code)."""
+    """The rows of one shape: forward and backward times per path, each sanity-checked against
+    the step-wise path's results (on a device other than CUDA: its one path, to test this
+    code)."""
     dtype = DTYPES[dtype_name]
     torch.manual_seed(0)
     layer = LAYERS[kind](hidden, hidden, device=device, dtype=dtype)
     x = torch.randn(steps, batch, hidden, device=device, dtype=dtype, requires_grad=True)
     params = [x, *layer.parameters()]
-    rows = []
     base = dict(kind=kind, dtype=dtype_name, elem_bytes=dtype.itemsize, batch=batch,
                 hidden=hidden, steps=steps)
-    try:
-        # Forward, inference.
-        modes = _modes_by_path(kind, batch, hidden, dtype, False, device)
-        times = {path: [] for path in modes}
-        outputs = {}
+
+    def forward():  # inference
         with torch.no_grad():
-            for r in range(rounds + 1):  # the first round warms up
-                order = list(modes)[r % len(modes):] + list(modes)[:r % len(modes)]
-                for path in order:
-                    _C.set_persistent_kernels(modes[path])
-                    seconds, out = _timed(lambda: layer(x)[0], device)
-                    if r:
-                        times[path].append(seconds)
-                    outputs[path] = out
-        for path, mode in modes.items():
-            problem = _relative_difference([outputs[path]], [outputs["step-wise"]])
-            rows.append(dict(base, direction="forward", path=path, mode=mode,
-                             median_s=statistics.median(times[path]), difference=problem,
-                             sane=problem <= SANITY[dtype_name]))
-        # Backward alone, over one step-wise forward's graph.
-        modes = _modes_by_path(kind, batch, hidden, dtype, True, device)
+            return [layer(x)[0]]
+
+    rows = []
+    try:
+        # The backward alone, over one step-wise forward's graph.
         _C.set_persistent_kernels("off")
         out = layer(x)[0]
         grad_out = torch.randn_like(out)
-        times = {path: [] for path in modes}
-        grads = {}
-        for r in range(rounds + 1):
-            order = list(modes)[r % len(modes):] + list(modes)[:r % len(modes)]
-            for path in order:
-                _C.set_persistent_kernels(modes[path])
-                seconds, g = _timed(lambda: torch.autograd.grad(out, params, grad_out,
-                                                                retain_graph=True), device)
-                if r:
-                    times[path].append(seconds)
-                grads[path] = g
-        for path, mode in modes.items():
-            problem = _relative_difference(grads[path], grads["step-wise"])
-            rows.append(dict(base, direction="backward", path=path, mode=mode,
-                             median_s=statistics.median(times[path]), difference=problem,
-                             sane=problem <= SANITY[dtype_name]))
+        for direction, run in (
+                ("forward", forward),
+                ("backward", lambda: torch.autograd.grad(out, params, grad_out,
+                                                         retain_graph=True))):
+            modes = _modes_by_path(kind, batch, hidden, dtype, direction == "backward", device)
+            measured = _measure_paths(modes, run, rounds, device)
+            for path, (median_s, results) in measured.items():
+                problem = _relative_difference(results, measured["step-wise"][1])
+                rows.append(dict(base, direction=direction, path=path, mode=modes[path],
+                                 median_s=median_s, difference=problem,
+                                 sane=problem <= SANITY[dtype_name]))
     finally:
         fused_rnn.use_persistent_kernels(None)
     return rows

@@ -2,6 +2,8 @@
 index maps (checked anywhere) and, on a GPU, parity with torch.nn with the kernels switched on."""
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,9 @@ import fused_rnn
 from conftest import CUDA_READY, Sizes, assert_matches_torch
 from fused_rnn import _C
 from test_sequence import CONFIGS, check_against_torch, config_id
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+import path_table  # noqa: E402  (how benchmarks read cuda_layer_path's descriptions)
 
 # An H200's limits: 132 SMs, 227 KiB of shared memory per block (opt-in).
 H200 = dict(sm_count=132, shared_limit=227 * 1024)
@@ -586,15 +591,6 @@ def test_use_persistent_kernels_takes_true_false_or_none():
         _C.set_persistent_kernels("sometimes")
 
 
-def path_named(description):
-    """The path a cuda_layer_path description names (as benchmarks/path_table.py reads it)."""
-    for prefix, path in (("step-wise", STEP), ("persistent (tensor cores", TC),
-                         ("persistent (SIMT", SIMT)):
-        if description.startswith(prefix):
-            return path
-    raise AssertionError(f"not a path description: {description!r}")
-
-
 def default_path(kind, batch, hidden, dtype, backward=False):
     """The path the default takes for this shape by the table (csrc/measured_paths.h): the first
     of the measured point's order that applies, as the forced modes report what applies; and the
@@ -606,8 +602,8 @@ def default_path(kind, batch, hidden, dtype, backward=False):
     applies = {STEP: True}
     for mode, path in (("on", TC), ("simt", SIMT)):
         _C.set_persistent_kernels(mode)
-        applies[path] = path_named(fused_rnn.cuda_layer_path(kind, batch, hidden, dtype,
-                                                             backward=backward)) == path
+        description = fused_rnn.cuda_layer_path(kind, batch, hidden, dtype, backward=backward)
+        applies[path] = path_table.path_of(description) == path
     fused_rnn.use_persistent_kernels(None)
     return next(path for path in point["order"] if applies[path]), point
 
@@ -626,7 +622,7 @@ def test_the_default_path_is_the_measured_one(request):
             for backward in (False, True):
                 want, point = default_path(kind, batch, hidden, dtype, backward)
                 got = fused_rnn.cuda_layer_path(kind, batch, hidden, dtype, backward=backward)
-                assert path_named(got) == want, (kind, batch, hidden, dtype, backward, got)
+                assert path_table.path_of(got) == want, (kind, batch, hidden, dtype, backward, got)
                 if point is None:
                     assert got.startswith("step-wise: the persistent kernels run by default "
                                           "only where measured faster, and nothing near this "

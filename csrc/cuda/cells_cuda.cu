@@ -368,57 +368,6 @@ BlasOperand blas_operand(const Tensor& x) {
   return {x.contiguous(), CUBLAS_OP_N, columns};
 }
 
-// out [M, N] (rows of stride out.stride(0), columns contiguous) = a [M, K] @ b [K, N] + beta *
-// out, float32 on TF32 tensor cores (float32 accumulation). Row-major out is the column-major
-// out^T = b^T a^T.
-void tf32_gemm(const Tensor& a, const Tensor& b, const Tensor& out, float beta) {
-  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
-  if (M == 0 || N == 0) return;
-  if (K == 0) {  // (an empty buffer may hold NaNs: zeroed, not scaled, where beta is 0)
-    beta == 0.0f ? out.zero_() : out.mul_(beta);
-    return;
-  }
-  TORCH_CHECK(std::max({M, N, K}) < (int64_t{1} << 31), "fused_rnn: product of ", M, "x", K, "x",
-              N, " exceeds cuBLAS's sizes");
-  const BlasOperand lhs = blas_operand(b), rhs = blas_operand(a);
-  const float alpha = 1.0f;
-  TORCH_CUDABLAS_CHECK(cublasGemmEx(
-      at::cuda::getCurrentCUDABlasHandle(), lhs.op, rhs.op, static_cast<int>(N),
-      static_cast<int>(M), static_cast<int>(K), &alpha, lhs.t.data_ptr<float>(), CUDA_R_32F,
-      static_cast<int>(lhs.ld), rhs.t.data_ptr<float>(), CUDA_R_32F, static_cast<int>(rhs.ld),
-      &beta, out.data_ptr<float>(), CUDA_R_32F, static_cast<int>(out.stride(0)),
-      CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT_TENSOR_OP));
-}
-
-// a @ b (+ add, broadcast to the product's shape), on the product rule above.
-Tensor product(const Tensor& a, const Tensor& b, const OptionalTensor& add = std::nullopt) {
-  if (!tf32_products(a)) return add.has_value() ? at::addmm(*add, a, b) : at::mm(a, b);
-  const std::array<int64_t, 2> shape{a.size(0), b.size(1)};
-  Tensor out = add.has_value() ? add->expand(shape).contiguous() : at::empty(shape, a.options());
-  tf32_gemm(a, b, out, add.has_value() ? 1.0f : 0.0f);
-  return out;
-}
-
-// A layer's step (StepTensors): h_prev @ W_hh^T on cuBLAS (tensor cores for the half types, and
-// for float32 by the rule above), then the gate math in one pointwise launch.
-template <typename Update>
-void launch_layer_step(const StepTensors& t) {
-  const int64_t B = t.h_out.size(0), H = t.h_out.size(1);
-  if (B == 0 || H == 0) return;
-  const c10::cuda::CUDAGuard guard(t.h_out.device());
-  const Tensor hidden = product(t.h_prev, t.w_hh.t());
-  FUSED_RNN_DISPATCH_FLOATING_TYPES(t.h_out.scalar_type(), "layer_step_cuda", [&] {
-    CellParams<scalar_t> p = cell_params<scalar_t>(t.h_prev, t.c_prev, std::nullopt, t.b_hh,
-                                                   t.h_out, t.c_out, t.saved, t.zoneout_h,
-                                                   t.zoneout_c);
-    p.xproj = t.input_side.data_ptr<scalar_t>();
-    p.hproj = hidden.data_ptr<scalar_t>();
-    step_gates_kernel<Update, scalar_t>
-        <<<pointwise_blocks(B * H), kPointwiseThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-}
-
 // cuBLAS's element type, compute type and scale type for a dtype's products (float32 on TF32
 // tensor cores where tf32_products says so).
 template <typename scalar_t>
@@ -450,19 +399,66 @@ struct BlasTypes<c10::BFloat16> {
   static cublasComputeType_t compute(bool) { return CUBLAS_COMPUTE_32F; }
 };
 
-// out [M, N] = a [M, K] @ w^T for w [N, K] (w_rows_are_n), or a @ w for w [K, N]; plus out
-// itself where accumulate. Every matrix row-major and dense. (Row-major out is the column-major
-// out^T = w^T a^T, w's column-major view being w^T in the first case, taken transposed.)
+// out [M, N] (rows ldo apart) = a [M, K] @ b [K, N] + beta * out, each operand as cuBLAS takes
+// it (BlasOperand's op and leading dimension). Row-major out is the column-major out^T = b^T a^T.
 template <typename scalar_t>
-void gemm_rows(cublasHandle_t handle, cublasComputeType_t compute, const scalar_t* a,
-               const scalar_t* w, scalar_t* out, int M, int N, int K, bool w_rows_are_n,
-               bool accumulate) {
+void gemm(cublasHandle_t handle, cublasComputeType_t compute, int M, int N, int K,
+          const scalar_t* a, cublasOperation_t op_a, int lda, const scalar_t* b,
+          cublasOperation_t op_b, int ldb, scalar_t* out, int ldo,
+          typename BlasTypes<scalar_t>::Scale beta) {
   using Types = BlasTypes<scalar_t>;
-  const typename Types::Scale alpha = 1, beta = accumulate ? 1 : 0;
-  TORCH_CUDABLAS_CHECK(cublasGemmEx(handle, w_rows_are_n ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                    CUBLAS_OP_N, N, M, K, &alpha, w, Types::kData,
-                                    w_rows_are_n ? K : N, a, Types::kData, K, &beta, out,
-                                    Types::kData, N, compute, CUBLAS_GEMM_DEFAULT_TENSOR_OP));
+  const typename Types::Scale alpha = 1;
+  TORCH_CUDABLAS_CHECK(cublasGemmEx(handle, op_b, op_a, N, M, K, &alpha, b, Types::kData, ldb, a,
+                                    Types::kData, lda, &beta, out, Types::kData, ldo, compute,
+                                    CUBLAS_GEMM_DEFAULT_TENSOR_OP));
+}
+
+// out [M, N] (rows of stride out.stride(0), columns contiguous) = a [M, K] @ b [K, N] + beta *
+// out, float32 on TF32 tensor cores (float32 accumulation).
+void tf32_gemm(const Tensor& a, const Tensor& b, const Tensor& out, float beta) {
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // (an empty buffer may hold NaNs: zeroed, not scaled, where beta is 0)
+    beta == 0.0f ? out.zero_() : out.mul_(beta);
+    return;
+  }
+  TORCH_CHECK(std::max({M, N, K}) < (int64_t{1} << 31), "fused_rnn: product of ", M, "x", K, "x",
+              N, " exceeds cuBLAS's sizes");
+  const BlasOperand lhs = blas_operand(a), rhs = blas_operand(b);
+  gemm<float>(at::cuda::getCurrentCUDABlasHandle(), BlasTypes<float>::compute(true),
+              static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
+              lhs.t.data_ptr<float>(), lhs.op, static_cast<int>(lhs.ld), rhs.t.data_ptr<float>(),
+              rhs.op, static_cast<int>(rhs.ld), out.data_ptr<float>(),
+              static_cast<int>(out.stride(0)), beta);
+}
+
+// a @ b (+ add, broadcast to the product's shape), on the product rule above.
+Tensor product(const Tensor& a, const Tensor& b, const OptionalTensor& add = std::nullopt) {
+  if (!tf32_products(a)) return add.has_value() ? at::addmm(*add, a, b) : at::mm(a, b);
+  const std::array<int64_t, 2> shape{a.size(0), b.size(1)};
+  Tensor out = add.has_value() ? add->expand(shape).contiguous() : at::empty(shape, a.options());
+  tf32_gemm(a, b, out, add.has_value() ? 1.0f : 0.0f);
+  return out;
+}
+
+// A layer's step (StepTensors): h_prev @ W_hh^T on cuBLAS (tensor cores for the half types, and
+// for float32 by the rule above), then the gate math in one pointwise launch.
+template <typename Update>
+void launch_layer_step(const StepTensors& t) {
+  const int64_t B = t.h_out.size(0), H = t.h_out.size(1);
+  if (B == 0 || H == 0) return;
+  const c10::cuda::CUDAGuard guard(t.h_out.device());
+  const Tensor hidden = product(t.h_prev, t.w_hh.t());
+  FUSED_RNN_DISPATCH_FLOATING_TYPES(t.h_out.scalar_type(), "layer_step_cuda", [&] {
+    CellParams<scalar_t> p = cell_params<scalar_t>(t.h_prev, t.c_prev, std::nullopt, t.b_hh,
+                                                   t.h_out, t.c_out, t.saved, t.zoneout_h,
+                                                   t.zoneout_c);
+    p.xproj = t.input_side.data_ptr<scalar_t>();
+    p.hproj = hidden.data_ptr<scalar_t>();
+    step_gates_kernel<Update, scalar_t>
+        <<<pointwise_blocks(B * H), kPointwiseThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 // A layer's step-wise forward over a padded batch (SequenceTensors; no episode starts, no
@@ -484,7 +480,7 @@ bool stepwise_sequence(const SequenceTensors& t) {
       std::max(B, G * H) >= (int64_t{1} << 31)) {
     return false;
   }
-  const int64_t steps = N / B, S = t.saved.size(1);
+  const int64_t steps = N / B;
   const bool saved_per_step = t.saved.size(0) == N;
   const c10::cuda::CUDAGuard guard(t.output.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -494,8 +490,8 @@ bool stepwise_sequence(const SequenceTensors& t) {
   FUSED_RNN_DISPATCH_FLOATING_TYPES(t.output.scalar_type(), "stepwise_sequence_cuda", [&] {
     const cublasComputeType_t compute =
         BlasTypes<scalar_t>::compute(tf32_products(t.output));
-    const auto at_step = [](const Tensor& x, int64_t step, int64_t rows) {
-      return x.data_ptr<scalar_t>() + step * rows * x.size(1);
+    const auto rows = [&](const Tensor& x, int64_t step) {
+      return x.data_ptr<scalar_t>() + step * B * x.size(1);
     };
     // (The sizes from h0; the state and saved pointers are set for each step.)
     CellParams<scalar_t> p = cell_params<scalar_t>(t.h0, t.c0, std::nullopt, t.b_hh, t.h0, t.c0,
@@ -505,17 +501,19 @@ bool stepwise_sequence(const SequenceTensors& t) {
     for (int64_t i = 0; i < steps; ++i) {
       const int64_t step = t.reverse ? steps - 1 - i : i;
       const int64_t before = t.reverse ? step + 1 : step - 1;  // (the step run before)
-      p.hx = i == 0 ? t.h0.data_ptr<scalar_t>() : at_step(t.output, before, B);
-      gemm_rows<scalar_t>(handle, compute, p.hx, t.w_hh.data_ptr<scalar_t>(), product,
-                          static_cast<int>(B), static_cast<int>(G * H), static_cast<int>(H),
-                          true, false);
+      p.hx = i == 0 ? t.h0.data_ptr<scalar_t>() : rows(t.output, before);
+      // h_prev [B, H] @ W_hh^T, W_hh [G H, H] read transposed.
+      gemm<scalar_t>(handle, compute, static_cast<int>(B), static_cast<int>(G * H),
+                     static_cast<int>(H), p.hx, CUBLAS_OP_N, static_cast<int>(H),
+                     t.w_hh.data_ptr<scalar_t>(), CUBLAS_OP_T, static_cast<int>(H), product,
+                     static_cast<int>(G * H), 0);
       if (cell) {
-        p.cx = i == 0 ? t.c0.data_ptr<scalar_t>() : at_step(t.cell_states, before, B);
-        p.cy = at_step(t.cell_states, step, B);
+        p.cx = i == 0 ? t.c0.data_ptr<scalar_t>() : rows(t.cell_states, before);
+        p.cy = rows(t.cell_states, step);
       }
-      p.hy = at_step(t.output, step, B);
-      p.xproj = at_step(t.input_side, step, B);
-      p.saved = t.saved.data_ptr<scalar_t>() + (saved_per_step ? step * B * S : 0);
+      p.hy = rows(t.output, step);
+      p.xproj = rows(t.input_side, step);
+      p.saved = saved_per_step ? rows(t.saved, step) : t.saved.data_ptr<scalar_t>();
       step_gates_kernel<Update, scalar_t><<<blocks, kPointwiseThreads, 0, stream>>>(p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -716,9 +714,11 @@ bool stepwise_backward_sequence(const BackwardSequenceTensors& t) {
             rows(t.grad_input_gates, step), hidden_grads, grad_h, nullptr, B, H);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      gemm_rows<scalar_t>(handle, compute, hidden_grads, t.w_hh.data_ptr<scalar_t>(), grad_h,
-                          static_cast<int>(B), static_cast<int>(H), static_cast<int>(G * H),
-                          false, !kLstm);
+      // The step's hidden-side gate gradients [B, G H] @ W_hh [G H, H].
+      gemm<scalar_t>(handle, compute, static_cast<int>(B), static_cast<int>(H),
+                     static_cast<int>(G * H), hidden_grads, CUBLAS_OP_N, static_cast<int>(G * H),
+                     t.w_hh.data_ptr<scalar_t>(), CUBLAS_OP_N, static_cast<int>(H), grad_h,
+                     static_cast<int>(H), kLstm ? 0 : 1);
     }
   });
   return true;
