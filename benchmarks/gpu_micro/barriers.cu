@@ -12,6 +12,11 @@
 //     relaxed arrival (no memory ordering: the latency floor).
 // One block per SM, 256 threads, a few thousand steps per launch after a warm-up launch; prints
 // one markdown table of microseconds per step.
+// Then the whole exchange at the headline shape (H=768, B=16, 16-bit h: 48 blocks of 16 units, as
+// the tensor-core forward tiles it): each block writes its units' h and reads all of h into
+// shared memory, every value checked, by grid.sync(), by flags, and by tagged words (each 32-bit
+// word carries a value and its step, written by one relaxed store, so a reader polls the data
+// itself: no flag, no fence; NOTES entry 65).
 //
 //   nvcc -O3 -std=c++17 -arch=sm_90a -o barriers barriers.cu && ./barriers [steps]
 #include <cooperative_groups.h>
@@ -120,6 +125,149 @@ void row(const std::string& method, int blocks, float us) {
   std::printf("| %s | %d | %.3f |\n", method.c_str(), blocks, us);
 }
 
+// The exchange of one step's h at the headline shape. Block k owns units [16k, 16k+16) of every
+// batch row (one value a thread) and writes them into ring slot s % kSlots; then every block
+// reads the whole [kBatch, kHidden] slot into shared memory, checking each value. The values are
+// bit patterns of the step, row and unit.
+constexpr int kBatch = 16, kUnits = 16, kHidden = 768, kExchangeBlocks = kHidden / kUnits;
+constexpr int kSlots = 4;  // (a block may run ahead of its readers, not by kSlots steps)
+static_assert(kBatch * kUnits == kThreads, "a value a thread");
+enum class Exchange { kGrid, kFlags, kTagged };
+
+__device__ __forceinline__ unsigned expected_bits(int s, int row, int unit) {
+  return static_cast<unsigned>(s * 31 + row * 7 + unit) & 0x3fffu;
+}
+__device__ __forceinline__ void store_relaxed(unsigned* p, unsigned v) {
+  asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ uint4 load_relaxed(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.relaxed.gpu.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p)
+               : "memory");
+  return v;
+}
+__device__ __forceinline__ uint4 load_cg(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p)
+               : "memory");
+  return v;
+}
+// Whether all four tagged words of v carry `tag` in their low halves.
+__device__ __forceinline__ bool tagged(uint4 v, unsigned tag) {
+  return ((v.x ^ tag) | (v.y ^ tag) | (v.z ^ tag) | (v.w ^ tag)) % 0x10000u == 0;
+}
+
+// h: kSlots x [kBatch, kHidden] of 16-bit values (grid, flags) or of tagged 32-bit words, zeros.
+// flags: one per block, zeros. wrong: counts the values read wrong.
+template <Exchange kExchange>
+__global__ void __launch_bounds__(kThreads) exchange_steps(int steps, void* h, unsigned* flags,
+                                                           unsigned* wrong) {
+  __shared__ __align__(16) unsigned short staged[kBatch * kHidden];
+  const int tid = threadIdx.x, row = tid / kUnits, unit = blockIdx.x * kUnits + tid % kUnits;
+  constexpr int kWordsPerVector = kExchange == Exchange::kTagged ? 4 : 8;
+  constexpr int kVectors = kBatch * kHidden / kWordsPerVector / kThreads;  // a thread's
+  unsigned misses = 0;
+  for (int s = 0; s < steps; ++s) {
+    const int slot = s % kSlots;
+    const unsigned bits = expected_bits(s, row, unit);
+    const unsigned tag = static_cast<unsigned>(s + 1) % 0x10000u;
+    // Write this block's values, then wait as the exchange does.
+    if constexpr (kExchange == Exchange::kTagged) {
+      unsigned* words = static_cast<unsigned*>(h) + slot * kBatch * kHidden;
+      store_relaxed(words + row * kHidden + unit, bits << 16 | tag);
+    } else {
+      unsigned short* values = static_cast<unsigned short*>(h) + slot * kBatch * kHidden;
+      values[row * kHidden + unit] = static_cast<unsigned short>(bits);
+      if constexpr (kExchange == Exchange::kGrid) {
+        cg::this_grid().sync();
+      } else {
+        __syncthreads();
+        if (tid == 0) store_release(flags + blockIdx.x, static_cast<unsigned>(s + 1));
+        if (tid < kExchangeBlocks) {
+          while (load_acquire(flags + tid) < static_cast<unsigned>(s + 1)) {
+          }
+        }
+        __syncthreads();
+      }
+    }
+    // Read the whole slot: every load first, then the checks (polling again where a tagged
+    // vector is not yet this step's).
+    const uint4* slot_vectors =
+        reinterpret_cast<const uint4*>(static_cast<const char*>(h) +
+                                       static_cast<size_t>(slot) * kBatch * kHidden *
+                                           (kExchange == Exchange::kTagged ? 4 : 2));
+    uint4 v[kVectors];
+#pragma unroll
+    for (int i = 0; i < kVectors; ++i) {
+      const uint4* p = slot_vectors + tid + i * kThreads;
+      v[i] = kExchange == Exchange::kTagged ? load_relaxed(p) : load_cg(p);
+    }
+#pragma unroll
+    for (int i = 0; i < kVectors; ++i) {
+      const int e = (tid + i * kThreads) * kWordsPerVector;  // the vector's first element
+      const uint4* p = slot_vectors + tid + i * kThreads;
+      unsigned short values[8];
+      if constexpr (kExchange == Exchange::kTagged) {
+        while (!tagged(v[i], tag)) v[i] = load_relaxed(p);
+        const unsigned words[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+        for (int w = 0; w < 4; ++w) values[w] = static_cast<unsigned short>(words[w] >> 16);
+      } else {
+        const unsigned words[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+        for (int w = 0; w < 4; ++w) {
+          values[2 * w] = static_cast<unsigned short>(words[w]);
+          values[2 * w + 1] = static_cast<unsigned short>(words[w] >> 16);
+        }
+      }
+      for (int w = 0; w < kWordsPerVector; ++w) {
+        const int r = (e + w) / kHidden, j = (e + w) % kHidden;
+        misses += values[w] != expected_bits(s, r, j);
+        staged[e + w] = values[w];
+      }
+    }
+    __syncthreads();  // (shared memory read by the next step's products, in a real kernel)
+  }
+  if (misses != 0) atomicAdd(wrong, misses);
+}
+
+// Microseconds per step of the exchange, after checking that every value arrived right.
+float exchange_us(Exchange exchange, int steps) {
+  void* h = nullptr;
+  unsigned *flags = nullptr, *wrong = nullptr;
+  const size_t h_bytes = static_cast<size_t>(kSlots) * kBatch * kHidden * 4;
+  CHECK(cudaMalloc(&h, h_bytes));
+  CHECK(cudaMalloc(&flags, kExchangeBlocks * sizeof(unsigned)));
+  CHECK(cudaMalloc(&wrong, sizeof(unsigned)));
+  CHECK(cudaMemset(wrong, 0, sizeof(unsigned)));
+  const void* kernel = exchange == Exchange::kGrid    ? reinterpret_cast<const void*>(
+                                                         exchange_steps<Exchange::kGrid>)
+                       : exchange == Exchange::kFlags ? reinterpret_cast<const void*>(
+                                                            exchange_steps<Exchange::kFlags>)
+                                                      : reinterpret_cast<const void*>(
+                                                            exchange_steps<Exchange::kTagged>);
+  const float us = per_step_us([&] {
+    CHECK(cudaMemset(h, 0, h_bytes));
+    CHECK(cudaMemset(flags, 0, kExchangeBlocks * sizeof(unsigned)));
+    int n = steps;
+    void* args[] = {&n, &h, &flags, &wrong};
+    // Cooperative: every block resident at once, which spinning needs.
+    CHECK(cudaLaunchCooperativeKernel(kernel, kExchangeBlocks, kThreads, args));
+  }, steps);
+  unsigned misses = 0;
+  CHECK(cudaMemcpy(&misses, wrong, sizeof(unsigned), cudaMemcpyDeviceToHost));
+  CHECK(cudaFree(h));
+  CHECK(cudaFree(flags));
+  CHECK(cudaFree(wrong));
+  if (misses != 0) {
+    std::printf("\nexchange %d: %u values read wrong\n", static_cast<int>(exchange), misses);
+    std::exit(1);
+  }
+  return us;
+}
+
 int main(int argc, char** argv) {
   const int steps = argc > 1 ? std::atoi(argv[1]) : 5000;
   cudaDeviceProp prop;
@@ -207,5 +355,15 @@ int main(int argc, char** argv) {
     std::printf("\nDSMEM check failed in %u blocks\n", lost);
     return 1;
   }
+
+  std::printf("\nThe exchange of h at H=%d B=%d (16-bit values, %d blocks of %d units): each "
+              "block writes its units and reads all of h, checked\n\n",
+              kHidden, kBatch, kExchangeBlocks, kUnits);
+  std::printf("| exchange | blocks | us per step |\n|---|---|---|\n");
+  row("grid.sync(), then the loads", kExchangeBlocks, exchange_us(Exchange::kGrid, steps));
+  row("flags (release, acquire polls), then the loads", kExchangeBlocks,
+      exchange_us(Exchange::kFlags, steps));
+  row("tagged words (relaxed stores, polled loads)", kExchangeBlocks,
+      exchange_us(Exchange::kTagged, steps));
   return 0;
 }
