@@ -307,6 +307,10 @@ IMPLEMENTATIONS = {
         lambda case: build_fused_rnn_persistent(case, barrier="grid"),
         lambda case: case.op == "layer" and case.device == "cuda" and _plain(case)
         and case.dtype in (torch.float16, torch.bfloat16)),
+    # The forward's h exchanged as tagged words (NOTES entry 65), every dtype the kernels take.
+    "fused persistent tagged": (
+        lambda case: build_fused_rnn_persistent(case, barrier="tagged"),
+        lambda case: case.op == "layer" and case.device == "cuda" and _plain(case)),
     # Each group of 16 units on a cluster of two SMs where one SM would do (float16, bfloat16).
     "fused persistent clusters": (
         lambda case: build_fused_rnn_persistent(case, cluster_split=2),

@@ -173,6 +173,20 @@ FUSED_RNN_HD int tensor_core_block_row(int gates, int unit, int gate) {
   return 16 * (slot / 2) + 8 * (slot % 2) + unit % 8;
 }
 
+// The tagged exchange of the forward's h (PersistentBarrier::kTagged, persistent_tensor_core.cuh):
+// step i's h goes to slot i % kTaggedSlots of a ring, each value in one 32-bit word beside a tag
+// in the bits it leaves free (16-bit values: 16 bits, mask 0xffff; TF32: 13, mask 0x1fff). The
+// tag of the h that `steps_done` steps leave is in 1..mask, never 0 (the words start as zeros);
+// a reader waits for its step's tag, and a word it finds not yet overwritten holds the tag of
+// kTaggedSlots steps before (a row runs consecutive steps), which differs: mask is odd, so
+// kTaggedSlots (a power of 2) is no multiple of it.
+constexpr int kTaggedSlots = 4;
+constexpr uint32_t kTagMask16Bit = 0xffffu;  // below a 16-bit value
+constexpr uint32_t kTagMaskTf32 = 0x1fffu;   // the 13 low mantissa bits TF32 leaves out
+FUSED_RNN_HD uint32_t tensor_core_step_tag(int64_t steps_done, uint32_t mask) {
+  return 1u + static_cast<uint32_t>(static_cast<uint64_t>(steps_done) % mask);
+}
+
 struct TensorCorePlan {
   bool runs;
   std::string reason;     // why not, when it does not

@@ -153,6 +153,18 @@ PYBIND11_MODULE(_C, m) {
       },
       "The tensor-core kernel's row interleaving for a cell of `gates` gates and mma.sync's "
       "fragment maps, m16n8k16 and TF32's k-tile (persistent_plan.h, mma_fragments.h).");
+  m.def("tensor_core_step_tag", &fused_rnn::tensor_core_step_tag, py::arg("steps_done"), py::arg("mask"),
+        "The tag of the h that `steps_done` steps leave in the tensor-core forward's tagged "
+        "words (persistent_plan.h).");
+  m.def(
+      "tagged_exchange",
+      []() {
+        py::dict d;
+        d["slots"] = fused_rnn::kTaggedSlots;
+        d["masks"] = py::make_tuple(fused_rnn::kTagMask16Bit, fused_rnn::kTagMaskTf32);
+        return d;
+      },
+      "The tagged exchange's ring size and tag masks (16-bit values, TF32).");
   m.def(
       "set_persistent_kernels",
       [](const std::string& mode) {
@@ -226,7 +238,8 @@ PYBIND11_MODULE(_C, m) {
         (void)barrier;
 #endif
       },
-      "How the tensor-core persistent kernel waits for each step: \"flags\" or \"grid\".");
+      "How the tensor-core persistent kernels wait for each step: \"flags\", \"grid\" or "
+      "\"tagged\" (the forward polls tagged words of h; the backward waits at flags).");
   m.def(
       "set_persistent_cluster_split",
       [](int64_t split) {

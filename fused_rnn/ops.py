@@ -66,7 +66,9 @@ def use_persistent_kernels(enabled: bool | None = True, barrier: str = "flags",
     entries 15 and 61); every other layer runs step by step.
 
     barrier: how the tensor-core kernels' blocks wait for each step's h: "flags" (each group of
-    warps for the blocks whose h it reads) or "grid" (grid.sync(): every block for the slowest).
+    warps for the blocks whose h it reads), "grid" (grid.sync(): every block for the slowest) or
+    "tagged" (the forward's groups poll h itself, each value written with its step's tag in one
+    32-bit word: no flags, no fences; NOTES entry 65; the backward waits at flags).
     cluster_split: blocks sharing each 16 hidden units' weights in the tensor-core kernels: None
     takes one block where the weights fit an SM's registers and a thread-block cluster of 2
     (sm_90) where they do not; 1 or 2 asks for that (a shape it does not suit runs step-wise).
@@ -74,9 +76,9 @@ def use_persistent_kernels(enabled: bool | None = True, barrier: str = "flags",
     if not (enabled is None or isinstance(enabled, bool)):
         raise ValueError("use_persistent_kernels: expected enabled True, False or None, got "
                          f"{enabled!r}")
-    if barrier not in ("flags", "grid"):
-        raise ValueError("use_persistent_kernels: expected barrier 'flags' or 'grid', got "
-                         f"{barrier!r}")
+    if barrier not in ("flags", "grid", "tagged"):
+        raise ValueError("use_persistent_kernels: expected barrier 'flags', 'grid' or 'tagged', "
+                         f"got {barrier!r}")
     if cluster_split is not None and (type(cluster_split) is not int
                                       or cluster_split not in (1, 2)):
         raise ValueError("use_persistent_kernels: expected cluster_split None, 1 or 2, got "

@@ -20,6 +20,11 @@ import path_table  # noqa: E402  (how benchmarks read cuda_layer_path's descript
 H200 = dict(sm_count=132, shared_limit=227 * 1024)
 
 
+def dtype_id(dtype):
+    """A dtype's test id, "bfloat16" for torch.bfloat16 (so that -k can select it: run_gpu.sh)."""
+    return str(dtype).removeprefix("torch.")
+
+
 def plan(batch, hidden, gates=4, elem_bytes=4, acc_bytes=4, sm_count=H200["sm_count"],
          shared_limit=H200["shared_limit"]):
     return _C.persistent_plan(batch, hidden, gates, elem_bytes, acc_bytes, sm_count, shared_limit)
@@ -210,6 +215,25 @@ def test_mma_fragment_maps_cover_each_tile_once(fmt):
     assert sorted(maps["c"]) == [(row, col) for row in range(16) for col in range(8)]
 
 
+def test_tagged_words_leave_room_for_the_value_and_never_match_a_stale_word():
+    """The tagged exchange (NOTES entry 65): a 16-bit value above a 16-bit tag, TF32's 19 bits
+    above a 13-bit tag (float32's mantissa bits TF32 drops); a tag is never the zeros the words
+    start as, and a word not yet overwritten (the one kTaggedSlots steps before) never carries
+    the tag a reader waits for, across the tags' wrap."""
+    exchange = _C.tagged_exchange()
+    slots, (mask_16bit, mask_tf32) = exchange["slots"], exchange["masks"]
+    assert mask_16bit == (1 << 16) - 1
+    assert mask_tf32 == (1 << (23 - 10)) - 1
+    for mask in (mask_16bit, mask_tf32):
+        steps = list(range(0, 3 * slots)) + list(range(mask - 3 * slots, mask + 3 * slots)) + \
+            list(range(slots * mask - 2 * slots, slots * mask + 2 * slots))
+        for n in steps:
+            tag = _C.tensor_core_step_tag(n, mask)
+            assert 1 <= tag <= mask, (n, tag)
+            if n >= slots:
+                assert tag != _C.tensor_core_step_tag(n - slots, mask), n
+
+
 def a_fragment(a_map, width, values):
     """A 16 x 16 A tile as the threads' registers hold it: values(row, col) gives the `width`
     elements from (row, col) along K."""
@@ -383,7 +407,7 @@ def test_a_device_index_past_the_last_is_a_clear_error():
 
 
 def test_persistent_barrier_and_cluster_split_are_checked():
-    with pytest.raises(ValueError, match="barrier 'flags' or 'grid', got 'spin'"):
+    with pytest.raises(ValueError, match="barrier 'flags', 'grid' or 'tagged', got 'spin'"):
         fused_rnn.use_persistent_kernels(False, barrier="spin")
     for split in (0, 3, True, 2.0):
         with pytest.raises(ValueError, match=f"cluster_split None, 1 or 2, got {split!r}"):
@@ -403,7 +427,8 @@ PERSISTENT_CONFIGS = [c for c in CONFIGS if c[2] == "padded" and not c[1].get("p
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
+                         ids=dtype_id)
 @pytest.mark.parametrize("cfg", PERSISTENT_CONFIGS, ids=config_id)
 def test_persistent_kernels_match_torch_nn(cfg, dtype, persistent_on):
     kind, kw, mode, steps, given = cfg
@@ -439,15 +464,18 @@ TENSOR_CORE_PATHS = {1: "persistent (tensor cores)", 2: "persistent (tensor core
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-@pytest.mark.parametrize("sizes, barrier, split", [(s, "flags", 1) for s in TENSOR_CORE_SIZES] + [
+@pytest.mark.parametrize("sizes, barrier, split", [
+    (s, barrier, 1) for s in TENSOR_CORE_SIZES for barrier in ("flags", "tagged")] + [
     (TENSOR_CORE_SIZES[2], "grid", 1)] + [(s, "flags", 2) for s in TENSOR_CORE_SIZES] + [
-    (TENSOR_CORE_SIZES[2], "grid", 2)], ids=lambda v: f"H{v.hidden}-B{v.batch}" if isinstance(
-        v, Sizes) else f"split{v}" if isinstance(v, int) else v)
+    (TENSOR_CORE_SIZES[2], barrier, 2) for barrier in ("grid", "tagged")],
+    ids=lambda v: f"H{v.hidden}-B{v.batch}" if isinstance(v, Sizes)
+    else f"split{v}" if isinstance(v, int) else v)
 def test_tensor_core_kernel_matches_torch_nn(kind, sizes, barrier, split, dtype, persistent_on):
     """Both kernels, each barrier, one block or a cluster of two a group of 16 units (H = 16 and
-    48: the second block of a cluster holds no k-tile)."""
+    48: the second block of a cluster holds no k-tile). (Tagged words: the forward's; its
+    backward waits at flags.)"""
     fused_rnn.use_persistent_kernels(True, barrier=barrier, cluster_split=split)
     for backward in (False, True):
         path = fused_rnn.cuda_layer_path(kind.upper(), sizes.batch, sizes.hidden, dtype,
@@ -461,16 +489,18 @@ def test_tensor_core_kernel_matches_torch_nn(kind, sizes, barrier, split, dtype,
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("mode", ["packed", "unsorted"])
-@pytest.mark.parametrize("barrier, split", [("flags", 1), ("grid", 1), ("flags", 2)])
+@pytest.mark.parametrize("barrier, split",
+                         [("flags", 1), ("grid", 1), ("flags", 2), ("tagged", 1)])
 def test_tensor_core_kernels_take_packed_sequences(kind, mode, barrier, split, dtype,
                                                    persistent_on):
     """Sequences of several lengths: the batch shrinks step by step forward and grows in the
     reverse direction (rows starting from h0 and c0 mid-run), each row's final state is its own
     last step's, and in the backward each row's gradients enter at its last step and leave for
-    its initial state at its first."""
+    its initial state at its first. (Tagged words: rows that start mid-run, in the reverse
+    direction, read h0, and a row's words in the ring are its last step's.)"""
     fused_rnn.use_persistent_kernels(True, barrier=barrier, cluster_split=split)
     sizes = Sizes(input_size=24, hidden=48, batch=9, lengths=(11, 3, 11, 1, 7, 11, 5, 8, 2))
     names = cuda_kernels_run(lambda: check_against_torch(
@@ -515,14 +545,16 @@ def output_and_grad(module, x):
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("steps, batch, hidden, path", [(40, 8, 256, TENSOR_CORE_PATHS[1]),
                                                         (30, 16, 768, TENSOR_CORE_PATHS[2])])
+@pytest.mark.parametrize("barrier", ["flags", "tagged"])
 def test_tensor_core_kernels_in_float32_follow_cudnns_tf32_flag(kind, steps, batch, hidden, path,
-                                                                 persistent_on):
+                                                                 barrier, persistent_on):
     """float32 runs as TF32 on the tensor-core kernels where torch.backends.cudnn.allow_tf32 (as
     cuDNN does; conftest turns it off for the other tests): as close to float64 as torch.nn's
     TF32 run (the accuracy rule for large problems), and apart from full float32 by TF32's
     rounding; with the flag off, the SIMT kernel. At H = 768 (the long-sequence shape) a block's
     share of W_hh is over its registers, so both kernels split each group of units over a
-    cluster of two."""
+    cluster of two. (Tagged words: TF32's 19 bits of h and a 13-bit tag.)"""
+    fused_rnn.use_persistent_kernels(True, barrier=barrier)
     theirs, ours, truth = cuda_modules_and_truth(kind, 64, hidden)
     x = torch.randn(steps, batch, 64, device="cuda", requires_grad=True)
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):
@@ -660,7 +692,7 @@ def test_the_simt_mode_forces_the_simt_forward_and_matches_torch_nn(kind, reques
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
 @pytest.mark.parametrize("batch", [1, 16])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=dtype_id)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_the_default_runs_the_paths_it_names_and_matches_torch_nn(kind, batch, dtype, request):
     """Inference and training, both directions, H = 256: the kernels the profiler sees are those

@@ -63,9 +63,9 @@ struct LstmSequence {
   static constexpr int kGates = kLstmGates;
   static constexpr bool kCarriesCell = true;
   // The LSTM update of unit j of packed row `row` (batch row b), whose previous h is h_prev; c
-  // is that unit's cell state, carried on chip.
+  // is that unit's cell state, carried on chip. Returns the new h as written to the output.
   template <typename scalar_t, typename acc_t>
-  __device__ static void finish(const SequenceParams<scalar_t>& p, int64_t row, int64_t /*b*/,
+  __device__ static scalar_t finish(const SequenceParams<scalar_t>& p, int64_t row, int64_t /*b*/,
                                 int64_t j, const acc_t (&hidden_side)[kGates],
                                 acc_t /*h_prev*/, acc_t& c) {
     const int64_t H = p.hidden;
@@ -80,7 +80,9 @@ struct LstmSequence {
     const scalar_t c_new = static_cast<scalar_t>(s.c_new);
     c = static_cast<acc_t>(c_new);
     p.cell_states[row * H + j] = c_new;
-    p.output[row * H + j] = static_cast<scalar_t>(s.h_new);
+    const scalar_t h_new = static_cast<scalar_t>(s.h_new);
+    p.output[row * H + j] = h_new;
+    return h_new;
   }
   // The gate gradients of unit j of packed row `row` from grad_h, the gradient of its h';
   // carried_c comes in as the gradient of c' and leaves as c's, carried_h leaves as the part of
@@ -107,7 +109,7 @@ struct GruSequence {
   static constexpr int kGates = kGruGates;
   static constexpr bool kCarriesCell = false;
   template <typename scalar_t, typename acc_t>
-  __device__ static void finish(const SequenceParams<scalar_t>& p, int64_t row, int64_t b,
+  __device__ static scalar_t finish(const SequenceParams<scalar_t>& p, int64_t row, int64_t b,
                                 int64_t j, const acc_t (&hidden_side)[kGates],
                                 acc_t h_prev, acc_t& /*c*/) {
     const int64_t H = p.hidden;
@@ -122,7 +124,9 @@ struct GruSequence {
         gh[0], gh[1], gh[2], h_prev);
     scalar_t* ws = p.workspace + (p.workspace_per_step ? row : b) * kGruSaved * H;
     store_gru_saved(s, [&](int64_t k, acc_t v) { ws[k * H + j] = static_cast<scalar_t>(v); });
-    p.output[row * H + j] = static_cast<scalar_t>(s.h_new);
+    const scalar_t h_new = static_cast<scalar_t>(s.h_new);
+    p.output[row * H + j] = h_new;
+    return h_new;
   }
   // As LstmSequence's: carried_h leaves as the part of h's gradient through z * h.
   template <typename scalar_t>

@@ -43,7 +43,7 @@ namespace fused_rnn::cuda {
 namespace {
 
 std::atomic<PersistentMode> g_persistent_mode{PersistentMode::kMeasured};
-std::atomic<bool> g_flag_barrier{true};
+std::atomic<PersistentBarrier> g_barrier{PersistentBarrier::kFlags};
 std::atomic<int64_t> g_cluster_split{0};
 
 constexpr int kThreads = 256;
@@ -245,9 +245,29 @@ bool packed_table(const std::vector<SequenceStep>& packed, const at::Tensor& lik
   return true;
 }
 
-// The flag barrier's step counts, one per block, zero (an empty tensor for grid.sync()).
-at::Tensor barrier_flags(bool flag_barrier, const TensorCorePlan& plan, const at::Tensor& like) {
-  return flag_barrier ? at::zeros({plan.blocks}, like.options().dtype(at::kInt)) : at::Tensor();
+// What a tensor-core kernel's barrier keeps on the device (StepSync), zeros, as tensors (kept
+// until the launch is queued): the flags (kFlags; kTagged's backward), the forward's tagged words
+// [kTaggedSlots, batch, hidden] (kTagged).
+struct StepSyncTensors {
+  at::Tensor flags, words;
+  StepSync pointers() const {
+    const auto data = [](const at::Tensor& x) {
+      return x.defined() ? reinterpret_cast<uint32_t*>(x.data_ptr<int32_t>()) : nullptr;
+    };
+    return {data(flags), data(words)};
+  }
+};
+StepSyncTensors step_sync(PersistentBarrier barrier, const TensorCorePlan& plan, bool backward,
+                          int64_t batch, int64_t hidden, const at::Tensor& like) {
+  const auto options = like.options().dtype(at::kInt);
+  StepSyncTensors sync;
+  if (barrier == PersistentBarrier::kFlags || (barrier == PersistentBarrier::kTagged && backward)) {
+    sync.flags = at::zeros({plan.blocks}, options);
+  }
+  if (barrier == PersistentBarrier::kTagged && !backward) {
+    sync.words = at::zeros({kTaggedSlots, batch, hidden}, options);
+  }
+  return sync;
 }
 
 // The paths a layer tries in the present mode, in order (the first that applies runs; step-wise
@@ -350,9 +370,10 @@ bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Te
                                   steps, choice.simt.units, reverse, table);
     if constexpr (!std::is_same_v<scalar_t, double>) {
       if (choice.path == CudaPath::kTensorCores) {
-        const bool flag_barrier = g_flag_barrier;
-        const at::Tensor flags = barrier_flags(flag_barrier, choice.tensor_core, xproj);
-        launch_tensor_core_layer<Cell, scalar_t>(p, choice.tensor_core, flag_barrier, flags);
+        const PersistentBarrier barrier = g_barrier;
+        const StepSyncTensors sync = step_sync(barrier, choice.tensor_core, false, B, H, xproj);
+        launch_tensor_core_layer<Cell, scalar_t>(p, choice.tensor_core, barrier,
+                                                 sync.pointers());
         return;
       }
     }
@@ -410,9 +431,9 @@ bool launch_backward(const BackwardSequenceTensors& t) {
                                                H,
                                                t.reverse,
                                                table.defined() ? table.data_ptr<int>() : nullptr};
-      const bool flag_barrier = g_flag_barrier;
-      launch_tensor_core_backward<Cell, scalar_t>(p, plan, flag_barrier,
-                                                  barrier_flags(flag_barrier, plan, w_hh));
+      const PersistentBarrier barrier = g_barrier;
+      const StepSyncTensors sync = step_sync(barrier, plan, true, B, H, w_hh);
+      launch_tensor_core_backward<Cell, scalar_t>(p, plan, barrier, sync.pointers());
     }
   });
   return true;
@@ -423,13 +444,21 @@ bool launch_backward(const BackwardSequenceTensors& t) {
 void set_persistent_mode(PersistentMode mode) { g_persistent_mode = mode; }
 PersistentMode persistent_mode() { return g_persistent_mode; }
 
+constexpr std::array<std::pair<PersistentBarrier, const char*>, 3> kBarrierNames{
+    {{PersistentBarrier::kFlags, "flags"},
+     {PersistentBarrier::kGrid, "grid"},
+     {PersistentBarrier::kTagged, "tagged"}}};
+
 void set_persistent_barrier(const std::string& barrier) {
-  TORCH_CHECK(barrier == "flags" || barrier == "grid",
-              "fused_rnn: expected the persistent barrier \"flags\" or \"grid\", got \"", barrier,
-              "\"");
-  g_flag_barrier = barrier == "flags";
+  for (const auto& [value, name] : kBarrierNames) {
+    if (barrier == name) {
+      g_barrier = value;
+      return;
+    }
+  }
+  TORCH_CHECK(false, "fused_rnn: expected the persistent barrier \"flags\", \"grid\" or "
+              "\"tagged\", got \"", barrier, "\"");
 }
-std::string persistent_barrier() { return g_flag_barrier ? "flags" : "grid"; }
 
 void set_persistent_cluster_split(int64_t split) {
   TORCH_CHECK(split >= 0 && split <= kTensorCoreMaxClusterSplit,

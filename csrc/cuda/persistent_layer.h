@@ -17,10 +17,10 @@ enum class PersistentMode { kMeasured, kOn, kSimt, kOff };
 void set_persistent_mode(PersistentMode mode);
 PersistentMode persistent_mode();
 
-// How the tensor-core kernel's blocks wait for each step's h (persistent_tensor_core.cuh):
-// "flags" (each group of warps for its producers; the default) or "grid" (grid.sync()).
+// How the tensor-core kernels' blocks wait for each step's results (persistent_tensor_core.cuh):
+// "flags" (each group of warps for its producers; the default), "grid" (grid.sync()) or "tagged"
+// (the forward's groups poll h itself, as tagged words; the backward waits at flags).
 void set_persistent_barrier(const std::string& barrier);
-std::string persistent_barrier();
 
 // Blocks a group of 16 units of the tensor-core kernels (persistent_plan.h): 0 (the default)
 // chooses, 1 or 2 asks for that split (tests and benchmarks; a plan that cannot take it says so).

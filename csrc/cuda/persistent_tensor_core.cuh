@@ -9,7 +9,7 @@
 // (persistent_cells.cuh), and (iv) publishes the h it wrote. The LSTM's cell states of its units
 // stay in shared memory.
 //
-// Two ways to wait for h (PersistentBarrier, chosen at run time so both can be measured):
+// Three ways to wait for h (PersistentBarrier, chosen at run time so each can be measured):
 // - kGrid: grid.sync() after (iii), every block waiting for the slowest.
 // - kFlags: block k owns units [16k, 16k+16), which are k-tile k of every K share, so the warps
 //   sharing a K share (a group of G warps) need h from just the blocks of their k-tiles. Each
@@ -18,6 +18,13 @@
 //   of its G warps, so groups start as soon as their producers are done and no block writes a
 //   shared counter. Nothing is overwritten that a slower block still reads: each step's h has its
 //   own rows of the output.
+// - kTagged: as kFlags, each group stages its own columns, but from tagged words: every (row,
+//   unit) of h also goes to a ring of kTaggedSlots slots as one 32-bit word holding the value and
+//   its step's tag (TileFormat::tagged), by a relaxed store, and the group's threads poll those
+//   words until their tags are the step's. No flag, no fence: the data is its own signal (NOTES
+//   entry 65). A slot is written again kTaggedSlots steps later, when every reader is done with
+//   it: a block's step i + 3 needs h of step i + 2 from the blocks it reads, which needed h of
+//   step i + 1 from every group, which every group made after staging step i's.
 // Where one block cannot hold a group's share of W_hh (float32 at H 768 and 1024), a thread-block
 // cluster of kSplit = 2 blocks owns the group: each keeps half of K, the two read each other's
 // partial sums through distributed shared memory after a cluster barrier, and rank r finishes the
@@ -31,13 +38,51 @@
 
 namespace fused_rnn::cuda {
 
-// flags: one per block, zero at launch (kFlags). kSplit: blocks a group of 16 units (a cluster
-// where 2).
+// Stages a group's share of h's columns (`quads` quads of four from s_h_share in shared memory,
+// from slot_share in the tagged words, from h0_share in h0; rows H apart there) for the step's
+// rows b < rows: from the tagged words (the step before's slot) where that step ran row b
+// (b < before_rows), waiting for each word's tag to be `tag`, else from h0. The loads of up to
+// kLoads quads a thread are issued together before any poll waits, so their latencies overlap.
+template <int kLoads, typename Format, typename scalar_t>
+__device__ __forceinline__ void stage_tagged(scalar_t* s_h_share, int pitch,
+                                             const uint32_t* slot_share,
+                                             const scalar_t* h0_share, int H, int quads, int rows,
+                                             int before_rows, uint32_t tag, int group_tid,
+                                             int group_threads) {
+  const int total = rows * quads;
+  const auto word_at = [&](int b, int quad) {
+    return reinterpret_cast<const uint4*>(slot_share + static_cast<int64_t>(b) * H + 4 * quad);
+  };
+  for (int e0 = group_tid; e0 < total; e0 += kLoads * group_threads) {
+    uint4 words[kLoads];
+#pragma unroll
+    for (int q = 0; q < kLoads; ++q) {
+      const int e = e0 + q * group_threads;
+      if (e < total && e / quads < before_rows) words[q] = load_relaxed(word_at(e / quads, e % quads));
+    }
+#pragma unroll
+    for (int q = 0; q < kLoads; ++q) {
+      const int e = e0 + q * group_threads, b = e / quads, quad = e % quads;
+      if (e >= total) break;
+      typename Format::Quad values;
+      if (b < before_rows) {
+        while (!tags_are(words[q], tag, Format::kTagMask)) words[q] = load_relaxed(word_at(b, quad));
+        values = Format::untagged(words[q]);
+      } else {
+        values = Format::quad(h0_share + static_cast<int64_t>(b) * H + 4 * quad);
+      }
+      *reinterpret_cast<typename Format::Quad*>(s_h_share + b * pitch + 4 * quad) = values;
+    }
+  }
+}
+
+// sync: the flags (kFlags) or tagged words (kTagged), zeros at launch. kSplit: blocks a group of
+// 16 units (a cluster where 2).
 template <typename Cell, typename scalar_t, int kKTileBound, PersistentBarrier kBarrier,
           int kSplit>
 __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
     tensor_core_layer_kernel(const SequenceParams<scalar_t> p, const TensorCoreTiling tiling,
-                             unsigned* flags) {
+                             const StepSync sync) {
   using Format = TileFormat<scalar_t>;
   constexpr int G = Cell::kGates, kSplits = kTensorCoreKSplits, kUnits = kTensorCoreUnits;
   constexpr int kThreads = 32 * G * kSplits;
@@ -64,6 +109,9 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
 
   // This warp's tile of W_hh over its K share, for every step.
   uint32_t a[kKTileBound][Format::kARegs];
+  // kTagged: quads of tagged words a thread loads at once, as many as fit beside a's registers
+  // without spilling (ptxas): 6 where a's take up to 48 (4 in a cluster), 2 where 64.
+  constexpr int kTaggedLoads = kKTileBound * Format::kARegs > 48 ? 2 : kSplit == 1 ? 6 : 4;
 #pragma unroll
   for (int kt = 0; kt < kKTileBound; ++kt) {
 #pragma unroll
@@ -93,11 +141,21 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
     // groups) and stages its own columns. (The rows past the step's, padding included, keep
     // whatever they hold: a batch row's products depend on its own column of B only, and theirs
     // are not read.)
-    if constexpr (kBarrier == PersistentBarrier::kFlags) {
+    if constexpr (kBarrier == PersistentBarrier::kTagged) {
+      const int group_threads = 32 * G, group_tid = tid - split * group_threads;
+      const uint32_t* slot =
+          sync.words + (i + kTaggedSlots - 1) % kTaggedSlots * static_cast<int64_t>(B) * H;
+      const int k0 = 16 * k_tile0;  // (this group's columns)
+      stage_tagged<kTaggedLoads, Format>(s_h + k0 - block_k0, pitch, slot + k0, p.h0 + k0, H,
+                           4 * max(k_tile_count, 0), static_cast<int>(step.rows),
+                           static_cast<int>(before.rows), tensor_core_step_tag(i, Format::kTagMask),
+                           group_tid, group_threads);
+      named_barrier(1 + split, group_threads);
+    } else if constexpr (kBarrier == PersistentBarrier::kFlags) {
       const int group_threads = 32 * G, group_tid = tid - split * group_threads;
       if (i > 0 && tile == 0) {
         for (int q = kSplit * k_tile0 + lane; q < kSplit * (k_tile0 + k_tile_count); q += 32) {
-          while (published_steps(flags + q) < static_cast<unsigned>(i)) {
+          while (published_steps(sync.flags + q) < static_cast<unsigned>(i)) {
           }
         }
         __syncwarp();
@@ -184,35 +242,36 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
       // (From global memory, not s_h, which holds TF32-rounded floats and part of K: this
       // block's own pairs, written by this SM, or h0.)
       const float h_prev_value = static_cast<float>(h_prev(p.output, b)[j0 + u]);
-      if constexpr (Cell::kCarriesCell) {
-        if (b >= before.rows) {
-          s_c[e] = static_cast<float>(p.c0[static_cast<int64_t>(b) * H + j0 + u]);
-        }
-        Cell::finish(p, step.offset + b, b, j0 + u, hidden_side, h_prev_value, s_c[e]);
-      } else {
-        float no_cell = 0.0f;
-        Cell::finish(p, step.offset + b, b, j0 + u, hidden_side, h_prev_value, no_cell);
+      float no_cell = 0.0f;
+      float& c = Cell::kCarriesCell ? s_c[e] : no_cell;
+      if (Cell::kCarriesCell && b >= before.rows) {
+        c = static_cast<float>(p.c0[static_cast<int64_t>(b) * H + j0 + u]);
+      }
+      const scalar_t h = Cell::finish(p, step.offset + b, b, j0 + u, hidden_side, h_prev_value, c);
+      if constexpr (kBarrier == PersistentBarrier::kTagged) {
+        uint32_t* slot = sync.words + i % kTaggedSlots * static_cast<int64_t>(B) * H;
+        store_relaxed(slot + static_cast<int64_t>(b) * H + j0 + u,
+                      Format::tagged(h, tensor_core_step_tag(i + 1, Format::kTagMask)));
       }
     }
     if constexpr (kSplit > 1) cluster_arrive();  // (done reading the peer's partial sums)
     // (iv) Every block's h of this step is written and visible before any block stages it; the
     // barrier also keeps s_h and s_part until this block's threads are done with them.
-    end_step<kBarrier>(flags, i);
+    end_step<kBarrier>(sync, i);
   }
   // A block's shared memory must outlive its peer's reads of it.
   if constexpr (kSplit > 1) cluster_wait();
 }
 
 template <typename Cell, typename scalar_t>
-void launch_tensor_core_layer(const SequenceParams<scalar_t>& p,
-                              const TensorCorePlan& plan, bool flag_barrier,
-                              const at::Tensor& flags) {
+void launch_tensor_core_layer(const SequenceParams<scalar_t>& p, const TensorCorePlan& plan,
+                              PersistentBarrier barrier, const StepSync& sync) {
   const auto kernel_for = [](auto bound, auto barrier, auto split) {
     return &tensor_core_layer_kernel<Cell, scalar_t, decltype(bound)::value,
                                      decltype(barrier)::value, decltype(split)::value>;
   };
   constexpr int64_t kBudget = kTensorCoreWeightRegisters;
-  launch_tensor_core<scalar_t, kBudget>(kernel_for, p, plan, flag_barrier, flags);
+  launch_tensor_core<scalar_t, kBudget>(kernel_for, p, plan, barrier, sync);
 }
 
 }  // namespace fused_rnn::cuda

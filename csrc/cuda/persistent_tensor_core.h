@@ -10,18 +10,31 @@
 
 namespace fused_rnn::cuda {
 
+// How the blocks wait for each step's results (chosen at run time, so that one run measures
+// each; tensor_core_tiles.cuh): at grid.sync(); at flags, each block's count of steps done; or,
+// in the forward, by polling h itself, written as tagged words (a value and its step in each 32-bit
+// word). The backward waits at flags where kTagged is asked.
+enum class PersistentBarrier { kGrid, kFlags, kTagged };
+
+// What the barriers keep on the device, zeros at launch: flags, int32 [plan.blocks] (kFlags, and
+// kTagged's backward); words, int32 [kTaggedSlots, batch, hidden] (kTagged's forward); null where
+// unused.
+struct StepSync {
+  unsigned* flags;
+  uint32_t* words;
+};
+
 // Runs the whole forward time loop of one layer in one cooperative launch on the current stream,
-// tiled as `plan` says (plan.runs); the blocks wait for each step's h at flags (flag_barrier:
-// `flags` int32 [plan.blocks], zeros, on the device) or at grid.sync(). Cell: LstmSequence or
-// GruSequence; scalar_t: c10::Half, c10::BFloat16 or float (as TF32).
+// tiled as `plan` says (plan.runs); the blocks wait for each step's h as `barrier` says. Cell:
+// LstmSequence or GruSequence; scalar_t: c10::Half, c10::BFloat16 or float (as TF32).
 template <typename Cell, typename scalar_t>
 void launch_tensor_core_layer(const SequenceParams<scalar_t>& p, const TensorCorePlan& plan,
-                              bool flag_barrier, const at::Tensor& flags);
+                              PersistentBarrier barrier, const StepSync& sync);
 
 // The whole backward time loop likewise (plan: the backward's).
 template <typename Cell, typename scalar_t>
 void launch_tensor_core_backward(const BackwardSequenceParams<scalar_t>& p,
-                                 const TensorCorePlan& plan, bool flag_barrier,
-                                 const at::Tensor& flags);
+                                 const TensorCorePlan& plan, PersistentBarrier barrier,
+                                 const StepSync& sync);
 
 }  // namespace fused_rnn::cuda

@@ -30,7 +30,7 @@ template <typename Cell, typename scalar_t, int kKTileBound, PersistentBarrier k
           int kSplit>
 __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
     tensor_core_backward_kernel(const BackwardSequenceParams<scalar_t> p,
-                                const TensorCoreTiling tiling, unsigned* flags) {
+                                const TensorCoreTiling tiling, const StepSync sync) {
   using Format = TileFormat<scalar_t>;
   constexpr int G = Cell::kGates, kWarps = kTensorCoreBackwardWarps, kUnits = kTensorCoreUnits;
   constexpr int kThreads = 32 * kWarps;
@@ -90,7 +90,8 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
         // A k-tile of 16 gate-gradient columns is one gate of group q % groups: every block of
         // that group wrote some of its rows.
         for (int e = lane; e < kSplit * max(k_tile_count, 0); e += 32) {
-          const unsigned* flag = flags + (k_tile0 + e / kSplit) % groups * kSplit + e % kSplit;
+          const unsigned* flag =
+              sync.flags + (k_tile0 + e / kSplit) % groups * kSplit + e % kSplit;
           while (published_steps(flag) < static_cast<unsigned>(i)) {
           }
         }
@@ -167,22 +168,26 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
     if (i == p.steps) break;
     // (iii) This step's gate gradients are written and visible before any block reads them; the
     // barrier also keeps s_part until this block's threads are done with it.
-    end_step<kBarrier>(flags, i);
+    end_step<kBarrier>(sync, i);
   }
   // A block's shared memory must outlive its peer's reads of it.
   if constexpr (kSplit > 1) cluster_wait();
 }
 
+// (Tagged words carry the forward's h only: asked for them, the backward waits at flags.)
 template <typename Cell, typename scalar_t>
 void launch_tensor_core_backward(const BackwardSequenceParams<scalar_t>& p,
-                                 const TensorCorePlan& plan, bool flag_barrier,
-                                 const at::Tensor& flags) {
+                                 const TensorCorePlan& plan, PersistentBarrier barrier,
+                                 const StepSync& sync) {
   const auto kernel_for = [](auto bound, auto barrier, auto split) {
-    return &tensor_core_backward_kernel<Cell, scalar_t, decltype(bound)::value,
-                                        decltype(barrier)::value, decltype(split)::value>;
+    constexpr PersistentBarrier kAsked = decltype(barrier)::value;
+    constexpr PersistentBarrier kBarrier =
+        kAsked == PersistentBarrier::kTagged ? PersistentBarrier::kFlags : kAsked;
+    return &tensor_core_backward_kernel<Cell, scalar_t, decltype(bound)::value, kBarrier,
+                                        decltype(split)::value>;
   };
   constexpr int64_t kBudget = kTensorCoreBackwardWeightRegisters;
-  launch_tensor_core<scalar_t, kBudget>(kernel_for, p, plan, flag_barrier, flags);
+  launch_tensor_core<scalar_t, kBudget>(kernel_for, p, plan, barrier, sync);
 }
 
 }  // namespace fused_rnn::cuda

@@ -5,11 +5,15 @@
 
 namespace fused_rnn::cuda {
 template void launch_tensor_core_layer<LstmSequence, c10::BFloat16>(
-    const SequenceParams<c10::BFloat16>&, const TensorCorePlan&, bool, const at::Tensor&);
+    const SequenceParams<c10::BFloat16>&, const TensorCorePlan&, PersistentBarrier,
+    const StepSync&);
 template void launch_tensor_core_layer<GruSequence, c10::BFloat16>(
-    const SequenceParams<c10::BFloat16>&, const TensorCorePlan&, bool, const at::Tensor&);
+    const SequenceParams<c10::BFloat16>&, const TensorCorePlan&, PersistentBarrier,
+    const StepSync&);
 template void launch_tensor_core_backward<LstmSequence, c10::BFloat16>(
-    const BackwardSequenceParams<c10::BFloat16>&, const TensorCorePlan&, bool, const at::Tensor&);
+    const BackwardSequenceParams<c10::BFloat16>&, const TensorCorePlan&, PersistentBarrier,
+    const StepSync&);
 template void launch_tensor_core_backward<GruSequence, c10::BFloat16>(
-    const BackwardSequenceParams<c10::BFloat16>&, const TensorCorePlan&, bool, const at::Tensor&);
+    const BackwardSequenceParams<c10::BFloat16>&, const TensorCorePlan&, PersistentBarrier,
+    const StepSync&);
 }  // namespace fused_rnn::cuda

@@ -5,11 +5,15 @@
 
 namespace fused_rnn::cuda {
 template void launch_tensor_core_layer<LstmSequence, float>(
-    const SequenceParams<float>&, const TensorCorePlan&, bool, const at::Tensor&);
+    const SequenceParams<float>&, const TensorCorePlan&, PersistentBarrier,
+    const StepSync&);
 template void launch_tensor_core_layer<GruSequence, float>(
-    const SequenceParams<float>&, const TensorCorePlan&, bool, const at::Tensor&);
+    const SequenceParams<float>&, const TensorCorePlan&, PersistentBarrier,
+    const StepSync&);
 template void launch_tensor_core_backward<LstmSequence, float>(
-    const BackwardSequenceParams<float>&, const TensorCorePlan&, bool, const at::Tensor&);
+    const BackwardSequenceParams<float>&, const TensorCorePlan&, PersistentBarrier,
+    const StepSync&);
 template void launch_tensor_core_backward<GruSequence, float>(
-    const BackwardSequenceParams<float>&, const TensorCorePlan&, bool, const at::Tensor&);
+    const BackwardSequenceParams<float>&, const TensorCorePlan&, PersistentBarrier,
+    const StepSync&);
 }  // namespace fused_rnn::cuda

@@ -1,11 +1,12 @@
 // What the tensor-core persistent kernels (persistent_tensor_core.cuh: forward;
 // persistent_tensor_core_backward.cuh: backward) share: loads through L2, how a dtype's operands
-// sit in mma.sync fragments (TileFormat), the two barriers between steps, the cluster barrier and
-// distributed shared memory, and their launch.
+// sit in mma.sync fragments and in tagged words (TileFormat), the barriers between steps, the
+// cluster barrier and distributed shared memory, and their launch.
 #pragma once
 
 #include "../mma_fragments.h"
 #include "../persistent_plan.h"
+#include "persistent_tensor_core.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
@@ -46,6 +47,33 @@ __device__ __forceinline__ uint4 load_l2(const uint4* p) {
   return v;
 }
 
+// The tagged words' accesses (PersistentBarrier::kTagged): relaxed at GPU scope, so a reader
+// polling a word sees another SM's store of it (each 32-bit word single-copy atomic: its value and
+// tag arrive together). volatile: a poll must not be merged with the one before.
+__device__ __forceinline__ void store_relaxed(uint32_t* p, uint32_t v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ uint4 load_relaxed(const uint4* p) {
+  uint4 v{};
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ld.relaxed.gpu.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p)
+               : "memory");
+#else
+  __trap();
+#endif
+  return v;
+}
+// Whether the four words all carry `tag` (tensor_core_step_tag, persistent_plan.h).
+__device__ __forceinline__ bool tags_are(uint4 words, uint32_t tag, uint32_t mask) {
+  return (((words.x ^ tag) | (words.y ^ tag) | (words.z ^ tag) | (words.w ^ tag)) & mask) == 0;
+}
+
 // How a warp's operands of one k-tile (16 columns of K) sit in registers and are multiplied, per
 // dtype: kARegs registers of W_hh (A; rows mma::a_row, columns a_col), kBRegs of h or of the gate
 // gradients (B; rows b_row, column mma::b_col), and the mma.sync instructions (float
@@ -72,6 +100,17 @@ struct PairFormat {
     return load_l2(reinterpret_cast<const uint32_t*>(p));
   }
   __device__ static uint4 staged(uint4 v) { return v; }
+  // Tagged words (kTagged): the value's 16 bits high, the tag low. Four consecutive elements of
+  // h as staged (Quad), from four words or from h0.
+  static constexpr uint32_t kTagMask = kTagMask16Bit;
+  using Quad = uint2;
+  __device__ static uint32_t tagged(scalar_t h, uint32_t tag) {
+    return static_cast<uint32_t>(h.x) << 16 | tag;
+  }
+  __device__ static Quad untagged(uint4 words) {
+    return {__byte_perm(words.x, words.y, 0x7632), __byte_perm(words.z, words.w, 0x7632)};
+  }
+  __device__ static Quad quad(const scalar_t* p) { return *reinterpret_cast<const uint2*>(p); }
 };
 
 template <>
@@ -131,6 +170,16 @@ struct TileFormat<float> {
     return {to_tf32(__uint_as_float(v.x)), to_tf32(__uint_as_float(v.y)),
             to_tf32(__uint_as_float(v.z)), to_tf32(__uint_as_float(v.w))};
   }
+  // Tagged words: the TF32 value in the high 19 bits, the tag in the 13 that TF32 leaves out.
+  static constexpr uint32_t kTagMask = kTagMaskTf32;
+  using Quad = uint4;
+  __device__ static uint32_t tagged(float h, uint32_t tag) { return (to_tf32(h) & ~kTagMask) | tag; }
+  __device__ static Quad untagged(uint4 words) {
+    return {words.x & ~kTagMask, words.y & ~kTagMask, words.z & ~kTagMask, words.w & ~kTagMask};
+  }
+  __device__ static Quad quad(const float* p) {
+    return staged(*reinterpret_cast<const uint4*>(p));
+  }
   __device__ static void mma(float (&d)[4], const uint32_t* a, const uint32_t* b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 #pragma unroll
@@ -147,8 +196,6 @@ struct TileFormat<float> {
 #endif
   }
 };
-
-enum class PersistentBarrier { kGrid, kFlags };
 
 // A release store of a step count by one thread, after the block's writes (a __syncthreads()
 // before it orders them first: release is cumulative), and the acquire load that polls it (PTX
@@ -170,15 +217,18 @@ __device__ __forceinline__ unsigned published_steps(const unsigned* flag) {
   return steps;
 }
 // The end of a block's step i (from 0), after its writes: they are published (flags: a release
-// of the block's step count once all its threads are done) or every block meets (grid.sync()).
-// Either way the block's threads are done with its shared memory.
+// of the block's step count once all its threads are done; tagged words: already, by their own
+// stores) or every block meets (grid.sync()). Either way the block's threads are done with its
+// shared memory.
 template <PersistentBarrier kBarrier>
-__device__ __forceinline__ void end_step(unsigned* flags, int64_t i) {
-  if constexpr (kBarrier == PersistentBarrier::kFlags) {
-    __syncthreads();
-    if (threadIdx.x == 0) publish_steps(flags + blockIdx.x, static_cast<unsigned>(i + 1));
-  } else {
+__device__ __forceinline__ void end_step(const StepSync& sync, int64_t i) {
+  if constexpr (kBarrier == PersistentBarrier::kGrid) {
     cooperative_groups::this_grid().sync();
+  } else {
+    __syncthreads();
+    if (kBarrier == PersistentBarrier::kFlags && threadIdx.x == 0) {
+      publish_steps(sync.flags + blockIdx.x, static_cast<unsigned>(i + 1));
+    }
   }
 }
 
@@ -301,23 +351,29 @@ void launch_persistent(void (*kernel)(KernelParams...), const TensorCorePlan& pl
   C10_CUDA_CHECK(cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(kernel), pointers));
 }
 
+template <PersistentBarrier kBarrier>
+using Barrier = std::integral_constant<PersistentBarrier, kBarrier>;
+
 // Launches the kernel kernel_for(bound, barrier, split) returns for the plan's k-tile bound (among
 // those kRegisterBudget allows), the barrier asked for and the plan's cluster split, with params,
-// the plan's tiling and the flags (int32 [plan.blocks], zeros; unused by grid.sync()).
+// the plan's tiling and what the barrier keeps on the device (sync).
 template <typename scalar_t, int64_t kRegisterBudget, typename KernelFor, typename Params>
 void launch_tensor_core(const KernelFor& kernel_for, const Params& params,
-                        const TensorCorePlan& plan, bool flag_barrier, const at::Tensor& flags) {
+                        const TensorCorePlan& plan, PersistentBarrier barrier,
+                        const StepSync& sync) {
   const TensorCoreTiling tiling{static_cast<int>(plan.k_tiles), static_cast<int>(plan.batch_pad),
                                 static_cast<int>(plan.h_pitch), static_cast<int>(plan.part_pitch)};
-  unsigned* flag_data =
-      flag_barrier ? reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>()) : nullptr;
-  using Flags = std::integral_constant<PersistentBarrier, PersistentBarrier::kFlags>;
-  using Grid = std::integral_constant<PersistentBarrier, PersistentBarrier::kGrid>;
   const auto launch = [&](auto bound, auto split) {
-    if (flag_barrier) {
-      launch_persistent(kernel_for(bound, Flags(), split), plan, params, tiling, flag_data);
-    } else {
-      launch_persistent(kernel_for(bound, Grid(), split), plan, params, tiling, flag_data);
+    switch (barrier) {
+      case PersistentBarrier::kGrid:
+        return launch_persistent(kernel_for(bound, Barrier<PersistentBarrier::kGrid>(), split),
+                                 plan, params, tiling, sync);
+      case PersistentBarrier::kFlags:
+        return launch_persistent(kernel_for(bound, Barrier<PersistentBarrier::kFlags>(), split),
+                                 plan, params, tiling, sync);
+      case PersistentBarrier::kTagged:
+        return launch_persistent(kernel_for(bound, Barrier<PersistentBarrier::kTagged>(), split),
+                                 plan, params, tiling, sync);
     }
   };
   with_k_tile_bound<scalar_t, kRegisterBudget>(plan.k_tile_bound, [&](auto bound) {
