@@ -38,40 +38,21 @@
 
 namespace fused_rnn::cuda {
 
-// Stages a group's share of h's columns (`quads` quads of four from s_h_share in shared memory,
-// from slot_share in the tagged words, from h0_share in h0; rows H apart there) for the step's
-// rows b < rows: from the tagged words (the step before's slot) where that step ran row b
-// (b < before_rows), waiting for each word's tag to be `tag`, else from h0. The loads of up to
-// kLoads quads a thread are issued together before any poll waits, so their latencies overlap.
-template <int kLoads, typename Format, typename scalar_t>
-__device__ __forceinline__ void stage_tagged(scalar_t* s_h_share, int pitch,
-                                             const uint32_t* slot_share,
-                                             const scalar_t* h0_share, int H, int quads, int rows,
-                                             int before_rows, uint32_t tag, int group_tid,
-                                             int group_threads) {
-  const int total = rows * quads;
-  const auto word_at = [&](int b, int quad) {
-    return reinterpret_cast<const uint4*>(slot_share + static_cast<int64_t>(b) * H + 4 * quad);
-  };
-  for (int e0 = group_tid; e0 < total; e0 += kLoads * group_threads) {
-    uint4 words[kLoads];
+// Calls load(e) for this thread's items e < total (first, first + stride, ...), kLoads at a
+// time, all issued before any is used, then use(e, loaded): the staging of h waits for L2 about
+// once per kLoads items instead of once per item (a load used at once stalls until it lands).
+template <int kLoads, typename Loaded, typename Load, typename Use>
+__device__ __forceinline__ void batched_loads(int total, int first, int stride, const Load& load,
+                                              const Use& use) {
+  for (int e0 = first; e0 < total; e0 += kLoads * stride) {
+    Loaded loaded[kLoads];
 #pragma unroll
     for (int q = 0; q < kLoads; ++q) {
-      const int e = e0 + q * group_threads;
-      if (e < total && e / quads < before_rows) words[q] = load_relaxed(word_at(e / quads, e % quads));
+      if (e0 + q * stride < total) loaded[q] = load(e0 + q * stride);
     }
 #pragma unroll
     for (int q = 0; q < kLoads; ++q) {
-      const int e = e0 + q * group_threads, b = e / quads, quad = e % quads;
-      if (e >= total) break;
-      typename Format::Quad values;
-      if (b < before_rows) {
-        while (!tags_are(words[q], tag, Format::kTagMask)) words[q] = load_relaxed(word_at(b, quad));
-        values = Format::untagged(words[q]);
-      } else {
-        values = Format::quad(h0_share + static_cast<int64_t>(b) * H + 4 * quad);
-      }
-      *reinterpret_cast<typename Format::Quad*>(s_h_share + b * pitch + 4 * quad) = values;
+      if (e0 + q * stride < total) use(e0 + q * stride, loaded[q]);
     }
   }
 }
@@ -109,9 +90,11 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
 
   // This warp's tile of W_hh over its K share, for every step.
   uint32_t a[kKTileBound][Format::kARegs];
-  // kTagged: quads of tagged words a thread loads at once, as many as fit beside a's registers
-  // without spilling (ptxas): 6 where a's take up to 48 (4 in a cluster), 2 where 64.
-  constexpr int kTaggedLoads = kKTileBound * Format::kARegs > 48 ? 2 : kSplit == 1 ? 6 : 4;
+  // Loads of 16 bytes of h a thread issues at once when staging (batched_loads), as many as fit
+  // beside a's registers without spilling (ptxas; a cluster's kernel holds more besides).
+  constexpr int kARegisters = kKTileBound * Format::kARegs;
+  constexpr int kStagingLoads = kSplit == 1 ? (kARegisters > 48 ? 2 : 6)
+                                            : (kARegisters > 48 ? 1 : kARegisters > 32 ? 2 : 4);
 #pragma unroll
   for (int kt = 0; kt < kKTileBound; ++kt) {
 #pragma unroll
@@ -137,47 +120,78 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
                              : p.h0 + static_cast<int64_t>(b) * H;
     };
     // (i) h of the block's K range, 16 bytes at a time, through L2: other SMs wrote it. With
-    // flags, each group of warps sharing a K share waits for its producers (every block of their
-    // groups) and stages its own columns. (The rows past the step's, padding included, keep
-    // whatever they hold: a batch row's products depend on its own column of B only, and theirs
-    // are not read.)
-    if constexpr (kBarrier == PersistentBarrier::kTagged) {
-      const int group_threads = 32 * G, group_tid = tid - split * group_threads;
-      const uint32_t* slot =
-          sync.words + (i + kTaggedSlots - 1) % kTaggedSlots * static_cast<int64_t>(B) * H;
-      const int k0 = 16 * k_tile0;  // (this group's columns)
-      stage_tagged<kTaggedLoads, Format>(s_h + k0 - block_k0, pitch, slot + k0, p.h0 + k0, H,
-                           4 * max(k_tile_count, 0), static_cast<int>(step.rows),
-                           static_cast<int>(before.rows), tensor_core_step_tag(i, Format::kTagMask),
-                           group_tid, group_threads);
-      named_barrier(1 + split, group_threads);
-    } else if constexpr (kBarrier == PersistentBarrier::kFlags) {
-      const int group_threads = 32 * G, group_tid = tid - split * group_threads;
-      if (i > 0 && tile == 0) {
-        for (int q = kSplit * k_tile0 + lane; q < kSplit * (k_tile0 + k_tile_count); q += 32) {
-          while (published_steps(sync.flags + q) < static_cast<unsigned>(i)) {
-          }
-        }
-        __syncwarp();
-      }
-      named_barrier(1 + split, group_threads);
-      const scalar_t* output = launder(p.output);
-      const int vectors = 16 / kPerVector * max(k_tile_count, 0);
-      for (int e = group_tid; e < step.rows * vectors; e += group_threads) {
-        const int b = e / vectors, k = 16 * k_tile0 + kPerVector * (e % vectors);
-        *reinterpret_cast<uint4*>(s_h + b * pitch + k - block_k0) =
-            Format::staged(load_l2(reinterpret_cast<const uint4*>(h_prev(output, b) + k)));
-      }
-      named_barrier(1 + split, group_threads);
-    } else {
+    // flags or tagged words, each group of warps sharing a K share waits for its producers (every
+    // block of their groups) and stages its own columns. (The rows past the step's, padding
+    // included, keep whatever they hold: a batch row's products depend on its own column of B
+    // only, and theirs are not read.)
+    if constexpr (kBarrier == PersistentBarrier::kGrid) {
       const scalar_t* output = launder(p.output);  // (after the last step's grid.sync())
       const int vectors = block_columns / kPerVector;
-      for (int e = tid; e < step.rows * vectors; e += kThreads) {
-        const int b = e / vectors, k = block_k0 + kPerVector * (e % vectors);
-        *reinterpret_cast<uint4*>(s_h + b * pitch + k - block_k0) =
-            Format::staged(load_l2(reinterpret_cast<const uint4*>(h_prev(output, b) + k)));
-      }
+      const auto column = [&](int e) { return block_k0 + kPerVector * (e % vectors); };
+      batched_loads<kStagingLoads, uint4>(
+          static_cast<int>(step.rows) * vectors, tid, kThreads,
+          [&](int e) {
+            return load_l2(reinterpret_cast<const uint4*>(h_prev(output, e / vectors) + column(e)));
+          },
+          [&](int e, uint4 v) {
+            *reinterpret_cast<uint4*>(s_h + e / vectors * pitch + column(e) - block_k0) =
+                Format::staged(v);
+          });
       __syncthreads();
+    } else {
+      const int group_threads = 32 * G, group_tid = tid - split * group_threads;
+      const int k0 = 16 * k_tile0;  // (this group's columns)
+      if constexpr (kBarrier == PersistentBarrier::kFlags) {
+        if (i > 0 && tile == 0) {
+          for (int q = kSplit * k_tile0 + lane; q < kSplit * (k_tile0 + k_tile_count); q += 32) {
+            while (published_steps(sync.flags + q) < static_cast<unsigned>(i)) {
+            }
+          }
+          __syncwarp();
+        }
+        named_barrier(1 + split, group_threads);
+        const scalar_t* output = launder(p.output);
+        const int vectors = 16 / kPerVector * max(k_tile_count, 0);
+        const auto column = [&](int e) { return k0 + kPerVector * (e % vectors); };
+        batched_loads<kStagingLoads, uint4>(
+            static_cast<int>(step.rows) * vectors, group_tid, group_threads,
+            [&](int e) {
+              return load_l2(
+                  reinterpret_cast<const uint4*>(h_prev(output, e / vectors) + column(e)));
+            },
+            [&](int e, uint4 v) {
+              *reinterpret_cast<uint4*>(s_h + e / vectors * pitch + column(e) - block_k0) =
+                  Format::staged(v);
+            });
+      } else {
+        // Four columns a word vector (Format::Quad once staged): the step before's tagged words
+        // where it ran the row, polled until their tags are its, else h0.
+        const uint32_t* slot =
+            sync.words + (i + kTaggedSlots - 1) % kTaggedSlots * static_cast<int64_t>(B) * H;
+        const uint32_t tag = tensor_core_step_tag(i, Format::kTagMask);
+        const int quads = 4 * max(k_tile_count, 0);
+        const auto column = [&](int e) { return k0 + 4 * (e % quads); };
+        const auto words_at = [&](int e) {
+          return reinterpret_cast<const uint4*>(slot + static_cast<int64_t>(e / quads) * H +
+                                                column(e));
+        };
+        batched_loads<kStagingLoads, uint4>(
+            static_cast<int>(step.rows) * quads, group_tid, group_threads,
+            [&](int e) { return e / quads < before.rows ? load_relaxed(words_at(e)) : uint4{}; },
+            [&](int e, uint4 words) {
+              const int b = e / quads;
+              typename Format::Quad values;
+              if (b < before.rows) {
+                while (!tags_are(words, tag, Format::kTagMask)) words = load_relaxed(words_at(e));
+                values = Format::untagged(words);
+              } else {
+                values = Format::quad(p.h0 + static_cast<int64_t>(b) * H + column(e));
+              }
+              *reinterpret_cast<typename Format::Quad*>(s_h + b * pitch + column(e) - block_k0) =
+                  values;
+            });
+      }
+      named_barrier(1 + split, group_threads);
     }
 
     // (ii) Two n-tiles at a time (batch_pad is a multiple of 16): two independent accumulator
