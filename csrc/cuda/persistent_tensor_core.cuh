@@ -19,9 +19,10 @@
 //   shared counter. Nothing is overwritten that a slower block still reads: each step's h has its
 //   own rows of the output.
 // - kTagged: as kFlags, each group stages its own columns, but from tagged words: every (row,
-//   unit) of h also goes to a ring of kTaggedSlots slots as one 32-bit word holding the value and
-//   its step's tag (TileFormat::tagged), by a relaxed store, and the group's threads poll those
-//   words until their tags are the step's. No flag, no fence: the data is its own signal (NOTES
+//   unit) of h also goes to a ring of kTaggedSlots slots (the h of n steps done to slot
+//   n % kTaggedSlots) as one 32-bit word holding the value and its step's tag
+//   (TileFormat::tagged), by a relaxed store, and the group's threads poll those words until
+//   their tags are the step's. No flag, no fence: the data is its own signal (NOTES
 //   entry 65). A slot is written again kTaggedSlots steps later, when every reader is done with
 //   it: a block's step i + 3 needs h of step i + 2 from the blocks it reads, which needed h of
 //   step i + 1 from every group, which every group made after staging step i's.
@@ -108,6 +109,11 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
     }
   }
 
+  // kTagged: the ring's slot of the h that `steps_done` steps leave (tagged with that count).
+  const auto tagged_slot = [&](int64_t steps_done) {
+    return sync.words + steps_done % kTaggedSlots * static_cast<int64_t>(B) * H;
+  };
+
   for (int64_t i = 0; i < p.steps; ++i) {
     // This step's rows, and the step before's: a row it ran continues from there, the others
     // start from h0 and c0 (every row at the first step; packed sequences in the reverse
@@ -124,12 +130,14 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
     // block of their groups) and stages its own columns. (The rows past the step's, padding
     // included, keep whatever they hold: a batch row's products depend on its own column of B
     // only, and theirs are not read.)
-    if constexpr (kBarrier == PersistentBarrier::kGrid) {
-      const scalar_t* output = launder(p.output);  // (after the last step's grid.sync())
-      const int vectors = block_columns / kPerVector;
-      const auto column = [&](int e) { return block_k0 + kPerVector * (e % vectors); };
+    // Columns [k0, k0 + columns) of the step's rows from the output (after the barrier) or h0,
+    // by this thread's share of them (first, first + stride, ...).
+    const auto stage_columns = [&](int k0, int columns, int first, int stride) {
+      const scalar_t* output = launder(p.output);
+      const int vectors = columns / kPerVector;
+      const auto column = [&](int e) { return k0 + kPerVector * (e % vectors); };
       batched_loads<kStagingLoads, uint4>(
-          static_cast<int>(step.rows) * vectors, tid, kThreads,
+          static_cast<int>(step.rows) * vectors, first, stride,
           [&](int e) {
             return load_l2(reinterpret_cast<const uint4*>(h_prev(output, e / vectors) + column(e)));
           },
@@ -137,6 +145,9 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
             *reinterpret_cast<uint4*>(s_h + e / vectors * pitch + column(e) - block_k0) =
                 Format::staged(v);
           });
+    };
+    if constexpr (kBarrier == PersistentBarrier::kGrid) {
+      stage_columns(block_k0, block_columns, tid, kThreads);
       __syncthreads();
     } else {
       const int group_threads = 32 * G, group_tid = tid - split * group_threads;
@@ -150,24 +161,11 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
           __syncwarp();
         }
         named_barrier(1 + split, group_threads);
-        const scalar_t* output = launder(p.output);
-        const int vectors = 16 / kPerVector * max(k_tile_count, 0);
-        const auto column = [&](int e) { return k0 + kPerVector * (e % vectors); };
-        batched_loads<kStagingLoads, uint4>(
-            static_cast<int>(step.rows) * vectors, group_tid, group_threads,
-            [&](int e) {
-              return load_l2(
-                  reinterpret_cast<const uint4*>(h_prev(output, e / vectors) + column(e)));
-            },
-            [&](int e, uint4 v) {
-              *reinterpret_cast<uint4*>(s_h + e / vectors * pitch + column(e) - block_k0) =
-                  Format::staged(v);
-            });
+        stage_columns(k0, 16 * max(k_tile_count, 0), group_tid, group_threads);
       } else {
         // Four columns a word vector (Format::Quad once staged): the step before's tagged words
         // where it ran the row, polled until their tags are its, else h0.
-        const uint32_t* slot =
-            sync.words + (i + kTaggedSlots - 1) % kTaggedSlots * static_cast<int64_t>(B) * H;
+        const uint32_t* slot = tagged_slot(i);
         const uint32_t tag = tensor_core_step_tag(i, Format::kTagMask);
         const int quads = 4 * max(k_tile_count, 0);
         const auto column = [&](int e) { return k0 + 4 * (e % quads); };
@@ -185,7 +183,7 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
                 while (!tags_are(words, tag, Format::kTagMask)) words = load_relaxed(words_at(e));
                 values = Format::untagged(words);
               } else {
-                values = Format::quad(p.h0 + static_cast<int64_t>(b) * H + column(e));
+                values = Format::quad(h_prev(p.output, b) + column(e));
               }
               *reinterpret_cast<typename Format::Quad*>(s_h + b * pitch + column(e) - block_k0) =
                   values;
@@ -263,8 +261,7 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
       }
       const scalar_t h = Cell::finish(p, step.offset + b, b, j0 + u, hidden_side, h_prev_value, c);
       if constexpr (kBarrier == PersistentBarrier::kTagged) {
-        uint32_t* slot = sync.words + i % kTaggedSlots * static_cast<int64_t>(B) * H;
-        store_relaxed(slot + static_cast<int64_t>(b) * H + j0 + u,
+        store_relaxed(tagged_slot(i + 1) + static_cast<int64_t>(b) * H + j0 + u,
                       Format::tagged(h, tensor_core_step_tag(i + 1, Format::kTagMask)));
       }
     }
