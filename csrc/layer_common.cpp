@@ -311,6 +311,23 @@ void time_loop(const LinearKernels& lin, const CellKernels<Cell>& k,
 
 Tensor contiguous_or_self(const Tensor& t) { return t.defined() ? t.contiguous() : t; }
 
+// W_hh's gradient grad_hidden_gates^T @ (the state each step started from), in the saved type,
+// for a padded batch without episode starts, from the output [N, X] and h0 [B, X] as they are:
+// the first step run started from h0, every other one from the output of the step run before it
+// (the next one in memory for the reverse direction). Two products over shifted rows instead of
+// an [N, X] copy of those states, which was alive at the backward's peak of memory.
+template <typename Cell>
+Tensor hidden_weight_grad_from_outputs(const LinearKernels& lin, const Tensor& grad_hidden_gates,
+                                       const Tensor& output, const Tensor& h0, bool reverse) {
+  const int64_t B = h0.size(0), carried = output.size(0) - B;
+  const Tensor from_h0 = grad_hidden_gates.narrow(0, reverse ? carried : 0, B).t();
+  if (carried == 0) return lin.matmul(from_h0, in_saved_type<Cell>(h0), std::nullopt);
+  const Tensor from_outputs =
+      lin.matmul(grad_hidden_gates.narrow(0, reverse ? 0 : B, carried).t(),
+                 in_saved_type<Cell>(output.narrow(0, reverse ? B : 0, carried)), std::nullopt);
+  return lin.matmul(from_h0, in_saved_type<Cell>(h0), from_outputs);
+}
+
 OptionalTensor contiguous_or_none(const OptionalTensor& t) {
   return t.has_value() ? OptionalTensor(t->contiguous()) : t;
 }
@@ -494,7 +511,7 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
   };
   const Tensor saved_c = saved.contiguous(), grad_out_c = grad_output.contiguous();
   const Tensor cells_c = contiguous_or_self(cell_states);
-  const Tensor c_before = kCell ? states_before(cells_c, a.cx.contiguous()) : Tensor();
+  Tensor c_before = kCell ? states_before(cells_c, a.cx.contiguous()) : Tensor();
   // h's: for the gate gradients where they read it, else only for W_hh's gradient.
   Tensor h_before;
   const auto hidden_before = [&]() -> const Tensor& {
@@ -505,9 +522,9 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
   // The pre-activations' gradients of the two sides (of the raw products where the cell
   // normalizes them), in the saved type.
   const Tensor grad_input_gates = lin.empty_buffer({N, G * H}, grad_options);
-  const Tensor grad_hidden_gates = Cell::kPreActivationsSumSides
-                                       ? grad_input_gates
-                                       : lin.empty_buffer({N, G * H}, grad_options);
+  Tensor grad_hidden_gates = Cell::kPreActivationsSumSides
+                                 ? grad_input_gates
+                                 : lin.empty_buffer({N, G * H}, grad_options);
   // Where the cell has parameters beyond torch.nn's: what their gradients sum over the rows,
   // kept for a group of `group` consecutive steps (grad_pre), and those sums.
   const int64_t group = std::max<int64_t>(1, kParameterSumRows / std::max<int64_t>(B, 1));
@@ -527,12 +544,13 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
   const Tensor grad_projected =
       w_hr.has_value() && mask.w_hr ? at::empty({N, s.state}, input.options()) : Tensor();
   // (A cell with parameters of its own sums their gradients step by step, in the loop below.)
+  const bool uniform = uniform_batch(order, B);
   const bool whole_sequence =
       Cell::kNorms == 0 && !w_hr.has_value() && k.backward_sequence &&
       k.backward_sequence({grad_out_c, saved_c, h_before, c_before, cells_c, a.w_hh, grad_h,
                            grad_c, grad_input_gates, grad_hidden_gates, a.reverse, starts,
                            grad_h_starts, grad_c_starts, zoneout,
-                           uniform_batch(order, B) ? std::vector<SequenceStep>() : order});
+                           uniform ? std::vector<SequenceStep>() : order});
   if (!whole_sequence) {
     // grad_h of the previous step = grad_hidden_gates @ W_hh, i.e. linear with W_hh^T as the
     // weight (plus the direct part, where the cell has one).
@@ -602,13 +620,32 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
     }
   }
   // The input's and the weights' gradients as single GEMMs over all steps, through the device's
-  // matmul (which on the CPU may hand them to oneDNN).
+  // matmul (which on the CPU may hand them to oneDNN). The hidden side's first, so that what only
+  // the loop and they read is freed before the input's gradient [N, I] is made: the backward's
+  // peak of memory is at that point or in the loop (NOTES entry 66).
   // (In the saved type, the result in the dtype, where the cell keeps its gradients in another.)
   const auto in_dtype = [&](const Tensor& t) {
     if constexpr (Cell::kSavedInOpMath) return t.to(input.scalar_type());
     return t;
   };
+  c_before.reset();
   Grads g;
+  if (mask.w_hh) {
+    g.w_hh = in_dtype(
+        !order.empty() && uniform && starts.empty() && !h_before.defined()
+            ? hidden_weight_grad_from_outputs<Cell>(lin, grad_hidden_gates, output.contiguous(),
+                                                    a.hx.contiguous(), a.reverse)
+            : lin.matmul(grad_hidden_gates.t(), in_saved_type<Cell>(hidden_before()),
+                         std::nullopt));
+  }
+  h_before.reset();
+  if constexpr (Cell::kNorms > 0) {
+    Cell::parameter_grads(parameter_sums, mask, g, input.scalar_type());
+  } else {
+    if (mask.b_hh) g.b_hh = at::sum(grad_hidden_gates, 0);
+    if (mask.b_ih) g.b_ih = at::sum(grad_input_gates, 0);
+  }
+  grad_hidden_gates.reset();  // (the input side's, where the cell's sides sum: still held)
   if (mask.input) {
     g.input = in_dtype(lin.matmul(grad_input_gates, in_saved_type<Cell>(a.w_ih), std::nullopt));
   }
@@ -616,16 +653,6 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
   if (mask.cx) g.cx = starts.empty() ? grad_c : grad_c.add(grad_c_starts);
   if (mask.w_ih) {
     g.w_ih = in_dtype(lin.matmul(grad_input_gates.t(), in_saved_type<Cell>(input), std::nullopt));
-  }
-  if (mask.w_hh) {
-    g.w_hh = in_dtype(
-        lin.matmul(grad_hidden_gates.t(), in_saved_type<Cell>(hidden_before()), std::nullopt));
-  }
-  if constexpr (Cell::kNorms > 0) {
-    Cell::parameter_grads(parameter_sums, mask, g, input.scalar_type());
-  } else {
-    if (mask.b_ih) g.b_ih = at::sum(grad_input_gates, 0);
-    if (mask.b_hh) g.b_hh = at::sum(grad_hidden_gates, 0);
   }
   if (grad_projected.defined()) {
     g.w_hr = lin.matmul(grad_projected.t(), hidden_pre_proj.contiguous(), std::nullopt);
