@@ -432,15 +432,17 @@ void impl_gru_cell(torch::Library& m) {
 }
 
 // Registers the LSTM's and the GRU's device-agnostic ops for a device's dispatch key, over that
-// device's kernels (the schemas' argument lists, mapped onto the generic functions above).
-template <const LinearKernels& L, const CellKernels<LstmCell>& K>
+// device's kernels (the schemas' argument lists, mapped onto the generic functions above); the
+// cell backward's products by CellL (on CUDA, another rule for float32 than the layers').
+template <const LinearKernels& L, const CellKernels<LstmCell>& K,
+          const LinearKernels& CellL = L>
 void impl_lstm_ops(torch::Library& m) {
   m.impl("lstm_cell_backward",
          [](const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input, const Tensor& hx,
             const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& gates,
             const Tensor& cy, std::array<bool, 6> mask) -> LstmCellGrads {
            const Grads g = cell_backward(
-               L, K, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, gates, cy,
+               CellL, K, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, gates, cy,
                {mask[0], mask[1], mask[2], mask[3], mask[4], mask[5], false, false});
            return {g.input, g.hx, g.cx, g.w_ih, g.w_hh, g.b_ih};
          });
@@ -473,13 +475,14 @@ void impl_lstm_ops(torch::Library& m) {
          });
 }
 
-template <const LinearKernels& L, const CellKernels<GruCell>& K>
+template <const LinearKernels& L, const CellKernels<GruCell>& K,
+          const LinearKernels& CellL = L>
 void impl_gru_ops(torch::Library& m) {
   m.impl("gru_cell_backward",
          [](const Tensor& grad_hy, const Tensor& input, const Tensor& hx, const Tensor& w_ih,
             const Tensor& w_hh, const Tensor& workspace, std::array<bool, 6> mask) -> GruGrads {
            const Grads g = cell_backward(
-               L, K, grad_hy, Tensor(), input, hx, Tensor(), w_ih, w_hh, workspace, Tensor(),
+               CellL, K, grad_hy, Tensor(), input, hx, Tensor(), w_ih, w_hh, workspace, Tensor(),
                {mask[0], mask[1], false, mask[2], mask[3], mask[4], mask[5], false});
            return {g.input, g.hx, g.w_ih, g.w_hh, g.b_ih, g.b_hh};
          });

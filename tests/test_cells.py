@@ -205,6 +205,33 @@ def test_cuda_cell_step_takes_a_warp_per_unit_where_the_tiles_leave_sms_idle(kin
 
 
 @pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
+@pytest.mark.parametrize("kind", CELLS)
+def test_float32_cells_follow_the_matmul_flag_not_cudnns(kind):
+    """torch.nn's cells take their products through ATen's matmul, in full float32 unless
+    torch.backends.cuda.matmul.allow_tf32 is on; cuDNN's TF32 flag, on by default (conftest
+    turns it off for the other tests), is the layers' rule, not theirs. Under torch's defaults our
+    float32 cells' gradients are full float32 too: within float32's tolerance of torch.nn's,
+    which TF32 products (about 1e-3 relative error at K = 256) would miss."""
+    batch, size = 64, 256
+    theirs, ours, truth = make_cells(kind, size, size, True, torch.float32, "cuda")
+    x = torch.randn(batch, size, device="cuda", requires_grad=True)
+    state = make_state(kind, batch, size, torch.float32, "cuda", requires_grad=True)
+    out_weights = [torch.randn(batch, size, dtype=torch.float64) for _ in as_tuple(state)]
+    matmul_before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=True):
+            _, grads = run_and_grad(ours, x, state, out_weights)
+            _, ref_grads = run_and_grad(theirs, x, state, out_weights)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_before
+    state64 = tuple(map(to_truth, state)) if kind == "lstm" else to_truth(state)
+    _, true_grads = run_and_grad(truth, to_truth(x), state64, out_weights)
+    for name, a, b, t in zip(grad_names(kind, ours), grads, ref_grads, true_grads):
+        assert_matches_torch(a, b, t, f"grad of {name}")
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", CELLS)
 def test_cuda_matches_our_cpu_path(kind, dtype):

@@ -468,3 +468,37 @@ def test_float32_products_follow_cudnns_tf32_flag(kind):
     assert_matches_torch(got_grad, theirs_grad, want_grad, "input gradient", against_truth=True)
     full, _ = output_and_grad(ours, x, False)
     assert (got - full).abs().max() > 1e-5
+
+
+@pytest.mark.skipif(not CUDA_READY, reason="needs a GPU and the CUDA kernels built in")
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_float32_layers_ignore_the_matmul_tf32_flag(kind):
+    """With cuDNN's TF32 flag off, torch.nn's float32 layers run full float32 whatever
+    torch.backends.cuda.matmul.allow_tf32 says (the flag ATen's own products and cuBLAS handle
+    follow), and so do ours: outputs and gradients within float32's tolerance of torch.nn's."""
+    torch_cls, ours_cls = MODULES[kind]
+    torch.manual_seed(0)
+    theirs = torch_cls(256, 256).cuda()
+    ours = ours_cls(256, 256).cuda()
+    ours.load_state_dict(theirs.state_dict())
+    truth = copy.deepcopy(theirs).double()
+    x = torch.randn(20, 8, 256, device="cuda")
+
+    def output_and_grads(module, x):
+        x = x.detach().requires_grad_()
+        out = module(x)[0]
+        grads = torch.autograd.grad(out.square().sum(), [x, *module.parameters()])
+        return [out.detach(), *grads]
+
+    matmul_before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            got = output_and_grads(ours, x)
+            want = output_and_grads(theirs, x)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_before
+    true = output_and_grads(truth, x.double())
+    names = ["output", "input gradient", *(name for name, _ in ours.named_parameters())]
+    for name, a, b, t in zip(names, got, want, true):
+        assert_matches_torch(a, b, t, name, against_truth=True)

@@ -347,11 +347,25 @@ void launch_cell_forward(const Tensor& input, const Tensor& w_ih, const Tensor& 
 }
 
 // ---------------------------------------------------------------------------------------------
-// The products. Float32 follows torch.nn's rule for its RNNs: TF32 tensor cores where
+// The products. The layers' float32 follows torch.nn's rule for its RNNs: TF32 tensor cores where
 // torch.backends.cudnn.allow_tf32 is True (the default, cuDNN's), full float32 otherwise. at::mm
-// reads torch.backends.cuda.matmul's flag instead, so under cuDNN's those go to cuBLAS directly.
+// and ATen's cuBLAS handle read torch.backends.cuda.matmul's flag instead, so the layers' float32
+// products go to cuBLAS directly, on a handle whose math mode is set for them (blas_handle). The
+// cells' backward products go through ATen, as torch.nn's cells' do (kCudaCellLinear).
 bool tf32_products(const Tensor& t) {
   return t.scalar_type() == at::kFloat && at::globalContext().allowTF32CuDNN();
+}
+
+// ATen's cuBLAS handle for products of x's dtype. ATen sets its math mode as it hands it out,
+// TF32 where torch.backends.cuda.matmul.allow_tf32 is on, which would turn a float32 compute type
+// into TF32: where float32 is to be full (tf32_products false), it is handed out under
+// NoTF32Guard, which keeps the default math mode.
+cublasHandle_t blas_handle(const Tensor& x) {
+  if (x.scalar_type() != at::kFloat || tf32_products(x)) {
+    return at::cuda::getCurrentCUDABlasHandle();
+  }
+  const at::NoTF32Guard full_float32;
+  return at::cuda::getCurrentCUDABlasHandle();
 }
 
 // A matrix [R, C] as a cuBLAS operand of a column-major product: row-major as it lies (op N on
@@ -415,8 +429,8 @@ void gemm(cublasHandle_t handle, cublasComputeType_t compute, int M, int N, int 
 }
 
 // out [M, N] (rows of stride out.stride(0), columns contiguous) = a [M, K] @ b [K, N] + beta *
-// out, float32 on TF32 tensor cores (float32 accumulation).
-void tf32_gemm(const Tensor& a, const Tensor& b, const Tensor& out, float beta) {
+// out, in float32 by the rule above (on TF32 tensor cores with float32 accumulation, or full).
+void float32_gemm(const Tensor& a, const Tensor& b, const Tensor& out, float beta) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   if (M == 0 || N == 0) return;
   if (K == 0) {  // (an empty buffer may hold NaNs: zeroed, not scaled, where beta is 0)
@@ -426,7 +440,7 @@ void tf32_gemm(const Tensor& a, const Tensor& b, const Tensor& out, float beta) 
   TORCH_CHECK(std::max({M, N, K}) < (int64_t{1} << 31), "fused_rnn: product of ", M, "x", K, "x",
               N, " exceeds cuBLAS's sizes");
   const BlasOperand lhs = blas_operand(a), rhs = blas_operand(b);
-  gemm<float>(at::cuda::getCurrentCUDABlasHandle(), BlasTypes<float>::compute(true),
+  gemm<float>(blas_handle(a), BlasTypes<float>::compute(tf32_products(a)),
               static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
               lhs.t.data_ptr<float>(), lhs.op, static_cast<int>(lhs.ld), rhs.t.data_ptr<float>(),
               rhs.op, static_cast<int>(rhs.ld), out.data_ptr<float>(),
@@ -435,10 +449,12 @@ void tf32_gemm(const Tensor& a, const Tensor& b, const Tensor& out, float beta) 
 
 // a @ b (+ add, broadcast to the product's shape), on the product rule above.
 Tensor product(const Tensor& a, const Tensor& b, const OptionalTensor& add = std::nullopt) {
-  if (!tf32_products(a)) return add.has_value() ? at::addmm(*add, a, b) : at::mm(a, b);
+  if (a.scalar_type() != at::kFloat) {
+    return add.has_value() ? at::addmm(*add, a, b) : at::mm(a, b);
+  }
   const std::array<int64_t, 2> shape{a.size(0), b.size(1)};
   Tensor out = add.has_value() ? add->expand(shape).contiguous() : at::empty(shape, a.options());
-  tf32_gemm(a, b, out, add.has_value() ? 1.0f : 0.0f);
+  float32_gemm(a, b, out, add.has_value() ? 1.0f : 0.0f);
   return out;
 }
 
@@ -513,7 +529,7 @@ bool stepwise_sequence(const SequenceTensors& t) {
   const bool saved_per_step = t.saved.size(0) == N;
   const c10::cuda::CUDAGuard guard(t.output.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
+  const cublasHandle_t handle = blas_handle(t.output);
   const Tensor hidden = at::empty({B, G * H}, t.output.options());
   // Where a step's batch grows (packed, reverse), its states gathered (state_before).
   const Tensor h_scratch = packed ? at::empty_like(t.h0) : Tensor();
@@ -733,7 +749,7 @@ bool stepwise_backward_sequence(const BackwardSequenceTensors& t) {
   const int64_t steps = packed ? static_cast<int64_t>(t.packed_steps.size()) : N / B;
   const c10::cuda::CUDAGuard guard(t.grad_h.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
+  const cublasHandle_t handle = blas_handle(t.grad_h);
   FUSED_RNN_DISPATCH_FLOATING_TYPES(t.grad_h.scalar_type(), "stepwise_backward_cuda", [&] {
     const cublasComputeType_t compute =
         BlasTypes<scalar_t>::compute(tf32_products(t.grad_h));
@@ -792,8 +808,8 @@ void step_linear_cuda(const Tensor& x, const Tensor& w, const Tensor& out, bool 
     accumulate ? out.add_(result) : out.copy_(result);
     return;
   }
-  if (tf32_products(x)) {
-    tf32_gemm(x, w.t(), out, accumulate ? 1.0f : 0.0f);
+  if (x.scalar_type() == at::kFloat) {
+    float32_gemm(x, w.t(), out, accumulate ? 1.0f : 0.0f);
     return;
   }
   Tensor result = out;  // a view of the caller's buffer, written in place by cuBLAS
@@ -838,6 +854,18 @@ extern const LinearKernels kCudaLinear{
 
 namespace {
 
+// The cell ops' backward products (cell_backward's only ones), as torch.nn's cells take theirs:
+// through ATen, whose float32 follows torch.backends.cuda.matmul.allow_tf32 (off by default), not
+// cuDNN's flag (the cells' forward kernels compute in full float32).
+Tensor cell_matmul_cuda(const Tensor& a, const Tensor& b, const OptionalTensor& add) {
+  return add.has_value() ? at::addmm(*add, a, b) : at::mm(a, b);
+}
+const LinearKernels kCudaCellLinear = [] {
+  LinearKernels cell = kCudaLinear;
+  cell.matmul = &cell_matmul_cuda;
+  return cell;
+}();
+
 constexpr CellKernels<LstmCell> kCudaLstm{
     .prepare_recurrent = &prepare_linear_cuda,
     .step = &lstm_step_cuda,
@@ -861,8 +889,8 @@ constexpr CellKernels<GruCell> kCudaGru{
 TORCH_LIBRARY_IMPL(fused_rnn, CUDA, m) {
   m.impl("lstm_cell", &lstm_cell_cuda);
   m.impl("gru_cell", &gru_cell_cuda);
-  impl_lstm_ops<kCudaLinear, kCudaLstm>(m);
-  impl_gru_ops<kCudaLinear, kCudaGru>(m);
+  impl_lstm_ops<kCudaLinear, kCudaLstm, kCudaCellLinear>(m);
+  impl_gru_ops<kCudaLinear, kCudaGru, kCudaCellLinear>(m);
 }
 
 }  // namespace fused_rnn
