@@ -133,9 +133,10 @@ part1() {
     fi
   fi
 
-  # The default's tests under that table (its paths named and run, CUDA graphs).
-  run_tests tests-default "$(allot 40 60)" tests/test_persistent.py -k default \
-    tests/test_cuda_graphs.py
+  # The default's tests under that table (its paths named and run, CUDA graphs, training peak
+  # memory against torch.nn's).
+  run_tests tests-default "$(allot 40 60)" tests/test_persistent.py \
+    -k "default or training_peak_memory" tests/test_cuda_graphs.py tests/test_cuda_memory.py
 
   # The headline layers: step-wise, persistent (flags and grid.sync), the default and torch.nn,
   # every dtype.
