@@ -227,6 +227,20 @@ def build_fused_rnn_persistent(case, barrier="flags", cluster_split=None):
     return run_persistent
 
 
+def build_fused_rnn_concurrent(case):
+    """fused_rnn's layer with the two directions of each bidirectional layer run concurrently
+    (use_concurrent_directions, CUDA) for its runs."""
+    run = build_fused_rnn(case)
+
+    def run_concurrent(x, states):
+        fused_rnn.use_concurrent_directions(True)
+        try:
+            return run(x, states)
+        finally:
+            fused_rnn.use_concurrent_directions(False)
+    return run_concurrent
+
+
 def _cell_weights(case, dtype=None):
     """(w_ih, w_hh, b_ih, b_hh, then a layer-normalized cell's norms) of the case's module, as
     leaf tensors (in `dtype` where given)."""
@@ -316,6 +330,10 @@ IMPLEMENTATIONS = {
         lambda case: build_fused_rnn_persistent(case, cluster_split=2),
         lambda case: case.op == "layer" and case.device == "cuda" and _plain(case)
         and case.dtype in (torch.float16, torch.bfloat16)),
+    # The reverse direction on a second stream (NOTES entry 69).
+    "fused concurrent directions": (
+        build_fused_rnn_concurrent,
+        lambda case: case.op == "layer" and case.device == "cuda" and case.bidirectional),
     "torch.nn": (build_torch_nn, lambda case: True),
     "nn cell loop": (build_nn_cell_loop,
                      lambda case: case.op == "layer" and _python_loop_dtype(case) and _plain(case)

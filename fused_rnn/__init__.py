@@ -7,6 +7,7 @@ Drop-in modules (LSTM, GRU, LSTMCell, GRUCell) and convert(), plain functions
 from . import functional, ops, reference
 from .modules import (GRU, LSTM, GRUCell, LayerNormGRU, LayerNormGRUCell, LayerNormLSTM,
                       LayerNormLSTMCell, LSTMCell, convert)
+from .functional import use_concurrent_directions
 from .ops import (GRUCellFunction, LSTMCellFunction, build_info, cpu_cache_bytes,
                   cpu_layer_path, cuda_layer_path, empty_cpu_cache, use_persistent_kernels)
 
@@ -32,5 +33,6 @@ __all__ = [
     "functional",
     "ops",
     "reference",
+    "use_concurrent_directions",
     "use_persistent_kernels",
 ]

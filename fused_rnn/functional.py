@@ -9,7 +9,60 @@ import torch
 from . import ops  # noqa: F401  (registers the fake implementations and autograd)
 
 __all__ = ["gru", "gru_cell", "layernorm_gru", "layernorm_gru_cell", "layernorm_lstm",
-           "layernorm_lstm_cell", "lstm", "lstm_cell", "zone_out", "zoneout_weights"]
+           "layernorm_lstm_cell", "lstm", "lstm_cell", "use_concurrent_directions", "zone_out",
+           "zoneout_weights"]
+
+# Whether a bidirectional layer on CUDA runs its reverse direction on a second stream
+# (use_concurrent_directions), and those streams, one per device.
+_concurrent_directions = False
+_side_streams = {}
+
+
+def use_concurrent_directions(enabled: bool = True) -> None:
+    """Whether the two directions of a bidirectional layer on CUDA run concurrently: the reverse
+    direction on a second CUDA stream beside the forward one, so that the GPU can overlap the two
+    directions' steps where one step's work leaves SMs idle (the step-wise path at small batches;
+    persistent kernels that take few SMs). Off by default until measured (benchmarks/NOTES.md
+    entry 69). No effect on the CPU, nor while torch.compile traces."""
+    if not isinstance(enabled, bool):
+        raise ValueError(f"use_concurrent_directions: expected True or False, got {enabled!r}")
+    global _concurrent_directions
+    _concurrent_directions = enabled
+
+
+def _side_stream(device):
+    """The second stream of a CUDA device (made on first use)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _side_streams:
+        _side_streams[index] = torch.cuda.Stream(device=index)
+    return _side_streams[index]
+
+
+def _layer_directions(step_layer, data, states, groups, first, num_directions):
+    """Each direction's (output, final states) of the layer whose groups start at `first`; the
+    reverse direction on a second stream where use_concurrent_directions says so. That stream
+    starts after what the current one has queued before the forward direction (its inputs), and
+    the current one waits for it after; the reverse direction's results, made on it, are marked
+    as used by the current stream. Autograd runs each direction's backward on its forward's
+    stream and orders the gradients between them."""
+    def run(direction):
+        return step_layer(data, states[first + direction], groups[first + direction],
+                          direction == 1)
+    if num_directions == 1:
+        return [run(0)]
+    if not (_concurrent_directions and data.is_cuda) or torch.compiler.is_compiling():
+        return [run(0), run(1)]
+    main = torch.cuda.current_stream(data.device)
+    side = _side_stream(data.device)
+    side.wait_stream(main)
+    forward = run(0)
+    with torch.cuda.stream(side):
+        reverse = run(1)
+    main.wait_stream(side)
+    output, final = reverse
+    for t in (output, *(final if isinstance(final, tuple) else (final,))):
+        t.record_stream(main)
+    return [forward, reverse]
 
 
 def zoneout_weights(p, training, shape, like):
@@ -98,9 +151,8 @@ def _run_layers(step_layer, data, states, groups, num_layers, bidirectional, dro
     finals = []
     for layer in range(num_layers):
         outputs = []
-        for direction in range(num_directions):
-            k = layer * num_directions + direction
-            out, final = step_layer(data, states[k], groups[k], direction == 1)
+        for out, final in _layer_directions(step_layer, data, states, groups,
+                                            layer * num_directions, num_directions):
             outputs.append(out)
             finals.append(final)
         data = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=1)

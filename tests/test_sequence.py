@@ -22,6 +22,47 @@ def test_matches_torch_nn(cfg, dtype, device):
     check_against_torch(*cfg, dtype, device)
 
 
+@pytest.fixture
+def concurrent_directions():
+    """use_concurrent_directions(True) for the test, off again after it."""
+    fused_rnn.use_concurrent_directions(True)
+    yield
+    fused_rnn.use_concurrent_directions(False)
+
+
+BIDIRECTIONAL_CONFIGS = [cfg for cfg in CONFIGS if cfg[1].get("bidirectional")]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cfg", BIDIRECTIONAL_CONFIGS, ids=config_id)
+def test_concurrent_directions_give_the_same_numbers(cfg, device, concurrent_directions):
+    """With the reverse direction on a second stream (CUDA; the CPU ignores the setting), a
+    bidirectional layer's outputs and every gradient are bit for bit those of the directions run
+    one after the other, and within torch.nn's tolerance: the same kernels, ordered by events."""
+    kind, kw, mode, steps, given = cfg
+    _, ours, _ = make_modules(kind, kw, torch.float32, device)
+    x, states, build = make_inputs(kind, kw, mode, steps, given, torch.float32, device)
+
+    def results():
+        got = flatten(ours(*build(x, states)))
+        loss = sum((r * (k + 1)).sum() for k, r in enumerate(got))
+        return [r.detach() for r in got] + list(
+            torch.autograd.grad(loss, [x, *states, *ours.parameters()]))
+
+    concurrent = results()
+    fused_rnn.use_concurrent_directions(False)
+    one_after_the_other = results()
+    for a, b in zip(concurrent, one_after_the_other):
+        assert torch.equal(a, b)
+    fused_rnn.use_concurrent_directions(True)
+    check_against_torch(*cfg, torch.float32, device)
+
+
+def test_concurrent_directions_checks_its_argument():
+    with pytest.raises(ValueError, match="expected True or False, got 'yes'"):
+        fused_rnn.use_concurrent_directions("yes")
+
+
 # The CPU's fused recurrent step and per-step products (float32, sequences of 8 steps or more)
 # tile the weights into blocks of 16 (AVX-512) or 8 units, or 4 times that many columns, and h
 # into chunks of a few rows: sizes spanning several of each, with partial blocks and chunks, and
