@@ -5,10 +5,8 @@ more than torch.nn's (cuDNN's) does, by the default path, in the caching allocat
 import pytest
 import torch
 
-import fused_rnn
 from conftest import CUDA_READY
-
-LAYERS = {"lstm": (torch.nn.LSTM, fused_rnn.LSTM), "gru": (torch.nn.GRU, fused_rnn.GRU)}
+from conftest import SEQUENCE_MODULES as LAYERS
 
 
 def peak_training_bytes(module, x, states):

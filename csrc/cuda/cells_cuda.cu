@@ -531,6 +531,8 @@ bool stepwise_sequence(const SequenceTensors& t) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const cublasHandle_t handle = blas_handle(t.output);
   const Tensor hidden = at::empty({B, G * H}, t.output.options());
+  // (Grid-stride launches: sized for B rows, they serve a packed step's fewer.)
+  const unsigned blocks = pointwise_blocks(B * H);
   // Where a step's batch grows (packed, reverse), its states gathered (state_before).
   const Tensor h_scratch = packed ? at::empty_like(t.h0) : Tensor();
   const Tensor c_scratch = packed && cell ? at::empty_like(t.c0) : Tensor();
@@ -545,17 +547,16 @@ bool stepwise_sequence(const SequenceTensors& t) {
                                                    t.saved, Tensor(), Tensor());
     scalar_t* const product = hidden.data_ptr<scalar_t>();
     p.hproj = product;
-    const auto scratch = [](const Tensor& x) {
-      return x.defined() ? x.data_ptr<scalar_t>() : nullptr;
-    };
+    scalar_t* const h_gathered = h_scratch.defined() ? h_scratch.data_ptr<scalar_t>() : nullptr;
+    scalar_t* const c_gathered = c_scratch.defined() ? c_scratch.data_ptr<scalar_t>() : nullptr;
     SequenceStep before{0, 0};
     for (int64_t i = 0; i < steps; ++i) {
       const SequenceStep step = run_order_step(t.packed_steps, i, steps, B, t.reverse);
       p.hx = state_before(t.output.data_ptr<scalar_t>(), t.h0.data_ptr<scalar_t>(),
-                          scratch(h_scratch), i == 0, step, before, H, stream);
+                          h_gathered, i == 0, step, before, H, stream);
       if (cell) {
         p.cx = state_before(t.cell_states.data_ptr<scalar_t>(), t.c0.data_ptr<scalar_t>(),
-                            scratch(c_scratch), i == 0, step, before, H, stream);
+                            c_gathered, i == 0, step, before, H, stream);
         p.cy = rows(t.cell_states, step);
       }
       before = step;
@@ -569,8 +570,7 @@ bool stepwise_sequence(const SequenceTensors& t) {
       p.hy = rows(t.output, step);
       p.xproj = rows(t.input_side, step);
       p.saved = saved_per_step ? rows(t.saved, step) : t.saved.data_ptr<scalar_t>();
-      step_gates_kernel<Update, scalar_t>
-          <<<pointwise_blocks(step.rows * H), kPointwiseThreads, 0, stream>>>(p);
+      step_gates_kernel<Update, scalar_t><<<blocks, kPointwiseThreads, 0, stream>>>(p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -750,6 +750,7 @@ bool stepwise_backward_sequence(const BackwardSequenceTensors& t) {
   const c10::cuda::CUDAGuard guard(t.grad_h.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const cublasHandle_t handle = blas_handle(t.grad_h);
+  const unsigned blocks = pointwise_blocks(B * H);  // (as stepwise_sequence's)
   FUSED_RNN_DISPATCH_FLOATING_TYPES(t.grad_h.scalar_type(), "stepwise_backward_cuda", [&] {
     const cublasComputeType_t compute =
         BlasTypes<scalar_t>::compute(tf32_products(t.grad_h));
@@ -761,7 +762,6 @@ bool stepwise_backward_sequence(const BackwardSequenceTensors& t) {
       const SequenceStep step = run_order_step(t.packed_steps, i, steps, B, t.reverse);
       if (step.rows == 0) continue;
       scalar_t* const hidden_grads = rows(t.grad_hidden_gates, step);
-      const unsigned blocks = pointwise_blocks(step.rows * H);
       if constexpr (kLstm) {
         scalar_t* const grad_c = t.grad_c.data_ptr<scalar_t>();
         lstm_gate_grads_kernel<scalar_t><<<blocks, kPointwiseThreads, 0, stream>>>(
