@@ -3,6 +3,8 @@ sequence modules' parity check against torch.nn (configurations, sizes, inputs).
 
 import contextlib
 import dataclasses
+import os
+import sys
 
 import pytest
 import torch
@@ -48,6 +50,43 @@ def pytest_collection_modifyitems(config, items):
         (drop if on_cpu else keep).append(item)
     config.hook.pytest_deselected(items=drop)
     items[:] = keep
+
+
+def cuda_context_lost():
+    """Why this process's CUDA context is broken for good, or None: a kernel's fault (an illegal
+    address, a device-side assert) is sticky, every later CUDA call of the process failing with
+    it. A pending error that a second synchronization no longer raises was not sticky."""
+    if not (CUDA_READY and torch.cuda.is_initialized()):
+        return None
+    try:
+        torch.cuda.synchronize()
+        return None
+    except RuntimeError as error:
+        first = error
+    try:
+        torch.cuda.synchronize()
+    except RuntimeError:
+        return str(first).strip().splitlines()[0]
+    return None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item):
+    """After a test that broke the process's CUDA context, the process stops: every later test
+    would fail on the same error and hide which tests fail on their own. A pytest-xdist worker
+    exits (xdist names this test as the crash and starts a fresh worker for the rest); a plain
+    run ends here, its report naming the test."""
+    lost = cuda_context_lost()
+    if lost is None:
+        return
+    message = f"{item.nodeid} left the CUDA context broken ({lost}): stopping this process"
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # (Past pytest's capture, which an exit without unwinding would lose.)
+        item.config.pluginmanager.getplugin("capturemanager").suspend_global_capture()
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+        os._exit(3)
+    pytest.exit(message, returncode=3)
 
 
 def native_rnn():
