@@ -14,7 +14,12 @@ graph, the step-wise and the tensor-core backward). The modes run in turn, the o
 every round; a path's time is the median of its rounds (CUDA events). Each path's output and
 gradients are checked against the step-wise path's on the same inputs (a sanity check for gross
 errors, the tests check precisely); a path that fails it never enters the table. Writes
-DATE-paths-GPU.json (and .md) to benchmarks/results/ and --out.
+DATE-paths-GPU.json (and .md) to benchmarks/results/ and --out, again after each shape.
+The shapes run in a worker process (sweep-worker), which says before each timed run which shape,
+direction and path it is on: a path that raises (a GPU fault leaves the process's CUDA context
+broken), crashes the worker or hangs it (a persistent kernel's barrier that never opens; no
+progress for STALL_S seconds: the worker is killed) is recorded as failed there, and a fresh
+worker goes on without it at that shape, and without it anywhere after its second failure.
 
 header: the table from a sweep's JSON: at each measured point the paths by median time, fastest
 first, a persistent path ahead of the step-wise one only where it took at most
@@ -24,12 +29,16 @@ changed).
 """
 
 import argparse
+import collections
 import datetime
 import json
+import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -59,6 +68,10 @@ PERSISTENT_MARGIN = 0.95
 # The sanity check against the step-wise path's results: the largest difference, relative to the
 # largest magnitude of the step-wise result, a path may show (gross errors only).
 SANITY = {"bfloat16": 0.05, "float32": 0.01}
+# A sweep worker that has not started a timed run for this long is taken as hung and killed.
+STALL_S = 15
+# A path that failed this many times is left out of the rest of the sweep.
+FAILURES_TO_DROP = 2
 
 
 def path_of(description):
@@ -117,14 +130,16 @@ def _modes_by_path(kind, batch, hidden, dtype, backward, device):
     return found
 
 
-def _measure_paths(modes, run, rounds, device):
+def _measure_paths(modes, run, rounds, device, announce):
     """{path: (median seconds, results)} of run() under each mode of `modes` ({path: mode}), the
-    modes taking turns, their order rotating every round; the first round warms up."""
+    modes taking turns, their order rotating every round; the first round warms up.
+    announce(path) before each run."""
     times = {path: [] for path in modes}
     results = {}
     for r in range(rounds + 1):
         order = list(modes)[r % len(modes):] + list(modes)[:r % len(modes)]
         for path in order:
+            announce(path)
             _C.set_persistent_kernels(modes[path])
             seconds, results[path] = _timed(run, device)
             if r:
@@ -132,10 +147,16 @@ def _measure_paths(modes, run, rounds, device):
     return {path: (statistics.median(times[path]), results[path]) for path in modes}
 
 
-def measure_shape(kind, dtype_name, batch, hidden, steps, rounds, device="cuda"):
+def measure_shape(kind, dtype_name, batch, hidden, steps, rounds, device="cuda", skip=(),
+                  announce=lambda direction, path: None):
     """The rows of one shape: forward and backward times per path, each sanity-checked against
     the step-wise path's results (on a device other than CUDA: its one path, to test this
-    code)."""
+    code). The (direction, path) pairs in `skip` are left out (a shape whose step-wise path is
+    among them is not measured: its results are the reference); announce(direction, path)
+    before each run (the setup counts as the step-wise forward)."""
+    if any(path == "step-wise" for _, path in skip):
+        return []
+    announce("forward", "step-wise")
     dtype = DTYPES[dtype_name]
     torch.manual_seed(0)
     layer = LAYERS[kind](hidden, hidden, device=device, dtype=dtype)
@@ -158,8 +179,11 @@ def measure_shape(kind, dtype_name, batch, hidden, steps, rounds, device="cuda")
                 ("forward", forward),
                 ("backward", lambda: torch.autograd.grad(out, params, grad_out,
                                                          retain_graph=True))):
-            modes = _modes_by_path(kind, batch, hidden, dtype, direction == "backward", device)
-            measured = _measure_paths(modes, run, rounds, device)
+            modes = {path: mode for path, mode in
+                     _modes_by_path(kind, batch, hidden, dtype, direction == "backward",
+                                    device).items() if (direction, path) not in skip}
+            measured = _measure_paths(modes, run, rounds, device,
+                                      lambda path: announce(direction, path))
             for path, (median_s, results) in measured.items():
                 problem = _relative_difference(results, measured["step-wise"][1])
                 rows.append(dict(base, direction=direction, path=path, mode=modes[path],
@@ -170,37 +194,161 @@ def measure_shape(kind, dtype_name, batch, hidden, steps, rounds, device="cuda")
     return rows
 
 
-def sweep(out_dirs, steps, rounds, budget_s):
-    name = torch.cuda.get_device_name()
+def sweep_shapes():
+    """The sweep's shapes (kind, dtype, batch, hidden), batches outermost: a run cut short by its
+    budget leaves out the largest, beyond whose measured span the default stays step-wise."""
+    return [(kind, dtype_name, batch, hidden) for batch in BATCHES for hidden in HIDDENS
+            for kind in GATES for dtype_name in DTYPES]
+
+
+def _shape_of(failure):
+    return (failure["kind"], failure["dtype"], failure["batch"], failure["hidden"])
+
+
+def _skipped(failures, shape):
+    """The (direction, path) pairs a worker leaves out at `shape`: those that failed there, and
+    each path that failed FAILURES_TO_DROP times, anywhere."""
+    dropped = [path for path, n in collections.Counter(f["path"] for f in failures).items()
+               if n >= FAILURES_TO_DROP]
+    return ({(f["direction"], f["path"]) for f in failures if _shape_of(f) == tuple(shape)} |
+            {(direction, path) for path in dropped for direction in ("forward", "backward")})
+
+
+def _write_json(path, value):
+    """path's new contents, whole or not at all (a reader never sees half a file)."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(value, indent=1))
+    os.replace(part, path)
+
+
+def sweep_worker(state_path):
+    """A worker of the sweep: measures the shapes of the state (a JSON file: shapes, device,
+    steps, rounds, deadline (time.time(), or null), rows, done, failures) it has not done, the
+    state rewritten after each; before each timed run, writes which shape, direction and path it
+    is on to the file beside it (.running). Stops at the deadline."""
+    state = json.loads(state_path.read_text())
+    running = state_path.with_suffix(".running")
+    for shape in state["shapes"]:
+        if shape in state["done"]:
+            continue
+        if state["deadline"] is not None and time.time() >= state["deadline"]:
+            break
+        kind, dtype_name, batch, hidden = shape
+
+        def announce(direction, path):
+            _write_json(running, dict(kind=kind, dtype=dtype_name, batch=batch, hidden=hidden,
+                                      direction=direction, path=path))
+        rows = measure_shape(kind, dtype_name, batch, hidden, state["steps"], state["rounds"],
+                             state["device"], _skipped(state["failures"], shape), announce)
+        for r in rows:
+            print(f"{r['kind']} {r['dtype']} B={r['batch']} H={r['hidden']} {r['direction']} "
+                  f"{r['path']}: {r['median_s'] * 1e3:.3f} ms{'' if r['sane'] else ' WRONG'}",
+                  flush=True)
+        state["rows"] += rows
+        state["done"].append(shape)
+        _write_json(state_path, state)
+
+
+def _run_worker(command, state_path, stall_s, progress):
+    """Runs a sweep worker until it ends or makes no progress for stall_s seconds (then kills
+    it), calling progress() as it waits. Returns (exit status, or None where it hung; its
+    standard error)."""
+    running = state_path.with_suffix(".running")
+    running.unlink(missing_ok=True)
+    errors = state_path.with_suffix(".stderr")
+    with open(errors, "w") as stderr:
+        worker = subprocess.Popen([*command, str(state_path)], stderr=stderr)
+        started = time.time()
+        try:
+            while worker.poll() is None:
+                time.sleep(0.2)
+                progress()
+                last = max(started, running.stat().st_mtime) if running.exists() else started
+                if time.time() - last > stall_s:
+                    worker.kill()
+                    worker.wait()
+                    return None, errors.read_text()
+        finally:
+            if worker.poll() is None:  # (the sweep itself stopped)
+                worker.kill()
+                worker.wait()
+    return worker.returncode, errors.read_text()
+
+
+WORKER = [sys.executable, str(Path(__file__).resolve()), "sweep-worker"]
+
+
+def sweep(out_dirs, steps, rounds, budget_s, shapes=None, device="cuda", worker=WORKER,
+          stall_s=STALL_S):
+    """Times every shape of `shapes` (sweep_shapes()) in worker processes (sweep_worker), a new
+    one after each that failed, that failure recorded against the shape, direction and path it
+    was on; writes the results to out_dirs after each shape. Returns (rows, failures).
+    `device`, `worker`: for the CPU tests of this code."""
+    name = torch.cuda.get_device_name() if device == "cuda" else device.upper()
     tag = name.lower().replace("nvidia", "").strip().split()[0]
     meta = dict(date=datetime.date.today().isoformat(), device_name=name, torch=torch.__version__,
                 commit=_git_commit(), steps=steps, rounds=rounds,
-                sm_count=torch.cuda.get_device_properties(0).multi_processor_count,
-                tf32=torch.backends.cudnn.allow_tf32, shapes_not_run=0)
+                sm_count=torch.cuda.get_device_properties(0).multi_processor_count
+                if device == "cuda" else None,
+                tf32=torch.backends.cudnn.allow_tf32, shapes_not_run=0, failures=[])
     stems = [d / f"{meta['date']}-paths-{tag}" for d in out_dirs]
-    rows = []
-    started = time.monotonic()
-    # Batches outermost: a run cut short by its budget leaves out the largest, beyond whose
-    # measured span the default stays step-wise.
-    for batch in BATCHES:
-        for hidden in HIDDENS:
-            for kind in GATES:
-                for dtype_name in DTYPES:
-                    if budget_s is not None and time.monotonic() - started >= budget_s:
-                        meta["shapes_not_run"] += 1
-                        continue
-                    shape_rows = measure_shape(kind, dtype_name, batch, hidden, steps, rounds)
-                    rows += shape_rows
-                    print("  ".join(f"{r['kind']} {r['dtype']} B={r['batch']} H={r['hidden']} "
-                                    f"{r['direction']} {r['path']}: {r['median_s'] * 1e3:.3f} ms"
-                                    f"{'' if r['sane'] else ' WRONG'}" for r in shape_rows),
-                          flush=True)
-        for stem in stems:  # after each batch: a run cut short keeps its rows
-            _write(stem, meta, rows)
+    shapes = [list(shape) for shape in (shapes or sweep_shapes())]
+    deadline = None if budget_s is None else time.time() + budget_s
+    state = dict(shapes=shapes, device=device, steps=steps, rounds=rounds, deadline=deadline,
+                 rows=[], done=[], failures=[])
+
+    def report(state):
+        meta.update(shapes_not_run=len(shapes) - len(state["done"]), failures=state["failures"])
+        for stem in stems:
+            _write(stem, meta, state["rows"])
+
+    # (Stopped by a signal, the sweep stops its worker: the finally clause of _run_worker.)
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        state = _sweep_in_workers(state, worker, stall_s, report)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     for stem in stems:
-        _write(stem, meta, rows)
         print(f"results: {stem}.json / .md")
-    return rows
+    return state["rows"], state["failures"]
+
+
+def _sweep_in_workers(state, worker, stall_s, report):
+    """sweep's workers, one after another until one ends well or the deadline passes; the
+    state they leave."""
+    with tempfile.TemporaryDirectory() as folder:
+        state_path = Path(folder) / "sweep.json"
+        _write_json(state_path, state)
+        reported = [state_path.stat().st_mtime_ns]
+
+        def progress():  # the results again after each shape a worker adds
+            if state_path.stat().st_mtime_ns != reported[0]:
+                reported[0] = state_path.stat().st_mtime_ns
+                report(json.loads(state_path.read_text()))
+        while True:
+            status, errors = _run_worker(worker, state_path, stall_s, progress)
+            sys.stderr.write(errors)
+            state = json.loads(state_path.read_text())
+            running = state_path.with_suffix(".running")
+            if status == 0 or not running.exists():
+                report(state)
+                if status != 0:
+                    print(f"sweep: a worker failed before its first shape (exit status "
+                          f"{status})", file=sys.stderr)
+                break
+            lines = [line for line in errors.splitlines() if line.strip()]
+            how = (f"hung (no progress for {stall_s} s)" if status is None else
+                   lines[-1] if lines else f"exit status {status}")
+            failure = dict(json.loads(running.read_text()), error=how)
+            print(f"sweep: {failure['kind']} {failure['dtype']} B={failure['batch']} "
+                  f"H={failure['hidden']} {failure['direction']} {failure['path']} failed: {how}",
+                  flush=True)
+            state["failures"].append(failure)
+            _write_json(state_path, state)
+            report(state)
+            if state["deadline"] is not None and time.time() >= state["deadline"]:
+                break
+    return state
 
 
 def _write(stem, meta, rows):
@@ -218,6 +366,10 @@ def _write(stem, meta, rows):
                      f"{'yes' if r['sane'] else 'NO'} |")
     if meta["shapes_not_run"]:
         lines.append(f"\n{meta['shapes_not_run']} shape(s) not run (time budget).")
+    if meta.get("failures"):
+        lines += ["", "Failed (left out of the sweep where they failed):", ""]
+        lines += [f"- {f['kind']} {f['dtype']} B={f['batch']} H={f['hidden']} {f['direction']} "
+                  f"{f['path']}: {f['error']}" for f in meta["failures"]]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -306,6 +458,8 @@ def main(argv=None):
     run.add_argument("--rounds", type=int, default=ROUNDS)
     run.add_argument("--budget-s", type=float, default=None,
                      help="start no new shape after this many seconds")
+    worker = sub.add_parser("sweep-worker", help="(the sweep's own worker process)")
+    worker.add_argument("state", type=Path)
     write = sub.add_parser("header", help="the table from a sweep's JSON")
     write.add_argument("results", type=Path)
     write.add_argument("--write", action="store_true", help=f"write it to {HEADER}")
@@ -315,11 +469,15 @@ def main(argv=None):
             print("path_table.py sweep: needs a GPU and fused_rnn built with its CUDA kernels",
                   file=sys.stderr)
             return 2
-        rows = sweep([RESULTS] + ([args.out] if args.out else []), args.steps, args.rounds,
-                     args.budget_s)
+        rows, failures = sweep([RESULTS] + ([args.out] if args.out else []), args.steps,
+                               args.rounds, args.budget_s)
         wrong = [r for r in rows if not r["sane"]]
-        print(f"{len(rows)} rows, {len(wrong)} failing the sanity check")
-        return 1 if wrong else 0
+        print(f"{len(rows)} rows, {len(wrong)} failing the sanity check, {len(failures)} "
+              f"failed run(s)")
+        return 1 if wrong or failures else 0
+    if args.command == "sweep-worker":
+        sweep_worker(args.state)
+        return 0
     data = json.loads(args.results.read_text())
     meta = data["meta"]
     source = (f"benchmarks/results/{args.results.name} ({meta['device_name']}, "

@@ -83,7 +83,10 @@ python3 -c "from fused_rnn import _C; print('tensor-core device:', _C.tensor_cor
   2>&1 | tee -a "$OUT/summary.txt"
 
 # The CUDA tests are independent: spread them over workers where pytest-xdist is there. A test
-# that hangs is stopped (pytest-timeout, where there) and so is a whole pass (timeout). Each worker
+# that hangs is stopped (pytest-timeout, where there: by a thread, since a kernel that never ends
+# keeps the main thread in CUDA, where no signal's handler runs; the worker exits and xdist
+# replaces it) and so is a whole pass (timeout); a test that breaks the CUDA context stops its
+# worker too (tests/conftest.py), so that the tests after it run in a fresh one. Each worker
 # gets its share of the cores: 8 workers with a thread per core each oversubscribe the CPU, and the
 # CPU tests' per-step thread barriers (ours and ATen's) then crawl (one test took > 120 s).
 PARALLEL=()
@@ -92,7 +95,7 @@ if python3 -c "import xdist" 2>/dev/null; then
   PARALLEL+=(-n 8 -v)  # -v: each result as it lands
   TEST_THREADS=$(( $(nproc) / 8 > 1 ? $(nproc) / 8 : 1 ))
 fi
-python3 -c "import pytest_timeout" 2>/dev/null && PARALLEL+=(--timeout 90)
+python3 -c "import pytest_timeout" 2>/dev/null && PARALLEL+=(--timeout 90 --timeout-method thread)
 failed=0
 run_tests() {  # name, seconds, pytest arguments...
   local name=$1 seconds=$2 start=$SECONDS

@@ -351,3 +351,87 @@ def test_a_sweeps_report_gives_the_header(tmp_path, capsys):
                                              (3, 2, True, 2, 8, ["step-wise"] * 3)]
     assert path_table.header_source(text) == \
         "benchmarks/results/sweep.json (CPU, 2026-12-02, commit abc1234, T=4)"
+
+
+# The sweep's workers: a path that raises, crashes or hangs its worker is recorded and left out.
+SWEEP_SHAPES = [("lstm", "float32", 2, 8), ("gru", "bfloat16", 3, 8)]
+
+
+def test_the_sweep_measures_its_shapes_in_a_worker(tmp_path):
+    rows, failures = path_table.sweep([tmp_path], 3, 1, None, shapes=SWEEP_SHAPES, device="cpu")
+    assert failures == []
+    assert [(r["kind"], r["batch"], r["direction"]) for r in rows] == [
+        ("lstm", 2, "forward"), ("lstm", 2, "backward"), ("gru", 3, "forward"),
+        ("gru", 3, "backward")]
+    (results,) = tmp_path.glob("*-paths-cpu.json")
+    data = json.loads(results.read_text())
+    assert data["rows"] == rows and data["meta"]["shapes_not_run"] == 0
+
+
+# A stand-in for a worker whose kernels fail: its first run raises at the first shape's
+# tensor-core backward, its second hangs at the second shape's SIMT forward; then the real worker.
+FAILING_WORKER = """
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, {benchmarks!r})
+import path_table
+state = Path(sys.argv[1])
+count = state.with_suffix(".count")
+run = int(count.read_text()) if count.exists() else 0
+count.write_text(str(run + 1))
+if run < 2:
+    kind, dtype, batch, hidden = json.loads(state.read_text())["shapes"][run]
+    direction, path = [("backward", "tensor cores"), ("forward", "SIMT")][run]
+    path_table._write_json(state.with_suffix(".running"), dict(
+        kind=kind, dtype=dtype, batch=batch, hidden=hidden, direction=direction, path=path))
+    if run == 0:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    time.sleep(3600)
+path_table.sweep_worker(state)
+"""
+
+
+def test_a_worker_that_fails_or_hangs_is_replaced_without_the_path(tmp_path, capsys):
+    script = tmp_path / "worker.py"
+    script.write_text(FAILING_WORKER.format(benchmarks=str(Path(path_table.__file__).parent)))
+    rows, failures = path_table.sweep([tmp_path], 3, 1, None, shapes=SWEEP_SHAPES, device="cpu",
+                                      worker=[sys.executable, str(script)], stall_s=3)
+    assert [(f["kind"], f["batch"], f["direction"], f["path"], f["error"]) for f in failures] == [
+        ("lstm", 2, "backward", "tensor cores",
+         "RuntimeError: CUDA error: an illegal memory access was encountered"),
+        ("gru", 3, "forward", "SIMT", "hung (no progress for 3 s)")]
+    assert [(r["kind"], r["direction"], r["path"]) for r in rows] == [
+        ("lstm", "forward", "step-wise"), ("lstm", "backward", "step-wise"),
+        ("gru", "forward", "step-wise"), ("gru", "backward", "step-wise")]
+    (report,) = tmp_path.glob("*-paths-cpu.md")
+    assert "- gru bfloat16 B=3 H=8 forward SIMT: hung (no progress for 3 s)" in \
+        report.read_text()
+    assert "lstm float32 B=2 H=8 backward tensor cores failed: RuntimeError" in \
+        capsys.readouterr().out
+
+
+def test_a_worker_leaves_out_what_failed_at_a_shape_and_twice_anywhere():
+    def failure(shape, direction, path):
+        return dict(zip(("kind", "dtype", "batch", "hidden"), shape), direction=direction,
+                    path=path, error="")
+    first, second = SWEEP_SHAPES
+    failures = [failure(first, "backward", "tensor cores"), failure(first, "forward", "SIMT")]
+    assert path_table._skipped(failures, first) == {("backward", "tensor cores"),
+                                                    ("forward", "SIMT")}
+    assert path_table._skipped(failures, second) == set()
+    failures.append(failure(second, "forward", "SIMT"))
+    assert path_table._skipped(failures, SWEEP_SHAPES[1]) == {("forward", "SIMT"),
+                                                              ("backward", "SIMT")}
+    # Without the step-wise path (the reference), a shape is not measured.
+    assert path_table.measure_shape(*first, 3, 1, device="cpu",
+                                    skip={("backward", "step-wise")}) == []
+
+
+def test_a_worker_stops_at_the_deadline(tmp_path):
+    state = tmp_path / "sweep.json"
+    path_table._write_json(state, dict(shapes=[list(s) for s in SWEEP_SHAPES], device="cpu",
+                                       steps=3, rounds=1, deadline=0, rows=[], done=[],
+                                       failures=[]))
+    path_table.sweep_worker(state)
+    assert json.loads(state.read_text())["done"] == []
+    assert not state.with_suffix(".running").exists()
