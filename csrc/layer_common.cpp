@@ -512,10 +512,12 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
   const Tensor saved_c = saved.contiguous(), grad_out_c = grad_output.contiguous();
   const Tensor cells_c = contiguous_or_self(cell_states);
   Tensor c_before = kCell ? states_before(cells_c, a.cx.contiguous()) : Tensor();
-  // h's: for the gate gradients where they read it, else only for W_hh's gradient.
+  // h's: for the gate gradients where they read it, else only for W_hh's gradient. (The output
+  // is read as it lies, also where it is a view with rows further apart: a bidirectional
+  // layer's direction's columns of its output, fused_rnn/functional.py.)
   Tensor h_before;
   const auto hidden_before = [&]() -> const Tensor& {
-    if (!h_before.defined()) h_before = states_before(output.contiguous(), a.hx.contiguous());
+    if (!h_before.defined()) h_before = states_before(output, a.hx.contiguous());
     return h_before;
   };
   if (Cell::kGateGradsReadHPrev) hidden_before();
@@ -633,7 +635,7 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
   if (mask.w_hh) {
     g.w_hh = in_dtype(
         !order.empty() && uniform && starts.empty() && !h_before.defined()
-            ? hidden_weight_grad_from_outputs<Cell>(lin, grad_hidden_gates, output.contiguous(),
+            ? hidden_weight_grad_from_outputs<Cell>(lin, grad_hidden_gates, output,
                                                     a.hx.contiguous(), a.reverse)
             : lin.matmul(grad_hidden_gates.t(), in_saved_type<Cell>(hidden_before()),
                          std::nullopt));

@@ -143,19 +143,101 @@ def _layer_weights(flat_weights, num_layers, num_directions, has_biases, has_pro
     return groups
 
 
+# A direction's output from which _OutputsSavedAsViews holds it as a view, in bytes: its hooks
+# cost about 2 us of host time per saved tensor (about 50 us per bidirectional layer and pass,
+# measured on the CPU), worth it where they free two outputs of this size or more (8 MiB a
+# layer; the issue's shapes: 6.5-50 MB an output).
+_VIEWS_FROM_BYTES = 4 << 20
+
+
+class _OutputsSavedAsViews:
+    """Saved-tensor hooks around a bidirectional layer's two directions: what their ops save for
+    the backward is held as given, except each direction's own output, which is held as a view of
+    the layer's concatenated output once that is made (point_into), so that the directions'
+    outputs do not outlive the concatenation (two [N, H] tensors fewer alive from the forward to
+    the backward: one output, as cuDNN keeps). A view read after the concatenated output was
+    modified in place raises, as autograd does for a saved tensor. Inactive where nothing is
+    saved (no grad mode), while torch.compile traces (it sees the ops' saved tensors itself),
+    where saved-tensor hooks are disabled (torch.func's transforms), and where the caller has
+    hooks of its own (torch.autograd.graph.save_on_cpu, checkpointing), which then see every
+    saved tensor as they would without ours."""
+
+    class _View:
+        def __init__(self, whole, start, width):
+            self.whole, self.start, self.width = whole, start, width
+            self.version = whole._version
+
+        def get(self):
+            if self.whole._version != self.version:
+                raise RuntimeError(
+                    "one of the variables needed for gradient computation has been modified by "
+                    f"an inplace operation: the output of a bidirectional fused_rnn layer is at "
+                    f"version {self.whole._version}; expected version {self.version} instead")
+            return self.whole.narrow(1, self.start, self.width)
+
+    def __init__(self, active):
+        self.active = (active and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                       and torch._C._autograd._saved_tensors_hooks_is_enabled()
+                       and torch._C._autograd._top_saved_tensors_default_hooks(False) is None)
+        self.held = []
+
+    def _pack(self, t):
+        holder = [t]
+        self.held.append(holder)
+        return holder
+
+    @staticmethod
+    def _unpack(holder):
+        value = holder[0]
+        return value.get() if isinstance(value, _OutputsSavedAsViews._View) else value
+
+    def __enter__(self):
+        if self.active:
+            self.hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+            self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            self.hooks.__exit__(*exc)
+
+    def point_into(self, whole, outputs):
+        """Holds each of `outputs` that a direction saved as its columns of whole, their
+        concatenation along dim 1."""
+        starts = [0]
+        for out in outputs:
+            starts.append(starts[-1] + out.shape[1])
+        for holder in self.held:
+            for out, start in zip(outputs, starts):
+                if holder[0] is out:
+                    holder[0] = self._View(whole, start, out.shape[1])
+
+
 def _run_layers(step_layer, data, states, groups, num_layers, bidirectional, dropout, training):
     """Runs every layer and direction over the packed data [N, I]; the directions' outputs are
-    concatenated per step, with dropout between layers in training. states[k] is the initial state
-    tuple of group k; step_layer(data, states, weights, reverse) -> (output, final states)."""
+    concatenated per step (what their ops save of them, held as views of the concatenation:
+    _OutputsSavedAsViews), with dropout between layers in training. states[k] is the initial
+    state tuple of group k; step_layer(data, states, weights, reverse) -> (output, final
+    states)."""
     num_directions = 2 if bidirectional else 1
     finals = []
     for layer in range(num_layers):
-        outputs = []
-        for out, final in _layer_directions(step_layer, data, states, groups,
-                                            layer * num_directions, num_directions):
-            outputs.append(out)
-            finals.append(final)
-        data = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=1)
+        # (w_hh [G*H, P]: an output has P columns, the projection's or H.)
+        output_bytes = data.shape[0] * groups[layer * num_directions][1].shape[1] * \
+            data.element_size()
+        with _OutputsSavedAsViews(num_directions > 1 and
+                                  output_bytes >= _VIEWS_FROM_BYTES) as saved:
+            directions = _layer_directions(step_layer, data, states, groups,
+                                           layer * num_directions, num_directions)
+        outputs = [out for out, _ in directions]
+        finals += [final for _, final in directions]
+        del directions
+        if num_directions == 1:
+            data = outputs[0]
+        else:
+            data = torch.cat(outputs, dim=1)
+            saved.point_into(data, outputs)
+        del outputs
         if dropout > 0 and training and layer < num_layers - 1:
             data = torch.nn.functional.dropout(data, dropout, training=True)
     return data, finals

@@ -63,6 +63,100 @@ def test_concurrent_directions_checks_its_argument():
         fused_rnn.use_concurrent_directions("yes")
 
 
+@pytest.fixture
+def held_outputs(monkeypatch):
+    """The storages of the directions' outputs that bidirectional layers concatenate (the list
+    fills as they run): the test's references to them."""
+    held = []
+    point_into = fused_rnn.functional._OutputsSavedAsViews.point_into
+
+    def recording(self, whole, outputs):
+        held.extend(out.untyped_storage() for out in outputs)
+        return point_into(self, whole, outputs)
+    monkeypatch.setattr(fused_rnn.functional._OutputsSavedAsViews, "point_into", recording)
+    return held
+
+
+def use_counts(storages):
+    return [torch._C._storage_Use_Count(storage._cdata) for storage in storages]
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("module", [fused_rnn.LSTM, fused_rnn.GRU, fused_rnn.LayerNormLSTM])
+def test_a_bidirectional_layer_keeps_one_output(module, device, concurrent, held_outputs,
+                                                monkeypatch):
+    """What each direction's op saves of its output for the backward is a view of the layer's
+    concatenated output (here from any size): past the concatenation, in every layer, nothing
+    but this test holds the directions' own outputs (their memory is free before the backward);
+    with the reverse direction on a second stream too. (The gradients, with views at every
+    size: test_matches_torch_nn_with_outputs_saved_as_views.)"""
+    monkeypatch.setattr(fused_rnn.functional, "_VIEWS_FROM_BYTES", 0)
+    fused_rnn.use_concurrent_directions(concurrent)
+    try:
+        layer = module(INPUT_SIZE, HIDDEN, num_layers=2, bidirectional=True, device=device)
+        out, _ = layer(torch.randn(5, 3, INPUT_SIZE, device=device, requires_grad=True))
+    finally:
+        fused_rnn.use_concurrent_directions(False)
+    assert use_counts(held_outputs) == [1] * 4
+    out.sum().backward()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_small_bidirectional_layer_saves_its_directions_outputs(device, held_outputs):
+    """Below _VIEWS_FROM_BYTES an output, the directions' ops save their own outputs (the views'
+    hooks would cost more host time than the memory is worth)."""
+    layer = fused_rnn.GRU(INPUT_SIZE, HIDDEN, bidirectional=True, device=device)
+    out, _ = layer(torch.randn(5, 3, INPUT_SIZE, device=device, requires_grad=True))
+    assert use_counts(held_outputs) == [2, 2]
+    out.sum().backward()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cfg", BIDIRECTIONAL_CONFIGS, ids=config_id)
+def test_matches_torch_nn_with_outputs_saved_as_views(cfg, device, monkeypatch):
+    monkeypatch.setattr(fused_rnn.functional, "_VIEWS_FROM_BYTES", 0)
+    check_against_torch(*cfg, torch.float64, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_callers_saved_tensor_hooks_see_the_directions_outputs(device, held_outputs,
+                                                                   monkeypatch):
+    """Under saved-tensor hooks of the caller's (here a stand-in for save_on_cpu or
+    checkpointing), the layer adds none of its own: the caller's see and hold each direction's
+    output, and the gradients are those without any hooks."""
+    monkeypatch.setattr(fused_rnn.functional, "_VIEWS_FROM_BYTES", 0)
+    layer = fused_rnn.LSTM(INPUT_SIZE, HIDDEN, bidirectional=True, device=device)
+    x = torch.randn(5, 3, INPUT_SIZE, device=device, requires_grad=True)
+    packed = []
+
+    def pack(t):
+        packed.append(t)
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, _ = layer(x)
+    assert use_counts(held_outputs) == [2, 2]
+    assert all(any(t.untyped_storage()._cdata == s._cdata for t in packed) for s in held_outputs)
+    hooked = torch.autograd.grad(out.square().sum(), [x, *layer.parameters()])
+    plain = torch.autograd.grad(layer(x)[0].square().sum(), [x, *layer.parameters()])
+    for a, b in zip(hooked, plain):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_an_output_changed_in_place_stops_the_backward(bidirectional, device, monkeypatch):
+    """A layer's output is among what its backward reads (as cuDNN's; a bidirectional layer's
+    where its directions' outputs are saved as views): changed in place, the backward raises as
+    autograd does for any saved tensor."""
+    monkeypatch.setattr(fused_rnn.functional, "_VIEWS_FROM_BYTES", 0)
+    layer = fused_rnn.GRU(INPUT_SIZE, HIDDEN, bidirectional=bidirectional, device=device)
+    out, _ = layer(torch.randn(5, 3, INPUT_SIZE, device=device, requires_grad=True))
+    out.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
 # The CPU's fused recurrent step and per-step products (float32, sequences of 8 steps or more)
 # tile the weights into blocks of 16 (AVX-512) or 8 units, or 4 times that many columns, and h
 # into chunks of a few rows: sizes spanning several of each, with partial blocks and chunks, and
