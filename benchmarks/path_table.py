@@ -15,11 +15,11 @@ every round; a path's time is the median of its rounds (CUDA events). Each path'
 gradients are checked against the step-wise path's on the same inputs (a sanity check for gross
 errors, the tests check precisely); a path that fails it never enters the table. Writes
 DATE-paths-GPU.json (and .md) to benchmarks/results/ and --out, again after each shape.
-The shapes run in a worker process (sweep-worker), which says before each timed run which shape,
-direction and path it is on: a path that raises (a GPU fault leaves the process's CUDA context
-broken), crashes the worker or hangs it (a persistent kernel's barrier that never opens; no
-progress for STALL_S seconds: the worker is killed) is recorded as failed there, and a fresh
-worker goes on without it at that shape, and without it anywhere after its second failure.
+The shapes run in a worker process (sweep-worker; workers.py), which says before each timed run
+which shape, direction and path it is on: a path that raises (a GPU fault leaves the process's
+CUDA context broken), crashes the worker or hangs it (a persistent kernel's barrier that never
+opens) is recorded as failed there, and a fresh worker goes on without it at that shape, and
+without it anywhere after its second failure.
 
 header: the table from a sweep's JSON: at each measured point the paths by median time, fastest
 first, a persistent path ahead of the step-wise one only where it took at most
@@ -32,13 +32,10 @@ import argparse
 import collections
 import datetime
 import json
-import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -47,6 +44,7 @@ import torch
 
 import fused_rnn
 from fused_rnn import _C
+from workers import STALL_S, announce, run_in_workers, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -68,8 +66,6 @@ PERSISTENT_MARGIN = 0.95
 # The sanity check against the step-wise path's results: the largest difference, relative to the
 # largest magnitude of the step-wise result, a path may show (gross errors only).
 SANITY = {"bfloat16": 0.05, "float32": 0.01}
-# A sweep worker that has not started a timed run for this long is taken as hung and killed.
-STALL_S = 15
 # A path that failed this many times is left out of the rest of the sweep.
 FAILURES_TO_DROP = 2
 
@@ -214,20 +210,12 @@ def _skipped(failures, shape):
             {(direction, path) for path in dropped for direction in ("forward", "backward")})
 
 
-def _write_json(path, value):
-    """path's new contents, whole or not at all (a reader never sees half a file)."""
-    part = path.with_name(path.name + ".part")
-    part.write_text(json.dumps(value, indent=1))
-    os.replace(part, path)
-
-
 def sweep_worker(state_path):
     """A worker of the sweep: measures the shapes of the state (a JSON file: shapes, device,
     steps, rounds, deadline (time.time(), or null), rows, done, failures) it has not done, the
     state rewritten after each; before each timed run, writes which shape, direction and path it
     is on to the file beside it (.running). Stops at the deadline."""
     state = json.loads(state_path.read_text())
-    running = state_path.with_suffix(".running")
     for shape in state["shapes"]:
         if shape in state["done"]:
             continue
@@ -235,44 +223,18 @@ def sweep_worker(state_path):
             break
         kind, dtype_name, batch, hidden = shape
 
-        def announce(direction, path):
-            _write_json(running, dict(kind=kind, dtype=dtype_name, batch=batch, hidden=hidden,
-                                      direction=direction, path=path))
+        def on(direction, path):
+            announce(state_path, kind=kind, dtype=dtype_name, batch=batch, hidden=hidden,
+                     direction=direction, path=path)
         rows = measure_shape(kind, dtype_name, batch, hidden, state["steps"], state["rounds"],
-                             state["device"], _skipped(state["failures"], shape), announce)
+                             state["device"], _skipped(state["failures"], shape), on)
         for r in rows:
             print(f"{r['kind']} {r['dtype']} B={r['batch']} H={r['hidden']} {r['direction']} "
                   f"{r['path']}: {r['median_s'] * 1e3:.3f} ms{'' if r['sane'] else ' WRONG'}",
                   flush=True)
         state["rows"] += rows
         state["done"].append(shape)
-        _write_json(state_path, state)
-
-
-def _run_worker(command, state_path, stall_s, progress):
-    """Runs a sweep worker until it ends or makes no progress for stall_s seconds (then kills
-    it), calling progress() as it waits. Returns (exit status, or None where it hung; its
-    standard error)."""
-    running = state_path.with_suffix(".running")
-    running.unlink(missing_ok=True)
-    errors = state_path.with_suffix(".stderr")
-    with open(errors, "w") as stderr:
-        worker = subprocess.Popen([*command, str(state_path)], stderr=stderr)
-        started = time.time()
-        try:
-            while worker.poll() is None:
-                time.sleep(0.2)
-                progress()
-                last = max(started, running.stat().st_mtime) if running.exists() else started
-                if time.time() - last > stall_s:
-                    worker.kill()
-                    worker.wait()
-                    return None, errors.read_text()
-        finally:
-            if worker.poll() is None:  # (the sweep itself stopped)
-                worker.kill()
-                worker.wait()
-    return worker.returncode, errors.read_text()
+        write_json(state_path, state)
 
 
 WORKER = [sys.executable, str(Path(__file__).resolve()), "sweep-worker"]
@@ -302,53 +264,17 @@ def sweep(out_dirs, steps, rounds, budget_s, shapes=None, device="cuda", worker=
         for stem in stems:
             _write(stem, meta, state["rows"])
 
-    # (Stopped by a signal, the sweep stops its worker: the finally clause of _run_worker.)
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    try:
-        state = _sweep_in_workers(state, worker, stall_s, report)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def record_failure(state, announced, how):
+        failure = dict(announced, error=how)
+        print(f"sweep: {failure['kind']} {failure['dtype']} B={failure['batch']} "
+              f"H={failure['hidden']} {failure['direction']} {failure['path']} failed: {how}",
+              flush=True)
+        state["failures"].append(failure)
+
+    state = run_in_workers(worker, state, record_failure, report, stall_s)
     for stem in stems:
         print(f"results: {stem}.json / .md")
     return state["rows"], state["failures"]
-
-
-def _sweep_in_workers(state, worker, stall_s, report):
-    """sweep's workers, one after another until one ends well or the deadline passes; the
-    state they leave."""
-    with tempfile.TemporaryDirectory() as folder:
-        state_path = Path(folder) / "sweep.json"
-        _write_json(state_path, state)
-        reported = [state_path.stat().st_mtime_ns]
-
-        def progress():  # the results again after each shape a worker adds
-            if state_path.stat().st_mtime_ns != reported[0]:
-                reported[0] = state_path.stat().st_mtime_ns
-                report(json.loads(state_path.read_text()))
-        while True:
-            status, errors = _run_worker(worker, state_path, stall_s, progress)
-            sys.stderr.write(errors)
-            state = json.loads(state_path.read_text())
-            running = state_path.with_suffix(".running")
-            if status == 0 or not running.exists():
-                report(state)
-                if status != 0:
-                    print(f"sweep: a worker failed before its first shape (exit status "
-                          f"{status})", file=sys.stderr)
-                break
-            lines = [line for line in errors.splitlines() if line.strip()]
-            how = (f"hung (no progress for {stall_s} s)" if status is None else
-                   lines[-1] if lines else f"exit status {status}")
-            failure = dict(json.loads(running.read_text()), error=how)
-            print(f"sweep: {failure['kind']} {failure['dtype']} B={failure['batch']} "
-                  f"H={failure['hidden']} {failure['direction']} {failure['path']} failed: {how}",
-                  flush=True)
-            state["failures"].append(failure)
-            _write_json(state_path, state)
-            report(state)
-            if state["deadline"] is not None and time.time() >= state["deadline"]:
-                break
-    return state
 
 
 def _write(stem, meta, rows):

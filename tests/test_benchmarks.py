@@ -10,6 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import path_table  # noqa: E402
 import suite  # noqa: E402
+import workers  # noqa: E402
 from fused_rnn import _C  # noqa: E402
 from implementations import Case  # noqa: E402
 
@@ -375,6 +376,7 @@ import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {benchmarks!r})
 import path_table
+import workers
 state = Path(sys.argv[1])
 count = state.with_suffix(".count")
 run = int(count.read_text()) if count.exists() else 0
@@ -382,8 +384,8 @@ count.write_text(str(run + 1))
 if run < 2:
     kind, dtype, batch, hidden = json.loads(state.read_text())["shapes"][run]
     direction, path = [("backward", "tensor cores"), ("forward", "SIMT")][run]
-    path_table._write_json(state.with_suffix(".running"), dict(
-        kind=kind, dtype=dtype, batch=batch, hidden=hidden, direction=direction, path=path))
+    workers.announce(state, kind=kind, dtype=dtype, batch=batch, hidden=hidden,
+                     direction=direction, path=path)
     if run == 0:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
     time.sleep(3600)
@@ -429,9 +431,9 @@ def test_a_worker_leaves_out_what_failed_at_a_shape_and_twice_anywhere():
 
 def test_a_worker_stops_at_the_deadline(tmp_path):
     state = tmp_path / "sweep.json"
-    path_table._write_json(state, dict(shapes=[list(s) for s in SWEEP_SHAPES], device="cpu",
-                                       steps=3, rounds=1, deadline=0, rows=[], done=[],
-                                       failures=[]))
+    workers.write_json(state, dict(shapes=[list(s) for s in SWEEP_SHAPES], device="cpu",
+                                   steps=3, rounds=1, deadline=0, rows=[], done=[],
+                                   failures=[]))
     path_table.sweep_worker(state)
     assert json.loads(state.read_text())["done"] == []
     assert not state.with_suffix(".running").exists()
