@@ -16,20 +16,33 @@
 #     GPU issue's target cases (suite.py --preset targets) and their verdict (gpu_targets.py);
 #     compute-sanitizer racecheck; the layer tests with the persistent kernels switched on; the
 #     barrier and tensor-core step microbenchmarks (gpu_micro).
-# Everything lands in the output folder (build.log, ptxas.txt, tests-persistent.log,
-# sanitizer-*.log, paths.log, *-paths-*.json/md, measured_paths.h, rebuild.log,
-# tests-default.log, headline.log; tests.log, bench.log, targets.md, tests-persistent-on.log,
-# barriers.md, recurrent_step.md; the results; summary.txt) and the suite's results also in
-# benchmarks/results/ (named by date, preset and GPU). RUN_GPU_SECONDS (default 480 for the first
+# Everything is written to a scratch folder (build.log, ptxas.txt, tests-persistent.log,
+# diagnosis.log and paths-diagnosis.md/json where those tests fail, sanitizer-*.log, paths.log,
+# *-paths-*.json/md, measured_paths.h, rebuild.log, tests-default.log, headline.log; tests.log,
+# bench.log, targets.md, tests-persistent-on.log, barriers.md, recurrent_step.md; the suite's
+# results; summary.txt), bundled after every step into OUT_DIR/run-partN.tar.gz, beside
+# OUT_DIR/summary.txt and (from the sweep) OUT_DIR/measured_paths.h: the device tool brings back
+# at most 8 files, and a call cut short keeps what its last step bundled. RUN_GPU_SECONDS (default 480 for the first
 # call, 220 for the second) is the call's target; each step after the build gets at most what is
 # left of it, less what the steps after it are owed, and a step left less than 20 s is skipped.
 set -uo pipefail
-OUT=${1:?usage: [RUN_GPU_PART=2] run_gpu.sh OUT_DIR [suite.py arguments]}
+DEST=${1:?usage: [RUN_GPU_PART=2] run_gpu.sh OUT_DIR [suite.py arguments]}
 shift
 PART=${RUN_GPU_PART:-1}
-mkdir -p "$OUT"
+mkdir -p "$DEST"
+DEST=$(cd "$DEST" && pwd)
+OUT=$(mktemp -d)
 cd "$(dirname "$0")/.."
-summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
+# The scratch folder bundled into DEST, with the summary and the table beside it.
+publish() {
+  cp "$OUT/summary.txt" "$DEST/"
+  [ -f "$OUT/measured_paths.h" ] && cp "$OUT/measured_paths.h" "$DEST/"
+  tar czf "$DEST/bundle.part" -C "$OUT" . && mv "$DEST/bundle.part" "$DEST/run-part$PART.tar.gz"
+}
+summary() { echo "$*" | tee -a "$OUT/summary.txt"; publish; }
+# (A call ended by a signal or an early exit publishes what it has too.)
+trap publish EXIT
+trap 'exit 143' TERM
 TOTAL=${RUN_GPU_SECONDS:-$([ "$PART" = 2 ] && echo 220 || echo 480)}
 begin=$SECONDS
 # Seconds a step may take: at most $1, and no more than what is left less $2 (owed to later
@@ -107,11 +120,25 @@ run_tests() {  # name, seconds, pytest arguments...
   summary "$name: rc=$rc in $((SECONDS - start)) s: $(tail -1 "$OUT/$name.log")"
   grep -E "^(FAILED|ERROR) " "$OUT/$name.log" >> "$OUT/summary.txt"
   [ $rc -eq 0 ] || failed=1
+  return $rc
+}
+
+# Where the persistent kernels' tests fail: each forced path against the step-wise one, with
+# where its errors lie (steps, rows, units; diagnose_paths.py), for the sessions without a GPU.
+diagnose() {  # seconds
+  local seconds=$1 start=$SECONDS
+  worth "$seconds" "paths' diagnosis" || return 0
+  timeout $(( seconds + 30 )) python3 benchmarks/diagnose_paths.py --out "$OUT" \
+    --budget-s "$(( seconds - 10 ))" >"$OUT/diagnosis.log" 2>&1
+  summary "paths' diagnosis: rc=$? in $((SECONDS - start)) s: $(tail -1 "$OUT/diagnosis.log")"
+  sed -n '/^## Not ok/,/^## Ok/p' "$OUT/paths-diagnosis.md" 2>/dev/null | grep -v "^## Ok" \
+    | head -60 >> "$OUT/summary.txt"
 }
 
 part1() {
   # The persistent kernels' own tests (the tensor-core kernels were written without a GPU).
-  run_tests tests-persistent "$(allot 70 250)" tests/test_persistent.py
+  run_tests tests-persistent "$(allot 70 250)" tests/test_persistent.py ||
+    diagnose "$(allot 45 200)"
 
   sanitize memcheck "$(allot 45 200)"
 
@@ -219,11 +246,11 @@ part2() {
     start=$SECONDS
     seconds=$(allot 30 0)
     worth "$seconds" "$micro" || continue
-    nvcc -O3 -std=c++17 -arch=sm_90a -o "$OUT/$micro" "benchmarks/gpu_micro/$micro.cu" \
-      >"$OUT/$micro-build.log" 2>&1 && timeout "$seconds" "$OUT/$micro" >"$OUT/$micro.md" 2>&1
-    summary "$micro: rc=$? in $((SECONDS - start)) s"
+    nvcc -O3 -std=c++17 -arch=sm_90a -o "/tmp/$micro" "benchmarks/gpu_micro/$micro.cu" \
+      >"$OUT/$micro-build.log" 2>&1 && timeout "$seconds" "/tmp/$micro" >"$OUT/$micro.md" 2>&1
+    local rc=$?
     cat "$OUT/$micro.md" >> "$OUT/summary.txt" 2>/dev/null
-    rm -f "$OUT/$micro"
+    summary "$micro: rc=$rc in $((SECONDS - start)) s"
   done
 }
 

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+import diagnose_paths  # noqa: E402
 import path_table  # noqa: E402
 import suite  # noqa: E402
 import workers  # noqa: E402
+import fused_rnn  # noqa: E402
 from fused_rnn import _C  # noqa: E402
 from implementations import Case  # noqa: E402
 
@@ -437,3 +439,73 @@ def test_a_worker_stops_at_the_deadline(tmp_path):
     path_table.sweep_worker(state)
     assert json.loads(state.read_text())["done"] == []
     assert not state.with_suffix(".running").exists()
+
+
+# diagnose_paths.py: where a forced CUDA path departs from the step-wise one.
+
+def test_ranges_compress_indices():
+    assert diagnose_paths.ranges([5, 0, 1, 2, 7, 8, 2]) == "0-2, 5, 7-8"
+    assert diagnose_paths.ranges([]) == ""
+
+
+def test_a_departure_says_where_it_lies():
+    """A stand-in for a fragment map's error: units 16-31 of rows 0-8 from the third step."""
+    want = torch.randn(6, 9, 48, dtype=torch.float64)
+    got = want.clone()
+    got[2:, :, 16:32] += 1.0
+    got[5, 3, 40] = float("nan")
+    d = diagnose_paths.departure(got, want, 0.05)
+    assert (d["bad"], d["of"], d["nonfinite"]) == (4 * 9 * 16 + 1, 6 * 9 * 48, 1)
+    assert (d["steps"], d["rows"], d["columns"]) == ("2-5", "0-8", "16-31, 40")
+    assert d["error"] == pytest.approx(1.0 / float(want.abs().max()))
+    same = diagnose_paths.departure(want, want, 0.05)
+    assert (same["bad"], same["error"], "steps" in same) == (0, 0.0, False)
+    lines = diagnose_paths.summary_lines(dict(
+        case="lstm bfloat16 B=9 H=48 tensor cores, flags", verdict="WRONG",
+        ran=dict(forward="persistent (tensor cores)", backward="persistent (tensor cores)"),
+        output=dict(forward=d, reverse=same), final=[same], grads={"input": d}))
+    assert lines[0].startswith("- lstm bfloat16 B=9 H=48 tensor cores, flags: **WRONG** (ran: "
+                               "forward persistent (tensor cores)")
+    assert "steps 2-5; rows 0-8; units 16-31, 40" in lines[1]
+    assert lines[2].startswith("  - grad input: 577/2592 wrong (1 not finite)")
+
+
+def test_the_diagnosis_runs_its_cases_in_workers(tmp_path):
+    """On the CPU: the step-wise path against itself, every case ok."""
+    reports = diagnose_paths.run(tmp_path, only="B=9 H=48 packed", device="cpu")
+    assert [r["case"] for r in reports] == [
+        f"{kind} {dtype} B=9 H=48 packed step-wise" for kind in ("lstm", "gru")
+        for dtype in ("bfloat16", "float16", "float32")]
+    assert {r["verdict"] for r in reports} == {"ok"}
+    assert set(reports[0]["grads"]) == {"input", "h0", "c0", *(
+        n for n, _ in fused_rnn.LSTM(4, 4, bidirectional=True).named_parameters())}
+    assert "6 ok, 0 not; 0 not run" in (tmp_path / "paths-diagnosis.md").read_text()
+
+
+# A stand-in for a worker whose first case crashes it; then the real worker.
+CRASHING_DIAGNOSIS = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {benchmarks!r})
+import diagnose_paths, workers
+state = Path(sys.argv[1])
+count = state.with_suffix(".count")
+if not count.exists():
+    count.write_text("1")
+    workers.announce(state, case=0)
+    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+diagnose_paths.worker(state)
+"""
+
+
+def test_a_case_that_crashes_its_worker_is_reported_and_the_rest_run(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(CRASHING_DIAGNOSIS.format(benchmarks=str(Path(path_table.__file__).parent)))
+    reports = diagnose_paths.run(tmp_path, only="lstm float32 B=9 H=48", device="cpu",
+                                 worker_command=[sys.executable, str(script)])
+    assert [(r["case"], r["verdict"]) for r in reports] == [
+        ("lstm float32 B=9 H=48 step-wise",
+         "failed: RuntimeError: CUDA error: an illegal memory access was encountered"),
+        ("lstm float32 B=9 H=48 packed step-wise", "ok")]
+    text = (tmp_path / "paths-diagnosis.md").read_text()
+    assert "1 ok, 1 not" in text and "**failed: RuntimeError" in text
