@@ -234,6 +234,10 @@ struct LinearKernels {
   // An uninitialised buffer for a layer's saved values or gate gradients, fresh every call: on
   // the CPU, a freed block of the same size where the block cache holds one (cpu/block_cache.h).
   Tensor (*empty_buffer)(at::IntArrayRef sizes, const at::TensorOptions& options);
+  // Row indices (int64) on like's device, for a gather, made without waiting for the device;
+  // undefined where they cannot be (CUDA: while a graph is being captured, whose replays would
+  // copy from host memory freed since).
+  Tensor (*row_indices)(const std::vector<int64_t>& values, const Tensor& like);
 };
 
 // The kernels of one cell kind on a device. The whole-sequence entries may be null; where not,

@@ -12,6 +12,7 @@
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/tensor.h>
@@ -61,11 +62,11 @@ Tensor first_rows(const Tensor& t, int64_t n) { return t.narrow(0, 0, n); }
 
 // For each step, the state it started from, as a packed [N, X] tensor: the previous step's saved
 // state (saved [N, X]) where the row ran then, else the initial state (init [B, X]).
-Tensor states_before_steps(const std::vector<SequenceStep>& order, const Tensor& saved,
-                           const Tensor& init) {
-  Tensor before = at::empty({saved.size(0), init.size(1)}, saved.options());
+Tensor states_before_steps(const LinearKernels& lin, const std::vector<SequenceStep>& order,
+                           const Tensor& saved, const Tensor& init) {
   const int64_t B = init.size(0), N = saved.size(0);
   if (!order.empty() && uniform_batch(order, B)) {
+    Tensor before = at::empty({N, init.size(1)}, saved.options());
     // A padded batch: past the first step, each step starts from the one before it (in the
     // order run: the next one in memory for the reverse direction), so two copies do.
     const bool reverse = order.size() > 1 && order[0].offset > order[1].offset;
@@ -75,14 +76,48 @@ Tensor states_before_steps(const std::vector<SequenceStep>& order, const Tensor&
     }
     return before;
   }
+  // Packed sequences: one gather of the carried rows and one of the initial ones, whatever the
+  // steps (a copy or two a step, whose launches would pace a GPU's backward). Indices: each
+  // row's source row in saved (0 for a row that starts from init, written over next), then the
+  // rows that start from init and their rows of init.
+  std::vector<int64_t> indices(N);
+  std::vector<int64_t> from_init, init_rows;
   for (size_t k = 0; k < order.size(); ++k) {
     const SequenceStep& s = order[k];
     const int64_t carried = k == 0 ? 0 : std::min(s.rows, order[k - 1].rows);
-    Tensor dst = rows(before, s);
-    if (carried > 0) first_rows(dst, carried).copy_(first_rows(rows(saved, order[k - 1]), carried));
-    if (carried < s.rows) {
-      dst.narrow(0, carried, s.rows - carried).copy_(init.narrow(0, carried, s.rows - carried));
+    for (int64_t b = 0; b < s.rows; ++b) {
+      if (b < carried) {
+        indices[s.offset + b] = order[k - 1].offset + b;
+      } else {
+        indices[s.offset + b] = 0;
+        from_init.push_back(s.offset + b);
+        init_rows.push_back(b);
+      }
     }
+  }
+  const int64_t starts = static_cast<int64_t>(from_init.size());
+  indices.insert(indices.end(), from_init.begin(), from_init.end());
+  indices.insert(indices.end(), init_rows.begin(), init_rows.end());
+  const Tensor on_device = lin.row_indices(indices, saved);
+  if (!on_device.defined()) {  // (indices cannot come from the host now: a copy a step)
+    Tensor before = at::empty({N, init.size(1)}, saved.options());
+    for (size_t k = 0; k < order.size(); ++k) {
+      const SequenceStep& s = order[k];
+      const int64_t carried = k == 0 ? 0 : std::min(s.rows, order[k - 1].rows);
+      Tensor dst = rows(before, s);
+      if (carried > 0) {
+        first_rows(dst, carried).copy_(first_rows(rows(saved, order[k - 1]), carried));
+      }
+      if (carried < s.rows) {
+        dst.narrow(0, carried, s.rows - carried).copy_(init.narrow(0, carried, s.rows - carried));
+      }
+    }
+    return before;
+  }
+  Tensor before = saved.index_select(0, on_device.narrow(0, 0, N));
+  if (starts > 0) {
+    before.index_copy_(0, on_device.narrow(0, N, starts),
+                       init.index_select(0, on_device.narrow(0, N + starts, starts)));
   }
   return before;
 }
@@ -503,7 +538,7 @@ Grads layer_backward(const LinearKernels& lin, const CellKernels<Cell>& k,
   // The state each step started from, [N, X]: the step before's, or the initial state's rows
   // where the step starts an episode (resets).
   const auto states_before = [&](const Tensor& states, const Tensor& init) {
-    Tensor before = states_before_steps(order, states, init);
+    Tensor before = states_before_steps(lin, order, states, init);
     if (!starts.empty()) {
       before.index_copy_(0, starts.packed_rows, init.index_select(0, starts.batch_rows));
     }

@@ -251,6 +251,12 @@ void add_row_sums_cpu(const Tensor& d, const Tensor& x, const Tensor& sums) {
   });
 }
 
+Tensor row_indices_cpu(const std::vector<int64_t>& values, const Tensor& /*like*/) {
+  Tensor indices = at::empty({static_cast<int64_t>(values.size())}, at::kLong);
+  std::copy(values.begin(), values.end(), indices.data_ptr<int64_t>());
+  return indices;
+}
+
 // Designated: each kernel named by its entry (one out of order does not compile).
 extern const LinearKernels kCpuLinear{
     .prepare_linear = &prepare_linear_cpu,
@@ -261,6 +267,7 @@ extern const LinearKernels kCpuLinear{
     .add_row_sums = &add_row_sums_cpu,
     .projection_chunk_bytes = kProjectionChunkBytes,
     .empty_buffer = &empty_buffer_cpu,
+    .row_indices = &row_indices_cpu,
 };
 
 }  // namespace fused_rnn::cpu

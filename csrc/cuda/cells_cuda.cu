@@ -29,8 +29,9 @@
 #include <ATen/ops/mm.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/sum.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -832,6 +833,18 @@ Tensor empty_buffer_cuda(at::IntArrayRef sizes, const at::TensorOptions& options
   return at::empty(sizes, options);
 }
 
+// Through pinned memory, copied on the stream (from pageable memory the copy would wait for the
+// stream's work).
+Tensor row_indices_cuda(const std::vector<int64_t>& values, const Tensor& like) {
+  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
+    return Tensor();
+  }
+  Tensor host = at::empty({static_cast<int64_t>(values.size())},
+                          at::TensorOptions(at::kLong).pinned_memory(true));
+  std::copy(values.begin(), values.end(), host.data_ptr<int64_t>());
+  return host.to(like.device(), /*non_blocking=*/true);
+}
+
 void add_row_sums_cuda(const Tensor& d, const Tensor& x, const Tensor& sums) {
   sums[0].add_(at::sum(d, 0));
   sums[1].add_(at::sum(at::mul(d, x), 0));
@@ -850,6 +863,7 @@ extern const LinearKernels kCudaLinear{
     // The caching allocator reuses its blocks: the whole sequence's projection at once.
     .projection_chunk_bytes = 0,
     .empty_buffer = &empty_buffer_cuda,
+    .row_indices = &row_indices_cuda,
 };
 
 namespace {
