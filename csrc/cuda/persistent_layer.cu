@@ -227,21 +227,23 @@ bool aligned_for_tensor_cores(const at::Tensor& h0, const at::Tensor& output,
 }
 
 // Packed sequences' steps (SequenceTensors::packed_steps) as the kernels read them: [steps][2]
-// (first row, rows) on the device; an empty tensor for a padded batch. False where the table
-// cannot be made: a copy from the host while a CUDA graph is being captured.
+// (first row, rows) on the device, copied from pinned memory on the stream (from pageable memory
+// the copy would wait for the stream's work); an empty tensor for a padded batch. False where
+// the table cannot be made: a copy from the host while a CUDA graph is being captured.
 bool packed_table(const std::vector<SequenceStep>& packed, const at::Tensor& like,
                   at::Tensor& table) {
   if (packed.empty()) return true;
   if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
     return false;
   }
-  at::Tensor host = at::empty({static_cast<int64_t>(packed.size()), 2}, at::kInt);
+  at::Tensor host = at::empty({static_cast<int64_t>(packed.size()), 2},
+                              at::TensorOptions(at::kInt).pinned_memory(true));
   int* data = host.data_ptr<int>();
   for (size_t i = 0; i < packed.size(); ++i) {
     data[2 * i] = static_cast<int>(packed[i].offset);
     data[2 * i + 1] = static_cast<int>(packed[i].rows);
   }
-  table = host.to(like.device());
+  table = host.to(like.device(), /*non_blocking=*/true);
   return true;
 }
 
