@@ -6,7 +6,9 @@ the same inputs, and the pattern of its errors, for a session without a GPU to r
 Per case (cell kind, dtype, batch, hidden size, padded or packed, path: the tensor-core kernels
 under each barrier, on one block or clusters of 2 a group of units, the SIMT forward): a
 bidirectional layer of T=6 steps, forward and backward, once on the step-wise path and once on
-the forced one (use_persistent_kernels). Reports the paths that ran (cuda_layer_path), and where
+the forced one (use_persistent_kernels); and, the reference's own check, the step-wise path
+against torch.nn's layer (cuDNN) with the same weights. Reports the paths that ran
+(cuda_layer_path), and where
 the results depart from the step-wise ones by more than a gross-error share of their largest
 magnitude: per direction, the output's steps, batch rows and hidden units (as ranges: a fragment
 map's error shows as units in blocks of 8 or 16, a barrier's from the second step on), the final
@@ -37,16 +39,19 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 SHAPES = [(1, 16), (9, 48), (17, 272), (16, 768), (64, 512)]
 # The forced paths: (name, use_persistent_kernels' enabled, barrier, cluster_split); the mode
 # "simt" of _C.set_persistent_kernels forces the SIMT forward.
-PATHS = [("tensor cores, flags", True, "flags", 1), ("tensor cores, tagged", True, "tagged", 1),
+TORCH_NN = "step-wise against torch.nn"
+PATHS = [(TORCH_NN, False, "flags", None),
+         ("tensor cores, flags", True, "flags", 1), ("tensor cores, tagged", True, "tagged", 1),
          ("tensor cores, grid", True, "grid", 1), ("tensor cores, clusters of 2", True, "flags", 2),
          ("SIMT", "simt", "flags", None)]
 LAYERS = {"lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU}
+TORCH_LAYERS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 
 
 def cases(device="cuda"):
-    """Every case as a dict; on a device other than CUDA the step-wise path against itself (to
-    test this code)."""
-    paths = PATHS if device == "cuda" else [("step-wise", False, "flags", None)]
+    """Every case as a dict; on a device other than CUDA the step-wise path against torch.nn
+    and against itself (to test this code)."""
+    paths = PATHS if device == "cuda" else [PATHS[0], ("step-wise", False, "flags", None)]
     found = []
     for kind in LAYERS:
         for dtype in DTYPES:
@@ -144,7 +149,13 @@ def diagnose(case):
     report = dict(case=case_name(case))
     try:
         _set_path(False, "flags", None)
-        want = _run(layer, x, states, lengths)
+        if case["path"] == TORCH_NN:
+            reference = TORCH_LAYERS[case["kind"]](hidden, hidden, bidirectional=True,
+                                                   device=case["device"], dtype=dtype)
+            reference.load_state_dict(layer.state_dict())
+            want = _run(reference, x, states, lengths)
+        else:
+            want = _run(layer, x, states, lengths)
         _set_path(case["enabled"], case["barrier"], case["split"])
         if case["device"] == "cuda":
             report["ran"] = {direction: fused_rnn.cuda_layer_path(

@@ -471,15 +471,17 @@ def test_a_departure_says_where_it_lies():
 
 
 def test_the_diagnosis_runs_its_cases_in_workers(tmp_path):
-    """On the CPU: the step-wise path against itself, every case ok."""
+    """On the CPU: the step-wise path against torch.nn and against itself, every case ok."""
     reports = diagnose_paths.run(tmp_path, only="B=9 H=48 packed", device="cpu")
     assert [r["case"] for r in reports] == [
-        f"{kind} {dtype} B=9 H=48 packed step-wise" for kind in ("lstm", "gru")
-        for dtype in ("bfloat16", "float16", "float32")]
+        f"{kind} {dtype} B=9 H=48 packed {path}" for kind in ("lstm", "gru")
+        for dtype in ("bfloat16", "float16", "float32")
+        for path in ("step-wise against torch.nn", "step-wise")]
     assert {r["verdict"] for r in reports} == {"ok"}
+    assert [r["output"]["forward"]["error"] > 0 for r in reports[:2]] == [True, False]
     assert set(reports[0]["grads"]) == {"input", "h0", "c0", *(
         n for n, _ in fused_rnn.LSTM(4, 4, bidirectional=True).named_parameters())}
-    assert "6 ok, 0 not; 0 not run" in (tmp_path / "paths-diagnosis.md").read_text()
+    assert "12 ok, 0 not; 0 not run" in (tmp_path / "paths-diagnosis.md").read_text()
 
 
 # A stand-in for a worker whose first case crashes it; then the real worker.
@@ -501,11 +503,11 @@ diagnose_paths.worker(state)
 def test_a_case_that_crashes_its_worker_is_reported_and_the_rest_run(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(CRASHING_DIAGNOSIS.format(benchmarks=str(Path(path_table.__file__).parent)))
-    reports = diagnose_paths.run(tmp_path, only="lstm float32 B=9 H=48", device="cpu",
-                                 worker_command=[sys.executable, str(script)])
+    reports = diagnose_paths.run(tmp_path, only="lstm float32 B=9 H=48 step-wise",
+                                 device="cpu", worker_command=[sys.executable, str(script)])
     assert [(r["case"], r["verdict"]) for r in reports] == [
-        ("lstm float32 B=9 H=48 step-wise",
+        ("lstm float32 B=9 H=48 step-wise against torch.nn",
          "failed: RuntimeError: CUDA error: an illegal memory access was encountered"),
-        ("lstm float32 B=9 H=48 packed step-wise", "ok")]
+        ("lstm float32 B=9 H=48 step-wise", "ok")]
     text = (tmp_path / "paths-diagnosis.md").read_text()
     assert "1 ok, 1 not" in text and "**failed: RuntimeError" in text
