@@ -123,8 +123,9 @@ run_tests() {  # name, seconds, pytest arguments...
   return $rc
 }
 
-# Where the persistent kernels' tests fail: each forced path against the step-wise one, with
-# where its errors lie (steps, rows, units; diagnose_paths.py), for the sessions without a GPU.
+# Where the CUDA tests fail: each forced path against the step-wise one, and the step-wise one
+# against torch.nn, with where the errors lie (steps, rows, units; diagnose_paths.py), for the
+# sessions without a GPU.
 diagnose() {  # seconds
   local seconds=$1 start=$SECONDS
   worth "$seconds" "paths' diagnosis" || return 0
@@ -222,7 +223,7 @@ $(grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer-$tool.log" | tail -2 | t
 part2() {
   local start seconds micro
   # The whole suite's CUDA cases under the default the first call built (CI runs the CPU's).
-  run_tests tests "$(allot 120 80)" --skip-cpu-cases tests
+  run_tests tests "$(allot 120 80)" --skip-cpu-cases tests || diagnose "$(allot 40 80)"
 
   # The GPU issue's targets and their verdict.
   start=$SECONDS
