@@ -42,7 +42,11 @@ def _run_worker(command, state_path, stall_s, progress):
     running.unlink(missing_ok=True)
     errors = state_path.with_suffix(".stderr")
     with open(errors, "w") as stderr:
-        worker = subprocess.Popen([*command, str(state_path)], stderr=stderr)
+        # (The worker imports what this process imports: fused_rnn may be on its path only, as
+        # in a build in place under pytest.)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(os.path.abspath(p or os.curdir)
+                                                          for p in sys.path))
+        worker = subprocess.Popen([*command, str(state_path)], stderr=stderr, env=env)
         started = time.time()
         try:
             while worker.poll() is None:
