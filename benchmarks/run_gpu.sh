@@ -22,9 +22,10 @@
 # bench.log, targets.md, tests-persistent-on.log, barriers.md, recurrent_step.md; the suite's
 # results; summary.txt), bundled after every step into OUT_DIR/run-partN.tar.gz, beside
 # OUT_DIR/summary.txt and (from the sweep) OUT_DIR/measured_paths.h: the device tool brings back
-# at most 8 files, and a call cut short keeps what its last step bundled. RUN_GPU_SECONDS (default 480 for the first
-# call, 220 for the second) is the call's target; each step after the build gets at most what is
-# left of it, less what the steps after it are owed, and a step left less than 20 s is skipped.
+# at most 8 files, and a call cut short keeps what its last step bundled. RUN_GPU_SECONDS
+# (default 480 for the first call, 220 for the second) is the call's target; each step after the
+# build gets at most what is left of it, less what the steps after it are owed, and a step left
+# less than 20 s is skipped.
 set -uo pipefail
 DEST=${1:?usage: [RUN_GPU_PART=2] run_gpu.sh OUT_DIR [suite.py arguments]}
 shift

@@ -16,6 +16,7 @@
 #include "../cell_math.h"
 #include "../cell_ops.h"
 #include "cuda_tables.h"
+#include "host_to_device.h"
 #include "kernel_helpers.cuh"
 #include "persistent_layer.h"
 
@@ -30,7 +31,6 @@
 #include <ATen/ops/mul.h>
 #include <ATen/ops/sum.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -833,16 +833,8 @@ Tensor empty_buffer_cuda(at::IntArrayRef sizes, const at::TensorOptions& options
   return at::empty(sizes, options);
 }
 
-// Through pinned memory, copied on the stream (from pageable memory the copy would wait for the
-// stream's work).
 Tensor row_indices_cuda(const std::vector<int64_t>& values, const Tensor& like) {
-  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
-    return Tensor();
-  }
-  Tensor host = at::empty({static_cast<int64_t>(values.size())},
-                          at::TensorOptions(at::kLong).pinned_memory(true));
-  std::copy(values.begin(), values.end(), host.data_ptr<int64_t>());
-  return host.to(like.device(), /*non_blocking=*/true);
+  return cuda::on_device_async(values, like);
 }
 
 void add_row_sums_cuda(const Tensor& d, const Tensor& x, const Tensor& sums) {

@@ -22,6 +22,7 @@
 #include "../default_paths.h"
 #include "../persistent_plan.h"
 #include "persistent_cells.cuh"
+#include "host_to_device.h"
 #include "persistent_layer.h"
 #include "persistent_tensor_core.h"
 
@@ -31,7 +32,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cooperative_groups.h>
 
@@ -227,24 +227,18 @@ bool aligned_for_tensor_cores(const at::Tensor& h0, const at::Tensor& output,
 }
 
 // Packed sequences' steps (SequenceTensors::packed_steps) as the kernels read them: [steps][2]
-// (first row, rows) on the device, copied from pinned memory on the stream (from pageable memory
-// the copy would wait for the stream's work); an empty tensor for a padded batch. False where
-// the table cannot be made: a copy from the host while a CUDA graph is being captured.
+// (first row, rows) on the device (on_device_async); an empty tensor for a padded batch. False
+// where the table cannot be made: while a CUDA graph is being captured.
 bool packed_table(const std::vector<SequenceStep>& packed, const at::Tensor& like,
                   at::Tensor& table) {
   if (packed.empty()) return true;
-  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) {
-    return false;
+  std::vector<int> values;
+  for (const SequenceStep& step : packed) {
+    values.push_back(static_cast<int>(step.offset));
+    values.push_back(static_cast<int>(step.rows));
   }
-  at::Tensor host = at::empty({static_cast<int64_t>(packed.size()), 2},
-                              at::TensorOptions(at::kInt).pinned_memory(true));
-  int* data = host.data_ptr<int>();
-  for (size_t i = 0; i < packed.size(); ++i) {
-    data[2 * i] = static_cast<int>(packed[i].offset);
-    data[2 * i + 1] = static_cast<int>(packed[i].rows);
-  }
-  table = host.to(like.device(), /*non_blocking=*/true);
-  return true;
+  table = on_device_async(values, like);
+  return table.defined();
 }
 
 // What a tensor-core kernel's barrier keeps on the device (StepSync), zeros, as tensors (kept
