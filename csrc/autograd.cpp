@@ -30,11 +30,21 @@ void record_edges(AutogradContext* ctx, const std::vector<bool>& has_edge) {
   ctx->saved_data["edges"] = edges;
 }
 
-// Whether autograd needs the gradient of argument `arg`.
-bool needs(AutogradContext* ctx, size_t arg) {
-  const int64_t edge = ctx->saved_data["edges"].toIntVector()[arg];
-  return edge >= 0 && ctx->needs_input_grad(static_cast<size_t>(edge));
-}
+// Whether autograd needs the gradient of argument `arg`: need(arg). The edges are read once per
+// backward (each read copies them out of the context).
+class Needs {
+ public:
+  explicit Needs(AutogradContext* ctx)
+      : ctx_(ctx), edges_(ctx->saved_data["edges"].toIntVector()) {}
+  bool operator()(size_t arg) const {
+    const int64_t edge = edges_[arg];
+    return edge >= 0 && ctx_->needs_input_grad(static_cast<size_t>(edge));
+  }
+
+ private:
+  AutogradContext* ctx_;
+  std::vector<int64_t> edges_;
+};
 
 // Whether autograd records a call on these arguments (as Function::apply decides), so that its
 // backward will need the saved tensors.
@@ -116,6 +126,48 @@ c10::TypedOperatorHandle<Signature> op(const char* name) {
 using LstmCellOutputs = std::tuple<Tensor, Tensor, Tensor>;
 using GruCellOutputs = std::tuple<Tensor, Tensor>;
 
+// The forward ops, called below autograd: by the Functions' forwards, and directly where autograd
+// does not record a call (no grad mode, or nothing requiring grad), which Function::apply would
+// give a node and a context all the same: a few us of host time, and a cell step's time on a GPU
+// is its host's (benchmarks/NOTES.md entry 72).
+const auto& lstm_cell_op() {
+  static const auto handle =
+      op<LstmCellOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                         const Tensor&, const OptionalTensor&, const OptionalTensor&)>(
+          "fused_rnn::lstm_cell");
+  return handle;
+}
+
+const auto& gru_cell_op() {
+  static const auto handle =
+      op<GruCellOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                        const OptionalTensor&, const OptionalTensor&)>("fused_rnn::gru_cell");
+  return handle;
+}
+
+const auto& lstm_layer_op() {
+  static const auto handle =
+      op<LstmLayerOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                          const Tensor&, const Tensor&, const OptionalTensor&,
+                          const OptionalTensor&, const OptionalTensor&, bool, bool,
+                          const OptionalTensor&, const OptionalTensor&)>("fused_rnn::lstm_layer");
+  return handle;
+}
+
+const auto& gru_layer_op() {
+  static const auto handle =
+      op<GruLayerOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                         const Tensor&, const OptionalTensor&, const OptionalTensor&, bool, bool,
+                         const OptionalTensor&, const OptionalTensor&)>("fused_rnn::gru_layer");
+  return handle;
+}
+
+template <typename Handle, typename... Args>
+auto below_autograd(const Handle& handle, const Args&... args) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return handle.call(args...);
+}
+
 struct LstmCellFn : torch::autograd::Function<LstmCellFn> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx,
                                const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh,
@@ -123,11 +175,7 @@ struct LstmCellFn : torch::autograd::Function<LstmCellFn> {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->set_materialize_grads(false);
     record_edges(ctx, {true, true, true, true, true, b_ih.has_value(), b_hh.has_value()});
-    static const auto forward_op =
-        op<LstmCellOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                           const Tensor&, const OptionalTensor&, const OptionalTensor&)>(
-            "fused_rnn::lstm_cell");
-    auto [hy, cy, gates] = forward_op.call(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+    auto [hy, cy, gates] = lstm_cell_op().call(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
     ctx->save_for_backward({input, hx, cx, w_ih, w_hh, gates, cy, b_ih.value_or(Tensor()),
                             b_hh.value_or(Tensor())});
     ctx->mark_non_differentiable({gates});
@@ -140,7 +188,7 @@ struct LstmCellFn : torch::autograd::Function<LstmCellFn> {
                          const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                          const Tensor&, std::array<bool, 6>)>("fused_rnn::lstm_cell_backward");
     const auto saved = ctx->get_saved_variables();
-    auto need = [ctx](size_t arg) { return needs(ctx, arg); };
+    const Needs need(ctx);
     if (at::GradMode::is_enabled()) {
       auto [hy, cy, gates] = composite::lstm_cell(saved[0], saved[1], saved[2], saved[3],
                                                   saved[4], or_none(saved[7]), or_none(saved[8]));
@@ -165,10 +213,7 @@ struct GruCellFn : torch::autograd::Function<GruCellFn> {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->set_materialize_grads(false);
     record_edges(ctx, {true, true, true, true, b_ih.has_value(), b_hh.has_value()});
-    static const auto forward_op =
-        op<GruCellOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                          const OptionalTensor&, const OptionalTensor&)>("fused_rnn::gru_cell");
-    auto [hy, workspace] = forward_op.call(input, hx, w_ih, w_hh, b_ih, b_hh);
+    auto [hy, workspace] = gru_cell_op().call(input, hx, w_ih, w_hh, b_ih, b_hh);
     ctx->save_for_backward({input, hx, w_ih, w_hh, workspace, b_ih.value_or(Tensor()),
                             b_hh.value_or(Tensor())});
     ctx->mark_non_differentiable({workspace});
@@ -180,7 +225,7 @@ struct GruCellFn : torch::autograd::Function<GruCellFn> {
         op<GruGrads(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                     const Tensor&, std::array<bool, 6>)>("fused_rnn::gru_cell_backward");
     const auto saved = ctx->get_saved_variables();
-    auto need = [ctx](size_t arg) { return needs(ctx, arg); };
+    const Needs need(ctx);
     if (at::GradMode::is_enabled()) {
       auto [hy, workspace] = composite::gru_cell(saved[0], saved[1], saved[2], saved[3],
                                                  or_none(saved[5]), or_none(saved[6]));
@@ -206,14 +251,9 @@ struct LstmLayerFn : torch::autograd::Function<LstmLayerFn> {
     ctx->set_materialize_grads(false);
     record_edges(ctx, {true, true, true, true, true, true, b_ih.has_value(), b_hh.has_value(),
                        w_hr.has_value(), false, false, resets.has_value(), zoneout.has_value()});
-    static const auto forward_op =
-        op<LstmLayerOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                            const Tensor&, const Tensor&, const OptionalTensor&,
-                            const OptionalTensor&, const OptionalTensor&, bool, bool,
-                            const OptionalTensor&, const OptionalTensor&)>("fused_rnn::lstm_layer");
     auto [output, hy, cy, gates, cells, pre_proj] =
-        forward_op.call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                        keep_saved, resets, zoneout);
+        lstm_layer_op().call(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                             keep_saved, resets, zoneout);
     ctx->save_for_backward({input, batch_sizes, hx, cx, w_ih, w_hh, w_hr.value_or(Tensor()),
                             output, gates, cells, pre_proj, b_ih.value_or(Tensor()),
                             b_hh.value_or(Tensor()), resets.value_or(Tensor()),
@@ -232,7 +272,7 @@ struct LstmLayerFn : torch::autograd::Function<LstmLayerFn> {
                           const OptionalTensor&, const OptionalTensor&)>(
             "fused_rnn::lstm_layer_backward");
     const auto s = ctx->get_saved_variables();
-    auto need = [ctx](size_t arg) { return needs(ctx, arg); };
+    const Needs need(ctx);
     const bool reverse = ctx->saved_data["reverse"].toBool();
     if (at::GradMode::is_enabled()) {
       auto [output, hy, cy, gates, cells, pre_proj] =
@@ -266,13 +306,8 @@ struct GruLayerFn : torch::autograd::Function<GruLayerFn> {
     ctx->set_materialize_grads(false);
     record_edges(ctx, {true, true, true, true, true, b_ih.has_value(), b_hh.has_value(), false,
                        false, resets.has_value(), zoneout.has_value()});
-    static const auto forward_op =
-        op<GruLayerOutputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                           const Tensor&, const OptionalTensor&, const OptionalTensor&, bool,
-                           bool, const OptionalTensor&, const OptionalTensor&)>(
-            "fused_rnn::gru_layer");
-    auto [output, hy, workspace] = forward_op.call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh,
-                                                   reverse, keep_saved, resets, zoneout);
+    auto [output, hy, workspace] = gru_layer_op().call(input, batch_sizes, hx, w_ih, w_hh, b_ih,
+                                                       b_hh, reverse, keep_saved, resets, zoneout);
     ctx->save_for_backward({input, batch_sizes, hx, w_ih, w_hh, output, workspace,
                             b_ih.value_or(Tensor()), b_hh.value_or(Tensor()),
                             resets.value_or(Tensor()), zoneout.value_or(Tensor())});
@@ -288,7 +323,7 @@ struct GruLayerFn : torch::autograd::Function<GruLayerFn> {
                     std::array<bool, 6>, const OptionalTensor&, const OptionalTensor&)>(
             "fused_rnn::gru_layer_backward");
     const auto s = ctx->get_saved_variables();
-    auto need = [ctx](size_t arg) { return needs(ctx, arg); };
+    const Needs need(ctx);
     const bool reverse = ctx->saved_data["reverse"].toBool();
     if (at::GradMode::is_enabled()) {
       auto [output, hy, workspace] =
@@ -328,6 +363,25 @@ struct LayerNormLayerFn : torch::autograd::Function<LayerNormLayerFn<Cell>> {
     return backward ? back : forward;
   }
 
+  // The forward op's results: output, hy, (cy,) saved, (cell_states).
+  static variable_list call_forward(const Tensor& input, const Tensor& batch_sizes,
+                                    at::TensorList states, const Tensor& w_ih, const Tensor& w_hh,
+                                    const OptionalTensor& b_ih, const OptionalTensor& b_hh,
+                                    at::TensorList norms, bool reverse, bool keep_saved,
+                                    const OptionalTensor& resets, const OptionalTensor& zoneout) {
+    static const auto op =
+        c10::Dispatcher::singleton().findSchemaOrThrow(op_name(false).c_str(), "");
+    torch::jit::Stack stack{input, batch_sizes};
+    for (const Tensor& state : states) stack.emplace_back(state);
+    stack.insert(stack.end(), {w_ih, w_hh, b_ih, b_hh});
+    for (const Tensor& norm : norms) stack.emplace_back(norm);
+    stack.insert(stack.end(), {reverse, keep_saved, resets, zoneout});
+    op.callBoxed(&stack);
+    variable_list out;
+    for (const c10::IValue& value : stack) out.push_back(value.toTensor());
+    return out;
+  }
+
   static variable_list forward(AutogradContext* ctx, const Tensor& input,
                                const Tensor& batch_sizes, at::TensorList states,
                                const Tensor& w_ih, const Tensor& w_hh, const OptionalTensor& b_ih,
@@ -343,17 +397,8 @@ struct LayerNormLayerFn : torch::autograd::Function<LayerNormLayerFn<Cell>> {
     edges[kArgs - 2] = resets.has_value();
     edges[kArgs - 1] = zoneout.has_value();
     record_edges(ctx, edges);
-    static const auto op =
-        c10::Dispatcher::singleton().findSchemaOrThrow(op_name(false).c_str(), "");
-    torch::jit::Stack stack{input, batch_sizes};
-    for (const Tensor& state : states) stack.emplace_back(state);
-    stack.insert(stack.end(), {w_ih, w_hh, b_ih, b_hh});
-    for (const Tensor& norm : norms) stack.emplace_back(norm);
-    stack.insert(stack.end(), {reverse, keep_saved, resets, zoneout});
-    op.callBoxed(&stack);
-    // output, hy, (cy,) saved, (cell_states)
-    variable_list out;
-    for (const c10::IValue& value : stack) out.push_back(value.toTensor());
+    const variable_list out = call_forward(input, batch_sizes, states, w_ih, w_hh, b_ih, b_hh,
+                                           norms, reverse, keep_saved, resets, zoneout);
     const Tensor& saved = out[kCell ? 3 : 2];
     const Tensor cells = kCell ? out[4] : Tensor();
     std::vector<Tensor> to_save{input, batch_sizes};
@@ -374,7 +419,7 @@ struct LayerNormLayerFn : torch::autograd::Function<LayerNormLayerFn<Cell>> {
         ": double backward (a backward with create_graph=True, as torch.func's grad and vjp run) "
         "is not supported yet by the layer-normalized cells and layers");
     const auto s = ctx->get_saved_variables();
-    auto need = [ctx](size_t arg) { return needs(ctx, arg); };
+    const Needs need(ctx);
     // Saved: input, batch_sizes, states, w_ih, w_hh, norms, output, saved, cell_states, resets,
     // zoneout.
     const size_t norms_at = 2 + kStates + 2, output_at = norms_at + Cell::kNorms;
@@ -431,6 +476,9 @@ std::tuple<Tensor, Tensor, Tensor> lstm_cell_autograd(const Tensor& input, const
   if (takes_composite({&input, &hx, &cx, &w_ih, &w_hh}, {&b_ih, &b_hh})) {
     return composite::lstm_cell(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
   }
+  if (!records_graph({&input, &hx, &cx, &w_ih, &w_hh}, {&b_ih, &b_hh})) {
+    return below_autograd(lstm_cell_op(), input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+  }
   auto out = LstmCellFn::apply(input, hx, cx, w_ih, w_hh, b_ih, b_hh);
   return {out[0], out[1], out[2]};
 }
@@ -441,6 +489,9 @@ std::tuple<Tensor, Tensor> gru_cell_autograd(const Tensor& input, const Tensor& 
                                              const OptionalTensor& b_hh) {
   if (takes_composite({&input, &hx, &w_ih, &w_hh}, {&b_ih, &b_hh})) {
     return composite::gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh);
+  }
+  if (!records_graph({&input, &hx, &w_ih, &w_hh}, {&b_ih, &b_hh})) {
+    return below_autograd(gru_cell_op(), input, hx, w_ih, w_hh, b_ih, b_hh);
   }
   auto out = GruCellFn::apply(input, hx, w_ih, w_hh, b_ih, b_hh);
   return {out[0], out[1]};
@@ -456,11 +507,13 @@ LstmLayerOutputs lstm_layer_autograd(const Tensor& input, const Tensor& batch_si
     return composite::lstm_layer(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
                                  reverse, keep_saved, resets, zoneout);
   }
+  if (!records_graph({&input, &hx, &cx, &w_ih, &w_hh}, {&b_ih, &b_hh, &w_hr})) {
+    return below_autograd(lstm_layer_op(), input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh,
+                          w_hr, reverse, keep_saved, resets, zoneout);
+  }
   // A recorded call keeps its saved tensors whatever the caller asked: its backward needs them.
-  const bool keep =
-      keep_saved || records_graph({&input, &hx, &cx, &w_ih, &w_hh}, {&b_ih, &b_hh, &w_hr});
   auto out = LstmLayerFn::apply(input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                                keep, resets, zoneout);
+                                true, resets, zoneout);
   return {out[0], out[1], out[2], out[3], out[4], out[5]};
 }
 
@@ -473,8 +526,12 @@ GruLayerOutputs gru_layer_autograd(const Tensor& input, const Tensor& batch_size
     return composite::gru_layer(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse,
                                 keep_saved, resets, zoneout);
   }
-  const bool keep = keep_saved || records_graph({&input, &hx, &w_ih, &w_hh}, {&b_ih, &b_hh});
-  auto out = GruLayerFn::apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, keep,
+  if (!records_graph({&input, &hx, &w_ih, &w_hh}, {&b_ih, &b_hh})) {
+    return below_autograd(gru_layer_op(), input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse,
+                          keep_saved, resets, zoneout);
+  }
+  // (As for the LSTM: a recorded call keeps its saved tensors.)
+  auto out = GruLayerFn::apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, true,
                                resets, zoneout);
   return {out[0], out[1], out[2]};
 }
@@ -503,9 +560,15 @@ variable_list layernorm_layer_autograd(const Tensor& input, const Tensor& batch_
                    c10::DispatchKey::FuncTorchDynamicLayerFrontMode),
       "fused_rnn.", Cell::kName, "_layer: torch.func's gradient transforms are not supported yet "
       "by the layer-normalized layers");
+  if (!grad) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return LayerNormLayerFn<Cell>::call_forward(input, batch_sizes, states, w_ih, w_hh, b_ih,
+                                                b_hh, norms, reverse, keep_saved, resets,
+                                                zoneout);
+  }
   // A recorded call keeps its saved tensors whatever the caller asked: its backward needs them.
   return LayerNormLayerFn<Cell>::apply(input, batch_sizes, states, w_ih, w_hh, b_ih, b_hh, norms,
-                                       reverse, keep_saved || grad, resets, zoneout);
+                                       reverse, true, resets, zoneout);
 }
 
 LayerNormLstmLayerOutputs layernorm_lstm_layer_autograd(

@@ -62,6 +62,11 @@ def _check_rank(cell: str, what: str, t: torch.Tensor) -> None:
 def _lstm_cell_forward(cell, input, hx, step):
     """torch.nn.LSTMCell's forward (its checks, unbatched input, hx=None) around step(input, hx)
     -> (h', c')."""
+    # The common call (a batch, its state, no zoneout) skips the rest: on a GPU the cells' time
+    # is the host's (benchmarks/NOTES.md entry 72).
+    if (hx is not None and not cell.zoneout and input.dim() == 2 and len(hx) == 2
+            and hx[0].dim() == 2 and hx[1].dim() == 2):
+        return step(input, hx)
     name = type(cell).__name__
     _check_rank(name, "input", input)
     if hx is not None:
@@ -87,6 +92,8 @@ def _lstm_cell_forward(cell, input, hx, step):
 
 def _gru_cell_forward(cell, input, hx, step):
     """torch.nn.GRUCell's forward around step(input, hx) -> h'."""
+    if hx is not None and not cell.zoneout and input.dim() == 2 and hx.dim() == 2:
+        return step(input, hx)  # (as in _lstm_cell_forward)
     name = type(cell).__name__
     _check_rank(name, "input", input)
     if hx is not None:
