@@ -241,6 +241,20 @@ def build_fused_rnn_concurrent(case):
     return run_concurrent
 
 
+def build_fused_rnn_pipelined(case, chunks=4):
+    """fused_rnn's stack of layers run as a pipeline over `chunks` runs of steps
+    (use_pipelined_layers, CUDA) for its runs."""
+    run = build_fused_rnn(case)
+
+    def run_pipelined(x, states):
+        fused_rnn.use_pipelined_layers(True, chunks=chunks)
+        try:
+            return run(x, states)
+        finally:
+            fused_rnn.use_pipelined_layers(False)
+    return run_pipelined
+
+
 def _cell_weights(case, dtype=None):
     """(w_ih, w_hh, b_ih, b_hh, then a layer-normalized cell's norms) of the case's module, as
     leaf tensors (in `dtype` where given)."""
@@ -334,6 +348,11 @@ IMPLEMENTATIONS = {
     "fused concurrent directions": (
         build_fused_rnn_concurrent,
         lambda case: case.op == "layer" and case.device == "cuda" and case.bidirectional),
+    # A unidirectional stack's layers overlapped over chunks of steps (NOTES entry 73).
+    "fused pipelined layers": (
+        build_fused_rnn_pipelined,
+        lambda case: case.op == "layer" and case.device == "cuda" and case.layers > 1
+        and not case.bidirectional and not case.packed),
     "torch.nn": (build_torch_nn, lambda case: True),
     "nn cell loop": (build_nn_cell_loop,
                      lambda case: case.op == "layer" and _python_loop_dtype(case) and _plain(case)

@@ -7,7 +7,7 @@ Drop-in modules (LSTM, GRU, LSTMCell, GRUCell) and convert(), plain functions
 from . import functional, ops, reference
 from .modules import (GRU, LSTM, GRUCell, LayerNormGRU, LayerNormGRUCell, LayerNormLSTM,
                       LayerNormLSTMCell, LSTMCell, convert)
-from .functional import use_concurrent_directions
+from .functional import use_concurrent_directions, use_pipelined_layers
 from .ops import (GRUCellFunction, LSTMCellFunction, build_info, cpu_cache_bytes,
                   cpu_layer_path, cuda_layer_path, empty_cpu_cache, use_persistent_kernels)
 
@@ -35,4 +35,5 @@ __all__ = [
     "reference",
     "use_concurrent_directions",
     "use_persistent_kernels",
+    "use_pipelined_layers",
 ]

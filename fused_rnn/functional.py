@@ -4,17 +4,24 @@ Shapes: input [B, I], h and c [B, H], w_ih [G*H, I], w_hh [G*H, H], biases [G*H]
 (i, f, g, o) for the LSTM and 3 (r, z, n) for the GRU, in torch.nn's layout.
 """
 
+import contextlib
+
 import torch
 
 from . import ops  # noqa: F401  (registers the fake implementations and autograd)
 
 __all__ = ["gru", "gru_cell", "layernorm_gru", "layernorm_gru_cell", "layernorm_lstm",
-           "layernorm_lstm_cell", "lstm", "lstm_cell", "use_concurrent_directions", "zone_out",
-           "zoneout_weights"]
+           "layernorm_lstm_cell", "lstm", "lstm_cell", "use_concurrent_directions",
+           "use_pipelined_layers", "zone_out", "zoneout_weights"]
 
 # Whether a bidirectional layer on CUDA runs its reverse direction on a second stream
-# (use_concurrent_directions), and those streams, one per device.
+# (use_concurrent_directions); into how many chunks of steps a unidirectional stack on CUDA
+# splits its sequence, each layer on a stream of its own (use_pipelined_layers; 0: not
+# pipelined), and on which devices that applies (tests add the CPU, which has no streams, to
+# run the same schedule); the side streams, per device and index.
 _concurrent_directions = False
+_pipeline_chunks = 0
+_pipelined_devices = ("cuda",)
 _side_streams = {}
 
 
@@ -30,15 +37,43 @@ def use_concurrent_directions(enabled: bool = True) -> None:
     _concurrent_directions = enabled
 
 
-def _side_stream(device):
-    """The second stream of a CUDA device (made on first use)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _side_streams:
-        _side_streams[index] = torch.cuda.Stream(device=index)
-    return _side_streams[index]
+def use_pipelined_layers(enabled: bool = True, chunks: int = 4) -> None:
+    """Whether a unidirectional stack of layers on CUDA runs as a pipeline: the sequence split
+    into `chunks` runs of consecutive steps, each layer on a CUDA stream of its own, layer l + 1
+    taking chunk k as soon as layer l has made it, so that the GPU can run layer l's chunk k + 1
+    beside it (as cuDNN overlaps its layers). Each chunk is one call of the layer's op (with its
+    own input product), the state carried between them. Padded sequences of more than one layer
+    and one direction without episode starts (resets); others run as before. Off by default until measured
+    (benchmarks/NOTES.md entry 73). No effect on the CPU, nor while torch.compile traces."""
+    if not isinstance(enabled, bool):
+        raise ValueError(f"use_pipelined_layers: expected enabled to be True or False, got "
+                         f"{enabled!r}")
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 2:
+        raise ValueError(f"use_pipelined_layers: expected chunks to be an int of at least 2, got "
+                         f"{chunks!r}")
+    global _pipeline_chunks
+    _pipeline_chunks = chunks if enabled else 0
 
 
-def _layer_directions(step_layer, data, states, groups, first, num_directions):
+def _side_stream(device, index=1):
+    """A CUDA device's side stream number `index` (>= 1; made on first use)."""
+    device_index = device.index if device.index is not None else torch.cuda.current_device()
+    key = (device_index, index)
+    if key not in _side_streams:
+        _side_streams[key] = torch.cuda.Stream(device=device_index)
+    return _side_streams[key]
+
+
+def _record_on(stream, tensors):
+    """Marks tensors (None skipped) made on another stream as used by `stream`, so that the
+    caching allocator does not hand their memory out again before that stream is done."""
+    for t in tensors:
+        if t is not None:
+            t.record_stream(stream)
+
+
+def _layer_directions(step_layer, data, batch_sizes, resets, states, groups, first,
+                      num_directions):
     """Each direction's (output, final states) of the layer whose groups start at `first`; the
     reverse direction on a second stream where use_concurrent_directions says so. That stream
     starts after what the current one has queued before the forward direction (its inputs), and
@@ -46,8 +81,8 @@ def _layer_directions(step_layer, data, states, groups, first, num_directions):
     as used by the current stream. Autograd runs each direction's backward on its forward's
     stream and orders the gradients between them."""
     def run(direction):
-        return step_layer(data, states[first + direction], groups[first + direction],
-                          direction == 1)
+        return step_layer(data, batch_sizes, resets, states[first + direction],
+                          groups[first + direction], direction == 1)
     if num_directions == 1:
         return [run(0)]
     if not (_concurrent_directions and data.is_cuda) or torch.compiler.is_compiling():
@@ -56,13 +91,19 @@ def _layer_directions(step_layer, data, states, groups, first, num_directions):
     side = _side_stream(data.device)
     side.wait_stream(main)
     forward = run(0)
+    # (What the reverse direction reads was made on the current stream.)
+    _record_on(side, (data, resets, *_flat(states[first + 1]), *groups[first + 1]))
     with torch.cuda.stream(side):
         reverse = run(1)
     main.wait_stream(side)
     output, final = reverse
-    for t in (output, *(final if isinstance(final, tuple) else (final,))):
-        t.record_stream(main)
+    _record_on(main, (output, *_flat(final)))
     return [forward, reverse]
+
+
+def _flat(state):
+    """A layer's state as a tuple: (h, c) as it is, a lone h as (h,)."""
+    return state if isinstance(state, tuple) else (state,)
 
 
 def zoneout_weights(p, training, shape, like):
@@ -143,19 +184,21 @@ def _layer_weights(flat_weights, num_layers, num_directions, has_biases, has_pro
     return groups
 
 
-# A direction's output from which _OutputsSavedAsViews holds it as a view, in bytes: its hooks
-# cost about 2 us of host time per saved tensor (about 50 us per bidirectional layer and pass,
-# measured on the CPU), worth it where they free two outputs of this size or more (8 MiB a
-# layer; the issue's shapes: 6.5-50 MB an output).
+# A direction's output (a pipelined stack's last output) from which _OutputsSavedAsViews holds
+# the parts the ops saved as views, in bytes: its hooks cost about 2 us of host time per saved
+# tensor (about 50 us per bidirectional layer and pass, measured on the CPU), worth it where
+# they free outputs of this size or more (8 MiB a bidirectional layer; the issue's shapes:
+# 6.5-50 MB an output).
 _VIEWS_FROM_BYTES = 4 << 20
 
 
 class _OutputsSavedAsViews:
-    """Saved-tensor hooks around a bidirectional layer's two directions: what their ops save for
-    the backward is held as given, except each direction's own output, which is held as a view of
-    the layer's concatenated output once that is made (point_into), so that the directions'
-    outputs do not outlive the concatenation (two [N, H] tensors fewer alive from the forward to
-    the backward: one output, as cuDNN keeps). A view read after the concatenated output was
+    """Saved-tensor hooks around a bidirectional layer's two directions (or a pipelined stack's
+    last layer's chunks): what their ops save for the backward is held as given, except each op's
+    own output, which is held as a view of the layer's concatenated output once that is made
+    (point_into), so that the parts do not outlive the concatenation (for two directions, two
+    [N, H] tensors fewer alive from the forward to the backward: one output, as cuDNN keeps;
+    the hooks may be entered around several calls). A view read after the concatenated output was
     modified in place raises, as autograd does for a saved tensor. Inactive where nothing is
     saved (no grad mode), while torch.compile traces (it sees the ops' saved tensors itself),
     where saved-tensor hooks are disabled (torch.func's transforms), and where the caller has
@@ -163,17 +206,17 @@ class _OutputsSavedAsViews:
     saved tensor as they would without ours."""
 
     class _View:
-        def __init__(self, whole, start, width):
-            self.whole, self.start, self.width = whole, start, width
+        def __init__(self, whole, dim, start, length):
+            self.whole, self.dim, self.start, self.length = whole, dim, start, length
             self.version = whole._version
 
         def get(self):
             if self.whole._version != self.version:
                 raise RuntimeError(
                     "one of the variables needed for gradient computation has been modified by "
-                    f"an inplace operation: the output of a bidirectional fused_rnn layer is at "
+                    f"an inplace operation: the output of a fused_rnn layer is at "
                     f"version {self.whole._version}; expected version {self.version} instead")
-            return self.whole.narrow(1, self.start, self.width)
+            return self.whole.narrow(self.dim, self.start, self.length)
 
     def __init__(self, active):
         self.active = (active and torch.is_grad_enabled() and not torch.compiler.is_compiling()
@@ -201,24 +244,35 @@ class _OutputsSavedAsViews:
         if self.active:
             self.hooks.__exit__(*exc)
 
-    def point_into(self, whole, outputs):
-        """Holds each of `outputs` that a direction saved as its columns of whole, their
-        concatenation along dim 1."""
+    def point_into(self, whole, outputs, dim=1):
+        """Holds each of `outputs` that an op saved as its part of whole, their concatenation
+        along dim (the directions' columns; the pipelined chunks' rows)."""
         starts = [0]
         for out in outputs:
-            starts.append(starts[-1] + out.shape[1])
+            starts.append(starts[-1] + out.shape[dim])
         for holder in self.held:
             for out, start in zip(outputs, starts):
                 if holder[0] is out:
-                    holder[0] = self._View(whole, start, out.shape[1])
+                    holder[0] = self._View(whole, dim, start, out.shape[dim])
 
 
-def _run_layers(step_layer, data, states, groups, num_layers, bidirectional, dropout, training):
+def _run_layers(step_layer, data, batch_sizes, resets, states, groups, num_layers, bidirectional,
+                dropout, training):
     """Runs every layer and direction over the packed data [N, I]; the directions' outputs are
     concatenated per step (what their ops save of them, held as views of the concatenation:
     _OutputsSavedAsViews), with dropout between layers in training. states[k] is the initial
-    state tuple of group k; step_layer(data, states, weights, reverse) -> (output, final
-    states)."""
+    state of group k ((h, c) or h); step_layer(data, batch_sizes, resets, state, weights,
+    reverse) -> (output, final state), for the rows of data that batch_sizes and resets (None or
+    a bool per row) describe. A unidirectional stack may run as a pipeline
+    (use_pipelined_layers)."""
+    # (Not with episode starts: a chunk's op would restart them from the state it starts from,
+    # not from the initial state.)
+    if (_pipeline_chunks and num_layers > 1 and not bidirectional and resets is None
+            and data.device.type in _pipelined_devices and batch_sizes.numel() > 1
+            and not torch.compiler.is_compiling()
+            and bool((batch_sizes == batch_sizes[0]).all())):
+        return _pipelined_layers(step_layer, data, batch_sizes, states, groups, num_layers,
+                                 dropout, training)
     num_directions = 2 if bidirectional else 1
     finals = []
     for layer in range(num_layers):
@@ -227,7 +281,7 @@ def _run_layers(step_layer, data, states, groups, num_layers, bidirectional, dro
             data.element_size()
         with _OutputsSavedAsViews(num_directions > 1 and
                                   output_bytes >= _VIEWS_FROM_BYTES) as saved:
-            directions = _layer_directions(step_layer, data, states, groups,
+            directions = _layer_directions(step_layer, data, batch_sizes, resets, states, groups,
                                            layer * num_directions, num_directions)
         outputs = [out for out, _ in directions]
         finals += [final for _, final in directions]
@@ -241,6 +295,62 @@ def _run_layers(step_layer, data, states, groups, num_layers, bidirectional, dro
         if dropout > 0 and training and layer < num_layers - 1:
             data = torch.nn.functional.dropout(data, dropout, training=True)
     return data, finals
+
+
+def _pipelined_layers(step_layer, data, batch_sizes, states, groups, num_layers, dropout, training):
+    """_run_layers for a unidirectional stack over a padded sequence, as a pipeline: the steps
+    split into _pipeline_chunks runs (fewer if there are fewer steps), layer l on stream l (the
+    current one for layer 0, side streams for the others, where the device has streams), each
+    chunk one call of step_layer from the state the chunk before left, issued wave by wave so
+    that layer l + 1's chunk k waits (by an event) only for layer l's chunk k. The last layer's
+    chunks are concatenated (what their ops save of them, held as views of it). No resets."""
+    steps, batch = batch_sizes.numel(), int(batch_sizes[0])
+    chunks = min(_pipeline_chunks, steps)
+    bounds = [steps * k // chunks for k in range(chunks + 1)]
+    cuda = data.device.type == "cuda"
+    streams = [None] * num_layers
+    if cuda:
+        main = streams[0] = torch.cuda.current_stream(data.device)
+        for layer in range(1, num_layers):
+            streams[layer] = _side_stream(data.device, layer)
+            streams[layer].wait_stream(main)
+            # (What the layer reads beyond the layer below's chunks was made on the current
+            # stream.)
+            _record_on(streams[layer], (*_flat(states[layer]), *groups[layer]))
+    last = num_layers - 1
+    output_bytes = data.shape[0] * groups[last][1].shape[1] * data.element_size()
+    saved = _OutputsSavedAsViews(output_bytes >= _VIEWS_FROM_BYTES)
+    made = [[None] * chunks for _ in range(num_layers)]  # (output, event) per layer and chunk
+    carried = list(states[:num_layers])
+    for wave in range(chunks + num_layers - 1):
+        for layer in range(max(0, wave - chunks + 1), min(num_layers, wave + 1)):
+            k = wave - layer
+            first, rows = bounds[k] * batch, (bounds[k + 1] - bounds[k]) * batch
+            with torch.cuda.stream(streams[layer]) if cuda else contextlib.nullcontext():
+                if layer == 0:
+                    x = data.narrow(0, first, rows)
+                else:
+                    x, below = made[layer - 1][k]
+                    if cuda:
+                        streams[layer].wait_event(below)
+                        x.record_stream(streams[layer])
+                with saved if layer == last else contextlib.nullcontext():
+                    out, carried[layer] = step_layer(x, batch_sizes[bounds[k]:bounds[k + 1]], None,
+                                                     carried[layer], groups[layer], False)
+                if dropout > 0 and training and layer < last:
+                    out = torch.nn.functional.dropout(out, dropout, training=True)
+                made[layer][k] = (out, streams[layer].record_event() if cuda else None)
+    outputs = [out for out, _ in made[last]]
+    if cuda:
+        for stream in streams[1:]:
+            main.wait_stream(stream)
+        _record_on(main, outputs)
+        for state in carried[1:]:
+            _record_on(main, _flat(state))
+    del made
+    output = torch.cat(outputs)
+    saved.point_into(output, outputs, dim=0)
+    return output, carried
 
 
 def lstm(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, training,
@@ -261,15 +371,15 @@ def lstm(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, t
     groups = _layer_weights(flat_weights, num_layers, 2 if bidirectional else 1, has_biases,
                             proj_size > 0)
 
-    def step_layer(x, state, weights, reverse):
+    def step_layer(x, batch_sizes, resets, state, weights, reverse):
         # keep_saved=False: the op's autograd keeps what a recorded call's backward needs.
         out, hy, cy, *_saved = torch.ops.fused_rnn.lstm_layer(
             x, batch_sizes, *state, *weights, reverse, keep_saved=False, resets=resets,
             zoneout=_layer_zoneout(zoneout, training, 2, x, state[1]))
         return out, (hy, cy)
 
-    output, finals = _run_layers(step_layer, data, list(zip(h0, c0)), groups, num_layers,
-                                 bidirectional, dropout, training)
+    output, finals = _run_layers(step_layer, data, batch_sizes, resets, list(zip(h0, c0)), groups,
+                                 num_layers, bidirectional, dropout, training)
     return output, torch.stack([h for h, _ in finals]), torch.stack([c for _, c in finals])
 
 
@@ -282,14 +392,14 @@ def gru(data, batch_sizes, hx, flat_weights, has_biases, num_layers, dropout, tr
     """
     groups = _layer_weights(flat_weights, num_layers, 2 if bidirectional else 1, has_biases, False)
 
-    def step_layer(x, state, weights, reverse):
+    def step_layer(x, batch_sizes, resets, state, weights, reverse):
         out, hy, _workspace = torch.ops.fused_rnn.gru_layer(
             x, batch_sizes, state, *weights[:4], reverse, keep_saved=False, resets=resets,
             zoneout=_layer_zoneout(zoneout, training, 1, x, state))
         return out, hy
 
-    output, finals = _run_layers(step_layer, data, list(hx), groups, num_layers,
-                                 bidirectional, dropout, training)
+    output, finals = _run_layers(step_layer, data, batch_sizes, resets, list(hx), groups,
+                                 num_layers, bidirectional, dropout, training)
     return output, torch.stack(finals)
 
 
@@ -310,14 +420,14 @@ def layernorm_lstm(data, batch_sizes, hx, flat_weights, norms, has_biases, num_l
     groups = _layer_weights(flat_weights, num_layers, 2 if bidirectional else 1, has_biases, False)
     groups = [(*weights[:4], *group_norms) for weights, group_norms in zip(groups, norms)]
 
-    def step_layer(x, state, weights, reverse):
+    def step_layer(x, batch_sizes, resets, state, weights, reverse):
         out, hy, cy, _saved, _cells = torch.ops.fused_rnn.layernorm_lstm_layer(
             x, batch_sizes, *state, *weights, reverse, keep_saved=False, resets=resets,
             zoneout=_layer_zoneout(zoneout, training, 2, x, state[1]))
         return out, (hy, cy)
 
-    output, finals = _run_layers(step_layer, data, list(zip(h0, c0)), groups, num_layers,
-                                 bidirectional, dropout, training)
+    output, finals = _run_layers(step_layer, data, batch_sizes, resets, list(zip(h0, c0)), groups,
+                                 num_layers, bidirectional, dropout, training)
     return output, torch.stack([h for h, _ in finals]), torch.stack([c for _, c in finals])
 
 
@@ -329,12 +439,12 @@ def layernorm_gru(data, batch_sizes, hx, flat_weights, norms, has_biases, num_la
     groups = _layer_weights(flat_weights, num_layers, 2 if bidirectional else 1, has_biases, False)
     groups = [(*weights[:4], *group_norms) for weights, group_norms in zip(groups, norms)]
 
-    def step_layer(x, state, weights, reverse):
+    def step_layer(x, batch_sizes, resets, state, weights, reverse):
         out, hy, _saved = torch.ops.fused_rnn.layernorm_gru_layer(
             x, batch_sizes, state, *weights, reverse, keep_saved=False, resets=resets,
             zoneout=_layer_zoneout(zoneout, training, 1, x, state))
         return out, hy
 
-    output, finals = _run_layers(step_layer, data, list(hx), groups, num_layers, bidirectional,
-                                 dropout, training)
+    output, finals = _run_layers(step_layer, data, batch_sizes, resets, list(hx), groups,
+                                 num_layers, bidirectional, dropout, training)
     return output, torch.stack(finals)

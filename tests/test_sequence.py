@@ -64,15 +64,128 @@ def test_concurrent_directions_checks_its_argument():
 
 
 @pytest.fixture
+def pipelined_layers(monkeypatch):
+    """use_pipelined_layers(True, chunks=3) for the test, on the CPU too (which has no streams:
+    the same chunks, one after the other), off again after it; the list counts the stacks run
+    as a pipeline."""
+    monkeypatch.setattr(fused_rnn.functional, "_pipelined_devices", ("cuda", "cpu"))
+    runs = []
+    pipelined = fused_rnn.functional._pipelined_layers
+
+    def counting(*args):
+        runs.append(args[1].device)
+        return pipelined(*args)
+    monkeypatch.setattr(fused_rnn.functional, "_pipelined_layers", counting)
+    fused_rnn.use_pipelined_layers(True, chunks=3)
+    yield runs
+    fused_rnn.use_pipelined_layers(False)
+
+
+# The unidirectional stacks over padded input (unbatched too), plus a projection and a sequence
+# longer than its chunks.
+PIPELINED_CONFIGS = [cfg for cfg in CONFIGS if cfg[1].get("num_layers", 1) > 1
+                     and not cfg[1].get("bidirectional") and cfg[2] in ("padded", "unbatched")] + [
+    ("lstm", dict(num_layers=2, proj_size=3), "padded", 9, True),
+    ("gru", dict(num_layers=2), "padded", 40, True),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cfg", PIPELINED_CONFIGS, ids=config_id)
+def test_pipelined_layers_match_torch_nn(cfg, dtype, device, pipelined_layers):
+    """Run as a pipeline (each chunk of steps one op call, from the state the chunk before left;
+    on CUDA each layer on its own stream), a stack's outputs, final states and every gradient
+    are torch.nn's."""
+    check_against_torch(*cfg, dtype, device)
+    assert len(pipelined_layers) == 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("module", [fused_rnn.LSTM, fused_rnn.GRU, fused_rnn.LayerNormLSTM,
+                                    fused_rnn.LayerNormGRU])
+def test_pipelined_layers_of_every_kind_with_zoneout(module, device, pipelined_layers):
+    """Every kind of stack, with zoneout (in evaluation: no draws) cut into chunks as the rows
+    are: the numbers of the stack run whole, to float64's rounding (only the weights' gradients
+    sum in another order)."""
+    torch.manual_seed(0)
+    layer = module(INPUT_SIZE, HIDDEN, num_layers=3, zoneout=0.25, device=device,
+                   dtype=torch.float64).eval()
+    x = torch.randn(11, 4, INPUT_SIZE, device=device, dtype=torch.float64, requires_grad=True)
+
+    def results():
+        out, hidden = layer(x)
+        got = [out, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+        loss = sum((r * (k + 1)).sum() for k, r in enumerate(got))
+        return [r.detach() for r in got] + list(torch.autograd.grad(loss, [x, *layer.parameters()]))
+
+    pipelined = results()
+    fused_rnn.use_pipelined_layers(False)
+    whole = results()
+    assert len(pipelined_layers) == 1
+    for a, b in zip(pipelined, whole):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cfg", [
+    ("lstm", dict(num_layers=2), "packed", 8, True),
+    ("gru", dict(num_layers=2, bidirectional=True), "padded", 9, True),
+    ("lstm", dict(), "padded", 40, True),
+], ids=config_id)
+def test_pipelining_leaves_other_layers_as_they_run(cfg, device, pipelined_layers):
+    """Packed sequences, bidirectional stacks and single layers run whole, as before."""
+    check_against_torch(*cfg, torch.float64, device)
+    assert pipelined_layers == []
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_stack_with_episode_starts_runs_whole(device, pipelined_layers):
+    """With episode starts a stack runs whole (each episode restarts from the initial state,
+    which a chunk's op would take to be the state it starts from): the numbers of a run without
+    the setting."""
+    torch.manual_seed(0)
+    layer = fused_rnn.LSTM(INPUT_SIZE, HIDDEN, num_layers=2, device=device, dtype=torch.float64)
+    x = torch.randn(11, 4, INPUT_SIZE, device=device, dtype=torch.float64)
+    resets = torch.rand(11, 4, device=device) < 0.2
+    with torch.no_grad():
+        with_setting = layer(x, resets=resets)[0]
+        fused_rnn.use_pipelined_layers(False)
+        without = layer(x, resets=resets)[0]
+    assert pipelined_layers == []
+    assert torch.equal(with_setting, without)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_pipelined_stack_keeps_one_output(device, pipelined_layers, held_outputs, monkeypatch):
+    """What the last layer's ops save of their chunks' outputs are views of the concatenated
+    output (here from any size): past it, nothing but this test holds the chunks' own."""
+    monkeypatch.setattr(fused_rnn.functional, "_VIEWS_FROM_BYTES", 0)
+    layer = fused_rnn.GRU(INPUT_SIZE, HIDDEN, num_layers=2, device=device)
+    out, _ = layer(torch.randn(7, 3, INPUT_SIZE, device=device, requires_grad=True))
+    assert use_counts(held_outputs) == [1] * 3
+    out.sum().backward()
+
+
+def test_pipelined_layers_checks_its_arguments():
+    with pytest.raises(ValueError, match="expected enabled to be True or False, got 'yes'"):
+        fused_rnn.use_pipelined_layers("yes")
+    for chunks in (1, True, 2.0):
+        with pytest.raises(ValueError, match=f"expected chunks to be an int of at least 2, got "
+                                             f"{chunks!r}"):
+            fused_rnn.use_pipelined_layers(True, chunks=chunks)
+
+
+@pytest.fixture
 def held_outputs(monkeypatch):
     """The storages of the directions' outputs that bidirectional layers concatenate (the list
     fills as they run): the test's references to them."""
     held = []
     point_into = fused_rnn.functional._OutputsSavedAsViews.point_into
 
-    def recording(self, whole, outputs):
+    def recording(self, whole, outputs, dim=1):
         held.extend(out.untyped_storage() for out in outputs)
-        return point_into(self, whole, outputs)
+        return point_into(self, whole, outputs, dim)
     monkeypatch.setattr(fused_rnn.functional._OutputsSavedAsViews, "point_into", recording)
     return held
 
