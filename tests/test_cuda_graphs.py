@@ -18,7 +18,7 @@ class Tagger(torch.nn.Module):
     def __init__(self, hidden):
         super().__init__()
         self.lstm = fused_rnn.LSTM(FEATURES, hidden, num_layers=2, bidirectional=True)
-        self.gru = fused_rnn.GRU(2 * hidden, hidden)
+        self.gru = fused_rnn.GRU(2 * hidden, hidden, num_layers=2)
         self.head = torch.nn.Linear(hidden, CLASSES)
 
     def forward(self, x):
@@ -38,18 +38,26 @@ def batch(seed, size):
             torch.randint(0, CLASSES, (T, size), device="cuda", generator=gen))
 
 
-# (use_persistent_kernels, batch, hidden): forced step-wise; the persistent kernels wherever they
-# apply; the default, whose SIMT persistent forward runs at batch 1 from H = 128.
-SETTINGS = {"step-wise": (False, 8, 32), "persistent": (True, 8, 32),
-            "default at batch 1": (None, 1, 256)}
+# (use_persistent_kernels, batch, hidden, side streams): forced step-wise; the persistent kernels
+# wherever they apply; the default, whose SIMT persistent forward runs at batch 1 from H = 128;
+# each with the LSTM's directions concurrent and the GRU's layers pipelined, on side streams that
+# the capture forks from its stream and joins back.
+SETTINGS = {"step-wise": (False, 8, 32, False), "persistent": (True, 8, 32, False),
+            "default at batch 1": (None, 1, 256, False),
+            "step-wise, side streams": (False, 8, 32, True),
+            "persistent, side streams": (True, 8, 32, True)}
 
 
 @pytest.fixture(params=list(SETTINGS.values()), ids=list(SETTINGS))
 def setting(request):
-    enabled, size, hidden = request.param
+    enabled, size, hidden, side_streams = request.param
     fused_rnn.use_persistent_kernels(enabled)
+    fused_rnn.use_concurrent_directions(side_streams)
+    fused_rnn.use_pipelined_layers(side_streams, chunks=3)
     yield size, hidden
     fused_rnn.use_persistent_kernels(None)
+    fused_rnn.use_concurrent_directions(False)
+    fused_rnn.use_pipelined_layers(False)
 
 
 def test_a_captured_training_step_replays_the_eager_step(setting):
