@@ -223,6 +223,31 @@ def test_a_target_with_a_case_missing_wrong_or_over_does_not_hold():
                                                                       ("gru", False)}
 
 
+def test_a_target_says_whether_a_setting_would_make_it_hold():
+    """Where fused_rnn's default is over a target's limit but, case by case, a correct row of a
+    setting of ours is under it, the target does not hold and would hold with the settings,
+    naming the worst case's fastest implementation; a wrong row does not count."""
+    from gpu_targets import report, verdicts
+    rows = _target_rows(1.5)
+    two_layers = [r for r in rows if r["implementation"] == "fused_rnn" and r["layers"] == 2]
+    for row in two_layers:
+        rows.append(dict(row, implementation="fused pipelined layers",
+                         ratio_to_torch_nn=0.9 if row["kind"] == "lstm" else 0.8))
+        rows.append(dict(row, implementation="fused concurrent directions",
+                         ratio_to_torch_nn=0.1, correct=False))
+    by_target = {}
+    for v in verdicts(rows):
+        by_target.setdefault(v["target"], []).append(v)
+    for v in by_target["fastrnns, 2 layers"]:
+        assert not v["holds"] and v["holds_with_settings"]
+        assert v["best_ratio"] == pytest.approx(0.9)
+        assert v["best_case"].endswith("lstm layer T=100 B=64 H=512: fused pipelined layers")
+    assert not any(v["holds_with_settings"] for v in by_target["fastrnns"])
+    assert any(line.startswith("| fastrnns, 2 layers | bfloat16 | fwd |") and
+               line.endswith("| no | 0.90x (lstm layer T=100 B=64 H=512: fused pipelined "
+                             "layers) | yes |") for line in report(rows))
+
+
 @pytest.mark.parametrize("tf32", [True, False])
 def test_a_case_runs_under_its_tf32_setting_and_restores_it(tf32):
     import implementations
