@@ -325,6 +325,12 @@ def _one_padded_layer(case):
     return case.layers == 1 and not case.bidirectional and not case.packed
 
 
+def _pipelines(case):
+    """use_pipelined_layers applies: a unidirectional stack over a padded batch, on CUDA."""
+    return (case.op == "layer" and case.device == "cuda" and case.layers > 1
+            and not case.bidirectional and not case.packed)
+
+
 # name -> (builder, applies to the case)
 IMPLEMENTATIONS = {
     "fused_rnn": (build_fused_rnn, lambda case: True),
@@ -348,11 +354,12 @@ IMPLEMENTATIONS = {
     "fused concurrent directions": (
         build_fused_rnn_concurrent,
         lambda case: case.op == "layer" and case.device == "cuda" and case.bidirectional),
-    # A unidirectional stack's layers overlapped over chunks of steps (NOTES entry 73).
-    "fused pipelined layers": (
-        build_fused_rnn_pipelined,
-        lambda case: case.op == "layer" and case.device == "cuda" and case.layers > 1
-        and not case.bidirectional and not case.packed),
+    # A unidirectional stack's layers overlapped over 4 chunks of steps (NOTES entry 73), and
+    # over 8: fuller overlap ((K + L - 1) / K layers' time) against more launches and smaller
+    # input products, to choose a default's K.
+    "fused pipelined layers": (build_fused_rnn_pipelined, _pipelines),
+    "fused pipelined layers, 8 chunks": (
+        lambda case: build_fused_rnn_pipelined(case, chunks=8), _pipelines),
     "torch.nn": (build_torch_nn, lambda case: True),
     "nn cell loop": (build_nn_cell_loop,
                      lambda case: case.op == "layer" and _python_loop_dtype(case) and _plain(case)
