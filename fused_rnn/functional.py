@@ -43,8 +43,9 @@ def use_pipelined_layers(enabled: bool = True, chunks: int = 4) -> None:
     taking chunk k as soon as layer l has made it, so that the GPU can run layer l's chunk k + 1
     beside it (as cuDNN overlaps its layers). Each chunk is one call of the layer's op (with its
     own input product), the state carried between them. Padded sequences of more than one layer
-    and one direction without episode starts (resets); others run as before. Off by default until measured
-    (benchmarks/NOTES.md entry 73). No effect on the CPU, nor while torch.compile traces."""
+    and one direction without episode starts (resets); others run as before. Off by default
+    until measured (benchmarks/NOTES.md entry 73). No effect on the CPU, nor while torch.compile
+    traces."""
     if not isinstance(enabled, bool):
         raise ValueError(f"use_pipelined_layers: expected enabled to be True or False, got "
                          f"{enabled!r}")
@@ -276,11 +277,8 @@ def _run_layers(step_layer, data, batch_sizes, resets, states, groups, num_layer
     num_directions = 2 if bidirectional else 1
     finals = []
     for layer in range(num_layers):
-        # (w_hh [G*H, P]: an output has P columns, the projection's or H.)
-        output_bytes = data.shape[0] * groups[layer * num_directions][1].shape[1] * \
-            data.element_size()
-        with _OutputsSavedAsViews(num_directions > 1 and
-                                  output_bytes >= _VIEWS_FROM_BYTES) as saved:
+        with _OutputsSavedAsViews(num_directions > 1 and _output_bytes(
+                data, groups[layer * num_directions]) >= _VIEWS_FROM_BYTES) as saved:
             directions = _layer_directions(step_layer, data, batch_sizes, resets, states, groups,
                                            layer * num_directions, num_directions)
         outputs = [out for out, _ in directions]
@@ -292,9 +290,21 @@ def _run_layers(step_layer, data, batch_sizes, resets, states, groups, num_layer
             data = torch.cat(outputs, dim=1)
             saved.point_into(data, outputs)
         del outputs
-        if dropout > 0 and training and layer < num_layers - 1:
-            data = torch.nn.functional.dropout(data, dropout, training=True)
+        data = _between_layers(data, layer, num_layers, dropout, training)
     return data, finals
+
+
+def _output_bytes(data, weights):
+    """The bytes of a layer's output over data's rows (w_hh [G*H, P]: P columns, the
+    projection's or H)."""
+    return data.shape[0] * weights[1].shape[1] * data.element_size()
+
+
+def _between_layers(output, layer, num_layers, dropout, training):
+    """A layer's output as the next layer reads it: with dropout in training, as torch.nn's."""
+    if dropout > 0 and training and layer < num_layers - 1:
+        return torch.nn.functional.dropout(output, dropout, training=True)
+    return output
 
 
 def _pipelined_layers(step_layer, data, batch_sizes, states, groups, num_layers, dropout, training):
@@ -318,17 +328,15 @@ def _pipelined_layers(step_layer, data, batch_sizes, states, groups, num_layers,
             # stream.)
             _record_on(streams[layer], (*_flat(states[layer]), *groups[layer]))
     last = num_layers - 1
-    output_bytes = data.shape[0] * groups[last][1].shape[1] * data.element_size()
-    saved = _OutputsSavedAsViews(output_bytes >= _VIEWS_FROM_BYTES)
+    saved = _OutputsSavedAsViews(_output_bytes(data, groups[last]) >= _VIEWS_FROM_BYTES)
     made = [[None] * chunks for _ in range(num_layers)]  # (output, event) per layer and chunk
     carried = list(states[:num_layers])
     for wave in range(chunks + num_layers - 1):
         for layer in range(max(0, wave - chunks + 1), min(num_layers, wave + 1)):
             k = wave - layer
-            first, rows = bounds[k] * batch, (bounds[k + 1] - bounds[k]) * batch
             with torch.cuda.stream(streams[layer]) if cuda else contextlib.nullcontext():
                 if layer == 0:
-                    x = data.narrow(0, first, rows)
+                    x = data.narrow(0, bounds[k] * batch, (bounds[k + 1] - bounds[k]) * batch)
                 else:
                     x, below = made[layer - 1][k]
                     if cuda:
@@ -337,16 +345,13 @@ def _pipelined_layers(step_layer, data, batch_sizes, states, groups, num_layers,
                 with saved if layer == last else contextlib.nullcontext():
                     out, carried[layer] = step_layer(x, batch_sizes[bounds[k]:bounds[k + 1]], None,
                                                      carried[layer], groups[layer], False)
-                if dropout > 0 and training and layer < last:
-                    out = torch.nn.functional.dropout(out, dropout, training=True)
+                out = _between_layers(out, layer, num_layers, dropout, training)
                 made[layer][k] = (out, streams[layer].record_event() if cuda else None)
     outputs = [out for out, _ in made[last]]
     if cuda:
         for stream in streams[1:]:
             main.wait_stream(stream)
-        _record_on(main, outputs)
-        for state in carried[1:]:
-            _record_on(main, _flat(state))
+        _record_on(main, (*outputs, *(t for state in carried[1:] for t in _flat(state))))
     del made
     output = torch.cat(outputs)
     saved.point_into(output, outputs, dim=0)
