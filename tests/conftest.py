@@ -32,8 +32,9 @@ def pytest_addoption(parser):
     parser.addoption("--persistent-kernels", action="store_true",
                      help="run every test with the persistent CUDA layer kernels switched on")
     parser.addoption("--skip-cpu-cases", action="store_true",
-                     help="leave out the cases parametrized with device 'cpu' (a GPU run whose "
-                          "time goes to the CUDA cases; the CPU's are CI's)")
+                     help="leave out the cases parametrized with device 'cpu' and the tests "
+                          "marked cpu_only (a GPU run whose time goes to the CUDA cases; the "
+                          "CPU's are CI's)")
 
 
 def pytest_configure(config):
@@ -46,7 +47,8 @@ def pytest_collection_modifyitems(config, items):
         return
     keep, drop = [], []
     for item in items:
-        on_cpu = getattr(item, "callspec", None) and item.callspec.params.get("device") == "cpu"
+        on_cpu = (getattr(item, "callspec", None) and item.callspec.params.get("device") == "cpu"
+                  or item.get_closest_marker("cpu_only") is not None)
         (drop if on_cpu else keep).append(item)
     config.hook.pytest_deselected(items=drop)
     items[:] = keep

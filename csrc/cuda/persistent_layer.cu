@@ -241,31 +241,6 @@ bool packed_table(const std::vector<SequenceStep>& packed, const at::Tensor& lik
   return table.defined();
 }
 
-// What a tensor-core kernel's barrier keeps on the device (StepSync), zeros, as tensors (kept
-// until the launch is queued): the flags (kFlags; kTagged's backward), the forward's tagged words
-// [kTaggedSlots, batch, hidden] (kTagged).
-struct StepSyncTensors {
-  at::Tensor flags, words;
-  StepSync pointers() const {
-    const auto data = [](const at::Tensor& x) {
-      return x.defined() ? reinterpret_cast<uint32_t*>(x.data_ptr<int32_t>()) : nullptr;
-    };
-    return {data(flags), data(words)};
-  }
-};
-StepSyncTensors step_sync(PersistentBarrier barrier, const TensorCorePlan& plan, bool backward,
-                          int64_t batch, int64_t hidden, const at::Tensor& like) {
-  const auto options = like.options().dtype(at::kInt);
-  StepSyncTensors sync;
-  if (barrier == PersistentBarrier::kFlags || (barrier == PersistentBarrier::kTagged && backward)) {
-    sync.flags = at::zeros({plan.blocks}, options);
-  }
-  if (barrier == PersistentBarrier::kTagged && !backward) {
-    sync.words = at::zeros({kTaggedSlots, batch, hidden}, options);
-  }
-  return sync;
-}
-
 // The paths a layer tries in the present mode, in order (the first that applies runs; step-wise
 // ends every order), and in the default mode the measured point that ordered them (null where
 // nothing near the shape was measured: step-wise).

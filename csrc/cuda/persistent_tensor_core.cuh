@@ -30,7 +30,7 @@
 // cluster of kSplit = 2 blocks owns the group: each keeps half of K, the two read each other's
 // partial sums through distributed shared memory after a cluster barrier, and rank r finishes the
 // batch rows b with b % 2 == r (plan_tensor_core_split, persistent_plan.h; NOTES.md entry 58).
-// Included by one instantiation file per dtype; persistent_layer.cu chooses and calls it.
+// Launched by tensor_core_launch.cuh; persistent_layer.cu chooses and calls it.
 #pragma once
 
 #include "persistent_tensor_core.h"
@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
   constexpr int G = Cell::kGates, kSplits = kTensorCoreKSplits, kUnits = kTensorCoreUnits;
   constexpr int kThreads = 32 * G * kSplits;
   constexpr int kPerVector = 16 / sizeof(scalar_t);  // h is staged 16 bytes at a time
-  extern __shared__ __align__(16) unsigned char shared[];
+  unsigned char* shared = dynamic_shared_memory();
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch);
   const int pitch = tiling.h_pitch, part_pitch = tiling.part_pitch;
   const int n_tiles = tiling.batch_pad / 8;
@@ -272,17 +272,6 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
   }
   // A block's shared memory must outlive its peer's reads of it.
   if constexpr (kSplit > 1) cluster_wait();
-}
-
-template <typename Cell, typename scalar_t>
-void launch_tensor_core_layer(const SequenceParams<scalar_t>& p, const TensorCorePlan& plan,
-                              PersistentBarrier barrier, const StepSync& sync) {
-  const auto kernel_for = [](auto bound, auto barrier, auto split) {
-    return &tensor_core_layer_kernel<Cell, scalar_t, decltype(bound)::value,
-                                     decltype(barrier)::value, decltype(split)::value>;
-  };
-  constexpr int64_t kBudget = kTensorCoreWeightRegisters;
-  launch_tensor_core<scalar_t, kBudget>(kernel_for, p, plan, barrier, sync);
 }
 
 }  // namespace fused_rnn::cuda

@@ -7,6 +7,7 @@
 #include "persistent_cells.cuh"
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
 
 namespace fused_rnn::cuda {
 
@@ -23,6 +24,32 @@ struct StepSync {
   unsigned* flags;
   uint32_t* words;
 };
+
+// What a tensor-core kernel's barrier keeps on the device (StepSync), zeros, as tensors (kept
+// until the launch is queued): the flags (kFlags; kTagged's backward), the forward's tagged words
+// [kTaggedSlots, batch, hidden] (kTagged).
+struct StepSyncTensors {
+  at::Tensor flags, words;
+  StepSync pointers() const {
+    const auto data = [](const at::Tensor& x) {
+      return x.defined() ? reinterpret_cast<uint32_t*>(x.data_ptr<int32_t>()) : nullptr;
+    };
+    return {data(flags), data(words)};
+  }
+};
+inline StepSyncTensors step_sync(PersistentBarrier barrier, const TensorCorePlan& plan,
+                                 bool backward, int64_t batch, int64_t hidden,
+                                 const at::Tensor& like) {
+  const auto options = like.options().dtype(at::kInt);
+  StepSyncTensors sync;
+  if (barrier == PersistentBarrier::kFlags || (barrier == PersistentBarrier::kTagged && backward)) {
+    sync.flags = at::zeros({plan.blocks}, options);
+  }
+  if (barrier == PersistentBarrier::kTagged && !backward) {
+    sync.words = at::zeros({kTaggedSlots, batch, hidden}, options);
+  }
+  return sync;
+}
 
 // Runs the whole forward time loop of one layer in one cooperative launch on the current stream,
 // tiled as `plan` says (plan.runs); the blocks wait for each step's h as `barrier` says. Cell:

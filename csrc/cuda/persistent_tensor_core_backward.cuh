@@ -16,7 +16,7 @@
 // units in one gate) and reads their columns itself, so a __syncwarp() orders its loads. Where one
 // block cannot hold its share (float32: the LSTM at H 512 and 768, the GRU at 768 and 1024;
 // 16-bit LSTM at H 1024), a cluster of two blocks splits it as the forward's does.
-// Included by one instantiation file per dtype; persistent_layer.cu chooses and calls it.
+// Launched by tensor_core_launch.cuh; persistent_layer.cu chooses and calls it.
 #pragma once
 
 #include "persistent_tensor_core.h"
@@ -24,6 +24,11 @@
 
 
 namespace fused_rnn::cuda {
+
+// Tagged words carry the forward's h only: asked for them, the backward waits at flags.
+constexpr PersistentBarrier backward_barrier(PersistentBarrier asked) {
+  return asked == PersistentBarrier::kTagged ? PersistentBarrier::kFlags : asked;
+}
 
 // kSplit: blocks a group of 16 units (a cluster where 2).
 template <typename Cell, typename scalar_t, int kKTileBound, PersistentBarrier kBarrier,
@@ -34,7 +39,7 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
   using Format = TileFormat<scalar_t>;
   constexpr int G = Cell::kGates, kWarps = kTensorCoreBackwardWarps, kUnits = kTensorCoreUnits;
   constexpr int kThreads = 32 * kWarps;
-  extern __shared__ __align__(16) unsigned char shared[];
+  unsigned char* shared = dynamic_shared_memory();
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), columns = G * H;
   const int groups = H / kUnits;
   const int part_pitch = tiling.part_pitch, n_tiles = tiling.batch_pad / 8;
@@ -172,22 +177,6 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
   }
   // A block's shared memory must outlive its peer's reads of it.
   if constexpr (kSplit > 1) cluster_wait();
-}
-
-// (Tagged words carry the forward's h only: asked for them, the backward waits at flags.)
-template <typename Cell, typename scalar_t>
-void launch_tensor_core_backward(const BackwardSequenceParams<scalar_t>& p,
-                                 const TensorCorePlan& plan, PersistentBarrier barrier,
-                                 const StepSync& sync) {
-  const auto kernel_for = [](auto bound, auto barrier, auto split) {
-    constexpr PersistentBarrier kAsked = decltype(barrier)::value;
-    constexpr PersistentBarrier kBarrier =
-        kAsked == PersistentBarrier::kTagged ? PersistentBarrier::kFlags : kAsked;
-    return &tensor_core_backward_kernel<Cell, scalar_t, decltype(bound)::value, kBarrier,
-                                        decltype(split)::value>;
-  };
-  constexpr int64_t kBudget = kTensorCoreBackwardWeightRegisters;
-  launch_tensor_core<scalar_t, kBudget>(kernel_for, p, plan, barrier, sync);
 }
 
 }  // namespace fused_rnn::cuda

@@ -1,7 +1,6 @@
 // The tensor-core persistent forward and backward for float16 (a file per dtype: they compile
 // in parallel).
-#include "persistent_tensor_core.cuh"
-#include "persistent_tensor_core_backward.cuh"
+#include "tensor_core_launch.cuh"
 
 namespace fused_rnn::cuda {
 template void launch_tensor_core_layer<LstmSequence, c10::Half>(
