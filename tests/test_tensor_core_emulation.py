@@ -1,9 +1,10 @@
-"""The tensor-core persistent kernels' own CUDA source, run on the CPU under an emulated GPU
-(tests/emulator: every CUDA thread a fiber, every block a thread, mma.sync by the PTX ISA's
-fragment layout), against the CPU layer ops: the forward's outputs, states and saved values,
-the backward's gate gradients and initial states' gradients, for each barrier, one block or a
-cluster of two a group, padded and packed sequences in both directions. What the emulation cannot
-show (the GPU's memory ordering, timing) is the GPU run's (tests/test_persistent.py)."""
+"""The persistent kernels' own CUDA source, run on the CPU under an emulated GPU (tests/emulator:
+every CUDA thread a fiber, every block a thread, mma.sync by the PTX ISA's fragment layout),
+against the CPU layer ops. The tensor-core kernels: the forward's outputs, states and saved
+values, the backward's gate gradients and initial states' gradients, for each barrier, one block
+or a cluster of two a group, padded and packed sequences in both directions. The SIMT forward:
+padded sequences both ways, every dtype. What the emulation cannot show (the GPU's memory
+ordering, timing) is the GPU run's (tests/test_persistent.py)."""
 
 import functools
 import pathlib
@@ -69,8 +70,8 @@ def states_before(batch_sizes, states, initial, reverse):
     return before
 
 
-def layer_problem(ours, cpu_same_dtype, truth):
-    if ours.dtype == torch.float32:
+def layer_problem(ours, cpu_same_dtype, truth, tf32=True):
+    if ours.dtype == torch.float32 and tf32:
         error = (ours.double() - truth).abs().max().item()
         allowed = TF32_UNITS * TF32_EPS * max(truth.abs().max().item(), 1.0)
         return None if error <= allowed else f"error {error:.3g} against float64, over {allowed:.3g}"
@@ -123,13 +124,15 @@ class Case:
                     grads=grads)
 
 
-def check(name, ours, case, pick):
-    problem = layer_problem(ours, pick(case.results[case.dtype]), pick(case.results[torch.float64]))
+def check(name, ours, case, pick, tf32=True):
+    problem = layer_problem(ours, pick(case.results[case.dtype]), pick(case.results[torch.float64]),
+                            tf32)
     assert problem is None, f"{name}: {problem}"
 
 
-def run_forward(case, barrier, split):
-    """The emulated kernel's forward of case: output, saved values (and cell states)."""
+def forward_buffers(case):
+    """The forward's tensors as the kernels take them: xproj (a copy: the LSTM writes its gates
+    there), and NaN-filled output, cell states (LSTM) and workspace (GRU)."""
     hidden = case.h0.shape[1]
     xproj = case.x.clone()
     output = torch.full((xproj.shape[0], hidden), float("nan"), dtype=case.dtype)
@@ -137,11 +140,18 @@ def run_forward(case, barrier, split):
     cells = torch.full_like(output, float("nan")) if lstm else None
     workspace = None if lstm else torch.full((xproj.shape[0], 4 * hidden), float("nan"),
                                              dtype=case.dtype)
+    return xproj, output, cells, workspace
+
+
+def run_forward(case, barrier, split):
+    """The emulated tensor-core kernel's forward of case: output, saved values (and cell
+    states)."""
+    xproj, output, cells, workspace = forward_buffers(case)
     blocks, cluster = emulator().forward(
         case.cell, xproj, case.h0, case.c0, case.w_hh, case.b_hh, output, cells, workspace, True,
         len(case.batch_sizes), case.reverse, case.packed, barrier, split)
-    assert (blocks, cluster) == (split * hidden // 16, split)
-    return output, (xproj if lstm else workspace), cells
+    assert (blocks, cluster) == (split * output.shape[1] // 16, split)
+    return output, (xproj if case.cell == "lstm" else workspace), cells
 
 
 def run_backward(case, barrier, split):
@@ -216,3 +226,21 @@ def test_backward_matches_cpu(cell, dtype, barrier, shape, layout, reverse):
             g[:, 2 * hidden:] *= r["saved"][:, :hidden].double()
             return g.to(r["grads"][0].dtype)
         check("hidden-side gate gradients", grad_hidden_gates, case, hidden_side)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("hidden", [40, 139], ids=lambda h: f"H{h}")
+@pytest.mark.parametrize("dtype", [torch.float64, *DTYPE_IDS], ids=str)
+@pytest.mark.parametrize("cell", list(GATES))
+def test_simt_forward_matches_cpu(cell, dtype, hidden, reverse):
+    # H=40: a unit a block; H=139: two, the last block one.
+    case = Case(cell, dtype, hidden, 3, 4, "padded", reverse)
+    xproj, output, cells, workspace = forward_buffers(case)
+    blocks, units = emulator().simt_forward(
+        case.cell, xproj, case.h0, case.c0, case.w_hh, case.b_hh, output, cells, workspace,
+        len(case.batch_sizes), case.reverse)
+    assert (blocks, units) == ((40, 1) if hidden == 40 else (70, 2))
+    check("output", output, case, lambda r: r["output"], tf32=False)
+    check("saved", xproj if cell == "lstm" else workspace, case, lambda r: r["saved"], tf32=False)
+    if cells is not None:
+        check("cell states", cells, case, lambda r: r["cells"], tf32=False)

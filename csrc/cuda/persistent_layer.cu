@@ -1,17 +1,13 @@
 // Persistent whole-sequence kernels for the LSTM and GRU layers (see persistent_plan.h): the
-// choice between them, and the SIMT forward kernel.
+// choice between them and their launch.
 //
 // One cooperative launch runs every step. float16, bfloat16 and (as TF32, where
 // torch.backends.cudnn.allow_tf32) float32 at hidden sizes that are multiples of 16 take the
 // tensor-core kernels (persistent_tensor_core.cuh, persistent_tensor_core_backward.cuh: W_hh in
 // registers as mma.sync fragments; a cluster of two blocks per group of units where one block
 // cannot hold its share), forward and backward. Any other forward that fits takes the
-// SIMT kernel here: block k owns hidden units [k*U, (k+1)*U): it loads the G gate rows of W_hh
-// for them into shared memory once, then per step stages the previous h of the whole batch in
-// shared memory, computes its units' hidden-side products (one warp per (row, unit) pair, the
-// lanes splitting the reduction), finishes them with the cell's step (persistent_cells.cuh), and
-// meets the other blocks at a grid-wide barrier before the next step reads the new h. The LSTM's
-// cell state of its units stays in shared memory.
+// SIMT kernel (persistent_simt.cuh: W_hh's rows of a block's units in shared memory, a warp per
+// (row, unit) pair, grid.sync() between steps).
 //
 // By default (PersistentMode::kMeasured) a layer takes the path measured fastest near its shape
 // (default_paths.h: the table csrc/measured_paths.h, from a sweep on the GPU; so far only the
@@ -22,6 +18,7 @@
 #include "../default_paths.h"
 #include "../persistent_plan.h"
 #include "persistent_cells.cuh"
+#include "persistent_simt.cuh"
 #include "host_to_device.h"
 #include "persistent_layer.h"
 #include "persistent_tensor_core.h"
@@ -33,7 +30,6 @@
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <cooperative_groups.h>
 
 #include <array>
 #include <atomic>
@@ -45,77 +41,6 @@ namespace {
 std::atomic<PersistentMode> g_persistent_mode{PersistentMode::kMeasured};
 std::atomic<PersistentBarrier> g_barrier{PersistentBarrier::kFlags};
 std::atomic<int64_t> g_cluster_split{0};
-
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-
-template <typename Cell, typename scalar_t>
-__global__ void __launch_bounds__(kThreads, 1)
-    persistent_layer_kernel(const SequenceParams<scalar_t> p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr int G = Cell::kGates;
-  extern __shared__ __align__(16) unsigned char shared[];
-  const int64_t H = p.hidden, B = p.batch, U = p.units;
-  const int64_t j0 = blockIdx.x * U;
-  const int64_t units = U < H - j0 ? U : H - j0;
-  // Layout (persistent_plan.h): W_hh slice [G][U][H] in the dtype, 16-byte aligned, then the
-  // previous h [B][H] and (LSTM) the cell states [B][U] in the accumulation type.
-  scalar_t* s_w = reinterpret_cast<scalar_t*>(shared);
-  acc_t* s_h = reinterpret_cast<acc_t*>(shared + (G * U * H * sizeof(scalar_t) + 15) / 16 * 16);
-  acc_t* s_c = s_h + B * H;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-
-  for (int64_t e = tid; e < G * units * H; e += kThreads) {
-    const int64_t g = e / (units * H), u = (e / H) % units, k = e % H;
-    s_w[(g * U + u) * H + k] = p.w_hh[(g * H + j0 + u) * H + k];
-  }
-  if constexpr (Cell::kCarriesCell) {
-    for (int64_t e = tid; e < B * units; e += kThreads) {
-      s_c[(e / units) * U + e % units] = static_cast<acc_t>(p.c0[(e / units) * H + j0 + e % units]);
-    }
-  }
-
-  cooperative_groups::grid_group grid = cooperative_groups::this_grid();
-  for (int64_t i = 0; i < p.steps; ++i) {
-    const int64_t t = p.reverse ? p.steps - 1 - i : i;
-    // The previous step's h, written by every block before the barrier. Each step reads rows no
-    // block of this launch has read before, so no stale line can sit in an SM's L1.
-    const scalar_t* h_prev =
-        i == 0 ? p.h0 : p.output + (p.reverse ? t + 1 : t - 1) * B * H;
-    for (int64_t e = tid; e < B * H; e += kThreads) s_h[e] = static_cast<acc_t>(h_prev[e]);
-    __syncthreads();
-
-    for (int64_t pair = warp; pair < B * units; pair += kWarps) {
-      const int64_t b = pair / units, u = pair % units;
-      acc_t acc[G];
-#pragma unroll
-      for (int g = 0; g < G; ++g) acc[g] = acc_t(0);
-      for (int64_t k = lane; k < H; k += 32) {
-        const acc_t h = s_h[b * H + k];
-#pragma unroll
-        for (int g = 0; g < G; ++g) acc[g] += h * static_cast<acc_t>(s_w[(g * U + u) * H + k]);
-      }
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-#pragma unroll
-        for (int offset = 16; offset > 0; offset /= 2) {
-          acc[g] += __shfl_xor_sync(0xffffffffu, acc[g], offset);
-        }
-      }
-      if (lane == 0) {
-        if constexpr (Cell::kCarriesCell) {
-          Cell::finish(p, t * B + b, b, j0 + u, acc, s_h[b * H + j0 + u], s_c[b * U + u]);
-        } else {
-          acc_t no_cell = acc_t(0);
-          Cell::finish(p, t * B + b, b, j0 + u, acc, s_h[b * H + j0 + u], no_cell);
-        }
-      }
-    }
-    // Every block's h of this step is written (and visible) before any block reads it; the
-    // barrier also keeps this block's s_h until all its warps are done with it.
-    grid.sync();
-  }
-}
 
 PersistentPlan plan_for(int64_t gates, int64_t batch, int64_t hidden, int64_t elem_bytes,
                         int64_t acc_bytes, int64_t device) {
@@ -355,7 +280,7 @@ bool launch_sequence(const at::Tensor& xproj, const at::Tensor& h0, const at::Te
     SequenceParams<scalar_t> params = p;
     void* args[] = {&params};
     C10_CUDA_CHECK(cudaLaunchCooperativeKernel(
-        reinterpret_cast<const void*>(kernel), dim3(plan.blocks), dim3(kThreads), args,
+        reinterpret_cast<const void*>(kernel), dim3(plan.blocks), dim3(kSimtThreads), args,
         plan.shared_bytes, at::cuda::getCurrentCUDAStream()));
   });
   return true;

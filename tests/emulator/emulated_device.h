@@ -1,14 +1,14 @@
-// A CPU emulation of what the tensor-core persistent kernels ask of a GPU, so that their own
-// source (csrc/cuda/persistent_tensor_core*.cuh) runs under the CPU tests: every CUDA thread a
-// fiber (ucontext), every block an OS thread running its fibers until each waits, every block of
-// a launch resident at once (as a cooperative launch's are). It gives the CUDA keywords and
-// built-ins the kernels use, and device_primitives.cuh's functions with the same names and
-// meanings: __syncthreads, named barriers and __syncwarp as counted barriers; grid.sync() and the
-// cluster barrier over all threads of the grid or cluster; mma.sync as the warp's collective
-// product, its fragments placed as the PTX ISA documents them (written here apart from
-// csrc/mma_fragments.h, which the kernels index with, so that a wrong map there shows); loads
-// and stores with memory-model semantics as atomics; distributed shared memory as the peer
-// block's buffer.
+// A CPU emulation of what the persistent kernels ask of a GPU, so that their own source
+// (csrc/cuda/persistent_tensor_core*.cuh, persistent_simt.cuh) runs under the CPU tests: every
+// CUDA thread a fiber (ucontext), every block an OS thread running its fibers until each waits,
+// every block of a launch resident at once (as a cooperative launch's are). It gives the CUDA
+// keywords and built-ins the kernels use, and device_primitives.cuh's functions with the same
+// names and meanings: __syncthreads, named barriers and __syncwarp as counted barriers,
+// __shfl_xor_sync through the warp's exchange; grid.sync() and the cluster barrier over all
+// threads of the grid or cluster; mma.sync as the warp's collective product, its fragments placed
+// as the PTX ISA documents them (written here apart from csrc/mma_fragments.h, which the kernels
+// index with, so that a wrong map there shows); loads and stores with memory-model semantics as
+// atomics; distributed shared memory as the peer block's buffer.
 // What it checks: results (the tests compare them), barriers that never complete (no thread
 // progresses for kStallSeconds: an error naming where each block's threads wait), writes past
 // the end of a block's shared memory (a guard after it), peer addresses outside it. What it
@@ -82,10 +82,11 @@ struct Barrier {
   int64_t generation = 0;
 };
 
-// A warp's operands of the mma it is in.
+// A warp's operands of the mma or shuffle it is in.
 struct WarpExchange {
   uint32_t a[32][4];
   uint32_t b[32][2];
+  double shuffled[32];
   Barrier barrier;
 };
 
@@ -346,6 +347,18 @@ inline void __syncthreads() {
 }
 inline void __syncwarp() {
   emu::arrive_and_wait(emu::block().warps[emu::thread_index() / 32].barrier, 32, "__syncwarp");
+}
+// Every lane gives v and takes lane ^ lane_mask's (the whole warp, as the kernels call it).
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
+  if (mask != 0xffffffffu) emu::fail("__shfl_xor_sync: the emulation takes whole warps only");
+  const unsigned lane = emu::thread_index() % 32;
+  emu::WarpExchange& x = emu::block().warps[emu::thread_index() / 32];
+  x.shuffled[lane] = static_cast<double>(v);
+  emu::arrive_and_wait(x.barrier, 32, "__shfl_xor_sync (values)");
+  const T theirs = static_cast<T>(x.shuffled[lane ^ static_cast<unsigned>(lane_mask)]);
+  emu::arrive_and_wait(x.barrier, 32, "__shfl_xor_sync (taken)");
+  return theirs;
 }
 inline void __trap() { emu::fail("__trap"); }
 inline float __uint_as_float(uint32_t u) { return emu::bits_to_float(u); }

@@ -1,16 +1,17 @@
-// The tensor-core persistent kernels (csrc/cuda/persistent_tensor_core.cuh and
-// persistent_tensor_core_backward.cuh), their own source, run on the CPU under emulated_device.h:
-// a test-only extension (tests/test_tensor_core_emulation.py builds and calls it). Its two
-// functions take the tensors persistent_layer.cu would hand the kernels, plan the launch as it
-// does for an H200 (132 SMs, 227 KB of shared memory a block, 66 clusters of 2), with the
-// barrier and cluster split asked for, and run the kernel built for 4 k-tiles a warp (the plan
-// must need no more: hidden sizes up to 256 in one block a group).
+// The persistent kernels (csrc/cuda/persistent_tensor_core.cuh,
+// persistent_tensor_core_backward.cuh, persistent_simt.cuh), their own source, run on the CPU
+// under emulated_device.h: a test-only extension (tests/test_tensor_core_emulation.py builds and
+// calls it). Its functions take the tensors persistent_layer.cu would hand the kernels and plan
+// the launch as it does for an H200 (132 SMs, 227 KB of shared memory a block, 66 clusters of 2):
+// the tensor-core kernels with the barrier and cluster split asked for, built for 4 k-tiles a
+// warp (the plan must need no more: hidden sizes up to 256 in one block a group).
 #include <torch/extension.h>
 
 #include "emulated_device.h"
 
 #include "cuda/persistent_tensor_core.cuh"
 #include "cuda/persistent_tensor_core_backward.cuh"
+#include "cuda/persistent_simt.cuh"
 
 #include <optional>
 #include <string>
@@ -71,10 +72,14 @@ scalar_t* data(const std::optional<torch::Tensor>& t) {
   return t.has_value() && t->defined() ? reinterpret_cast<scalar_t*>(t->data_ptr()) : nullptr;
 }
 
-// Calls run(scalar_t{}) for x's dtype among the kernels' three.
-template <typename Run>
+// Calls run(scalar_t{}) for x's dtype among the tensor-core kernels' three (and float64, the
+// SIMT kernel's too, where kWithDouble).
+template <bool kWithDouble = false, typename Run>
 void with_dtype(const torch::Tensor& x, const Run& run) {
   switch (x.scalar_type()) {
+    case torch::kDouble:
+      if constexpr (kWithDouble) return run(double());
+      break;
     case torch::kBFloat16:
       return run(c10::BFloat16());
     case torch::kHalf:
@@ -82,9 +87,9 @@ void with_dtype(const torch::Tensor& x, const Run& run) {
     case torch::kFloat:
       return run(float());
     default:
-      TORCH_CHECK(false, "the tensor-core kernels take bfloat16, float16 and float32, got ",
-                  x.scalar_type());
+      break;
   }
+  TORCH_CHECK(false, "no emulated kernel for ", x.scalar_type());
 }
 
 template <typename Run>
@@ -178,9 +183,43 @@ std::vector<int64_t> backward(const std::string& cell, torch::Tensor grad_output
   return {plan.blocks, plan.cluster_split};
 }
 
+// The SIMT kernel's forward (padded batches; SequenceParams as forward's), returning the plan's
+// blocks and units a block.
+std::vector<int64_t> simt_forward(const std::string& cell, torch::Tensor xproj, torch::Tensor h0,
+                                  std::optional<torch::Tensor> c0, torch::Tensor w_hh,
+                                  std::optional<torch::Tensor> b_hh, torch::Tensor output,
+                                  std::optional<torch::Tensor> cell_states,
+                                  std::optional<torch::Tensor> workspace, int64_t steps,
+                                  bool reverse) {
+  const int64_t B = h0.size(0), H = h0.size(1);
+  fused_rnn::PersistentPlan plan;
+  with_cell(cell, [&](auto cell_kind) {
+    using Cell = decltype(cell_kind);
+    const int64_t acc_bytes = xproj.scalar_type() == torch::kDouble ? 8 : 4;
+    plan = fused_rnn::plan_persistent_layer(B, H, Cell::kGates, xproj.element_size(), acc_bytes,
+                                            kH200.sm_count, kH200.shared_limit);
+    TORCH_CHECK(plan.runs, "the SIMT plan does not run: ", plan.reason);
+    with_dtype<true>(xproj, [&](auto scalar) {
+      using scalar_t = decltype(scalar);
+      const SequenceParams<scalar_t> p{data<scalar_t>(xproj),       data<scalar_t>(h0),
+                                       data<scalar_t>(c0),          data<scalar_t>(w_hh),
+                                       data<scalar_t>(b_hh),        data<scalar_t>(output),
+                                       data<scalar_t>(cell_states), data<scalar_t>(workspace),
+                                       true,                        steps,
+                                       B,                           H,
+                                       plan.units,                  reverse,
+                                       nullptr};
+      emu::launch(&persistent_layer_kernel<Cell, scalar_t>, plan.blocks, kSimtThreads, 1,
+                  plan.shared_bytes, p);
+    });
+  });
+  return {plan.blocks, plan.units};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward);
   m.def("backward", &backward);
+  m.def("simt_forward", &simt_forward);
 }
