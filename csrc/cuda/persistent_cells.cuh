@@ -59,22 +59,45 @@ struct BackwardSequenceParams {
   const int* packed_steps;      // as SequenceParams' (the forward's run order)
 };
 
+// What a (row, unit) pair's step reads that does not depend on the recurrence: the tensor-core
+// kernels read it ahead, before they wait for the step's h (or gate gradients), so that the loads'
+// latency passes during the wait instead of after it (NOTES entry 75). Forward: the input side
+// of each gate; backward (Cell::BackwardInputs): the saved values and states, and h's gradient
+// from the output.
+template <int G, typename acc_t>
+struct InputSide {
+  acc_t x[G];
+};
+
 struct LstmSequence {
   static constexpr int kGates = kLstmGates;
   static constexpr bool kCarriesCell = true;
-  // The LSTM update of unit j of packed row `row` (batch row b), whose previous h is h_prev; c
-  // is that unit's cell state, carried on chip. Returns the new h as written to the output.
+  // Unit j's gate pre-activations' input side at packed row `row` (the gates' row of xproj).
+  template <typename acc_t, typename scalar_t>
+  __device__ static InputSide<kGates, acc_t> input_side(const SequenceParams<scalar_t>& p,
+                                                        int64_t row, int64_t j) {
+    const int64_t H = p.hidden;
+    const scalar_t* gates = p.xproj + row * kGates * H;
+    InputSide<kGates, acc_t> in;
+#pragma unroll
+    for (int g = 0; g < kGates; ++g) in.x[g] = static_cast<acc_t>(gates[g * H + j]);
+    return in;
+  }
+  // The LSTM update of unit j of packed row `row` (batch row b) from its input side (read by
+  // input_side) and hidden side, whose previous h is h_prev; c is that unit's cell state,
+  // carried on chip. Returns the new h as written to the output.
   template <typename scalar_t, typename acc_t>
   __device__ static scalar_t finish(const SequenceParams<scalar_t>& p, int64_t row, int64_t /*b*/,
-                                int64_t j, const acc_t (&hidden_side)[kGates],
-                                acc_t /*h_prev*/, acc_t& c) {
+                                    int64_t j, const InputSide<kGates, acc_t>& in,
+                                    const acc_t (&hidden_side)[kGates], acc_t /*h_prev*/,
+                                    acc_t& c) {
     const int64_t H = p.hidden;
-    scalar_t* gates = p.xproj + row * kGates * H;
     acc_t a[kGates];
 #pragma unroll
-    for (int g = 0; g < kGates; ++g) a[g] = static_cast<acc_t>(gates[g * H + j]) + hidden_side[g];
+    for (int g = 0; g < kGates; ++g) a[g] = in.x[g] + hidden_side[g];
     const auto s = lstm_step_forward<acc_t>(a[0], a[1], a[2], a[3], c);
     // The activations go over the input side, whose row this unit has read.
+    scalar_t* gates = p.xproj + row * kGates * H;
     store_lstm_saved(s, [&](int64_t k, acc_t v) { gates[k * H + j] = static_cast<scalar_t>(v); });
     // Carry c as the step-wise path does: rounded to the dtype between steps.
     const scalar_t c_new = static_cast<scalar_t>(s.c_new);
@@ -84,19 +107,33 @@ struct LstmSequence {
     p.output[row * H + j] = h_new;
     return h_new;
   }
-  // The gate gradients of unit j of packed row `row` from grad_h, the gradient of its h';
-  // carried_c comes in as the gradient of c' and leaves as c's, carried_h leaves as the part of
-  // h's gradient that does not go through W_hh (none).
+  // The backward's reads of unit j at packed row `row`: the saved gates, c and c'.
+  struct BackwardInputs {
+    float saved[kLstmSaved];
+    float c, c_new;
+  };
   template <typename scalar_t>
-  __device__ static void finish_backward(const BackwardSequenceParams<scalar_t>& p, int64_t row,
-                                         int64_t j, float grad_h, float& carried_h,
-                                         float& carried_c) {
+  __device__ static BackwardInputs backward_inputs(const BackwardSequenceParams<scalar_t>& p,
+                                                   int64_t row, int64_t j) {
     const int64_t H = p.hidden;
     const scalar_t* saved = p.saved + row * kLstmSaved * H;
-    const auto d = lstm_step_backward<float>(
-        [&](int64_t k) { return static_cast<float>(saved[k * H + j]); },
-        static_cast<float>(p.c_before[row * H + j]), static_cast<float>(p.cell_states[row * H + j]),
-        grad_h, carried_c);
+    BackwardInputs in;
+#pragma unroll
+    for (int k = 0; k < kLstmSaved; ++k) in.saved[k] = static_cast<float>(saved[k * H + j]);
+    in.c = static_cast<float>(p.c_before[row * H + j]);
+    in.c_new = static_cast<float>(p.cell_states[row * H + j]);
+    return in;
+  }
+  // The gate gradients of unit j of packed row `row` from its backward inputs and grad_h, the
+  // gradient of its h'; carried_c comes in as the gradient of c' and leaves as c's, carried_h
+  // leaves as the part of h's gradient that does not go through W_hh (none).
+  template <typename scalar_t>
+  __device__ static void finish_backward(const BackwardSequenceParams<scalar_t>& p, int64_t row,
+                                         int64_t j, const BackwardInputs& in, float grad_h,
+                                         float& carried_h, float& carried_c) {
+    const int64_t H = p.hidden;
+    const auto d = lstm_step_backward<float>([&](int64_t k) { return in.saved[k]; }, in.c,
+                                             in.c_new, grad_h, carried_c);
     scalar_t* grads = p.grad_input_gates + row * kGates * H;
     store_lstm_gate_grads(d,
                           [&](int64_t g, float v) { grads[g * H + j] = static_cast<scalar_t>(v); });
@@ -108,36 +145,59 @@ struct LstmSequence {
 struct GruSequence {
   static constexpr int kGates = kGruGates;
   static constexpr bool kCarriesCell = false;
-  template <typename scalar_t, typename acc_t>
-  __device__ static scalar_t finish(const SequenceParams<scalar_t>& p, int64_t row, int64_t b,
-                                int64_t j, const acc_t (&hidden_side)[kGates],
-                                acc_t h_prev, acc_t& /*c*/) {
+  // Unit j's input side at packed row `row` (x_r, x_z, x_n: xproj's row).
+  template <typename acc_t, typename scalar_t>
+  __device__ static InputSide<kGates, acc_t> input_side(const SequenceParams<scalar_t>& p,
+                                                        int64_t row, int64_t j) {
     const int64_t H = p.hidden;
     const scalar_t* x = p.xproj + row * kGates * H;
+    InputSide<kGates, acc_t> in;
+#pragma unroll
+    for (int g = 0; g < kGates; ++g) in.x[g] = static_cast<acc_t>(x[g * H + j]);
+    return in;
+  }
+  template <typename scalar_t, typename acc_t>
+  __device__ static scalar_t finish(const SequenceParams<scalar_t>& p, int64_t row, int64_t b,
+                                    int64_t j, const InputSide<kGates, acc_t>& in,
+                                    const acc_t (&hidden_side)[kGates], acc_t h_prev,
+                                    acc_t& /*c*/) {
+    const int64_t H = p.hidden;
     acc_t gh[kGates];
 #pragma unroll
     for (int g = 0; g < kGates; ++g) {
       gh[g] = hidden_side[g] + (p.b_hh ? static_cast<acc_t>(p.b_hh[g * H + j]) : acc_t(0));
     }
-    const auto s = gru_step_forward<acc_t>(
-        static_cast<acc_t>(x[j]), static_cast<acc_t>(x[H + j]), static_cast<acc_t>(x[2 * H + j]),
-        gh[0], gh[1], gh[2], h_prev);
+    const auto s =
+        gru_step_forward<acc_t>(in.x[0], in.x[1], in.x[2], gh[0], gh[1], gh[2], h_prev);
     scalar_t* ws = p.workspace + (p.workspace_per_step ? row : b) * kGruSaved * H;
     store_gru_saved(s, [&](int64_t k, acc_t v) { ws[k * H + j] = static_cast<scalar_t>(v); });
     const scalar_t h_new = static_cast<scalar_t>(s.h_new);
     p.output[row * H + j] = h_new;
     return h_new;
   }
+  // The backward's reads: the saved values and h before the step.
+  struct BackwardInputs {
+    float saved[kGruSaved];
+    float h;
+  };
+  template <typename scalar_t>
+  __device__ static BackwardInputs backward_inputs(const BackwardSequenceParams<scalar_t>& p,
+                                                   int64_t row, int64_t j) {
+    const int64_t H = p.hidden;
+    const scalar_t* saved = p.saved + row * kGruSaved * H;
+    BackwardInputs in;
+#pragma unroll
+    for (int k = 0; k < kGruSaved; ++k) in.saved[k] = static_cast<float>(saved[k * H + j]);
+    in.h = static_cast<float>(p.h_before[row * H + j]);
+    return in;
+  }
   // As LstmSequence's: carried_h leaves as the part of h's gradient through z * h.
   template <typename scalar_t>
   __device__ static void finish_backward(const BackwardSequenceParams<scalar_t>& p, int64_t row,
-                                         int64_t j, float grad_h, float& carried_h,
-                                         float& /*carried_c*/) {
+                                         int64_t j, const BackwardInputs& in, float grad_h,
+                                         float& carried_h, float& /*carried_c*/) {
     const int64_t H = p.hidden;
-    const scalar_t* saved = p.saved + row * kGruSaved * H;
-    const auto d = gru_step_backward<float>(
-        [&](int64_t k) { return static_cast<float>(saved[k * H + j]); },
-        static_cast<float>(p.h_before[row * H + j]), grad_h);
+    const auto d = gru_step_backward<float>([&](int64_t k) { return in.saved[k]; }, in.h, grad_h);
     scalar_t* input_grads = p.grad_input_gates + row * kGates * H;
     scalar_t* hidden_grads = p.grad_hidden_gates + row * kGates * H;
     store_gru_gate_grads(

@@ -75,11 +75,13 @@ __global__ void __launch_bounds__(kSimtThreads, 1)
         }
       }
       if (lane == 0) {
+        const int64_t row = t * B + b;
+        const auto in = Cell::template input_side<acc_t>(p, row, j0 + u);
         if constexpr (Cell::kCarriesCell) {
-          Cell::finish(p, t * B + b, b, j0 + u, acc, s_h[b * H + j0 + u], s_c[b * U + u]);
+          Cell::finish(p, row, b, j0 + u, in, acc, s_h[b * H + j0 + u], s_c[b * U + u]);
         } else {
           acc_t no_cell = acc_t(0);
-          Cell::finish(p, t * B + b, b, j0 + u, acc, s_h[b * H + j0 + u], no_cell);
+          Cell::finish(p, row, b, j0 + u, in, acc, s_h[b * H + j0 + u], no_cell);
         }
       }
     }

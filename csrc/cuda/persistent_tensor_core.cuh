@@ -39,21 +39,47 @@
 
 namespace fused_rnn::cuda {
 
-// Calls load(e) for this thread's items e < total (first, first + stride, ...), kLoads at a
-// time, all issued before any is used, then use(e, loaded): the staging of h waits for L2 about
-// once per kLoads items instead of once per item (a load used at once stalls until it lands).
+// A thread's items of a grid of rows of `per_row` items taken row-major, from item `first` by
+// `stride` items: each next item's (row, column) by adds, not divisions (a division by a size
+// known at run time costs some 25 instructions on the GPU, and the staging of h took one an item
+// each step; NOTES entry 75). Made once a launch; no items where per_row is 0.
+struct GridWalk {
+  int row, column, row_step, column_step, per_row;
+  __device__ GridWalk(int per_row_, int first, int stride) : per_row(per_row_) {
+    const int n = per_row > 0 ? per_row : 1;
+    row = per_row > 0 ? first / n : INT32_MAX;
+    column = first % n;
+    row_step = stride / n;
+    column_step = stride % n;
+  }
+  __device__ void advance(int& b, int& c) const {
+    b += row_step;
+    c += column_step;
+    if (c >= per_row) {
+      c -= per_row;
+      ++b;
+    }
+  }
+};
+
+// Calls load(b, c) for the walk's items in rows b < rows, kLoads at a time, all issued before any
+// is used, then use(b, c, loaded): the staging of h waits for L2 about once per kLoads items
+// instead of once per item (a load used at once stalls until it lands).
 template <int kLoads, typename Loaded, typename Load, typename Use>
-__device__ __forceinline__ void batched_loads(int total, int first, int stride, const Load& load,
+__device__ __forceinline__ void batched_loads(const GridWalk& walk, int rows, const Load& load,
                                               const Use& use) {
-  for (int e0 = first; e0 < total; e0 += kLoads * stride) {
+  for (int b = walk.row, c = walk.column; b < rows;) {
     Loaded loaded[kLoads];
+    int lb = b, lc = c;
 #pragma unroll
     for (int q = 0; q < kLoads; ++q) {
-      if (e0 + q * stride < total) loaded[q] = load(e0 + q * stride);
+      if (lb < rows) loaded[q] = load(lb, lc);
+      walk.advance(lb, lc);
     }
 #pragma unroll
     for (int q = 0; q < kLoads; ++q) {
-      if (e0 + q * stride < total) use(e0 + q * stride, loaded[q]);
+      if (b < rows) use(b, c, loaded[q]);
+      walk.advance(b, c);
     }
   }
 }
@@ -91,11 +117,20 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
 
   // This warp's tile of W_hh over its K share, for every step.
   uint32_t a[kKTileBound][Format::kARegs];
-  // Loads of 16 bytes of h a thread issues at once when staging (batched_loads), as many as fit
-  // beside a's registers without spilling (ptxas; a cluster's kernel holds more besides).
   constexpr int kARegisters = kKTileBound * Format::kARegs;
-  constexpr int kStagingLoads = kSplit == 1 ? (kARegisters > 48 ? 2 : 6)
-                                            : (kARegisters > 48 ? 1 : kARegisters > 32 ? 2 : 4);
+  // Whether the first pair's input side is read ahead (below): its G registers, live through
+  // the staging and the products, fit beside a's without spilling except in the LSTM's largest
+  // shares (512 threads leave 128 registers; ptxas, sm_80 and sm_90a).
+  constexpr bool kReadAhead = G == kGruGates || kARegisters + 16 * kSplit <= 64;
+  // Loads of 16 bytes of h a thread issues at once when staging (batched_loads), as many as fit
+  // beside a's registers without spilling (ptxas; a cluster's kernel holds more besides; at 12
+  // k-tiles with flags and the read-ahead, 4 on sm_80: at B=16, H=768 a thread stages 3).
+  constexpr int kStagingLoads =
+      kSplit == 1
+          ? (kARegisters > 48                                                           ? 2
+             : kARegisters == 48 && kReadAhead && kBarrier == PersistentBarrier::kFlags ? 4
+                                                                                        : 6)
+          : (kARegisters > 48 ? 1 : kARegisters > 32 ? 2 : 4);
 #pragma unroll
   for (int kt = 0; kt < kKTileBound; ++kt) {
 #pragma unroll
@@ -114,6 +149,21 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
     return sync.words + steps_done % kTaggedSlots * static_cast<int64_t>(B) * H;
   };
 
+  // The staging's items, per row of h: 16-byte vectors of the block's K range (grid.sync()) or of
+  // the group's share (flags), or vectors of 4 tagged words of the group's share (tagged).
+  const int group_threads = 32 * G, group_tid = tid - split * group_threads;
+  const int stage_k0 = kBarrier == PersistentBarrier::kGrid ? block_k0 : 16 * k_tile0;
+  const int stage_columns =
+      kBarrier == PersistentBarrier::kGrid ? block_columns : 16 * max(k_tile_count, 0);
+  const int stage_per_row =
+      stage_columns / (kBarrier == PersistentBarrier::kTagged ? 4 : kPerVector);
+
+  // This thread's first pair of (iii), pair tid (its only one where the batch has at most
+  // kThreads / 16 rows of this block's): the same batch row and unit every step. Its previous h
+  // (the GRU's, the h it wrote the step before) is kept here rather than read back.
+  const int first_b = tid / kUnits * kSplit + rank, first_u = tid % kUnits;
+  float first_h = 0.0f;
+
   for (int64_t i = 0; i < p.steps; ++i) {
     // This step's rows, and the step before's: a row it ran continues from there, the others
     // start from h0 and c0 (every row at the first step; packed sequences in the reverse
@@ -125,33 +175,40 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
       return b < before.rows ? output + (before.offset + b) * H
                              : p.h0 + static_cast<int64_t>(b) * H;
     };
+    // The first pair's input side, read ahead: its loads are in flight while the block waits
+    // for h and multiplies (NOTES entry 75).
+    InputSide<G, float> first_input{};
+    if (kReadAhead && first_b < step.rows) {
+      first_input = Cell::template input_side<float>(p, step.offset + first_b, j0 + first_u);
+    }
     // (i) h of the block's K range, 16 bytes at a time, through L2: other SMs wrote it. With
     // flags or tagged words, each group of warps sharing a K share waits for its producers (every
     // block of their groups) and stages its own columns. (The rows past the step's, padding
     // included, keep whatever they hold: a batch row's products depend on its own column of B
     // only, and theirs are not read.)
-    // Columns [k0, k0 + columns) of the step's rows from the output (after the barrier) or h0,
-    // by this thread's share of them (first, first + stride, ...).
-    const auto stage_columns = [&](int k0, int columns, int first, int stride) {
+    // (Made each step: kept through the loop, its registers spilled in the LSTM's largest
+    // shares.)
+    const GridWalk walk =
+        kBarrier == PersistentBarrier::kGrid ? GridWalk(stage_per_row, tid, kThreads)
+                                             : GridWalk(stage_per_row, group_tid, group_threads);
+    // The step's rows of the staged columns from the output (after the barrier) or h0.
+    const auto stage_vectors = [&] {
       const scalar_t* output = launder(p.output);
-      const int vectors = columns / kPerVector;
-      const auto column = [&](int e) { return k0 + kPerVector * (e % vectors); };
       batched_loads<kStagingLoads, uint4>(
-          static_cast<int>(step.rows) * vectors, first, stride,
-          [&](int e) {
-            return load_l2(reinterpret_cast<const uint4*>(h_prev(output, e / vectors) + column(e)));
+          walk, static_cast<int>(step.rows),
+          [&](int b, int c) {
+            return load_l2(
+                reinterpret_cast<const uint4*>(h_prev(output, b) + stage_k0 + kPerVector * c));
           },
-          [&](int e, uint4 v) {
-            *reinterpret_cast<uint4*>(s_h + e / vectors * pitch + column(e) - block_k0) =
+          [&](int b, int c, uint4 v) {
+            *reinterpret_cast<uint4*>(s_h + b * pitch + stage_k0 + kPerVector * c - block_k0) =
                 Format::staged(v);
           });
     };
     if constexpr (kBarrier == PersistentBarrier::kGrid) {
-      stage_columns(block_k0, block_columns, tid, kThreads);
+      stage_vectors();
       __syncthreads();
     } else {
-      const int group_threads = 32 * G, group_tid = tid - split * group_threads;
-      const int k0 = 16 * k_tile0;  // (this group's columns)
       if constexpr (kBarrier == PersistentBarrier::kFlags) {
         if (i > 0 && tile == 0) {
           for (int q = kSplit * k_tile0 + lane; q < kSplit * (k_tile0 + k_tile_count); q += 32) {
@@ -161,32 +218,29 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
           __syncwarp();
         }
         named_barrier(1 + split, group_threads);
-        stage_columns(k0, 16 * max(k_tile_count, 0), group_tid, group_threads);
+        stage_vectors();
       } else {
         // Four columns a word vector (Format::Quad once staged): the step before's tagged words
         // where it ran the row, polled until their tags are its, else h0.
         const uint32_t* slot = tagged_slot(i);
         const uint32_t tag = tensor_core_step_tag(i, Format::kTagMask);
-        const int quads = 4 * max(k_tile_count, 0);
-        const auto column = [&](int e) { return k0 + 4 * (e % quads); };
-        const auto words_at = [&](int e) {
-          return reinterpret_cast<const uint4*>(slot + static_cast<int64_t>(e / quads) * H +
-                                                column(e));
+        const auto words_at = [&](int b, int c) {
+          return reinterpret_cast<const uint4*>(slot + static_cast<int64_t>(b) * H + stage_k0 +
+                                                4 * c);
         };
         batched_loads<kStagingLoads, uint4>(
-            static_cast<int>(step.rows) * quads, group_tid, group_threads,
-            [&](int e) { return e / quads < before.rows ? load_relaxed(words_at(e)) : uint4{}; },
-            [&](int e, uint4 words) {
-              const int b = e / quads;
+            walk, static_cast<int>(step.rows),
+            [&](int b, int c) { return b < before.rows ? load_relaxed(words_at(b, c)) : uint4{}; },
+            [&](int b, int c, uint4 words) {
               typename Format::Quad values;
               if (b < before.rows) {
-                while (!tags_are(words, tag, Format::kTagMask)) words = load_relaxed(words_at(e));
+                while (!tags_are(words, tag, Format::kTagMask)) words = load_relaxed(words_at(b, c));
                 values = Format::untagged(words);
               } else {
-                values = Format::quad(h_prev(p.output, b) + column(e));
+                values = Format::quad(h_prev(p.output, b) + stage_k0 + 4 * c);
               }
-              *reinterpret_cast<typename Format::Quad*>(s_h + b * pitch + column(e) - block_k0) =
-                  values;
+              *reinterpret_cast<typename Format::Quad*>(s_h + b * pitch + stage_k0 + 4 * c -
+                                                        block_k0) = values;
             });
       }
       named_barrier(1 + split, group_threads);
@@ -251,15 +305,25 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
         }
         hidden_side[g] = sum;
       }
-      // (From global memory, not s_h, which holds TF32-rounded floats and part of K: this
-      // block's own pairs, written by this SM, or h0.)
-      const float h_prev_value = static_cast<float>(h_prev(p.output, b)[j0 + u]);
+      // (Not from s_h, which holds TF32-rounded floats and part of K: kept from the step before
+      // (the first pair), or from global memory: this block's own pairs, written by this SM, or
+      // h0.)
+      const bool first = e == tid, read_ahead = kReadAhead && first;
+      const float h_prev_value = first && b < before.rows
+                                     ? first_h
+                                     : static_cast<float>(h_prev(p.output, b)[j0 + u]);
       float no_cell = 0.0f;
       float& c = Cell::kCarriesCell ? s_c[e] : no_cell;
       if (Cell::kCarriesCell && b >= before.rows) {
         c = static_cast<float>(p.c0[static_cast<int64_t>(b) * H + j0 + u]);
       }
-      const scalar_t h = Cell::finish(p, step.offset + b, b, j0 + u, hidden_side, h_prev_value, c);
+      const int64_t row = step.offset + b;
+      const scalar_t h =
+          Cell::finish(p, row, b, j0 + u,
+                       read_ahead ? first_input
+                                  : Cell::template input_side<float>(p, row, j0 + u),
+                       hidden_side, h_prev_value, c);
+      if (first) first_h = static_cast<float>(h);
       if constexpr (kBarrier == PersistentBarrier::kTagged) {
         store_relaxed(tagged_slot(i + 1) + static_cast<int64_t>(b) * H + j0 + u,
                       Format::tagged(h, tensor_core_step_tag(i + 1, Format::kTagMask)));

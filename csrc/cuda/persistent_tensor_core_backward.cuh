@@ -83,21 +83,37 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
   // product: its sequence ends at this step (its carried gradient is its final h's), or, in the
   // reverse direction of packed sequences, it ended before, its carried gradient being its
   // initial state's, complete once the product of the step where it started is added.
+  // With flags, the block whose step this lane waits for (a lane each, for the warp's k-tiles):
+  // a k-tile of 16 gate-gradient columns is one gate of group k % groups, every block of which
+  // wrote some of its rows.
+  static_assert(kSplit * kKTileBound <= 32, "a lane polls one flag at most");
+  const unsigned* producer = nullptr;
+  if (kBarrier == PersistentBarrier::kFlags && lane < kSplit * max(k_tile_count, 0)) {
+    producer = sync.flags + (k_tile0 + lane / kSplit) % groups * kSplit + lane % kSplit;
+  }
+  // This thread's first pair of (ii), pair tid (its only one where the batch has at most
+  // kThreads / 16 rows of this block's): the same batch row and unit every step.
+  const int first_b = pair_row(tid), first_u = tid % kUnits;
   for (int64_t i = 0; i <= p.steps; ++i) {
     const RunStep step = i == p.steps ? RunStep{0, 0}
                                       : run_step(p.packed_steps, p.steps - 1 - i, p.steps, B,
                                                  p.reverse);
     const RunStep before =
         i == 0 ? RunStep{0, 0} : run_step(p.packed_steps, p.steps - i, p.steps, B, p.reverse);
+    // What the first pair's backward step reads besides the product, read ahead: its loads are
+    // in flight while the block waits for the gate gradients and multiplies (NOTES entry 75).
+    typename Cell::BackwardInputs first_inputs{};
+    float first_grad_output = 0.0f;
+    if (first_b < step.rows) {
+      const int64_t row = step.offset + first_b;
+      first_inputs = Cell::backward_inputs(p, row, j0 + first_u);
+      first_grad_output = static_cast<float>(p.grad_output[row * H + j0 + first_u]);
+    }
     // (i) The product with the gate gradients of the step run before (none before the first).
     if (i > 0) {
       if constexpr (kBarrier == PersistentBarrier::kFlags) {
-        // A k-tile of 16 gate-gradient columns is one gate of group q % groups: every block of
-        // that group wrote some of its rows.
-        for (int e = lane; e < kSplit * max(k_tile_count, 0); e += 32) {
-          const unsigned* flag =
-              sync.flags + (k_tile0 + e / kSplit) % groups * kSplit + e % kSplit;
-          while (published_steps(flag) < static_cast<unsigned>(i)) {
+        if (producer) {
+          while (published_steps(producer) < static_cast<unsigned>(i)) {
           }
         }
         __syncwarp();
@@ -157,9 +173,12 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
       const int64_t at = static_cast<int64_t>(b) * H + j0 + u;
       if (b < step.rows) {
         const int64_t row = step.offset + b;
-        grad_h += static_cast<float>(p.grad_output[row * H + j0 + u]);
+        const bool first = e == tid;
+        grad_h += first ? first_grad_output : static_cast<float>(p.grad_output[row * H + j0 + u]);
         float no_cell = 0.0f;
-        Cell::finish_backward(p, row, j0 + u, grad_h, s_carried_h[e],
+        Cell::finish_backward(p, row, j0 + u,
+                              first ? first_inputs : Cell::backward_inputs(p, row, j0 + u),
+                              grad_h, s_carried_h[e],
                               Cell::kCarriesCell ? s_carried_c[e] : no_cell);
       } else {
         s_carried_h[e] = grad_h;
