@@ -62,27 +62,27 @@ struct BackwardSequenceParams {
 // What a (row, unit) pair's step reads that does not depend on the recurrence: the tensor-core
 // kernels read it ahead, before they wait for the step's h (or gate gradients), so that the loads'
 // latency passes during the wait instead of after it (NOTES entry 75). Forward: the input side
-// of each gate; backward (Cell::BackwardInputs): the saved values and states, and h's gradient
-// from the output.
+// of each gate (input_side); backward (Cell::BackwardInputs): the saved values and states, and
+// h's gradient from the output.
 template <int G, typename acc_t>
 struct InputSide {
   acc_t x[G];
 };
+// Unit j's input side at packed row `row`: xproj's G values of it (each cell's gate order).
+template <int G, typename acc_t, typename scalar_t>
+__device__ InputSide<G, acc_t> input_side(const SequenceParams<scalar_t>& p, int64_t row,
+                                          int64_t j) {
+  const int64_t H = p.hidden;
+  const scalar_t* x = p.xproj + row * G * H;
+  InputSide<G, acc_t> in;
+#pragma unroll
+  for (int g = 0; g < G; ++g) in.x[g] = static_cast<acc_t>(x[g * H + j]);
+  return in;
+}
 
 struct LstmSequence {
   static constexpr int kGates = kLstmGates;
   static constexpr bool kCarriesCell = true;
-  // Unit j's gate pre-activations' input side at packed row `row` (the gates' row of xproj).
-  template <typename acc_t, typename scalar_t>
-  __device__ static InputSide<kGates, acc_t> input_side(const SequenceParams<scalar_t>& p,
-                                                        int64_t row, int64_t j) {
-    const int64_t H = p.hidden;
-    const scalar_t* gates = p.xproj + row * kGates * H;
-    InputSide<kGates, acc_t> in;
-#pragma unroll
-    for (int g = 0; g < kGates; ++g) in.x[g] = static_cast<acc_t>(gates[g * H + j]);
-    return in;
-  }
   // The LSTM update of unit j of packed row `row` (batch row b) from its input side (read by
   // input_side) and hidden side, whose previous h is h_prev; c is that unit's cell state,
   // carried on chip. Returns the new h as written to the output.
@@ -145,17 +145,6 @@ struct LstmSequence {
 struct GruSequence {
   static constexpr int kGates = kGruGates;
   static constexpr bool kCarriesCell = false;
-  // Unit j's input side at packed row `row` (x_r, x_z, x_n: xproj's row).
-  template <typename acc_t, typename scalar_t>
-  __device__ static InputSide<kGates, acc_t> input_side(const SequenceParams<scalar_t>& p,
-                                                        int64_t row, int64_t j) {
-    const int64_t H = p.hidden;
-    const scalar_t* x = p.xproj + row * kGates * H;
-    InputSide<kGates, acc_t> in;
-#pragma unroll
-    for (int g = 0; g < kGates; ++g) in.x[g] = static_cast<acc_t>(x[g * H + j]);
-    return in;
-  }
   template <typename scalar_t, typename acc_t>
   __device__ static scalar_t finish(const SequenceParams<scalar_t>& p, int64_t row, int64_t b,
                                     int64_t j, const InputSide<kGates, acc_t>& in,

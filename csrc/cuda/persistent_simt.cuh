@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(kSimtThreads, 1)
       }
       if (lane == 0) {
         const int64_t row = t * B + b;
-        const auto in = Cell::template input_side<acc_t>(p, row, j0 + u);
+        const auto in = input_side<G, acc_t>(p, row, j0 + u);
         if constexpr (Cell::kCarriesCell) {
           Cell::finish(p, row, b, j0 + u, in, acc, s_h[b * H + j0 + u], s_c[b * U + u]);
         } else {

@@ -179,7 +179,7 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
     // for h and multiplies (NOTES entry 75).
     InputSide<G, float> first_input{};
     if (kReadAhead && first_b < step.rows) {
-      first_input = Cell::template input_side<float>(p, step.offset + first_b, j0 + first_u);
+      first_input = input_side<G, float>(p, step.offset + first_b, j0 + first_u);
     }
     // (i) h of the block's K range, 16 bytes at a time, through L2: other SMs wrote it. With
     // flags or tagged words, each group of warps sharing a K share waits for its producers (every
@@ -320,8 +320,7 @@ __global__ void __launch_bounds__(32 * Cell::kGates * kTensorCoreKSplits, 1)
       const int64_t row = step.offset + b;
       const scalar_t h =
           Cell::finish(p, row, b, j0 + u,
-                       read_ahead ? first_input
-                                  : Cell::template input_side<float>(p, row, j0 + u),
+                       read_ahead ? first_input : input_side<G, float>(p, row, j0 + u),
                        hidden_side, h_prev_value, c);
       if (first) first_h = static_cast<float>(h);
       if constexpr (kBarrier == PersistentBarrier::kTagged) {
