@@ -78,11 +78,6 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
   }
   __syncthreads();
 
-  // Iteration i < steps runs the forward's step steps - 1 - i (run order); i == steps only the
-  // initial states' product. A row the step before (the forward's next) did not run has no
-  // product: its sequence ends at this step (its carried gradient is its final h's), or, in the
-  // reverse direction of packed sequences, it ended before, its carried gradient being its
-  // initial state's, complete once the product of the step where it started is added.
   // With flags, the block whose step this lane waits for (a lane each, for the warp's k-tiles):
   // a k-tile of 16 gate-gradient columns is one gate of group k % groups, every block of which
   // wrote some of its rows.
@@ -94,6 +89,11 @@ __global__ void __launch_bounds__(32 * kTensorCoreBackwardWarps, 1)
   // This thread's first pair of (ii), pair tid (its only one where the batch has at most
   // kThreads / 16 rows of this block's): the same batch row and unit every step.
   const int first_b = pair_row(tid), first_u = tid % kUnits;
+  // Iteration i < steps runs the forward's step steps - 1 - i (run order); i == steps only the
+  // initial states' product. A row the step before (the forward's next) did not run has no
+  // product: its sequence ends at this step (its carried gradient is its final h's), or, in the
+  // reverse direction of packed sequences, it ended before, its carried gradient being its
+  // initial state's, complete once the product of the step where it started is added.
   for (int64_t i = 0; i <= p.steps; ++i) {
     const RunStep step = i == p.steps ? RunStep{0, 0}
                                       : run_step(p.packed_steps, p.steps - 1 - i, p.steps, B,
