@@ -42,7 +42,8 @@ namespace fused_rnn::cuda {
 // A thread's items of a grid of rows of `per_row` items taken row-major, from item `first` by
 // `stride` items: each next item's (row, column) by adds, not divisions (a division by a size
 // known at run time costs some 25 instructions on the GPU, and the staging of h took one an item
-// each step; NOTES entry 75). Made once a launch; no items where per_row is 0.
+// each step; NOTES entry 75). Made once a step (the kernel says why); no items where
+// per_row is 0.
 struct GridWalk {
   int row, column, row_step, column_step, per_row;
   __device__ GridWalk(int per_row_, int first, int stride) : per_row(per_row_) {
