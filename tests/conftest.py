@@ -3,20 +3,24 @@ sequence modules' parity check against torch.nn (configurations, sizes, inputs).
 
 import contextlib
 import dataclasses
+import functools
 import os
+import pathlib
 import sys
 
 import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.utils import cpp_extension
 
 import fused_rnn
 from fused_rnn.accuracy import TOLERANCES, accuracy_problem, near_truth_problem
 
 __all__ = ["CUDA_READY", "DEFAULT_SIZES", "DEVICES", "DTYPES", "SEQUENCE_CONFIGS",
            "SEQUENCE_MODULES", "TOLERANCES", "Sizes", "assert_compiles_like_eager",
-           "assert_matches_torch", "assert_near_truth", "check_against_torch", "config_id", "flatten", "make_inputs",
-           "make_modules", "native_rnn", "run_and_grad"]
+           "assert_matches_torch", "assert_near_truth", "check_against_torch", "config_id",
+           "flatten", "load_emulation", "make_inputs", "make_modules", "native_rnn",
+           "run_and_grad"]
 
 CUDA_READY = torch.cuda.is_available() and fused_rnn.build_info()["cuda"]
 # torch.nn's float32 layers run cuDNN, which by default takes TF32 tensor-core products (about
@@ -114,6 +118,18 @@ def assert_near_truth(ours: torch.Tensor, theirs: torch.Tensor, truth: torch.Ten
     float64 (fused_rnn.accuracy.near_truth_problem)."""
     problem = near_truth_problem(ours, theirs, truth)
     assert problem is None, f"{what}: {problem}"
+
+
+@functools.cache
+def load_emulation(source: str):
+    """The test-only extension built from tests/emulator/<source>, which runs CUDA kernels' own
+    source on the CPU under the emulated GPU of emulated_device.h (built once per session)."""
+    tests = pathlib.Path(__file__).resolve().parent
+    return cpp_extension.load(
+        name="fused_rnn_" + pathlib.Path(source).stem,
+        sources=[str(tests / "emulator" / source)],
+        extra_include_paths=[str(tests.parent / "csrc"), str(tests / "emulator")],
+        extra_cflags=["-O1", "-std=c++20", "-Wno-unknown-pragmas"])
 
 
 def assert_compiles_like_eager(loss_of, x: torch.Tensor) -> None:

@@ -6,20 +6,14 @@ or a cluster of two a group, padded and packed sequences in both directions. The
 padded sequences both ways, every dtype. What the emulation cannot show (the GPU's memory
 ordering, timing) is the GPU run's (tests/test_persistent.py)."""
 
-import functools
-import pathlib
-
 import pytest
 import torch
-from torch.utils import cpp_extension
 
+from conftest import load_emulation
 from fused_rnn.accuracy import accuracy_problem  # (importing fused_rnn loads its CPU ops)
 
 # (The GPU run has the kernels themselves: it leaves these out.)
 pytestmark = pytest.mark.cpu_only
-
-HERE = pathlib.Path(__file__).resolve().parent
-CSRC = HERE.parent / "csrc"
 
 GATES = {"lstm": 4, "gru": 3}
 # float32 runs as TF32 (10 bits of mantissa): its results are held to the float64 truth within
@@ -29,14 +23,9 @@ TF32_EPS = 2.0 ** -10
 TF32_UNITS = 8
 
 
-@functools.cache
 def emulator():
     """The test-only extension running the kernels (built once per session, ~1 min)."""
-    return cpp_extension.load(
-        name="fused_rnn_tensor_core_emulation",
-        sources=[str(HERE / "emulator" / "tensor_core_emulation.cpp")],
-        extra_include_paths=[str(CSRC), str(HERE / "emulator")],
-        extra_cflags=["-O1", "-std=c++20", "-Wno-unknown-pragmas"])
+    return load_emulation("tensor_core_emulation.cpp")
 
 
 def batch_sizes_for(layout, steps, batch):

@@ -1,5 +1,6 @@
 // CUDA implementations: the cell forward ops, and the kernel tables (LinearKernels, CellKernels)
-// under the device-agnostic backward and layer ops of cell_ops.h.
+// under the device-agnostic backward and layer ops of cell_ops.h; the kernels they launch are in
+// cell_kernels.cuh.
 //
 // A cell op's forward: one launch. A block owns a tile of kTileUnits hidden units for kTileBatch
 // batch rows; it computes every gate row of those units (the products with w_ih and w_hh, through
@@ -15,6 +16,7 @@
 // loop's backward, stepwise_backward_sequence; through ATen otherwise).
 #include "../cell_math.h"
 #include "../cell_ops.h"
+#include "cell_kernels.cuh"
 #include "cuda_tables.h"
 #include "host_to_device.h"
 #include "kernel_helpers.cuh"
@@ -36,249 +38,15 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
 
 namespace fused_rnn {
 namespace {
 
-using cuda::data_or_null;
-using cuda::new_state_grad;
+using namespace cuda;  // the kernels and their geometry (cell_kernels.cuh), data_or_null
 
-constexpr int kTileUnits = 32;  // threadIdx.x: one hidden unit per lane of a warp
-constexpr int kTileBatch = 8;   // threadIdx.y: one batch row per warp
-constexpr int kTileK = 32;      // reduction chunk staged in shared memory
-constexpr int kThreads = kTileUnits * kTileBatch;
-
-// Pointers and sizes of one cell step; every tensor is contiguous. Biases may be null.
-template <typename scalar_t>
-struct CellParams {
-  const scalar_t* input;  // [B, I] (a cell op), or null
-  const scalar_t* xproj;  // [B, G*H]: a layer step's input side, biases it holds included; or null
-  const scalar_t* hproj;  // [B, G*H]: a layer step's hidden product (no bias); or null
-  const scalar_t* hx;     // [B, P]
-  const scalar_t* cx;     // [B, H] (LSTM only)
-  const scalar_t* w_ih;   // [G*H, I] (a cell op), or null
-  const scalar_t* w_hh;   // [G*H, P] (a cell op), or null
-  const scalar_t* b_ih;   // [G*H] or null
-  const scalar_t* b_hh;   // [G*H] or null
-  scalar_t* hy;           // [B, H]
-  scalar_t* cy;           // [B, H] (LSTM only)
-  scalar_t* saved;        // LSTM: gates [B, 4H] (may be xproj itself); GRU: workspace [B, 4H]
-  int64_t batch, input_size, hidden, state_size;  // B, I, H, P (P = H but for LSTM projections)
-  // Zoneout's weights of the new h and c ([B, H]; P = H), or null: hy and cy receive the states
-  // carried on.
-  const scalar_t *zoneout_h, *zoneout_c;
-};
-
-// acc[g] += act[b, :] . w[g*H + j, :] for the block's tile, where (b, j) is this thread's unit.
-// Every thread of the block must call it (it synchronises), in or out of range.
-template <typename scalar_t, int G>
-__device__ __forceinline__ void accumulate_gate_products(const scalar_t* __restrict__ act,
-                                         const scalar_t* __restrict__ w, int64_t K, int64_t H,
-                                         int64_t batch, int64_t b0, int64_t j0,
-                                         at::opmath_type<scalar_t> (&acc)[G]) {
-  using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t s_act[kTileBatch][kTileK];
-  // +1 column: lanes read different units at the same k, so pad away bank conflicts.
-  __shared__ acc_t s_w[G][kTileUnits][kTileK + 1];
-  const int tid = threadIdx.y * kTileUnits + threadIdx.x;
-
-  for (int64_t k0 = 0; k0 < K; k0 += kTileK) {
-    for (int e = tid; e < kTileBatch * kTileK; e += kThreads) {
-      const int row = e / kTileK, kk = e % kTileK;
-      const int64_t b = b0 + row, k = k0 + kk;
-      s_act[row][kk] = (b < batch && k < K) ? static_cast<acc_t>(act[b * K + k]) : acc_t(0);
-    }
-    for (int e = tid; e < G * kTileUnits * kTileK; e += kThreads) {
-      const int g = e / (kTileUnits * kTileK);
-      const int jj = (e / kTileK) % kTileUnits, kk = e % kTileK;
-      const int64_t j = j0 + jj, k = k0 + kk;
-      s_w[g][jj][kk] = (j < H && k < K) ? static_cast<acc_t>(w[(g * H + j) * K + k]) : acc_t(0);
-    }
-    __syncthreads();
-#pragma unroll 8
-    for (int kk = 0; kk < kTileK; ++kk) {
-      const acc_t a = s_act[threadIdx.y][kk];
-#pragma unroll
-      for (int g = 0; g < G; ++g) acc[g] += a * s_w[g][threadIdx.x][kk];
-    }
-    __syncthreads();
-  }
-}
-
-template <typename scalar_t>
-__device__ at::opmath_type<scalar_t> load_bias(const scalar_t* b, int64_t row) {
-  return b ? static_cast<at::opmath_type<scalar_t>>(b[row]) : at::opmath_type<scalar_t>(0);
-}
-
-// The cell kinds' step updates from their gates' two sides (x: input, h: hidden).
-struct LstmUpdate {
-  static constexpr int kGates = kLstmGates;
-  template <typename scalar_t, typename acc_t>
-  __device__ static void finish(const CellParams<scalar_t>& p, int64_t b, int64_t j,
-                                const acc_t (&x)[kGates], const acc_t (&h)[kGates]) {
-    const int64_t H = p.hidden;
-    acc_t a[kGates];
-#pragma unroll
-    for (int g = 0; g < kGates; ++g) {
-      a[g] = x[g] + load_bias(p.b_ih, g * H + j) + h[g] + load_bias(p.b_hh, g * H + j);
-    }
-    const int64_t u = b * H + j;
-    const acc_t c = acc_t(p.cx[u]);
-    const auto st = lstm_step_forward<acc_t>(a[0], a[1], a[2], a[3], c);
-    scalar_t* saved = p.saved + b * kLstmSaved * H;
-    store_lstm_saved(st, [&](int64_t k, acc_t v) { saved[k * H + j] = static_cast<scalar_t>(v); });
-    p.cy[u] = static_cast<scalar_t>(
-        p.zoneout_c ? zoneout(c, st.c_new, acc_t(p.zoneout_c[u])) : st.c_new);
-    p.hy[u] = static_cast<scalar_t>(
-        p.zoneout_h ? zoneout(acc_t(p.hx[u]), st.h_new, acc_t(p.zoneout_h[u])) : st.h_new);
-  }
-};
-
-struct GruUpdate {
-  static constexpr int kGates = kGruGates;
-  template <typename scalar_t, typename acc_t>
-  __device__ static void finish(const CellParams<scalar_t>& p, int64_t b, int64_t j,
-                                const acc_t (&x)[kGates], const acc_t (&h)[kGates]) {
-    const int64_t H = p.hidden;
-    acc_t xb[kGates], hb[kGates];
-#pragma unroll
-    for (int g = 0; g < kGates; ++g) {
-      xb[g] = x[g] + load_bias(p.b_ih, g * H + j);
-      hb[g] = h[g] + load_bias(p.b_hh, g * H + j);
-    }
-    const int64_t u = b * H + j;  // a GRU's state is [B, H]: P = H
-    const acc_t h_prev = acc_t(p.hx[u]);
-    const auto st = gru_step_forward<acc_t>(xb[0], xb[1], xb[2], hb[0], hb[1], hb[2], h_prev);
-    scalar_t* saved = p.saved + b * kGruSaved * H;
-    store_gru_saved(st, [&](int64_t k, acc_t v) { saved[k * H + j] = static_cast<scalar_t>(v); });
-    p.hy[u] = static_cast<scalar_t>(
-        p.zoneout_h ? zoneout(h_prev, st.h_new, acc_t(p.zoneout_h[u])) : st.h_new);
-  }
-};
-
-// A cell op's step at small batches: a warp per hidden unit, its lanes splitting K (coalesced
-// reads of the unit's G rows of each weight, once per kUnitRowsPerPass batch rows), the sums
-// reduced across the warp, lane r finishing row r of the pass. H warps keep the GPU's SMs busy
-// where the tiled kernel's few blocks (B/8 x H/32) would leave most of them idle (at B=1 H=512:
-// 16 blocks, each streaming 512 KB of weights through shared memory; NOTES entry 63).
-constexpr int kUnitRowsPerPass = 8;
-
-// acc[r][g] += act[b0 + r, :] . w[g*H + j, :] for the pass's rows r < rows, this lane's share of
-// K (the warp's lanes sum to the whole).
-template <typename scalar_t, int G, typename acc_t = at::opmath_type<scalar_t>>
-__device__ __forceinline__ void unit_products(const scalar_t* __restrict__ act,
-                                              const scalar_t* __restrict__ w, int64_t K,
-                                              int64_t H, int64_t j, int64_t b0, int rows,
-                                              acc_t (&acc)[kUnitRowsPerPass][G]) {
-  const int lane = threadIdx.x % 32;
-#pragma unroll 2
-  for (int64_t k = lane; k < K; k += 32) {
-    acc_t weight[G];
-#pragma unroll
-    for (int g = 0; g < G; ++g) weight[g] = static_cast<acc_t>(w[(g * H + j) * K + k]);
-#pragma unroll
-    for (int r = 0; r < kUnitRowsPerPass; ++r) {
-      if (r < rows) {
-        const acc_t a = static_cast<acc_t>(act[(b0 + r) * K + k]);
-#pragma unroll
-        for (int g = 0; g < G; ++g) acc[r][g] += a * weight[g];
-      }
-    }
-  }
-}
-
-// The warp's partial sums of rows r < rows, summed over its lanes (every lane gets the sums).
-template <typename acc_t, int G>
-__device__ __forceinline__ void warp_sums(acc_t (&acc)[kUnitRowsPerPass][G], int rows) {
-#pragma unroll
-  for (int r = 0; r < kUnitRowsPerPass; ++r) {
-    if (r < rows) {
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-#pragma unroll
-        for (int offset = 16; offset > 0; offset /= 2) {
-          acc[r][g] += __shfl_xor_sync(0xffffffffu, acc[r][g], offset);
-        }
-      }
-    }
-  }
-}
-
-template <typename Update, typename scalar_t>
-__global__ void __launch_bounds__(kThreads) cell_forward_unit_kernel(const CellParams<scalar_t> p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr int G = Update::kGates;
-  const int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  if (j >= p.hidden) return;  // (a whole warp)
-  const int lane = threadIdx.x % 32;
-  for (int64_t b0 = 0; b0 < p.batch; b0 += kUnitRowsPerPass) {
-    const int rows = static_cast<int>(std::min<int64_t>(kUnitRowsPerPass, p.batch - b0));
-    acc_t x[kUnitRowsPerPass][G], h[kUnitRowsPerPass][G];
-#pragma unroll
-    for (int r = 0; r < kUnitRowsPerPass; ++r) {
-#pragma unroll
-      for (int g = 0; g < G; ++g) x[r][g] = h[r][g] = acc_t(0);
-    }
-    unit_products<scalar_t, G>(p.input, p.w_ih, p.input_size, p.hidden, j, b0, rows, x);
-    unit_products<scalar_t, G>(p.hx, p.w_hh, p.state_size, p.hidden, j, b0, rows, h);
-    warp_sums<acc_t, G>(x, rows);
-    warp_sums<acc_t, G>(h, rows);
-#pragma unroll
-    for (int r = 0; r < kUnitRowsPerPass; ++r) {
-      if (r < rows && lane == r) Update::finish(p, b0 + r, j, x[r], h[r]);
-    }
-  }
-}
-
-// A cell op's step. Grid: x over batch tiles, y over unit tiles. Block: kTileUnits x kTileBatch
-// threads.
-template <typename Update, typename scalar_t>
-__global__ void __launch_bounds__(kThreads, 2) cell_forward_kernel(const CellParams<scalar_t> p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr int G = Update::kGates;
-  const int64_t b0 = static_cast<int64_t>(blockIdx.x) * kTileBatch;
-  const int64_t j0 = static_cast<int64_t>(blockIdx.y) * kTileUnits;
-  const int64_t b = b0 + threadIdx.y, j = j0 + threadIdx.x;
-  const bool in_range = b < p.batch && j < p.hidden;
-  acc_t x[G], h[G];
-#pragma unroll
-  for (int g = 0; g < G; ++g) x[g] = h[g] = acc_t(0);
-  accumulate_gate_products<scalar_t, G>(p.input, p.w_ih, p.input_size, p.hidden, p.batch, b0, j0,
-                                        x);
-  accumulate_gate_products<scalar_t, G>(p.hx, p.w_hh, p.state_size, p.hidden, p.batch, b0, j0, h);
-  if (in_range) Update::finish(p, b, j, x, h);
-}
-
-constexpr int kPointwiseThreads = 256;
-
-// A layer's step after its hidden product: one thread per unit (b, j), grid-stride, over p.xproj
-// and p.hproj. The LSTM's saved is xproj itself: each thread reads its entries before it writes
-// them.
-template <typename Update, typename scalar_t>
-__global__ void __launch_bounds__(kPointwiseThreads)
-    step_gates_kernel(const CellParams<scalar_t> p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  constexpr int G = Update::kGates;
-  const int64_t n = p.batch * p.hidden;
-  for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < n;
-       u += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t b = u / p.hidden, j = u % p.hidden;
-    acc_t x[G], h[G];
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      x[g] = static_cast<acc_t>(p.xproj[(b * G + g) * p.hidden + j]);
-      h[g] = static_cast<acc_t>(p.hproj[(b * G + g) * p.hidden + j]);
-    }
-    Update::finish(p, b, j, x, h);
-  }
-}
-
-// Enough blocks to fill the GPU several times over; the kernels stride over the rest.
-unsigned pointwise_blocks(int64_t units) {
-  const int64_t wanted = (units + kPointwiseThreads - 1) / kPointwiseThreads;
-  const int64_t cap =
-      static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min(wanted, cap)));
+int64_t sm_count() {
+  return at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
 }
 
 // The step's tensors as the kernels take them: the states and biases (cx, cy, the LSTM's;
@@ -305,14 +73,6 @@ CellParams<scalar_t> cell_params(const Tensor& hx, const Tensor& cx, const Optio
   return p;
 }
 
-// Whether a cell op's step takes a warp per unit (cell_forward_unit_kernel) rather than the
-// tiled kernel: where the tiles would be fewer than the SMs.
-bool cell_step_takes_unit_warps(int64_t batch, int64_t hidden, int64_t sm_count) {
-  const int64_t tiles =
-      (batch + kTileBatch - 1) / kTileBatch * ((hidden + kTileUnits - 1) / kTileUnits);
-  return tiles < sm_count;
-}
-
 // A cell op's step: both products and the gate math in one launch.
 template <typename Update>
 void launch_cell_forward(const Tensor& input, const Tensor& w_ih, const Tensor& hx,
@@ -322,12 +82,10 @@ void launch_cell_forward(const Tensor& input, const Tensor& w_ih, const Tensor& 
   const int64_t B = hy.size(0), H = hy.size(1);
   if (B == 0 || H == 0) return;
   const c10::cuda::CUDAGuard guard(hy.device());
-  const int64_t sm_count = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const bool unit_warps = cell_step_takes_unit_warps(B, H, sm_count);
-  const dim3 grid(static_cast<unsigned>((B + kTileBatch - 1) / kTileBatch),
-                  static_cast<unsigned>((H + kTileUnits - 1) / kTileUnits));
-  TORCH_CHECK(unit_warps || grid.y <= 65535, "fused_rnn: hidden size ", H,
-              " exceeds the CUDA kernel's limit");
+  const CellStepGrid grid = cell_step_grid(B, H, sm_count());
+  TORCH_CHECK(grid.x <= std::numeric_limits<int32_t>::max() && grid.y <= 65535,
+              "fused_rnn: hidden size ", H, " or batch size ", B,
+              " exceeds the CUDA kernel's grid limit");
   FUSED_RNN_DISPATCH_FLOATING_TYPES(hy.scalar_type(), "cell_forward_cuda", [&] {
     CellParams<scalar_t> p =
         cell_params<scalar_t>(hx, cx, b_ih, b_hh, hy, cy, saved, Tensor(), Tensor());
@@ -335,13 +93,13 @@ void launch_cell_forward(const Tensor& input, const Tensor& w_ih, const Tensor& 
     p.input_size = input.size(1);
     p.w_ih = w_ih.data_ptr<scalar_t>();
     p.w_hh = w_hh.data_ptr<scalar_t>();
-    if (unit_warps) {
-      const auto blocks = static_cast<unsigned>((H * 32 + kThreads - 1) / kThreads);
+    const dim3 blocks(static_cast<unsigned>(grid.x), static_cast<unsigned>(grid.y));
+    if (grid.unit_warps) {
       cell_forward_unit_kernel<Update, scalar_t>
           <<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
     } else {
       cell_forward_kernel<Update, scalar_t>
-          <<<grid, dim3(kTileUnits, kTileBatch), 0, at::cuda::getCurrentCUDAStream()>>>(p);
+          <<<blocks, dim3(kTileUnits, kTileBatch), 0, at::cuda::getCurrentCUDAStream()>>>(p);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -474,7 +232,8 @@ void launch_layer_step(const StepTensors& t) {
     p.xproj = t.input_side.data_ptr<scalar_t>();
     p.hproj = hidden.data_ptr<scalar_t>();
     step_gates_kernel<Update, scalar_t>
-        <<<pointwise_blocks(B * H), kPointwiseThreads, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+        <<<pointwise_blocks(B * H, sm_count()), kPointwiseThreads, 0,
+           at::cuda::getCurrentCUDAStream()>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -533,7 +292,7 @@ bool stepwise_sequence(const SequenceTensors& t) {
   const cublasHandle_t handle = blas_handle(t.output);
   const Tensor hidden = at::empty({B, G * H}, t.output.options());
   // (Grid-stride launches: sized for B rows, they serve a packed step's fewer.)
-  const unsigned blocks = pointwise_blocks(B * H);
+  const unsigned blocks = pointwise_blocks(B * H, sm_count());
   // Where a step's batch grows (packed, reverse), its states gathered (state_before).
   const Tensor h_scratch = packed ? at::empty_like(t.h0) : Tensor();
   const Tensor c_scratch = packed && cell ? at::empty_like(t.c0) : Tensor();
@@ -619,73 +378,6 @@ std::tuple<Tensor, Tensor> gru_cell_cuda(const Tensor& input, const Tensor& hx,
   return {hy, workspace};
 }
 
-// ---------------------------------------------------------------------------------------------
-// Backward pointwise passes: one thread per unit (b, j), grid-stride. The previous state's
-// gradient may be written over the incoming one (each thread reads its entry first), so those
-// pointers are not __restrict__.
-
-// With zoneout, c_new holds the carried state and c' is rebuilt from the gates; grad_h_direct
-// (which may be grad_h) receives the part of grad_h that goes straight to the state before.
-// grad_out (or null): the step's output gradient, added to grad_h here.
-template <typename scalar_t>
-__global__ void lstm_gate_grads_kernel(const scalar_t* grad_h,
-                                       const scalar_t* __restrict__ grad_out,
-                                       const scalar_t* grad_c,
-                                       const scalar_t* __restrict__ gates,
-                                       const scalar_t* __restrict__ c_prev,
-                                       const scalar_t* __restrict__ c_new,
-                                       scalar_t* __restrict__ grad_gates, scalar_t* grad_c_prev,
-                                       const scalar_t* __restrict__ zoneout_h,
-                                       const scalar_t* __restrict__ zoneout_c,
-                                       scalar_t* grad_h_direct, int64_t batch, int64_t H) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t n = batch * H;
-  for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < n;
-       u += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t b = u / H, j = u % H;
-    const scalar_t* saved = gates + b * kLstmSaved * H;
-    const auto gate = [&](int64_t k) { return acc_t(saved[k * H + j]); };
-    const acc_t c = acc_t(c_prev[u]);
-    const auto dh = new_state_grad<acc_t>(grad_h, zoneout_h, u, grad_out);
-    const auto dc = new_state_grad<acc_t>(grad_c, zoneout_c, u);
-    const acc_t c_out = zoneout_c ? lstm_new_cell_state(gate(0), gate(1), gate(2), c)
-                                  : acc_t(c_new[u]);
-    const auto d = lstm_step_backward<acc_t>(gate, c, c_out, dh.next, dc.next);
-    scalar_t* grow = grad_gates + b * kLstmGates * H;
-    store_lstm_gate_grads(d, [&](int64_t g, acc_t v) { grow[g * H + j] = static_cast<scalar_t>(v); });
-    grad_c_prev[u] = static_cast<scalar_t>(d.c + dc.before);
-    if (zoneout_h) grad_h_direct[u] = static_cast<scalar_t>(dh.before);
-  }
-}
-
-template <typename scalar_t>
-__global__ void gru_gate_grads_kernel(const scalar_t* grad_h,
-                                      const scalar_t* __restrict__ grad_out,
-                                      const scalar_t* __restrict__ h_prev,
-                                      const scalar_t* __restrict__ workspace,
-                                      scalar_t* __restrict__ grad_input_gates,
-                                      scalar_t* __restrict__ grad_hidden_gates,
-                                      scalar_t* grad_h_direct,
-                                      const scalar_t* __restrict__ zoneout_h, int64_t batch,
-                                      int64_t H) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t n = batch * H;
-  for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < n;
-       u += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t b = u / H, j = u % H;
-    const scalar_t* ws = workspace + b * kGruSaved * H;
-    const auto dh = new_state_grad<acc_t>(grad_h, zoneout_h, u, grad_out);
-    const auto d = gru_step_backward<acc_t>([&](int64_t k) { return acc_t(ws[k * H + j]); },
-                                            acc_t(h_prev[u]), dh.next);
-    scalar_t* gi = grad_input_gates + b * kGruGates * H;
-    scalar_t* gh = grad_hidden_gates + b * kGruGates * H;
-    store_gru_gate_grads(
-        d, [&](int64_t g, acc_t v) { gi[g * H + j] = static_cast<scalar_t>(v); },
-        [&](int64_t g, acc_t v) { gh[g * H + j] = static_cast<scalar_t>(v); });
-    grad_h_direct[u] = static_cast<scalar_t>(d.h + dh.before);
-  }
-}
-
 void lstm_gate_grads_cuda(const GateGradTensors& t) {
   const Tensor &grad_h = t.grad_h, &grad_c = t.grad_c, &gates = t.saved, &c_prev = t.c_prev;
   const Tensor &c_new = t.c_out, &grad_gates = t.grad_input_gates, &grad_c_prev = t.grad_c_prev;
@@ -694,7 +386,8 @@ void lstm_gate_grads_cuda(const GateGradTensors& t) {
   const c10::cuda::CUDAGuard guard(c_new.device());
   FUSED_RNN_DISPATCH_FLOATING_TYPES(c_new.scalar_type(), "lstm_gate_grads_cuda", [&] {
     lstm_gate_grads_kernel<scalar_t>
-        <<<pointwise_blocks(B * H), kPointwiseThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        <<<pointwise_blocks(B * H, sm_count()), kPointwiseThreads, 0,
+           at::cuda::getCurrentCUDAStream()>>>(
             grad_h.data_ptr<scalar_t>(), nullptr, grad_c.data_ptr<scalar_t>(),
             gates.data_ptr<scalar_t>(),
             c_prev.data_ptr<scalar_t>(), c_new.data_ptr<scalar_t>(),
@@ -714,7 +407,8 @@ void gru_gate_grads_cuda(const GateGradTensors& t) {
   const c10::cuda::CUDAGuard guard(h_prev.device());
   FUSED_RNN_DISPATCH_FLOATING_TYPES(h_prev.scalar_type(), "gru_gate_grads_cuda", [&] {
     gru_gate_grads_kernel<scalar_t>
-        <<<pointwise_blocks(B * H), kPointwiseThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        <<<pointwise_blocks(B * H, sm_count()), kPointwiseThreads, 0,
+           at::cuda::getCurrentCUDAStream()>>>(
             grad_h.data_ptr<scalar_t>(), nullptr, h_prev.data_ptr<scalar_t>(),
             workspace.data_ptr<scalar_t>(), grad_input_gates.data_ptr<scalar_t>(),
             grad_hidden_gates.data_ptr<scalar_t>(), grad_h_direct.data_ptr<scalar_t>(),
@@ -751,7 +445,7 @@ bool stepwise_backward_sequence(const BackwardSequenceTensors& t) {
   const c10::cuda::CUDAGuard guard(t.grad_h.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const cublasHandle_t handle = blas_handle(t.grad_h);
-  const unsigned blocks = pointwise_blocks(B * H);  // (as stepwise_sequence's)
+  const unsigned blocks = pointwise_blocks(B * H, sm_count());  // (as stepwise_sequence's)
   FUSED_RNN_DISPATCH_FLOATING_TYPES(t.grad_h.scalar_type(), "stepwise_backward_cuda", [&] {
     const cublasComputeType_t compute =
         BlasTypes<scalar_t>::compute(tf32_products(t.grad_h));

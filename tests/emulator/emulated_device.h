@@ -49,6 +49,11 @@ struct uint4 {
 struct EmulatedIndex {
   unsigned x, y, z;
 };
+// A launch's grid or block shape (z unused by the kernels: 1).
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3(unsigned x_ = 1, unsigned y_ = 1) : x(x_), y(y_) {}
+};
 
 // Device integer min and max (unqualified in device code).
 inline int min(int a, int b) { return a < b ? a : b; }
@@ -102,7 +107,8 @@ struct Block {
 };
 
 struct Launch {
-  unsigned blocks = 0, threads = 0, cluster = 1;
+  dim3 grid, block;
+  unsigned blocks = 0, threads = 0, cluster = 1;  // grid.x * grid.y, block.x * block.y
   size_t shared_bytes = 0;
   std::vector<std::unique_ptr<Block>> all;
   std::atomic<int64_t> grid_arrived{0};
@@ -285,17 +291,20 @@ inline void run_block(Block& b, const Trampoline& trampoline) {
   }
 }
 
-// Runs kernel(args...) on `blocks` blocks of `threads` threads, `shared_bytes` of dynamic shared
-// memory each, in clusters of `cluster` blocks; throws std::runtime_error where the emulation
-// found the kernel at fault.
+// Runs kernel(args...) on a grid of blocks (x, then y) of block threads (x, then y), `shared_bytes`
+// of dynamic shared memory each, in clusters of `cluster` blocks; throws std::runtime_error where
+// the emulation found the kernel at fault.
 template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), unsigned blocks, unsigned threads, unsigned cluster,
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, unsigned cluster,
             size_t shared_bytes, const Args&... args) {
+  const unsigned blocks = grid.x * grid.y, threads = block.x * block.y;
   if (threads == 0 || threads % 32 != 0 || threads / 32 > kMaxWarps || blocks == 0 ||
-      cluster == 0 || blocks % cluster != 0) {
+      cluster == 0 || blocks % cluster != 0 || grid.z != 1 || block.z != 1) {
     throw std::runtime_error("emulated launch: bad grid");
   }
   Launch launch;
+  launch.grid = grid;
+  launch.block = block;
   launch.blocks = blocks;
   launch.threads = threads;
   launch.cluster = cluster;
@@ -338,8 +347,18 @@ void launch(void (*kernel)(Params...), unsigned blocks, unsigned threads, unsign
 
 }  // namespace emu
 
-#define threadIdx (EmulatedIndex{::emu::thread_index(), 0, 0})
-#define blockIdx (EmulatedIndex{::emu::block().index, 0, 0})
+// (Threads and blocks are numbered x first, as on the GPU.)
+#define threadIdx                                                      \
+  (EmulatedIndex{::emu::thread_index() % ::emu::block().launch->block.x, \
+                 ::emu::thread_index() / ::emu::block().launch->block.x, 0})
+#define blockIdx                                                      \
+  (EmulatedIndex{::emu::block().index % ::emu::block().launch->grid.x, \
+                 ::emu::block().index / ::emu::block().launch->grid.x, 0})
+#define blockDim (::emu::block().launch->block)
+#define gridDim (::emu::block().launch->grid)
+// Static shared memory: one copy per block, that is per OS thread running it (each launch's
+// threads are new, so it starts zeroed, not as NaNs as the dynamic shared memory does).
+#define __shared__ static thread_local
 
 inline void __syncthreads() {
   emu::arrive_and_wait(emu::block().barriers[0], static_cast<int>(emu::block().launch->threads),
