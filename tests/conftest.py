@@ -123,13 +123,66 @@ def assert_near_truth(ours: torch.Tensor, theirs: torch.Tensor, truth: torch.Ten
 @functools.cache
 def load_emulation(source: str):
     """The test-only extension built from tests/emulator/<source>, which runs CUDA kernels' own
-    source on the CPU under the emulated GPU of emulated_device.h (built once per session)."""
+    source on the CPU under the emulated GPU of emulated_device.h (built once per session), its
+    functions called through GuardedCalls."""
     tests = pathlib.Path(__file__).resolve().parent
-    return cpp_extension.load(
+    return GuardedCalls(cpp_extension.load(
         name="fused_rnn_" + pathlib.Path(source).stem,
         sources=[str(tests / "emulator" / source)],
         extra_include_paths=[str(tests.parent / "csrc"), str(tests / "emulator")],
-        extra_cflags=["-O1", "-std=c++20", "-Wno-unknown-pragmas"])
+        extra_cflags=["-O1", "-std=c++20", "-Wno-unknown-pragmas"]))
+
+
+class GuardedCalls:
+    """An emulation's functions, each call's tensors copied between guards as large as the
+    tensor (at least MIN_GUARD elements) either side: NaN beside a tensor that holds values (an
+    input: a kernel reading past it, by up to its size, reads NaN into its results), OUTPUT_GUARD
+    beside one that is all NaN (an output: a kernel writing past it, even NaN, changes the
+    guard's bits), an integer type's least value beside an integer tensor. A changed guard is an
+    assertion error naming the function. Each tensor then receives what the kernel left in its
+    copy; a tensor passed twice (an output written over an input) is one copy."""
+
+    MIN_GUARD = 64
+    OUTPUT_GUARD = 12345.0
+
+    def __init__(self, module):
+        self.module = module
+
+    def __getattr__(self, name):
+        function = getattr(self.module, name)
+
+        def call(*args):
+            copies = {}
+
+            def placed(t):
+                if isinstance(t, list):
+                    return [placed(x) for x in t]
+                if not isinstance(t, torch.Tensor):
+                    return t
+                if id(t) not in copies:
+                    if not t.is_floating_point():
+                        fill = torch.iinfo(t.dtype).min
+                    else:
+                        fill = self.OUTPUT_GUARD if t.isnan().all() else float("nan")
+                    guard = max(self.MIN_GUARD, t.numel())
+                    guarded = torch.full((t.numel() + 2 * guard,), fill, dtype=t.dtype)
+                    inner = guarded[guard:guard + t.numel()].view(t.shape)
+                    inner.copy_(t)
+                    copies[id(t)] = (t, guarded, inner, guard, edges(guarded, guard).clone())
+                return copies[id(t)][2]
+
+            def edges(guarded, guard):
+                bits = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+                return torch.cat([guarded[:guard], guarded[-guard:]]).view(
+                    bits[guarded.element_size()])
+
+            result = function(*[placed(a) for a in args])
+            for t, guarded, inner, guard, before in copies.values():
+                assert torch.equal(edges(guarded, guard), before), (
+                    f"{name}: the kernel wrote past a tensor's ends")
+                t.copy_(inner)
+            return result
+        return call
 
 
 def assert_compiles_like_eager(loss_of, x: torch.Tensor) -> None:

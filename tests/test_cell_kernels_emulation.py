@@ -5,7 +5,9 @@ hold them to): the cell ops' step on both of its kernels (tiled, and a warp per 
 step's gate math after its hidden product, the gate gradients (with and without zoneout, the
 output's gradient added in the kernel, the state's gradient written over the incoming one), and
 the layer-normalized cells' steps and gate gradients. The kernels get the tensors their launchers
-hand them and the launchers' grids for an H200 (the pointwise kernels also one block, striding).
+hand them (each between NaN guards, conftest.GuardedCalls: reads past one show in the results,
+writes past one fail) and the launchers' grids for an H200 (the pointwise kernels also one block,
+striding).
 The one-step layer ops give what each kernel writes: with w_ih the identity, the input is the
 input side of the gates and its gradient the input-side gate gradients; with w_hh zero, h0's
 gradient is the part that goes straight to the state before; with h0's rows scaled unit vectors,

@@ -1,10 +1,12 @@
-// The layer-normalized LSTM's and GRU's CUDA kernels (CellKernels, layernorm_cell_ops.h; math in
-// layernorm_cell_math.h): a step is the hidden product (cuBLAS through ATen, in the op-math type)
-// and one launch with a block per batch row, which reduces the row's statistics in shared memory,
-// normalizes both products, runs the gate math and (LSTM) normalizes the new cell state; the gate
-// gradients, one launch likewise. The layer loops, BPTT and the cell ops are the shared ones.
+// The layer-normalized LSTM's and GRU's CUDA launchers (CellKernels, layernorm_cell_ops.h; the
+// kernels in layernorm_cell_kernels.cuh, math in layernorm_cell_math.h): a step is the hidden
+// product (cuBLAS through ATen, in the op-math type) and one launch with a block per batch row,
+// which reduces the row's statistics in shared memory, normalizes both products, runs the gate
+// math and (LSTM) normalizes the new cell state; the gate gradients, one launch likewise. The
+// layer loops, BPTT and the cell ops are the shared ones.
 //
-// Unverified on a GPU when written (2026-12-01): compiled for sm_80 and sm_90; the CUDA cases of
+// Unverified on a GPU when written (2026-12-01): compiled for sm_80 and sm_90, the kernels run
+// under the CPU emulation (tests/test_cell_kernels_emulation.py); the CUDA cases of
 // tests/test_layernorm_cells.py and test_layernorm_sequence.py check it where a GPU is.
 #include "../layernorm_cell_ops.h"
 #include "cuda_tables.h"

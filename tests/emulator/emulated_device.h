@@ -1,8 +1,9 @@
-// A CPU emulation of what the persistent kernels ask of a GPU, so that their own source
-// (csrc/cuda/persistent_tensor_core*.cuh, persistent_simt.cuh) runs under the CPU tests: every
-// CUDA thread a fiber (ucontext), every block an OS thread running its fibers until each waits,
-// every block of a launch resident at once (as a cooperative launch's are). It gives the CUDA
-// keywords and built-ins the kernels use, and device_primitives.cuh's functions with the same
+// A CPU emulation of what the CUDA kernels ask of a GPU, so that their own source (csrc/cuda's
+// .cuh files: the persistent kernels, the cell and layer-normalized step kernels) runs under the
+// CPU tests: every CUDA thread a fiber (ucontext), every block an OS thread running its fibers
+// until each waits, every block of a launch resident at once (as a cooperative launch's are);
+// grids and blocks of one or two dimensions. It gives the CUDA keywords and built-ins the
+// kernels use (static __shared__ arrays a copy per block), and device_primitives.cuh's functions with the same
 // names and meanings: __syncthreads, named barriers and __syncwarp as counted barriers,
 // __shfl_xor_sync through the warp's exchange; grid.sync() and the cluster barrier over all
 // threads of the grid or cluster; mma.sync as the warp's collective product, its fragments placed
