@@ -4,21 +4,24 @@ CPU ops one step at a time (float64 the truth, the same dtype the reference the 
 hold them to): the cell ops' step on both of its kernels (tiled, and a warp per unit), a layer
 step's gate math after its hidden product, the gate gradients (with and without zoneout, the
 output's gradient added in the kernel, the state's gradient written over the incoming one), and
-the layer-normalized cells' steps and gate gradients. The kernels get the tensors their launchers
-hand them (each between NaN guards, conftest.GuardedCalls: reads past one show in the results,
-writes past one fail) and the launchers' grids for an H200 (the pointwise kernels also one block,
-striding).
-The one-step layer ops give what each kernel writes: with w_ih the identity, the input is the
-input side of the gates and its gradient the input-side gate gradients; with w_hh zero, h0's
-gradient is the part that goes straight to the state before; with h0's rows scaled unit vectors,
-W_hh's gradient holds the hidden side's gate gradients. What the emulation cannot show (timing,
-the GPU's memory ordering) is the GPU run's (test_cells.py, test_sequence.py and the others' CUDA
+the layer-normalized cells' steps and gate gradients; and the step-wise loops
+(stepwise_loops.cuh) over whole layers, padded and packed, both directions.
+
+The kernels get the tensors their launchers hand them (each between guards,
+conftest.GuardedCalls: reads past one show in the results, writes past one fail) and the
+launchers' grids for an H200 (the pointwise kernels also one block, striding). The one-step
+layer ops give what each kernel writes: with w_ih the identity, the input is the input side of
+the gates and its gradient the input-side gate gradients; with w_hh zero, h0's gradient is the
+part that goes straight to the state before; with h0's rows scaled unit vectors, W_hh's gradient
+holds the hidden side's gate gradients. What the emulation cannot show (timing, the GPU's memory
+ordering, cuBLAS itself) is the GPU run's (test_cells.py, test_sequence.py and the others' CUDA
 cases)."""
 
 import pytest
 import torch
 
 from conftest import assert_matches_torch, assert_near_truth, load_emulation
+from test_tensor_core_emulation import Case, check, forward_buffers, states_before
 
 # (The GPU run has the kernels themselves: it leaves these out.)
 pytestmark = pytest.mark.cpu_only
@@ -67,15 +70,16 @@ def at_each(dtype, run):
 # ---------------------------------------------------------------------------------------------
 # The cell ops' step.
 
+@pytest.mark.parametrize("batch", [1, BATCH], ids=lambda b: f"B{b}")
 @pytest.mark.parametrize("kernel", ["tiled", "unit warps"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cell", list(GATES))
-def test_cell_step_matches_cpu(cell, dtype, kernel):
+def test_cell_step_matches_cpu(cell, dtype, kernel, batch):
     lstm, gates = cell == "lstm", GATES[cell]
     draw = drawer(1, dtype)
     scale = HIDDEN ** -0.5
-    x, h = draw(BATCH, INPUT), draw(BATCH, HIDDEN, s=0.5)
-    c = draw(BATCH, HIDDEN, s=0.5) if lstm else None
+    x, h = draw(batch, INPUT), draw(batch, HIDDEN, s=0.5)
+    c = draw(batch, HIDDEN, s=0.5) if lstm else None
     w_ih, w_hh = draw(gates * HIDDEN, INPUT, s=scale), draw(gates * HIDDEN, HIDDEN, s=scale)
     b_ih, b_hh = draw(gates * HIDDEN, s=scale), draw(gates * HIDDEN, s=scale)
 
@@ -86,13 +90,14 @@ def test_cell_step_matches_cpu(cell, dtype, kernel):
         return dict(hy=out[0], cy=out[1] if lstm else None, saved=out[-1])
     theirs, truth = at_each(dtype, cpu)
 
-    hy, saved = nans(BATCH, HIDDEN, dtype=dtype), nans(BATCH, 4 * HIDDEN, dtype=dtype)
-    cy = nans(BATCH, HIDDEN, dtype=dtype) if lstm else None
-    # 1 SM: the tiled kernel's 2 x 2 tiles suffice; an H200's 132 would idle: a warp per unit.
+    hy, saved = nans(batch, HIDDEN, dtype=dtype), nans(batch, 4 * HIDDEN, dtype=dtype)
+    cy = nans(batch, HIDDEN, dtype=dtype) if lstm else None
+    # 1 SM: the tiled kernel's tiles (batch/8 x 2) suffice; an H200's 132 would idle: a warp per
+    # unit.
     unit_warps, grid_x, grid_y = emulator().cell_forward(
         cell, x, h, c, w_ih, w_hh, b_ih, b_hh, hy, cy, saved, 132 if kernel == "unit warps" else 1)
     assert (bool(unit_warps), grid_x, grid_y) == ((True, 5, 1) if kernel == "unit warps"
-                                                  else (False, 2, 2))
+                                                  else (False, (batch + 7) // 8, 2))
     assert_matches_torch(hy, theirs["hy"], truth["hy"], "hy")
     assert_matches_torch(saved, theirs["saved"], truth["saved"], "saved gates")
     if lstm:
@@ -244,6 +249,62 @@ def test_gate_grads_match_cpu(cell, dtype, zoneout, grad_output, in_place):
     assert_matches_torch(gate_grads, theirs["grad_x"], truth["grad_x"], "gate gradients")
     if direct is not None:
         assert_matches_torch(direct, theirs["grad_h0"], truth["grad_h0"], "h's direct gradient")
+
+
+# ---------------------------------------------------------------------------------------------
+# The step-wise loops (stepwise_loops.cuh) over whole layers, against the CPU layer ops (the
+# persistent kernels' emulation's cases: the input side as the input, w_ih the identity), their
+# products in the dtype's op-math type as cuBLAS's.
+
+LAYOUTS = [("padded", False), ("padded", True), ("packed", False), ("packed", True)]
+
+
+def packed_steps(case):
+    """The loops' packed_steps: the run order's (first row, rows), none for a padded batch."""
+    if case.packed is None:
+        return torch.zeros(0, 2, dtype=torch.long)
+    return case.packed.long()
+
+
+@pytest.mark.parametrize("layout,reverse", LAYOUTS, ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cell", list(GATES))
+def test_stepwise_forward_matches_cpu(cell, dtype, layout, reverse):
+    case = Case(cell, dtype, HIDDEN, BATCH, 5, layout, reverse)
+    xproj, output, cells, workspace = forward_buffers(case)
+    saved = xproj if cell == "lstm" else workspace
+    assert emulator().stepwise_forward_layer(cell, xproj, case.h0, case.c0, case.w_hh, case.b_hh,
+                                             output, cells, saved, packed_steps(case), reverse)
+    check("output", output, case, lambda r: r["output"], tf32=False)
+    check("saved", saved, case, lambda r: r["saved"], tf32=False)
+    if cells is not None:
+        check("cell states", cells, case, lambda r: r["cells"], tf32=False)
+
+
+@pytest.mark.parametrize("layout,reverse", LAYOUTS, ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cell", list(GATES))
+def test_stepwise_backward_matches_cpu(cell, dtype, layout, reverse):
+    case = Case(cell, dtype, HIDDEN, BATCH, 5, layout, reverse)
+    res, lstm = case.results[dtype], cell == "lstm"
+    grad_output, grad_h = res["grads_out"][0], res["grads_out"][1].clone()
+    grad_c = res["grads_out"][2].clone() if lstm else None
+    h_before = None if lstm else states_before(case.batch_sizes, res["output"], case.h0, reverse)
+    c_before = states_before(case.batch_sizes, res["cells"], case.c0, reverse) if lstm else None
+    grad_input_gates = nans(*case.x.shape, dtype=dtype)
+    # (The LSTM's two sides are one tensor: the loop writes its gate gradients once.)
+    grad_hidden_gates = grad_input_gates if lstm else nans(*case.x.shape, dtype=dtype)
+    assert emulator().stepwise_backward_layer(
+        cell, grad_output, res["saved"], h_before, c_before, res["cells"], case.w_hh, grad_h,
+        grad_c, grad_input_gates, grad_hidden_gates, packed_steps(case), reverse)
+    check("input-side gate gradients", grad_input_gates, case, lambda r: r["grads"][0],
+          tf32=False)
+    check("h0's gradient", grad_h, case, lambda r: r["grads"][1], tf32=False)
+    if lstm:
+        check("c0's gradient", grad_c, case, lambda r: r["grads"][2], tf32=False)
+    else:
+        check("hidden-side gate gradients", grad_hidden_gates, case,
+              lambda r: hidden_side(r["grads"][0], r["saved"], HIDDEN), tf32=False)
 
 
 # ---------------------------------------------------------------------------------------------

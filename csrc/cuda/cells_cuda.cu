@@ -1,6 +1,6 @@
 // CUDA implementations: the cell forward ops, and the kernel tables (LinearKernels, CellKernels)
 // under the device-agnostic backward and layer ops of cell_ops.h; the kernels they launch are in
-// cell_kernels.cuh.
+// cell_kernels.cuh, the step-wise loops in stepwise_loops.cuh.
 //
 // A cell op's forward: one launch. A block owns a tile of kTileUnits hidden units for kTileBatch
 // batch rows; it computes every gate row of those units (the products with w_ih and w_hh, through
@@ -21,6 +21,7 @@
 #include "host_to_device.h"
 #include "kernel_helpers.cuh"
 #include "persistent_layer.h"
+#include "stepwise_loops.cuh"
 
 #include <ATen/Context.h>
 #include <ATen/OpMathType.h>
@@ -28,7 +29,6 @@
 #include <ATen/cuda/Exceptions.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/sum.h>
@@ -47,30 +47,6 @@ using namespace cuda;  // the kernels and their geometry (cell_kernels.cuh), dat
 
 int64_t sm_count() {
   return at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-}
-
-// The step's tensors as the kernels take them: the states and biases (cx, cy, the LSTM's;
-// undefined for the GRU), the saved values, zoneout's weights (where defined); the products'
-// operands are the caller's to fill. Every tensor is contiguous.
-template <typename scalar_t>
-CellParams<scalar_t> cell_params(const Tensor& hx, const Tensor& cx, const OptionalTensor& b_ih,
-                                 const OptionalTensor& b_hh, const Tensor& hy, const Tensor& cy,
-                                 const Tensor& saved, const Tensor& zoneout_h,
-                                 const Tensor& zoneout_c) {
-  CellParams<scalar_t> p{};
-  p.hx = hx.data_ptr<scalar_t>();
-  p.cx = data_or_null<scalar_t>(cx);
-  p.b_ih = data_or_null<scalar_t>(b_ih);
-  p.b_hh = data_or_null<scalar_t>(b_hh);
-  p.hy = hy.data_ptr<scalar_t>();
-  p.cy = cy.defined() ? cy.data_ptr<scalar_t>() : nullptr;
-  p.saved = saved.data_ptr<scalar_t>();
-  p.batch = hy.size(0);
-  p.hidden = hy.size(1);
-  p.state_size = hx.size(1);
-  p.zoneout_h = data_or_null<scalar_t>(zoneout_h);
-  p.zoneout_c = data_or_null<scalar_t>(zoneout_c);
-  return p;
 }
 
 // A cell op's step: both products and the gate math in one launch.
@@ -238,101 +214,69 @@ void launch_layer_step(const StepTensors& t) {
   });
 }
 
-// Step i of a layer's steps in the order the forward runs them: packed_steps[i], or for a padded
-// batch (packed empty) the B rows of step i from the end where reverse.
-SequenceStep run_order_step(const std::vector<SequenceStep>& packed, int64_t i, int64_t steps,
-                            int64_t B, bool reverse) {
-  if (!packed.empty()) return packed[static_cast<size_t>(i)];
-  return {(reverse ? steps - 1 - i : i) * B, B};
-}
+// The step-wise loops' operations (stepwise_loops.cuh) on the current stream: device copies,
+// cuBLAS's products (float32 by the rule above), the pointwise kernels over `blocks` blocks
+// (grid-stride: sized for the batch, they serve a packed step's fewer rows).
+struct CudaStepOps {
+  cudaStream_t stream;
+  cublasHandle_t handle;
+  bool tf32;
+  unsigned blocks;
 
-// The state [step.rows, X] a step starts from: the initial state's (init [B, X]) for the first
-// step run; else the rows of states [N, X] of the step run before it, `before`, where it ran all
-// of this step's; else (the batch grew: packed sequences in the reverse direction) those
-// followed by the initial state's next rows, gathered into scratch [B, X] on the stream.
-template <typename scalar_t>
-const scalar_t* state_before(const scalar_t* states, const scalar_t* init, scalar_t* scratch,
-                             bool first, SequenceStep step, SequenceStep before, int64_t X,
-                             cudaStream_t stream) {
-  if (first) return init;
-  const scalar_t* carried = states + before.offset * X;
-  if (step.rows <= before.rows) return carried;
-  const size_t row_bytes = static_cast<size_t>(X) * sizeof(scalar_t);
-  C10_CUDA_CHECK(cudaMemcpyAsync(scratch, carried, before.rows * row_bytes,
-                                 cudaMemcpyDeviceToDevice, stream));
-  C10_CUDA_CHECK(cudaMemcpyAsync(scratch + before.rows * X, init + before.rows * X,
-                                 (step.rows - before.rows) * row_bytes, cudaMemcpyDeviceToDevice,
-                                 stream));
-  return scratch;
-}
+  template <typename scalar_t>
+  void copy(scalar_t* dst, const scalar_t* src, int64_t count) const {
+    C10_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<size_t>(count) * sizeof(scalar_t),
+                                   cudaMemcpyDeviceToDevice, stream));
+  }
+  template <typename scalar_t>
+  void product(int64_t M, int64_t N, int64_t K, const scalar_t* a, bool a_t, int64_t lda,
+               const scalar_t* b, bool b_t, int64_t ldb, scalar_t* out, int64_t ldo,
+               double beta) const {
+    using Types = BlasTypes<scalar_t>;
+    gemm<scalar_t>(handle, Types::compute(tf32), static_cast<int>(M), static_cast<int>(N),
+                   static_cast<int>(K), a, a_t ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(lda),
+                   b, b_t ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(ldb), out,
+                   static_cast<int>(ldo), static_cast<typename Types::Scale>(beta));
+  }
+  template <typename Update, typename scalar_t>
+  void step_gates(const CellParams<scalar_t>& p) const {
+    step_gates_kernel<Update, scalar_t><<<blocks, kPointwiseThreads, 0, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  template <typename scalar_t, typename... Args>
+  void lstm_gate_grads(const scalar_t* grad_h, Args... args) const {
+    lstm_gate_grads_kernel<scalar_t><<<blocks, kPointwiseThreads, 0, stream>>>(grad_h, args...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  template <typename scalar_t, typename... Args>
+  void gru_gate_grads(const scalar_t* grad_h, Args... args) const {
+    gru_gate_grads_kernel<scalar_t><<<blocks, kPointwiseThreads, 0, stream>>>(grad_h, args...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
 
-// A layer's step-wise forward (SequenceTensors, padded or packed; no episode starts, no zoneout:
-// those take the step loop of layer_common.cpp) in one host loop over raw pointers: each step is
-// launch_layer_step's cuBLAS product into one buffer and pointwise launch, without the views and
-// the product's tensor that the generic loop makes for every step, whose host time paces the
-// small layers (NOTES entries 64, 67).
+// The step-wise loops on CUDA, where they apply.
 template <typename Update>
 bool stepwise_sequence(const SequenceTensors& t) {
-  if (!t.starts.empty() || !t.zoneout.empty()) return false;
-  const int64_t B = t.h0.size(0), H = t.h0.size(1), N = t.input_side.size(0);
-  constexpr int64_t G = Update::kGates;
-  const bool cell = t.cell_states.defined(), packed = !t.packed_steps.empty();
-  const bool dense = t.input_side.is_contiguous() && t.h0.is_contiguous() &&
-                     t.w_hh.is_contiguous() && t.output.is_contiguous() &&
-                     t.saved.is_contiguous() && (!cell || t.c0.is_contiguous()) &&
-                     (!cell || t.cell_states.is_contiguous());
-  if (B == 0 || H == 0 || (!packed && N % B != 0) || !dense || t.output.size(1) != H ||
-      std::max(B, G * H) >= (int64_t{1} << 31)) {
-    return false;
-  }
-  const int64_t steps = packed ? static_cast<int64_t>(t.packed_steps.size()) : N / B;
-  const bool saved_per_step = t.saved.size(0) == N;
+  if (!stepwise_forward_applies(t, Update::kGates)) return false;
   const c10::cuda::CUDAGuard guard(t.output.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const cublasHandle_t handle = blas_handle(t.output);
-  const Tensor hidden = at::empty({B, G * H}, t.output.options());
-  // (Grid-stride launches: sized for B rows, they serve a packed step's fewer.)
-  const unsigned blocks = pointwise_blocks(B * H, sm_count());
-  // Where a step's batch grows (packed, reverse), its states gathered (state_before).
-  const Tensor h_scratch = packed ? at::empty_like(t.h0) : Tensor();
-  const Tensor c_scratch = packed && cell ? at::empty_like(t.c0) : Tensor();
+  const CudaStepOps ops{at::cuda::getCurrentCUDAStream(), blas_handle(t.output),
+                        tf32_products(t.output),
+                        pointwise_blocks(t.h0.size(0) * t.h0.size(1), sm_count())};
   FUSED_RNN_DISPATCH_FLOATING_TYPES(t.output.scalar_type(), "stepwise_sequence_cuda", [&] {
-    const cublasComputeType_t compute =
-        BlasTypes<scalar_t>::compute(tf32_products(t.output));
-    const auto rows = [&](const Tensor& x, SequenceStep step) {
-      return x.data_ptr<scalar_t>() + step.offset * x.size(1);
-    };
-    // (The sizes from h0; the batch, state and saved pointers are set for each step.)
-    CellParams<scalar_t> p = cell_params<scalar_t>(t.h0, t.c0, std::nullopt, t.b_hh, t.h0, t.c0,
-                                                   t.saved, Tensor(), Tensor());
-    scalar_t* const product = hidden.data_ptr<scalar_t>();
-    p.hproj = product;
-    scalar_t* const h_gathered = h_scratch.defined() ? h_scratch.data_ptr<scalar_t>() : nullptr;
-    scalar_t* const c_gathered = c_scratch.defined() ? c_scratch.data_ptr<scalar_t>() : nullptr;
-    SequenceStep before{0, 0};
-    for (int64_t i = 0; i < steps; ++i) {
-      const SequenceStep step = run_order_step(t.packed_steps, i, steps, B, t.reverse);
-      p.hx = state_before(t.output.data_ptr<scalar_t>(), t.h0.data_ptr<scalar_t>(),
-                          h_gathered, i == 0, step, before, H, stream);
-      if (cell) {
-        p.cx = state_before(t.cell_states.data_ptr<scalar_t>(), t.c0.data_ptr<scalar_t>(),
-                            c_gathered, i == 0, step, before, H, stream);
-        p.cy = rows(t.cell_states, step);
-      }
-      before = step;
-      if (step.rows == 0) continue;
-      // h_prev [rows, H] @ W_hh^T, W_hh [G H, H] read transposed.
-      gemm<scalar_t>(handle, compute, static_cast<int>(step.rows), static_cast<int>(G * H),
-                     static_cast<int>(H), p.hx, CUBLAS_OP_N, static_cast<int>(H),
-                     t.w_hh.data_ptr<scalar_t>(), CUBLAS_OP_T, static_cast<int>(H), product,
-                     static_cast<int>(G * H), 0);
-      p.batch = step.rows;
-      p.hy = rows(t.output, step);
-      p.xproj = rows(t.input_side, step);
-      p.saved = saved_per_step ? rows(t.saved, step) : t.saved.data_ptr<scalar_t>();
-      step_gates_kernel<Update, scalar_t><<<blocks, kPointwiseThreads, 0, stream>>>(p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+    stepwise_forward<Update, scalar_t>(t, ops);
+  });
+  return true;
+}
+template <typename Update>
+bool stepwise_backward_sequence(const BackwardSequenceTensors& t) {
+  if (!stepwise_backward_applies(t, Update::kGates)) return false;
+  const c10::cuda::CUDAGuard guard(t.grad_h.device());
+  const CudaStepOps ops{at::cuda::getCurrentCUDAStream(), blas_handle(t.grad_h),
+                        tf32_products(t.grad_h),
+                        pointwise_blocks(t.grad_h.size(0) * t.grad_h.size(1), sm_count())};
+  FUSED_RNN_DISPATCH_FLOATING_TYPES(t.grad_h.scalar_type(), "stepwise_backward_cuda", [&] {
+    stepwise_backward<Update, scalar_t>(t, ops);
   });
   return true;
 }
@@ -415,68 +359,6 @@ void gru_gate_grads_cuda(const GateGradTensors& t) {
             data_or_null<scalar_t>(t.zoneout_h), B, H);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-}
-
-// A layer's step-wise backward (BackwardSequenceTensors, padded or packed; no resets, no zoneout:
-// those take layer_common.cpp's step loop) in one host loop over raw pointers, as
-// stepwise_sequence is the forward's: per step, last first, the gate-gradient launch (adding the
-// step's output gradient itself) and cuBLAS's product carrying the state's gradient to the step
-// before (the LSTM's written over it; the GRU's added to the direct part the launch wrote). A
-// step's rows are the first of grad_h's (and grad_c's); the rows past them hold their final
-// state's gradient until the step they ran last, or leave as the initial state's.
-template <typename Update>
-bool stepwise_backward_sequence(const BackwardSequenceTensors& t) {
-  if (!t.starts.empty() || !t.zoneout.empty()) return false;
-  constexpr bool kLstm = Update::kGates == kLstmGates;
-  constexpr int64_t G = Update::kGates;
-  const int64_t B = t.grad_h.size(0), H = t.grad_h.size(1), N = t.grad_output.size(0);
-  const bool packed = !t.packed_steps.empty();
-  const Tensor& state_before = kLstm ? t.c_before : t.h_before;
-  const auto dense = [](const Tensor& x) { return x.defined() && x.is_contiguous(); };
-  const bool all_dense = dense(t.grad_output) && dense(t.saved) && dense(t.w_hh) &&
-                         dense(t.grad_h) && dense(t.grad_input_gates) &&
-                         dense(t.grad_hidden_gates) && dense(state_before) &&
-                         (!kLstm || (dense(t.cell_states) && dense(t.grad_c)));
-  if (B == 0 || H == 0 || (!packed && N % B != 0) || !all_dense ||
-      t.grad_output.size(1) != H || std::max(B, G * H) >= (int64_t{1} << 31)) {
-    return false;
-  }
-  const int64_t steps = packed ? static_cast<int64_t>(t.packed_steps.size()) : N / B;
-  const c10::cuda::CUDAGuard guard(t.grad_h.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const cublasHandle_t handle = blas_handle(t.grad_h);
-  const unsigned blocks = pointwise_blocks(B * H, sm_count());  // (as stepwise_sequence's)
-  FUSED_RNN_DISPATCH_FLOATING_TYPES(t.grad_h.scalar_type(), "stepwise_backward_cuda", [&] {
-    const cublasComputeType_t compute =
-        BlasTypes<scalar_t>::compute(tf32_products(t.grad_h));
-    const auto rows = [&](const Tensor& x, SequenceStep step) {
-      return x.data_ptr<scalar_t>() + step.offset * x.size(1);
-    };
-    scalar_t* const grad_h = t.grad_h.data_ptr<scalar_t>();
-    for (int64_t i = steps - 1; i >= 0; --i) {  // (i: the forward's run order)
-      const SequenceStep step = run_order_step(t.packed_steps, i, steps, B, t.reverse);
-      if (step.rows == 0) continue;
-      scalar_t* const hidden_grads = rows(t.grad_hidden_gates, step);
-      if constexpr (kLstm) {
-        scalar_t* const grad_c = t.grad_c.data_ptr<scalar_t>();
-        lstm_gate_grads_kernel<scalar_t><<<blocks, kPointwiseThreads, 0, stream>>>(
-            grad_h, rows(t.grad_output, step), grad_c, rows(t.saved, step),
-            rows(t.c_before, step), rows(t.cell_states, step), hidden_grads, grad_c, nullptr,
-            nullptr, nullptr, step.rows, H);
-      } else {
-        gru_gate_grads_kernel<scalar_t><<<blocks, kPointwiseThreads, 0, stream>>>(
-            grad_h, rows(t.grad_output, step), rows(t.h_before, step), rows(t.saved, step),
-            rows(t.grad_input_gates, step), hidden_grads, grad_h, nullptr, step.rows, H);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      // The step's hidden-side gate gradients [rows, G H] @ W_hh [G H, H].
-      gemm<scalar_t>(handle, compute, static_cast<int>(step.rows), static_cast<int>(H),
-                     static_cast<int>(G * H), hidden_grads, CUBLAS_OP_N, static_cast<int>(G * H),
-                     t.w_hh.data_ptr<scalar_t>(), CUBLAS_OP_N, static_cast<int>(H), grad_h,
-                     static_cast<int>(H), kLstm ? 0 : 1);
-    }
-  });
-  return true;
 }
 
 // The whole-sequence backwards (CellKernels::backward_sequence): the tensor-core kernel where it

@@ -1,15 +1,19 @@
-// The step-wise CUDA kernels (csrc/cuda/cell_kernels.cuh, layernorm_cell_kernels.cuh), their own
-// source, run on the CPU under emulated_device.h: a test-only extension
-// (tests/test_cell_kernels_emulation.py builds and calls it). Each function takes the tensors the
-// launcher in cells_cuda.cu or layernorm_cells_cuda.cu would hand its kernel and launches it with
-// that launcher's geometry for an H200 (132 SMs), or over the blocks asked for (a grid-stride
-// kernel given fewer blocks than its units strides over the rest).
+// The step-wise CUDA kernels (csrc/cuda/cell_kernels.cuh, layernorm_cell_kernels.cuh) and loops
+// (stepwise_loops.cuh), their own source, run on the CPU under emulated_device.h: a test-only
+// extension (tests/test_cell_kernels_emulation.py builds and calls it). Each function takes the
+// tensors the launcher in cells_cuda.cu or layernorm_cells_cuda.cu would hand its kernel and
+// launches it with that launcher's geometry for an H200 (132 SMs), or over the blocks asked for
+// (a grid-stride kernel given fewer blocks than its units strides over the rest); the loops run
+// with EmulatedStepOps in place of the CUDA stream and cuBLAS.
 #include <torch/extension.h>
 
 #include "emulated_device.h"
 
 #include "cuda/cell_kernels.cuh"
 #include "cuda/layernorm_cell_kernels.cuh"
+#include "cuda/stepwise_loops.cuh"
+
+#include <cstring>
 
 #include <optional>
 #include <string>
@@ -169,6 +173,102 @@ int64_t gru_gate_grads(torch::Tensor grad_h, Optional grad_out, torch::Tensor h_
   return grid;
 }
 
+// The step-wise loops' operations (stepwise_loops.cuh) on the host: copies, a product with
+// cuBLAS's arithmetic (the op-math type's sums, rounded once to the dtype), the emulated kernels
+// on the grid the CUDA loops launch (blocks).
+struct EmulatedStepOps {
+  unsigned blocks;
+
+  template <typename scalar_t>
+  void copy(scalar_t* dst, const scalar_t* src, int64_t count) const {
+    std::memcpy(dst, src, static_cast<size_t>(count) * sizeof(scalar_t));
+  }
+  template <typename scalar_t>
+  void product(int64_t M, int64_t N, int64_t K, const scalar_t* a, bool a_t, int64_t lda,
+               const scalar_t* b, bool b_t, int64_t ldb, scalar_t* out, int64_t ldo,
+               double beta) const {
+    using acc_t = at::opmath_type<scalar_t>;
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t n = 0; n < N; ++n) {
+        acc_t sum = beta == 0 ? acc_t(0) : acc_t(beta) * acc_t(out[m * ldo + n]);
+        for (int64_t k = 0; k < K; ++k) {
+          sum += acc_t(a_t ? a[k * lda + m] : a[m * lda + k]) *
+                 acc_t(b_t ? b[n * ldb + k] : b[k * ldb + n]);
+        }
+        out[m * ldo + n] = static_cast<scalar_t>(sum);
+      }
+    }
+  }
+  template <typename Update, typename scalar_t>
+  void step_gates(const CellParams<scalar_t>& p) const {
+    emu::launch(&step_gates_kernel<Update, scalar_t>, blocks, kPointwiseThreads, 1, 0, p);
+  }
+  template <typename scalar_t, typename... Args>
+  void lstm_gate_grads(const scalar_t* grad_h, Args... args) const {
+    emu::launch(&lstm_gate_grads_kernel<scalar_t>, blocks, kPointwiseThreads, 1, 0, grad_h,
+                args...);
+  }
+  template <typename scalar_t, typename... Args>
+  void gru_gate_grads(const scalar_t* grad_h, Args... args) const {
+    emu::launch(&gru_gate_grads_kernel<scalar_t>, blocks, kPointwiseThreads, 1, 0, grad_h,
+                args...);
+  }
+};
+
+// The steps in run order ((first row, rows) each; none for a padded batch).
+std::vector<fused_rnn::SequenceStep> steps_of(const torch::Tensor& packed_steps) {
+  std::vector<fused_rnn::SequenceStep> steps;
+  const auto table = packed_steps.accessor<int64_t, 2>();
+  for (int64_t i = 0; i < packed_steps.size(0); ++i) steps.push_back({table[i][0], table[i][1]});
+  return steps;
+}
+
+// A layer's step-wise forward (cells_cuda.cu's stepwise_sequence): SequenceTensors over these
+// tensors, saved being xproj itself for the LSTM. Returns whether the loop took it.
+bool stepwise_forward_layer(const std::string& cell, torch::Tensor xproj, torch::Tensor h0,
+                            Optional c0, torch::Tensor w_hh, Optional b_hh,
+                            torch::Tensor output, Optional cell_states, torch::Tensor saved,
+                            torch::Tensor packed_steps, bool reverse) {
+  fused_rnn::SequenceTensors t{xproj, h0, c0.value_or(torch::Tensor()), w_hh, std::nullopt,
+                               b_hh, {}, output, cell_states.value_or(torch::Tensor()), saved,
+                               reverse};
+  t.packed_steps = steps_of(packed_steps);
+  bool applies = false;
+  with_update(cell, [&](auto update) {
+    using Update = decltype(update);
+    applies = stepwise_forward_applies(t, Update::kGates);
+    if (!applies) return;
+    const EmulatedStepOps ops{pointwise_blocks(h0.size(0) * h0.size(1), kH200Sms)};
+    with_dtype(output, [&](auto scalar) { stepwise_forward<Update, decltype(scalar)>(t, ops); });
+  });
+  return applies;
+}
+
+// A layer's step-wise backward (stepwise_backward_sequence): BackwardSequenceTensors over these
+// tensors. Returns whether the loop took it.
+bool stepwise_backward_layer(const std::string& cell, torch::Tensor grad_output,
+                             torch::Tensor saved, Optional h_before, Optional c_before,
+                             Optional cell_states, torch::Tensor w_hh, torch::Tensor grad_h,
+                             Optional grad_c, torch::Tensor grad_input_gates,
+                             torch::Tensor grad_hidden_gates, torch::Tensor packed_steps,
+                             bool reverse) {
+  const auto or_none = [](const Optional& x) { return x.value_or(torch::Tensor()); };
+  fused_rnn::BackwardSequenceTensors t{grad_output,       saved,  or_none(h_before),
+                                       or_none(c_before), or_none(cell_states), w_hh,
+                                       grad_h,            or_none(grad_c), grad_input_gates,
+                                       grad_hidden_gates, reverse};
+  t.packed_steps = steps_of(packed_steps);
+  bool applies = false;
+  with_update(cell, [&](auto update) {
+    using Update = decltype(update);
+    applies = stepwise_backward_applies(t, Update::kGates);
+    if (!applies) return;
+    const EmulatedStepOps ops{pointwise_blocks(grad_h.size(0) * grad_h.size(1), kH200Sms)};
+    with_dtype(grad_h, [&](auto scalar) { stepwise_backward<Update, decltype(scalar)>(t, ops); });
+  });
+  return applies;
+}
+
 // The layer-normalized kernels: a block of kRowThreads per batch row, as launch_rows launches
 // them. norms: ln_ih weight and bias, ln_hh's, (LSTM) ln_c's.
 template <typename Kernel, typename Params>
@@ -259,6 +359,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("step_gates", &step_gates);
   m.def("lstm_gate_grads", &lstm_gate_grads);
   m.def("gru_gate_grads", &gru_gate_grads);
+  m.def("stepwise_forward_layer", &stepwise_forward_layer);
+  m.def("stepwise_backward_layer", &stepwise_backward_layer);
   m.def("layernorm_lstm_forward", &layernorm_lstm_forward);
   m.def("layernorm_lstm_backward", &layernorm_lstm_backward);
   m.def("layernorm_gru_forward", &layernorm_gru_forward);
