@@ -3,7 +3,7 @@ every CUDA thread a fiber, every block a thread, mma.sync by the PTX ISA's fragm
 against the CPU layer ops. The tensor-core kernels: the forward's outputs, states and saved
 values, the backward's gate gradients and initial states' gradients, for each barrier, one block
 or a cluster of two a group, padded and packed sequences in both directions. The SIMT forward:
-padded sequences both ways, every dtype. Every tensor lies between NaN guards
+padded sequences both ways, every dtype. Every tensor lies between guards
 (conftest.GuardedCalls). What the emulation cannot show (the GPU's memory ordering, timing) is
 the GPU run's (tests/test_persistent.py)."""
 

@@ -331,7 +331,9 @@ struct CellStepGrid {
 inline CellStepGrid cell_step_grid(int64_t batch, int64_t hidden, int64_t sm_count) {
   const int64_t batch_tiles = (batch + kTileBatch - 1) / kTileBatch;
   const int64_t unit_tiles = (hidden + kTileUnits - 1) / kTileUnits;
-  if (batch_tiles * unit_tiles < sm_count) return {true, (hidden * 32 + kThreads - 1) / kThreads, 1};
+  if (batch_tiles * unit_tiles < sm_count) {
+    return {true, (hidden * 32 + kThreads - 1) / kThreads, 1};
+  }
   return {false, batch_tiles, unit_tiles};
 }
 

@@ -2,18 +2,18 @@
 // .cuh files: the persistent kernels, the cell and layer-normalized step kernels) runs under the
 // CPU tests: every CUDA thread a fiber (ucontext), every block an OS thread running its fibers
 // until each waits, every block of a launch resident at once (as a cooperative launch's are);
-// grids and blocks of one or two dimensions. It gives the CUDA keywords and built-ins the
-// kernels use (static __shared__ arrays a copy per block), and device_primitives.cuh's functions with the same
-// names and meanings: __syncthreads, named barriers and __syncwarp as counted barriers,
+// grids and blocks of one or two dimensions. It gives the CUDA keywords and built-ins the kernels
+// use (static __shared__ arrays a copy per block), and device_primitives.cuh's functions with the
+// same names and meanings: __syncthreads, named barriers and __syncwarp as counted barriers,
 // __shfl_xor_sync through the warp's exchange; grid.sync() and the cluster barrier over all
 // threads of the grid or cluster; mma.sync as the warp's collective product, its fragments placed
 // as the PTX ISA documents them (written here apart from csrc/mma_fragments.h, which the kernels
 // index with, so that a wrong map there shows); loads and stores with memory-model semantics as
 // atomics; distributed shared memory as the peer block's buffer.
 // What it checks: results (the tests compare them), barriers that never complete (no thread
-// progresses for kStallSeconds: an error naming where each block's threads wait), writes past
-// the end of a block's shared memory (a guard after it), peer addresses outside it. What it
-// cannot: the GPU's memory ordering (the emulation is sequentially consistent), timing.
+// progresses for kStallSeconds: an error naming where each block's threads wait), writes past the
+// end of a block's shared memory (a guard after it), peer addresses outside it. What it cannot:
+// the GPU's memory ordering (the emulation is sequentially consistent), timing.
 #pragma once
 
 #define FUSED_RNN_EMULATED_DEVICE 1
@@ -292,9 +292,9 @@ inline void run_block(Block& b, const Trampoline& trampoline) {
   }
 }
 
-// Runs kernel(args...) on a grid of blocks (x, then y) of block threads (x, then y), `shared_bytes`
-// of dynamic shared memory each, in clusters of `cluster` blocks; throws std::runtime_error where
-// the emulation found the kernel at fault.
+// Runs kernel(args...) on a grid of blocks (x, then y) of block threads (x, then y),
+// `shared_bytes` of dynamic shared memory each, in clusters of `cluster` blocks; throws
+// std::runtime_error where the emulation found the kernel at fault.
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, unsigned cluster,
             size_t shared_bytes, const Args&... args) {
